@@ -1,0 +1,135 @@
+"""The `speech-gateway` command (also `python -m gateway`): a thin layer over the modules.
+
+Sub-commands: `emulate` (the local Azure-compatible speech service), `demo`, and
+`config validate`. Each parses its arguments into settings overrides, configures logging
+once, and hands over; errors become one clear line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError, GatewayError
+from gateway.logging import configure_logging
+from gateway.settings import Settings, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="speech-gateway", description="A/B testing gateway for live speech recognition."
+    )
+    parser.add_argument("--config", type=Path, help="TOML settings file")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    emulate = commands.add_parser(
+        "emulate", help="run a local Azure-compatible speech service (PocketSphinx)"
+    )
+    emulate.add_argument("--host")
+    emulate.add_argument("--port", type=int)
+    emulate.add_argument(
+        "--key",
+        help="require this subscription key (prefer SPEECH_GATEWAY_EMULATOR__KEY); "
+        "without one, no auth (container style)",
+    )
+    emulate.add_argument(
+        "--custom",
+        action="append",
+        default=[],
+        metavar="ENDPOINT_ID=CORPUS_FILE",
+        help="add a custom endpoint whose language model is built from CORPUS_FILE",
+    )
+    emulate.add_argument("--engine", choices=["pocketsphinx", "instant"])
+    emulate.add_argument("--instant-text", help="the instant engine's scripted transcript")
+    emulate.add_argument("--workers", type=int, help="recogniser processes")
+    emulate.add_argument("--max-sessions", type=int, help="concurrent sessions before 429")
+    emulate.add_argument("--model-cache", type=Path, help="where built custom models are kept")
+    emulate.add_argument("--latency-ms", type=int, help="added latency before each result")
+    emulate.add_argument("--failure-rate", type=float, help="share of sessions that fail (0-1)")
+    emulate.add_argument("--failure-kind", choices=["http", "close", "usp"])
+    emulate.add_argument(
+        "--failure-status",
+        help="HTTP status (http), close code (close) or RecognitionStatus (usp)",
+    )
+    emulate.add_argument("--failure-seed", type=int)
+
+    demo = commands.add_parser("demo", help="run the self-contained demo")
+    demo.add_argument("--dataset", type=Path, default=Path("data/demo/banking"))
+    demo.add_argument("--workdir", type=Path, default=Path("var/demo"))
+    demo.add_argument("--concurrency", type=int, default=4)
+
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    validate = config_commands.add_parser("validate", help="validate a settings file")
+    validate.add_argument("file", type=Path, nargs="?")
+    return parser
+
+
+def _emulator_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    section: dict[str, Any] = {}
+    for name in ("host", "port", "key", "engine", "instant_text", "workers", "model_cache"):
+        if getattr(args, name) is not None:
+            section[name] = getattr(args, name)
+    if args.max_sessions is not None:
+        section["max_sessions"] = args.max_sessions
+    custom: dict[str, Path] = {}
+    for item in args.custom:
+        endpoint_id, sep, corpus = item.partition("=")
+        if not sep or not endpoint_id or not corpus:
+            raise ConfigError("--custom", f"{item!r} is not ENDPOINT_ID=CORPUS_FILE")
+        custom[endpoint_id] = Path(corpus)
+    if custom:
+        section["custom"] = custom
+    faults = {
+        key: value
+        for key, value in (
+            ("latency_ms", args.latency_ms),
+            ("failure_rate", args.failure_rate),
+            ("failure_kind", args.failure_kind),
+            ("failure_status", args.failure_status),
+            ("seed", args.failure_seed),
+        )
+        if value is not None
+    }
+    if faults:
+        section["faults"] = faults
+    return section
+
+
+def _emulate(settings: Settings) -> None:
+    from aiohttp import web
+
+    from gateway.emulator.server import create_app
+
+    emulator = settings.emulator
+    app = create_app(emulator)
+    web.run_app(app, host=emulator.host, port=emulator.port, print=None, access_log=None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "config":
+            settings = load_settings(args.file or args.config)
+            print(f"ok: {args.file or args.config or 'defaults'} is valid")
+            return 0
+        overrides: dict[str, Any] = {}
+        if args.command == "emulate":
+            overrides["emulator"] = _emulator_overrides(args)
+        settings = load_settings(args.config, **overrides)
+        configure_logging(settings.logging.level, settings.logging.format)
+        if args.command == "emulate":
+            _emulate(settings)
+        elif args.command == "demo":
+            from gateway.demo import run_demo
+
+            run_demo(args.dataset, args.workdir, args.concurrency, print)
+    except GatewayError as exc:
+        print(f"speech-gateway: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0

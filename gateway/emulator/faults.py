@@ -1,0 +1,57 @@
+"""Injected failures for rehearsals and fault tests, drawn once per session or request.
+
+A failure is one of: an HTTP status at the WebSocket upgrade or REST POST (`http`), a
+WebSocket close code right after the first `turn.start` (`close`), or a USP status phrase
+in the first turn (`usp`). The draw uses its own seeded generator so a test can make it
+deterministic; the rate 1.0 fails every session.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from gateway.emulator.usp_session import Failure
+from gateway.errors import ConfigError
+from gateway.protocol.usp import RecognitionStatus
+from gateway.settings import FaultSettings
+
+
+@dataclass(frozen=True, slots=True)
+class HttpFailure:
+    status: int
+
+
+class FaultInjector:
+    def __init__(self, settings: FaultSettings) -> None:
+        self._rate = settings.failure_rate
+        self._rng = random.Random(settings.seed)
+        self._failure = _parse(settings)
+        self.latency_s = settings.latency_ms / 1000
+
+    def draw(self) -> HttpFailure | Failure | None:
+        if self._rate <= 0.0 or self._rng.random() >= self._rate:
+            return None
+        return self._failure
+
+
+def _parse(settings: FaultSettings) -> HttpFailure | Failure:
+    value = settings.failure_status
+    field = "emulator.faults.failure_status"
+    match settings.failure_kind:
+        case "http":
+            if not value.isdigit() or not 400 <= int(value) <= 599:
+                raise ConfigError(field, f"{value!r} is not an HTTP error status (400-599)")
+            return HttpFailure(int(value))
+        case "close":
+            if not value.isdigit() or not 1000 <= int(value) <= 4999:
+                raise ConfigError(field, f"{value!r} is not a WebSocket close code")
+            return Failure(close_code=int(value))
+        case "usp":
+            try:
+                return Failure(status=RecognitionStatus(value))
+            except ValueError:
+                known = ", ".join(s.value for s in RecognitionStatus)
+                raise ConfigError(
+                    field, f"{value!r} is not a RecognitionStatus ({known})"
+                ) from None

@@ -1,0 +1,86 @@
+"""Every exception the gateway raises, in one small tree.
+
+    GatewayError
+    ├── ConfigError                 invalid settings or experiment config (names the field)
+    ├── ProtocolError               malformed client or upstream input
+    │   ├── UspError                a USP message that breaks the protocol → WebSocket close code
+    │   └── RestError               a bad short-audio request → HTTP status
+    ├── AuthError                   missing or wrong credentials → HTTP 401
+    ├── CapacityError               a concurrency bound is reached → "too many requests"
+    └── RecognitionError            the local recogniser failed → USP status "Error"
+
+Each error carries what its boundary needs to answer with (close code, HTTP status),
+so the I/O layer never guesses. Third-party exceptions are translated where they enter.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes with the meaning the Speech SDKs give them (protocol.md §5.2)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = (
+        1002  # missing Path / X-RequestId, bad framing: SDK ConnectionFailure, no retry
+    )
+    INVALID_PAYLOAD = 1007  # bad audio or parameters: SDK BadRequest, no retry
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011  # SDK ServiceError after retries
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    TOO_MANY_REQUESTS = 4429  # SDK TooManyRequests, no retry
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """Invalid configuration; the message names the offending field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class ProtocolError(GatewayError):
+    """Malformed input from a peer."""
+
+
+class UspError(ProtocolError):
+    """A USP message that violates the protocol; answered by closing with `close_code`."""
+
+    def __init__(self, reason: str, close_code: CloseCode = CloseCode.PROTOCOL_ERROR) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.close_code = close_code
+
+
+class RestError(ProtocolError):
+    """A bad short-audio REST request; answered with `status` and `reason` as the body."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class AuthError(GatewayError):
+    """Missing or wrong credentials (HTTP 401)."""
+
+    status = 401
+
+
+class CapacityError(GatewayError):
+    """A concurrency bound is reached; the service's "too many requests" answer."""
+
+    status = 429
+
+
+class RecognitionError(GatewayError):
+    """The local recogniser failed for one utterance or session."""

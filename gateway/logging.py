@@ -1,0 +1,77 @@
+"""structlog configuration, done once at start-up by the CLI.
+
+JSON lines when stderr is not a terminal, readable console output when it is. A redaction
+processor drops credential-bearing values so that no key, token or credentialed URL reaches
+a log line, whatever a caller passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import structlog
+
+_SECRET_NAMES = ("key", "token", "authorization", "secret", "password", "credential")
+_REDACTED = "[redacted]"
+
+
+def is_secret_name(name: str) -> bool:
+    lowered = name.lower().replace("-", "_")
+    return any(part in lowered for part in _SECRET_NAMES)
+
+
+def redact_url(url: str) -> str:
+    """The URL with every credential-like query parameter and any userinfo replaced."""
+    parts = urlsplit(url)
+    query = urlencode(
+        [(k, _REDACTED if is_secret_name(k) else v) for k, v in parse_qsl(parts.query, True)]
+    )
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _redact(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    for name in list(event):
+        if name != "event" and is_secret_name(name):
+            event[name] = _REDACTED
+        elif name in ("url", "path_qs") and isinstance(event[name], str):
+            event[name] = redact_url(event[name])
+    return event
+
+
+def configure_logging(
+    level: str = "info", fmt: Literal["auto", "json", "console"] = "auto"
+) -> None:
+    """Configure structlog and the stdlib root logger (aiohttp logs through it)."""
+    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
+    )
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    # aiohttp's access log would print full request lines, query strings included.
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    logging.getLogger("aiohttp.access").disabled = True
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return logger

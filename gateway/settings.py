@@ -1,0 +1,180 @@
+"""Settings: a TOML file, overridden by `SPEECH_GATEWAY_*` environment variables.
+
+Precedence, highest first: explicit arguments (the CLI), environment variables
+(`SPEECH_GATEWAY_<SECTION>__<FIELD>`, e.g. `SPEECH_GATEWAY_EMULATOR__PORT=5000`), the TOML
+file (`--config`, else `SPEECH_GATEWAY_CONFIG`, else `config/gateway.toml` when it exists),
+then the defaults below. Secrets (`SecretStr` fields) are refused in the TOML file: they come
+from the environment or from a file named by the matching `*_file` field.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from gateway.errors import ConfigError
+
+DEFAULT_CONFIG = Path("config/gateway.toml")
+CONFIG_ENV = "SPEECH_GATEWAY_CONFIG"
+
+FailureKind = Literal["http", "close", "usp"]
+EngineName = Literal["pocketsphinx", "instant"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: readable console output on a terminal, JSON lines otherwise.
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class FaultSettings(_Section):
+    """Knobs for rehearsals and fault tests; all off by default."""
+
+    latency_ms: int = Field(0, ge=0, le=60_000, description="added before each result")
+    failure_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of sessions that fail")
+    failure_kind: FailureKind = "usp"
+    # http: the upgrade/POST status; close: the WebSocket close code; usp: a RecognitionStatus.
+    failure_status: str = "Error"
+    seed: int | None = Field(None, description="seed of the failure draw (None: random)")
+
+
+class EmulatorSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(5000, ge=0, le=65535)
+    key: SecretStr | None = None
+    key_file: Path | None = None
+    engine: EngineName = "pocketsphinx"
+    instant_text: str = "This is a scripted transcript from the instant engine."
+    instant_utterance_ms: int = Field(3000, ge=100, le=60_000)
+    # endpoint id -> corpus text file of a custom model.
+    custom: dict[str, Path] = Field(default_factory=dict)
+    model_cache: Path = Path("var/models")
+    workers: int = Field(2, ge=1, le=64, description="recogniser processes")
+    max_sessions: int = Field(16, ge=1, le=100_000)
+    max_rest_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    faults: FaultSettings = FaultSettings()
+
+    @model_validator(mode="after")
+    def _custom_ids(self) -> EmulatorSettings:
+        for endpoint_id in self.custom:
+            if not endpoint_id or not all(c.isalnum() or c in "-_" for c in endpoint_id):
+                raise ValueError(
+                    f"custom endpoint id {endpoint_id!r} must be letters, digits, - or _"
+                )
+        return self
+
+    def resolved_key(self) -> str | None:
+        """The key from the environment or from `key_file`; None means no auth."""
+        if self.key is not None:
+            return self.key.get_secret_value()
+        if self.key_file is not None:
+            return read_secret_file(self.key_file, "emulator.key_file")
+        return None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SPEECH_GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    logging: LoggingSettings = LoggingSettings()
+    emulator: EmulatorSettings = EmulatorSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = settings_cls.model_config.get("toml_file")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def read_secret_file(path: Path, field: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(field, f"cannot read secret file: {exc.strerror}") from exc
+
+
+def config_path(explicit: Path | None) -> Path | None:
+    """The TOML file to read: the explicit one, else $SPEECH_GATEWAY_CONFIG, else the default."""
+    if explicit is not None:
+        return explicit
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return Path(from_env)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Load and validate settings; any problem becomes a ConfigError naming the field."""
+    toml_path = config_path(path)
+    if toml_path is not None:
+        _check_toml(toml_path)
+    loaded_cls = type(
+        "LoadedSettings",
+        (Settings,),
+        {"model_config": {**Settings.model_config, "toml_file": toml_path}},
+    )
+    try:
+        settings: Settings = loaded_cls(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise ConfigError(field, first["msg"]) from exc
+    return settings
+
+
+def _check_toml(path: Path) -> None:
+    """Fail on unreadable or malformed TOML, and on secrets written into it."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read config file: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"invalid TOML: {exc}") from exc
+    for field in _secret_fields(Settings, ""):
+        node: Any = data
+        for part in field.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            env = "SPEECH_GATEWAY_" + field.upper().replace(".", "__")
+            raise ConfigError(
+                field, f"secrets may not be written in {path}; set {env} or {field}_file"
+            )
+
+
+def _secret_fields(model: type[BaseModel], prefix: str) -> list[str]:
+    found: list[str] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        dotted = f"{prefix}{name}"
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            found.extend(_secret_fields(annotation, dotted + "."))
+        elif "SecretStr" in str(annotation):
+            found.append(dotted)
+    return found
