@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 READY_TIMEOUT_S = 180.0
 
@@ -38,6 +39,7 @@ class LocalEmulator:
         self._log_path = log_path
         self._env = env
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log: BinaryIO | None = None
 
     @property
     def http_url(self) -> str:
@@ -50,8 +52,10 @@ class LocalEmulator:
     def start(self) -> LocalEmulator:
         command = [sys.executable, "-m", "gateway", "emulate", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), *self._args]
-        log = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._proc = subprocess.Popen(command, stdout=log, stderr=log, env=self._env)
+        if self._log_path is not None:
+            self._log = self._log_path.open("ab")
+        output = self._log if self._log is not None else subprocess.DEVNULL
+        self._proc = subprocess.Popen(command, stdout=output, stderr=output, env=self._env)
         self._wait_ready()
         return self
 
@@ -71,6 +75,9 @@ class LocalEmulator:
         raise TimeoutError(f"emulator not ready after {READY_TIMEOUT_S} s")
 
     def stop(self) -> int | None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         if self._proc is None:
             return None
         if self._proc.poll() is None:

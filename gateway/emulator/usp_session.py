@@ -117,6 +117,7 @@ class UspSession:
         self._acked = 0
         self._in_speech = False
         self._start_sent = False
+        self._utterances = 0
         self._sample_rate = 16000
 
     @property
@@ -199,7 +200,14 @@ class UspSession:
         if not self._options.mode.continuous:
             status = RecognitionStatus.INITIAL_SILENCE_TIMEOUT
             commands.append(self._status(status, 0, end))
-        elif end - self._acked >= TINY_TURN:
+        elif end - self._acked < TINY_TURN:
+            pass
+        elif self._utterances == 0:
+            # Silence only: say so visibly, as the service does. An SDK calling
+            # recognize_once on a continuous path needs a result to complete.
+            status = RecognitionStatus.INITIAL_SILENCE_TIMEOUT
+            commands.append(self._status(status, self._acked, end - self._acked))
+        else:
             commands.append(self._status(RecognitionStatus.END_OF_DICTATION, end, 0))
         return commands + self._end_turn()
 
@@ -223,6 +231,7 @@ class UspSession:
                 return [self._send_raw(Path.SPEECH_HYPOTHESIS, body, is_result=True)]
             case Final():
                 self._in_speech = False
+                self._utterances += 1
                 self._acked = max(self._acked, event.offset + event.duration)
                 phrase = self._send_raw(
                     Path.SPEECH_PHRASE, phrases.phrase_body(event, self._options), is_result=True
@@ -274,6 +283,7 @@ class UspSession:
         self._acked = 0
         self._in_speech = False
         self._start_sent = False
+        self._utterances = 0
 
     def _abandon_turn(self) -> list[Command]:
         if self._stream_open:

@@ -1,0 +1,1 @@
+"""Statistics over recognition results: word error rates and their aggregation."""

@@ -1,0 +1,1 @@
+"""Text handling shared by scoring and the emulator: normalisation, numbers, result forms."""
