@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.errors import ConfigError, GatewayError
 from gateway.logging import configure_logging
-from gateway.settings import Settings, load_settings
+from gateway.settings import Settings, config_path, load_settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,8 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "config":
-            settings = load_settings(args.file or args.config)
-            print(f"ok: {args.file or args.config or 'defaults'} is valid")
+            path = config_path(args.file or args.config)
+            load_settings(path)
+            print(f"ok: {path or 'the built-in defaults'} is valid")
             return 0
         overrides: dict[str, Any] = {}
         if args.command == "emulate":

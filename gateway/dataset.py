@@ -24,6 +24,8 @@ def load_dataset(folder: Path) -> list[LabelledUtterance]:
         lines = manifest.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ConfigError(str(manifest), f"cannot read manifest: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(manifest), f"manifest is not UTF-8: {exc.reason}") from exc
     items: list[LabelledUtterance] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

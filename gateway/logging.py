@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -17,6 +17,7 @@ import structlog
 
 _SECRET_NAMES = ("key", "token", "authorization", "secret", "password", "credential")
 _REDACTED = "[redacted]"
+_URL_FIELDS = ("url", "path_qs")
 
 
 def is_secret_name(name: str) -> bool:
@@ -34,14 +35,29 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def _clean(name: str, value: Any) -> Any:
+    if is_secret_name(name):
+        return _REDACTED
+    # A URL under any field name (upstream=, endpoint=, ...) may carry a key or token.
+    if isinstance(value, str) and (name in _URL_FIELDS or "://" in value):
+        try:
+            parts = urlsplit(value)
+        except ValueError:  # e.g. a broken IPv6 host: it cannot be cleaned, so drop it
+            return _REDACTED
+        if name in _URL_FIELDS or (parts.scheme and parts.netloc and " " not in value):
+            return redact_url(value)
+    # Header maps are logged as a whole; their credential headers must not slip through.
+    if isinstance(value, Mapping):
+        return {key: _clean(str(key), item) for key, item in value.items()}
+    return value
+
+
 def _redact(
     _logger: Any, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for name in list(event):
-        if name != "event" and is_secret_name(name):
-            event[name] = _REDACTED
-        elif name in ("url", "path_qs") and isinstance(event[name], str):
-            event[name] = redact_url(event[name])
+        if name != "event":
+            event[name] = _clean(name, event[name])
     return event
 
 

@@ -14,11 +14,20 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -28,6 +37,17 @@ DEFAULT_CONFIG = Path("config/gateway.toml")
 CONFIG_ENV = "SPEECH_GATEWAY_CONFIG"
 
 FailureKind = Literal["http", "close", "usp"]
+# The RecognitionStatus values a scripted USP failure may answer with (protocol.md §3.1).
+USP_FAILURE_STATUSES = (
+    "Error",
+    "TooManyRequests",
+    "BadRequest",
+    "Forbidden",
+    "ServiceUnavailable",
+    "NoMatch",
+    "InitialSilenceTimeout",
+    "BabbleTimeout",
+)
 EngineName = Literal["pocketsphinx", "instant"]
 
 
@@ -51,6 +71,22 @@ class FaultSettings(_Section):
     failure_status: str = "Error"
     seed: int | None = Field(None, description="seed of the failure draw (None: random)")
 
+    @field_validator("failure_status")
+    @classmethod
+    def _status_fits_kind(cls, value: str, info: ValidationInfo) -> str:
+        match info.data.get("failure_kind"):
+            case "http":
+                if not _is_number(value) or not 400 <= int(value) <= 599:
+                    raise ValueError(f"{value!r} is not an HTTP error status (400-599)")
+            case "close":
+                if not _is_number(value) or not sendable_close_code(int(value)):
+                    raise ValueError(f"{value!r} is not a close code a server may send")
+            case "usp":
+                if value not in USP_FAILURE_STATUSES:
+                    known = ", ".join(USP_FAILURE_STATUSES)
+                    raise ValueError(f"{value!r} is not one of {known}")
+        return value
+
 
 class EmulatorSettings(_Section):
     host: str = "127.0.0.1"
@@ -68,22 +104,29 @@ class EmulatorSettings(_Section):
     max_rest_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     faults: FaultSettings = FaultSettings()
 
-    @model_validator(mode="after")
-    def _custom_ids(self) -> EmulatorSettings:
-        for endpoint_id in self.custom:
+    # A field validator, so that errors are located at `emulator.custom`.
+    @field_validator("custom")
+    @classmethod
+    def _custom_ids(cls, custom: dict[str, Path]) -> dict[str, Path]:
+        for endpoint_id in custom:
             if not endpoint_id or not all(c.isalnum() or c in "-_" for c in endpoint_id):
                 raise ValueError(
                     f"custom endpoint id {endpoint_id!r} must be letters, digits, - or _"
                 )
-        return self
+        return custom
 
     def resolved_key(self) -> str | None:
         """The key from the environment or from `key_file`; None means no auth."""
         if self.key is not None:
-            return self.key.get_secret_value()
-        if self.key_file is not None:
-            return read_secret_file(self.key_file, "emulator.key_file")
-        return None
+            key, field = self.key.get_secret_value(), "emulator.key"
+        elif self.key_file is not None:
+            key, field = read_secret_file(self.key_file, "emulator.key_file"), "emulator.key_file"
+        else:
+            return None
+        # An empty key would sign tokens with an empty HMAC key, which anyone can forge.
+        if not key:
+            raise ConfigError(field, "the key is empty; leave it unset for no auth")
+        return key
 
 
 class Settings(BaseSettings):
@@ -113,11 +156,23 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+def _is_number(value: str) -> bool:
+    # ASCII digits only, and few: int() refuses some Unicode digits ("²") and long strings.
+    return value.isascii() and value.isdigit() and len(value) <= 5
+
+
+def sendable_close_code(code: int) -> bool:
+    """RFC 6455 §7.4: 1004-1006 and 1015 are reserved, 1016-2999 unassigned."""
+    return code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
 def read_secret_file(path: Path, field: str) -> str:
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(field, f"cannot read secret file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(field, f"secret file is not UTF-8: {exc.reason}") from exc
 
 
 def config_path(explicit: Path | None) -> Path | None:
@@ -146,6 +201,9 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "settings"
         raise ConfigError(field, first["msg"]) from exc
+    except SettingsError as exc:
+        # e.g. SPEECH_GATEWAY_EMULATOR__CUSTOM=x: a nested env value that is not JSON.
+        raise ConfigError("environment", str(exc)) from exc
     return settings
 
 
@@ -155,6 +213,8 @@ def _check_toml(path: Path) -> None:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read config file: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), f"config file is not UTF-8: {exc.reason}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"invalid TOML: {exc}") from exc
     for field in _secret_fields(Settings, ""):

@@ -36,21 +36,14 @@ class InstantStream:
         self._received += len(pcm)
         if before == self._window_start and pcm:
             events.append(SpeechStarted(offset=self._ticks(self._window_start)))
+        # Each window gets its partial before its final, even when one feed spans several
+        # windows: the events must not depend on how the audio was chunked.
+        self._partial(events)
         while self._received - self._window_start >= self._window:
             events.append(self._final(self._window_start + self._window))
             if self._received > self._window_start:
                 events.append(SpeechStarted(offset=self._ticks(self._window_start)))
-        half = self._window_start + self._window // 2
-        if not self._partial_sent and self._received >= half:
-            self._partial_sent = True
-            count = max(1, len(self._words) // 2)
-            events.append(
-                Partial(
-                    words=self._words[:count],
-                    offset=self._ticks(self._window_start),
-                    duration=self._ticks(half - self._window_start),
-                )
-            )
+                self._partial(events)
         return tuple(events)
 
     async def finish(self) -> tuple[RecognitionEvent, ...]:
@@ -60,6 +53,21 @@ class InstantStream:
 
     async def close(self) -> None:
         return None
+
+    def _partial(self, events: list[RecognitionEvent]) -> None:
+        """Add the current window's partial once the audio reaches its half-way point."""
+        half = self._window_start + self._window // 2
+        if self._partial_sent or self._received < half:
+            return
+        self._partial_sent = True
+        count = max(1, len(self._words) // 2)
+        events.append(
+            Partial(
+                words=self._words[:count],
+                offset=self._ticks(self._window_start),
+                duration=self._ticks(half - self._window_start),
+            )
+        )
 
     def _final(self, end: int) -> Final:
         start, duration = self._ticks(self._window_start), self._ticks(end - self._window_start)

@@ -72,9 +72,12 @@ def _truthy(value: str) -> bool:
 
 
 def _int_option(name: str, value: Any, low: int, high: int) -> int:
+    # int() would take true as 1; JSON numbers such as 1e400 parse as infinity (OverflowError).
     try:
+        if isinstance(value, bool):
+            raise TypeError(name)
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UspError(f"{name} must be an integer", close_code=BAD_REQUEST) from None
     return max(low, min(high, number))
 
@@ -117,6 +120,8 @@ def parse_context(body: str) -> dict[str, Any]:
         context = json.loads(body) if body.strip() else {}
     except json.JSONDecodeError as exc:
         raise UspError(f"speech.context is not valid JSON: {exc.msg}", BAD_REQUEST) from None
+    except (ValueError, RecursionError):  # a 5000-digit number, or nesting 100k deep
+        raise UspError("speech.context is not acceptable JSON", BAD_REQUEST) from None
     if not isinstance(context, dict):
         raise UspError("speech.context must be a JSON object", BAD_REQUEST)
     return context

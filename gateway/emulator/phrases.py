@@ -56,9 +56,11 @@ def phrase_fields(final: Final, options: RecognitionOptions) -> dict[str, Any]:
         "DisplayText": display_text(final.lexical, profanity=profanity),
     }
     if options.detailed:
+        # Never an empty NBest: the JS SDK reads NBest[0] and hangs without it.
+        alternatives = final.alternatives or (Alternative(final.lexical, final.confidence),)
         fields["NBest"] = [
             _nbest_entry(alt.words, alt.confidence, final.words if i == 0 else (), options)
-            for i, alt in enumerate(final.alternatives)
+            for i, alt in enumerate(alternatives)
         ]
     return fields
 

@@ -1,0 +1,198 @@
+"""Tests for gateway.cli: `config validate`, argument errors and the installed entry points."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+from support import ROOT
+
+from gateway.cli import main
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """No SPEECH_GATEWAY_* variables, a cwd without config/gateway.toml, logging restored."""
+    for name in list(os.environ):
+        if name.startswith("SPEECH_GATEWAY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    access = logging.getLogger("aiohttp.access")
+    disabled = access.disabled
+    try:
+        yield tmp_path
+    finally:
+        structlog.reset_defaults()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        access.disabled = disabled
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("SPEECH_GATEWAY_")}
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_validate_accepts_a_valid_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`config validate FILE` exits 0 and says the file is valid."""
+    path = write(tmp_path / "ok.toml", "[emulator]\nport = 5001\n")
+    assert main(["config", "validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: ")
+    assert str(path) in out
+
+
+def test_validate_without_a_file_checks_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    """With no file anywhere, `config validate` validates the built-in defaults."""
+    assert main(["config", "validate"]) == 0
+    assert capsys.readouterr().out.startswith("ok: ")
+
+
+def test_validate_uses_the_global_config_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--config FILE config validate` validates that file."""
+    path = write(tmp_path / "bad.toml", "[emulator]\nworkers = 0\n")
+    assert main(["--config", str(path), "config", "validate"]) == 2
+    assert "emulator.workers" in capsys.readouterr().err
+
+
+def test_validate_rejects_an_invalid_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An invalid value exits 2 with one stderr line naming the dotted field."""
+    path = write(tmp_path / "bad.toml", "[emulator]\nport = 70000\n")
+    assert main(["config", "validate", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("speech-gateway: emulator.port: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[emulator]\nprot = 5001\n", "emulator.prot"),
+        ('[emulator]\nkey = "abc"\n', "SPEECH_GATEWAY_EMULATOR__KEY"),
+        ("[emulator\n", "invalid TOML"),
+    ],
+)
+def test_validate_reports_other_config_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str
+) -> None:
+    """Unknown fields, secrets in the file and malformed TOML all exit 2 with a clear line."""
+    path = write(tmp_path / "bad.toml", text)
+    assert main(["config", "validate", str(path)]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_validate_reports_a_missing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file that does not exist exits 2 naming it."""
+    missing = tmp_path / "absent.toml"
+    assert main(["config", "validate", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_custom_without_equals_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """`emulate --custom banking` (no =CORPUS) exits 2 before anything starts."""
+    assert main(["emulate", "--custom", "banking"]) == 2
+    err = capsys.readouterr().err
+    assert "--custom" in err
+    assert "ENDPOINT_ID=CORPUS_FILE" in err
+
+
+@pytest.mark.parametrize("custom", ["=corpus.txt", "banking="])
+def test_custom_with_an_empty_side_is_an_error(
+    capsys: pytest.CaptureFixture[str], custom: str
+) -> None:
+    """An empty endpoint id or corpus path in --custom exits 2."""
+    assert main(["emulate", "--custom", custom]) == 2
+    assert "--custom" in capsys.readouterr().err
+
+
+def test_emulate_with_invalid_option_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """An out-of-range option exits 2 naming the settings field, without starting the server."""
+    assert main(["emulate", "--port", "70000"]) == 2
+    assert "emulator.port" in capsys.readouterr().err
+
+
+def test_unparsable_option_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """A non-integer --port is rejected by argparse with exit status 2."""
+    with pytest.raises(SystemExit) as caught:
+        main(["emulate", "--port", "high"])
+    assert caught.value.code == 2
+    assert "--port" in capsys.readouterr().err
+
+
+def test_empty_key_stops_emulate_before_serving(tmp_path: Path) -> None:
+    """`emulate` with an empty SPEECH_GATEWAY_EMULATOR__KEY exits 2 instead of serving."""
+    env = {**clean_env(), "SPEECH_GATEWAY_EMULATOR__KEY": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "emulate", "--engine", "instant", "--port", "0"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "emulator.key" in result.stderr
+
+
+def test_python_m_gateway_help(tmp_path: Path) -> None:
+    """`python -m gateway --help` prints usage with the sub-commands and exits 0."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: speech-gateway")
+    for command in ("emulate", "demo", "config"):
+        assert command in result.stdout
+
+
+def test_console_script_is_installed(tmp_path: Path) -> None:
+    """The `speech-gateway` console script exists in the venv and validates a file."""
+    script = VENV_BIN / "speech-gateway"
+    assert script.is_file()
+    assert os.access(script, os.X_OK)
+    path = write(tmp_path / "ok.toml", "[emulator]\nport = 5002\n")
+    result = subprocess.run(
+        [str(script), "config", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=clean_env(),
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: ")
+
+
+def test_repository_config_validates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped config/gateway.toml passes `config validate` from the repository root."""
+    monkeypatch.chdir(ROOT)
+    assert main(["config", "validate", str(ROOT / "config" / "gateway.toml")]) == 0
