@@ -17,6 +17,7 @@ from collections.abc import Mapping
 KEY_HEADER = "Ocp-Apim-Subscription-Key"
 AUTH_HEADER = "Authorization"
 TOKEN_LIFETIME_S = 600
+_MAX_DIGITS = 20
 
 
 def _signature(key: str, expiry: int) -> str:
@@ -29,13 +30,19 @@ def issue_token(key: str, now: float | None = None) -> str:
     return f"{expiry}.{_signature(key, expiry)}"
 
 
+def _utf8(text: str) -> bytes:
+    # aiohttp decodes non-UTF-8 header bytes as lone surrogates, which plain encode() refuses.
+    return text.encode("utf-8", "surrogatepass")
+
+
 def token_valid(key: str, token: str, now: float | None = None) -> bool:
     expiry_text, _, signature = token.partition(".")
-    if not expiry_text.isdigit():
+    # ASCII digits only, and few: int() refuses some Unicode digits ("²") and long strings.
+    if not (expiry_text.isascii() and expiry_text.isdigit()) or len(expiry_text) > _MAX_DIGITS:
         return False
     expected = _signature(key, int(expiry_text))
     fresh = int(expiry_text) >= (time.time() if now is None else now)
-    return hmac.compare_digest(signature.encode(), expected.encode()) and fresh
+    return hmac.compare_digest(_utf8(signature), expected.encode()) and fresh
 
 
 def authorized(key: str | None, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
@@ -44,7 +51,7 @@ def authorized(key: str | None, headers: Mapping[str, str], query: Mapping[str, 
         return True
     offered = headers.get(KEY_HEADER) or query.get(KEY_HEADER)
     if offered is not None:
-        return hmac.compare_digest(offered.encode(), key.encode())
+        return hmac.compare_digest(_utf8(offered), _utf8(key))
     bearer = headers.get(AUTH_HEADER) or query.get(AUTH_HEADER) or ""
     scheme, _, token = bearer.partition(" ")
     return scheme.lower() == "bearer" and token_valid(key, token.strip())

@@ -6,8 +6,9 @@ into utterances by PocketSphinx's WebRTC-based `Endpointer`; each utterance is d
 incrementally, giving partial hypotheses as speech arrives. When the utterance ends it is
 decoded a second time with the cepstral mean the first pass estimated from it (a second
 pass at the endpoint, as streaming recognisers rescore): the first pass starts from the
-model's generic prior, which fits no particular voice or channel, and on the demo set the
-second pass cuts the custom model's WER from 44 % to 17 %. The final result carries word
+model's generic prior, which fits no particular voice or channel; on the demo set the
+second pass cuts the custom model's WER from 6.8 % to 2.7 % and the base model's from
+53 % to 39 %. The final result carries word
 timings, word posteriors and an n-best list.
 """
 
@@ -59,8 +60,9 @@ class DecoderPool:
     """Idle decoders per model; a decoder holds one utterance at a time and is reused.
 
     A decoder adapts its cepstral mean to the audio it hears; `acquire` resets it to the
-    model's initial mean, so a result depends only on its own audio, never on which
-    decoder happened to be free or what it decoded before.
+    model's initial mean, so the words of a result depend only on its own audio, never on
+    which decoder happened to be free or what it decoded before. (Confidences can still
+    differ in the fourth decimal between a decoder's first and later utterances.)
     """
 
     def __init__(self, specs: dict[str, ModelSpec]) -> None:

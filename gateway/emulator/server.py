@@ -33,7 +33,7 @@ from gateway.emulator.usp_session import (
 )
 from gateway.errors import CloseCode, RecognitionError, UspError
 from gateway.logging import get_logger
-from gateway.protocol.usp import DEFAULT_LIMITS, RecognitionStatus, decode_binary, decode_text
+from gateway.protocol.usp import DEFAULT_LIMITS, decode_binary, decode_text
 from gateway.settings import EmulatorSettings
 
 log = get_logger(__name__)
@@ -125,12 +125,16 @@ async def usp_handler(request: web.Request) -> web.StreamResponse:
         raise web.HTTPBadRequest(text=exc.reason) from None
     if url_options.endpoint_id and url_options.endpoint_id not in state.engine.models:
         raise web.HTTPBadRequest(text="Unknown endpoint id (cid).")
+    ws = web.WebSocketResponse(protocols=("USP",), max_msg_size=DEFAULT_LIMITS.max_text_bytes)
+    # Handshake before admission: a request that is no WebSocket upgrade fails here and
+    # must not take a session slot it would never give back.
+    await ws.prepare(request)
     admitted = state.admit()
     if not admitted:
-        failure = Failure(status=RecognitionStatus.TOO_MANY_REQUESTS)
+        # The service's answer to too many concurrent sessions: the native SDK reports
+        # TooManyRequests and does not retry (a status phrase would be retried 5 times).
+        failure = Failure(close_code=CloseCode.TOO_MANY_REQUESTS)
     session = UspSession(request.path, url_options, state.engine.models, failure)
-    ws = web.WebSocketResponse(protocols=("USP",), max_msg_size=DEFAULT_LIMITS.max_text_bytes)
-    await ws.prepare(request)
     driver = _SessionDriver(ws, session, state.engine, state.faults.latency_s)
     try:
         await driver.serve()
