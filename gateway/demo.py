@@ -31,7 +31,7 @@ class ModelScore:
 def score_model(
     endpoint: str, items: list[LabelledUtterance], endpoint_id: str | None, concurrency: int
 ) -> ModelScore:
-    config = speech_config(endpoint, "k", endpoint_id=endpoint_id)
+    config = speech_config(endpoint, endpoint_id=endpoint_id)
 
     def run(item: LabelledUtterance) -> tuple[WerCounts, bool]:
         transcript = transcribe_file(config, item.audio)
