@@ -1,0 +1,325 @@
+"""The `[gateway]` settings section and its one validation point.
+
+The pydantic models below only check shapes and types (the settings loader maps their
+errors). `build_gateway_config` checks everything that involves more than one field, reads
+the backends' secrets, and returns the frozen `GatewayConfig` that requests are served
+with. Every problem is a `ConfigError` naming the dotted field an operator can find, e.g.
+`gateway.experiments[0].variants[1].weight`; nothing is ever repaired.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from gateway.control.assignment import phase_id
+from gateway.control.model import (
+    Backend,
+    Client,
+    Experiment,
+    GatewayConfig,
+    Mode,
+    Targeting,
+    Variant,
+    hash_key,
+)
+from gateway.errors import ConfigError
+
+# Names travel in query parameters (`gw-variant`), records and metric labels.
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_ENDPOINT_ID = re.compile(r"[A-Za-z0-9_-]+")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+# RFC 3986 "unreserved": safe in a query string without percent-encoding.
+_PARAM = re.compile(r"[A-Za-z0-9._~-]+")
+# Query parameters the Speech service or the gateway's auth reads: a unit or force parameter
+# of the same name would be taken from the client and never reach the backend.
+_RESERVED_PARAMS = frozenset(
+    {"language", "format", "cid", "profanity", "ocp-apim-subscription-key", "authorization"}
+    | {"x-connectionid", "storeaudio", "wordleveltimestamps", "deploymentid"}
+)
+_LOCALE = re.compile(r"[a-z]{2,3}(-[a-z0-9]{1,8})*")
+_SCHEMES = ("ws", "wss", "http", "https")
+_EMPTY_KEY_DIGEST = hash_key("")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackendSettings(_Model):
+    url: str  # service root: ws/wss/http/https, a host, optionally a port and a path prefix
+    key: SecretStr | None = None  # from the environment, never the TOML file
+    key_file: Path | None = None
+
+
+class VariantSettings(_Model):
+    name: str
+    backend: str  # a key of `gateway.backends`
+    endpoint_id: str | None = None  # Custom Speech endpoint id; None: the base model
+    # Required in an experiment; meaningless (and refused) for `default_variant`.
+    weight: float | None = None
+
+
+class TargetingSettings(_Model):
+    modes: list[Mode] = Field(default_factory=list)
+    locales: list[str] = Field(default_factory=list)  # any case; compared in lower case
+    clients: list[str] = Field(default_factory=list)  # names from `gateway.clients`
+
+
+class ExperimentSettings(_Model):
+    id: str
+    seed: str | None = None  # None: the id
+    control: str
+    variants: list[VariantSettings]
+    shadows: list[str] = Field(default_factory=list)
+    targeting: TargetingSettings = TargetingSettings()
+    unit_param: str = "gw-unit"
+
+
+class ClientSettings(_Model):
+    name: str
+    key_sha256: str  # `speech-gateway` prints it for a new key; the key is never stored
+    can_force: bool = False
+
+
+class GatewaySettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    clients: list[ClientSettings] = Field(default_factory=list)
+    backends: dict[str, BackendSettings] = Field(default_factory=dict)
+    experiments: list[ExperimentSettings] = Field(default_factory=list)
+    default_variant: VariantSettings | None = None
+    connect_timeout_s: float = Field(5.0, gt=0, le=60)  # to a backend, primary or shadow
+    shadow_queue_frames: int = Field(200, ge=1)  # audio frames buffered per shadow, then dropped
+    # How long shadows may take to finish (final results) after the primary session ended.
+    shadow_grace_s: float = Field(5.0, gt=0, le=60)
+    max_rest_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # short-audio request body
+    force_param: str = "gw-variant"
+
+
+def build_gateway_config(settings: GatewaySettings) -> GatewayConfig:
+    """Validate the whole section and build the frozen model; ConfigError on any problem."""
+    prefix = "gateway"
+    _check_param(settings.force_param, f"{prefix}.force_param")
+    backends = {
+        name: _backend(name, backend, f"{prefix}.backends.{name}")
+        for name, backend in settings.backends.items()
+    }
+    clients = _clients(settings.clients, f"{prefix}.clients")
+    client_names = {client.name for client in clients}
+    experiments: list[Experiment] = []
+    seen_ids: set[str] = set()
+    for index, experiment_settings in enumerate(settings.experiments):
+        where = f"{prefix}.experiments[{index}]"
+        experiment = _experiment(experiment_settings, where, backends, client_names)
+        if experiment.id in seen_ids:
+            raise ConfigError(f"{where}.id", f"duplicate experiment id {experiment.id!r}")
+        seen_ids.add(experiment.id)
+        if experiment.unit_param.lower() == settings.force_param.lower():
+            raise ConfigError(
+                f"{where}.unit_param",
+                f"{experiment.unit_param!r} is also {prefix}.force_param",
+            )
+        for earlier_index, earlier in enumerate(experiments):
+            if _covers(earlier.targeting, experiment.targeting):
+                raise ConfigError(
+                    f"{where}.targeting",
+                    f"never selected: {prefix}.experiments[{earlier_index}] ({earlier.id!r}) "
+                    "comes first and matches every request this one targets",
+                )
+        experiments.append(experiment)
+    default = None
+    if settings.default_variant is not None:
+        default = _default_variant(settings.default_variant, f"{prefix}.default_variant", backends)
+    return GatewayConfig(clients=clients, experiments=tuple(experiments), default_variant=default)
+
+
+def _backend(name: str, settings: BackendSettings, where: str) -> Backend:
+    _check_name(name, where)
+    url = settings.url
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(f"{where}.url", "contains whitespace or control characters")
+    parts = urlsplit(url)
+    if parts.scheme not in _SCHEMES:
+        raise ConfigError(
+            f"{where}.url", f"scheme must be one of {', '.join(_SCHEMES)}, not {parts.scheme!r}"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"{where}.url", "has no host")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{where}.url", "carries credentials; use key or key_file")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ConfigError(f"{where}.url", "must be the service root, without query or fragment")
+    try:
+        parts.port  # noqa: B018 - parsing the port validates it
+    except ValueError as exc:
+        raise ConfigError(f"{where}.url", f"bad port: {exc}") from exc
+    # "ws://host:5000/" and "ws://host:5000" name the same root; paths are appended to it.
+    root = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    return Backend(name=name, url=root, key=_backend_key(settings, where))
+
+
+def _backend_key(settings: BackendSettings, where: str) -> str | None:
+    if settings.key is not None and settings.key_file is not None:
+        raise ConfigError(f"{where}.key_file", "set key or key_file, not both")
+    if settings.key is not None:
+        key, field = settings.key.get_secret_value(), f"{where}.key"
+    elif settings.key_file is not None:
+        # Imported here: gateway.settings imports this module to declare its section.
+        from gateway.settings import read_secret_file
+
+        field = f"{where}.key_file"
+        key = read_secret_file(settings.key_file, field)
+    else:
+        return None  # e.g. a local emulator or a Speech container without auth
+    if not key:
+        raise ConfigError(field, "the key is empty; leave it unset for a backend without auth")
+    return key
+
+
+def _clients(settings: list[ClientSettings], where: str) -> tuple[Client, ...]:
+    names: set[str] = set()
+    digests: set[str] = set()
+    clients: list[Client] = []
+    for index, client in enumerate(settings):
+        at = f"{where}[{index}]"
+        _check_name(client.name, f"{at}.name")
+        if client.name in names:
+            raise ConfigError(f"{at}.name", f"duplicate client name {client.name!r}")
+        if not _DIGEST.fullmatch(client.key_sha256):
+            raise ConfigError(f"{at}.key_sha256", "must be 64 lower-case hex digits (SHA-256)")
+        if client.key_sha256 in digests:
+            raise ConfigError(f"{at}.key_sha256", "the same key digest as an earlier client")
+        if client.key_sha256 == _EMPTY_KEY_DIGEST:
+            raise ConfigError(f"{at}.key_sha256", "is the digest of the empty key")
+        names.add(client.name)
+        digests.add(client.key_sha256)
+        clients.append(Client(client.name, client.key_sha256, client.can_force))
+    return tuple(clients)
+
+
+def _experiment(
+    settings: ExperimentSettings,
+    where: str,
+    backends: dict[str, Backend],
+    client_names: set[str],
+) -> Experiment:
+    _check_name(settings.id, f"{where}.id")
+    seed = settings.id if settings.seed is None else settings.seed
+    if not seed or not seed.isprintable():
+        raise ConfigError(
+            f"{where}.seed", "must be non-empty printable text; leave it unset for the id"
+        )
+    _check_param(settings.unit_param, f"{where}.unit_param")
+    if not settings.variants:
+        raise ConfigError(f"{where}.variants", "the experiment has no variants")
+    variants: list[Variant] = []
+    for index, variant_settings in enumerate(settings.variants):
+        at = f"{where}.variants[{index}]"
+        if variant_settings.name in {variant.name for variant in variants}:
+            raise ConfigError(f"{at}.name", f"duplicate variant name {variant_settings.name!r}")
+        weight = variant_settings.weight
+        if weight is None:
+            raise ConfigError(f"{at}.weight", "is required")
+        if not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"{at}.weight", f"must be a finite number >= 0, not {weight!r}")
+        variants.append(_variant(variant_settings, at, backends, weight))
+    # Summed left to right, as `assignment.edges` does.
+    total = sum(variant.weight for variant in variants)
+    if not math.isfinite(total):
+        raise ConfigError(f"{where}.variants", "the weights add up to infinity")
+    if total == 0:
+        raise ConfigError(f"{where}.variants", "every weight is zero; no variant gets traffic")
+    names = [variant.name for variant in variants]
+    if settings.control not in names:
+        raise ConfigError(
+            f"{where}.control", f"{settings.control!r} is not a variant ({', '.join(names)})"
+        )
+    for index, shadow in enumerate(settings.shadows):
+        at = f"{where}.shadows[{index}]"
+        if shadow not in names:
+            raise ConfigError(at, f"{shadow!r} is not a variant ({', '.join(names)})")
+        if shadow in settings.shadows[:index]:
+            raise ConfigError(at, f"duplicate shadow {shadow!r}")
+    return Experiment(
+        id=settings.id,
+        seed=seed,
+        control=settings.control,
+        variants=tuple(variants),
+        shadows=tuple(settings.shadows),
+        targeting=_targeting(settings.targeting, f"{where}.targeting", client_names),
+        phase=phase_id(variants),
+        unit_param=settings.unit_param,
+    )
+
+
+def _variant(
+    settings: VariantSettings, where: str, backends: dict[str, Backend], weight: float
+) -> Variant:
+    _check_name(settings.name, f"{where}.name")
+    backend = backends.get(settings.backend)
+    if backend is None:
+        known = ", ".join(sorted(backends)) or "none configured"
+        raise ConfigError(
+            f"{where}.backend", f"unknown backend {settings.backend!r} (known: {known})"
+        )
+    endpoint_id = settings.endpoint_id
+    if endpoint_id is not None and not _ENDPOINT_ID.fullmatch(endpoint_id):
+        raise ConfigError(
+            f"{where}.endpoint_id",
+            "must be letters, digits, - or _; leave it unset for the base model",
+        )
+    return Variant(settings.name, backend, endpoint_id, weight)
+
+
+def _default_variant(
+    settings: VariantSettings, where: str, backends: dict[str, Backend]
+) -> Variant:
+    if settings.weight is not None:
+        raise ConfigError(f"{where}.weight", "has no meaning for the default variant")
+    return _variant(settings, where, backends, 1.0)
+
+
+def _targeting(settings: TargetingSettings, where: str, client_names: set[str]) -> Targeting:
+    locales: list[str] = []
+    for index, locale in enumerate(settings.locales):
+        lowered = locale.lower()
+        if not _LOCALE.fullmatch(lowered):
+            raise ConfigError(f"{where}.locales[{index}]", f"{locale!r} is not a locale")
+        locales.append(lowered)
+    for index, client in enumerate(settings.clients):
+        if client not in client_names:
+            raise ConfigError(f"{where}.clients[{index}]", f"unknown client {client!r}")
+    return Targeting(
+        modes=frozenset(settings.modes),
+        locales=frozenset(locales),
+        clients=frozenset(settings.clients),
+    )
+
+
+def _covers(first: Targeting, later: Targeting) -> bool:
+    """Whether every request `later` matches is already taken by `first`."""
+    return all(
+        not wide or (narrow and narrow <= wide)
+        for wide, narrow in (
+            (first.modes, later.modes),
+            (first.locales, later.locales),
+            (first.clients, later.clients),
+        )
+    )
+
+
+def _check_name(name: str, field: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise ConfigError(field, f"{name!r}: use 1-64 letters, digits, '.', '-' or '_'")
+
+
+def _check_param(name: str, field: str) -> None:
+    if not _PARAM.fullmatch(name):
+        raise ConfigError(field, f"{name!r}: use letters, digits, '.', '-', '_' or '~'")
+    if name.lower() in _RESERVED_PARAMS:
+        raise ConfigError(field, f"{name!r} is a query parameter of the speech service")
