@@ -1,0 +1,256 @@
+"""The outcome record: one flat, versioned row per utterance, REST request or failed session.
+
+The session layer builds records (`gateway.session.taps`), a sink (`gateway.outcomes.sink`)
+stores them as JSON lines, and the analysis reads them back with `OutcomeRecord.from_json`.
+Every record is validated when it is built, so a bad value fails where it was made, with the
+field named, instead of in an analyst's notebook weeks later. `docs/outcomes.md` is the
+analysts' description of the fields; keep the two in step.
+
+Schema evolution: a new version may add fields but never remove, rename or re-mean one. So
+`from_json` reads records of any version >= 1 up to its own exactly, and reads records of a
+newer version too, ignoring the fields it does not know. An unknown field in a record that
+claims this reader's version (or an older one) is a bug or corruption and is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import types
+import uuid
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Final, get_args, get_type_hints
+
+SCHEMA_VERSION: Final = 1
+
+
+class Kind(StrEnum):
+    UTTERANCE = "utterance"  # one recognised phrase of a USP session
+    REQUEST = "request"  # one REST short-audio request, whatever its result
+    SESSION_FAILURE = "session_failure"  # a USP session (of one role) that failed
+
+
+class Role(StrEnum):
+    PRIMARY = "primary"  # the variant whose results the client saw
+    SHADOW = "shadow"  # a challenger fed the same audio; the client never saw its results
+
+
+class UnitSource(StrEnum):
+    QUERY = "query"
+    HEADER = "header"
+    CONNECTION = "connection"  # no unit id given: the connection id stands in
+
+
+class Protocol(StrEnum):
+    USP = "usp"
+    REST = "rest"
+
+
+def new_record_id() -> str:
+    """A fresh idempotency key: uuid4 as 32 lower-case hex digits."""
+    return uuid.uuid4().hex
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO-8601 with milliseconds and a Z: 2025-01-31T12:00:00.123Z."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutcomeRecord:
+    """One outcome; fields in schema order (the order of the JSON keys). See docs/outcomes.md."""
+
+    schema_version: int = SCHEMA_VERSION
+    record_id: str = field(default_factory=new_record_id)
+    kind: Kind
+    timestamp: str = field(default_factory=now_iso)
+    experiment: str | None
+    phase: str | None
+    variant: str | None
+    backend: str | None
+    role: Role
+    forced: bool = False
+    client: str
+    unit: str
+    unit_source: UnitSource
+    session_id: str
+    protocol: Protocol
+    mode: str | None = None
+    locale: str | None = None
+    turn_id: str | None = None
+    utterance_index: int | None = None
+    status: str
+    error_code: str | None = None
+    error_detail: str | None = None
+    audio_offset_ms: float | None = None
+    audio_duration_ms: float | None = None
+    first_hypothesis_ms: float | None = None
+    final_latency_ms: float | None = None
+    total_ms: float | None = None
+    text: str | None = None
+    text_sha256: str | None = None
+    confidence: float | None = None
+    word_count: int | None = None
+    shadow_drops: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, (base, nullable) in _SPEC.items():
+            value = getattr(self, name)
+            checked = _check(name, base, nullable, value)
+            if checked is not value:
+                object.__setattr__(self, name, checked)
+        _check_semantics(self)
+
+    def to_json(self) -> str:
+        """One compact ASCII JSON line (no newline), keys in field order, no NaN or Infinity."""
+        return json.dumps(
+            {name: getattr(self, name) for name in FIELD_NAMES},
+            ensure_ascii=True,  # ASCII lines: no encoding errors, no U+2028 "line breaks"
+            allow_nan=False,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, line: str | bytes) -> OutcomeRecord:
+        """Parse and validate one JSON line; a ValueError names the offending field."""
+        try:
+            data = json.loads(line, parse_constant=_refuse_constant)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ValueError(f"outcome record is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError("outcome record must be a JSON object")
+        version = data.get("schema_version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(
+                f"field 'schema_version': expected an integer >= 1, got {_show(version)}"
+            )
+        if version <= SCHEMA_VERSION:
+            unknown = [name for name in data if name not in _SPEC]
+            if unknown:
+                raise ValueError(
+                    f"field {unknown[0]!r}: unknown in schema version {version} "
+                    f"(this reader knows versions up to {SCHEMA_VERSION})"
+                )
+        missing = [name for name in FIELD_NAMES if name not in data]
+        if missing:
+            raise ValueError(f"field {missing[0]!r}: missing")
+        return cls(**{name: data[name] for name in FIELD_NAMES})
+
+
+FIELD_NAMES: Final = tuple(f.name for f in fields(OutcomeRecord))
+
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+_RECORD_ID = re.compile(r"[0-9a-f]{32}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def _spec() -> dict[str, tuple[type, bool]]:
+    """Field name -> (base type, nullable), read from the annotations so it cannot drift."""
+    spec: dict[str, tuple[type, bool]] = {}
+    for name, hint in get_type_hints(OutcomeRecord).items():
+        args = get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        bases = [arg for arg in args if arg is not type(None)]
+        assert len(bases) == 1, f"{name}: one base type expected"
+        spec[name] = (bases[0], len(bases) != len(args))
+    return spec
+
+
+_SPEC: Final = _spec()
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check(name: str, base: type, nullable: bool, value: Any) -> Any:
+    """The value, converted to `base` where that is lossless (str -> enum, int -> float)."""
+    if value is None:
+        if nullable:
+            return None
+        raise ValueError(f"field {name!r}: must not be null")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"field {name!r}: expected true or false, got {_show(value)}")
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"field {name!r}: expected an integer, got {_show(value)}")
+    if base is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ValueError(f"field {name!r}: expected a finite number, got {value}")
+            return value if type(value) is float else float(value)
+        raise ValueError(f"field {name!r}: expected a number, got {_show(value)}")
+    if base is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"field {name!r}: expected a string, got {_show(value)}")
+    if issubclass(base, StrEnum):
+        if isinstance(value, base):
+            return value
+        if isinstance(value, str):
+            try:
+                return base(value)
+            except ValueError:
+                pass
+        allowed = ", ".join(repr(member.value) for member in base)
+        raise ValueError(f"field {name!r}: expected one of {allowed}, got {_show(value)}")
+    raise AssertionError(f"field {name!r}: no check for {base!r}")  # a new field type
+
+
+def _check_semantics(record: OutcomeRecord) -> None:
+    """Rules across fields and ranges that types alone do not express."""
+    if record.schema_version < 1:
+        raise ValueError("field 'schema_version': must be >= 1")
+    if not _RECORD_ID.fullmatch(record.record_id):
+        raise ValueError(
+            f"field 'record_id': expected 32 lower-case hex digits, got {_show(record.record_id)}"
+        )
+    if not _TIMESTAMP.fullmatch(record.timestamp):
+        raise ValueError(
+            "field 'timestamp': expected UTC ISO-8601 with milliseconds "
+            f"(2025-01-31T12:00:00.123Z), got {_show(record.timestamp)}"
+        )
+    try:
+        datetime.fromisoformat(record.timestamp)
+    except ValueError as exc:
+        raise ValueError(f"field 'timestamp': {exc}") from None
+    for name in ("client", "unit", "session_id", "status"):
+        if not getattr(record, name):
+            raise ValueError(f"field {name!r}: must not be empty")
+    for name in (
+        "utterance_index",
+        "audio_offset_ms",
+        "audio_duration_ms",
+        "first_hypothesis_ms",
+        "final_latency_ms",
+        "total_ms",
+        "word_count",
+        "shadow_drops",
+    ):
+        value = getattr(record, name)
+        if value is not None and value < 0:
+            raise ValueError(f"field {name!r}: must not be negative, got {value}")
+    if record.confidence is not None and not 0.0 <= record.confidence <= 1.0:
+        raise ValueError(f"field 'confidence': expected 0..1, got {record.confidence}")
+    if record.kind is Kind.UTTERANCE and record.protocol is not Protocol.USP:
+        raise ValueError("field 'protocol': an utterance record comes from a USP session")
+    if record.kind is Kind.REQUEST and record.protocol is not Protocol.REST:
+        raise ValueError("field 'protocol': a request record comes from the REST API")
+    if record.role is Role.PRIMARY and record.shadow_drops is not None:
+        raise ValueError("field 'shadow_drops': only shadow records count dropped audio")
+    if record.text_sha256 is not None and not _DIGEST.fullmatch(record.text_sha256):
+        got = _show(record.text_sha256)
+        raise ValueError(f"field 'text_sha256': expected 64 lower-case hex digits, got {got}")
+    # Both at once would defeat the privacy setting that chose the hash.
+    if record.text is not None and record.text_sha256 is not None:
+        raise ValueError("field 'text_sha256': a record carries the text or its hash, not both")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid number in an outcome record")
