@@ -1,6 +1,7 @@
 """The `speech-gateway` command (also `python -m gateway`): a thin layer over the modules.
 
-Sub-commands: `emulate` (the local Azure-compatible speech service), `demo`, and
+Sub-commands: `serve` (the gateway), `emulate` (the local Azure-compatible speech
+service), `demo`, `keygen` (a new client key and the digest for the config) and
 `config validate`. Each parses its arguments into settings overrides, configures logging
 once, and hands over; errors become one clear line on stderr and exit status 2.
 """
@@ -8,11 +9,14 @@ once, and hands over; errors become one clear line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.control.config import build_gateway_config
+from gateway.control.model import hash_key
 from gateway.errors import ConfigError, GatewayError
 from gateway.logging import configure_logging
 from gateway.settings import Settings, config_path, load_settings
@@ -24,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, help="TOML settings file")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+
+    commands.add_parser("keygen", help="make a client key and print its sha256 for the config")
 
     emulate = commands.add_parser(
         "emulate", help="run a local Azure-compatible speech service (PocketSphinx)"
@@ -109,21 +119,40 @@ def _emulate(settings: Settings) -> None:
     web.run_app(app, host=emulator.host, port=emulator.port, print=None, access_log=None)
 
 
+def _serve(settings: Settings) -> None:
+    from aiohttp import web
+
+    from gateway.io.server import create_gateway_app
+
+    app = create_gateway_app(settings)
+    gateway = settings.gateway
+    web.run_app(app, host=gateway.host, port=gateway.port, print=None, access_log=None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "config":
             path = config_path(args.file or args.config)
-            load_settings(path)
+            build_gateway_config(load_settings(path).gateway)
             print(f"ok: {path or 'the built-in defaults'} is valid")
+            return 0
+        if args.command == "keygen":
+            key = secrets.token_urlsafe(32)
+            print(f"key:        {key}\nkey_sha256: {hash_key(key)}")
             return 0
         overrides: dict[str, Any] = {}
         if args.command == "emulate":
             overrides["emulator"] = _emulator_overrides(args)
+        elif args.command == "serve":
+            section = {k: v for k in ("host", "port") if (v := getattr(args, k)) is not None}
+            overrides["gateway"] = section
         settings = load_settings(args.config, **overrides)
         configure_logging(settings.logging.level, settings.logging.format)
         if args.command == "emulate":
             _emulate(settings)
+        elif args.command == "serve":
+            _serve(settings)
         elif args.command == "demo":
             from gateway.demo import run_demo
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.dataset import LabelledUtterance, load_dataset
-from gateway.local_emulator import LocalEmulator
+from gateway.local_services import LocalEmulator
 from gateway.speech_client import speech_config, transcribe_file
 from gateway.stats.wer import WerCounts, align
 

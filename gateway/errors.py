@@ -7,7 +7,10 @@
     │   └── RestError               a bad short-audio request → HTTP status
     ├── AuthError                   missing or wrong credentials → HTTP 401
     ├── CapacityError               a concurrency bound is reached → "too many requests"
-    └── RecognitionError            the local recogniser failed → USP status "Error"
+    ├── RecognitionError            the local recogniser failed → USP status "Error"
+    └── UpstreamError               a backend could not serve a session
+        ├── UpstreamRejected        it answered the upgrade/POST with an HTTP error status
+        └── UpstreamUnavailable     unreachable or too slow → USP status "Error" / HTTP 503
 
 Each error carries what its boundary needs to answer with (close code, HTTP status),
 so the I/O layer never guesses. Third-party exceptions are translated where they enter.
@@ -84,3 +87,24 @@ class CapacityError(GatewayError):
 
 class RecognitionError(GatewayError):
     """The local recogniser failed for one utterance or session."""
+
+
+class UpstreamError(GatewayError):
+    """A backend could not serve a session; `error_code` goes into the outcome record."""
+
+    def __init__(self, error_code: str, detail: str) -> None:
+        super().__init__(f"{error_code}: {detail}")
+        self.error_code = error_code
+        self.detail = detail
+
+
+class UpstreamRejected(UpstreamError):
+    """The backend answered with an HTTP error status, which the client gets too (§5.3)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"upstream_http_{status}", detail)
+        self.status = status
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The backend was unreachable or did not answer in time."""

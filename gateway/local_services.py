@@ -1,7 +1,7 @@
-"""Run `speech-gateway emulate` as a child process on a free loopback port.
+"""Run `speech-gateway emulate` or `serve` as a child process on a free loopback port.
 
-Used by the demo and by tests that need a real emulator; the child is stopped with SIGTERM
-(graceful) and killed if it does not exit in time.
+Used by the demo and by tests that need a real emulator or gateway; the child is stopped
+with SIGTERM (graceful) and killed if it does not exit in time.
 """
 
 from __future__ import annotations
@@ -27,14 +27,20 @@ def free_port() -> int:
         return port
 
 
-class LocalEmulator:
+class LocalService:
+    """A `speech-gateway` sub-command on 127.0.0.1 and a free port, ready when it says so."""
+
+    command = "emulate"
+    ready_path = "/ready"
+
     def __init__(
         self,
         *args: str,
         log_path: Path | None = None,
         env: dict[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self._args = args
         self._log_path = log_path
         self._env = env
@@ -49,8 +55,9 @@ class LocalEmulator:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def start(self) -> LocalEmulator:
-        command = [sys.executable, "-m", "gateway", "emulate", "--host", "127.0.0.1"]
+    def start(self) -> LocalService:
+        command = [sys.executable, "-m", "gateway", *self._global_args(), self.command]
+        command += ["--host", "127.0.0.1"]
         command += ["--port", str(self.port), *self._args]
         if self._log_path is not None:
             self._log = self._log_path.open("ab")
@@ -63,16 +70,17 @@ class LocalEmulator:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                raise RuntimeError(f"emulator exited with status {self._proc.returncode}")
+                raise RuntimeError(f"{self.command} exited with status {self._proc.returncode}")
             try:
-                with urllib.request.urlopen(f"{self.http_url}/ready", timeout=2) as response:  # noqa: S310
+                url = f"{self.http_url}{self.ready_path}"
+                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
                     if response.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.2)
         self.stop()
-        raise TimeoutError(f"emulator not ready after {READY_TIMEOUT_S} s")
+        raise TimeoutError(f"{self.command} not ready after {READY_TIMEOUT_S} s")
 
     def stop(self) -> int | None:
         if self._log is not None:
@@ -91,7 +99,10 @@ class LocalEmulator:
         self._proc = None
         return code
 
-    def __enter__(self) -> LocalEmulator:
+    def _global_args(self) -> list[str]:
+        return []
+
+    def __enter__(self) -> LocalService:
         return self.start()
 
     def __exit__(
@@ -101,3 +112,29 @@ class LocalEmulator:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class LocalEmulator(LocalService):
+    command = "emulate"
+    ready_path = "/ready"
+
+
+class LocalGateway(LocalService):
+    """`speech-gateway --config FILE serve`."""
+
+    command = "serve"
+    ready_path = "/readyz"
+
+    def __init__(
+        self,
+        config: Path,
+        *args: str,
+        log_path: Path | None = None,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        super().__init__(*args, log_path=log_path, env=env, port=port)
+        self.config = config
+
+    def _global_args(self) -> list[str]:
+        return ["--config", str(self.config)]

@@ -31,6 +31,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from gateway.control.config import GatewaySettings
 from gateway.errors import ConfigError
 
 DEFAULT_CONFIG = Path("config/gateway.toml")
@@ -129,6 +130,31 @@ class EmulatorSettings(_Section):
         return key
 
 
+class OutcomeSettings(_Section):
+    """Where outcome records go and what they may contain (docs/outcomes.md)."""
+
+    path: Path = Path("var/outcomes.jsonl")
+    # text: the transcript; hash: a keyed hash of its normalised words; none: nothing.
+    text_privacy: Literal["text", "hash", "none"] = "text"
+    # Key of the unit-id pseudonyms and transcript hashes; every replica needs the same one.
+    pseudonym_key: SecretStr | None = None
+    pseudonym_key_file: Path | None = None
+    # Without a configured key, one is generated once and kept here (single-node use).
+    generated_key_path: Path = Path("var/pseudonym.key")
+    queue_size: int = Field(10_000, ge=1, le=10_000_000)
+
+    def resolved_pseudonym_key(self) -> bytes | None:
+        if self.pseudonym_key is not None:
+            key = self.pseudonym_key.get_secret_value()
+        elif self.pseudonym_key_file is not None:
+            key = read_secret_file(self.pseudonym_key_file, "outcomes.pseudonym_key_file")
+        else:
+            return None
+        if len(key) < 16:
+            raise ConfigError("outcomes.pseudonym_key", "must be at least 16 characters")
+        return key.encode()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SPEECH_GATEWAY_",
@@ -139,6 +165,8 @@ class Settings(BaseSettings):
 
     logging: LoggingSettings = LoggingSettings()
     emulator: EmulatorSettings = EmulatorSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    outcomes: OutcomeSettings = OutcomeSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -217,24 +245,44 @@ def _check_toml(path: Path) -> None:
         raise ConfigError(str(path), f"config file is not UTF-8: {exc.reason}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"invalid TOML: {exc}") from exc
-    for field in _secret_fields(Settings, ""):
-        node: Any = data
-        for part in field.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None:
-            env = "SPEECH_GATEWAY_" + field.upper().replace(".", "__")
-            raise ConfigError(
-                field, f"secrets may not be written in {path}; set {env} or {field}_file"
-            )
+    for field in _secret_paths(data, ""):
+        env = "SPEECH_GATEWAY_" + field.upper().replace(".", "__")
+        raise ConfigError(field, f"secrets may not be written in {path}; set {env} or {field}_file")
 
 
-def _secret_fields(model: type[BaseModel], prefix: str) -> list[str]:
+def _secret_paths(node: Any, prefix: str) -> list[str]:
+    """Dotted paths of every secret field set in the TOML data, tables of tables included
+    (e.g. gateway.backends.<name>.key)."""
     found: list[str] = []
-    for name, info in model.model_fields.items():
-        annotation = info.annotation
-        dotted = f"{prefix}{name}"
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            found.extend(_secret_fields(annotation, dotted + "."))
-        elif "SecretStr" in str(annotation):
-            found.append(dotted)
+    if isinstance(node, dict):
+        names = _SECRET_FIELD_NAMES
+        for name, value in node.items():
+            dotted = f"{prefix}{name}"
+            if name in names and not isinstance(value, dict | list):
+                found.append(dotted)
+            found.extend(_secret_paths(value, dotted + "."))
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            found.extend(_secret_paths(item, f"{prefix.rstrip('.')}[{index}]."))
     return found
+
+
+def _secret_field_names(model: type[BaseModel]) -> set[str]:
+    """Names of SecretStr fields anywhere in the settings models (dict values included)."""
+    names: set[str] = set()
+    for name, info in model.model_fields.items():
+        annotation = str(info.annotation)
+        if "SecretStr" in annotation:
+            names.add(name)
+        for nested in _models_in(info.annotation):
+            names |= _secret_field_names(nested)
+    return names
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]
+
+
+_SECRET_FIELD_NAMES = frozenset(_secret_field_names(Settings))

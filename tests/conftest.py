@@ -9,7 +9,7 @@ import pytest
 from support import DOMAINS, EMULATOR_KEY
 
 from gateway.dataset import LabelledUtterance, load_dataset
-from gateway.local_emulator import LocalEmulator
+from gateway.local_services import LocalEmulator
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.emulator.options import RecognitionOptions
 from gateway.emulator.recognition import Alternative, Final, Partial, Word
-from gateway.protocol.usp import RecognitionStatus
+from gateway.protocol.usp import RecognitionStatus, status_phrase_body
 from gateway.text.normalize import Profanity, display_text, itn_text, masked_itn_text
 
 
@@ -34,7 +34,7 @@ def hypothesis_body(partial: Partial, profanity: Profanity) -> str:
 
 def status_body(status: RecognitionStatus, offset: int = 0, duration: int = 0) -> str:
     """A phrase that carries only a status: NoMatch, timeouts, acknowledgements, errors."""
-    return _dumps({"RecognitionStatus": status.value, "Offset": offset, "Duration": duration})
+    return status_phrase_body(status, offset, duration)
 
 
 def phrase_fields(final: Final, options: RecognitionOptions) -> dict[str, Any]:

@@ -337,3 +337,11 @@ def ticks_from_bytes(n: int, sample_rate: int = 16000, block_align: int = 2) -> 
     if n < 0 or sample_rate < 1 or block_align < 1:
         raise ValueError("need n >= 0 and positive sample_rate and block_align")
     return n * TICKS_PER_SECOND // (sample_rate * block_align)
+
+
+def status_phrase_body(status: RecognitionStatus, offset: int = 0, duration: int = 0) -> str:
+    """The body of a `speech.phrase` that carries only a status (NoMatch, acks, errors)."""
+    return (
+        f'{{"RecognitionStatus":"{status.value}","Offset":{int(offset)},'
+        f'"Duration":{int(duration)}}}'
+    )

@@ -16,7 +16,7 @@ import azure.cognitiveservices.speech as speechsdk
 import pytest
 
 from gateway.dataset import LabelledUtterance
-from gateway.local_emulator import LocalEmulator
+from gateway.local_services import LocalEmulator
 from gateway.protocol.usp import encode_binary, encode_text, new_request_id
 from gateway.protocol.wav import wave_header
 

@@ -15,7 +15,7 @@ import pytest
 from support import EMULATOR_KEY, read_pcm, silence
 
 from gateway.dataset import LabelledUtterance
-from gateway.local_emulator import LocalEmulator
+from gateway.local_services import LocalEmulator
 from gateway.stats.wer import align
 
 KEY = {"Ocp-Apim-Subscription-Key": EMULATOR_KEY}

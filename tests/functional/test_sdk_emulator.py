@@ -10,7 +10,7 @@ import pytest
 from support import EMULATOR_KEY, read_pcm, silence, write_wav
 
 from gateway.dataset import LabelledUtterance
-from gateway.local_emulator import LocalEmulator
+from gateway.local_services import LocalEmulator
 from gateway.speech_client import speech_config, transcribe_file
 from gateway.stats.wer import align, corpus_wer
 

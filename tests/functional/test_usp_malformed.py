@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import CloseCode
-from gateway.local_emulator import LocalEmulator
+from gateway.local_services import LocalEmulator
 from gateway.protocol.usp import encode_binary, encode_text, new_request_id
 from gateway.protocol.wav import WaveFormat, wave_header
 

@@ -1,0 +1,111 @@
+"""The gateway's HTTP/WebSocket server: routes, client auth, and the app's lifetime.
+
+Every path the Speech SDKs use is served: USP over WebSocket on the three v1 recognition
+paths and both universal v2 paths, REST short audio (POST) on the v1 paths, plus
+`/healthz` and `/readyz`. Each request is routed by `session.routing.plan_route`; the
+outcome sink and the HTTP client pool live as long as the app.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from gateway.control.config import build_gateway_config
+from gateway.errors import AuthError
+from gateway.io.rest_relay import handle_rest
+from gateway.io.state import STATE, GatewayState
+from gateway.io.usp_relay import handle_usp
+from gateway.logging import get_logger
+from gateway.outcomes.privacy import load_or_create_key
+from gateway.outcomes.sink import JsonlSink
+from gateway.session.routing import Route, RouteError, plan_route
+from gateway.settings import Settings
+
+log = get_logger(__name__)
+
+V1_PATHS = tuple(
+    f"/speech/recognition/{mode}/cognitiveservices/v1"
+    for mode in ("interactive", "conversation", "dictation")
+)
+UNIVERSAL_PATHS = ("/stt/speech/universal/v2", "/speech/universal/v2")
+
+
+def create_gateway_app(settings: Settings) -> web.Application:
+    """Validate the configuration and build the app; ConfigError if anything is wrong."""
+    config = build_gateway_config(settings.gateway)
+    outcomes = settings.outcomes
+    key = outcomes.resolved_pseudonym_key() or load_or_create_key(outcomes.generated_key_path)
+    app = web.Application(client_max_size=settings.gateway.max_rest_body_bytes)
+    app[STATE] = GatewayState(
+        settings=settings.gateway,
+        config=config,
+        sink=JsonlSink(outcomes.path, queue_size=outcomes.queue_size),
+        text_privacy=outcomes.text_privacy,
+        privacy_key=key,
+    )
+    for path in (*V1_PATHS, *UNIVERSAL_PATHS):
+        app.router.add_get(path, usp_route)
+    for path in V1_PATHS:
+        app.router.add_post(path, rest_route)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", healthz)
+    app.on_startup.append(_start)
+    app.on_cleanup.append(_stop)
+    return app
+
+
+async def _start(app: web.Application) -> None:
+    state = app[STATE]
+    # The client pool must be created inside the running event loop.
+    state.http = aiohttp.ClientSession(auto_decompress=False)
+    await state.sink.start()
+    log.info(
+        "gateway_ready",
+        experiments=[e.id for e in state.config.experiments],
+        clients=len(state.config.clients),
+    )
+
+
+async def _stop(app: web.Application) -> None:
+    state = app[STATE]
+    await state.sink.close()
+    await state.http.close()
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+def _route(request: web.Request) -> Route:
+    state = request.app[STATE]
+    try:
+        return plan_route(
+            state.config,
+            request.path,
+            list(request.query.items()),
+            request.headers,
+            force_param=state.settings.force_param,
+        )
+    except AuthError:
+        raise web.HTTPUnauthorized(
+            text="Access denied due to invalid subscription key or wrong API endpoint."
+        ) from None
+    except RouteError as exc:
+        raise _http_error(exc) from None
+
+
+def _http_error(exc: RouteError) -> web.HTTPException:
+    if exc.status == 403:
+        return web.HTTPForbidden(text=exc.reason)
+    return web.HTTPBadRequest(text=exc.reason)
+
+
+async def usp_route(request: web.Request) -> web.StreamResponse:
+    route = _route(request)
+    return await handle_usp(request, request.app[STATE], route)
+
+
+async def rest_route(request: web.Request) -> web.StreamResponse:
+    route = _route(request)
+    return await handle_rest(request, request.app[STATE], route)

@@ -1,0 +1,221 @@
+"""The USP relay's I/O: accept the SDK's WebSocket, connect the backend, pump both ways.
+
+The backend is connected *before* the client's upgrade is answered, so an HTTP status the
+backend answers with reaches the SDK unchanged (protocol.md §5.3). Two pumps run per
+session — client→backend and backend→client — each handing frames to the `RelaySession`
+state machine and executing the commands it returns; sends are awaited, so a slow side
+slows its sender instead of filling memory. Shadows are fed through bounded queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import assert_never
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from gateway.errors import UpstreamRejected, UpstreamUnavailable, UspError
+from gateway.io.shadow import ShadowLink
+from gateway.io.state import GatewayState, session_facts
+from gateway.io.upstream import connect_ws
+from gateway.logging import get_logger
+from gateway.outcomes.record import Role
+from gateway.protocol.usp import DEFAULT_LIMITS
+from gateway.session.relay import (
+    CloseClient,
+    CloseUpstream,
+    Command,
+    Emit,
+    RelaySession,
+    ToClient,
+    ToUpstream,
+)
+from gateway.session.routing import Route
+from gateway.session.taps import RoleFacts
+
+log = get_logger(__name__)
+
+USP_PROTOCOL = "USP"
+
+
+class _Session:
+    """One client connection: its sockets, shadows and relay state machine."""
+
+    def __init__(
+        self,
+        state: GatewayState,
+        route: Route,
+        relay: RelaySession,
+        client: web.WebSocketResponse,
+        upstream: aiohttp.ClientWebSocketResponse | None,
+    ) -> None:
+        self._state = state
+        self._route = route
+        self._relay = relay
+        self._client = client
+        self._upstream = upstream
+        self._shadows: list[ShadowLink] = []
+
+    def start_shadows(self, headers: dict[str, str], protocols: tuple[str, ...]) -> None:
+        settings = self._state.settings
+        for variant in self._route.shadows:
+            url = variant.backend.ws_url(self._route.path, self._route.upstream_query(variant))
+            link = ShadowLink(
+                variant,
+                url,
+                self._route.upstream_headers(variant, headers),
+                queue_frames=settings.shadow_queue_frames,
+                connect_timeout_s=settings.connect_timeout_s,
+                turn_timeout_s=settings.shadow_grace_s,
+                on_text=self._on_shadow_text,
+                on_failure=self._on_shadow_failure,
+                on_drop=self._relay.shadow_dropped,
+            )
+            link.start(self._state.http)
+            self._shadows.append(link)
+
+    async def run(self) -> None:
+        pumps = [asyncio.create_task(self._pump_client(), name="usp-client-pump")]
+        if self._upstream is not None:
+            pumps.append(asyncio.create_task(self._pump_upstream(), name="usp-upstream-pump"))
+        try:
+            _done, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            # The finished pump already closed the other side; its pump ends or is cut.
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        finally:
+            for task in pumps:
+                task.cancel()
+            if self._upstream is not None and not self._upstream.closed:
+                await self._upstream.close()
+            grace = self._state.settings.shadow_grace_s
+            await asyncio.gather(*(link.finish(grace) for link in self._shadows))
+
+    async def _pump_client(self) -> None:
+        relay = self._relay
+        try:
+            async for message in self._client:
+                now = time.monotonic()
+                if message.type is WSMsgType.TEXT:
+                    commands = relay.client_text(message.data, now)
+                elif message.type is WSMsgType.BINARY:
+                    commands = relay.client_binary(message.data, now)
+                else:
+                    break
+                await self._execute(commands)
+        except UspError as exc:
+            log.info("client_protocol_error", reason=exc.reason, close_code=int(exc.close_code))
+            await self._client.close(code=exc.close_code, message=exc.reason.encode()[:120])
+        except (ConnectionError, aiohttp.ClientError):
+            pass
+        await self._execute(relay.client_closed())
+
+    async def _pump_upstream(self) -> None:
+        upstream = self._upstream
+        assert upstream is not None
+        relay = self._relay
+        code, reason = 1006, "the backend connection was lost"
+        try:
+            while True:
+                message = await upstream.receive()
+                if message.type is WSMsgType.TEXT:
+                    await self._execute(relay.upstream_text(message.data, time.monotonic()))
+                elif message.type is WSMsgType.BINARY:
+                    await self._execute(relay.upstream_binary(message.data))
+                else:
+                    if message.type is WSMsgType.CLOSE:
+                        code, reason = int(message.data), str(message.extra or "")
+                    elif upstream.close_code is not None:
+                        code = upstream.close_code
+                    break
+        except (ConnectionError, aiohttp.ClientError):
+            pass
+        if not self._client.closed:
+            await self._execute(relay.upstream_closed(code, reason))
+
+    async def _execute(self, commands: list[Command]) -> None:
+        for command in commands:
+            match command:
+                case ToUpstream(frame=frame, starts_turn=starts_turn):
+                    upstream = self._upstream
+                    if upstream is not None and not upstream.closed:
+                        if isinstance(frame, str):
+                            await upstream.send_str(frame)
+                        else:
+                            await upstream.send_bytes(frame)
+                    for link in self._shadows:
+                        link.offer(frame, starts_turn)
+                case ToClient(frame=frame):
+                    if self._client.closed:
+                        continue
+                    if isinstance(frame, str):
+                        await self._client.send_str(frame)
+                    else:
+                        await self._client.send_bytes(frame)
+                case CloseClient(code=code, reason=reason):
+                    await self._client.close(code=code, message=reason.encode()[:120])
+                case CloseUpstream(code=code):
+                    if self._upstream is not None:
+                        await self._upstream.close(code=code)
+                case Emit(record=record):
+                    self._state.sink.submit(record)
+                case _:
+                    assert_never(command)
+
+    def _on_shadow_text(self, variant: str, frame: str, now: float) -> None:
+        _submit(self._state, self._relay.shadow_text(variant, frame, now))
+
+    def _on_shadow_failure(self, variant: str, error_code: str, detail: str) -> None:
+        log.warning("shadow_failed", variant=variant, error_code=error_code)
+        _submit(self._state, self._relay.shadow_failed(variant, error_code, detail))
+
+
+async def handle_usp(request: web.Request, state: GatewayState, route: Route) -> web.StreamResponse:
+    """Relay one Speech SDK connection along an already planned route."""
+    facts = session_facts(state, route, protocol="usp")
+    primary = RoleFacts(Role.PRIMARY, route.variant.name, route.variant.backend.name)
+    shadows = [RoleFacts(Role.SHADOW, v.name, v.backend.name) for v in route.shadows]
+    relay = RelaySession(facts, primary, shadows)
+    offered = request.headers.get("Sec-WebSocket-Protocol", "")
+    protocols = (USP_PROTOCOL,) if USP_PROTOCOL.lower() in offered.lower() else ()
+    variant = route.variant
+    url = variant.backend.ws_url(route.path, route.upstream_query(variant))
+    headers = dict(request.headers)
+    upstream: aiohttp.ClientWebSocketResponse | None = None
+    pending: list[Command] = []
+    try:
+        upstream = await connect_ws(
+            state.http,
+            url,
+            route.upstream_headers(variant, headers),
+            protocols=(USP_PROTOCOL,),
+            timeout_s=state.settings.connect_timeout_s,
+        )
+    except UpstreamRejected as exc:
+        # The SDK maps the status to its error code (401 → AuthenticationFailure, ...).
+        _submit(state, relay.upstream_rejected(exc.error_code, exc.detail))
+        return web.Response(status=exc.status, text=f"The speech service answered {exc.status}.")
+    except UpstreamUnavailable as exc:
+        log.warning("upstream_unavailable", backend=variant.backend.name, error=exc.error_code)
+        pending = relay.upstream_unavailable(exc.error_code, exc.detail)
+    client = web.WebSocketResponse(
+        protocols=protocols, max_msg_size=DEFAULT_LIMITS.max_text_bytes, autoping=True
+    )
+    await client.prepare(request)
+    session = _Session(state, route, relay, client, upstream)
+    _submit(state, pending)
+    if upstream is not None:
+        session.start_shadows(headers, protocols)
+    with contextlib.suppress(ConnectionError):
+        await session.run()
+    return client
+
+
+def _submit(state: GatewayState, commands: list[Command]) -> None:
+    for command in commands:
+        if isinstance(command, Emit):
+            state.sink.submit(command.record)

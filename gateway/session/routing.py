@@ -1,0 +1,162 @@
+"""Where a new session or request goes: client, experiment, unit, variant and upstream URL.
+
+Pure: the I/O layer passes the request's path, query and headers; `plan_route` returns a
+`Route` or raises (`AuthError` → 401, `RouteError` → 400). The client's own credentials and
+the gateway's parameters are removed from what goes upstream, and the variant's backend
+credentials and custom endpoint id (`cid`) are put in; nothing of the backend's reaches the
+client.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+from gateway.control.assignment import resolve, shadow_variants
+from gateway.control.model import Client, Experiment, GatewayConfig, Variant
+from gateway.errors import AuthError, RestError
+
+KEY_HEADER = "Ocp-Apim-Subscription-Key"
+AUTH_HEADER = "Authorization"
+UNIT_HEADER = "X-Gateway-Unit"
+FORCE_HEADER = "X-Gateway-Variant"
+CONNECTION_ID_HEADER = "X-ConnectionId"
+MAX_UNIT_ID = 256
+# Query parameters that carry the client's credentials or pick a model: never forwarded.
+_STRIPPED_PARAMS = frozenset({KEY_HEADER.lower(), AUTH_HEADER.lower(), "cid"})
+# Request headers worth passing on; everything else (hop-by-hop, credentials) stays here.
+FORWARDED_HEADERS = (
+    "User-Agent",
+    CONNECTION_ID_HEADER,
+    "Content-Type",
+    "Accept",
+    "Expect",
+    "Pronunciation-Assessment",
+)
+
+
+class RouteError(RestError):
+    """The request cannot be routed (HTTP 400 with the reason)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    client: Client
+    experiment: Experiment | None
+    variant: Variant
+    forced: bool
+    unit_id: str
+    unit_source: str  # query | header | connection
+    session_id: str
+    mode: str | None
+    locale: str | None
+    path: str
+    query: tuple[tuple[str, str], ...]  # the client's, without credentials and gateway params
+    shadows: tuple[Variant, ...] = field(default=())
+
+    def upstream_query(self, variant: Variant) -> str:
+        pairs = list(self.query)
+        if variant.endpoint_id:
+            pairs.append(("cid", variant.endpoint_id))
+        return urlencode(pairs)
+
+    def upstream_headers(
+        self, variant: Variant, client_headers: Mapping[str, str]
+    ) -> dict[str, str]:
+        headers = {n: client_headers[n] for n in FORWARDED_HEADERS if n in client_headers}
+        headers.setdefault(CONNECTION_ID_HEADER, self.session_id)
+        if variant.backend.key is not None:
+            headers[KEY_HEADER] = variant.backend.key
+        return headers
+
+
+def mode_of(path: str) -> str | None:
+    for mode in ("interactive", "conversation", "dictation"):
+        if f"/recognition/{mode}/" in path:
+            return mode
+    return None
+
+
+def client_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
+    """The client's key as any SDK sends it: header, query parameter, or Bearer token."""
+    key = headers.get(KEY_HEADER) or query.get(KEY_HEADER)
+    if key:
+        return key
+    bearer = headers.get(AUTH_HEADER) or query.get(AUTH_HEADER) or ""
+    scheme, _, token = bearer.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def plan_route(
+    config: GatewayConfig,
+    path: str,
+    query: Sequence[tuple[str, str]],
+    headers: Mapping[str, str],
+    *,
+    force_param: str,
+) -> Route:
+    params = {name: value for name, value in query}
+    key = client_key(headers, params)
+    client = config.authenticate(key) if key else None
+    if client is None:
+        raise AuthError("invalid or missing client key")
+    mode = mode_of(path)
+    locale = params.get("language", "").lower() or None
+    experiment = config.select(mode, locale, client.name)
+    session_id = _session_id(headers, params)
+    unit_param = experiment.unit_param if experiment is not None else "gw-unit"
+    unit_id, unit_source = _unit(params, headers, unit_param, session_id)
+    forced_name = params.get(force_param) or headers.get(FORCE_HEADER)
+    shadows: tuple[Variant, ...] = ()
+    if experiment is None:
+        if config.default_variant is None:
+            raise RouteError("No experiment matches this request.")
+        variant, forced = config.default_variant, False
+    else:
+        try:
+            variant, forced = resolve(experiment, unit_id, forced_name or None, client)
+        except AuthError:
+            raise RouteError("This client key may not force a variant.", 403) from None
+        except KeyError:
+            raise RouteError(f"Unknown variant in {force_param}.") from None
+        shadows = shadow_variants(experiment, variant)
+    stripped = {unit_param.lower(), force_param.lower()}
+    upstream_query = tuple(
+        (name, value)
+        for name, value in query
+        if name.lower() not in _STRIPPED_PARAMS and name.lower() not in stripped
+    )
+    return Route(
+        client=client,
+        experiment=experiment,
+        variant=variant,
+        forced=forced,
+        unit_id=unit_id,
+        unit_source=unit_source,
+        session_id=session_id,
+        mode=mode,
+        locale=locale,
+        path=path,
+        query=upstream_query,
+        shadows=shadows,
+    )
+
+
+def _session_id(headers: Mapping[str, str], params: Mapping[str, str]) -> str:
+    given = headers.get(CONNECTION_ID_HEADER) or params.get(CONNECTION_ID_HEADER)
+    if given and len(given) <= 64 and given.isalnum():
+        return given
+    return uuid.uuid4().hex
+
+
+def _unit(
+    params: Mapping[str, str], headers: Mapping[str, str], unit_param: str, session_id: str
+) -> tuple[str, str]:
+    for value, source in ((params.get(unit_param), "query"), (headers.get(UNIT_HEADER), "header")):
+        if value is not None:
+            if not value or len(value) > MAX_UNIT_ID or not value.isprintable():
+                raise RouteError(f"The unit id must be 1-{MAX_UNIT_ID} printable characters.")
+            return value, source
+    return session_id, "connection"
