@@ -138,6 +138,10 @@ class _Session:
             await self._execute(relay.upstream_closed(code, reason))
 
     async def _execute(self, commands: list[Command]) -> None:
+        # Records first: they need no I/O, and a pump cancelled while it sends or closes must
+        # not lose them (e.g. our own CloseClient wakes the client pump, which can finish
+        # first; `run` then cancels this pump inside `close`, before a later Emit).
+        _submit(self._state, commands)
         for command in commands:
             match command:
                 case ToUpstream(frame=frame, starts_turn=starts_turn):
@@ -161,8 +165,8 @@ class _Session:
                 case CloseUpstream(code=code):
                     if self._upstream is not None:
                         await self._upstream.close(code=code)
-                case Emit(record=record):
-                    self._state.sink.submit(record)
+                case Emit():
+                    pass  # submitted above
                 case _:
                     assert_never(command)
 
@@ -182,6 +186,13 @@ async def handle_usp(request: web.Request, state: GatewayState, route: Route) ->
     relay = RelaySession(facts, primary, shadows)
     offered = request.headers.get("Sec-WebSocket-Protocol", "")
     protocols = (USP_PROTOCOL,) if USP_PROTOCOL.lower() in offered.lower() else ()
+    client = web.WebSocketResponse(
+        protocols=protocols, max_msg_size=DEFAULT_LIMITS.max_text_bytes, autoping=True
+    )
+    # Checked before the backend is dialled: a request that is no WebSocket upgrade would
+    # fail in `prepare` and leave a backend session open that nothing ever closes.
+    if not client.can_prepare(request).ok:
+        raise web.HTTPBadRequest(text="This path takes a WebSocket upgrade.")
     variant = route.variant
     url = variant.backend.ws_url(route.path, route.upstream_query(variant))
     headers = dict(request.headers)
@@ -202,10 +213,13 @@ async def handle_usp(request: web.Request, state: GatewayState, route: Route) ->
     except UpstreamUnavailable as exc:
         log.warning("upstream_unavailable", backend=variant.backend.name, error=exc.error_code)
         pending = relay.upstream_unavailable(exc.error_code, exc.detail)
-    client = web.WebSocketResponse(
-        protocols=protocols, max_msg_size=DEFAULT_LIMITS.max_text_bytes, autoping=True
-    )
-    await client.prepare(request)
+    try:
+        await client.prepare(request)
+    except BaseException:
+        # The client left while the backend was dialled: its backend session goes too.
+        if upstream is not None:
+            await upstream.close()
+        raise
     session = _Session(state, route, relay, client, upstream)
     _submit(state, pending)
     if upstream is not None:

@@ -105,9 +105,13 @@ def plan_route(
     mode = mode_of(path)
     locale = params.get("language", "").lower() or None
     experiment = config.select(mode, locale, client.name)
-    session_id = _session_id(headers, params)
+    # The native SDK reuses its X-ConnectionId for every retry and reconnect of one
+    # recognition, so it cannot name a gateway session: each gets its own id, and the
+    # connection id only stands in for a missing unit (a retry keeps its variant).
+    session_id = uuid.uuid4().hex
+    connection_id = _connection_id(headers, params) or session_id
     unit_param = experiment.unit_param if experiment is not None else "gw-unit"
-    unit_id, unit_source = _unit(params, headers, unit_param, session_id)
+    unit_id, unit_source = _unit(params, headers, unit_param, connection_id)
     forced_name = params.get(force_param) or headers.get(FORCE_HEADER)
     shadows: tuple[Variant, ...] = ()
     if experiment is None:
@@ -144,19 +148,19 @@ def plan_route(
     )
 
 
-def _session_id(headers: Mapping[str, str], params: Mapping[str, str]) -> str:
+def _connection_id(headers: Mapping[str, str], params: Mapping[str, str]) -> str | None:
     given = headers.get(CONNECTION_ID_HEADER) or params.get(CONNECTION_ID_HEADER)
     if given and len(given) <= 64 and given.isalnum():
         return given
-    return uuid.uuid4().hex
+    return None
 
 
 def _unit(
-    params: Mapping[str, str], headers: Mapping[str, str], unit_param: str, session_id: str
+    params: Mapping[str, str], headers: Mapping[str, str], unit_param: str, connection_id: str
 ) -> tuple[str, str]:
     for value, source in ((params.get(unit_param), "query"), (headers.get(UNIT_HEADER), "header")):
         if value is not None:
             if not value or len(value) > MAX_UNIT_ID or not value.isprintable():
                 raise RouteError(f"The unit id must be 1-{MAX_UNIT_ID} printable characters.")
             return value, source
-    return session_id, "connection"
+    return connection_id, "connection"
