@@ -22,6 +22,7 @@ from gateway.outcomes.record import Kind, Role
 from gateway.protocol.usp import RecognitionStatus
 from gateway.session.routing import Route
 from gateway.session.taps import (
+    FAILURE_STATUSES,
     RoleFacts,
     best_alternative,
     confidence_of,
@@ -39,6 +40,10 @@ MAX_TAPPED_BODY = 256 * 1024
 _RESPONSE_HEADERS = ("Content-Type",)
 
 
+class _BodyTooLarge(Exception):
+    """The client's body outgrew `max_rest_body_bytes` while it streamed."""
+
+
 class _BodyClock:
     """Streams the client's body and notes when its first and last bytes arrived."""
 
@@ -48,6 +53,7 @@ class _BodyClock:
         self.first: float | None = None
         self.last: float | None = None
         self.size = 0
+        self.too_large = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         async for chunk in self._request.content.iter_chunked(CHUNK):
@@ -55,9 +61,15 @@ class _BodyClock:
                 self.first = time.monotonic()
             self.size += len(chunk)
             if self.size > self._limit:
-                raise web.HTTPRequestEntityTooLarge(max_size=self._limit, actual_size=self.size)
+                # Raised inside aiohttp's upload, which reports it as a ClientError: the flag
+                # tells the handler that the client, not the backend, is at fault.
+                self.too_large = True
+                raise _BodyTooLarge
             yield chunk
         self.last = time.monotonic()
+
+    def refusal(self) -> web.HTTPRequestEntityTooLarge:
+        return web.HTTPRequestEntityTooLarge(max_size=self._limit, actual_size=self.size)
 
 
 async def handle_rest(
@@ -68,8 +80,16 @@ async def handle_rest(
     headers = route.upstream_headers(variant, request.headers)
     facts = session_facts(state, route, protocol="rest")
     role = RoleFacts(Role.PRIMARY, variant.name, variant.backend.name)
-    body = _BodyClock(request, state.settings.max_rest_body_bytes)
-    timeout = aiohttp.ClientTimeout(sock_connect=state.settings.connect_timeout_s)
+    limit = state.settings.max_rest_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        # Known too large before a byte is read: refused without dialling the backend.
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    body = _BodyClock(request, limit)
+    settings = state.settings
+    timeout = aiohttp.ClientTimeout(
+        sock_connect=settings.connect_timeout_s, sock_read=settings.rest_timeout_s
+    )
+    response: web.StreamResponse | None = None
     try:
         async with state.http.post(
             url, data=body.chunks(), headers=headers, timeout=timeout
@@ -87,17 +107,26 @@ async def handle_rest(
                 await response.write(chunk)
             await response.write_eof()
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        if body.too_large:
+            raise body.refusal() from None
         error = type(exc).__name__
+        timed_out = isinstance(exc, TimeoutError)  # aiohttp's timeouts are TimeoutErrors too
         log.warning("rest_upstream_unavailable", backend=variant.backend.name, error=error)
         record = make_record(
             facts,
             role,
             Kind.SESSION_FAILURE,
             RecognitionStatus.ERROR.value,
-            error_code="upstream_unreachable",
-            error_detail=type(exc).__name__,
+            error_code="upstream_timeout" if timed_out else "upstream_unreachable",
+            error_detail=error,
         )
         state.sink.submit(record)
+        if response is not None and response.prepared:
+            # The backend's status line already went out, so no 503 can follow, and ending
+            # the response normally would pass a truncated body off as whole: cut it off.
+            if request.transport is not None:
+                request.transport.close()
+            return response
         return web.json_response({"error": "The speech service is unavailable."}, status=503)
     state.sink.submit(_record(facts, role, upstream.status, bytes(tapped), body, answered))
     return response
@@ -126,6 +155,18 @@ def _record(
         result = {}
     if not isinstance(result, dict):
         result = {}
+    recognition = str(result.get("RecognitionStatus") or "Unknown")[:64]
+    if recognition in FAILURE_STATUSES:
+        # An HTTP 200 can still carry a failed recognition: a failure, as in a USP session.
+        return make_record(
+            facts,
+            role,
+            Kind.SESSION_FAILURE,
+            recognition,
+            error_code=f"upstream_status_{recognition}",
+            error_detail="the service answered " + recognition,
+            **latency,
+        )
     best = best_alternative(result)
     display = str(result.get("DisplayText") or best.get("Display") or "")
     text, text_hash = transcript_fields(display or None, facts.text_privacy, facts.privacy_key)
@@ -133,7 +174,7 @@ def _record(
         facts,
         role,
         Kind.REQUEST,
-        str(result.get("RecognitionStatus") or "Unknown")[:64],
+        recognition,
         utterance_index=0,
         audio_offset_ms=ticks_of(result.get("Offset")) / 10_000,
         audio_duration_ms=ticks_of(result.get("Duration")) / 10_000,

@@ -2,7 +2,9 @@
 
 The primary's path never waits on a shadow: `offer` puts the frame in a bounded queue and
 returns at once; when the queue is full the frame is dropped and counted (the count goes
-into the shadow's outcome records). A sender task drains the queue into the shadow's
+into the shadow's outcome records, and a shadow that lost frames ends with a
+`shadow_dropped_audio` failure carrying the total, since the drops may come after its last
+result or it may never have produced one). A sender task drains the queue into the shadow's
 WebSocket and a receiver task hands its answers to a callback.
 
 A slow shadow is still given the chance to finish: before a new turn's `speech.context` is
@@ -52,7 +54,11 @@ class ShadowLink:
         self.variant = variant
         self._url = url
         self._headers = dict(headers)
-        self._queue: asyncio.Queue[tuple[str | bytes, bool] | object] = asyncio.Queue(queue_frames)
+        # Unbounded as a queue, bounded by `offer`: the end sentinel must always fit, or a
+        # sender behind a full queue would wait for it until the grace period cuts it off.
+        self._queue: asyncio.Queue[tuple[str | bytes, bool] | object] = asyncio.Queue()
+        self._capacity = queue_frames
+        self._dropped = 0
         self._connect_timeout_s = connect_timeout_s
         self._turn_timeout_s = turn_timeout_s
         self._on_text = on_text
@@ -70,25 +76,29 @@ class ShadowLink:
         """Queue a client frame for the shadow; never waits. A full queue drops the frame."""
         if self._closed:
             return
-        try:
-            self._queue.put_nowait((frame, starts_turn))
-        except asyncio.QueueFull:
+        if self._queue.qsize() >= self._capacity:
+            self._dropped += 1
             self._on_drop(self.variant.name)
+            return
+        self._queue.put_nowait((frame, starts_turn))
 
     async def finish(self, grace_s: float) -> None:
         """The client is gone: send what is queued, let the last turn end, then close."""
         self._closed = True
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(_END)
-        if self._task is None:
-            return
-        try:
-            async with asyncio.timeout(grace_s):
-                await asyncio.shield(self._task)
-        except TimeoutError:
-            self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        self._queue.put_nowait(_END)
+        if self._task is not None:
+            try:
+                async with asyncio.timeout(grace_s):
+                    await asyncio.shield(self._task)
+            except TimeoutError:
+                self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._dropped:
+            # Records count drops only up to their own result: the total is reported once more,
+            # unless the shadow already failed (its one failure record carries the count).
+            detail = f"{self._dropped} frames dropped: the shadow's queue was full"
+            self._on_failure(self.variant.name, "shadow_dropped_audio", detail)
 
     async def _run(self, http: aiohttp.ClientSession) -> None:
         name = self.variant.name
@@ -101,6 +111,7 @@ class ShadowLink:
                 timeout_s=self._connect_timeout_s,
             )
         except UpstreamError as exc:
+            self._closed = True  # nothing will be sent: stop queueing (and counting) frames
             self._on_failure(name, exc.error_code, exc.detail)
             return
         receiver = asyncio.create_task(self._receive(ws), name=f"shadow-{name}-receiver")
