@@ -38,6 +38,12 @@ class CloseCode(IntEnum):
     TOO_MANY_REQUESTS = 4429  # SDK TooManyRequests, no retry
 
 
+def is_sendable_close_code(code: int) -> bool:
+    """RFC 6455 §7.4: 1004-1006 and 1015 are reserved, 1016-2999 unassigned; a close
+    frame may carry only the others."""
+    return code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
 

@@ -32,7 +32,7 @@ from pydantic_settings import (
 )
 
 from gateway.control.config import GatewaySettings
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, is_sendable_close_code
 
 DEFAULT_CONFIG = Path("config/gateway.toml")
 CONFIG_ENV = "SPEECH_GATEWAY_CONFIG"
@@ -80,7 +80,7 @@ class FaultSettings(_Section):
                 if not _is_number(value) or not 400 <= int(value) <= 599:
                     raise ValueError(f"{value!r} is not an HTTP error status (400-599)")
             case "close":
-                if not _is_number(value) or not sendable_close_code(int(value)):
+                if not _is_number(value) or not is_sendable_close_code(int(value)):
                     raise ValueError(f"{value!r} is not a close code a server may send")
             case "usp":
                 if value not in USP_FAILURE_STATUSES:
@@ -187,11 +187,6 @@ class Settings(BaseSettings):
 def _is_number(value: str) -> bool:
     # ASCII digits only, and few: int() refuses some Unicode digits ("²") and long strings.
     return value.isascii() and value.isdigit() and len(value) <= 5
-
-
-def sendable_close_code(code: int) -> bool:
-    """RFC 6455 §7.4: 1004-1006 and 1015 are reserved, 1016-2999 unassigned."""
-    return code in (1000, 1001, 1002, 1003) or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 def read_secret_file(path: Path, field: str) -> str:

@@ -94,6 +94,8 @@ class GatewaySettings(_Model):
     experiments: list[ExperimentSettings] = Field(default_factory=list)
     default_variant: VariantSettings | None = None
     connect_timeout_s: float = Field(5.0, gt=0, le=60)  # to a backend, primary or shadow
+    # REST: the longest a backend may stay silent while answering (60 s of audio + margin).
+    rest_timeout_s: float = Field(90.0, gt=0, le=600)
     shadow_queue_frames: int = Field(200, ge=1)  # audio frames buffered per shadow, then dropped
     # How long shadows may take to finish (final results) after the primary session ended.
     shadow_grace_s: float = Field(5.0, gt=0, le=60)

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.errors import CloseCode
+from gateway.errors import CloseCode, is_sendable_close_code
 from gateway.logging import get_logger
 from gateway.outcomes.record import OutcomeRecord
 from gateway.protocol.usp import (
@@ -81,6 +81,7 @@ class RelaySession:
         self._shadows = {role.variant or "": ResultTap(facts, role) for role in shadows}
         self._turns: OrderedDict[str, Turn] = OrderedDict()
         self._unavailable: tuple[str, str] | None = None  # (error code, detail)
+        self._open_turn: str | None = None  # the primary's turn between turn.start and end
 
     # -- the client ------------------------------------------------------------------------
 
@@ -111,7 +112,7 @@ class RelaySession:
 
     def upstream_text(self, frame: str, now: float) -> list[Command]:
         commands: list[Command] = [ToClient(frame)]
-        record = self._observe(self._primary, frame, now)
+        record = self._observe(self._primary, frame, now, primary=True)
         if record is not None:
             commands.append(Emit(record))
         return commands
@@ -120,7 +121,14 @@ class RelaySession:
         return [ToClient(frame)]
 
     def upstream_closed(self, code: int, reason: str) -> list[Command]:
-        """The primary closed: the client gets the same code and reason (§5.3, 2)."""
+        """The primary closed: the client gets the same code and reason (§5.3, 2).
+
+        A connection lost without a close frame (1006, or no code at all) cannot be passed
+        on: no close frame may carry it. The current turn is answered with an Error phrase
+        instead, as for any failure the gateway detects itself (§5.3, 3).
+        """
+        if not is_sendable_close_code(code):
+            return self._lost_upstream(code)
         commands: list[Command] = [CloseClient(code, reason)]
         if code != CloseCode.NORMAL:
             record = self._primary.failure(
@@ -141,6 +149,19 @@ class RelaySession:
         record = self._primary.failure(RecognitionStatus.ERROR.value, error_code, detail)
         return [Emit(record)] if record is not None else []
 
+    def _lost_upstream(self, code: int) -> list[Command]:
+        detail = f"the backend connection was lost (close code {code})"
+        commands: list[Command] = []
+        if self._turns:  # the SDK's current turn: its last speech.context
+            current = next(reversed(self._turns))
+            started = self._open_turn == current
+            commands += self._answer_error(current, turn_started=started)
+        commands.append(CloseClient(CloseCode.NORMAL, "the backend connection was lost"))
+        record = self._primary.failure(RecognitionStatus.ERROR.value, "upstream_lost", detail)
+        if record is not None:
+            commands.append(Emit(record))
+        return commands
+
     # -- shadows ----------------------------------------------------------------------------
 
     def shadow_text(self, variant: str, frame: str, now: float) -> list[Command]:
@@ -156,11 +177,17 @@ class RelaySession:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _observe(self, tap: ResultTap, frame: str, now: float) -> OutcomeRecord | None:
+    def _observe(
+        self, tap: ResultTap, frame: str, now: float, *, primary: bool = False
+    ) -> OutcomeRecord | None:
         try:
             message = decode_text(frame)
         except Exception:  # the tap only reads; a frame it cannot read still goes through
             return None
+        if primary and message.path == Path.TURN_START:
+            self._open_turn = message.request_id
+        elif primary and message.path == Path.TURN_END:
+            self._open_turn = None
         turn = self._turns.get(message.request_id) if message.request_id else None
         try:
             return tap.observe(message, turn, now)
@@ -178,9 +205,15 @@ class RelaySession:
             self._turns.popitem(last=False)
 
     def _answer_unavailable(self, request_id: str | None) -> list[Command]:
+        return self._answer_error(request_id, turn_started=False)
+
+    def _answer_error(self, request_id: str | None, *, turn_started: bool) -> list[Command]:
+        """End the turn with an Error phrase (SDK: ServiceError), starting it if need be."""
         body = status_phrase_body(RecognitionStatus.ERROR)
-        return [
-            ToClient(encode_text(Path.TURN_START.value, request_id, '{"context":{}}')),
-            ToClient(encode_text(Path.SPEECH_PHRASE.value, request_id, body)),
-            ToClient(encode_text(Path.TURN_END.value, request_id, "{}")),
-        ]
+        commands: list[Command] = []
+        if not turn_started:
+            start = encode_text(Path.TURN_START.value, request_id, '{"context":{}}')
+            commands.append(ToClient(start))
+        commands.append(ToClient(encode_text(Path.SPEECH_PHRASE.value, request_id, body)))
+        commands.append(ToClient(encode_text(Path.TURN_END.value, request_id, "{}")))
+        return commands

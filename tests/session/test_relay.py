@@ -211,3 +211,28 @@ def test_unparseable_service_frame_is_still_forwarded() -> None:
     """The tap only reads: a service frame it cannot parse still reaches the client."""
     relay = RelaySession(FACTS, PRIMARY)
     assert relay.upstream_text("garbage", 0.0) == [ToClient("garbage")]
+
+
+@pytest.mark.parametrize("code", [1006, 1005, 0])
+def test_lost_backend_connection_answers_the_turn_with_error(code: int) -> None:
+    """A backend lost without a sendable close code ends the SDK's turn with an Error
+    phrase and a normal close, never an illegal close frame."""
+    relay = RelaySession(FACTS, PRIMARY)
+    relay.client_text(context(), 0.0)
+    relay.upstream_text(service("turn.start", {"context": {}}), 0.1)
+    out = relay.upstream_closed(code, "")
+    sent = [decode_text(c.frame) for c in out if isinstance(c, ToClient)]  # type: ignore[arg-type]
+    assert [m.path for m in sent] == ["speech.phrase", "turn.end"]
+    assert json.loads(sent[0].body)["RecognitionStatus"] == "Error"
+    assert CloseClient(1000, "the backend connection was lost") in out
+    (record,) = records(out)
+    assert record.error_code == "upstream_lost"
+
+
+def test_lost_backend_before_turn_start_starts_the_turn_first() -> None:
+    """If the backend had not started the turn, the gateway sends turn.start itself."""
+    relay = RelaySession(FACTS, PRIMARY)
+    relay.client_text(context(), 0.0)
+    out = relay.upstream_closed(1006, "")
+    paths = [decode_text(c.frame).path for c in out if isinstance(c, ToClient)]  # type: ignore[arg-type]
+    assert paths == ["turn.start", "speech.phrase", "turn.end"]
