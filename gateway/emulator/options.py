@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any, cast, get_args
 
 from gateway.errors import CloseCode, UspError
+from gateway.protocol import paths
 from gateway.text.normalize import Profanity
 
 
@@ -61,10 +62,8 @@ class RecognitionOptions:
 
 def mode_from_path(path: str) -> Mode | None:
     """The recognition mode a v1 path names; None for the universal paths."""
-    for mode in Mode:
-        if f"/recognition/{mode.value}/" in path:
-            return mode
-    return None
+    mode = paths.mode_from_path(path)
+    return Mode(mode) if mode is not None else None
 
 
 def _truthy(value: str) -> bool:

@@ -33,13 +33,11 @@ from gateway.emulator.usp_session import (
 )
 from gateway.errors import CloseCode, RecognitionError, UspError
 from gateway.logging import get_logger
+from gateway.protocol.paths import USP_PATHS, V1_PATHS
 from gateway.protocol.usp import DEFAULT_LIMITS, decode_binary, decode_text
 from gateway.settings import EmulatorSettings
 
 log = get_logger(__name__)
-
-V1_PATHS = tuple(f"/speech/recognition/{mode.value}/cognitiveservices/v1" for mode in options.Mode)
-UNIVERSAL_PATHS = ("/stt/speech/universal/v2", "/speech/universal/v2")
 
 
 def create_app(settings: EmulatorSettings) -> web.Application:
@@ -51,7 +49,7 @@ def create_app(settings: EmulatorSettings) -> web.Application:
         faults=FaultInjector(settings.faults),
     )
     app[STATE] = state
-    for path in (*V1_PATHS, *UNIVERSAL_PATHS):
+    for path in USP_PATHS:
         app.router.add_get(path, usp_handler)
     for path in V1_PATHS:
         app.router.add_post(path, rest.rest_handler)

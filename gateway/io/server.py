@@ -19,16 +19,11 @@ from gateway.io.usp_relay import handle_usp
 from gateway.logging import get_logger
 from gateway.outcomes.privacy import load_or_create_key
 from gateway.outcomes.sink import JsonlSink
+from gateway.protocol.paths import USP_PATHS, V1_PATHS
 from gateway.session.routing import Route, RouteError, plan_route
 from gateway.settings import Settings
 
 log = get_logger(__name__)
-
-V1_PATHS = tuple(
-    f"/speech/recognition/{mode}/cognitiveservices/v1"
-    for mode in ("interactive", "conversation", "dictation")
-)
-UNIVERSAL_PATHS = ("/stt/speech/universal/v2", "/speech/universal/v2")
 
 
 def create_gateway_app(settings: Settings) -> web.Application:
@@ -44,7 +39,7 @@ def create_gateway_app(settings: Settings) -> web.Application:
         text_privacy=outcomes.text_privacy,
         privacy_key=key,
     )
-    for path in (*V1_PATHS, *UNIVERSAL_PATHS):
+    for path in USP_PATHS:
         app.router.add_get(path, usp_route)
     for path in V1_PATHS:
         app.router.add_post(path, rest_route)

@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 from gateway.control.assignment import resolve, shadow_variants
 from gateway.control.model import Client, Experiment, GatewayConfig, Variant
 from gateway.errors import AuthError, RestError
+from gateway.protocol.paths import mode_from_path
 
 KEY_HEADER = "Ocp-Apim-Subscription-Key"
 AUTH_HEADER = "Authorization"
@@ -72,13 +73,6 @@ class Route:
         return headers
 
 
-def mode_of(path: str) -> str | None:
-    for mode in ("interactive", "conversation", "dictation"):
-        if f"/recognition/{mode}/" in path:
-            return mode
-    return None
-
-
 def client_key(headers: Mapping[str, str], query: Mapping[str, str]) -> str | None:
     """The client's key as any SDK sends it: header, query parameter, or Bearer token."""
     key = headers.get(KEY_HEADER) or query.get(KEY_HEADER)
@@ -102,7 +96,7 @@ def plan_route(
     client = config.authenticate(key) if key else None
     if client is None:
         raise AuthError("invalid or missing client key")
-    mode = mode_of(path)
+    mode = mode_from_path(path)
     locale = params.get("language", "").lower() or None
     experiment = config.select(mode, locale, client.name)
     # The native SDK reuses its X-ConnectionId for every retry and reconnect of one
