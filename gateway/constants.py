@@ -1,0 +1,50 @@
+"""Redis key names, in one place.
+
+Every key of one experiment carries the experiment id as a hash tag (`{...}`), so all of
+an experiment's keys live in one Redis Cluster slot and a Lua script may touch them
+together. The prefix isolates deployments (and tests) sharing one Redis.
+
+    <prefix>:experiments                    SET     experiment ids that have outcomes
+    <prefix>:{<experiment>}:outcomes        STREAM  outcome records, field "r" = record JSON
+    <prefix>:{<experiment>}:seen            ZSET    record_id -> ms of first write (dedup window)
+    <prefix>:{<experiment>}:records         HASH    record_id -> stream entry id (label targets)
+    <prefix>:{<experiment>}:labels          HASH    record_id -> current label JSON (last wins)
+    <prefix>:{<experiment>}:label-audit     STREAM  every label write, field "l" = label JSON
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "sgw"
+# Records of sessions that matched no experiment (the default route).
+NO_EXPERIMENT = "_default"
+RECORD_FIELD = "r"
+LABEL_FIELD = "l"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisKeys:
+    prefix: str = DEFAULT_PREFIX
+
+    @property
+    def experiments(self) -> str:
+        return f"{self.prefix}:experiments"
+
+    def _tagged(self, experiment: str | None, name: str) -> str:
+        return f"{self.prefix}:{{{experiment or NO_EXPERIMENT}}}:{name}"
+
+    def outcomes(self, experiment: str | None) -> str:
+        return self._tagged(experiment, "outcomes")
+
+    def seen(self, experiment: str | None) -> str:
+        return self._tagged(experiment, "seen")
+
+    def records(self, experiment: str | None) -> str:
+        return self._tagged(experiment, "records")
+
+    def labels(self, experiment: str | None) -> str:
+        return self._tagged(experiment, "labels")
+
+    def label_audit(self, experiment: str | None) -> str:
+        return self._tagged(experiment, "label-audit")

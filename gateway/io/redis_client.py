@@ -1,0 +1,104 @@
+"""Redis connections, and the one place where redis-py's failures are sorted.
+
+`connect` opens a client (a single server or a Redis Cluster) with short timeouts, so that
+a frozen or partitioned Redis fails a command within seconds instead of hanging the writer
+that called it, and with few client-side retries, because the callers (the outcome sink's
+writer and reconnect loop) keep their own backoff and their writes are idempotent.
+
+`REDIS_ERRORS` is what a caller treats as "Redis is unavailable right now": spool, back off
+and try again later. Any other `RedisError` means Redis answered and refused (a script bug,
+a key of the wrong type); callers log it as an error but may still choose to retry.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, TypeAlias
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (
+    ClusterError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+RedisClient: TypeAlias = Redis | RedisCluster
+
+SOCKET_TIMEOUT_S: Final = 2.0
+CONNECT_TIMEOUT_S: Final = 2.0
+HEALTH_CHECK_INTERVAL_S: Final = 15
+# Client-side retries of one command. One retry rides out a connection that the server
+# closed while idle; more would only delay the caller's own fallback.
+CLIENT_RETRIES: Final = 1
+
+REDIS_ERRORS: Final[tuple[type[BaseException], ...]] = (
+    RedisConnectionError,  # refused, reset, closed; also BusyLoadingError, MaxConnectionsError
+    RedisTimeoutError,  # redis-py's socket timeout
+    TimeoutError,  # a caller's deadline (asyncio.timeout)
+    ClusterError,  # ClusterDownError, MasterDownError: slots not served right now
+    TryAgainError,  # a slot is migrating
+    RedisClusterException,  # no reachable startup node, SlotNotCoveredError
+    ReadOnlyError,  # a failover turned the node we write to into a replica
+    OutOfMemoryError,  # maxmemory reached: nothing can be written until it is freed
+)
+"""Exceptions meaning "Redis is unavailable": the caller keeps the data and retries later."""
+
+
+def client_for(
+    url: str,
+    *,
+    cluster: bool,
+    password: str | None = None,
+    socket_timeout: float = SOCKET_TIMEOUT_S,
+    health_check_interval: float = HEALTH_CHECK_INTERVAL_S,
+) -> RedisClient:
+    """A client for `url` (`redis://` or `rediss://`), bytes in and out, not yet connected:
+    it connects at its first command. `password` is used when the URL carries none, so that
+    a URL in a config file can stay free of secrets."""
+    retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), CLIENT_RETRIES)
+    options: dict[str, Any] = {
+        "password": password,
+        "decode_responses": False,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        "health_check_interval": health_check_interval,
+        "retry": retry,
+    }
+    if cluster:
+        return RedisCluster.from_url(url, **options)
+    return Redis.from_url(url, **options)
+
+
+async def connect(
+    url: str,
+    *,
+    cluster: bool,
+    password: str | None = None,
+    socket_timeout: float = SOCKET_TIMEOUT_S,
+    health_check_interval: float = HEALTH_CHECK_INTERVAL_S,
+) -> RedisClient:
+    """Like `client_for`, but connected: a single server is pinged and a cluster's topology
+    read before returning, so an unreachable Redis raises one of `REDIS_ERRORS` here rather
+    than at the first write. Nothing is left open when this raises."""
+    client = client_for(
+        url,
+        cluster=cluster,
+        password=password,
+        socket_timeout=socket_timeout,
+        health_check_interval=health_check_interval,
+    )
+    try:
+        if isinstance(client, RedisCluster):
+            await client.initialize()
+        else:
+            await client.ping()
+    except BaseException:
+        await client.aclose()
+        raise
+    return client
