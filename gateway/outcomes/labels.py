@@ -1,0 +1,400 @@
+"""Labels: reference transcripts that human review attaches to outcome records by record id.
+
+A `LabelInput` is what a reviewer supplies (a record id and the reference text); a `Label`
+is what is stored: the same, plus who gave it, when, and through which door (`api` or
+`import`). The parsers here are the two edges where labels enter: import files (CSV or JSON
+lines, `parse_labels` / `scan_labels`, errors as `ConfigError` naming `file:line`) and the
+HTTP API's body (`parse_label_body`, errors as `RestError` naming the index and field).
+`gateway.outcomes.label_store` keeps labels beside the outcomes; `gateway.stats.wer` scores a
+record's text against its label. docs/labels.md is the description for analysts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, Literal, get_args
+
+from gateway.errors import ConfigError, RestError
+from gateway.outcomes.record import now_iso
+
+LabelSource = Literal["api", "import"]
+LABEL_SOURCES: Final[tuple[LabelSource, ...]] = get_args(LabelSource)
+MAX_TEXT_CHARS: Final = 10_000
+MAX_BATCH: Final = 10_000  # labels in one API request
+MAX_LABELLER_CHARS: Final = 200
+_MAX_PROBLEMS: Final = 1_000  # bad lines kept for the report; the rest are only counted
+
+_RECORD_ID = re.compile(r"[0-9a-f]{32}")
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+_CSV_SUFFIXES = frozenset({".csv"})
+_JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
+_API_FIELDS = frozenset({"record_id", "text"})
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class LabelError(ValueError):
+    """An invalid label value; `field` names it (None: the label as a whole)."""
+
+    def __init__(self, field: str | None, problem: str) -> None:
+        super().__init__(f"{field}: {problem}" if field else problem)
+        self.field = field
+        self.problem = problem
+
+
+def check_record_id(value: object) -> str:
+    """The record id if it is 32 lower-case hex digits; ValueError naming the field if not."""
+    if not isinstance(value, str):
+        raise LabelError("record_id", f"expected a string, got {_show(value)}")
+    if not _RECORD_ID.fullmatch(value):
+        raise LabelError("record_id", f"expected 32 lower-case hex digits, got {_show(value)}")
+    return value
+
+
+def _check_text(value: object) -> str:
+    if not isinstance(value, str):
+        raise LabelError("text", f"expected a string, got {_show(value)}")
+    text = value.strip()
+    if not text:
+        raise LabelError("text", "must not be empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise LabelError("text", f"{len(text):,} characters; at most {MAX_TEXT_CHARS:,}")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class LabelInput:
+    """A reference transcript for one record, as a reviewer supplies it.
+
+    `text` is stored stripped of leading and trailing white space; construction raises
+    ValueError naming the field (`record_id: ...`, `text: ...`).
+    """
+
+    record_id: str
+    text: str
+
+    def __post_init__(self) -> None:
+        check_record_id(self.record_id)
+        text = _check_text(self.text)
+        if text != self.text:
+            object.__setattr__(self, "text", text)
+
+    def label(self, labeller: str, source: LabelSource, labelled_at: str | None = None) -> Label:
+        """The stored form: this label given by `labeller` through `source`, now or then."""
+        return Label(
+            record_id=self.record_id,
+            text=self.text,
+            labeller=labeller,
+            labelled_at=labelled_at or now_iso(),
+            source=source,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Label:
+    """A stored label; fields in the order of the JSON keys."""
+
+    record_id: str
+    text: str
+    labeller: str  # the admin credential's name (API) or the CLI's --by
+    labelled_at: str = field(default_factory=now_iso)  # UTC, 2025-01-31T12:00:00.123Z
+    source: LabelSource
+
+    def __post_init__(self) -> None:
+        check_record_id(self.record_id)
+        if _check_text(self.text) != self.text:
+            raise LabelError("text", "must be stripped of leading and trailing white space")
+        check_labeller(self.labeller)
+        if not isinstance(self.labelled_at, str) or not _TIMESTAMP.fullmatch(self.labelled_at):
+            raise LabelError(
+                "labelled_at",
+                "expected UTC ISO-8601 with milliseconds "
+                f"(2025-01-31T12:00:00.123Z), got {_show(self.labelled_at)}",
+            )
+        try:
+            datetime.fromisoformat(self.labelled_at)
+        except ValueError as exc:
+            raise LabelError("labelled_at", str(exc)) from None
+        if self.source not in LABEL_SOURCES:
+            raise LabelError("source", f"expected 'api' or 'import', got {_show(self.source)}")
+
+    def to_json(self) -> str:
+        """One compact ASCII JSON object (no newline), keys in field order."""
+        return json.dumps(self.to_dict(), ensure_ascii=True, separators=(",", ":"))
+
+    def to_dict(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in LABEL_FIELDS}
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> Label:
+        """Parse and validate one stored label; fields it does not know are ignored (a newer
+        writer may add some). ValueError names the offending field."""
+        try:
+            value = json.loads(data)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise LabelError(None, f"label is not valid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise LabelError(None, "label must be a JSON object")
+        missing = [name for name in LABEL_FIELDS if name not in value]
+        if missing:
+            raise LabelError(missing[0], "missing")
+        return cls(**{name: value[name] for name in LABEL_FIELDS})
+
+
+LABEL_FIELDS: Final = tuple(f.name for f in fields(Label))
+
+
+def check_labeller(value: object) -> str:
+    """A labeller name: 1-200 printable characters. ValueError naming the field if not."""
+    if not isinstance(value, str) or not value.strip():
+        raise LabelError("labeller", f"expected a non-empty name, got {_show(value)}")
+    if len(value) > MAX_LABELLER_CHARS or not value.isprintable():
+        raise LabelError(
+            "labeller", f"at most {MAX_LABELLER_CHARS} printable characters, got {_show(value)}"
+        )
+    return value
+
+
+# -- import files --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LabelLine:
+    """A label read from an import file, with the line it starts on (1-based)."""
+
+    line: int
+    label: LabelInput
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedLabels:
+    """What an import file holds: its good labels, and a `ConfigError` per bad line.
+
+    `problems` keeps the first 1,000 bad lines; `invalid` counts all of them.
+    """
+
+    path: Path
+    format: Literal["csv", "jsonl"]
+    lines: tuple[LabelLine, ...]
+    problems: tuple[ConfigError, ...]
+    invalid: int
+
+    @property
+    def labels(self) -> list[LabelInput]:
+        return [entry.label for entry in self.lines]
+
+
+def parse_labels(path: Path) -> list[LabelInput]:
+    """The labels of a CSV or JSON-lines file, all or nothing.
+
+    ConfigError(`path:line`, problem) for the first bad line (the message counts the others);
+    see `scan_labels` for the formats.
+    """
+    parsed = scan_labels(path)
+    raise_first_problem(parsed)
+    return parsed.labels
+
+
+def raise_first_problem(parsed: ParsedLabels) -> None:
+    """Raise the first bad line of a parsed file as a ConfigError, if it has one."""
+    if not parsed.invalid:
+        return
+    first = parsed.problems[0]
+    more = parsed.invalid - 1
+    problem = first.problem
+    if more:
+        problem += f" (and {more:,} more bad line{'s' if more > 1 else ''})"
+    raise ConfigError(first.field, problem)
+
+
+def scan_labels(path: Path) -> ParsedLabels:
+    """Read an import file, keeping bad lines aside instead of failing on the first.
+
+    The format is chosen by the extension (`.csv`; `.jsonl`, `.ndjson`, `.json`), else by
+    the content (a first non-blank character `{` means JSON lines). Both are UTF-8 (a BOM is
+    allowed); blank lines are skipped.
+
+    * CSV: a header row naming `record_id` and `text` (any case, any order); other columns
+      are ignored. Quoting follows the csv module (RFC 4180), so texts may hold commas,
+      quotes and line breaks.
+    * JSON lines: one object per line with string fields `record_id` and `text`; other
+      fields are ignored.
+
+    A file that cannot be read, is not UTF-8 (CSV), has no usable header, breaks the CSV
+    quoting, or holds no label line at all raises ConfigError: no line of it can be trusted.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read the label file: {exc.strerror}") from exc
+    kind = _format(path, data)
+    collector = _Problems(path)
+    if kind == "csv":
+        lines = list(_csv_lines(path, data, collector))
+    else:
+        lines = list(_jsonl_lines(path, data, collector))
+    if not lines and not collector.count:
+        raise ConfigError(str(path), "holds no labels")
+    return ParsedLabels(path, kind, tuple(lines), tuple(collector.kept), collector.count)
+
+
+class _Problems:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.kept: list[ConfigError] = []
+        self.count = 0
+
+    def add(self, line: int, problem: str) -> None:
+        self.count += 1
+        if len(self.kept) < _MAX_PROBLEMS:
+            self.kept.append(ConfigError(f"{self.path}:{line}", problem))
+
+
+def _format(path: Path, data: bytes) -> Literal["csv", "jsonl"]:
+    suffix = path.suffix.lower()
+    if suffix in _CSV_SUFFIXES:
+        return "csv"
+    if suffix in _JSONL_SUFFIXES:
+        return "jsonl"
+    return "jsonl" if data.removeprefix(b"\xef\xbb\xbf").lstrip().startswith(b"{") else "csv"
+
+
+def _csv_lines(path: Path, data: bytes, problems: _Problems) -> Iterator[LabelLine]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}", f"not UTF-8 ({exc.reason})") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 1  # the line the row being read starts on
+    try:
+        header = _next_row(reader)
+        while header is not None and not any(cell.strip() for cell in header):
+            start = reader.line_num + 1
+            header = _next_row(reader)
+        if header is None:
+            raise ConfigError(str(path), "holds no labels (expected a header row record_id,text)")
+        columns = [cell.strip().lower() for cell in header]
+        where = f"{path}:{start}"
+        for name in ("record_id", "text"):
+            if name not in columns:
+                raise ConfigError(where, f"the header has no {name!r} column: {_show(header)}")
+            if columns.count(name) > 1:
+                raise ConfigError(where, f"the header has two {name!r} columns")
+        id_at, text_at = columns.index("record_id"), columns.index("text")
+        needed = max(id_at, text_at) + 1
+        while True:
+            start = reader.line_num + 1
+            row = _next_row(reader)
+            if row is None:
+                return
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) < needed:
+                problems.add(start, f"{len(row)} column(s); the header has {len(columns)}")
+                continue
+            try:
+                label = LabelInput(row[id_at].strip(), row[text_at])
+            except ValueError as exc:
+                problems.add(start, str(exc))
+                continue
+            yield LabelLine(start, label)
+    except csv.Error as exc:
+        # Broken quoting: where the next row starts is unknown, so nothing after is trusted.
+        raise ConfigError(f"{path}:{start}", f"invalid CSV: {exc}") from None
+
+
+def _next_row(reader: Iterator[list[str]]) -> list[str] | None:
+    return next(reader, None)
+
+
+def _jsonl_lines(path: Path, data: bytes, problems: _Problems) -> Iterator[LabelLine]:
+    for number, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw, parse_constant=_refuse_constant)
+        except ValueError as exc:
+            problems.add(number, f"not valid JSON: {exc}")
+            continue
+        try:
+            label = _label_from_object(value, strict=False)
+        except ValueError as exc:
+            problems.add(number, str(exc))
+            continue
+        yield LabelLine(number, label)
+
+
+def _label_from_object(value: object, *, strict: bool) -> LabelInput:
+    """A LabelInput from a decoded JSON object; `strict` refuses fields other than ours."""
+    if not isinstance(value, dict):
+        raise LabelError(
+            None, f"expected a JSON object with record_id and text, got {_show(value)}"
+        )
+    for name in ("record_id", "text"):
+        if name not in value:
+            raise LabelError(name, "missing")
+    if strict:
+        unknown = sorted(set(value) - _API_FIELDS)
+        if unknown:
+            raise LabelError(unknown[0], "unknown field (a label has record_id and text)")
+    return LabelInput(value["record_id"], value["text"])
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+# -- the HTTP API's body ------------------------------------------------------------------
+
+
+def parse_label_body(body: bytes) -> list[LabelInput]:
+    """The labels of a `POST /labels` body: one object `{"record_id": ..., "text": ...}` or a
+    batch `{"labels": [...]}` of 1-10,000 such objects.
+
+    Raises RestError(reason, 400) naming the problem, e.g. `labels[3].text: must not be
+    empty`. Fields other than these are refused, so a misspelt field is not silently lost.
+    """
+    try:
+        value = json.loads(body, parse_constant=_refuse_constant)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RestError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise RestError('the body must be a JSON object: one label, or {"labels": [...]}')
+    if "labels" not in value:
+        try:
+            return [_label_from_object(value, strict=True)]
+        except ValueError as exc:
+            raise RestError(str(exc)) from None
+    return _batch(value)
+
+
+def _batch(value: Mapping[str, object]) -> list[LabelInput]:
+    extra = sorted(set(value) - {"labels"})
+    if extra:
+        raise RestError(f"{extra[0]}: unknown field beside 'labels'")
+    items = value["labels"]
+    if not isinstance(items, list):
+        raise RestError(f"labels: expected a list of labels, got {_show(items)}")
+    if not items:
+        raise RestError("labels: the batch is empty")
+    if len(items) > MAX_BATCH:
+        raise RestError(f"labels: {len(items):,} labels; at most {MAX_BATCH:,} per request")
+    labels: list[LabelInput] = []
+    for index, item in enumerate(items):
+        try:
+            labels.append(_label_from_object(item, strict=True))
+        except LabelError as exc:
+            where = f"labels[{index}].{exc.field}" if exc.field else f"labels[{index}]"
+            raise RestError(f"{where}: {exc.problem}") from None
+    return labels

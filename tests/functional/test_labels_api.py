@@ -1,0 +1,314 @@
+"""The labels HTTP API over loopback: an aiohttp app with the file label store in-process."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from gateway.control.model import hash_key
+from gateway.errors import ConfigError
+from gateway.io.labels_api import LABEL_STORE, AdminTokens, add_label_routes
+from gateway.outcomes.label_store import FileLabelStore, PutResult
+from gateway.outcomes.labels import Label, LabelInput, LabelSource
+from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
+
+ALICE_TOKEN = "admin-token-alice-3f9c1e"
+BOB_TOKEN = "admin-token-bob-77d0a2"
+CLIENT_KEY = "gateway-test-client-key"  # an application's key is no admin credential
+ADMINS = AdminTokens.from_digests({"alice": hash_key(ALICE_TOKEN), "bob": hash_key(BOB_TOKEN)})
+
+Client = TestClient[web.Request, web.Application]
+MakeClient = Callable[[web.Application], Awaitable[Client]]
+
+
+def rid(n: int) -> str:
+    return f"{n:032x}"
+
+
+def auth(token: str = ALICE_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def make(n: int) -> OutcomeRecord:
+    values: dict[str, Any] = {
+        "record_id": rid(n),
+        "kind": Kind.UTTERANCE,
+        "experiment": "checkout",
+        "phase": "1",
+        "variant": "base",
+        "backend": "westus",
+        "role": Role.PRIMARY,
+        "client": "shop-app",
+        "unit": "5f2b0c3e8a1d4e6f9a7b3c2d1e0f4a5b",
+        "unit_source": UnitSource.QUERY,
+        "session_id": f"session-{n}",
+        "protocol": Protocol.USP,
+        "utterance_index": 0,
+        "status": "Success",
+        "text": f"utterance number {n}",
+        "word_count": 3,
+    }
+    return OutcomeRecord(**values)
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> tuple[Path, Path]:
+    """An outcome file holding records 1-3, and where its labels go."""
+    outcomes = tmp_path / "outcomes.jsonl"
+    outcomes.write_text("".join(make(n).to_json() + "\n" for n in (1, 2, 3)), encoding="ascii")
+    return outcomes, tmp_path / "labels.jsonl"
+
+
+@pytest.fixture
+async def client(aiohttp_client: MakeClient, paths: tuple[Path, Path]) -> Client:
+    """A client of an app serving the labels API over the file store."""
+    app = web.Application()
+    app[LABEL_STORE] = FileLabelStore(*paths)
+    add_label_routes(app, ADMINS, max_body_bytes=64 * 1024)
+    return await aiohttp_client(app)
+
+
+def audit(paths: tuple[Path, Path]) -> list[Label]:
+    labels = paths[1]
+    if not labels.exists():
+        return []
+    return [Label.from_json(line) for line in labels.read_text(encoding="ascii").splitlines()]
+
+
+async def test_post_one_label(client: Client, paths: tuple[Path, Path]) -> None:
+    """One label is stored with the credential's name as labeller, and read back by GET."""
+    response = await client.post(
+        "/labels", json={"record_id": rid(1), "text": "pay my bill"}, headers=auth()
+    )
+    assert response.status == 200
+    assert await response.json() == {
+        "stored": 1,
+        "relabelled": 0,
+        "results": [{"record_id": rid(1), "status": "stored"}],
+    }
+    response = await client.get(f"/labels/{rid(1)}", headers=auth(BOB_TOKEN))
+    assert response.status == 200
+    body = await response.json()
+    assert (body["record_id"], body["text"], body["labeller"], body["source"]) == (
+        rid(1),
+        "pay my bill",
+        "alice",
+        "api",
+    )
+    assert [label.labeller for label in audit(paths)] == ["alice"]
+
+
+async def test_post_a_batch(client: Client) -> None:
+    """A batch is stored in order and answered with one result per label."""
+    labels = [{"record_id": rid(n), "text": f"label {n}"} for n in (1, 2, 3)]
+    response = await client.post("/labels", json={"labels": labels}, headers=auth())
+    assert response.status == 200
+    body = await response.json()
+    assert (body["stored"], body["relabelled"]) == (3, 0)
+    assert [r["record_id"] for r in body["results"]] == [rid(1), rid(2), rid(3)]
+
+
+async def test_relabel_returns_the_previous_text(client: Client, paths: tuple[Path, Path]) -> None:
+    """A relabel answers "relabelled" with the text it replaced; the file keeps both writes."""
+    await client.post("/labels", json={"record_id": rid(2), "text": "first"}, headers=auth())
+    response = await client.post(
+        "/labels", json={"record_id": rid(2), "text": "second"}, headers=auth(BOB_TOKEN)
+    )
+    assert response.status == 200
+    assert (await response.json())["results"] == [
+        {"record_id": rid(2), "status": "relabelled", "previous": "first"}
+    ]
+    assert (await (await client.get(f"/labels/{rid(2)}", headers=auth())).json())["text"] == (
+        "second"
+    )
+    assert [(a.text, a.labeller) for a in audit(paths)] == [("first", "alice"), ("second", "bob")]
+
+
+async def test_unknown_id_refuses_the_whole_batch(client: Client, paths: tuple[Path, Path]) -> None:
+    """A batch naming an unknown record id gets 422 listing it, and nothing is stored."""
+    labels = [{"record_id": rid(1), "text": "ok"}, {"record_id": rid(99), "text": "who"}]
+    response = await client.post("/labels", json={"labels": labels}, headers=auth())
+    assert response.status == 422
+    body = await response.json()
+    assert body["unknown"] == [rid(99)]
+    assert "nothing was stored" in body["error"]
+    assert audit(paths) == []
+    assert (await client.get(f"/labels/{rid(1)}", headers=auth())).status == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"record_id": ', "the body is not valid JSON"),
+        (b"", "the body is not valid JSON"),
+        (b'"just text"', "the body must be a JSON object"),
+    ],
+)
+async def test_bad_json_is_400(client: Client, body: bytes, reason: str) -> None:
+    """A body that is not a JSON object is 400 with the reason."""
+    response = await client.post(
+        "/labels", data=body, headers={**auth(), "Content-Type": "application/json"}
+    )
+    assert response.status == 400
+    assert (await response.json())["error"].startswith(reason)
+
+
+async def test_missing_field_is_400_naming_index_and_field(
+    client: Client, paths: tuple[Path, Path]
+) -> None:
+    """A batch with a label lacking its text is 400 naming labels[1].text; nothing stored."""
+    labels = [{"record_id": rid(1), "text": "ok"}, {"record_id": rid(2)}]
+    response = await client.post("/labels", json={"labels": labels}, headers=auth())
+    assert response.status == 400
+    assert await response.json() == {"error": "labels[1].text: missing"}
+    assert audit(paths) == []
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-token"},
+        {"Authorization": f"Bearer {CLIENT_KEY}"},
+        {"Authorization": f"Basic {ALICE_TOKEN}"},
+        {"Authorization": "Bearer "},
+        {"Ocp-Apim-Subscription-Key": ALICE_TOKEN},
+    ],
+)
+async def test_missing_or_wrong_token_is_401(
+    client: Client, paths: tuple[Path, Path], headers: dict[str, str]
+) -> None:
+    """Without a valid admin bearer token POST and GET are 401 and nothing is stored."""
+    response = await client.post(
+        "/labels", json={"record_id": rid(1), "text": "x"}, headers=headers
+    )
+    assert response.status == 401
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    assert (await client.get(f"/labels/{rid(1)}", headers=headers)).status == 401
+    assert audit(paths) == []
+
+
+async def test_scheme_is_case_insensitive(client: Client) -> None:
+    """ "bearer" in lower case is the same scheme."""
+    response = await client.post(
+        "/labels",
+        json={"record_id": rid(1), "text": "x"},
+        headers={"Authorization": f"bearer {ALICE_TOKEN}"},
+    )
+    assert response.status == 200
+
+
+async def test_get_unknown_or_malformed_id(client: Client) -> None:
+    """GET of a record without a label is 404; of a malformed id, 400 naming the field."""
+    assert (await client.get(f"/labels/{rid(3)}", headers=auth())).status == 404
+    response = await client.get("/labels/not-an-id", headers=auth())
+    assert response.status == 400
+    assert (await response.json())["error"].startswith("record_id: expected 32")
+
+
+async def test_body_over_the_limit_is_413(client: Client, paths: tuple[Path, Path]) -> None:
+    """A body over the configured limit is refused with 413, with or without a length."""
+    big = json.dumps({"record_id": rid(1), "text": "x" * 70_000}).encode()
+    response = await client.post("/labels", data=big, headers=auth())
+    assert response.status == 413
+
+    async def chunks() -> Any:
+        for _ in range(20):
+            yield b" " * 8192
+
+    response = await client.post("/labels", data=chunks(), headers=auth())
+    assert response.status == 413
+    assert audit(paths) == []
+
+
+async def test_default_limit_is_ten_mebibytes(
+    aiohttp_client: MakeClient, paths: tuple[Path, Path]
+) -> None:
+    """With the default limit, a body just over 10 MiB is refused by its Content-Length."""
+    app = web.Application()
+    app[LABEL_STORE] = FileLabelStore(*paths)
+    add_label_routes(app, ADMINS)
+    client = await aiohttp_client(app)
+    body = io.BytesIO(b" " * (10 * 1024 * 1024 + 1))
+    assert (await client.post("/labels", data=body, headers=auth())).status == 413
+
+
+async def test_no_admin_tokens_means_no_access(
+    aiohttp_client: MakeClient, paths: tuple[Path, Path]
+) -> None:
+    """An app configured without admin tokens answers every label request with 401."""
+    app = web.Application()
+    app[LABEL_STORE] = FileLabelStore(*paths)
+    add_label_routes(app, AdminTokens())
+    client = await aiohttp_client(app)
+    response = await client.post("/labels", json={"record_id": rid(1), "text": "x"}, headers=auth())
+    assert response.status == 401
+
+
+class BrokenStore:
+    """A label store whose disk (or Redis) has failed."""
+
+    async def put(
+        self,
+        labels: Sequence[LabelInput],
+        labeller: str,
+        source: LabelSource,
+        *,
+        all_or_nothing: bool = False,
+    ) -> PutResult:
+        raise OSError(28, "No space left on device")
+
+    async def get(self, record_ids: Iterable[str]) -> dict[str, Label]:
+        raise ConnectionError("gone")
+
+    async def all(self, experiment: str) -> dict[str, Label]:
+        raise OSError(5, "I/O error")
+
+
+async def test_store_failure_is_503(aiohttp_client: MakeClient) -> None:
+    """When the store fails the API answers 503 instead of an unhandled 500."""
+    app = web.Application()
+    app[LABEL_STORE] = BrokenStore()
+    add_label_routes(app, ADMINS)
+    client = await aiohttp_client(app)
+    response = await client.post("/labels", json={"record_id": rid(1), "text": "x"}, headers=auth())
+    assert response.status == 503
+    assert (await client.get(f"/labels/{rid(1)}", headers=auth())).status == 503
+
+
+@pytest.mark.parametrize(
+    ("digests", "field", "problem"),
+    [
+        ({"alice": "ABC"}, "gateway.admin_tokens_sha256.alice", "64 lower-case hex"),
+        ({"al ice": hash_key("t")}, "gateway.admin_tokens_sha256.al ice", "letters, digits"),
+        ({"e": hash_key("")}, "gateway.admin_tokens_sha256.e", "the empty token"),
+        (
+            {"a": hash_key("t"), "b": hash_key("t")},
+            "gateway.admin_tokens_sha256.b",
+            "the same token digest",
+        ),
+    ],
+)
+def test_admin_token_config_errors_name_the_field(
+    digests: dict[str, str], field: str, problem: str
+) -> None:
+    """Bad admin token configuration fails at load time, naming the entry."""
+    with pytest.raises(ConfigError) as caught:
+        AdminTokens.from_digests(digests)
+    assert caught.value.field == field
+    assert problem in caught.value.problem
+
+
+def test_authenticate_returns_the_admin_name() -> None:
+    """The name of the admin whose token matches is returned; a wrong token gives None."""
+    assert ADMINS.authenticate(f"Bearer {BOB_TOKEN}") == "bob"
+    assert ADMINS.authenticate(f"Bearer  {ALICE_TOKEN} ") == "alice"
+    assert ADMINS.authenticate(f"Bearer {ALICE_TOKEN}x") is None
+    assert ADMINS.authenticate(None) is None
