@@ -9,6 +9,8 @@ once, and hands over; errors become one clear line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import getpass
 import secrets
 import sys
 from collections.abc import Sequence
@@ -33,7 +35,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
 
-    commands.add_parser("keygen", help="make a client key and print its sha256 for the config")
+    commands.add_parser(
+        "keygen", help="make a client key or admin token and print its sha256 for the config"
+    )
+
+    label = commands.add_parser("label", help="reference transcripts (labels)")
+    label_commands = label.add_subparsers(dest="label_command", required=True)
+    label_import = label_commands.add_parser(
+        "import", help="attach labels from a CSV (record_id,text) or JSON-lines file"
+    )
+    label_import.add_argument("file", type=Path)
+    label_import.add_argument("--by", help="who labelled (default: your user name)")
+    label_import.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="skip bad lines and unknown record ids instead of importing nothing",
+    )
 
     emulate = commands.add_parser(
         "emulate", help="run a local Azure-compatible speech service (PocketSphinx)"
@@ -119,6 +136,19 @@ def _emulate(settings: Settings) -> None:
     web.run_app(app, host=emulator.host, port=emulator.port, print=None, access_log=None)
 
 
+async def _import_labels(settings: Settings, path: Path, by: str | None, skip_invalid: bool) -> str:
+    from gateway.io.stores import open_label_store
+    from gateway.outcomes.label_store import import_labels
+
+    try:
+        labeller = by or getpass.getuser()
+    except (OSError, KeyError):
+        raise ConfigError("--by", "cannot tell who you are: give --by NAME") from None
+    async with open_label_store(settings.outcomes) as store:
+        result = await import_labels(path, store, labeller, skip_invalid)
+    return result.summary()
+
+
 def _serve(settings: Settings) -> None:
     from aiohttp import web
 
@@ -153,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _emulate(settings)
         elif args.command == "serve":
             _serve(settings)
+        elif args.command == "label":
+            print(asyncio.run(_import_labels(settings, args.file, args.by, args.skip_invalid)))
         elif args.command == "demo":
             from gateway.demo import run_demo
 

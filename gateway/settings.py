@@ -142,6 +142,25 @@ class OutcomeSettings(_Section):
     # Without a configured key, one is generated once and kept here (single-node use).
     generated_key_path: Path = Path("var/pseudonym.key")
     queue_size: int = Field(10_000, ge=1, le=10_000_000)
+    # Reference transcripts of the file store; default: labels.jsonl beside `path`.
+    labels_path: Path | None = None
+    # "file": the append-only JSONL file above (one process). "redis": Redis Streams, one
+    # stream per experiment, shared by every replica (docs/outcomes.md).
+    store: Literal["file", "redis"] = "file"
+    redis_url: str = "redis://127.0.0.1:6379/0"  # no password here: see redis_password
+    redis_password: SecretStr | None = None
+    redis_cluster: bool = False
+    redis_prefix: str = Field("sgw", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    batch_size: int = Field(500, ge=1, le=100_000)
+    stream_maxlen: int | None = Field(None, ge=1000)  # XADD MAXLEN ~ per experiment
+    retention_s: float | None = Field(None, gt=0)  # trim entries older than this (MINID)
+    dedup_window_s: float = Field(24 * 3600, gt=0)  # how long a record id stays deduplicated
+    # While Redis is away records are spooled here, delivered in order when it returns.
+    journal_dir: Path = Path("var/journal")
+    journal_max_records: int = Field(1_000_000, ge=1000)
+    # When the in-memory queue is full: spool the overflow to the journal, or drop the
+    # newest records (counted and logged either way).
+    full_policy: Literal["journal", "drop_newest"] = "journal"
 
     def resolved_pseudonym_key(self) -> bytes | None:
         if self.pseudonym_key is not None:

@@ -101,6 +101,8 @@ class GatewaySettings(_Model):
     shadow_grace_s: float = Field(5.0, gt=0, le=60)
     max_rest_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # short-audio request body
     force_param: str = "gw-variant"
+    # Admin credentials (labels API): name -> SHA-256 of the bearer token. Digests only.
+    admin_tokens_sha256: dict[str, str] = Field(default_factory=dict)
 
 
 def build_gateway_config(settings: GatewaySettings) -> GatewayConfig:

@@ -13,17 +13,21 @@ from aiohttp import web
 
 from gateway.control.config import build_gateway_config
 from gateway.errors import AuthError
+from gateway.io.labels_api import LABEL_STORE, AdminTokens, add_label_routes
+from gateway.io.redis_client import RedisClient
 from gateway.io.rest_relay import handle_rest
 from gateway.io.state import STATE, GatewayState
+from gateway.io.stores import create_label_store, create_sink
 from gateway.io.usp_relay import handle_usp
 from gateway.logging import get_logger
 from gateway.outcomes.privacy import load_or_create_key
-from gateway.outcomes.sink import JsonlSink
 from gateway.protocol.paths import USP_PATHS, V1_PATHS
 from gateway.session.routing import Route, RouteError, plan_route
 from gateway.settings import Settings
 
 log = get_logger(__name__)
+
+LABEL_CLIENT = web.AppKey("label_redis_client", RedisClient | None)  # type: ignore[arg-type]
 
 
 def create_gateway_app(settings: Settings) -> web.Application:
@@ -35,7 +39,7 @@ def create_gateway_app(settings: Settings) -> web.Application:
     app[STATE] = GatewayState(
         settings=settings.gateway,
         config=config,
-        sink=JsonlSink(outcomes.path, queue_size=outcomes.queue_size),
+        sink=create_sink(outcomes),
         text_privacy=outcomes.text_privacy,
         privacy_key=key,
     )
@@ -43,6 +47,10 @@ def create_gateway_app(settings: Settings) -> web.Application:
         app.router.add_get(path, usp_route)
     for path in V1_PATHS:
         app.router.add_post(path, rest_route)
+    label_store, label_client = create_label_store(outcomes)
+    app[LABEL_STORE] = label_store
+    app[LABEL_CLIENT] = label_client
+    add_label_routes(app, AdminTokens.from_digests(settings.gateway.admin_tokens_sha256))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", healthz)
     app.on_startup.append(_start)
@@ -66,6 +74,9 @@ async def _stop(app: web.Application) -> None:
     state = app[STATE]
     await state.sink.close()
     await state.http.close()
+    client = app[LABEL_CLIENT]
+    if client is not None:
+        await client.aclose()
 
 
 async def healthz(_request: web.Request) -> web.Response:

@@ -1,0 +1,98 @@
+"""The configured outcome store: its sink, label store and reader, built from settings.
+
+`outcomes.store = "file"` is the embedded default (an append-only JSONL file and a labels
+file beside it); `"redis"` puts outcomes in Redis Streams shared by every replica, with a
+local journal for when Redis is away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+from gateway.constants import RedisKeys
+from gateway.io.redis_client import RedisClient, client_for, connect
+from gateway.outcomes.label_store import (
+    FileLabelStore,
+    LabelStore,
+    RedisLabelStore,
+    labels_path_beside,
+)
+from gateway.outcomes.reader import FileReader, OutcomeReader, RedisReader
+from gateway.outcomes.redis_sink import RedisSink
+from gateway.outcomes.sink import JsonlSink, OutcomeSink
+from gateway.settings import OutcomeSettings
+
+
+def redis_keys(settings: OutcomeSettings) -> RedisKeys:
+    return RedisKeys(prefix=settings.redis_prefix)
+
+
+def labels_path(settings: OutcomeSettings) -> Path:
+    return settings.labels_path or labels_path_beside(settings.path)
+
+
+def _password(settings: OutcomeSettings) -> str | None:
+    return settings.redis_password.get_secret_value() if settings.redis_password else None
+
+
+def _connect(settings: OutcomeSettings) -> Callable[[], Awaitable[RedisClient]]:
+    password = _password(settings)
+    return partial(connect, settings.redis_url, cluster=settings.redis_cluster, password=password)
+
+
+def create_label_store(settings: OutcomeSettings) -> tuple[LabelStore, RedisClient | None]:
+    """The label store for a long-lived app, and the Redis client to close with it."""
+    if settings.store == "file":
+        return FileLabelStore(settings.path, labels_path(settings)), None
+    client = client_for(
+        settings.redis_url, cluster=settings.redis_cluster, password=_password(settings)
+    )
+    return RedisLabelStore(client, redis_keys(settings)), client
+
+
+def create_sink(settings: OutcomeSettings) -> OutcomeSink:
+    """The sink records go to; started and closed by its owner."""
+    if settings.store == "file":
+        return JsonlSink(settings.path, queue_size=settings.queue_size)
+    return RedisSink(
+        _connect(settings),
+        redis_keys(settings),
+        settings.journal_dir,
+        queue_size=settings.queue_size,
+        batch_size=settings.batch_size,
+        maxlen=settings.stream_maxlen,
+        min_id_age_s=settings.retention_s,
+        dedup_window_s=settings.dedup_window_s,
+        full_policy=settings.full_policy,
+        journal_max_records=settings.journal_max_records,
+    )
+
+
+@asynccontextmanager
+async def _redis(settings: OutcomeSettings) -> AsyncIterator[RedisClient]:
+    client = await _connect(settings)()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@asynccontextmanager
+async def open_label_store(settings: OutcomeSettings) -> AsyncIterator[LabelStore]:
+    if settings.store == "file":
+        yield FileLabelStore(settings.path, labels_path(settings))
+        return
+    async with _redis(settings) as client:
+        yield RedisLabelStore(client, redis_keys(settings))
+
+
+@asynccontextmanager
+async def open_reader(settings: OutcomeSettings) -> AsyncIterator[OutcomeReader]:
+    if settings.store == "file":
+        yield FileReader(settings.path, labels_path(settings))
+        return
+    async with _redis(settings) as client:
+        yield RedisReader(client, redis_keys(settings))
