@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Final, NamedTuple
 
 from gateway.logging import get_logger
+from gateway.outcomes.files import cut_torn_tail, fsync_directory
 from gateway.outcomes.record import OutcomeRecord
 
 log = get_logger(__name__)
@@ -241,7 +242,7 @@ class Journal:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
 
     # -- internals (called with the lock held) --------------------------------------------
 
@@ -266,7 +267,7 @@ class Journal:
                 raise
         self._segments.add(segment)
         if created and self._fsync:
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
 
     def _read(
         self, segment: int, offset: int, n: int
@@ -348,7 +349,8 @@ class Journal:
         if numbers and numbers[0] != segment:
             segment, offset = numbers[0], 0
         if numbers:
-            _cut_torn_tail(self._path(numbers[-1]))
+            with open(self._path(numbers[-1]), "r+b") as file:
+                cut_torn_tail(file, self._path(numbers[-1]), "outcomes_journal_torn_tail_removed")
             offset = min(offset, self._path(segment).stat().st_size)
             self._tail = numbers[-1]
             self._tail_lines = _count_lines(self._path(self._tail), 0)
@@ -376,29 +378,3 @@ def _count_lines(path: Path, start: int) -> int:
         while chunk := file.read(_CHUNK):
             count += chunk.count(b"\n")
     return count
-
-
-def _cut_torn_tail(path: Path) -> None:
-    """Cut off an unterminated last line: the trace of a crash in the middle of an append."""
-    with open(path, "r+b") as file:
-        end = file.seek(0, os.SEEK_END)
-        keep = end
-        while keep > 0:
-            size = min(_CHUNK, keep)
-            file.seek(keep - size)
-            newline = file.read(size).rfind(b"\n")
-            if newline >= 0:
-                keep = keep - size + newline + 1
-                break
-            keep -= size
-        if keep != end:
-            log.warning("outcomes_journal_torn_tail_removed", path=str(path), bytes=end - keep)
-            file.truncate(keep)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -31,6 +31,7 @@ from gateway.constants import LABEL_FIELD, NO_EXPERIMENT, RedisKeys
 from gateway.errors import ConfigError
 from gateway.io.redis_client import RedisClient
 from gateway.logging import get_logger
+from gateway.outcomes.files import cut_torn_tail
 from gateway.outcomes.labels import (
     Label,
     LabelError,
@@ -46,7 +47,6 @@ log = get_logger(__name__)
 
 LABELS_FILE_NAME: Final = "labels.jsonl"
 _REDIS_CHUNK: Final = 1_000  # record ids per lookup pipeline, labels per MULTI
-_TAIL_CHUNK: Final = 64 * 1024
 
 
 class LabelStatus(StrEnum):
@@ -317,7 +317,7 @@ class FileLabelStore:
         # Unbuffered, so that nothing is left in a buffer to be written after a roll-back.
         with open(self.labels_path, "a+b", buffering=0) as file:
             fcntl.flock(file.fileno(), fcntl.LOCK_EX)  # released when the file is closed
-            _cut_torn_tail(file, self.labels_path)
+            cut_torn_tail(file, self.labels_path, "labels_torn_tail_removed")
             self._refresh_labels()  # another process may have written since
             labelled_at = now_iso()
             texts = {rid: label.text for rid, label in self._current.items()}
@@ -353,23 +353,6 @@ def _append(file: IO[bytes], data: bytes, *, fsync: bool) -> None:
     except OSError:
         file.truncate(start)
         raise
-
-
-def _cut_torn_tail(file: IO[bytes], path: Path) -> None:
-    """Remove a last line without its newline: the trace of a crash during a write."""
-    end = file.seek(0, os.SEEK_END)
-    keep = end
-    while keep > 0:
-        size = min(_TAIL_CHUNK, keep)
-        file.seek(keep - size)
-        newline = file.read(size).rfind(b"\n")
-        if newline >= 0:
-            keep = keep - size + newline + 1
-            break
-        keep -= size
-    if keep != end:
-        log.warning("labels_torn_tail_removed", path=str(path), bytes=end - keep)
-        file.truncate(keep)
 
 
 # -- the Redis store ------------------------------------------------------------------------

@@ -22,13 +22,13 @@ from types import TracebackType
 from typing import Final, Protocol, Self
 
 from gateway.logging import get_logger
+from gateway.outcomes.files import cut_torn_tail, fsync_directory
 from gateway.outcomes.record import OutcomeRecord
 
 log = get_logger(__name__)
 
 DROP_LOG_INTERVAL_S: Final = 1.0
 MAX_RETRY_DELAY_S: Final = 30.0
-_TAIL_CHUNK: Final = 64 * 1024
 
 
 class OutcomeSink(Protocol):
@@ -245,7 +245,7 @@ class JsonlSink:
                     file.truncate(start)
                     raise
             if self._fsync and created:
-                _fsync_directory(self.path.parent)
+                fsync_directory(self.path.parent)
         except OSError:
             # Check again next time: the directory may be gone, or the roll-back failed.
             self._prepared = False
@@ -276,29 +276,7 @@ def _prepare(path: Path) -> None:
     except FileNotFoundError:
         return
     with file:
-        end = file.seek(0, os.SEEK_END)
-        keep = end
-        while keep > 0:
-            size = min(_TAIL_CHUNK, keep)
-            file.seek(keep - size)
-            chunk = file.read(size)
-            newline = chunk.rfind(b"\n")
-            if newline >= 0:
-                keep = keep - size + newline + 1
-                break
-            keep -= size
-        if keep != end:
-            log.warning("outcomes_torn_tail_removed", path=str(path), bytes=end - keep)
-            file.truncate(keep)
-
-
-def _fsync_directory(path: Path) -> None:
-    """Make a new file's directory entry durable too."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        cut_torn_tail(file, path, "outcomes_torn_tail_removed")
 
 
 def read_jsonl(path: Path) -> Iterator[OutcomeRecord]:
