@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from gateway.constants import NO_EXPERIMENT
 from gateway.control.assignment import phase_id
 from gateway.control.model import (
     Backend,
@@ -213,6 +214,9 @@ def _experiment(
     client_names: set[str],
 ) -> Experiment:
     _check_name(settings.id, f"{where}.id")
+    if settings.id == NO_EXPERIMENT:
+        # Outcomes of sessions no experiment matched are stored under this id.
+        raise ConfigError(f"{where}.id", f"{NO_EXPERIMENT!r} is reserved")
     seed = settings.id if settings.seed is None else settings.seed
     if not seed or not seed.isprintable():
         raise ConfigError(

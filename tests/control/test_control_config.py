@@ -209,6 +209,7 @@ def test_phase_changes_with_weights() -> None:
         # experiments
         ("experiments.1.id", "banking-ab", "gateway.experiments[1].id"),
         ("experiments.1.id", "", "gateway.experiments[1].id"),
+        ("experiments.1.id", "_default", "gateway.experiments[1].id"),
         ("experiments.1.control", "custom", "gateway.experiments[1].control"),
         ("experiments.0.shadows", ["custom", "nope"], "gateway.experiments[0].shadows[1]"),
         ("experiments.0.shadows", ["custom", "custom"], "gateway.experiments[0].shadows[1]"),
