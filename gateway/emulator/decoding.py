@@ -60,9 +60,10 @@ class DecoderPool:
     """Idle decoders per model; a decoder holds one utterance at a time and is reused.
 
     A decoder adapts its cepstral mean to the audio it hears; `acquire` resets it to the
-    model's initial mean, so the words of a result depend only on its own audio, never on
-    which decoder happened to be free or what it decoded before. (Confidences can still
-    differ in the fourth decimal between a decoder's first and later utterances.)
+    model's initial mean, so a result depends almost only on its own audio, not on which
+    decoder happened to be free or what it decoded before. PocketSphinx keeps some running
+    statistics that `set_cmn` does not reset: a fresh decoder's confidences can differ from
+    a reused one's in the fourth decimal, and rarely a word differs.
     """
 
     def __init__(self, specs: dict[str, ModelSpec]) -> None:
