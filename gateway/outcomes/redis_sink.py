@@ -57,13 +57,13 @@ from gateway.io.redis_client import REDIS_ERRORS, RedisClient
 from gateway.logging import get_logger
 from gateway.outcomes.journal import Journal, JournalEntry
 from gateway.outcomes.record import OutcomeRecord
+from gateway.outcomes.sink import DropLog
 
 log = get_logger(__name__)
 
 FullPolicy = Literal["drop_newest", "journal"]
 ClientFactory = Callable[[], Awaitable[RedisClient]]
 
-DROP_LOG_INTERVAL_S: Final = 1.0
 # During an outage the writer moves queued records to the journal at least this often, so
 # that they are on disk (a crash loses less) and the queue has room.
 SPILL_INTERVAL_S: Final = 0.1
@@ -192,12 +192,10 @@ class RedisSink:
 
         self._written = 0
         self._duplicates = 0
-        self._dropped = 0
+        self._drops = DropLog()
         self._lost = 0
         self._journalled = 0
         self._delivered_from_journal = 0
-        self._drops_unlogged = 0
-        self._drop_logged_at: float | None = None
 
     # -- counters ---------------------------------------------------------------------------
 
@@ -214,7 +212,7 @@ class RedisSink:
     @property
     def dropped(self) -> int:
         """Records refused: queue (and overflow) full, journal full, or sink closed."""
-        return self._dropped
+        return self._drops.total
 
     @property
     def lost(self) -> int:
@@ -369,7 +367,7 @@ class RedisSink:
         log.info(
             "outcomes_redis_sink_closed",
             written=self._written,
-            dropped=self._dropped,
+            dropped=self._drops.total,
             lost=self._lost,
             journal_pending=journal.pending,
         )
@@ -590,19 +588,7 @@ class RedisSink:
     # -- accounting -------------------------------------------------------------------------
 
     def _drop(self, reason: str, count: int = 1) -> None:
-        self._dropped += count
-        self._drops_unlogged += count
-        now = monotonic()
-        if self._drop_logged_at is None or now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
-            log.warning(
-                "outcomes_dropped",
-                reason=reason,
-                count=self._drops_unlogged,
-                dropped=self._dropped,
-                journal_pending=self.journal_pending,
-            )
-            self._drop_logged_at = now
-            self._drops_unlogged = 0
+        self._drops.drop(reason, count, journal_pending=self.journal_pending)
 
     def _lose(self, records: Sequence[OutcomeRecord], exc: OSError | None) -> None:
         self._lost += len(records)

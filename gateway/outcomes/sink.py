@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from time import monotonic
 from types import TracebackType
-from typing import Final, Protocol, Self
+from typing import Any, Final, Protocol, Self
 
 from gateway.logging import get_logger
 from gateway.outcomes.files import cut_torn_tail, fsync_directory
@@ -50,6 +50,31 @@ class OutcomeSink(Protocol):
     @property
     def written(self) -> int:
         """Records stored."""
+
+
+class DropLog:
+    """Counts records a sink refused, logging them at most once per DROP_LOG_INTERVAL_S so
+    that an overload never turns into a flood of log lines."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._unlogged = 0
+        self._logged_at: float | None = None
+
+    def drop(self, reason: str, count: int = 1, **context: Any) -> None:
+        self.total += count
+        self._unlogged += count
+        now = monotonic()
+        if self._logged_at is None or now - self._logged_at >= DROP_LOG_INTERVAL_S:
+            log.warning(
+                "outcomes_dropped",
+                reason=reason,
+                count=self._unlogged,
+                dropped=self.total,
+                **context,
+            )
+            self._logged_at = now
+            self._unlogged = 0
 
 
 class JsonlSink:
@@ -94,15 +119,13 @@ class JsonlSink:
         self._closed = False
         self._closing = asyncio.Event()
         self._prepared = False  # parents exist and a torn tail was cut off
-        self._dropped = 0
+        self._drops = DropLog()
         self._written = 0
         self._lost = 0
-        self._drops_unlogged = 0
-        self._drop_logged_at: float | None = None
 
     @property
     def dropped(self) -> int:
-        return self._dropped
+        return self._drops.total
 
     @property
     def written(self) -> int:
@@ -156,19 +179,7 @@ class JsonlSink:
         self._writer.add_done_callback(self._writer_done)
 
     def _drop(self, reason: str) -> None:
-        self._dropped += 1
-        self._drops_unlogged += 1
-        now = monotonic()
-        if self._drop_logged_at is None or now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
-            log.warning(
-                "outcomes_dropped",
-                reason=reason,
-                count=self._drops_unlogged,
-                dropped=self._dropped,
-                path=str(self.path),
-            )
-            self._drop_logged_at = now
-            self._drops_unlogged = 0
+        self._drops.drop(reason, path=str(self.path))
 
     async def _run(self) -> None:
         failures = 0
