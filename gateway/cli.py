@@ -1,7 +1,8 @@
 """The `speech-gateway` command (also `python -m gateway`): a thin layer over the modules.
 
 Sub-commands: `serve` (the gateway), `emulate` (the local Azure-compatible speech
-service), `demo`, `keygen` (a new client key and the digest for the config) and
+service), `analyze` (an experiment's report), `replay` (a labelled dataset through a
+gateway), `demo`, `keygen` (a new client key and the digest for the config) and
 `config validate`. Each parses its arguments into settings overrides, configures logging
 once, and hands over; errors become one clear line on stderr and exit status 2.
 """
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.analysis.command import add_analyze_arguments
 from gateway.control.config import build_gateway_config
 from gateway.control.model import hash_key
 from gateway.errors import ConfigError, GatewayError
@@ -82,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
         help="HTTP status (http), close code (close) or RecognitionStatus (usp)",
     )
     emulate.add_argument("--failure-seed", type=int)
+
+    analyze = commands.add_parser(
+        "analyze", help="analyse an experiment: rates, latency, WER, recommendation"
+    )
+    add_analyze_arguments(analyze)
 
     demo = commands.add_parser("demo", help="run the self-contained demo")
     demo.add_argument("--dataset", type=Path, default=Path("data/demo/banking"))
@@ -185,6 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _serve(settings)
         elif args.command == "label":
             print(asyncio.run(_import_labels(settings, args.file, args.by, args.skip_invalid)))
+        elif args.command == "analyze":
+            from gateway.analysis.command import run_analyze
+
+            asyncio.run(run_analyze(args, settings))
         elif args.command == "demo":
             from gateway.demo import run_demo
 

@@ -1,8 +1,9 @@
 """The gateway's HTTP/WebSocket server: routes, client auth, and the app's lifetime.
 
 Every path the Speech SDKs use is served: USP over WebSocket on the three v1 recognition
-paths and both universal v2 paths, REST short audio (POST) on the v1 paths, plus
-`/healthz` and `/readyz`. Each request is routed by `session.routing.plan_route`; the
+paths and both universal v2 paths, REST short audio (POST) on the v1 paths, the labels
+and admin APIs with the live dashboard (`/dashboard`), plus `/healthz` and `/readyz`.
+Each request is routed by `session.routing.plan_route`; the
 outcome sink and the HTTP client pool live as long as the app.
 """
 
@@ -13,11 +14,13 @@ from aiohttp import web
 
 from gateway.control.config import build_gateway_config
 from gateway.errors import AuthError
+from gateway.io.admin_api import add_admin_routes
+from gateway.io.dashboard import add_dashboard_routes
 from gateway.io.labels_api import LABEL_STORE, AdminTokens, add_label_routes
 from gateway.io.redis_client import RedisClient
 from gateway.io.rest_relay import handle_rest
 from gateway.io.state import STATE, GatewayState
-from gateway.io.stores import create_label_store, create_sink
+from gateway.io.stores import create_label_store, create_reader, create_sink
 from gateway.io.usp_relay import handle_usp
 from gateway.logging import get_logger
 from gateway.outcomes.privacy import load_or_create_key
@@ -50,7 +53,10 @@ def create_gateway_app(settings: Settings) -> web.Application:
     label_store, label_client = create_label_store(outcomes)
     app[LABEL_STORE] = label_store
     app[LABEL_CLIENT] = label_client
-    add_label_routes(app, AdminTokens.from_digests(settings.gateway.admin_tokens_sha256))
+    admins = AdminTokens.from_digests(settings.gateway.admin_tokens_sha256)
+    add_label_routes(app, admins)
+    add_admin_routes(app, admins, create_reader(outcomes, label_client))
+    add_dashboard_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", healthz)
     app.on_startup.append(_start)

@@ -53,6 +53,14 @@ def create_label_store(settings: OutcomeSettings) -> tuple[LabelStore, RedisClie
     return RedisLabelStore(client, redis_keys(settings)), client
 
 
+def create_reader(settings: OutcomeSettings, client: RedisClient | None) -> OutcomeReader:
+    """The reader of the configured store; `client` is the app's Redis client (store redis)."""
+    if settings.store == "file":
+        return FileReader(settings.path, labels_path(settings))
+    assert client is not None, "the redis store reads through the app's client"
+    return RedisReader(client, redis_keys(settings))
+
+
 def create_sink(settings: OutcomeSettings) -> OutcomeSink:
     """The sink records go to; started and closed by its owner."""
     if settings.store == "file":

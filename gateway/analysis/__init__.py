@@ -1,0 +1,10 @@
+"""Experiment analysis: outcome records and labels in, a report (JSON, text, HTML) out.
+
+`report.analyze` / `report.build_report` compute the report dict (docs/analysis.md);
+`text_report.render_text` and `html_report.render_html` render it.
+"""
+
+from gateway.analysis.report import AnalysisOptions, ExperimentInfo, analyze, build_report
+from gateway.analysis.text_report import render_text
+
+__all__ = ["AnalysisOptions", "ExperimentInfo", "analyze", "build_report", "render_text"]

@@ -1,0 +1,118 @@
+"""`speech-gateway analyze`: one experiment's report from the configured outcome store.
+
+The store (file or Redis) and the experiment's control and current split come from the
+same settings the gateway runs with. The report goes to the terminal as tables, and on
+request to a JSON file (docs/analysis.md) and a self-contained HTML file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from gateway.analysis.report import AnalysisOptions, ExperimentInfo, Json, analyze
+from gateway.analysis.text_report import render_text
+from gateway.control.config import build_gateway_config
+from gateway.errors import ConfigError
+from gateway.settings import Settings
+
+
+def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", required=True, help="the experiment id")
+    parser.add_argument(
+        "--since", type=_moment, help="ISO-8601 start (inclusive), e.g. 2026-01-31T00:00Z"
+    )
+    parser.add_argument("--until", type=_moment, help="ISO-8601 end (exclusive)")
+    parser.add_argument("--phase", help="only this phase (default: every phase)")
+    parser.add_argument("--control", help="the control variant (default: from the config)")
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="write the report as JSON ('-': stdout)"
+    )
+    parser.add_argument(
+        "--html", type=Path, metavar="FILE", help="write a self-contained HTML report"
+    )
+    parser.add_argument("--confidence", type=float, default=0.95, help="interval level (0.95)")
+    parser.add_argument(
+        "--min-labelled",
+        type=int,
+        default=AnalysisOptions().min_labelled,
+        help="labelled utterances per arm before WER decides (20)",
+    )
+
+
+def _moment(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO-8601 time") from None
+    if moment.utcoffset() is None:
+        raise argparse.ArgumentTypeError(f"{value!r} needs a time zone, e.g. a trailing Z")
+    return moment
+
+
+def experiment_info(
+    settings: Settings, experiment: str, control: str | None
+) -> ExperimentInfo | None:
+    """The configured control and current split of `experiment`; None if it is not configured.
+
+    `--control` wins over the configuration; without either, the report names the first
+    variant (alphabetically) as control and says so.
+    """
+    info: ExperimentInfo | None = None
+    try:
+        config = build_gateway_config(settings.gateway)
+    except ConfigError:
+        config = None  # e.g. backend keys absent where the analyst works: still analyse
+    if config is not None:
+        found = next((e for e in config.experiments if e.id == experiment), None)
+        if found is not None:
+            info = ExperimentInfo.of(found)
+    if control is not None:
+        if info is None:
+            return ExperimentInfo(control=control)
+        return ExperimentInfo(control=control, phase=info.phase, shares=info.shares)
+    return info
+
+
+async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
+    from gateway.io.stores import open_reader
+
+    options = AnalysisOptions(confidence=args.confidence, min_labelled=args.min_labelled)
+    info = experiment_info(settings, args.experiment, args.control)
+    async with open_reader(settings.outcomes) as reader:
+        try:
+            report = await analyze(
+                reader,
+                args.experiment,
+                info=info,
+                since=args.since,
+                until=args.until,
+                phase=args.phase,
+                options=options,
+            )
+        except FileNotFoundError as exc:
+            raise ConfigError("outcomes.path", f"no outcome file at {exc.filename}") from None
+    write_outputs(report, args.json, args.html)
+    return report
+
+
+def write_outputs(report: Json, json_path: Path | None, html_path: Path | None) -> None:
+    """The terminal table (unless JSON goes to stdout), then the requested files."""
+    if json_path is not None and str(json_path) == "-":
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(render_text(report))
+    if json_path is not None and str(json_path) != "-":
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"JSON report: {json_path}")
+    if html_path is not None:
+        from gateway.analysis.html_report import render_html
+
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        html_path.write_text(render_html(report), encoding="utf-8")
+        print(f"HTML report: {html_path.resolve()}")

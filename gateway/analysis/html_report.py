@@ -1,0 +1,731 @@
+"""The analysis report as one self-contained HTML file: tables and inline SVG plots.
+
+The HTML counterpart of `gateway.analysis.text_report`: it reads only the report dict
+(schema_version 1), so it renders a report computed here, read from a JSON file or fetched
+from a gateway's admin API alike. Nothing is fetched when the file is opened: the CSS and the
+plots (`gateway.analysis.svg`) are inline and there is no script, so it opens offline and
+prints. Every string taken from the report is escaped, because experiment ids, variant names
+and reasons come from users. Missing parts (null, empty) become a "no data" note.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from gateway.analysis import svg
+
+SCHEMA_VERSION: Final = 1
+RATES: Final = (
+    ("success", "Success"),
+    ("no_match", "No match"),
+    ("error", "Error"),
+    ("cancellation", "Cancelled"),
+)
+LATENCIES: Final = (
+    ("final_latency_ms", "Final result latency"),
+    ("first_hypothesis_ms", "Time to first hypothesis"),
+)
+QUANTILES: Final = ("p50", "p90", "p99")
+# action -> (label, CSS class). The class comes from this table, never from the report.
+ACTIONS: Final = {
+    "ship_custom": ("Ship custom", "ship"),
+    "ramp_up": ("Ramp up", "ramp"),
+    "keep_collecting": ("Keep collecting", "collect"),
+    "keep_base": ("Keep base", "base"),
+    "roll_back": ("Roll back", "rollback"),
+}
+_STATUS_CLASSES: Final = {"ok": "ok", "regressed": "bad", "insufficient": "muted"}
+_NONE: Final = "–"
+
+_CSS: Final = """
+:root { color-scheme: light; }
+* { box-sizing: border-box; }
+body { margin: 0 auto; max-width: 1180px; padding: 24px; color: #1a1a1a; background: #fff;
+  font: 14px/1.45 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; }
+h1 { font-size: 1.6em; margin: 0 0 4px; }
+h2 { font-size: 1.3em; margin: 0; }
+h3 { font-size: 1.05em; margin: 20px 0 8px; }
+code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: 0.95em; }
+.meta { color: #444; margin: 0 0 16px; }
+.recommendation { border-left: 8px solid #6b6b6b; background: #f3f3f3; padding: 12px 16px;
+  margin: 0 0 24px; }
+.recommendation .action { font-size: 1.35em; font-weight: 700; margin: 0 0 4px; }
+.recommendation p { margin: 0; }
+.recommendation.ship { border-color: #1e7b34; background: #e6f4ea; }
+.recommendation.ramp { border-color: #0b5cad; background: #e7f0fa; }
+.recommendation.collect { border-color: #6b6b6b; background: #f3f3f3; }
+.recommendation.base { border-color: #a15c00; background: #fff4e0; }
+.recommendation.rollback { border-color: #b3261e; background: #fde8e8; }
+.phase { border: 1px solid #d0d0d0; border-radius: 6px; padding: 12px 16px; margin: 0 0 20px; }
+details.phase > summary { cursor: pointer; }
+details.phase > summary h2 { display: inline; }
+.srm { padding: 6px 10px; border-radius: 4px; background: #f3f3f3; margin: 12px 0; }
+.srm.bad { background: #fde8e8; border: 1px solid #b3261e; font-weight: 600; }
+.warning { background: #fff4e0; border: 1px solid #a15c00; padding: 6px 10px; }
+.table-wrap { overflow-x: auto; }
+table { border-collapse: collapse; margin: 0 0 8px; min-width: 50%; }
+caption { text-align: left; font-weight: 600; padding: 4px 0; }
+th, td { border-bottom: 1px solid #e0e0e0; padding: 4px 8px; text-align: right;
+  vertical-align: top; white-space: nowrap; }
+th:first-child, td:first-child { text-align: left; }
+thead th { border-bottom: 2px solid #999; }
+td small, th small { display: block; color: #555; font-weight: normal; }
+.tag { display: inline-block; font-size: 0.8em; padding: 0 6px; border-radius: 8px;
+  background: #e7f0fa; color: #0b3d75; margin-left: 4px; }
+.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px;
+  margin-right: 6px; }
+.status { font-weight: 600; }
+.status.ok { color: #1e7b34; }
+.status.bad { color: #b3261e; }
+.status.muted { color: #555; }
+ul.guardrails { margin: 4px 0 12px; padding-left: 20px; }
+.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr));
+  gap: 16px; margin-top: 16px; }
+figure { margin: 0; }
+figcaption { font-weight: 600; margin-bottom: 4px; }
+svg.plot { width: 100%; height: auto; display: block; }
+.no-data { color: #555; font-style: italic; border: 1px dashed #bbb; padding: 24px;
+  text-align: center; }
+footer { color: #555; font-size: 0.9em; margin-top: 24px; }
+@media print {
+  body { max-width: none; padding: 0; font-size: 10pt; }
+  .phase, figure, table { break-inside: avoid; }
+  .recommendation, .srm, .tag { print-color-adjust: exact; -webkit-print-color-adjust: exact; }
+  details::details-content { content-visibility: visible; }
+  .table-wrap { overflow: visible; }
+}
+"""
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """A complete HTML document for one analysis report (the JSON of `analyze`)."""
+    experiment = _text(report.get("experiment")) or "(unnamed experiment)"
+    settings = _map(report.get("settings"))
+    level = _level(settings.get("confidence"))
+    phases = _ordered_phases(_list(report.get("phases")))
+    any_current = any(_map(p).get("current") is True for p in phases)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(experiment)} — speech-gateway analysis</title>",
+        f"<style>{_CSS}</style></head><body>",
+        _header(report, experiment),
+        _recommendation(report.get("recommendation")),
+        "<main>",
+    ]
+    if not phases:
+        parts.append('<p class="no-data">No outcome records in this window yet.</p>')
+    for index, phase in enumerate(phases):
+        is_open = phase.get("current") is True or (index == 0 and not any_current)
+        parts.append(_phase(phase, _text(report.get("control")), level, index, is_open))
+    parts += ["</main>", _footer(report, settings), "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+# -- reading the report: tolerant accessors, since it may come from a file -------------------
+
+
+def _map(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _num(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)
+
+
+def _ci(value: object) -> tuple[float | None, float | None] | None:
+    """An interval [low, high]; a None bound is an unbounded side; None if there is none."""
+    pair = _list(value)
+    if len(pair) != 2 or (pair[0] is None and pair[1] is None):
+        return None
+    return _num(pair[0]), _num(pair[1])
+
+
+def _time(value: object) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _ordered_phases(phases: Iterable[Any]) -> list[Mapping[str, Any]]:
+    """The current phase first, then the others, latest first."""
+    found = [_map(p) for p in phases if isinstance(p, Mapping)]
+    latest_first = sorted(found, key=lambda p: _time(p.get("last_record")) or 0.0, reverse=True)
+    return sorted(latest_first, key=lambda p: p.get("current") is not True)
+
+
+# -- formatting ------------------------------------------------------------------------------
+
+
+def _e(value: object) -> str:
+    return html.escape(_text(value), quote=True)
+
+
+def _level(confidence: object) -> str:
+    value = _num(confidence)
+    return f"{value * 100:g}%" if value is not None else "95%"
+
+
+def _pct(value: float | None) -> str:
+    return _NONE if value is None else f"{value * 100:.1f}%"
+
+
+def _pp(value: float | None) -> str:
+    return _NONE if value is None else f"{value * 100:+.1f} pp"
+
+
+def _ms(value: float | None) -> str:
+    return _NONE if value is None else f"{value:,.0f} ms"
+
+
+def _dms(value: float | None) -> str:
+    return _NONE if value is None else f"{value:+,.0f} ms"
+
+
+def _bounds(
+    ci: tuple[float | None, float | None] | None,
+    show: Callable[[float], str],
+    between: str = " to ",  # "–" only where neither bound can be negative
+) -> str:
+    if ci is None:
+        return _NONE
+    low = show(ci[0]) if ci[0] is not None else "−∞"
+    high = show(ci[1]) if ci[1] is not None else "+∞"
+    return f"{low}{between}{high}"
+
+
+def _when(value: object) -> str:
+    seconds = _time(value)
+    if seconds is None:
+        return _text(value) or _NONE
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _cell(main: str, sub: str = "") -> str:
+    """A table cell: escaped main text with an optional escaped second line."""
+    small = f"<small>{_e(sub)}</small>" if sub else ""
+    return f"<td>{_e(main)}{small}</td>"
+
+
+def _table(caption: str, header: Sequence[str], rows: Sequence[str], kind: str) -> str:
+    head = "".join(f"<th>{h}</th>" for h in header)  # headers are ours, already markup
+    return (
+        f'<div class="table-wrap"><table data-table="{kind}"><caption>{_e(caption)}</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+# -- sections --------------------------------------------------------------------------------
+
+
+def _header(report: Mapping[str, Any], experiment: str) -> str:
+    window = _map(report.get("window"))
+    scope = []
+    if window.get("since") is not None:
+        scope.append(f"since {_when(window.get('since'))}")
+    if window.get("until") is not None:
+        scope.append(f"until {_when(window.get('until'))}")
+    if window.get("phase") is not None:
+        scope.append(f"phase {_text(window.get('phase'))}")
+    control = _text(report.get("control")) or _NONE
+    lines = [
+        f"<header><h1>Experiment <code>{_e(experiment)}</code></h1>",
+        f'<p class="meta">Control: <code>{_e(control)}</code> · Window: '
+        f"{_e(', '.join(scope) or 'all records')} · "
+        f"Generated {_e(_when(report.get('generated_at')))}</p>",
+    ]
+    version = report.get("schema_version")
+    if version != SCHEMA_VERSION:
+        lines.append(
+            f'<p class="warning">This report has schema_version {_e(version)}; this renderer '
+            f"knows version {SCHEMA_VERSION}, so parts may be missing.</p>"
+        )
+    lines.append("</header>")
+    return "\n".join(lines)
+
+
+def _recommendation(value: object) -> str:
+    recommendation = _map(value)
+    action = _text(recommendation.get("action"))
+    if not action:
+        return (
+            '<section class="recommendation collect" data-action="none">'
+            '<p class="action">No recommendation</p></section>'
+        )
+    label, css = ACTIONS.get(action, (action.replace("_", " ").capitalize(), "collect"))
+    variant = _text(recommendation.get("variant"))
+    target = f": <code>{_e(variant)}</code>" if variant else ""
+    phase = _text(recommendation.get("phase"))
+    where = f" <small>(phase {_e(phase)})</small>" if phase else ""
+    reason = _text(recommendation.get("reason")) or "No reason given."
+    return (
+        f'<section class="recommendation {css}" data-action="{_e(action)}" '
+        f'aria-label="Recommendation"><p class="action">Recommendation: {_e(label)}{target}'
+        f"{where}</p><p>{_e(reason)}</p></section>"
+    )
+
+
+def _phase(phase: Mapping[str, Any], control: str, level: str, index: int, is_open: bool) -> str:
+    variants = [_map(v) for v in _list(phase.get("variants")) if isinstance(v, Mapping)]
+    slots = {_text(v.get("name")): i for i, v in enumerate(variants)}
+    name = _text(phase.get("phase")) or _NONE
+    current = phase.get("current")
+    state = " (current)" if current is True else " (earlier)" if current is False else ""
+    span = f"{_when(phase.get('first_record'))} to {_when(phase.get('last_record'))}"
+    title = (
+        f'<h2>Phase <code>{_e(name)}</code>{_e(state)}</h2> <span class="meta">{_e(span)}</span>'
+    )
+    body = [_srm(_map(phase.get("srm")))]
+    if variants:
+        body += [_variants_table(variants, slots, level), _latency_table(variants, level)]
+    else:
+        body.append('<p class="no-data">No variants have records in this phase.</p>')
+    body.append(_comparisons(_list(phase.get("comparisons")), level))
+    body.append(_plots(phase, variants, slots, control, level))
+    attrs = f'class="phase" data-phase="{_e(name)}" data-index="{index}"'
+    content = "\n".join(body)
+    if is_open:
+        return f"<section {attrs}>{title}\n{content}</section>"
+    return f"<details {attrs}><summary>{title}</summary>\n{content}</details>"
+
+
+def _srm(srm: Mapping[str, Any]) -> str:
+    status = _text(srm.get("status"))
+    units = ", ".join(f"{k} {_text(v)}" for k, v in _map(srm.get("units")).items())
+    expected = ", ".join(f"{k} {_pct(_num(v))}" for k, v in _map(srm.get("expected_share")).items())
+    chi2, p_value = _num(srm.get("chi2")), _num(srm.get("p_value"))
+    stats = (
+        f"χ² = {_NONE if chi2 is None else f'{chi2:.2f}'}, "
+        f"p = {_NONE if p_value is None else f'{p_value:.3g}'}"
+    )
+    note = _text(srm.get("note"))
+    if status == "ok":
+        text = f"Sample ratio: consistent with the configured split ({stats})."
+        css = "srm"
+    elif status == "mismatch":
+        text = (
+            f"Sample ratio mismatch ({stats}): units per variant differ from the split; "
+            "the assignment or the logging is broken, so do not trust the comparisons."
+        )
+        css = "srm bad"
+    else:
+        text = "Sample ratio: not checked."
+        css = "srm"
+    details = "; ".join(
+        part for part in (f"units: {units}" if units else "", f"expected: {expected}", note) if part
+    )
+    role = ' role="alert"' if status == "mismatch" else ""
+    return (
+        f'<p class="{css}" data-srm="{_e(status or "unknown")}"{role}>{_e(text)}'
+        f"{f' <small>{_e(details)}</small>' if details else ''}</p>"
+    )
+
+
+def _swatch(slot: int) -> str:
+    # A colour key in markup, not style attributes, so the tables match the plots in print too.
+    return (
+        f'<svg class="swatch" width="10" height="10" aria-hidden="true">'
+        f'<rect width="10" height="10" fill="{svg.colour(slot)}"/></svg>'
+    )
+
+
+def _variant_name(variant: Mapping[str, Any], slots: Mapping[str, int]) -> str:
+    name = _text(variant.get("name"))
+    tag = '<span class="tag">control</span>' if variant.get("is_control") is True else ""
+    forced = _num(variant.get("forced"))
+    forced_note = f"<small>{forced:.0f} forced</small>" if forced else ""
+    return f"<td>{_swatch(slots.get(name, 0))}{_e(name)}{tag}{forced_note}</td>"
+
+
+def _variants_table(
+    variants: Sequence[Mapping[str, Any]], slots: Mapping[str, int], level: str
+) -> str:
+    rows = []
+    for variant in variants:
+        cells = [_variant_name(variant, slots)]
+        cells.append(_cell(", ".join(_text(b) for b in _list(variant.get("backends"))) or _NONE))
+        for key in ("units", "sessions", "utterances"):
+            value = _num(variant.get(key))
+            cells.append(_cell(_NONE if value is None else f"{value:,.0f}"))
+        labelled = _num(variant.get("labelled"))
+        cells.append(
+            _cell(_pct(_num(variant.get("labelled_share"))), f"{labelled or 0:,.0f} labelled")
+        )
+        rates = _map(variant.get("rates"))
+        for key, _ in RATES:
+            rate = _map(rates.get(key))
+            count, total = _num(rate.get("count")), _num(rate.get("total"))
+            counts = f"{count:.0f}/{total:.0f}" if count is not None and total is not None else ""
+            interval = _ci(rate.get("ci"))
+            compact = _bounds(interval, lambda v: f"{v * 100:.1f}%", "–") if interval else ""
+            sub = " · ".join(p for p in (counts, compact) if p)
+            cells.append(_cell(_pct(_num(rate.get("rate"))), sub))
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    header = ["Variant", "Backends", "Units", "Sessions", "Utterances", "Labelled"]
+    header += [f"{label} <small>{level} CI</small>" for _, label in RATES]
+    return _table("Traffic and outcome rates", header, rows, "variants")
+
+
+def _latency_table(variants: Sequence[Mapping[str, Any]], level: str) -> str:
+    rows = []
+    for variant in variants:
+        cells = [f"<td>{_e(variant.get('name'))}</td>"]
+        latency = _map(variant.get("latency"))
+        for metric, _ in LATENCIES:
+            quantiles = _map(_map(latency.get(metric)).get("quantiles"))
+            for q in QUANTILES:
+                quantile = _map(quantiles.get(q))
+                interval = _ci(quantile.get("ci"))
+                cells.append(
+                    _cell(
+                        _ms(_num(quantile.get("value"))),
+                        _bounds(interval, lambda v: f"{v:,.0f}", "–") if interval else "",
+                    )
+                )
+        wer = variant.get("wer")
+        if isinstance(wer, Mapping):
+            edits = "S/D/I " + "/".join(
+                f"{_num(wer.get(k)) or 0:.0f}" for k in ("substitutions", "deletions", "insertions")
+            )
+            words = _num(wer.get("reference_words")) or 0
+            cells.append(_cell(_pct(_num(wer.get("wer"))), _bounds(_ci(wer.get("ci")), _pct, "–")))
+            cells.append(_cell(edits, f"{words:,.0f} reference words"))
+        else:
+            cells += [_cell("not labelled"), _cell(_NONE)]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    header = ["Variant"]
+    header += [f"Final {q} <small>ms, {level} CI</small>" for q in QUANTILES]
+    header += [f"First hyp. {q} <small>ms, {level} CI</small>" for q in QUANTILES]
+    header += [f"WER <small>{level} CI</small>", "Edits"]
+    return _table("Latency and word error rate", header, rows, "latency")
+
+
+def _comparisons(comparisons: Sequence[Any], level: str) -> str:
+    found = [_map(c) for c in comparisons if isinstance(c, Mapping)]
+    if not found:
+        return '<p class="no-data">No comparison: the phase has no challenger with records.</p>'
+    parts = ["<h3>Comparisons with the control</h3>"]
+    for comparison in found:
+        rows = []
+        wer = comparison.get("wer")
+        if isinstance(wer, Mapping):
+            relative = _num(wer.get("relative"))
+            rows.append(
+                _difference_row(
+                    "WER", wer, _pp, f"{relative * 100:+.1f}% relative" if relative else ""
+                )
+            )
+        else:
+            rows.append(
+                f"<tr><td>WER</td>{_cell('too few labels')}{_cell('')}{_cell('')}{_cell('')}</tr>"
+            )
+        shadow = comparison.get("shadow")
+        if isinstance(shadow, Mapping):
+            pairs = _num(shadow.get("pairs")) or 0
+            rows.append(
+                _difference_row(
+                    "WER on identical audio (shadow)", shadow, _pp, f"{pairs:,.0f} pairs"
+                )
+            )
+        rates = _map(comparison.get("rates"))
+        for key, label in RATES:
+            if isinstance(rates.get(key), Mapping):
+                rows.append(_difference_row(f"{label} rate", _map(rates.get(key)), _pp))
+        latency = _map(comparison.get("latency"))
+        for metric, label in LATENCIES:
+            entry = latency.get(metric)
+            if isinstance(entry, Mapping):
+                rows.append(
+                    _difference_row(f"{label}, median", entry, _dms, key="median_difference")
+                )
+        header = [
+            "Metric",
+            "Difference",
+            f"{level} CI",
+            f"Always-valid {level} CI",
+            "Always-valid p",
+        ]
+        caption = f"{_text(comparison.get('variant'))} vs {_text(comparison.get('control'))}"
+        parts.append(_table(caption, header, rows, "comparison"))
+        parts.append(_guardrails(_list(comparison.get("guardrails"))))
+    return "\n".join(parts)
+
+
+def _difference_row(
+    label: str,
+    entry: Mapping[str, Any],
+    show: Callable[[float | None], str],
+    note: str = "",
+    key: str = "difference",
+) -> str:
+    always = _map(entry.get("always_valid"))
+    p_value = _num(always.get("p_value"))
+    return (
+        f"<tr>{_cell(label)}{_cell(show(_num(entry.get(key))), note)}"
+        f"{_cell(_bounds(_ci(entry.get('ci')), show))}"
+        f"{_cell(_bounds(_ci(always.get('ci')), show) if always else _NONE)}"
+        f"{_cell(_NONE if p_value is None else f'{p_value:.3g}')}</tr>"
+    )
+
+
+def _guardrails(guardrails: Sequence[Any]) -> str:
+    items = []
+    for guardrail in guardrails:
+        entry = _map(guardrail)
+        status = _text(entry.get("status")) or "unknown"
+        css = _STATUS_CLASSES.get(status, "muted")
+        items.append(
+            f'<li data-guardrail="{_e(entry.get("metric"))}">'
+            f"<code>{_e(entry.get('metric'))}</code>: "
+            f'<span class="status {css}">{_e(status)}</span> — {_e(entry.get("detail"))}</li>'
+        )
+    if not items:
+        return "<p>No guardrails evaluated.</p>"
+    return f'<p>Guardrails:</p><ul class="guardrails">{"".join(items)}</ul>'
+
+
+# -- plots -----------------------------------------------------------------------------------
+
+
+def _figure(kind: str, caption: str, plot: str | None, missing: str) -> str:
+    body = plot if plot is not None else f'<p class="no-data" data-no-plot="{kind}">{missing}</p>'
+    return f'<figure data-figure="{kind}"><figcaption>{_e(caption)}</figcaption>{body}</figure>'
+
+
+def _plots(
+    phase: Mapping[str, Any],
+    variants: Sequence[Mapping[str, Any]],
+    slots: Mapping[str, int],
+    control: str,
+    level: str,
+) -> str:
+    timeline = _map(phase.get("timeline"))
+    figures = [
+        _figure(
+            "wer",
+            f"WER per variant ({level} CI)",
+            _wer_plot(variants, slots, level),
+            "No labelled utterances yet: WER needs reference transcripts.",
+        )
+    ]
+    for metric, label in LATENCIES:
+        figures.append(
+            _figure(
+                "latency",
+                f"{label}: distribution per variant",
+                _latency_plot(variants, slots, metric, label),
+                "No latency values yet.",
+            )
+        )
+    figures.append(
+        _figure(
+            "split",
+            "Traffic split over time (units per bucket)",
+            _split_plot(timeline, slots),
+            "No timeline yet.",
+        )
+    )
+    figures.append(
+        _figure(
+            "effect",
+            "Cumulative WER difference vs control over time",
+            _effect_plot(timeline, slots, control, level),
+            "No cumulative effect yet: it needs a challenger with labelled utterances.",
+        )
+    )
+    return f'<div class="plots">{"".join(figures)}</div>'
+
+
+def _wer_plot(
+    variants: Sequence[Mapping[str, Any]], slots: Mapping[str, int], level: str
+) -> str | None:
+    bars = []
+    for variant in variants:
+        wer = _map(variant.get("wer"))
+        value = _num(wer.get("wer"))
+        if value is None:
+            continue
+        name = _text(variant.get("name"))
+        ci = _ci(wer.get("ci"))
+        low = high = None
+        if ci is not None and ci[0] is not None and ci[1] is not None:
+            low, high = ci[0] * 100, ci[1] * 100
+        bars.append(svg.Bar(name, value * 100, low, high, slots.get(name, 0)))
+    if not bars:
+        return None
+    return svg.bar_chart(
+        "wer",
+        f"Corpus WER per variant with {level} intervals",
+        bars,
+        x_label="variant",
+        y_label="WER (%)",
+        y_format=lambda v: f"{v:g}",
+    )
+
+
+def _latency_plot(
+    variants: Sequence[Mapping[str, Any]], slots: Mapping[str, int], metric: str, label: str
+) -> str | None:
+    lines = []
+    for variant in variants:
+        entry = _map(_map(variant.get("latency")).get(metric))
+        histogram = _map(entry.get("histogram"))
+        edges = [_num(v) for v in _list(histogram.get("edges"))]
+        counts = [_num(v) for v in _list(histogram.get("counts"))]
+        clean_edges = [v for v in edges if v is not None]
+        clean_counts = [v for v in counts if v is not None]
+        total = sum(clean_counts)
+        if (
+            not clean_counts
+            or len(clean_edges) != len(clean_counts) + 1
+            or len(clean_counts) != len(counts)
+            or total <= 0
+        ):
+            continue
+        # Shares, not counts: variants with different traffic are then comparable.
+        shares = [c / total * 100 for c in clean_counts]
+        name = _text(variant.get("name"))
+        n = _num(entry.get("n"))
+        legend = f"{name} (n={n:.0f})" if n is not None else name
+        lines.append(
+            svg.Line(
+                name, svg.step_points(clean_edges, shares), slot=slots.get(name, 0), legend=legend
+            )
+        )
+    if not lines:
+        return None
+    return svg.line_chart(
+        "latency",
+        f"{label}: share of values per bin, per variant",
+        lines,
+        x_label=f"{label.lower()} (ms)",
+        y_label="share of values (%)",
+        y_format=lambda v: f"{v:g}",
+        x_format=lambda v: f"{v:,.0f}",
+        metric=metric,
+    )
+
+
+def _buckets(timeline: Mapping[str, Any]) -> tuple[list[tuple[float, Mapping[str, Any]]], float]:
+    """(start, bucket) pairs in time order, and the bucket length in seconds."""
+    length = _num(timeline.get("bucket_seconds"))
+    buckets = []
+    for bucket in _list(timeline.get("buckets")):
+        start = _time(_map(bucket).get("start"))
+        if start is not None:
+            buckets.append((start, _map(bucket)))
+    buckets.sort(key=lambda pair: pair[0])
+    return buckets, length if length and length > 0 else 60.0
+
+
+def _per(seconds: float) -> str:
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return unit if count == 1 else f"{count} {unit}s"
+    return f"{seconds:g} seconds"
+
+
+def _names(slots: Mapping[str, int], found: Iterable[str], skip: str | None = None) -> list[str]:
+    """Variant names in report order, then any others the timeline mentions."""
+    seen = set(found)
+    known = [n for n in slots if n in seen and n != skip]
+    return known + sorted(n for n in seen if n not in slots and n != skip)
+
+
+def _split_plot(timeline: Mapping[str, Any], slots: Mapping[str, int]) -> str | None:
+    buckets, length = _buckets(timeline)
+    found = {k for _, b in buckets for k in _map(b.get("units"))}
+    names = _names(slots, found)
+    if not buckets or not names:
+        return None
+    lines = []
+    for i, name in enumerate(names):
+        points: list[tuple[float, float] | None] = []
+        for start, bucket in buckets:
+            units = _num(_map(bucket.get("units")).get(name)) or 0.0
+            points += [(start, units), (start + length, units)]
+        lines.append(svg.Line(name, points, slot=slots.get(name, len(slots) + i)))
+    return svg.line_chart(
+        "split",
+        "Units per time bucket, per variant",
+        lines,
+        x_label="time (UTC)",
+        y_label=f"units per {_per(length)}",
+        y_format=lambda v: f"{v:g}",
+        time_axis=True,
+        x_domain=(buckets[0][0], buckets[-1][0] + length),
+        from_zero=True,
+    )
+
+
+def _effect_plot(
+    timeline: Mapping[str, Any], slots: Mapping[str, int], control: str, level: str
+) -> str | None:
+    buckets, length = _buckets(timeline)
+    found = {k for _, b in buckets for k in _map(b.get("cumulative"))}
+    lines = []
+    for i, name in enumerate(_names(slots, found, skip=control or None)):
+        points: list[tuple[float, float] | None] = []
+        band: list[tuple[float, float, float] | None] = []
+        for start, bucket in buckets:
+            effect = _map(_map(bucket.get("cumulative")).get(name))
+            value = _num(effect.get("wer_difference"))
+            end = start + length  # the effect of everything up to the end of the bucket
+            points.append(None if value is None else (end, value * 100))
+            ci = _ci(effect.get("ci")) if value is not None else None
+            if ci is None:
+                band.append(None)
+            else:
+                low = -math.inf if ci[0] is None else ci[0] * 100
+                high = math.inf if ci[1] is None else ci[1] * 100
+                band.append((end, low, high))
+        if any(p is not None for p in points):
+            lines.append(svg.Line(name, points, band, slot=slots.get(name, len(slots) + i)))
+    if not lines:
+        return None
+    return svg.line_chart(
+        "effect",
+        f"Cumulative WER difference vs {control or 'control'} with always-valid {level} bands",
+        lines,
+        x_label="time (UTC)",
+        y_label="WER difference (pp)",
+        y_format=lambda v: f"{v:+g}" if v else "0",
+        time_axis=True,
+        x_domain=(buckets[0][0], buckets[-1][0] + length),
+        markers=True,
+        zero_line=True,
+        band_label=f"bands: always-valid {level} CI; below 0 = fewer errors",
+    )
+
+
+def _footer(report: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
+    shown = ", ".join(f"{k} = {_text(v)}" for k, v in settings.items())
+    return (
+        f"<footer><p>Settings: {_e(shown or 'none')}. Report schema version "
+        f"{_e(report.get('schema_version'))}. Rates are shares of outcomes; WER is total "
+        "errors over total reference words; differences are challenger minus control, in "
+        "percentage points (pp). Always-valid intervals stay valid however often the "
+        "experiment is looked at.</p><p>Generated by speech-gateway.</p></footer>"
+    )

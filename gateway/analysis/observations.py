@@ -1,0 +1,190 @@
+"""What the analysis measures, gathered from one experiment's outcome records and labels.
+
+`observe` sorts the records of an experiment into phases and, within a phase, variants:
+the primary, non-forced records are the experiment's evidence (forced records are QA
+overrides, outside the split, and only counted); shadow records are kept for the paired
+comparison on identical audio. Each primary record is classified into one outcome category
+and, when it has a label and recognised text, scored for WER. Everything downstream
+(`gateway.analysis.report`) works on these values, never on raw records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final, Literal
+
+from gateway.outcomes.labels import Label
+from gateway.outcomes.pairing import pair_shadows
+from gateway.outcomes.record import Kind, OutcomeRecord, Role
+from gateway.stats.wer import WerCounts, align
+
+Category = Literal["success", "no_match", "error", "cancellation"]
+CATEGORIES: Final[tuple[Category, ...]] = ("success", "no_match", "error", "cancellation")
+LatencyMetric = Literal["first_hypothesis_ms", "final_latency_ms"]
+LATENCY_METRICS: Final[tuple[LatencyMetric, ...]] = ("first_hypothesis_ms", "final_latency_ms")
+
+_NO_MATCH: Final = frozenset({"NoMatch", "InitialSilenceTimeout", "BabbleTimeout"})
+# The backend refused the session rather than failing at it: throttling, a bad or forbidden
+# request. The SDK reports these as cancellations with a client-side reason.
+_REFUSALS: Final = frozenset({"TooManyRequests", "BadRequest", "Forbidden"})
+
+
+def category(record: OutcomeRecord) -> Category:
+    """The outcome category of a record (see docs/analysis.md, "Outcome categories")."""
+    if record.kind is Kind.SESSION_FAILURE:
+        code = record.error_code or ""
+        if record.status in _REFUSALS or code.startswith("upstream_http_4"):
+            return "cancellation"
+        return "error"
+    if record.status == "Success":
+        return "success"
+    if record.status in _NO_MATCH:
+        return "no_match"
+    return "error"
+
+
+def epoch_seconds(timestamp: str) -> float:
+    return datetime.fromisoformat(timestamp).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One primary record, reduced to what the rates and latencies need."""
+
+    at: float  # epoch seconds of the record's timestamp
+    unit: str
+    category: Category
+    first_hypothesis_ms: float | None
+    final_latency_ms: float | None
+
+    def latency(self, metric: LatencyMetric) -> float | None:
+        return (
+            self.first_hypothesis_ms if metric == "first_hypothesis_ms" else self.final_latency_ms
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """One labelled utterance scored against its reference."""
+
+    at: float
+    unit: str
+    counts: WerCounts
+
+
+@dataclass(slots=True)
+class VariantObservations:
+    name: str
+    backends: set[str] = field(default_factory=set)
+    units: set[str] = field(default_factory=set)
+    sessions: set[str] = field(default_factory=set)
+    forced: int = 0
+    utterances: int = 0  # utterance and request records (results, not failures)
+    labelled: int = 0  # utterances with a label (scored or not)
+    unscorable: int = 0  # labelled, but the record carries no text (privacy hash/none)
+    outcomes: list[Outcome] = field(default_factory=list)  # in time order
+    scored: list[Scored] = field(default_factory=list)  # in time order
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowPair:
+    """A labelled primary utterance and a shadow's result for the same audio, both scored."""
+
+    at: float
+    unit: str
+    primary_variant: str
+    shadow_variant: str
+    words: int  # reference words
+    primary_errors: int
+    shadow_errors: int
+
+
+@dataclass(slots=True)
+class PhaseObservations:
+    phase: str
+    first: float = float("inf")
+    last: float = float("-inf")
+    variants: dict[str, VariantObservations] = field(default_factory=dict)
+    shadow_pairs: list[ShadowPair] = field(default_factory=list)
+
+    def variant(self, name: str) -> VariantObservations:
+        found = self.variants.get(name)
+        if found is None:
+            found = self.variants[name] = VariantObservations(name)
+        return found
+
+
+def observe(
+    records: Iterable[OutcomeRecord], labels: Mapping[str, Label]
+) -> dict[str, PhaseObservations]:
+    """Phase id -> its observations. Records without a phase or variant are left out."""
+    phases: dict[str, PhaseObservations] = {}
+    by_phase: dict[str, list[OutcomeRecord]] = {}
+    for record in sorted(records, key=lambda r: r.timestamp):
+        if record.phase is None or record.variant is None:
+            continue
+        by_phase.setdefault(record.phase, []).append(record)
+    for phase_id, phase_records in by_phase.items():
+        phase = phases[phase_id] = PhaseObservations(phase_id)
+        for record in phase_records:
+            _add(phase, record, labels.get(record.record_id))
+        phase.shadow_pairs = _shadow_pairs(phase_records, labels)
+    return phases
+
+
+def _add(phase: PhaseObservations, record: OutcomeRecord, label: Label | None) -> None:
+    if record.role is not Role.PRIMARY:
+        return
+    assert record.variant is not None
+    variant = phase.variant(record.variant)
+    if record.forced:
+        variant.forced += 1  # outside the split: counted, never compared
+        return
+    at = epoch_seconds(record.timestamp)
+    phase.first = min(phase.first, at)
+    phase.last = max(phase.last, at)
+    if record.backend is not None:
+        variant.backends.add(record.backend)
+    variant.units.add(record.unit)
+    variant.sessions.add(record.session_id)
+    variant.outcomes.append(
+        Outcome(
+            at, record.unit, category(record), record.first_hypothesis_ms, record.final_latency_ms
+        )
+    )
+    if record.kind is Kind.SESSION_FAILURE:
+        return
+    variant.utterances += 1
+    if label is None:
+        return
+    variant.labelled += 1
+    if record.text is None:
+        variant.unscorable += 1
+        return
+    variant.scored.append(Scored(at, record.unit, align(label.text, record.text)))
+
+
+def _shadow_pairs(records: list[OutcomeRecord], labels: Mapping[str, Label]) -> list[ShadowPair]:
+    pairs: list[ShadowPair] = []
+    for primary, shadow in pair_shadows(records):
+        label = labels.get(primary.record_id)
+        if label is None or primary.forced or primary.text is None or shadow.text is None:
+            continue
+        if primary.variant is None or shadow.variant is None:
+            continue
+        ours = align(label.text, primary.text)
+        theirs = align(label.text, shadow.text)
+        pairs.append(
+            ShadowPair(
+                at=epoch_seconds(primary.timestamp),
+                unit=primary.unit,
+                primary_variant=primary.variant,
+                shadow_variant=shadow.variant,
+                words=ours.reference_words,
+                primary_errors=ours.errors,
+                shadow_errors=theirs.errors,
+            )
+        )
+    return pairs

@@ -1,0 +1,602 @@
+"""The experiment analysis: per phase and variant, every metric with its interval, as JSON.
+
+`analyze` reads one experiment's records and labels from a store (`OutcomeReader`) and
+returns the report as a JSON-ready dict; `build_report` does the computing on records
+already in memory (it is CPU work: async callers run it in a thread). The report's schema
+is documented in docs/analysis.md and pinned by tests; renderers (`text_report`,
+`html_report`, the dashboard) read only that dict.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import numpy as np
+
+from gateway.analysis import timeline
+from gateway.analysis.decision import guardrails, recommend
+from gateway.analysis.observations import (
+    CATEGORIES,
+    LATENCY_METRICS,
+    Category,
+    LatencyMetric,
+    PhaseObservations,
+    ShadowPair,
+    VariantObservations,
+    observe,
+)
+from gateway.control.model import Experiment
+from gateway.outcomes.labels import Label
+from gateway.outcomes.reader import OutcomeReader
+from gateway.outcomes.record import OutcomeRecord
+from gateway.stats.bootstrap import (
+    median_difference_interval,
+    paired_ratio_difference_interval,
+    quantile_interval,
+    ratio_difference_interval,
+    ratio_interval,
+)
+from gateway.stats.proportions import (
+    difference_variance,
+    newcombe_difference_interval,
+    wilson_interval,
+)
+from gateway.stats.sequential import DEFAULT_TAU, always_valid, ratio_variance
+from gateway.stats.srm import sample_ratio_mismatch
+from gateway.stats.wer import WerCounts
+
+REPORT_SCHEMA_VERSION: Final = 1
+QUANTILES: Final = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
+_HISTOGRAM_BINS: Final = 20
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisOptions:
+    """How the analysis decides; every default is documented in docs/analysis.md."""
+
+    confidence: float = 0.95
+    srm_threshold: float = 0.001
+    resamples: int = 2000
+    seed: int = 0
+    min_labelled: int = 20  # labelled utterances per arm before WER can decide anything
+    min_outcomes: int = 20  # outcomes per arm before a guardrail can trip
+    rate_margin: float = 0.01  # a rate guardrail trips only above +1 point
+    latency_margin_ms: float = 50.0  # a latency guardrail trips only above +50 ms ...
+    latency_margin_share: float = 0.10  # ... and above +10 % of the control's median
+    max_buckets: int = 48
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence}")
+        if self.resamples < 100:
+            raise ValueError(f"resamples must be at least 100, got {self.resamples}")
+        if self.min_labelled < 1 or self.min_outcomes < 1 or self.max_buckets < 1:
+            raise ValueError("min_labelled, min_outcomes and max_buckets must be at least 1")
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 - self.confidence
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentInfo:
+    """What the configuration knows of an experiment: its control and current split."""
+
+    control: str
+    phase: str | None = None  # the current phase
+    shares: Mapping[str, float] = field(default_factory=dict)  # current traffic shares
+
+    @classmethod
+    def of(cls, experiment: Experiment) -> ExperimentInfo:
+        total = sum(v.weight for v in experiment.variants)
+        shares = {v.name: (v.weight / total if total else 0.0) for v in experiment.variants}
+        return cls(control=experiment.control, phase=experiment.phase, shares=shares)
+
+
+async def analyze(
+    reader: OutcomeReader,
+    experiment: str,
+    *,
+    info: ExperimentInfo | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    phase: str | None = None,
+    options: AnalysisOptions | None = None,
+) -> Json:
+    """Read the experiment's records and labels and build its report."""
+    records = [record async for record in reader.outcomes(experiment, since, until)]
+    labels = await reader.labels(experiment)
+    return build_report(
+        experiment,
+        records,
+        labels,
+        info=info,
+        since=since,
+        until=until,
+        phase=phase,
+        options=options,
+    )
+
+
+def build_report(
+    experiment: str,
+    records: Iterable[OutcomeRecord],
+    labels: Mapping[str, Label],
+    *,
+    info: ExperimentInfo | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    phase: str | None = None,
+    options: AnalysisOptions | None = None,
+    now: datetime | None = None,
+) -> Json:
+    options = options or AnalysisOptions()
+    phases = observe(records, labels)
+    if phase is not None:
+        phases = {key: value for key, value in phases.items() if key == phase}
+    control = _control(info, phases)
+    ordered = sorted(
+        phases.values(),
+        key=lambda p: (info is None or p.phase != info.phase, -p.last),
+    )
+    phase_reports = [_phase(p, control, info, options) for p in ordered if p.variants]
+    current = phase_reports[0] if phase_reports else None
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "generated_at": _iso(now or datetime.now(UTC)),
+        "experiment": experiment,
+        "control": control,
+        "window": {
+            "since": _iso(since) if since else None,
+            "until": _iso(until) if until else None,
+            "phase": phase,
+        },
+        "settings": {
+            "confidence": options.confidence,
+            "alpha": round(options.alpha, 10),
+            "srm_threshold": options.srm_threshold,
+            "resamples": options.resamples,
+            "min_labelled": options.min_labelled,
+        },
+        "phases": phase_reports,
+        "recommendation": recommend(current, info, options),
+    }
+
+
+def _control(info: ExperimentInfo | None, phases: Mapping[str, PhaseObservations]) -> str | None:
+    if info is not None:
+        return info.control
+    names = sorted({name for p in phases.values() for name in p.variants})
+    return names[0] if names else None
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _iso_epoch(seconds: float) -> str:
+    return _iso(datetime.fromtimestamp(seconds, UTC))
+
+
+def _interval(low: float, high: float) -> list[float | None]:
+    return [_finite(low), _finite(high)]
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _phase(
+    phase: PhaseObservations,
+    control: str | None,
+    info: ExperimentInfo | None,
+    options: AnalysisOptions,
+) -> Json:
+    names = sorted(phase.variants, key=lambda name: (name != control, name))
+    length = timeline.bucket_seconds(phase.first, phase.last, options.max_buckets)
+    starts = timeline.boundaries(phase.first, phase.last, length)
+    ends = [start + length for start in starts]
+    edges = {metric: _edges(phase, metric) for metric in LATENCY_METRICS}
+    variants = [_variant(phase.variants[name], name == control, edges, options) for name in names]
+    comparisons: list[Json] = []
+    cumulative: dict[str, list[Json | None]] = {}
+    if control is not None and control in phase.variants:
+        base = phase.variants[control]
+        for name in names[1:]:
+            comparison, effect = _comparison(
+                base, phase.variants[name], phase.shadow_pairs, ends, options
+            )
+            comparisons.append(comparison)
+            cumulative[name] = effect
+    return {
+        "phase": phase.phase,
+        "current": None if info is None or info.phase is None else phase.phase == info.phase,
+        "first_record": _iso_epoch(phase.first),
+        "last_record": _iso_epoch(phase.last),
+        "srm": _srm(phase, info, options),
+        "variants": variants,
+        "comparisons": comparisons,
+        "timeline": _timeline(phase, names, starts, length, cumulative),
+    }
+
+
+def _srm(phase: PhaseObservations, info: ExperimentInfo | None, options: AnalysisOptions) -> Json:
+    units = {name: len(v.units) for name, v in sorted(phase.variants.items())}
+    if info is None or info.phase is None or phase.phase != info.phase:
+        return {
+            "status": "unchecked",
+            "p_value": None,
+            "chi2": None,
+            "units": units,
+            "expected_share": None,
+            "note": "the split of this phase is not the configured one, so its expected "
+            "shares are unknown",
+        }
+    observed = {name: units.get(name, 0) for name in info.shares}
+    stray = sorted(set(units) - set(info.shares))
+    if stray or sum(observed.values()) == 0:
+        note = (
+            f"variants {', '.join(stray)} are not in the configured split"
+            if stray
+            else "no units yet"
+        )
+        return {
+            "status": "unchecked",
+            "p_value": None,
+            "chi2": None,
+            "units": units,
+            "expected_share": dict(info.shares),
+            "note": note,
+        }
+    result = sample_ratio_mismatch(observed, info.shares, threshold=options.srm_threshold)
+    return {
+        "status": "mismatch" if result.flagged else "ok",
+        "p_value": result.p_value,
+        "chi2": result.chi2,
+        "units": observed,
+        "expected_share": dict(info.shares),
+        "note": None,
+    }
+
+
+def _edges(phase: PhaseObservations, metric: LatencyMetric) -> list[float]:
+    """Histogram edges shared by the phase's variants, so their histograms overlay."""
+    values = [
+        value
+        for variant in phase.variants.values()
+        for outcome in variant.outcomes
+        if (value := outcome.latency(metric)) is not None
+    ]
+    if not values:
+        return []
+    high = float(np.quantile(values, 0.99)) if len(values) >= 100 else max(values)
+    high = max(high, 1.0)
+    step = _nice_step(high / _HISTOGRAM_BINS)
+    bins = math.ceil(high / step) or 1
+    return [round(i * step, 6) for i in range(bins + 1)]
+
+
+def _nice_step(raw: float) -> float:
+    scale = 10.0 ** math.floor(math.log10(raw))
+    for factor in (1, 2, 2.5, 5, 10):
+        if raw <= factor * scale:
+            return float(factor * scale)
+    return 10.0 * scale
+
+
+def _variant(
+    variant: VariantObservations,
+    is_control: bool,
+    edges: Mapping[LatencyMetric, list[float]],
+    options: AnalysisOptions,
+) -> Json:
+    total = len(variant.outcomes)
+    counts = _category_counts(variant)
+    rates: Json = {}
+    for name in CATEGORIES:
+        low, high = wilson_interval(counts[name], total, options.confidence)
+        rates[name] = {
+            "count": counts[name],
+            "total": total,
+            "rate": counts[name] / total if total else None,
+            "ci": [low, high] if total else None,
+        }
+    return {
+        "name": variant.name,
+        "is_control": is_control,
+        "backends": sorted(variant.backends),
+        "units": len(variant.units),
+        "sessions": len(variant.sessions),
+        "outcomes": total,
+        "utterances": variant.utterances,
+        "labelled": variant.labelled,
+        "labelled_share": variant.labelled / variant.utterances if variant.utterances else None,
+        "unscorable": variant.unscorable,
+        "forced": variant.forced,
+        "rates": rates,
+        "latency": {m: _latency(variant, m, edges[m], options) for m in LATENCY_METRICS},
+        "wer": _wer(variant, options),
+    }
+
+
+def _category_counts(variant: VariantObservations) -> dict[Category, int]:
+    counts: dict[Category, int] = dict.fromkeys(CATEGORIES, 0)
+    for outcome in variant.outcomes:
+        counts[outcome.category] += 1
+    return counts
+
+
+def _latencies(variant: VariantObservations, metric: LatencyMetric) -> list[float]:
+    return [v for o in variant.outcomes if (v := o.latency(metric)) is not None]
+
+
+def _latency(
+    variant: VariantObservations,
+    metric: LatencyMetric,
+    edges: list[float],
+    options: AnalysisOptions,
+) -> Json:
+    values = _latencies(variant, metric)
+    if not values:
+        return {"n": 0, "mean": None, "quantiles": None, "histogram": None}
+    quantiles: Json = {}
+    for name, q in QUANTILES.items():
+        estimate = quantile_interval(
+            values, q, confidence=options.confidence, resamples=options.resamples, seed=options.seed
+        )
+        ci = _interval(estimate.low, estimate.high) if len(values) > 1 else None
+        quantiles[name] = {"value": estimate.value, "ci": ci}
+    # Values past the last edge (the slowest 1 %) go into the last bin, so nothing is lost.
+    clipped = np.minimum(np.asarray(values, dtype=np.float64), edges[-1])
+    counts, _ = np.histogram(clipped, bins=np.asarray(edges, dtype=np.float64))
+    return {
+        "n": len(values),
+        "mean": float(np.mean(values)),
+        "quantiles": quantiles,
+        "histogram": {"edges": edges, "counts": [int(c) for c in counts]},
+    }
+
+
+def _unit_sums(variant: VariantObservations) -> tuple[list[float], list[float]]:
+    totals: dict[str, tuple[int, int]] = {}
+    for item in variant.scored:
+        errors, words = totals.get(item.unit, (0, 0))
+        totals[item.unit] = (errors + item.counts.errors, words + item.counts.reference_words)
+    return [float(e) for e, _ in totals.values()], [float(w) for _, w in totals.values()]
+
+
+def _wer(variant: VariantObservations, options: AnalysisOptions) -> Json | None:
+    if not variant.scored:
+        return None
+    total = sum((item.counts for item in variant.scored), start=WerCounts())
+    errors, words = _unit_sums(variant)
+    ci: list[float | None] | None = None
+    if len(errors) > 1 and sum(words) > 0:
+        estimate = ratio_interval(
+            errors,
+            words,
+            confidence=options.confidence,
+            resamples=options.resamples,
+            seed=options.seed,
+        )
+        ci = _interval(estimate.low, estimate.high)
+    return {
+        "wer": total.wer,
+        "ci": ci,
+        "substitutions": total.substitutions,
+        "deletions": total.deletions,
+        "insertions": total.insertions,
+        "hits": total.hits,
+        "reference_words": total.reference_words,
+        "utterances": len(variant.scored),
+        "units": len(errors),
+    }
+
+
+def _comparison(
+    control: VariantObservations,
+    challenger: VariantObservations,
+    pairs: Sequence[ShadowPair],
+    ends: Sequence[float],
+    options: AnalysisOptions,
+) -> tuple[Json, list[Json | None]]:
+    rates = {
+        name: _rate_difference(control, challenger, name, ends, options) for name in CATEGORIES
+    }
+    latency = {m: _median_difference(control, challenger, m, options) for m in LATENCY_METRICS}
+    wer, effect = _wer_difference(control, challenger, ends, options)
+    comparison: Json = {
+        "variant": challenger.name,
+        "control": control.name,
+        "rates": rates,
+        "latency": latency,
+        "wer": wer,
+        "shadow": _shadow(pairs, control.name, challenger.name, options),
+    }
+    comparison["guardrails"] = guardrails(comparison, control, challenger, options)
+    return comparison, effect
+
+
+def _rate_difference(
+    control: VariantObservations,
+    challenger: VariantObservations,
+    name: Category,
+    ends: Sequence[float],
+    options: AnalysisOptions,
+) -> Json:
+    a = timeline.cumulative_counts(control.outcomes, ends, name)
+    b = timeline.cumulative_counts(challenger.outcomes, ends, name)
+    (hits_a, total_a), (hits_b, total_b) = a[-1], b[-1]
+    if not total_a or not total_b:
+        return {"difference": None, "ci": None, "always_valid": None}
+    low, high = newcombe_difference_interval(hits_a, total_a, hits_b, total_b, options.confidence)
+    looks = [
+        (hb / nb - ha / na, difference_variance(ha, na, hb, nb))
+        for (ha, na), (hb, nb) in zip(a, b, strict=True)
+        if na and nb
+    ]
+    sequential = always_valid(looks, tau2=DEFAULT_TAU["rate"] ** 2, alpha=options.alpha)
+    return {
+        "difference": hits_b / total_b - hits_a / total_a,
+        "ci": [low, high],
+        "always_valid": {
+            "ci": _interval(*sequential.interval),
+            "p_value": sequential.p_value,
+        },
+    }
+
+
+def _median_difference(
+    control: VariantObservations,
+    challenger: VariantObservations,
+    metric: LatencyMetric,
+    options: AnalysisOptions,
+) -> Json:
+    a, b = _latencies(control, metric), _latencies(challenger, metric)
+    if not a or not b:
+        return {"median_difference": None, "ci": None}
+    estimate = median_difference_interval(
+        a, b, confidence=options.confidence, resamples=options.resamples, seed=options.seed
+    )
+    ci = _interval(estimate.low, estimate.high) if len(a) > 1 and len(b) > 1 else None
+    return {"median_difference": estimate.value, "ci": ci}
+
+
+def _wer_difference(
+    control: VariantObservations,
+    challenger: VariantObservations,
+    ends: Sequence[float],
+    options: AnalysisOptions,
+) -> tuple[Json | None, list[Json | None]]:
+    nothing: list[Json | None] = [None] * len(ends)
+    if not control.scored or not challenger.scored:
+        return None, nothing
+    errors_a, words_a = _unit_sums(control)
+    errors_b, words_b = _unit_sums(challenger)
+    if sum(words_a) == 0 or sum(words_b) == 0:
+        return None, nothing
+    wer_a = sum(errors_a) / sum(words_a)
+    wer_b = sum(errors_b) / sum(words_b)
+    ci: list[float | None] | None = None
+    if len(errors_a) > 1 and len(errors_b) > 1:
+        estimate = ratio_difference_interval(
+            errors_a,
+            words_a,
+            errors_b,
+            words_b,
+            confidence=options.confidence,
+            resamples=options.resamples,
+            seed=options.seed,
+        )
+        ci = _interval(estimate.low, estimate.high)
+    effect: list[Json | None] = []
+    looks: list[tuple[float, float]] = []
+    tau2 = DEFAULT_TAU["wer"] ** 2
+    for (ea, wa), (eb, wb) in zip(
+        timeline.cumulative_units(control.scored, ends),
+        timeline.cumulative_units(challenger.scored, ends),
+        strict=True,
+    ):
+        if wa.sum() > 0 and wb.sum() > 0:
+            # Infinite below sequential.MIN_SESSIONS units an arm: too few for the variance.
+            variance = ratio_variance(ea, wa) + ratio_variance(eb, wb)
+            if math.isfinite(variance):
+                difference = float(eb.sum() / wb.sum() - ea.sum() / wa.sum())
+                looks.append((difference, variance))
+        if not looks:
+            effect.append(None)
+            continue
+        so_far = always_valid(looks, tau2=tau2, alpha=options.alpha)
+        effect.append({"wer_difference": looks[-1][0], "ci": _interval(*so_far.interval)})
+    sequential = always_valid(looks, tau2=tau2, alpha=options.alpha)
+    return {
+        "difference": wer_b - wer_a,
+        "relative": (wer_b - wer_a) / wer_a if wer_a else None,
+        "ci": ci,
+        "always_valid": {
+            "ci": _interval(*sequential.interval),
+            "p_value": sequential.p_value,
+        },
+    }, effect
+
+
+def _shadow(
+    pairs: Sequence[ShadowPair], control: str, challenger: str, options: AnalysisOptions
+) -> Json | None:
+    """WER of control vs challenger on identical audio (one served, the other shadowed)."""
+    by_unit: dict[str, list[int]] = {}  # unit -> [words, control errors, challenger errors]
+    count = 0
+    for pair in pairs:
+        if (pair.primary_variant, pair.shadow_variant) == (control, challenger):
+            ours, theirs = pair.primary_errors, pair.shadow_errors
+        elif (pair.primary_variant, pair.shadow_variant) == (challenger, control):
+            ours, theirs = pair.shadow_errors, pair.primary_errors
+        else:
+            continue
+        count += 1
+        sums = by_unit.setdefault(pair.unit, [0, 0, 0])
+        sums[0] += pair.words
+        sums[1] += ours
+        sums[2] += theirs
+    words = [float(s[0]) for s in by_unit.values()]
+    if not count or sum(words) == 0:
+        return None
+    control_errors = [float(s[1]) for s in by_unit.values()]
+    challenger_errors = [float(s[2]) for s in by_unit.values()]
+    wer_a = sum(control_errors) / sum(words)
+    wer_b = sum(challenger_errors) / sum(words)
+    ci: list[float | None] | None = None
+    if len(words) > 1:
+        estimate = paired_ratio_difference_interval(
+            words,
+            control_errors,
+            challenger_errors,
+            confidence=options.confidence,
+            resamples=options.resamples,
+            seed=options.seed,
+        )
+        ci = _interval(estimate.low, estimate.high)
+    return {
+        "pairs": count,
+        "units": len(words),
+        "control_wer": wer_a,
+        "challenger_wer": wer_b,
+        "difference": wer_b - wer_a,
+        "ci": ci,
+    }
+
+
+def _timeline(
+    phase: PhaseObservations,
+    names: Sequence[str],
+    starts: Sequence[float],
+    length: int,
+    cumulative: Mapping[str, list[Json | None]],
+) -> Json:
+    buckets: list[Json] = []
+    for index, start in enumerate(starts):
+        units: dict[str, int] = {}
+        outcomes: dict[str, int] = {}
+        for name in names:
+            found = phase.variants[name].outcomes
+            low = bisect.bisect_left(found, start, key=lambda o: o.at)
+            high = bisect.bisect_left(found, start + length, key=lambda o: o.at)
+            inside = found[low:high]
+            units[name] = len({o.unit for o in inside})
+            outcomes[name] = len(inside)
+        buckets.append(
+            {
+                "start": _iso_epoch(start),
+                "units": units,
+                "outcomes": outcomes,
+                "cumulative": {name: effect[index] for name, effect in cumulative.items()},
+            }
+        )
+    return {"bucket_seconds": length, "buckets": buckets}

@@ -1,0 +1,214 @@
+"""The analysis report as plain-text tables for a terminal (`speech-gateway analyze`).
+
+Reads only the report dict (docs/analysis.md), so it renders a report computed here, read
+from a JSON file, or fetched from a gateway's admin API alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_ACTIONS = {
+    "ship_custom": "SHIP CUSTOM",
+    "keep_base": "KEEP BASE",
+    "keep_collecting": "KEEP COLLECTING",
+    "ramp_up": "RAMP UP",
+    "roll_back": "ROLL BACK",
+}
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _pp(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:+.1f}"
+
+
+def _ci(ci: Sequence[float | None] | None, fmt: str = "pct") -> str:
+    if not ci:
+        return ""
+    low, high = ci
+    show = {"pct": _pct, "pp": _pp, "ms": _ms, "dms": _dms}[fmt]
+    return (
+        f"[{show(low) if low is not None else '-inf'}, {show(high) if high is not None else 'inf'}]"
+    )
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _dms(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.0f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * width for width in widths))
+    for row in rows:
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    return [line.rstrip() for line in lines]
+
+
+def render_text(report: Mapping[str, Any]) -> str:
+    """A readable multi-table summary of the report, recommendation last."""
+    confidence = round(report["settings"]["confidence"] * 100)
+    lines = [f"Experiment {report['experiment']} (control: {report['control'] or '-'})"]
+    window = report["window"]
+    if any(window.values()):
+        lines.append(
+            f"Window: since {window['since'] or '-'}, until {window['until'] or '-'},"
+            f" phase {window['phase'] or 'all'}"
+        )
+    if not report["phases"]:
+        lines.append("No outcome records in this window.")
+    for phase in report["phases"]:
+        lines += ["", *_phase(phase, confidence)]
+    recommendation = report["recommendation"]
+    lines += [
+        "",
+        f"Recommendation: {_ACTIONS.get(recommendation['action'], recommendation['action'])}",
+        f"  {recommendation['reason']}",
+    ]
+    return "\n".join(lines)
+
+
+def _phase(phase: Mapping[str, Any], confidence: int) -> list[str]:
+    current = {True: " (current)", False: " (earlier)", None: ""}[phase["current"]]
+    lines = [
+        f"Phase {phase['phase']}{current}: {phase['first_record']} .. {phase['last_record']}",
+    ]
+    srm = phase["srm"]
+    units = ", ".join(f"{name} {count}" for name, count in srm["units"].items())
+    if srm["status"] == "unchecked":
+        lines.append(f"Sample ratio: unchecked ({srm['note']}); units: {units}")
+    else:
+        flag = "MISMATCH" if srm["status"] == "mismatch" else "ok"
+        lines.append(f"Sample ratio: {flag} (chi-square p = {srm['p_value']:.3g}); units: {units}")
+    lines.append("")
+    rows = []
+    for v in phase["variants"]:
+        rates = v["rates"]
+        wer = v["wer"]
+        rows.append(
+            [
+                v["name"] + (" *" if v["is_control"] else ""),
+                str(v["units"]),
+                str(v["sessions"]),
+                str(v["outcomes"]),
+                _pct(v["labelled_share"]),
+                f"{_pct(rates['success']['rate'])} {_ci(rates['success']['ci'])}",
+                _pct(rates["no_match"]["rate"]),
+                _pct(rates["error"]["rate"]),
+                _pct(rates["cancellation"]["rate"]),
+                "-" if wer is None else f"{_pct(wer['wer'])} {_ci(wer['ci'])}",
+                "-"
+                if wer is None
+                else f"{wer['substitutions']}/{wer['deletions']}/{wer['insertions']}"
+                f" of {wer['reference_words']}",
+            ]
+        )
+    lines += _table(
+        [
+            "variant",
+            "units",
+            "sessions",
+            "outcomes",
+            "labelled",
+            f"success [{confidence}% CI]",
+            "no-match",
+            "error",
+            "cancel",
+            f"WER [{confidence}% CI]",
+            "S/D/I",
+        ],
+        rows,
+    )
+    lines.append("")
+    rows = []
+    for v in phase["variants"]:
+        for metric, title in (("first_hypothesis_ms", "first hyp."), ("final_latency_ms", "final")):
+            latency = v["latency"][metric]
+            quantiles = latency["quantiles"] or {}
+            rows.append(
+                [
+                    v["name"],
+                    title,
+                    str(latency["n"]),
+                    *(
+                        f"{_ms(q['value'])} {_ci(q['ci'], 'ms')}"
+                        if (q := quantiles.get(p))
+                        else "-"
+                        for p in ("p50", "p90", "p99")
+                    ),
+                ]
+            )
+    lines += _table(["variant", "latency (ms)", "n", "p50", "p90", "p99"], rows)
+    for comparison in phase["comparisons"]:
+        lines += ["", *_comparison(comparison, confidence)]
+    return lines
+
+
+def _comparison(comparison: Mapping[str, Any], confidence: int) -> list[str]:
+    lines = [f"{comparison['variant']} vs {comparison['control']} (differences in points / ms):"]
+    rows = []
+    wer = comparison["wer"]
+    if wer is not None:
+        rows.append(
+            [
+                "WER",
+                _pp(wer["difference"]),
+                _ci(wer["ci"], "pp"),
+                _ci(wer["always_valid"]["ci"], "pp"),
+                f"{wer['always_valid']['p_value']:.3g}",
+            ]
+        )
+    for name, rate in comparison["rates"].items():
+        if rate["difference"] is None:
+            continue
+        rows.append(
+            [
+                f"{name} rate",
+                _pp(rate["difference"]),
+                _ci(rate["ci"], "pp"),
+                _ci(rate["always_valid"]["ci"], "pp"),
+                f"{rate['always_valid']['p_value']:.3g}",
+            ]
+        )
+    for metric, latency in comparison["latency"].items():
+        if latency["median_difference"] is None:
+            continue
+        rows.append(
+            [
+                f"median {metric}",
+                _dms(latency["median_difference"]),
+                _ci(latency["ci"], "dms"),
+                "",
+                "",
+            ]
+        )
+    lines += _table(
+        [
+            "metric",
+            "difference",
+            f"{confidence}% CI",
+            f"always-valid {confidence}% CI",
+            "always-valid p",
+        ],
+        rows,
+    )
+    shadow = comparison["shadow"]
+    if shadow is not None:
+        lines.append(
+            f"Shadow pairs (identical audio): {shadow['pairs']} utterances, WER "
+            f"{_pct(shadow['control_wer'])} -> {_pct(shadow['challenger_wer'])}, "
+            f"difference {_pp(shadow['difference'])} pp {_ci(shadow['ci'], 'pp')}"
+        )
+    for guardrail in comparison["guardrails"]:
+        lines.append(
+            f"Guardrail {guardrail['metric']}: {guardrail['status']} - {guardrail['detail']}"
+        )
+    return lines

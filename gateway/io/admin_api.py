@@ -1,0 +1,194 @@
+"""The admin read API: the experiments the gateway serves and their live analysis.
+
+`GET /admin/experiments` lists the configured experiments with their variants, weights
+and current phase; `GET /admin/experiments/{id}/analysis` computes the experiment's report
+(`gateway.analysis`, schema in docs/analysis.md) from the gateway's own outcome store, with
+optional `phase`, `since` and `until` (ISO-8601) query parameters. Both need an admin
+bearer token (the same credentials as the labels API). The dashboard and `replay` read them.
+
+The analysis is CPU work (bootstrap resampling), so it runs in a worker thread, and a
+report is reused for `cache_s` seconds: a wall of dashboards polling every few seconds costs
+one computation per experiment and interval, not one per screen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from aiohttp import web
+
+from gateway.analysis import AnalysisOptions, ExperimentInfo, build_report
+from gateway.io.labels_api import AdminTokens
+from gateway.io.redis_client import REDIS_ERRORS
+from gateway.io.state import STATE
+from gateway.logging import get_logger
+from gateway.outcomes.reader import OutcomeReader
+
+log = get_logger(__name__)
+
+ADMIN_TOKENS: Final = web.AppKey("admin_tokens", AdminTokens)
+OUTCOME_READER: Final = web.AppKey("outcome_reader", OutcomeReader)
+_CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="speech-gateway admin"'}
+_MAX_CACHED: Final = 64  # reports kept; windows are chosen by callers, so bound them
+_STORE_ERRORS: Final[tuple[type[BaseException], ...]] = (*REDIS_ERRORS, OSError)
+
+Json = dict[str, Any]
+_CacheKey = tuple[str, str | None, str | None, str | None]
+
+
+@dataclass(slots=True)
+class _Analyses:
+    """Recent reports by (experiment, phase, since, until), and the computations under way."""
+
+    cache_s: float
+    options: AnalysisOptions
+    done: dict[_CacheKey, tuple[float, Json]] = field(default_factory=dict)
+    running: dict[_CacheKey, asyncio.Future[Json]] = field(default_factory=dict)
+
+
+_ANALYSES: Final = web.AppKey("analyses", _Analyses)
+
+
+def add_admin_routes(
+    app: web.Application,
+    admins: AdminTokens,
+    reader: OutcomeReader,
+    *,
+    cache_s: float = 2.0,
+    options: AnalysisOptions | None = None,
+) -> None:
+    """Serve the admin read API on `app`; `reader` reads the gateway's outcome store."""
+    app[ADMIN_TOKENS] = admins
+    app[OUTCOME_READER] = reader
+    app[_ANALYSES] = _Analyses(cache_s, options or AnalysisOptions())
+    app.router.add_get("/admin/experiments", list_experiments)
+    app.router.add_get("/admin/experiments/{experiment}/analysis", experiment_analysis)
+
+
+def _error(status: int, reason: str) -> web.Response:
+    headers = _CHALLENGE if status == 401 else None
+    return web.json_response({"error": reason}, status=status, headers=headers)
+
+
+def _authorised(request: web.Request) -> bool:
+    admins = request.app[ADMIN_TOKENS]
+    return admins.authenticate(request.headers.get("Authorization")) is not None
+
+
+_NEEDS_TOKEN: Final = "an admin token is required: Authorization: Bearer <token>"  # noqa: S105
+
+
+async def list_experiments(request: web.Request) -> web.Response:
+    if not _authorised(request):
+        return _error(401, _NEEDS_TOKEN)
+    config = request.app[STATE].config
+    experiments = []
+    for experiment in config.experiments:
+        total = sum(v.weight for v in experiment.variants)
+        experiments.append(
+            {
+                "id": experiment.id,
+                "control": experiment.control,
+                "phase": experiment.phase,
+                "shadows": list(experiment.shadows),
+                "variants": [
+                    {
+                        "name": v.name,
+                        "weight": v.weight,
+                        "share": v.weight / total if total else 0.0,
+                        "backend": v.backend.name,
+                        "endpoint_id": v.endpoint_id,
+                    }
+                    for v in experiment.variants
+                ],
+            }
+        )
+    return web.json_response({"experiments": experiments})
+
+
+def _moment(request: web.Request, name: str) -> datetime | None:
+    value = request.query.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text=f"{name}: expected an ISO-8601 time such as 2026-01-31T12:00:00Z"
+        ) from None
+    if moment.utcoffset() is None:
+        raise web.HTTPBadRequest(text=f"{name}: give a time zone, e.g. a trailing Z for UTC")
+    return moment
+
+
+async def experiment_analysis(request: web.Request) -> web.Response:
+    if not _authorised(request):
+        return _error(401, _NEEDS_TOKEN)
+    experiment_id = request.match_info["experiment"]
+    config = request.app[STATE].config
+    experiment = next((e for e in config.experiments if e.id == experiment_id), None)
+    if experiment is None:
+        return _error(404, f"no experiment {experiment_id!r} is configured")
+    try:
+        since, until = _moment(request, "since"), _moment(request, "until")
+    except web.HTTPBadRequest as exc:
+        return _error(400, exc.text or "bad request")
+    phase = request.query.get("phase") or None
+    key = (experiment_id, phase, request.query.get("since"), request.query.get("until"))
+    analyses = request.app[_ANALYSES]
+    cached = analyses.done.get(key)
+    if cached is not None and time.monotonic() - cached[0] < analyses.cache_s:
+        return web.json_response(cached[1])
+    running = analyses.running.get(key)
+    if running is None:
+        info = ExperimentInfo.of(experiment)
+        reader = request.app[OUTCOME_READER]
+        running = asyncio.ensure_future(
+            _compute(reader, experiment_id, info, since, until, phase, analyses.options)
+        )
+        analyses.running[key] = running
+        running.add_done_callback(lambda _f: analyses.running.pop(key, None))
+    try:
+        # shield: a client that goes away must not cancel the report other screens await.
+        report = await asyncio.shield(running)
+    except _STORE_ERRORS as exc:
+        log.error("analysis_store_unavailable", error=f"{type(exc).__name__}: {exc}")
+        return _error(503, "the outcome store is unavailable; try again later")
+    except ValueError as exc:  # a corrupt record: named, not hidden
+        log.error("analysis_failed", experiment=experiment_id, error=str(exc))
+        return _error(500, f"the outcome store holds a record that cannot be read: {exc}")
+    if len(analyses.done) >= _MAX_CACHED:
+        analyses.done.pop(next(iter(analyses.done)))  # the oldest entry
+    analyses.done[key] = (time.monotonic(), report)
+    return web.json_response(report)
+
+
+async def _compute(
+    reader: OutcomeReader,
+    experiment: str,
+    info: ExperimentInfo,
+    since: datetime | None,
+    until: datetime | None,
+    phase: str | None,
+    options: AnalysisOptions,
+) -> Json:
+    try:
+        records = [record async for record in reader.outcomes(experiment, since, until)]
+    except FileNotFoundError:  # the embedded store before its first record
+        records = []
+    labels = await reader.labels(experiment)
+    return await asyncio.to_thread(
+        build_report,
+        experiment,
+        records,
+        labels,
+        info=info,
+        since=since,
+        until=until,
+        phase=phase,
+        options=options,
+    )

@@ -1,0 +1,354 @@
+"""The analysis report on records built in memory: counts, intervals, phases, decisions."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from gateway.analysis import AnalysisOptions, ExperimentInfo, build_report, render_text
+from gateway.analysis.observations import category
+from gateway.outcomes.labels import Label
+from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
+from gateway.stats.proportions import wilson_interval
+from gateway.stats.wer import corpus_wer
+
+SENTENCES = [
+    "what is my available balance today",
+    "send two hundred dollars to my savings account",
+    "close my retirement account please",
+    "why was i charged a fee last month",
+]
+INFO = ExperimentInfo(control="base", phase="p1", shares={"base": 0.5, "custom": 0.5})
+
+
+def stamp(second: int) -> str:
+    return f"2026-11-21T{12 + second // 3600:02d}:{second // 60 % 60:02d}:{second % 60:02d}.000Z"
+
+
+@dataclass
+class Traffic:
+    """Records and labels of a synthetic experiment, made reproducibly."""
+
+    seed: int = 1
+    records: list[OutcomeRecord] = field(default_factory=list)
+    labels: dict[str, Label] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def utterance(
+        self,
+        variant: str | None,
+        at: int,
+        *,
+        word_error: float = 0.0,
+        label: bool = True,
+        unit: str | None = None,
+        **values: Any,
+    ) -> OutcomeRecord:
+        reference = self.rng.choice(SENTENCES)
+        words = [w if self.rng.random() >= word_error else "uh" for w in reference.split()]
+        fields: dict[str, Any] = {
+            "kind": Kind.UTTERANCE,
+            "timestamp": stamp(at),
+            "experiment": "e",
+            "phase": "p1",
+            "variant": variant,
+            "backend": "local",
+            "role": Role.PRIMARY,
+            "client": "app",
+            "unit": unit or f"unit-{len(self.records)}",
+            "unit_source": UnitSource.QUERY,
+            "session_id": f"session-{len(self.records)}",
+            "protocol": Protocol.USP,
+            "utterance_index": 0,
+            "status": "Success",
+            "first_hypothesis_ms": 200 + 100 * self.rng.random(),
+            "final_latency_ms": 300 + 200 * self.rng.random(),
+            "text": " ".join(words),
+            "audio_offset_ms": 0.0,
+            "audio_duration_ms": 2000.0,
+        }
+        fields.update(values)
+        record = OutcomeRecord(**fields)
+        self.records.append(record)
+        if label:
+            self.labels[record.record_id] = Label(
+                record_id=record.record_id, text=reference, labeller="test", source="import"
+            )
+        return record
+
+    def failure(self, variant: str, at: int, status: str, code: str) -> OutcomeRecord:
+        record = OutcomeRecord(
+            kind=Kind.SESSION_FAILURE,
+            timestamp=stamp(at),
+            experiment="e",
+            phase="p1",
+            variant=variant,
+            backend="local",
+            role=Role.PRIMARY,
+            client="app",
+            unit=f"unit-{len(self.records)}",
+            unit_source=UnitSource.QUERY,
+            session_id=f"session-{len(self.records)}",
+            protocol=Protocol.USP,
+            status=status,
+            error_code=code,
+        )
+        self.records.append(record)
+        return record
+
+    def ab(self, n: int, base_error: float, custom_error: float, **custom: Any) -> None:
+        for i in range(n):
+            self.utterance("base", 2 * i, word_error=base_error)
+            self.utterance("custom", 2 * i + 1, word_error=custom_error, **custom)
+
+    def report(self, info: ExperimentInfo | None = INFO, **options: Any) -> dict[str, Any]:
+        return build_report(
+            "e", self.records, self.labels, info=info, options=AnalysisOptions(**options)
+        )
+
+
+def variants(report: dict[str, Any], phase: int = 0) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in report["phases"][phase]["variants"]}
+
+
+def test_counts_rates_and_wer_add_up() -> None:
+    traffic = Traffic()
+    traffic.ab(30, base_error=0.3, custom_error=0.05)
+    traffic.utterance("custom", 100, status="NoMatch", text="")
+    traffic.failure("custom", 101, "Error", "upstream_close_1011")
+    traffic.failure("custom", 102, "TooManyRequests", "upstream_http_429")
+    report = traffic.report()
+    json.dumps(report, allow_nan=False)  # JSON-ready: no NaN or Infinity anywhere
+
+    custom = variants(report)["custom"]
+    assert (custom["units"], custom["sessions"], custom["outcomes"]) == (33, 33, 33)
+    assert (custom["utterances"], custom["labelled"]) == (31, 31)
+    rates = custom["rates"]
+    assert {name: rates[name]["count"] for name in rates} == {
+        "success": 30,
+        "no_match": 1,
+        "error": 1,
+        "cancellation": 1,
+    }
+    assert rates["success"]["ci"] == pytest.approx(list(wilson_interval(30, 33, 0.95)))
+
+    expected = corpus_wer(
+        (traffic.labels[r.record_id].text, r.text or "")
+        for r in traffic.records
+        if r.variant == "custom" and r.record_id in traffic.labels
+    )
+    wer = custom["wer"]
+    assert wer["wer"] == pytest.approx(expected.wer)
+    assert (wer["substitutions"], wer["deletions"], wer["insertions"]) == (
+        expected.substitutions,
+        expected.deletions,
+        expected.insertions,
+    )
+    assert wer["ci"][0] <= wer["wer"] <= wer["ci"][1]
+
+
+def test_categories_follow_the_documented_rules() -> None:
+    traffic = Traffic()
+    assert category(traffic.utterance("a", 0)) == "success"
+    for status in ("NoMatch", "InitialSilenceTimeout", "BabbleTimeout"):
+        assert category(traffic.utterance("a", 0, status=status)) == "no_match"
+    assert category(traffic.failure("a", 0, "Error", "upstream_unreachable")) == "error"
+    assert category(traffic.failure("a", 0, "Error", "upstream_http_503")) == "error"
+    assert category(traffic.failure("a", 0, "Error", "upstream_http_401")) == "cancellation"
+    assert category(traffic.failure("a", 0, "BadRequest", "upstream_close_1007")) == "cancellation"
+
+
+def test_forced_and_shadow_records_stay_out_of_the_comparison() -> None:
+    traffic = Traffic()
+    traffic.ab(5, 0.2, 0.2)
+    traffic.utterance("custom", 20, forced=True)
+    traffic.utterance("custom", 21, role=Role.SHADOW, shadow_drops=0)
+    traffic.utterance(None, 22, phase=None)  # the default route
+    custom = variants(traffic.report())["custom"]
+    assert (custom["outcomes"], custom["forced"]) == (5, 1)
+
+
+def test_a_big_wer_gain_with_healthy_guardrails_ships_custom() -> None:
+    traffic = Traffic()
+    traffic.ab(40, base_error=0.35, custom_error=0.03)
+    report = traffic.report()
+    comparison = report["phases"][0]["comparisons"][0]
+    assert comparison["wer"]["difference"] < -0.2
+    assert comparison["wer"]["always_valid"]["ci"][1] < 0
+    # The always-valid interval pays for peeking: it is wider than the fixed-horizon one.
+    fixed, always = comparison["wer"]["ci"], comparison["wer"]["always_valid"]["ci"]
+    assert always[0] <= fixed[0]
+    assert always[1] >= fixed[1]
+    assert [g["status"] for g in comparison["guardrails"]] == ["ok", "ok", "ok"]
+    assert report["recommendation"]["action"] == "ship_custom"
+    assert report["recommendation"]["variant"] == "custom"
+    assert "Recommendation: SHIP CUSTOM" in render_text(report)
+
+
+def test_a_worse_challenger_keeps_base() -> None:
+    traffic = Traffic()
+    traffic.ab(40, base_error=0.03, custom_error=0.35)
+    assert traffic.report()["recommendation"]["action"] == "keep_base"
+
+
+def test_a_failing_challenger_is_rolled_back_even_when_its_wer_is_better() -> None:
+    traffic = Traffic()
+    traffic.ab(40, base_error=0.35, custom_error=0.03)
+    for i in range(25):
+        traffic.failure("custom", 200 + i, "Error", "upstream_close_1011")
+    report = traffic.report()
+    guardrails = {
+        g["metric"]: g["status"] for g in report["phases"][0]["comparisons"][0]["guardrails"]
+    }
+    assert guardrails["error_rate"] == "regressed"
+    assert report["recommendation"]["action"] == "roll_back"
+    assert "error_rate" in report["recommendation"]["reason"]
+
+
+def test_a_slower_challenger_trips_the_latency_guardrail() -> None:
+    traffic = Traffic()
+    for i in range(40):
+        traffic.utterance("base", 2 * i, word_error=0.3, final_latency_ms=300.0 + i)
+        traffic.utterance("custom", 2 * i + 1, word_error=0.03, final_latency_ms=900.0 + i)
+    report = traffic.report()
+    assert report["recommendation"]["action"] == "roll_back"
+    assert "final_latency_p50_ms" in report["recommendation"]["reason"]
+
+
+def test_too_few_labels_keep_collecting_or_ramp_up_below_half_the_traffic() -> None:
+    traffic = Traffic()
+    traffic.ab(10, base_error=0.35, custom_error=0.03)
+    assert traffic.report()["recommendation"]["action"] == "keep_collecting"
+    small = ExperimentInfo(control="base", phase="p1", shares={"base": 0.9, "custom": 0.1})
+    traffic = Traffic()
+    for i in range(90):
+        traffic.utterance("base", i, word_error=0.1)
+    for i in range(10):
+        traffic.utterance("custom", 100 + i, word_error=0.1)
+    report = traffic.report(info=small)
+    assert report["recommendation"]["action"] == "ramp_up"
+    assert "10%" in report["recommendation"]["reason"]
+
+
+def test_a_broken_split_is_flagged_and_blocks_the_decision() -> None:
+    traffic = Traffic()
+    for i in range(700):
+        traffic.utterance("base", i, word_error=0.3, label=i < 30)
+    for i in range(300):
+        traffic.utterance("custom", 700 + i, word_error=0.03, label=i < 30)
+    report = traffic.report()
+    srm = report["phases"][0]["srm"]
+    assert srm["status"] == "mismatch"
+    assert srm["p_value"] < 1e-6
+    assert srm["units"] == {"base": 700, "custom": 300}
+    assert report["recommendation"]["action"] == "keep_collecting"
+    assert "sample ratio mismatch" in report["recommendation"]["reason"]
+
+
+def test_an_earlier_phase_is_reported_separately_and_not_srm_checked() -> None:
+    traffic = Traffic()
+    for i in range(10):
+        traffic.utterance("base", i, phase="p0")
+        traffic.utterance("custom", 20 + i, phase="p0")
+    traffic.ab(30, 0.3, 0.05)
+    report = traffic.report()
+    phases = [(p["phase"], p["current"], p["srm"]["status"]) for p in report["phases"]]
+    assert phases == [("p1", True, "ok"), ("p0", False, "unchecked")]
+    only = traffic.report() | {}
+    assert only["recommendation"]["phase"] == "p1"
+    filtered = build_report("e", traffic.records, traffic.labels, info=INFO, phase="p0")
+    assert [p["phase"] for p in filtered["phases"]] == ["p0"]
+
+
+def test_unconfigured_experiment_takes_the_first_variant_as_control() -> None:
+    traffic = Traffic()
+    traffic.ab(5, 0.3, 0.05)
+    report = traffic.report(info=None)
+    assert report["control"] == "base"
+    assert report["phases"][0]["current"] is None
+    assert report["phases"][0]["srm"]["status"] == "unchecked"
+
+
+def test_shadow_pairs_compare_both_models_on_identical_audio() -> None:
+    traffic = Traffic()
+    for i in range(25):
+        primary = traffic.utterance("base", 2 * i, word_error=0.4)
+        reference = traffic.labels[primary.record_id].text
+        traffic.utterance(
+            "custom",
+            2 * i,
+            role=Role.SHADOW,
+            shadow_drops=0,
+            session_id=primary.session_id,
+            unit=primary.unit,
+            text=reference,  # the shadow got every word right
+            label=False,
+        )
+    report = traffic.report(info=ExperimentInfo(control="base"))
+    comparison = report["phases"][0]["comparisons"]
+    assert comparison == []  # the custom variant served nobody: no split comparison
+    traffic.ab(25, 0.4, 0.0)  # now it also serves some sessions
+    comparison = traffic.report()["phases"][0]["comparisons"][0]
+    shadow = comparison["shadow"]
+    assert shadow["pairs"] == 25
+    assert shadow["challenger_wer"] == 0.0
+    assert shadow["difference"] == pytest.approx(-shadow["control_wer"])
+    assert shadow["ci"][1] < 0
+
+
+def test_timeline_buckets_count_everything_and_the_effect_band_only_narrows() -> None:
+    traffic = Traffic()
+    traffic.ab(300, base_error=0.3, custom_error=0.1)  # 600 s of traffic
+    phase = traffic.report()["phases"][0]
+    timeline = phase["timeline"]
+    assert timeline["bucket_seconds"] == 30
+    assert sum(b["outcomes"]["custom"] for b in timeline["buckets"]) == 300
+    bands = [
+        b["cumulative"]["custom"]["ci"] for b in timeline["buckets"] if b["cumulative"]["custom"]
+    ]
+    assert len(bands) >= 15
+    for earlier, later in itertools.pairwise(bands):
+        assert later[0] >= earlier[0]
+        assert later[1] <= earlier[1]
+    assert bands[-1] == phase["comparisons"][0]["wer"]["always_valid"]["ci"]
+
+
+def test_without_labels_there_is_no_wer_and_no_decision() -> None:
+    traffic = Traffic()
+    for i in range(30):
+        traffic.utterance("base", 2 * i, label=False)
+        traffic.utterance("custom", 2 * i + 1, label=False)
+    report = traffic.report()
+    assert variants(report)["custom"]["wer"] is None
+    assert report["phases"][0]["comparisons"][0]["wer"] is None
+    assert report["recommendation"]["action"] == "keep_collecting"
+
+
+def test_hashed_text_counts_as_labelled_but_unscorable() -> None:
+    traffic = Traffic()
+    traffic.utterance("base", 0, text=None, text_sha256="0" * 64)
+    base = variants(traffic.report())["base"]
+    assert (base["labelled"], base["unscorable"], base["wer"]) == (1, 1, None)
+
+
+def test_no_records_give_an_empty_report() -> None:
+    report = build_report("e", [], {}, info=INFO)
+    assert report["phases"] == []
+    assert report["recommendation"]["action"] == "keep_collecting"
+    assert "No outcome records" in render_text(report)
+
+
+def test_the_report_is_deterministic() -> None:
+    traffic = Traffic()
+    traffic.ab(20, 0.3, 0.1)
+    first, second = traffic.report(), traffic.report()
+    first.pop("generated_at")
+    second.pop("generated_at")
+    assert first == second
