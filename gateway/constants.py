@@ -8,6 +8,10 @@ together. The prefix isolates deployments (and tests) sharing one Redis.
     <prefix>:{<experiment>}:outcomes        STREAM  outcome records, field "r" = record JSON
     <prefix>:{<experiment>}:seen            ZSET    record_id -> ms of first write (dedup window)
     <prefix>:{<experiment>}:records         HASH    record_id -> stream entry id (label targets)
+    <prefix>:{<experiment>}:units           HASH    "<unit>:<utterance_index>" -> record ids of the
+                                                    primary utterance/request records of that unit
+                                                    pseudonym and index, space-separated, oldest
+                                                    first, the newest UNIT_RECORDS_MAX kept
     <prefix>:{<experiment>}:labels          HASH    record_id -> current label JSON (last wins)
     <prefix>:{<experiment>}:label-audit     STREAM  every label write, field "l" = label JSON
 """
@@ -21,6 +25,9 @@ DEFAULT_PREFIX = "sgw"
 NO_EXPERIMENT = "_default"
 RECORD_FIELD = "r"
 LABEL_FIELD = "l"
+# Record ids kept per unit and utterance index (labels by unit): a long-lived unit (a real
+# user) has a session a day, and its index entry must not grow without bound.
+UNIT_RECORDS_MAX = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +49,9 @@ class RedisKeys:
 
     def records(self, experiment: str | None) -> str:
         return self._tagged(experiment, "records")
+
+    def units(self, experiment: str | None) -> str:
+        return self._tagged(experiment, "units")
 
     def labels(self, experiment: str | None) -> str:
         return self._tagged(experiment, "labels")

@@ -7,9 +7,15 @@ The name is recorded as the labeller. The store is the app's `LabelStore`
 (`gateway.outcomes.label_store`), looked up under an AppKey at request time so that it may
 be created at start-up. docs/labels.md describes requests, answers and statuses.
 
+A label may name its records by unit instead of record id (`UnitLabel`: the raw unit id a
+client sent, and the utterance index): the unit is pseudonymised with the gateway's key
+(`PSEUDONYM_KEY`, else the gateway state's) and resolved through the store's unit index
+to every primary record it made; each gets the label. Raw unit ids are never logged.
+
 Statuses: 200 stored; 400 malformed body (the reason names the index and field); 401 no or
-a wrong credential; 404 no label (GET); 413 body over the limit; 422 unknown record ids
-(nothing stored: a batch is all or nothing); 503 the store is unavailable.
+a wrong credential; 404 no label (GET); 413 body over the limit; 422 unknown record ids or
+unit selectors that match no record (nothing stored: a batch is all or nothing); 503 the
+store is unavailable.
 """
 
 from __future__ import annotations
@@ -25,14 +31,24 @@ from aiohttp import web
 from gateway.control.model import hash_key
 from gateway.errors import ConfigError, RestError
 from gateway.io.redis_client import REDIS_ERRORS
+from gateway.io.state import STATE
 from gateway.logging import get_logger
-from gateway.outcomes.label_store import LabelStatus, LabelStore
-from gateway.outcomes.labels import LabelError, check_record_id, parse_label_body
+from gateway.outcomes.label_store import LabelStatus, LabelStore, UnitMatch
+from gateway.outcomes.labels import (
+    MAX_BATCH,
+    LabelError,
+    LabelInput,
+    UnitLabel,
+    check_record_id,
+    parse_label_body,
+)
 
 log = get_logger(__name__)
 
 MAX_BODY_BYTES: Final = 10 * 1024 * 1024
 LABEL_STORE: Final = web.AppKey[LabelStore]("label_store")
+# The key that pseudonymised the records' units; without it, the gateway state's is used.
+PSEUDONYM_KEY: Final = web.AppKey[bytes]("label_pseudonym_key")
 ADMIN_TOKENS_FIELD: Final = "gateway.admin_tokens_sha256"
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -117,6 +133,16 @@ def add_label_routes(
     app.router.add_get("/labels/{record_id}", api.get)
 
 
+def _pseudonym_key(request: web.Request) -> bytes | None:
+    """The key the records' units were pseudonymised with: PSEUDONYM_KEY, else the gateway
+    state's (None in an app that has neither)."""
+    key = request.config_dict.get(PSEUDONYM_KEY)
+    if key is None:
+        state = request.config_dict.get(STATE)
+        key = state.privacy_key if state is not None else None
+    return key
+
+
 def _error(status: int, reason: str, **extra: object) -> web.Response:
     headers = _CHALLENGE if status == 401 else None
     return web.json_response({"error": reason, **extra}, status=status, headers=headers)
@@ -141,10 +167,49 @@ class _LabelsApi:
         if body is None:
             return _error(413, f"the body is larger than {self._max_body_bytes:,} bytes")
         try:
-            labels = parse_label_body(body)
+            given = parse_label_body(body)
         except RestError as exc:
             return _error(exc.status, exc.reason)
         store = request.config_dict[self._store_key]
+        units = [(i, item) for i, item in enumerate(given) if isinstance(item, UnitLabel)]
+        found: list[tuple[UnitMatch, ...]] = []
+        if units:
+            key = _pseudonym_key(request)
+            if key is None:
+                return _error(501, "labels by unit need the gateway's pseudonym key; use record_id")
+            try:
+                found = await store.find_units([item.query(key) for _, item in units])
+            except _STORE_ERRORS as exc:
+                log.error("labels_store_unavailable", error=f"{type(exc).__name__}: {exc}")
+                return _error(503, "the label store is unavailable; try again later")
+        unresolved = [
+            {"index": i, **item.selector()}
+            for (i, item), matches in zip(units, found, strict=True)
+            if not matches
+        ]
+        if unresolved:
+            log.info(
+                "labels_refused", labeller=labeller, labels=len(given), unresolved=len(unresolved)
+            )
+            return _error(
+                422,
+                f"{len(unresolved)} unit selector(s) match no outcome record (yet: records are "
+                "stored asynchronously); nothing was stored",
+                unresolved=unresolved,
+            )
+        matches_of = {i: matches for (i, _), matches in zip(units, found, strict=True)}
+        labels: list[LabelInput] = []
+        for i, item in enumerate(given):
+            if isinstance(item, UnitLabel):
+                labels += (LabelInput(m.record_id, item.text) for m in matches_of[i])
+            else:
+                labels.append(item)
+        if len(labels) > MAX_BATCH:
+            return _error(
+                422,
+                f"the unit selectors match {len(labels):,} records; at most {MAX_BATCH:,} "
+                "labels are written per request: send fewer labels per request",
+            )
         try:
             result = await store.put(labels, labeller, "api", all_or_nothing=True)
         except _STORE_ERRORS as exc:
@@ -160,14 +225,28 @@ class _LabelsApi:
             )
         stored = result.count(LabelStatus.STORED)
         relabelled = result.count(LabelStatus.RELABELLED)
-        log.info("labels_stored", labeller=labeller, stored=stored, relabelled=relabelled)
-        return web.json_response(
-            {
-                "stored": stored,
-                "relabelled": relabelled,
-                "results": [item.to_dict() for item in result.results],
-            }
+        log.info(
+            "labels_stored",
+            labeller=labeller,
+            stored=stored,
+            relabelled=relabelled,
+            by_unit=len(units),
         )
+        answer: dict[str, object] = {
+            "stored": stored,
+            "relabelled": relabelled,
+            "results": [item.to_dict() for item in result.results],
+        }
+        if units:
+            answer["resolved"] = [
+                {
+                    "index": i,
+                    **item.selector(),
+                    "records": [match.to_dict() for match in matches_of[i]],
+                }
+                for i, item in units
+            ]
+        return web.json_response(answer)
 
     async def get(self, request: web.Request) -> web.Response:
         if self._labeller(request) is None:

@@ -11,6 +11,11 @@ audit trail with who wrote them and when.
 * `RedisLabelStore`: the current label in the experiment's `labels` hash, every write in its
   `label-audit` stream (key layout: `gateway.constants`).
 
+A client that never saw record ids (a replay) names records by unit instead: `find_units`
+resolves a `UnitQuery` (unit pseudonym, utterance index, optional experiment) to the ids of
+the primary utterance/request records it made, from an index each store keeps beside the
+record ids (`units`); the caller then labels those ids.
+
 docs/labels.md describes both for operators and analysts.
 """
 
@@ -27,7 +32,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import IO, Final, Protocol
 
-from gateway.constants import LABEL_FIELD, NO_EXPERIMENT, RedisKeys
+from gateway.constants import LABEL_FIELD, NO_EXPERIMENT, UNIT_RECORDS_MAX, RedisKeys
 from gateway.errors import ConfigError
 from gateway.io.redis_client import RedisClient
 from gateway.logging import get_logger
@@ -37,9 +42,11 @@ from gateway.outcomes.labels import (
     LabelError,
     LabelInput,
     LabelSource,
+    UnitQuery,
     check_labeller,
     raise_first_problem,
     scan_labels,
+    unit_target,
 )
 from gateway.outcomes.record import now_iso
 
@@ -93,6 +100,17 @@ class PutResult:
 _UNKNOWN = LabelStatus.UNKNOWN
 
 
+@dataclass(frozen=True, slots=True)
+class UnitMatch:
+    """A record that a `UnitQuery` found: its id and its experiment key."""
+
+    record_id: str
+    experiment: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"record_id": self.record_id, "experiment": self.experiment}
+
+
 class LabelStore(Protocol):
     """Where labels are kept: beside the outcome records, whichever store holds those."""
 
@@ -118,6 +136,13 @@ class LabelStore(Protocol):
     async def all(self, experiment: str) -> dict[str, Label]:
         """record_id -> current label, for every labelled record of the experiment
         (`gateway.constants.NO_EXPERIMENT` for records no experiment routed)."""
+        ...
+
+    async def find_units(self, queries: Sequence[UnitQuery]) -> list[tuple[UnitMatch, ...]]:
+        """For each query, in order, the primary utterance/request records of its unit
+        pseudonym and utterance index (every session's, oldest first within an experiment;
+        at most the newest `UNIT_RECORDS_MAX` per experiment), in its experiment or in any.
+        Empty: no such record (yet: records reach the store asynchronously)."""
         ...
 
 
@@ -177,10 +202,11 @@ class FileLabelStore:
 
     Each line is one label write (record id, text, labeller, time, source); the current label
     of a record is its last line, and the earlier lines are the audit trail. Known record
-    ids come from the outcome file: an index (record id -> experiment) is built by reading
-    it once and extended by reading what was appended since, before each write. After a
-    rotation the new file is read from its start; ids already indexed stay known to this
-    process, but a new process only knows the records of the current file.
+    ids come from the outcome file: an index (record id -> experiment, and unit pseudonym
+    and utterance index -> primary record ids) is built by reading it once and extended by
+    reading what was appended since, before each write or lookup. After a rotation the new
+    file is read from its start; ids already indexed stay known to this process, but a new
+    process only knows the records of the current file.
 
     Writes take an exclusive `flock` on the label file, so the gateway and a CLI import may
     write at the same time; each write is one `write` of whole lines, then fsync'd. File
@@ -196,6 +222,8 @@ class FileLabelStore:
         self._records = _Tail(outcomes_path)
         self._labels = _Tail(labels_path)
         self._experiment_of: dict[str, str] = {}  # record_id -> experiment key
+        # "<unit>:<utterance_index>" -> primary record ids, oldest first (UNIT_RECORDS_MAX)
+        self._unit_records: dict[str, list[str]] = {}
         self._current: dict[str, Label] = {}
 
     async def put(
@@ -218,6 +246,27 @@ class FileLabelStore:
     async def experiment_of(self, record_id: str) -> str | None:
         """The experiment key of a known record (NO_EXPERIMENT for the default route)."""
         return await asyncio.to_thread(self._experiment, record_id)
+
+    async def find_units(self, queries: Sequence[UnitQuery]) -> list[tuple[UnitMatch, ...]]:
+        return await asyncio.to_thread(self._find_units, list(queries))
+
+    def _find_units(self, queries: list[UnitQuery]) -> list[tuple[UnitMatch, ...]]:
+        with self._lock:
+            self._refresh_records()
+            found: list[tuple[UnitMatch, ...]] = []
+            for query in queries:
+                matches = (
+                    UnitMatch(rid, self._experiment_of[rid])
+                    for rid in self._unit_records.get(query.key, ())
+                )
+                found.append(
+                    tuple(
+                        match
+                        for match in matches
+                        if query.experiment is None or match.experiment == query.experiment
+                    )
+                )
+            return found
 
     def _get(self, record_ids: list[str]) -> dict[str, Label]:
         with self._lock:
@@ -243,7 +292,7 @@ class FileLabelStore:
         bad: list[int] = []
 
         def index(number: int, raw: bytes) -> None:
-            # Only the id and experiment are needed; full validation is the analysis' job.
+            # Only the ids are needed; full validation is the analysis' job.
             try:
                 data = json.loads(raw)
                 record_id = data["record_id"]
@@ -255,6 +304,14 @@ class FileLabelStore:
                 bad.append(number)
                 return
             self._experiment_of[record_id] = _experiment_key(experiment)
+            target = unit_target(
+                data.get("kind"), data.get("role"), data.get("unit"), data.get("utterance_index")
+            )
+            if target is not None:
+                ids = self._unit_records.setdefault(target, [])
+                if record_id not in ids:  # a file cut shorter is read again
+                    ids.append(record_id)
+                    del ids[:-UNIT_RECORDS_MAX]
 
         self._records.read(index)
         if bad:
@@ -366,10 +423,11 @@ class RedisLabelStore:
     """Labels in Redis, beside the experiment's outcome stream.
 
     A record's experiment is found by asking each experiment's `records` hash (the members
-    of `experiments`) whether it holds the id. Each label is then one MULTI on the
-    experiment's keys (one Cluster slot): `HGET labels` (the previous label), `HSET labels`
-    (the current one), `XADD label-audit` (every write, field `l`). The audit stream is
-    never trimmed.
+    of `experiments`) whether it holds the id; a unit's records, by asking each experiment's
+    `units` hash (both kept by the outcome sink's script, `gateway.outcomes.redis_sink`).
+    Each label is then one MULTI on the experiment's keys (one Cluster slot): `HGET labels`
+    (the previous label), `HSET labels` (the current one), `XADD label-audit` (every write,
+    field `l`). The audit stream is never trimmed.
     """
 
     def __init__(self, client: RedisClient, keys: RedisKeys | None = None) -> None:
@@ -401,6 +459,28 @@ class RedisLabelStore:
                         found[rid] = experiment
                         break
         return found
+
+    async def find_units(self, queries: Sequence[UnitQuery]) -> list[tuple[UnitMatch, ...]]:
+        found: list[list[UnitMatch]] = [[] for _ in queries]
+        if not queries:
+            return []
+        anywhere = await self.experiments() if any(q.experiment is None for q in queries) else []
+        # (query position, experiment) per HGET, in pipeline order
+        asks = [
+            (position, experiment)
+            for position, query in enumerate(queries)
+            for experiment in ([query.experiment] if query.experiment is not None else anywhere)
+        ]
+        for start in range(0, len(asks), _REDIS_CHUNK):
+            chunk = asks[start : start + _REDIS_CHUNK]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for position, experiment in chunk:
+                    pipe.hget(self.keys.units(experiment), queries[position].key)
+                replies = await pipe.execute()
+            for (position, experiment), value in zip(chunk, replies, strict=True):
+                if value is not None:
+                    found[position] += (UnitMatch(rid, experiment) for rid in _str(value).split())
+        return [tuple(matches) for matches in found]
 
     async def put(
         self,

@@ -2,9 +2,12 @@
 
 A `LabelInput` is what a reviewer supplies (a record id and the reference text); a `Label`
 is what is stored: the same, plus who gave it, when, and through which door (`api` or
-`import`). The parsers here are the two edges where labels enter: import files (CSV or JSON
-lines, `parse_labels` / `scan_labels`, errors as `ConfigError` naming `file:line`) and the
-HTTP API's body (`parse_label_body`, errors as `RestError` naming the index and field).
+`import`). A `UnitLabel` names its records instead by the raw unit id a client sent and the
+utterance's position (a replay knows those, never the record ids); the API resolves it,
+through the unit's pseudonym (`UnitQuery`), to record ids before anything is stored. The
+parsers here are the two edges where labels enter: import files (CSV or JSON lines,
+`parse_labels` / `scan_labels`, errors as `ConfigError` naming `file:line`) and the HTTP
+API's body (`parse_label_body`, errors as `RestError` naming the index and field).
 `gateway.outcomes.label_store` keeps labels beside the outcomes; `gateway.stats.wer` scores a
 record's text against its label. docs/labels.md is the description for analysts.
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, get_args
 
 from gateway.errors import ConfigError, RestError
+from gateway.outcomes.privacy import pseudonymise
 from gateway.outcomes.record import now_iso
 
 LabelSource = Literal["api", "import"]
@@ -30,12 +34,20 @@ MAX_TEXT_CHARS: Final = 10_000
 MAX_BATCH: Final = 10_000  # labels in one API request
 MAX_LABELLER_CHARS: Final = 200
 _MAX_PROBLEMS: Final = 1_000  # bad lines kept for the report; the rest are only counted
+# As the gateway accepts a unit id (gateway.session.routing.MAX_UNIT_ID): a longer one can
+# have no records.
+MAX_UNIT_CHARS: Final = 256
+MAX_UTTERANCE_INDEX: Final = 2**31 - 1
 
 _RECORD_ID = re.compile(r"[0-9a-f]{32}")
 _TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 _CSV_SUFFIXES = frozenset({".csv"})
 _JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
+_EXPERIMENT = re.compile(r"[A-Za-z0-9._-]{1,64}")  # an experiment id, or "_default"
 _API_FIELDS = frozenset({"record_id", "text"})
+_UNIT_FIELDS = frozenset({"unit", "utterance_index", "experiment", "text"})
+# Records a label by unit names: one utterance of a USP session, or one REST request.
+_UNIT_TARGET_KINDS = frozenset({"utterance", "request"})
 
 
 def _show(value: object) -> str:
@@ -98,6 +110,100 @@ class LabelInput:
             labelled_at=labelled_at or now_iso(),
             source=source,
         )
+
+
+def check_unit(value: object) -> str:
+    """A raw unit id as the gateway accepts one: 1-256 printable characters."""
+    if not isinstance(value, str):
+        raise LabelError("unit", f"expected a string, got {_show(value)}")
+    if not value or len(value) > MAX_UNIT_CHARS or not value.isprintable():
+        raise LabelError(
+            "unit", f"expected 1-{MAX_UNIT_CHARS} printable characters, got {_show(value)}"
+        )
+    return value
+
+
+def check_utterance_index(value: object) -> int:
+    """A 0-based utterance position: an integer 0..2**31-1 (true and false are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LabelError("utterance_index", f"expected an integer >= 0, got {_show(value)}")
+    if not 0 <= value <= MAX_UTTERANCE_INDEX:
+        raise LabelError(
+            "utterance_index", f"expected an integer 0..{MAX_UTTERANCE_INDEX}, got {value}"
+        )
+    return value
+
+
+def check_experiment(value: object) -> str:
+    """An experiment id (1-64 letters, digits, '.', '-', '_'; `_default` for the default route)."""
+    if not isinstance(value, str) or not _EXPERIMENT.fullmatch(value):
+        raise LabelError(
+            "experiment",
+            "expected an experiment id of 1-64 letters, digits, '.', '-' or '_', "
+            f"got {_show(value)}",
+        )
+    return value
+
+
+def unit_target(kind: object, role: object, unit: object, utterance_index: object) -> str | None:
+    """The unit index key (`<unit>:<utterance_index>`) of a record that a label by unit can
+    name, from its fields: a primary utterance or request record. None for the others."""
+    if role != "primary" or kind not in _UNIT_TARGET_KINDS or not isinstance(unit, str):
+        return None
+    if isinstance(utterance_index, bool) or not isinstance(utterance_index, int):
+        return None
+    return f"{unit}:{utterance_index}"
+
+
+@dataclass(frozen=True, slots=True)
+class UnitQuery:
+    """The primary utterance/request records of one unit pseudonym and utterance index, in
+    one experiment or (None) in any: what a store looks up for a `UnitLabel`."""
+
+    unit: str  # the pseudonym, as in the records' `unit` field
+    utterance_index: int
+    experiment: str | None = None  # an experiment key (NO_EXPERIMENT for the default route)
+
+    @property
+    def key(self) -> str:
+        """The index key of the stores: `<unit>:<utterance_index>` (as `unit_target`)."""
+        return f"{self.unit}:{self.utterance_index}"
+
+
+@dataclass(frozen=True, slots=True)
+class UnitLabel:
+    """A reference transcript for the records that a unit's utterance made, as a client that
+    never saw record ids supplies it: the raw unit id (`gw-unit`), the 0-based utterance
+    index within the session, and optionally the experiment.
+
+    Construction raises ValueError naming the field; `text` is stored stripped.
+    """
+
+    unit: str
+    text: str
+    utterance_index: int = 0
+    experiment: str | None = None
+
+    def __post_init__(self) -> None:
+        check_unit(self.unit)
+        check_utterance_index(self.utterance_index)
+        if self.experiment is not None:
+            check_experiment(self.experiment)
+        text = _check_text(self.text)
+        if text != self.text:
+            object.__setattr__(self, "text", text)
+
+    def query(self, pseudonym_key: bytes) -> UnitQuery:
+        """What to look up: the unit's pseudonym under the gateway's key."""
+        unit = pseudonymise(self.unit, pseudonym_key)
+        return UnitQuery(unit, self.utterance_index, self.experiment)
+
+    def selector(self) -> dict[str, object]:
+        """The selector as the client gave it, for answers (never for logs: a raw unit id)."""
+        out: dict[str, object] = {"unit": self.unit, "utterance_index": self.utterance_index}
+        if self.experiment is not None:
+            out["experiment"] = self.experiment
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -351,6 +457,35 @@ def _label_from_object(value: object, *, strict: bool) -> LabelInput:
     return LabelInput(value["record_id"], value["text"])
 
 
+def _api_label(value: object) -> LabelInput | UnitLabel:
+    """One label of the API body: by `record_id`, or by `unit` (+ `utterance_index`,
+    `experiment`); fields other than those of its kind are refused."""
+    if not isinstance(value, dict):
+        raise LabelError(
+            None, f"expected a JSON object with record_id (or unit) and text, got {_show(value)}"
+        )
+    if "unit" not in value:
+        if "record_id" not in value:
+            raise LabelError("record_id", "missing (or name the record by unit)")
+        return _label_from_object(value, strict=True)
+    if "record_id" in value:
+        raise LabelError("unit", "give record_id or unit, not both")
+    if "text" not in value:
+        raise LabelError("text", "missing")
+    unknown = sorted(set(value) - _UNIT_FIELDS)
+    if unknown:
+        raise LabelError(
+            unknown[0],
+            "unknown field (a label by unit has unit, utterance_index, experiment and text)",
+        )
+    return UnitLabel(
+        value["unit"],
+        value["text"],
+        value.get("utterance_index", 0),
+        value.get("experiment"),
+    )
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -358,9 +493,10 @@ def _refuse_constant(name: str) -> Any:
 # -- the HTTP API's body ------------------------------------------------------------------
 
 
-def parse_label_body(body: bytes) -> list[LabelInput]:
-    """The labels of a `POST /labels` body: one object `{"record_id": ..., "text": ...}` or a
-    batch `{"labels": [...]}` of 1-10,000 such objects.
+def parse_label_body(body: bytes) -> list[LabelInput | UnitLabel]:
+    """The labels of a `POST /labels` body: one object `{"record_id": ..., "text": ...}` or
+    `{"unit": ..., "utterance_index": 0, "experiment": ..., "text": ...}` (a `UnitLabel`;
+    index and experiment optional), or a batch `{"labels": [...]}` of 1-10,000 such objects.
 
     Raises RestError(reason, 400) naming the problem, e.g. `labels[3].text: must not be
     empty`. Fields other than these are refused, so a misspelt field is not silently lost.
@@ -373,13 +509,13 @@ def parse_label_body(body: bytes) -> list[LabelInput]:
         raise RestError('the body must be a JSON object: one label, or {"labels": [...]}')
     if "labels" not in value:
         try:
-            return [_label_from_object(value, strict=True)]
+            return [_api_label(value)]
         except ValueError as exc:
             raise RestError(str(exc)) from None
     return _batch(value)
 
 
-def _batch(value: Mapping[str, object]) -> list[LabelInput]:
+def _batch(value: Mapping[str, object]) -> list[LabelInput | UnitLabel]:
     extra = sorted(set(value) - {"labels"})
     if extra:
         raise RestError(f"{extra[0]}: unknown field beside 'labels'")
@@ -390,10 +526,10 @@ def _batch(value: Mapping[str, object]) -> list[LabelInput]:
         raise RestError("labels: the batch is empty")
     if len(items) > MAX_BATCH:
         raise RestError(f"labels: {len(items):,} labels; at most {MAX_BATCH:,} per request")
-    labels: list[LabelInput] = []
+    labels: list[LabelInput | UnitLabel] = []
     for index, item in enumerate(items):
         try:
-            labels.append(_label_from_object(item, strict=True))
+            labels.append(_api_label(item))
         except LabelError as exc:
             where = f"labels[{index}].{exc.field}" if exc.field else f"labels[{index}]"
             raise RestError(f"{where}: {exc.problem}") from None

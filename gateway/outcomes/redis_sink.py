@@ -34,14 +34,21 @@ How a record travels:
   at most `close_timeout_s`, journal whatever is left (fsync'd), close the client. The next
   `start()` on the same journal directory delivers it first.
 
-Limits: redelivery is deduplicated only within `dedup_window_s`; the `records` hash
-(record_id -> entry id) is not trimmed with the stream. One sink per journal directory.
+Labels: beside each new record the script keeps the label targets, the `records` hash
+(record_id -> entry id) and, for a primary utterance or request record, the `units` hash
+("<unit>:<utterance_index>" -> record ids), so that `gateway.outcomes.label_store` can find
+a record by id or by the unit that made it.
+
+Limits: redelivery is deduplicated only within `dedup_window_s`; the `records` and `units`
+hashes are not trimmed with the stream (a `units` entry keeps the newest `unit_records_max`
+ids). One sink per journal directory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from time import monotonic
@@ -52,10 +59,11 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from gateway.constants import NO_EXPERIMENT, RECORD_FIELD, RedisKeys
+from gateway.constants import NO_EXPERIMENT, RECORD_FIELD, UNIT_RECORDS_MAX, RedisKeys
 from gateway.io.redis_client import REDIS_ERRORS, RedisClient
 from gateway.logging import get_logger
 from gateway.outcomes.journal import Journal, JournalEntry
+from gateway.outcomes.labels import unit_target
 from gateway.outcomes.record import OutcomeRecord
 from gateway.outcomes.sink import DropLog
 
@@ -68,17 +76,22 @@ ClientFactory = Callable[[], Awaitable[RedisClient]]
 # that they are on disk (a crash loses less) and the queue has room.
 SPILL_INTERVAL_S: Final = 0.1
 
-# KEYS: the experiment's outcomes stream, seen zset, records hash (one hash tag: one slot).
+# KEYS: the experiment's outcomes stream, seen zset, records hash, units hash (one hash tag:
+#       one slot).
 # ARGV: maxlen (0: none), min-id age in ms (0: none), dedup window in ms, the entry field,
-#       then record_id, record JSON, record_id, record JSON, ...
+#       record ids kept per units entry, then per record: record_id, record JSON, units field
+#       ("<unit>:<utterance_index>", or "" for a record no label by unit can name).
 # Server time, so that the dedup window and MINID agree with the stream's own entry ids.
+# The units field comes from the caller: decoding each record's JSON here would triple the
+# script's cost per record.
 WRITE_SCRIPT: Final = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local maxlen = tonumber(ARGV[1])
 local min_age = tonumber(ARGV[2])
+local keep = tonumber(ARGV[5]) * 33 - 1  -- the newest ids: 32 hex digits and a space each
 local added = 0
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 3 do
   local id = ARGV[i]
   if redis.call('ZADD', KEYS[2], 'NX', now, id) == 1 then
     local entry
@@ -88,6 +101,17 @@ for i = 5, #ARGV, 2 do
       entry = redis.call('XADD', KEYS[1], '*', ARGV[4], ARGV[i + 1])
     end
     redis.call('HSET', KEYS[3], id, entry)
+    local field = ARGV[i + 2]
+    if field ~= '' and redis.call('HSETNX', KEYS[4], field, id) == 0 then
+      local ids = redis.call('HGET', KEYS[4], field)
+      if not string.find(' ' .. ids .. ' ', ' ' .. id .. ' ', 1, true) then
+        ids = ids .. ' ' .. id
+        if #ids > keep then
+          ids = string.sub(ids, #ids - keep + 1)
+        end
+        redis.call('HSET', KEYS[4], field, ids)
+      end
+    end
     added = added + 1
   end
 end
@@ -98,6 +122,26 @@ if min_age > 0 then
 end
 return added
 """
+
+
+def units_field(record: OutcomeRecord) -> str:
+    """The record's field in the units hash, "" if a label by unit cannot name it."""
+    target = unit_target(record.kind, record.role, record.unit, record.utterance_index)
+    return target or ""
+
+
+def units_field_of_json(text: str) -> str:
+    """As `units_field`, for a journalled record (only its JSON is at hand)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return ""  # stored all the same; the journal's reader decides about bad records
+    if not isinstance(data, dict):
+        return ""
+    target = unit_target(
+        data.get("kind"), data.get("role"), data.get("unit"), data.get("utterance_index")
+    )
+    return target or ""
 
 
 class RedisSink:
@@ -123,6 +167,7 @@ class RedisSink:
         close_timeout_s: float = 5.0,
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 5.0,
+        unit_records_max: int = UNIT_RECORDS_MAX,
     ) -> None:
         for name, value in (
             ("queue_size", queue_size),
@@ -130,6 +175,7 @@ class RedisSink:
             ("overflow_size", queue_size if overflow_size is None else overflow_size),
             ("journal_max_records", journal_max_records),
             ("journal_segment_records", journal_segment_records),
+            ("unit_records_max", unit_records_max),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -167,6 +213,7 @@ class RedisSink:
             max(1, round(min_id_age_s * 1000)) if min_id_age_s else 0,
             round(dedup_window_s * 1000),
             RECORD_FIELD,
+            unit_records_max,
         ]
 
         self._queue: asyncio.Queue[OutcomeRecord] = asyncio.Queue(queue_size)
@@ -299,7 +346,8 @@ class RedisSink:
         The writer's own delivery path, exposed for tools and tests: a retried batch adds
         nothing. Raises the Redis error if Redis is unavailable.
         """
-        return await self._store([JournalEntry.of(r) for r in records], self._write_timeout)
+        entries = [(JournalEntry.of(r), units_field(r)) for r in records]
+        return await self._store(entries, self._write_timeout)
 
     async def _open_journal(self) -> None:
         if self._journal is None:
@@ -434,7 +482,8 @@ class RedisSink:
 
     async def _deliver_live(self, batch: list[OutcomeRecord], time_limit: float) -> None:
         try:
-            added = await self._store([JournalEntry.of(r) for r in batch], time_limit)
+            entries = [(JournalEntry.of(r), units_field(r)) for r in batch]
+            added = await self._store(entries, time_limit)
         except Exception as exc:
             await self._journal_records(batch)
             self._fail(exc)
@@ -446,7 +495,8 @@ class RedisSink:
         assert journal is not None
         position, records = await asyncio.to_thread(journal.oldest_batch, self._batch_size)
         try:
-            added = await self._store(records, time_limit) if records else 0
+            entries = [(entry, units_field_of_json(entry.json)) for entry in records]
+            added = await self._store(entries, time_limit) if entries else 0
         except Exception as exc:
             self._fail(exc)
             return
@@ -488,12 +538,13 @@ class RedisSink:
                 self._script = self._client.register_script(WRITE_SCRIPT)
             return self._client, self._script
 
-    async def _store(self, entries: Sequence[JournalEntry], time_limit: float) -> int:
-        """One script per experiment; returns the number of records new to Redis."""
+    async def _store(self, entries: Sequence[tuple[JournalEntry, str]], time_limit: float) -> int:
+        """One script per experiment for (record, units field) pairs; returns the number of
+        records new to Redis."""
         groups: dict[str, list[str]] = {}
-        for entry in entries:
+        for entry, field in entries:
             args = groups.setdefault(entry.experiment or NO_EXPERIMENT, [])
-            args += (entry.record_id, entry.json)
+            args += (entry.record_id, entry.json, field)
         added = 0
         async with asyncio.timeout(time_limit):
             client, script = await self._connected()
@@ -502,6 +553,7 @@ class RedisSink:
                     self.keys.outcomes(experiment),
                     self.keys.seen(experiment),
                     self.keys.records(experiment),
+                    self.keys.units(experiment),
                 ]
                 added += int(await script(keys, [*self._script_head, *args], client))
             # Not in the script: the set lives in another cluster slot. SADD is idempotent.

@@ -4,25 +4,36 @@ from __future__ import annotations
 
 import io
 import json
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import azure.cognitiveservices.speech as speechsdk
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from conftest import ALPHA, gateway_for, split_experiment
+from support import CLIENT_KEY as GATEWAY_CLIENT_KEY
+from support import silence, write_wav
 
 from gateway.control.model import hash_key
 from gateway.errors import ConfigError
-from gateway.io.labels_api import LABEL_STORE, AdminTokens, add_label_routes
-from gateway.outcomes.label_store import FileLabelStore, PutResult
-from gateway.outcomes.labels import Label, LabelInput, LabelSource
+from gateway.io.labels_api import LABEL_STORE, PSEUDONYM_KEY, AdminTokens, add_label_routes
+from gateway.local_services import LocalEmulator
+from gateway.outcomes.label_store import FileLabelStore, PutResult, UnitMatch
+from gateway.outcomes.labels import Label, LabelInput, LabelSource, UnitQuery
+from gateway.outcomes.privacy import pseudonymise
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
+from gateway.speech_client import speech_config, transcribe_file
 
 ALICE_TOKEN = "admin-token-alice-3f9c1e"
 BOB_TOKEN = "admin-token-bob-77d0a2"
 CLIENT_KEY = "gateway-test-client-key"  # an application's key is no admin credential
 ADMINS = AdminTokens.from_digests({"alice": hash_key(ALICE_TOKEN), "bob": hash_key(BOB_TOKEN)})
+PSEUDONYM = b"labels-api-test-pseudonym-key"
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[[web.Application], Awaitable[Client]]
@@ -36,7 +47,7 @@ def auth(token: str = ALICE_TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def make(n: int) -> OutcomeRecord:
+def make(n: int, **changes: Any) -> OutcomeRecord:
     values: dict[str, Any] = {
         "record_id": rid(n),
         "kind": Kind.UTTERANCE,
@@ -55,6 +66,7 @@ def make(n: int) -> OutcomeRecord:
         "text": f"utterance number {n}",
         "word_count": 3,
     }
+    values.update(changes)
     return OutcomeRecord(**values)
 
 
@@ -271,16 +283,22 @@ class BrokenStore:
     async def all(self, experiment: str) -> dict[str, Label]:
         raise OSError(5, "I/O error")
 
+    async def find_units(self, queries: Sequence[UnitQuery]) -> list[tuple[UnitMatch, ...]]:
+        raise ConnectionError("gone")
+
 
 async def test_store_failure_is_503(aiohttp_client: MakeClient) -> None:
     """When the store fails the API answers 503 instead of an unhandled 500."""
     app = web.Application()
     app[LABEL_STORE] = BrokenStore()
+    app[PSEUDONYM_KEY] = PSEUDONYM
     add_label_routes(app, ADMINS)
     client = await aiohttp_client(app)
     response = await client.post("/labels", json={"record_id": rid(1), "text": "x"}, headers=auth())
     assert response.status == 503
     assert (await client.get(f"/labels/{rid(1)}", headers=auth())).status == 503
+    response = await client.post("/labels", json={"unit": "u", "text": "x"}, headers=auth())
+    assert response.status == 503
 
 
 @pytest.mark.parametrize(
@@ -312,3 +330,228 @@ def test_authenticate_returns_the_admin_name() -> None:
     assert ADMINS.authenticate(f"Bearer  {ALICE_TOKEN} ") == "alice"
     assert ADMINS.authenticate(f"Bearer {ALICE_TOKEN}x") is None
     assert ADMINS.authenticate(None) is None
+
+
+# -- labels by unit -------------------------------------------------------------------------
+
+
+def unit_of(raw: str) -> str:
+    return pseudonymise(raw, PSEUDONYM)
+
+
+@pytest.fixture
+async def unit_client(aiohttp_client: MakeClient, paths: tuple[Path, Path]) -> Client:
+    """The labels API with the pseudonym key, over an outcome file that holds, besides
+    records 1-3: user-1's two sessions (utterances 0 and 1 of one, 0 of the other, the
+    latter in experiment "search"), a shadow of user-1, and user-2's REST request."""
+    records = [
+        make(11, unit=unit_of("user-1"), session_id="s1"),
+        make(12, unit=unit_of("user-1"), session_id="s1", utterance_index=1),
+        make(13, unit=unit_of("user-1"), session_id="s2", experiment="search"),
+        make(14, unit=unit_of("user-1"), session_id="s1", role=Role.SHADOW, shadow_drops=0),
+        make(15, unit=unit_of("user-2"), kind=Kind.REQUEST, protocol=Protocol.REST),
+    ]
+    with paths[0].open("a", encoding="ascii") as file:
+        file.writelines(record.to_json() + "\n" for record in records)
+    app = web.Application()
+    app[LABEL_STORE] = FileLabelStore(*paths)
+    app[PSEUDONYM_KEY] = PSEUDONYM
+    add_label_routes(app, ADMINS)
+    return await aiohttp_client(app)
+
+
+async def test_label_by_unit_labels_every_session(
+    unit_client: Client, paths: tuple[Path, Path]
+) -> None:
+    """A label by unit and utterance index is stored on each primary record it names, and
+    the answer says which records, in which experiments, each selector resolved to."""
+    labels = [
+        {"unit": "user-1", "text": "pay my bill"},
+        {"record_id": rid(2), "text": "by id"},
+        {"unit": "user-1", "utterance_index": 1, "text": "and the rent"},
+        {"unit": "user-2", "text": "rest"},
+    ]
+    response = await unit_client.post("/labels", json={"labels": labels}, headers=auth())
+    assert response.status == 200
+    body = await response.json()
+    assert (body["stored"], body["relabelled"]) == (5, 0)
+    assert [r["record_id"] for r in body["results"]] == [rid(11), rid(13), rid(2), rid(12), rid(15)]
+    assert body["resolved"] == [
+        {
+            "index": 0,
+            "unit": "user-1",
+            "utterance_index": 0,
+            "records": [
+                {"record_id": rid(11), "experiment": "checkout"},
+                {"record_id": rid(13), "experiment": "search"},
+            ],
+        },
+        {
+            "index": 2,
+            "unit": "user-1",
+            "utterance_index": 1,
+            "records": [{"record_id": rid(12), "experiment": "checkout"}],
+        },
+        {
+            "index": 3,
+            "unit": "user-2",
+            "utterance_index": 0,
+            "records": [{"record_id": rid(15), "experiment": "checkout"}],
+        },
+    ]
+    texts = {label.record_id: label.text for label in audit(paths)}
+    assert texts == {
+        rid(11): "pay my bill",
+        rid(13): "pay my bill",
+        rid(2): "by id",
+        rid(12): "and the rent",
+        rid(15): "rest",
+    }
+    assert rid(14) not in texts  # the shadow is no label target
+
+
+async def test_label_by_unit_narrowed_to_an_experiment(unit_client: Client) -> None:
+    """With an experiment only that experiment's records of the unit are labelled."""
+    response = await unit_client.post(
+        "/labels", json={"unit": "user-1", "experiment": "search", "text": "x"}, headers=auth()
+    )
+    assert response.status == 200
+    body = await response.json()
+    assert [r["record_id"] for r in body["results"]] == [rid(13)]
+    assert body["resolved"][0]["experiment"] == "search"
+
+
+async def test_unresolved_unit_refuses_the_whole_batch(
+    unit_client: Client, paths: tuple[Path, Path]
+) -> None:
+    """A unit (or utterance index) with no record yet gets 422 listing the selector, and
+    nothing of the batch is stored."""
+    labels = [
+        {"record_id": rid(1), "text": "ok"},
+        {"unit": "user-1", "utterance_index": 7, "text": "x"},
+        {"unit": "nobody", "text": "y"},
+    ]
+    response = await unit_client.post("/labels", json={"labels": labels}, headers=auth())
+    assert response.status == 422
+    body = await response.json()
+    assert body["unresolved"] == [
+        {"index": 1, "unit": "user-1", "utterance_index": 7},
+        {"index": 2, "unit": "nobody", "utterance_index": 0},
+    ]
+    assert "2 unit selector(s) match no outcome record" in body["error"]
+    assert audit(paths) == []
+
+
+@pytest.mark.parametrize(
+    ("labels", "reason"),
+    [
+        ([{"unit": "u", "record_id": rid(1), "text": "x"}], "labels[0].unit: give record_id"),
+        ([{"record_id": rid(1), "text": "x"}, {"unit": "", "text": "x"}], "labels[1].unit:"),
+        ([{"unit": "a\u0007b", "text": "x"}], "labels[0].unit: expected 1-256 printable"),
+        ([{"unit": "u", "utterance_index": -1, "text": "x"}], "labels[0].utterance_index:"),
+        ([{"unit": "u", "utterance_index": "1", "text": "x"}], "labels[0].utterance_index:"),
+        ([{"unit": "u", "experiment": "a b", "text": "x"}], "labels[0].experiment:"),
+        ([{"unit": "u", "text": ""}], "labels[0].text: must not be empty"),
+    ],
+)
+async def test_bad_unit_selector_is_400(
+    unit_client: Client, paths: tuple[Path, Path], labels: list[dict[str, Any]], reason: str
+) -> None:
+    """A malformed label by unit is 400 naming its index and field; nothing is stored."""
+    response = await unit_client.post("/labels", json={"labels": labels}, headers=auth())
+    assert response.status == 400
+    assert (await response.json())["error"].startswith(reason)
+    assert audit(paths) == []
+
+
+async def test_label_by_unit_needs_an_admin_token(
+    unit_client: Client, paths: tuple[Path, Path]
+) -> None:
+    """A client key is no admin credential for labels by unit either."""
+    response = await unit_client.post(
+        "/labels",
+        json={"unit": "user-1", "text": "x"},
+        headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+    )
+    assert response.status == 401
+    assert audit(paths) == []
+
+
+async def test_label_by_unit_without_a_pseudonym_key_is_501(client: Client) -> None:
+    """An app that knows no pseudonym key cannot resolve units and says so."""
+    response = await client.post("/labels", json={"unit": "user-1", "text": "x"}, headers=auth())
+    assert response.status == 501
+    assert "pseudonym key" in (await response.json())["error"]
+
+
+async def test_units_matching_too_many_records_are_refused(
+    aiohttp_client: MakeClient, paths: tuple[Path, Path]
+) -> None:
+    """Selectors that expand past 10,000 label writes are refused (422), nothing stored."""
+    outcomes, _ = paths
+    busy = [make(100 + n, unit=unit_of("busy"), session_id=f"b{n}") for n in range(100)]
+    with outcomes.open("a", encoding="ascii") as file:
+        file.writelines(record.to_json() + "\n" for record in busy)
+    app = web.Application()
+    app[LABEL_STORE] = FileLabelStore(*paths)
+    app[PSEUDONYM_KEY] = PSEUDONYM
+    add_label_routes(app, ADMINS)
+    client = await aiohttp_client(app)
+    labels = [{"unit": "busy", "text": "x"}] * 101
+    response = await client.post("/labels", json={"labels": labels}, headers=auth())
+    assert response.status == 422
+    assert "match 10,100 records; at most 10,000" in (await response.json())["error"]
+    assert audit(paths) == []
+
+
+# -- through a gateway ----------------------------------------------------------------------
+
+
+def post_json(url: str, body: object, token: str) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+def test_label_by_unit_through_a_gateway(alpha: LocalEmulator, tmp_path: Path) -> None:
+    """A session the real Speech SDK ran with a gw-unit is labelled by that unit through the
+    gateway's own pseudonym key, once its record is stored; GET returns the label."""
+    backends = {"alpha": alpha.ws_url, "bravo": alpha.ws_url}
+    gateway = gateway_for(
+        tmp_path,
+        backends,
+        [split_experiment((100, 0))],
+        admin_tokens_sha256={"alice": hash_key(ALICE_TOKEN)},
+    )
+    wav = write_wav(tmp_path / "one.wav", silence(1.0))
+    with gateway:
+        endpoint = f"{gateway.ws_url}/speech/recognition/conversation/cognitiveservices/v1"
+        config = speech_config(endpoint, GATEWAY_CLIENT_KEY)
+        config.set_service_property(
+            "gw-unit", "device-42", speechsdk.ServicePropertyChannel.UriQueryParameter
+        )
+        assert transcribe_file(config, wav).text == ALPHA
+        url = f"{gateway.http_url}/labels"
+        deadline = time.monotonic() + 15
+        while True:  # the record reaches the outcome file asynchronously
+            status, body = post_json(url, {"unit": "device-42", "text": "hello"}, ALICE_TOKEN)
+            if status != 422 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert status == 200, body
+        ((match,),) = [entry["records"] for entry in body["resolved"]]
+        assert match["experiment"] == "ab"
+        request = urllib.request.Request(
+            f"{url}/{match['record_id']}", headers={"Authorization": f"Bearer {ALICE_TOKEN}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert json.loads(response.read())["text"] == "hello"

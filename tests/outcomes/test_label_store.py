@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,19 +13,24 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from gateway.constants import LABEL_FIELD, NO_EXPERIMENT, RECORD_FIELD, RedisKeys
+from gateway.constants import LABEL_FIELD, NO_EXPERIMENT, UNIT_RECORDS_MAX, RedisKeys
 from gateway.errors import ConfigError
+from gateway.io.redis_client import connect
 from gateway.outcomes.label_store import (
     FileLabelStore,
     LabelResult,
     LabelStatus,
     LabelStore,
     RedisLabelStore,
+    UnitMatch,
     import_labels,
     labels_path_beside,
 )
-from gateway.outcomes.labels import Label, LabelError, LabelInput
+from gateway.outcomes.labels import Label, LabelError, LabelInput, UnitQuery
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
+from gateway.outcomes.redis_sink import RedisSink
+
+REDIS_URL = "redis://127.0.0.1:6379"  # the shared test Redis; each test has its own prefix
 
 STORED, RELABELLED, UNKNOWN = LabelStatus.STORED, LabelStatus.RELABELLED, LabelStatus.UNKNOWN
 
@@ -63,7 +69,7 @@ def append(path: Path, data: bytes) -> None:
 
 # -- the two stores behind one fixture ------------------------------------------------------
 
-Deliver = Callable[[OutcomeRecord], Awaitable[None]]
+Deliver = Callable[..., Awaitable[None]]
 
 
 class FileBackend:
@@ -74,8 +80,8 @@ class FileBackend:
     def store(self) -> FileLabelStore:
         return FileLabelStore(self.outcomes, self.labels)
 
-    async def deliver(self, record: OutcomeRecord) -> None:
-        append(self.outcomes, record.to_json().encode() + b"\n")
+    async def deliver(self, *records: OutcomeRecord) -> None:
+        append(self.outcomes, b"".join(r.to_json().encode() + b"\n" for r in records))
 
     async def audit(self, record_id: str) -> list[Label]:
         if not self.labels.exists():
@@ -85,21 +91,20 @@ class FileBackend:
 
 
 class RedisBackend:
-    def __init__(self, client: Redis, keys: RedisKeys) -> None:
+    def __init__(self, client: Redis, keys: RedisKeys, journal_dir: Path) -> None:
         self.client = client
         self.keys = keys
+        self.journal_dir = journal_dir
 
     def store(self) -> RedisLabelStore:
         return RedisLabelStore(self.client, self.keys)
 
-    async def deliver(self, record: OutcomeRecord) -> None:
-        """Store a record as the Redis sink does: stream entry, records hash, experiments."""
-        experiment = record.experiment or NO_EXPERIMENT
-        entry = await self.client.xadd(
-            self.keys.outcomes(experiment), {RECORD_FIELD: record.to_json()}
-        )
-        await self.client.hset(self.keys.records(experiment), record.record_id, entry)
-        await self.client.sadd(self.keys.experiments, experiment)
+    async def deliver(self, *records: OutcomeRecord) -> None:
+        """Store records through the outcome sink's own script: stream entries, the records
+        and units hashes, the experiments set."""
+        factory = functools.partial(connect, REDIS_URL, cluster=False)
+        async with RedisSink(factory, self.keys, self.journal_dir) as sink:
+            await sink.deliver(records)
 
     async def audit(self, record_id: str) -> list[Label]:
         found: list[Label] = []
@@ -132,7 +137,7 @@ def backend(
     """Each store with a way to deliver outcome records to it and to read its audit trail."""
     if request.param == "file":
         return FileBackend(tmp_path)
-    return RedisBackend(*redis_keys)
+    return RedisBackend(*redis_keys, tmp_path / "journal")
 
 
 async def test_stores_are_label_stores(backend: FileBackend | RedisBackend) -> None:
@@ -274,6 +279,76 @@ async def test_empty_store_answers_empty(backend: FileBackend | RedisBackend) ->
     assert await store.all("checkout") == {}
 
 
+# -- labels by unit -------------------------------------------------------------------------
+
+
+async def test_find_units_resolves_primary_records_of_every_session(
+    backend: FileBackend | RedisBackend,
+) -> None:
+    """A unit and utterance index find the primary utterance and request records that the
+    unit's sessions made, in every experiment; shadows and failures are not label targets."""
+    await backend.deliver(
+        make(1, unit="u1", session_id="s1"),
+        make(2, unit="u1", session_id="s1", utterance_index=1),
+        make(3, unit="u1", session_id="s2"),
+        make(4, "search", unit="u1", session_id="s3"),
+        make(5, unit="u1", role=Role.SHADOW, shadow_drops=0),
+        make(6, unit="u1", kind=Kind.SESSION_FAILURE, utterance_index=None, status="Error"),
+        make(7, None, unit="u2", kind=Kind.REQUEST, protocol=Protocol.REST),
+    )
+    found = await backend.store().find_units(
+        [UnitQuery("u1", 0), UnitQuery("u1", 1), UnitQuery("u2", 0), UnitQuery("u1", 2)]
+    )
+    first, second, request, none = found
+    assert sorted(first, key=lambda m: m.record_id) == [
+        UnitMatch(rid(1), "checkout"),
+        UnitMatch(rid(3), "checkout"),
+        UnitMatch(rid(4), "search"),
+    ]
+    assert (second, request, none) == (
+        (UnitMatch(rid(2), "checkout"),),
+        (UnitMatch(rid(7), NO_EXPERIMENT),),
+        (),
+    )
+
+
+async def test_find_units_narrowed_to_an_experiment(backend: FileBackend | RedisBackend) -> None:
+    """A query naming an experiment finds that experiment's records only."""
+    await backend.deliver(
+        make(1, unit="u1"), make(2, "search", unit="u1"), make(3, None, unit="u1")
+    )
+    store = backend.store()
+    found = await store.find_units(
+        [
+            UnitQuery("u1", 0, "search"),
+            UnitQuery("u1", 0, NO_EXPERIMENT),
+            UnitQuery("u1", 0, "nothing"),
+        ]
+    )
+    assert found == [(UnitMatch(rid(2), "search"),), (UnitMatch(rid(3), NO_EXPERIMENT),), ()]
+
+
+async def test_find_units_sees_records_delivered_later(
+    backend: FileBackend | RedisBackend,
+) -> None:
+    """A unit whose records have not reached the store yet is found once they have."""
+    store = backend.store()
+    assert await store.find_units([UnitQuery("u1", 0)]) == [()]
+    assert await store.find_units([]) == []
+    await backend.deliver(make(1, unit="u1"))
+    assert await store.find_units([UnitQuery("u1", 0)]) == [(UnitMatch(rid(1), "checkout"),)]
+
+
+async def test_find_units_keeps_the_newest_records_of_a_busy_unit(
+    backend: FileBackend | RedisBackend,
+) -> None:
+    """A unit with more sessions than UNIT_RECORDS_MAX resolves to its newest ones."""
+    total = UNIT_RECORDS_MAX + 5
+    await backend.deliver(*(make(n, unit="busy") for n in range(total)))
+    (found,) = await backend.store().find_units([UnitQuery("busy", 0)])
+    assert [m.record_id for m in found] == [rid(n) for n in range(5, total)]
+
+
 # -- the file store -------------------------------------------------------------------------
 
 
@@ -343,11 +418,11 @@ async def test_file_label_lines_are_one_json_object_each(tmp_path: Path) -> None
 
 
 async def test_redis_label_lives_in_the_experiment_hash_and_audit(
-    redis_keys: tuple[Redis, RedisKeys],
+    redis_keys: tuple[Redis, RedisKeys], tmp_path: Path
 ) -> None:
     """HSET labels and XADD label-audit use the record's experiment keys."""
     client, keys = redis_keys
-    backend = RedisBackend(client, keys)
+    backend = RedisBackend(client, keys, tmp_path)
     await backend.deliver(make(1, "search"))
     await backend.store().put([LabelInput(rid(1), "words")], "alice", "api")
     stored = await client.hget(keys.labels("search"), rid(1))
@@ -356,10 +431,13 @@ async def test_redis_label_lives_in_the_experiment_hash_and_audit(
     assert not await client.exists(keys.labels("checkout"), keys.label_audit("checkout"))
 
 
-async def test_redis_store_with_decoded_responses(redis_keys: tuple[Redis, RedisKeys]) -> None:
+async def test_redis_store_with_decoded_responses(
+    redis_keys: tuple[Redis, RedisKeys], tmp_path: Path
+) -> None:
     """A client that decodes responses to str works as well as one giving bytes."""
     client, keys = redis_keys
-    await RedisBackend(client, keys).deliver(make(1))
+    backend = RedisBackend(client, keys, tmp_path)
+    await backend.deliver(make(1), make(2, unit="u1"))
     decoded = Redis(host="127.0.0.1", port=6379, decode_responses=True)
     try:
         store = RedisLabelStore(decoded, keys)
@@ -368,17 +446,24 @@ async def test_redis_store_with_decoded_responses(redis_keys: tuple[Redis, Redis
         assert result.results == (LabelResult(rid(1), RELABELLED, "a"),)
         assert (await store.all("checkout"))[rid(1)].text == "b"
         assert (await store.get([rid(1)]))[rid(1)].text == "b"
+        assert await store.find_units([UnitQuery("u1", 0)]) == [(UnitMatch(rid(2), "checkout"),)]
     finally:
         await decoded.aclose()
 
 
-async def test_redis_batch_larger_than_a_chunk(redis_keys: tuple[Redis, RedisKeys]) -> None:
-    """A batch of 2,500 labels over two experiments is looked up and written in chunks."""
+async def test_redis_batch_larger_than_a_chunk(
+    redis_keys: tuple[Redis, RedisKeys], tmp_path: Path
+) -> None:
+    """A batch of 2,500 labels over two experiments is looked up and written in chunks; so
+    are 2,500 unit queries."""
     client, keys = redis_keys
-    backend = RedisBackend(client, keys)
-    for n in range(2500):
-        await backend.deliver(make(n, "checkout" if n % 2 else "search"))
+    backend = RedisBackend(client, keys, tmp_path)
+    await backend.deliver(
+        *(make(n, "checkout" if n % 2 else "search", unit=f"u{n}") for n in range(2500))
+    )
     store = backend.store()
+    found = await store.find_units([UnitQuery(f"u{n}", 0) for n in range(2500)])
+    assert [match.record_id for (match,) in found] == [rid(n) for n in range(2500)]
     result = await store.put([LabelInput(rid(n), f"t{n}") for n in range(2500)], "a", "import")
     assert result.count(STORED) == 2500
     assert [r.record_id for r in result.results] == [rid(n) for n in range(2500)]

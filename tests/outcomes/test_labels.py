@@ -16,10 +16,13 @@ from gateway.outcomes.labels import (
     Label,
     LabelError,
     LabelInput,
+    UnitLabel,
+    UnitQuery,
     parse_label_body,
     parse_labels,
     scan_labels,
 )
+from gateway.outcomes.privacy import pseudonymise
 
 A = "a" * 32
 B = "b" * 32
@@ -335,6 +338,50 @@ def test_body_with_a_batch() -> None:
             json.dumps({"labels": [{"record_id": A, "text": "x", "txt": "y"}]}).encode(),
             "labels[0].txt: unknown field",
         ),
+        (json.dumps({"unit": "u", "record_id": A, "text": "x"}).encode(), "unit: give record_id"),
+        (json.dumps({"unit": "u"}).encode(), "text: missing"),
+        (json.dumps({"unit": "", "text": "x"}).encode(), "unit: expected 1-256 printable"),
+        (json.dumps({"unit": "u" * 257, "text": "x"}).encode(), "unit: expected 1-256 printable"),
+        (json.dumps({"unit": "a\tb", "text": "x"}).encode(), "unit: expected 1-256 printable"),
+        (json.dumps({"unit": 7, "text": "x"}).encode(), "unit: expected a string"),
+        (
+            json.dumps({"unit": "u", "utterance_index": -1, "text": "x"}).encode(),
+            "utterance_index: expected an integer 0..",
+        ),
+        (
+            json.dumps({"unit": "u", "utterance_index": "0", "text": "x"}).encode(),
+            "utterance_index: expected an integer >= 0",
+        ),
+        (
+            json.dumps({"unit": "u", "utterance_index": True, "text": "x"}).encode(),
+            "utterance_index: expected an integer >= 0",
+        ),
+        (
+            json.dumps({"unit": "u", "utterance_index": 1.0, "text": "x"}).encode(),
+            "utterance_index: expected an integer >= 0",
+        ),
+        (
+            json.dumps({"unit": "u", "utterance_index": 2**31, "text": "x"}).encode(),
+            "utterance_index: expected an integer 0..2147483647",
+        ),
+        (
+            json.dumps({"unit": "u", "experiment": "no spaces", "text": "x"}).encode(),
+            "experiment: expected an experiment id",
+        ),
+        (
+            json.dumps({"unit": "u", "text": "x", "record": A}).encode(),
+            "record: unknown field (a label by unit",
+        ),
+        (
+            json.dumps(
+                {"labels": [{"record_id": A, "text": "x"}, {"unit": "u", "text": " "}]}
+            ).encode(),
+            "labels[1].text: must not be empty",
+        ),
+        (
+            json.dumps({"labels": [{"unit": "u", "utterance_index": -2, "text": "x"}]}).encode(),
+            "labels[0].utterance_index: expected an integer",
+        ),
     ],
 )
 def test_body_errors_name_index_and_field(body: bytes, reason: str) -> None:
@@ -351,3 +398,36 @@ def test_body_batch_limit() -> None:
     assert len(parse_label_body(json.dumps({"labels": [item] * MAX_BATCH}).encode())) == MAX_BATCH
     with pytest.raises(RestError, match="10,001 labels; at most 10,000"):
         parse_label_body(json.dumps({"labels": [item] * (MAX_BATCH + 1)}).encode())
+
+
+def test_body_with_labels_by_unit() -> None:
+    """A label may name its records by unit; the index defaults to 0, the experiment to any."""
+    body = json.dumps(
+        {
+            "labels": [
+                {"unit": "user-1", "text": " pay my bill "},
+                {"record_id": A, "text": "2"},
+                {"unit": "user 2", "utterance_index": 3, "experiment": "ab", "text": "x"},
+            ]
+        }
+    )
+    assert parse_label_body(body.encode()) == [
+        UnitLabel("user-1", "pay my bill", 0),
+        LabelInput(A, "2"),
+        UnitLabel("user 2", "x", 3, "ab"),
+    ]
+    assert parse_label_body(json.dumps({"unit": "u", "text": "t"}).encode()) == [
+        UnitLabel("u", "t")
+    ]
+
+
+def test_unit_label_queries_by_the_pseudonym() -> None:
+    """The store is asked for the unit's keyed pseudonym, never the raw id; the selector
+    echoes what the client sent."""
+    key = b"0123456789abcdef0123"
+    label = UnitLabel("user-1", "hello", 2, "ab")
+    query = label.query(key)
+    assert query == UnitQuery(pseudonymise("user-1", key), 2, "ab")
+    assert query.key == f"{pseudonymise('user-1', key)}:2"
+    assert label.selector() == {"unit": "user-1", "utterance_index": 2, "experiment": "ab"}
+    assert UnitLabel("u", "t").selector() == {"unit": "u", "utterance_index": 0}

@@ -4,6 +4,7 @@ exactly-once through kills, freezes and restarts, queue policies, retention, con
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -17,8 +18,9 @@ from structlog.testing import capture_logs
 
 from gateway.constants import NO_EXPERIMENT, RECORD_FIELD, RedisKeys
 from gateway.io.redis_client import REDIS_ERRORS, connect
-from gateway.outcomes.record import OutcomeRecord
-from gateway.outcomes.redis_sink import RedisSink
+from gateway.outcomes.journal import Journal
+from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role
+from gateway.outcomes.redis_sink import RedisSink, units_field_of_json
 from gateway.outcomes.sink import OutcomeSink
 
 KEYS = RedisKeys(prefix="test")
@@ -44,7 +46,12 @@ def new_sink(url: str, journal_dir: Path, **options: Any) -> RedisSink:
 
 
 def make_records(total: int, start: int = 0) -> list[OutcomeRecord]:
-    return [outcome(n, EXPERIMENTS[n % len(EXPERIMENTS)]) for n in range(start, start + total)]
+    """Records of sessions of ten utterances, each session its own unit (as live traffic:
+    not every record of one unit, which would make every write extend one units entry)."""
+    return [
+        dataclasses.replace(outcome(n, EXPERIMENTS[n % len(EXPERIMENTS)]), unit=f"{n // 10:032x}")
+        for n in range(start, start + total)
+    ]
 
 
 async def assert_stored_once_in_order(client: Redis, submitted: Sequence[OutcomeRecord]) -> None:
@@ -475,9 +482,82 @@ async def test_connect_uses_the_password_when_the_url_has_none(tmp_path: Path) -
         ({"min_id_age_s": 0}, "min_id_age_s"),
         ({"dedup_window_s": 0}, "dedup_window_s"),
         ({"full_policy": "block"}, "full_policy"),
+        ({"unit_records_max": 0}, "unit_records_max"),
     ],
 )
 def test_bad_options_are_refused(tmp_path: Path, options: dict[str, Any], message: str) -> None:
     """Invalid sizes, retention or policy are refused at construction, naming the option."""
     with pytest.raises(ValueError, match=message):
         new_sink("redis://127.0.0.1:1", tmp_path, **options)
+
+
+# -- the units index (labels by unit) ------------------------------------------------------
+
+UNIT = "5f2b0c3e8a1d4e6f9a7b3c2d1e0f4a5b"  # the pseudonym outcome() gives every record
+
+
+def unit_record(n: int, unit: str = UNIT, index: int = 0, **changes: Any) -> OutcomeRecord:
+    return dataclasses.replace(outcome(n), unit=unit, utterance_index=index, **changes)
+
+
+async def units_of(client: Redis, experiment: str = "checkout") -> dict[str, list[str]]:
+    entries = await client.hgetall(KEYS.units(experiment))
+    return {field.decode(): value.decode().split() for field, value in entries.items()}
+
+
+def hexid(n: int) -> str:
+    return f"{n:032x}"
+
+
+async def test_units_hash_indexes_primary_utterances_and_requests(
+    tmp_path: Path, client: Redis, server: RedisServer
+) -> None:
+    """The script maps "<unit>:<index>" to the ids of primary utterance and request records,
+    every session's, oldest first; shadow and session-failure records are not indexed."""
+    records = [
+        unit_record(1, index=0),
+        unit_record(2, index=1),
+        unit_record(3, index=0),  # the same unit's next session
+        unit_record(4, unit="other", index=0),
+        unit_record(5, index=0, role=Role.SHADOW, shadow_drops=0),
+        unit_record(6, index=None, kind=Kind.SESSION_FAILURE, status="Error"),
+        unit_record(7, unit="rest-unit", index=0, kind=Kind.REQUEST, protocol=Protocol.REST),
+    ]
+    async with new_sink(server.url, tmp_path / "journal") as sink:
+        assert await sink.deliver(records) == len(records)
+    assert await units_of(client) == {
+        f"{UNIT}:0": [hexid(1), hexid(3)],
+        f"{UNIT}:1": [hexid(2)],
+        "other:0": [hexid(4)],
+        "rest-unit:0": [hexid(7)],
+    }
+    assert await client.hlen(KEYS.records("checkout")) == len(records)
+
+
+async def test_units_entry_keeps_the_newest_ids_and_never_repeats_one(
+    tmp_path: Path, client: Redis, server: RedisServer
+) -> None:
+    """Past unit_records_max an entry keeps the newest ids; a redelivered record (the dedup
+    window has passed) is not listed twice."""
+    async with new_sink(server.url, tmp_path / "journal", unit_records_max=3) as sink:
+        for n in range(1, 6):
+            await sink.deliver([unit_record(n)])
+        assert await units_of(client) == {f"{UNIT}:0": [hexid(3), hexid(4), hexid(5)]}
+        await client.delete(KEYS.seen("checkout"))  # as if the dedup window had passed
+        await sink.deliver([unit_record(5)])
+    assert await units_of(client) == {f"{UNIT}:0": [hexid(3), hexid(4), hexid(5)]}
+
+
+async def test_journalled_records_are_indexed_from_their_json(
+    tmp_path: Path, client: Redis, server: RedisServer
+) -> None:
+    """Records delivered from the journal (after an outage) are indexed by unit as live ones
+    are; a journalled line that is not a record's JSON is stored but not indexed."""
+    journal_dir = tmp_path / "journal"
+    Journal.open(journal_dir).append([unit_record(1), unit_record(2, unit="other", index=3)])
+    async with new_sink(server.url, journal_dir) as sink:
+        await until(lambda: sink.journal_pending == 0)
+    assert await units_of(client) == {f"{UNIT}:0": [hexid(1)], "other:3": [hexid(2)]}
+    assert units_field_of_json('{"record_id": "trunc') == ""
+    assert units_field_of_json("[1]") == ""
+    assert units_field_of_json(unit_record(1).to_json()) == f"{UNIT}:0"
