@@ -23,6 +23,7 @@ from gateway.control.config import build_gateway_config
 from gateway.control.model import hash_key
 from gateway.errors import ConfigError, GatewayError
 from gateway.logging import configure_logging
+from gateway.replay import add_replay_arguments, replay_command
 from gateway.settings import Settings, config_path, load_settings
 
 
@@ -89,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
         "analyze", help="analyse an experiment: rates, latency, WER, recommendation"
     )
     add_analyze_arguments(analyze)
+
+    replay = commands.add_parser(
+        "replay", help="replay a labelled dataset through a gateway with the Speech SDK"
+    )
+    add_replay_arguments(replay)
 
     demo = commands.add_parser("demo", help="run the self-contained demo")
     demo.add_argument("--dataset", type=Path, default=Path("data/demo/banking"))
@@ -196,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.analysis.command import run_analyze
 
             asyncio.run(run_analyze(args, settings))
+        elif args.command == "replay":
+            return replay_command(args, settings)
         elif args.command == "demo":
             from gateway.demo import run_demo
 
