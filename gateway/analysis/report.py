@@ -9,11 +9,13 @@ is documented in docs/analysis.md and pinned by tests; renderers (`text_report`,
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Final
 
 import numpy as np
@@ -109,11 +111,23 @@ async def analyze(
     until: datetime | None = None,
     phase: str | None = None,
     options: AnalysisOptions | None = None,
+    missing_ok: bool = False,
+    in_thread: bool = False,
 ) -> Json:
-    """Read the experiment's records and labels and build its report."""
-    records = [record async for record in reader.outcomes(experiment, since, until)]
+    """Read the experiment's records and labels and build its report.
+
+    `missing_ok`: a store without an outcome file yet (FileNotFoundError) has no records.
+    `in_thread`: compute in a worker thread, keeping a serving event loop responsive.
+    """
+    try:
+        records = [record async for record in reader.outcomes(experiment, since, until)]
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+        records = []
     labels = await reader.labels(experiment)
-    return build_report(
+    build = partial(
+        build_report,
         experiment,
         records,
         labels,
@@ -123,6 +137,7 @@ async def analyze(
         phase=phase,
         options=options,
     )
+    return await asyncio.to_thread(build) if in_thread else build()
 
 
 def build_report(

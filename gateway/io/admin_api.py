@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from gateway.analysis import AnalysisOptions, ExperimentInfo, build_report
+from gateway.analysis import AnalysisOptions, ExperimentInfo, analyze
 from gateway.io.labels_api import AdminTokens
 from gateway.io.redis_client import REDIS_ERRORS
 from gateway.io.state import STATE
@@ -176,19 +176,14 @@ async def _compute(
     phase: str | None,
     options: AnalysisOptions,
 ) -> Json:
-    try:
-        records = [record async for record in reader.outcomes(experiment, since, until)]
-    except FileNotFoundError:  # the embedded store before its first record
-        records = []
-    labels = await reader.labels(experiment)
-    return await asyncio.to_thread(
-        build_report,
+    return await analyze(
+        reader,
         experiment,
-        records,
-        labels,
         info=info,
         since=since,
         until=until,
         phase=phase,
         options=options,
+        missing_ok=True,  # the embedded store before its first record
+        in_thread=True,
     )

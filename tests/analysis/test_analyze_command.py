@@ -1,0 +1,136 @@
+"""`speech-gateway analyze` against the file store and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from traffic import Traffic
+
+from gateway.cli import main
+from gateway.constants import RedisKeys
+from gateway.logging import configure_logging
+from gateway.outcomes.label_store import RedisLabelStore
+from gateway.outcomes.labels import LabelInput
+from gateway.outcomes.redis_sink import RedisSink
+
+
+def traffic() -> Traffic:
+    made = Traffic()
+    made.ab(30, base_error=0.35, custom_error=0.03)
+    return made
+
+
+def write_file_store(folder: Path, made: Traffic) -> Path:
+    (folder / "out.jsonl").write_text("".join(r.to_json() + "\n" for r in made.records))
+    (folder / "labels.jsonl").write_text(
+        "".join(label.to_json() + "\n" for label in made.labels.values())
+    )
+    config = folder / "c.toml"
+    config.write_text('[outcomes]\npath = "out.jsonl"\n')
+    return config
+
+
+def test_analyze_prints_tables_and_writes_json_and_html(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = write_file_store(tmp_path, traffic())
+    argv = ["--config", str(config), "analyze", "--experiment", "e", "--control", "base"]
+    assert main([*argv, "--json", "r.json", "--html", "r.html"]) == 0
+    out = capsys.readouterr().out
+    assert "Experiment e (control: base)" in out
+    assert "Recommendation: SHIP CUSTOM" in out
+    assert "HTML report:" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["recommendation"]["action"] == "ship_custom"
+    assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+
+    assert main([*argv, "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["experiment"] == "e"
+
+
+def test_analyze_window_phase_and_confidence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = write_file_store(tmp_path, traffic())
+    base = ["--config", str(config), "analyze", "--experiment", "e", "--json", "-"]
+    # The traffic runs from 12:00:00 for 60 s: a window of its first 20 s.
+    window = ["--since", "2026-11-21T12:00:00Z", "--until", "2026-11-21T12:00:20Z"]
+    assert main([*base, *window, "--confidence", "0.9"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["settings"]["confidence"] == 0.9
+    assert sum(v["outcomes"] for v in report["phases"][0]["variants"]) == 20
+    assert main([*base, "--phase", "nope"]) == 0
+    assert json.loads(capsys.readouterr().out)["phases"] == []
+
+
+def test_analyze_refuses_bad_input_clearly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text('[outcomes]\npath = "missing.jsonl"\n')
+    assert main(["--config", "c.toml", "analyze", "--experiment", "e"]) == 2
+    assert "no outcome file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--config", "c.toml", "analyze", "--experiment", "e", "--since", "2026-01-01"])
+    assert "time zone" in capsys.readouterr().err
+
+
+@pytest.fixture
+async def redis_keys() -> AsyncIterator[RedisKeys]:
+    """A key prefix of this test's own on the shared test Redis, removed after."""
+    keys = RedisKeys(prefix=f"sgw-test-{uuid.uuid4().hex}")
+    yield keys
+    client = Redis(host="127.0.0.1", port=6379)
+    doomed = [key async for key in client.scan_iter(match=f"{keys.prefix}:*")]
+    if doomed:
+        await client.delete(*doomed)
+    await client.aclose()
+
+
+async def test_analyze_reads_the_redis_store(
+    redis_keys: RedisKeys,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Earlier tests' main() left logging on their (closed) captured stderr.
+    configure_logging("warning", "json")
+    made = traffic()
+
+    async def connect() -> Redis:
+        return Redis(host="127.0.0.1", port=6379)
+
+    sink = RedisSink(connect, redis_keys, tmp_path / "journal")
+    try:
+        assert await sink.deliver(made.records) == len(made.records)
+    finally:
+        await sink.close()
+    client = Redis(host="127.0.0.1", port=6379)
+    try:
+        store = RedisLabelStore(client, redis_keys)
+        inputs = [LabelInput(rid, label.text) for rid, label in made.labels.items()]
+        result = await store.put(inputs, "tester", "import")
+        assert result.committed
+    finally:
+        await client.aclose()
+    capsys.readouterr()  # the sink's own log lines
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text(
+        f'[outcomes]\nstore = "redis"\nredis_prefix = "{redis_keys.prefix}"\n'
+        'journal_dir = "journal"\n'
+    )
+    argv = ["--config", "c.toml", "analyze", "--experiment", "e", "--control", "base"]
+    # main() runs its own event loop: call it from a worker thread, off this test's loop.
+    assert await asyncio.to_thread(main, [*argv, "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    variants = {v["name"]: v for v in report["phases"][0]["variants"]}
+    assert variants["custom"]["labelled"] == 30
+    assert report["recommendation"]["action"] == "ship_custom"
