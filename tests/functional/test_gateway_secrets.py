@@ -11,6 +11,7 @@ what it received), the gateway's log and the outcome file are searched for every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -149,15 +150,20 @@ async def usp_turn(
         asyncio.timeout(60),
         http.ws_connect(url, headers=headers or {}, protocols=protocols) as ws,
     ):
-        await ws.send_str(encode_text("speech.config", None, '{"context":{}}'))
-        await ws.send_str(encode_text("speech.context", request_id, "{}"))
-        header = [("Content-Type", "audio/x-wav")]
-        await ws.send_bytes(encode_binary("audio", request_id, wave_header(), extra_headers=header))
-        for start in range(0, len(pcm), FRAME_BYTES):
+        # A failing backend may close the session while the audio is still being sent:
+        # then the close frame waiting below is the answer.
+        with contextlib.suppress(ConnectionResetError):
+            await ws.send_str(encode_text("speech.config", None, '{"context":{}}'))
+            await ws.send_str(encode_text("speech.context", request_id, "{}"))
+            header = [("Content-Type", "audio/x-wav")]
             await ws.send_bytes(
-                encode_binary("audio", request_id, pcm[start : start + FRAME_BYTES])
+                encode_binary("audio", request_id, wave_header(), extra_headers=header)
             )
-        await ws.send_bytes(encode_binary("audio", request_id, b""))
+            for start in range(0, len(pcm), FRAME_BYTES):
+                await ws.send_bytes(
+                    encode_binary("audio", request_id, pcm[start : start + FRAME_BYTES])
+                )
+            await ws.send_bytes(encode_binary("audio", request_id, b""))
         while True:
             message = await ws.receive()
             if message.type is aiohttp.WSMsgType.TEXT:
