@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from gateway.analysis import ExperimentInfo, analyze, render_text
+from gateway.analysis.command import report_json
 from gateway.analysis.html_report import render_html
 from gateway.control.config import build_gateway_config
 from gateway.control.model import hash_key
@@ -138,7 +139,7 @@ def run_demo(dataset: Path, workdir: Path, concurrency: int, say: Callable[[str]
     reader = FileReader(workdir / "outcomes.jsonl", workdir / "labels.jsonl")
     report = asyncio.run(analyze(reader, EXPERIMENT, info=ExperimentInfo.of(experiment)))
     json_path, html_path = workdir / "report.json", workdir / "report.html"
-    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    json_path.write_text(report_json(report), encoding="utf-8")
     html_path.write_text(render_html(report), encoding="utf-8")
     say("")
     say(render_text(report))

@@ -65,8 +65,12 @@ def experiment_info(
     try:
         config = build_gateway_config(settings.gateway)
     except ConfigError:
-        config = None  # e.g. backend keys absent where the analyst works: still analyse
-    if config is not None:
+        # E.g. backend keys absent where the analyst works: the control still comes from
+        # the settings as written; the current phase and shares need the full validation.
+        written = next((e for e in settings.gateway.experiments if e.id == experiment), None)
+        if written is not None:
+            info = ExperimentInfo(control=written.control)
+    else:
         found = next((e for e in config.experiments if e.id == experiment), None)
         if found is not None:
             info = ExperimentInfo.of(found)
@@ -101,18 +105,25 @@ async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
 
 def write_outputs(report: Json, json_path: Path | None, html_path: Path | None) -> None:
     """The terminal table (unless JSON goes to stdout), then the requested files."""
-    if json_path is not None and str(json_path) == "-":
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    to_stdout = json_path is not None and str(json_path) == "-"
+    # With the JSON on stdout, everything else goes to stderr: stdout stays valid JSON.
+    say = sys.stderr if to_stdout else sys.stdout
+    if to_stdout:
+        sys.stdout.write(report_json(report))
     else:
         print(render_text(report))
-    if json_path is not None and str(json_path) != "-":
+    if json_path is not None and not to_stdout:
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        print(f"JSON report: {json_path}")
+        json_path.write_text(report_json(report), encoding="utf-8")
+        print(f"JSON report: {json_path}", file=say)
     if html_path is not None:
         from gateway.analysis.html_report import render_html
 
         html_path.parent.mkdir(parents=True, exist_ok=True)
         html_path.write_text(render_html(report), encoding="utf-8")
-        print(f"HTML report: {html_path.resolve()}")
+        print(f"HTML report: {html_path.resolve()}", file=say)
+
+
+def report_json(report: Json) -> str:
+    """The report as indented JSON text; strict: NaN or Infinity is a bug, not output."""
+    return json.dumps(report, indent=2, allow_nan=False) + "\n"

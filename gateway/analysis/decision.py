@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from gateway.stats.bootstrap import quantile
+
 if TYPE_CHECKING:
     from gateway.analysis.observations import VariantObservations
     from gateway.analysis.report import AnalysisOptions, ExperimentInfo
@@ -81,11 +83,11 @@ def _latency_guardrail(
 ) -> Json:
     metric = "final_latency_p50_ms"
     latency = comparison["latency"]["final_latency_ms"]
-    values = sorted(v for o in control.outcomes if (v := o.final_latency_ms) is not None)
+    values = [v for o in control.outcomes if (v := o.final_latency_ms) is not None]
     challenger_n = sum(o.final_latency_ms is not None for o in challenger.outcomes)
     if min(len(values), challenger_n) < options.min_outcomes or latency["ci"] is None:
         return _insufficient(metric, options.min_outcomes)
-    median = values[len(values) // 2]
+    median = quantile(values, 0.5)
     margin = max(options.latency_margin_ms, options.latency_margin_share * median)
     difference = latency["median_difference"]
     low, high = latency["ci"]
@@ -159,8 +161,18 @@ def _judge(
     if regressed:
         what = "; ".join(f"{g['metric']} {g['detail']}" for g in regressed)
         return choice(ROLL_BACK, f"guardrail regressed: {what}")
-    labelled = min(variants[name]["labelled"], variants[comparison["control"]]["labelled"])
     wer = comparison["wer"]
+    scored = [variants[n]["wer"] for n in (name, comparison["control"])]
+    labelled = min(0 if w is None else w["utterances"] for w in scored)
+    if wer is None and min(variants[n]["labelled"] for n in (name, comparison["control"])):
+        return _undecided(
+            choice,
+            "labelled utterances carry no recognised text (outcomes.text_privacy is hash or "
+            "none), so WER cannot be scored",
+            name,
+            phase,
+            info,
+        )
     if labelled < options.min_labelled or wer is None:
         return _undecided(
             choice,
@@ -169,6 +181,14 @@ def _judge(
             name,
             phase,
             info,
+        )
+    conflicts = wer["always_valid"]["conflicts"]
+    if conflicts:
+        return choice(
+            KEEP_COLLECTING,
+            f"the WER effect changed over time ({conflicts} look(s) disagree with earlier "
+            "ones: drift, or a model changed behind the same endpoint?); see the cumulative "
+            "effect plot before deciding",
         )
     interval = wer["always_valid"]["ci"]
     low, high = interval
@@ -200,7 +220,7 @@ def _undecided(
     share = None
     if info is not None and phase.get("current"):
         share = info.shares.get(name)
-    if share is not None and share < 0.5:
+    if share is not None and 0 < share < 0.5:
         result: Json = choice(
             RAMP_UP, f"{reason}; no guardrail regresses at {share:.0%} of traffic"
         )

@@ -48,7 +48,7 @@ from gateway.stats.proportions import (
     newcombe_difference_interval,
     wilson_interval,
 )
-from gateway.stats.sequential import DEFAULT_TAU, always_valid, ratio_variance
+from gateway.stats.sequential import DEFAULT_TAU, AlwaysValid, always_valid, ratio_variance
 from gateway.stats.srm import sample_ratio_mismatch
 from gateway.stats.wer import WerCounts
 
@@ -161,13 +161,20 @@ def build_report(
         phases.values(),
         key=lambda p: (info is None or p.phase != info.phase, -p.last),
     )
-    phase_reports = [_phase(p, control, info, options) for p in ordered if p.variants]
+    # A phase with forced records only (QA right after a weight change) has no evidence.
+    phase_reports = [
+        _phase(p, control, info, options)
+        for p in ordered
+        if any(v.outcomes for v in p.variants.values())
+    ]
     current = phase_reports[0] if phase_reports else None
     return {
         "schema_version": REPORT_SCHEMA_VERSION,
         "generated_at": _iso(now or datetime.now(UTC)),
         "experiment": experiment,
         "control": control,
+        # No configuration and no --control: the first variant by name stands in.
+        "control_guessed": info is None and control is not None,
         "window": {
             "since": _iso(since) if since else None,
             "until": _iso(until) if until else None,
@@ -222,9 +229,11 @@ def _phase(
     variants = [_variant(phase.variants[name], name == control, edges, options) for name in names]
     comparisons: list[Json] = []
     cumulative: dict[str, list[Json | None]] = {}
-    if control is not None and control in phase.variants:
+    if control is not None and control in phase.variants and phase.variants[control].outcomes:
         base = phase.variants[control]
         for name in names[1:]:
+            if not phase.variants[name].outcomes:
+                continue  # forced records only: nothing to compare
             comparison, effect = _comparison(
                 base, phase.variants[name], phase.shadow_pairs, ends, options
             )
@@ -274,7 +283,7 @@ def _srm(phase: PhaseObservations, info: ExperimentInfo | None, options: Analysi
     return {
         "status": "mismatch" if result.flagged else "ok",
         "p_value": result.p_value,
-        "chi2": result.chi2,
+        "chi2": _finite(result.chi2),  # infinite when a weight-0 variant has units
         "units": observed,
         "expected_share": dict(info.shares),
         "note": None,
@@ -461,10 +470,16 @@ def _rate_difference(
     return {
         "difference": hits_b / total_b - hits_a / total_a,
         "ci": [low, high],
-        "always_valid": {
-            "ci": _interval(*sequential.interval),
-            "p_value": sequential.p_value,
-        },
+        "always_valid": _always_valid(sequential),
+    }
+
+
+def _always_valid(result: AlwaysValid) -> Json:
+    """`conflicts`: looks whose interval missed all earlier ones: the effect changed."""
+    return {
+        "ci": _interval(*result.interval),
+        "p_value": result.p_value,
+        "conflicts": result.conflicts,
     }
 
 
@@ -535,10 +550,7 @@ def _wer_difference(
         "difference": wer_b - wer_a,
         "relative": (wer_b - wer_a) / wer_a if wer_a else None,
         "ci": ci,
-        "always_valid": {
-            "ci": _interval(*sequential.interval),
-            "p_value": sequential.p_value,
-        },
+        "always_valid": _always_valid(sequential),
     }, effect
 
 

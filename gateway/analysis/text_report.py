@@ -57,6 +57,11 @@ def render_text(report: Mapping[str, Any]) -> str:
     """A readable multi-table summary of the report, recommendation last."""
     confidence = round(report["settings"]["confidence"] * 100)
     lines = [f"Experiment {report['experiment']} (control: {report['control'] or '-'})"]
+    if report.get("control_guessed"):
+        lines.append(
+            "Note: the experiment is not configured here, so the first variant by name is the "
+            "control; name it with --control"
+        )
     window = report["window"]
     if any(window.values()):
         lines.append(

@@ -23,12 +23,15 @@ FloatArray = npt.NDArray[np.float64]
 
 
 def bucket_seconds(first: float, last: float, max_buckets: int) -> int:
-    """The shortest round bucket length that covers first..last in at most max_buckets."""
+    """The shortest round length (1 s to 1 day, then whole days) giving <= max_buckets."""
+    # Aligning the first bucket to a multiple of the length adds up to one bucket, and the
+    # last record opens one more: so the span may cover at most max_buckets - 2 lengths.
     span = max(last - first, 0.0)
+    room = max(max_buckets - 2, 1)
     for length in _ROUND_SECONDS:
-        if span / length < max_buckets:
+        if span / length <= room:
             return length
-    return 86400 * math.ceil(span / 86400 / max_buckets + 1e-9)
+    return 86400 * math.ceil(span / 86400 / room)
 
 
 def boundaries(first: float, last: float, length: int) -> list[float]:

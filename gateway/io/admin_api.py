@@ -14,6 +14,7 @@ one computation per experiment and interval, not one per screen.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -67,6 +68,10 @@ def add_admin_routes(
     app[_ANALYSES] = _Analyses(cache_s, options or AnalysisOptions())
     app.router.add_get("/admin/experiments", list_experiments)
     app.router.add_get("/admin/experiments/{experiment}/analysis", experiment_analysis)
+
+
+def _strict_json(value: object) -> str:
+    return json.dumps(value, allow_nan=False)  # browsers' JSON.parse refuses NaN/Infinity
 
 
 def _error(status: int, reason: str) -> web.Response:
@@ -142,7 +147,7 @@ async def experiment_analysis(request: web.Request) -> web.Response:
     analyses = request.app[_ANALYSES]
     cached = analyses.done.get(key)
     if cached is not None and time.monotonic() - cached[0] < analyses.cache_s:
-        return web.json_response(cached[1])
+        return web.json_response(cached[1], dumps=_strict_json)
     running = analyses.running.get(key)
     if running is None:
         info = ExperimentInfo.of(experiment)
@@ -152,6 +157,8 @@ async def experiment_analysis(request: web.Request) -> web.Response:
         )
         analyses.running[key] = running
         running.add_done_callback(lambda _f: analyses.running.pop(key, None))
+        # Mark a failure as seen even if every waiting client has gone away meanwhile.
+        running.add_done_callback(lambda f: f.cancelled() or f.exception())
     try:
         # shield: a client that goes away must not cancel the report other screens await.
         report = await asyncio.shield(running)
@@ -161,10 +168,10 @@ async def experiment_analysis(request: web.Request) -> web.Response:
     except ValueError as exc:  # a corrupt record: named, not hidden
         log.error("analysis_failed", experiment=experiment_id, error=str(exc))
         return _error(500, f"the outcome store holds a record that cannot be read: {exc}")
-    if len(analyses.done) >= _MAX_CACHED:
+    if key not in analyses.done and len(analyses.done) >= _MAX_CACHED:
         analyses.done.pop(next(iter(analyses.done)))  # the oldest entry
     analyses.done[key] = (time.monotonic(), report)
-    return web.json_response(report)
+    return web.json_response(report, dumps=_strict_json)
 
 
 async def _compute(

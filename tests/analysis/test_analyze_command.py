@@ -134,3 +134,43 @@ async def test_analyze_reads_the_redis_store(
     variants = {v["name"]: v for v in report["phases"][0]["variants"]}
     assert variants["custom"]["labelled"] == 30
     assert report["recommendation"]["action"] == "ship_custom"
+
+
+def test_json_on_stdout_stays_json_with_an_html_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = write_file_store(tmp_path, traffic())
+    argv = ["--config", str(config), "analyze", "--experiment", "e", "--json", "-"]
+    assert main([*argv, "--html", "r.html"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["experiment"] == "e"
+    assert "HTML report:" in captured.err
+
+
+def test_the_written_control_is_used_when_the_config_cannot_be_fully_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A backend key file that exists only on the gateway host: the analyst's machine cannot
+    build the gateway config, but the experiment's control is still the written one."""
+    monkeypatch.chdir(tmp_path)
+    made = Traffic()
+    for i in range(5):
+        made.utterance("standard", 2 * i)
+        made.utterance("custom", 2 * i + 1)
+    write_file_store(tmp_path, made)
+    (tmp_path / "c.toml").write_text(
+        '[gateway.backends.azure]\nurl = "wss://westus.stt.speech.microsoft.com"\n'
+        'key_file = "/nonexistent/key"\n'
+        "[[gateway.experiments]]\n"
+        'id = "e"\ncontrol = "standard"\n'
+        'variants = [{ name = "standard", backend = "azure", weight = 50 },'
+        ' { name = "custom", backend = "azure", endpoint_id = "x", weight = 50 }]\n'
+        '[outcomes]\npath = "out.jsonl"\n'
+    )
+    assert main(["--config", "c.toml", "analyze", "--experiment", "e", "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["control"] == "standard"
+    assert report["control_guessed"] is False
+    assert main(["--config", "c.toml", "analyze", "--experiment", "other", "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["control_guessed"] is False  # no records

@@ -254,3 +254,63 @@ def test_the_report_is_deterministic() -> None:
     first.pop("generated_at")
     second.pop("generated_at")
     assert first == second
+
+
+def test_an_effect_that_reverses_over_time_is_not_shipped() -> None:
+    """Early looks favour custom, later ones base: the looks conflict, nothing is decided
+    on the early interval (a model changed behind the same endpoint, or drift)."""
+    traffic = Traffic()
+    for i in range(300):
+        traffic.utterance("base", 2 * i, word_error=0.25)
+        traffic.utterance("custom", 2 * i + 1, word_error=0.12)
+    for i in range(300, 1500):
+        traffic.utterance("base", 2 * i, word_error=0.15)
+        traffic.utterance("custom", 2 * i + 1, word_error=0.25)
+    report = traffic.report()
+    wer = report["phases"][0]["comparisons"][0]["wer"]
+    assert wer["difference"] > 0
+    assert wer["always_valid"]["conflicts"] > 0
+    assert report["recommendation"]["action"] == "keep_collecting"
+    assert "changed over time" in report["recommendation"]["reason"]
+
+
+def test_forced_only_phases_and_variants_are_not_compared() -> None:
+    traffic = Traffic()
+    traffic.utterance("base", 0, forced=True, phase="p0")  # a phase of QA traffic only
+    for i in range(30):
+        traffic.utterance("base", 10 + i, word_error=0.2)
+    traffic.utterance("custom", 50, forced=True)  # the challenger: QA only
+    off = ExperimentInfo(control="base", phase="p1", shares={"base": 1.0, "custom": 0.0})
+    report = traffic.report(info=off)
+    json.dumps(report, allow_nan=False)
+    assert [p["phase"] for p in report["phases"]] == ["p1"]
+    assert report["phases"][0]["comparisons"] == []
+    assert report["recommendation"]["action"] == "keep_collecting"
+
+
+def test_units_on_a_zero_weight_variant_are_a_mismatch_with_json_safe_numbers() -> None:
+    traffic = Traffic()
+    traffic.ab(30, 0.2, 0.2)
+    off = ExperimentInfo(control="base", phase="p1", shares={"base": 1.0, "custom": 0.0})
+    report = traffic.report(info=off)
+    srm = report["phases"][0]["srm"]
+    assert (srm["status"], srm["p_value"], srm["chi2"]) == ("mismatch", 0.0, None)
+    json.dumps(report, allow_nan=False)
+
+
+def test_hashed_transcripts_explain_why_wer_cannot_decide() -> None:
+    traffic = Traffic()
+    for i in range(30):
+        traffic.utterance("base", 2 * i, text=None, text_sha256="0" * 64)
+        traffic.utterance("custom", 2 * i + 1, text=None, text_sha256="1" * 64)
+    reason = traffic.report()["recommendation"]["reason"]
+    assert "no recognised text" in reason
+
+
+@pytest.mark.parametrize("seconds", [1, 29, 48, 100, 2900, 86_400, 30 * 86_400, 400 * 86_400])
+def test_a_timeline_never_has_more_buckets_than_asked(seconds: int) -> None:
+    from gateway.analysis import timeline
+
+    for first in (0.0, 17.3, 86_399.9):
+        length = timeline.bucket_seconds(first, first + seconds, 48)
+        assert len(timeline.boundaries(first, first + seconds, length)) <= 48
