@@ -7,10 +7,11 @@ a log line, whatever a caller passes.
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import Any, Literal
+from typing import Any, Literal, TextIO, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
@@ -61,6 +62,18 @@ def _redact(
     return event
 
 
+class _CurrentStderr(io.TextIOBase):
+    """Writes to whatever `sys.stderr` is at the time of writing, not at configuration:
+    a host (or a test harness) that swaps stderr later must not leave logging writing to a
+    closed stream."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(
     level: str = "info", fmt: Literal["auto", "json", "console"] = "auto"
 ) -> None:
@@ -80,11 +93,11 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=True,
     )
     # aiohttp's access log would print full request lines, query strings included.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=_CurrentStderr())
     logging.getLogger("aiohttp.access").disabled = True
 
 

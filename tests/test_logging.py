@@ -257,3 +257,20 @@ def test_auto_mode_writes_json_when_stderr_is_not_a_terminal(
     (line,) = lines(json_logs)
     assert (line["event"], line["level"]) == ("auto_event", "warning")
     assert logging.getLogger("aiohttp.access").disabled
+
+
+def test_logs_follow_stderr_when_it_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logging configured while one stderr was current keeps working after that stream is
+    closed and replaced (a harness capturing output per test, an embedding host)."""
+    import io
+
+    first = io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    configure_logging("info", "json")
+    get_logger("test").info("before_swap")
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr("sys.stderr", second)
+    get_logger("test").info("after_swap")
+    assert json.loads(second.getvalue())["event"] == "after_swap"
+    structlog.reset_defaults()
