@@ -67,7 +67,11 @@ def create_gateway_app(settings: Settings) -> web.Application:
 async def _start(app: web.Application) -> None:
     state = app[STATE]
     # The client pool must be created inside the running event loop.
-    state.http = aiohttp.ClientSession(auto_decompress=False)
+    # No pool limit: every relayed WebSocket holds its upstream connection for the whole
+    # session, so aiohttp's default of 100 would make session 101 wait for a free slot
+    # until its connect timeout. The number of sessions is bounded where they come in.
+    connector = aiohttp.TCPConnector(limit=0)
+    state.http = aiohttp.ClientSession(connector=connector, auto_decompress=False)
     await state.sink.start()
     log.info(
         "gateway_ready",
