@@ -1,0 +1,258 @@
+"""Benchmark: what the gateway adds to REST short-audio requests, against direct and nginx.
+
+Each request POSTs a 100 KB WAV (3.2 s of 16 kHz PCM) to the conversation short-audio
+endpoint of the instant emulator, directly, through the gateway and with --nginx through
+nginx. Two phases, both from load-generator processes separate from the gateway:
+
+  open loop   `--rate` requests/s per target for `--seconds`, targets interleaved in the
+              same window; latency = request start → whole response read. "Added" is the
+              gateway's (nginx's) percentile minus the direct percentile.
+  closed loop `--concurrency` clients posting back to back, one target at a time for
+              `--saturate-seconds`: the requests/s each path sustains (the emulator is the
+              same process for all three, so this is relative, not an absolute ceiling).
+
+    python bench/rest_requests.py --rate 200 --seconds 20 [--nginx] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import math
+import multiprocessing
+import sys
+import time
+import wave
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from _common import CLIENT_KEY, USP_PATH, Services, cpu_seconds, fmt_ms, percentile
+
+WAV_BYTES = 100 * 1024
+WARMUP_S = 1.0
+PARAMS = "?language=en-US&format=simple"
+HEADERS = {
+    "Ocp-Apim-Subscription-Key": CLIENT_KEY,
+    "Content-Type": "audio/wav; codecs=audio/pcm; samplerate=16000",
+}
+
+
+def wav_body() -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(bytes(WAV_BYTES - 44))  # 44: the RIFF header wave writes
+    return buffer.getvalue()
+
+
+@dataclass(slots=True)
+class Samples:
+    latency_ms: list[float] = field(default_factory=list)
+    late_ms: list[float] = field(default_factory=list)
+    ok: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def merge(self, other: Samples) -> None:
+        self.latency_ms += other.latency_ms
+        self.late_ms += other.late_ms
+        self.ok += other.ok
+        self.errors += other.errors
+
+
+async def _post(http: aiohttp.ClientSession, url: str, body: bytes, samples: Samples) -> float:
+    started = time.monotonic()
+    try:
+        async with http.post(url, data=body, headers=HEADERS) as answer:
+            await answer.read()
+            if answer.status != 200:
+                samples.errors.append(f"HTTP {answer.status}")
+                return started
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        samples.errors.append(f"{type(exc).__name__}: {exc}")
+        return started
+    samples.ok += 1
+    return started
+
+
+async def _open_loop(
+    schedule: list[tuple[float, str, str]], window: tuple[float, float]
+) -> dict[str, Samples]:
+    body = wav_body()
+    results = {name: Samples() for _, name, _ in schedule}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def one(due: float, name: str, url: str) -> None:
+            samples = results[name]
+            started = await _post(http, url, body, samples)
+            if window[0] <= started <= window[1]:
+                samples.latency_ms.append((time.monotonic() - started) * 1000)
+                samples.late_ms.append((started - due) * 1000)
+
+        async with asyncio.TaskGroup() as group:
+            for due, name, url in schedule:
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                group.create_task(one(due, name, url))
+    return results
+
+
+def open_loop_worker(
+    schedule: list[tuple[float, str, str]], window: tuple[float, float]
+) -> dict[str, dict[str, Any]]:
+    return {k: asdict(v) for k, v in asyncio.run(_open_loop(schedule, window)).items()}
+
+
+async def _closed_loop(url: str, clients: int, start_at: float, until: float) -> int:
+    body = wav_body()
+    samples = Samples()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+
+        async def client() -> None:
+            while time.monotonic() < until:
+                await _post(http, url, body, samples)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(clients):
+                group.create_task(client())
+    return samples.ok
+
+
+def closed_loop_worker(url: str, clients: int, start_at: float, until: float) -> int:
+    return asyncio.run(_closed_loop(url, clients, start_at, until))
+
+
+def open_loop(services: Services, rate: float, seconds: float, workers: int) -> dict[str, Any]:
+    targets = services.targets
+    start_at = time.monotonic() + 2.0
+    window = (start_at + WARMUP_S, start_at + seconds)
+    count = int(rate * seconds)
+    # Targets take turns within each slot, so each sees the same moments of machine noise.
+    schedule = [
+        (start_at + (k + j / len(targets)) / rate, t.name, t.http_url + USP_PATH + PARAMS)
+        for k in range(count)
+        for j, t in enumerate(targets)
+    ]
+    pid = services.gateway_pid
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pending = pool.starmap_async(
+            open_loop_worker, [(schedule[w::workers], window) for w in range(workers)]
+        )
+        time.sleep(max(0.0, window[0] - time.monotonic()))
+        cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
+        time.sleep(max(0.0, window[1] - time.monotonic()))
+        cpu, wall = cpu_seconds(pid) - cpu_before, time.monotonic() - wall_before
+        parts = pending.get(timeout=seconds + 120)
+    merged = {t.name: Samples() for t in targets}
+    for part in parts:
+        for name, data in part.items():
+            merged[name].merge(Samples(**data))
+    rows: dict[str, dict[str, Any]] = {}
+    for name, got in merged.items():
+        row: dict[str, Any] = {
+            "ok": got.ok,
+            "errors": len(got.errors),
+            "first_error": got.errors[0] if got.errors else None,
+            "samples": len(got.latency_ms),
+            "loadgen_late_p99_ms": percentile(got.late_ms, 99),
+        }
+        for q in (50, 99):
+            row[f"p{q}_ms"] = percentile(got.latency_ms, q)
+            if name != "direct":
+                row[f"added_p{q}_ms"] = row[f"p{q}_ms"] - percentile(merged["direct"].latency_ms, q)
+        rows[name] = row
+    gateway_requests = rate * wall  # requests started in the window, by the schedule
+    return {
+        "rate_per_target": rate,
+        "seconds": seconds,
+        "window_s": wall,
+        "gateway_cpu_share": cpu / wall,
+        "gateway_cpu_us_per_request": 1e6 * cpu / gateway_requests,
+        "targets": rows,
+    }
+
+
+def closed_loop(
+    services: Services, concurrency: int, seconds: float, workers: int
+) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for target in services.targets:
+            url = target.http_url + USP_PATH + PARAMS
+            start_at = time.monotonic() + 1.0
+            until = start_at + seconds
+            shares = [concurrency // workers + (w < concurrency % workers) for w in range(workers)]
+            pending = pool.starmap_async(
+                closed_loop_worker, [(url, n, start_at, until) for n in shares if n]
+            )
+            time.sleep(max(0.0, start_at - time.monotonic()))
+            cpu_before = cpu_seconds(services.gateway_pid)
+            done = sum(pending.get(timeout=seconds + 120))
+            cpu = cpu_seconds(services.gateway_pid) - cpu_before
+            rows[target.name] = {"requests_per_s": done / seconds}
+            if target.name == "gateway" and done:
+                rows[target.name]["gateway_cpu_us_per_request"] = 1e6 * cpu / done
+    return {"concurrency": concurrency, "seconds": seconds, "targets": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rate", type=float, default=200, help="requests/s per target")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=16, help="closed-loop clients")
+    parser.add_argument("--saturate-seconds", type=float, default=5.0, help="0 skips it")
+    parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--nginx", action="store_true", help="also through nginx")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    if args.seconds < 2 * WARMUP_S:
+        parser.error("--seconds must be at least 2")
+    report: dict[str, Any] = {"command": sys.argv}
+    with Services(nginx=args.nginx) as services:
+        for note in services.notes:
+            print(note)
+        report["notes"] = services.notes
+        result = open_loop(services, args.rate, args.seconds, args.workers)
+        report["open_loop"] = result
+        print(
+            f"\nopen loop: {args.rate:g} requests/s per target of {WAV_BYTES // 1024} KB WAV, "
+            f"{args.seconds:g} s (window {result['window_s']:.1f} s)"
+        )
+        print(
+            f"{'target':<8} {'p50':>7} {'p99':>7} {'+p50':>7} {'+p99':>7} {'n':>6} "
+            f"{'late99':>7} {'err':>4}"
+        )
+        for name, row in result["targets"].items():
+            print(
+                f"{name:<8} {fmt_ms(row['p50_ms']):>7} {fmt_ms(row['p99_ms']):>7} "
+                f"{fmt_ms(row.get('added_p50_ms', math.nan)):>7} "
+                f"{fmt_ms(row.get('added_p99_ms', math.nan)):>7} {row['samples']:>6} "
+                f"{fmt_ms(row['loadgen_late_p99_ms']):>7} {row['errors']:>4}"
+            )
+            if row["first_error"]:
+                print(f"         first error: {row['first_error']}")
+        print(
+            f"gateway CPU: {100 * result['gateway_cpu_share']:.1f} % of a core, "
+            f"{result['gateway_cpu_us_per_request']:.0f} us per request"
+        )
+        if args.saturate_seconds:
+            saturated = closed_loop(services, args.concurrency, args.saturate_seconds, args.workers)
+            report["closed_loop"] = saturated
+            print(f"\nclosed loop: {args.concurrency} clients, {args.saturate_seconds:g} s each")
+            for name, row in saturated["targets"].items():
+                extra = row.get("gateway_cpu_us_per_request")
+                cpu = f"  (gateway CPU {extra:.0f} us/request)" if extra else ""
+                print(f"{name:<8} {row['requests_per_s']:>8.0f} requests/s{cpu}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
