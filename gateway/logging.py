@@ -94,7 +94,9 @@ def configure_logging(
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
-        cache_logger_on_first_use=True,
+        # Not cached: a later configure_logging (a CLI command run in-process, structlog's
+        # capture_logs in tests) must reach module-level loggers that were already used.
+        cache_logger_on_first_use=False,
     )
     # aiohttp's access log would print full request lines, query strings included.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=_CurrentStderr())

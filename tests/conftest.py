@@ -6,10 +6,20 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import structlog
 from support import DOMAINS, EMULATOR_KEY
 
 from gateway.dataset import LabelledUtterance, load_dataset
 from gateway.local_services import LocalEmulator
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """Each test starts from structlog's defaults: a test that runs the CLI in-process
+    configures logging (caching loggers on first use), which would blind a later test's
+    `capture_logs` to loggers cached under that configuration."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")

@@ -129,13 +129,18 @@ def test_the_dashboard_shows_the_real_gateway_s_live_analysis(
 ) -> None:
     """Headless Chromium on the gateway's own /dashboard, fed by the real admin API."""
     from browser import assert_not_blank, chromium
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     def cell(driver: Any, variant: str, column: str) -> str:
+        """The cell's value, "" while the page is (re)drawing the table."""
         selector = f'tr[data-variant="{variant}"] [data-col="{column}"]'
-        found = driver.find_elements(By.CSS_SELECTOR, selector)
-        return str(found[0].text.splitlines()[0]) if found and found[0].text else ""
+        try:
+            found = driver.find_elements(By.CSS_SELECTOR, selector)
+            return str(found[0].text.splitlines()[0]) if found and found[0].text else ""
+        except StaleElementReferenceException:  # replaced by a refresh between find and read
+            return ""
 
     with gateway, chromium(tmp_path) as driver:
         asyncio.run(run_units(gateway, [f"unit-{n}" for n in range(20)]))
@@ -145,10 +150,12 @@ def test_the_dashboard_shows_the_real_gateway_s_live_analysis(
         driver.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
         wait = WebDriverWait(driver, 30, poll_frequency=0.2)
         wait.until(lambda d: cell(d, "a", "wer") == "0.0%", "variant a's WER")
-        units = int(cell(driver, "a", "units")) + int(cell(driver, "b", "units"))
-        assert units == 20
-        assert cell(driver, "b", "wer") == "33.3%"
-        assert cell(driver, "a", "weight") == "50"
+        wait.until(lambda d: cell(d, "b", "wer") == "33.3%", "variant b's WER")
+        wait.until(
+            lambda d: int(cell(d, "a", "units") or 0) + int(cell(d, "b", "units") or 0) == 20,
+            "all 20 sessions",
+        )
+        wait.until(lambda d: cell(d, "a", "weight") == "50", "the weight")
         # More traffic: the page follows without a reload.
         asyncio.run(run_units(gateway, [f"later-{n}" for n in range(10)]))
         wait.until(
