@@ -58,6 +58,7 @@ class _Session:
         self._client = client
         self._upstream = upstream
         self._shadows: list[ShadowLink] = []
+        self._client_pump: asyncio.Task[None] | None = None
 
     def start_shadows(self, headers: dict[str, str], protocols: tuple[str, ...]) -> None:
         settings = self._state.settings
@@ -78,7 +79,8 @@ class _Session:
             self._shadows.append(link)
 
     async def run(self) -> None:
-        pumps = [asyncio.create_task(self._pump_client(), name="usp-client-pump")]
+        self._client_pump = asyncio.create_task(self._pump_client(), name="usp-client-pump")
+        pumps = [self._client_pump]
         if self._upstream is not None:
             pumps.append(asyncio.create_task(self._pump_upstream(), name="usp-upstream-pump"))
         try:
@@ -161,7 +163,7 @@ class _Session:
                     else:
                         await self._client.send_bytes(frame)
                 case CloseClient(code=code, reason=reason):
-                    await self._client.close(code=code, message=reason.encode()[:120])
+                    await self._close_client(code, reason)
                 case CloseUpstream(code=code):
                     if self._upstream is not None:
                         await self._upstream.close(code=code)
@@ -169,6 +171,22 @@ class _Session:
                     pass  # submitted above
                 case _:
                     assert_never(command)
+
+    async def _close_client(self, code: int, reason: str) -> None:
+        """Close the client's WebSocket with `code`, reading what it still sends meanwhile.
+
+        Closing while the client pump is reading would make aiohttp close the socket at
+        once; with the client's audio still unread, TCP then resets the connection and the
+        client loses the close frame already on its way (the SDK sees a dropped connection
+        instead of the code). So the pump stops first, and `close` itself reads (and drops)
+        the client's remaining frames until its close reply or aiohttp's close timeout.
+        """
+        pump = self._client_pump
+        if pump is not None and pump is not asyncio.current_task() and not pump.done():
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        await self._client.close(code=code, message=reason.encode()[:120])
 
     def _on_shadow_text(self, variant: str, frame: str, now: float) -> None:
         _submit(self._state, self._relay.shadow_text(variant, frame, now))
