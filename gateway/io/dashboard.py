@@ -82,7 +82,7 @@ _SCRIPT: Final = r"""
   const $ = (id) => document.getElementById(id);
   const statusBox = $("status"), form = $("login"), input = $("token");
   const forget = $("forget"), main = $("experiments");
-  let timer = null, generation = 0, lastOk = null;
+  let timer = null, generation = 0, lastOk = null, lastSnapshot = "";
 
   class HttpError extends Error {
     constructor(status) { super("HTTP " + status); this.status = status; }
@@ -178,7 +178,14 @@ _SCRIPT: Final = r"""
             throw err;
           })));
       if (gen !== generation) return;
-      main.replaceChildren(...renderAll(experiments, analyses));
+      // Redraw only when the data changed (not for a new generated_at alone), so that
+      // reading or selecting text on the page is not disturbed every few seconds.
+      const snapshot = JSON.stringify([experiments, analyses],
+        (key, value) => key === "generated_at" ? undefined : value);
+      if (snapshot !== lastSnapshot) {
+        main.replaceChildren(...renderAll(experiments, analyses));
+        lastSnapshot = snapshot;
+      }
       main.classList.remove("stale");
       lastOk = new Date();
       setStatus("ok", "Updated " + clock(lastOk) + " · refreshing every " +
@@ -189,6 +196,7 @@ _SCRIPT: Final = r"""
       if (err instanceof HttpError && err.status === 401) {
         try { sessionStorage.removeItem(KEY); } catch (e) { /* storage disabled */ }
         main.replaceChildren();
+        lastSnapshot = "";
         askForToken("unauthorized",
           "The gateway refused this admin token (401). Enter a valid admin token.");
       } else if (err instanceof Unreachable) {
@@ -337,6 +345,7 @@ _SCRIPT: Final = r"""
   forget.addEventListener("click", () => {
     try { sessionStorage.removeItem(KEY); } catch (e) { /* storage disabled */ }
     main.replaceChildren();
+    lastSnapshot = "";
     askForToken("no-token", "Token forgotten. Enter an admin token to see the experiments.");
   });
   if (storedToken()) start();

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from browser import assert_not_blank, chromium, console_errors
 from report_fixtures import empty_report, experiments_listing, two_variant_report
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -122,7 +123,11 @@ def serving(app: web.Application) -> Iterator[str]:
 
 
 def wait_for(driver: WebDriver, check: Callable[[WebDriver], Any], what: str) -> Any:
-    return WebDriverWait(driver, WAIT, poll_frequency=0.1).until(check, f"waiting for {what}")
+    # A redraw between finding an element and reading it makes it stale: look again.
+    wait = WebDriverWait(
+        driver, WAIT, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    )
+    return wait.until(check, f"waiting for {what}")
 
 
 def status(driver: WebDriver) -> str:
@@ -143,7 +148,13 @@ def enter_token(driver: WebDriver, token: str) -> None:
 def cell(driver: WebDriver, variant: str, column: str) -> str:
     """The first line of a cell (its value; details follow on later lines)."""
     selector = f'tr[data-variant="{variant}"] [data-col="{column}"]'
-    return str(driver.find_element(By.CSS_SELECTOR, selector).text.splitlines()[0])
+    return str(
+        wait_for(
+            driver,
+            lambda d: d.find_element(By.CSS_SELECTOR, selector).text.splitlines()[0],
+            f"the {column} cell of {variant}",
+        )
+    )
 
 
 def cell_is(variant: str, column: str, text: str) -> Callable[[WebDriver], bool]:
