@@ -13,7 +13,13 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from gateway.analysis.report import AnalysisOptions, ExperimentInfo, Json, analyze
+from gateway.analysis.report import (
+    AnalysisOptions,
+    ExperimentInfo,
+    Json,
+    analyze,
+    parse_moment,
+)
 from gateway.analysis.text_report import render_text
 from gateway.control.config import build_gateway_config
 from gateway.errors import ConfigError
@@ -45,12 +51,9 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _moment(value: str) -> datetime:
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO-8601 time") from None
-    if moment.utcoffset() is None:
-        raise argparse.ArgumentTypeError(f"{value!r} needs a time zone, e.g. a trailing Z")
-    return moment
+        return parse_moment(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def experiment_info(

@@ -59,6 +59,19 @@ _HISTOGRAM_BINS: Final = 20
 Json = dict[str, Any]
 
 
+def parse_moment(value: str) -> datetime:
+    """An ISO-8601 time with a time zone (window bounds); ValueError saying what is wrong."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an ISO-8601 time such as 2026-01-31T12:00:00Z"
+        ) from None
+    if moment.utcoffset() is None:
+        raise ValueError(f"{value!r} needs a time zone, e.g. a trailing Z for UTC")
+    return moment
+
+
 @dataclass(frozen=True, slots=True)
 class AnalysisOptions:
     """How the analysis decides; every default is documented in docs/analysis.md."""
@@ -97,9 +110,7 @@ class ExperimentInfo:
 
     @classmethod
     def of(cls, experiment: Experiment) -> ExperimentInfo:
-        total = sum(v.weight for v in experiment.variants)
-        shares = {v.name: (v.weight / total if total else 0.0) for v in experiment.variants}
-        return cls(control=experiment.control, phase=experiment.phase, shares=shares)
+        return cls(control=experiment.control, phase=experiment.phase, shares=experiment.shares)
 
 
 async def analyze(

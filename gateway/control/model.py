@@ -105,6 +105,12 @@ class Experiment:
     def control_variant(self) -> Variant:
         return self.variant(self.control)
 
+    @property
+    def shares(self) -> dict[str, float]:
+        """Each variant's share of the traffic: its weight over the total (0 if all are 0)."""
+        total = sum(v.weight for v in self.variants)
+        return {v.name: (v.weight / total if total else 0.0) for v in self.variants}
+
 
 @dataclass(frozen=True, slots=True)
 class Client:

@@ -23,6 +23,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from gateway.analysis import AnalysisOptions, ExperimentInfo, analyze
+from gateway.analysis.report import parse_moment
 from gateway.io.labels_api import AdminTokens
 from gateway.io.redis_client import REDIS_ERRORS
 from gateway.io.state import STATE
@@ -93,7 +94,7 @@ async def list_experiments(request: web.Request) -> web.Response:
     config = request.app[STATE].config
     experiments = []
     for experiment in config.experiments:
-        total = sum(v.weight for v in experiment.variants)
+        shares = experiment.shares
         experiments.append(
             {
                 "id": experiment.id,
@@ -104,7 +105,7 @@ async def list_experiments(request: web.Request) -> web.Response:
                     {
                         "name": v.name,
                         "weight": v.weight,
-                        "share": v.weight / total if total else 0.0,
+                        "share": shares[v.name],
                         "backend": v.backend.name,
                         "endpoint_id": v.endpoint_id,
                     }
@@ -120,14 +121,9 @@ def _moment(request: web.Request, name: str) -> datetime | None:
     if value is None or value == "":
         return None
     try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise web.HTTPBadRequest(
-            text=f"{name}: expected an ISO-8601 time such as 2026-01-31T12:00:00Z"
-        ) from None
-    if moment.utcoffset() is None:
-        raise web.HTTPBadRequest(text=f"{name}: give a time zone, e.g. a trailing Z for UTC")
-    return moment
+        return parse_moment(value)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=f"{name}: {exc}") from None
 
 
 async def experiment_analysis(request: web.Request) -> web.Response:
