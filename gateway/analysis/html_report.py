@@ -3,20 +3,29 @@
 The HTML counterpart of `gateway.analysis.text_report`: it reads only the report dict
 (schema_version 1), so it renders a report computed here, read from a JSON file or fetched
 from a gateway's admin API alike. Nothing is fetched when the file is opened: the CSS and the
-plots (`gateway.analysis.svg`) are inline and there is no script, so it opens offline and
+plots (`gateway.analysis.html_plots`) are inline and there is no script, so it opens offline and
 prints. Every string taken from the report is escaped, because experiment ids, variant names
 and reasons come from users. Missing parts (null, empty) become a "no data" note.
 """
 
 from __future__ import annotations
 
-import html
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from gateway.analysis import svg
+from gateway.analysis.html_plots import plots
+from gateway.analysis.report_fields import (
+    LATENCIES,
+    as_epoch,
+    as_html,
+    as_interval,
+    as_list,
+    as_map,
+    as_number,
+    as_text,
+)
 
 SCHEMA_VERSION: Final = 1
 RATES: Final = (
@@ -24,10 +33,6 @@ RATES: Final = (
     ("no_match", "No match"),
     ("error", "Error"),
     ("cancellation", "Cancelled"),
-)
-LATENCIES: Final = (
-    ("final_latency_ms", "Final result latency"),
-    ("first_hypothesis_ms", "Time to first hypothesis"),
 )
 QUANTILES: Final = ("p50", "p90", "p99")
 # action -> (label, CSS class). The class comes from this table, never from the report.
@@ -103,16 +108,16 @@ footer { color: #555; font-size: 0.9em; margin-top: 24px; }
 
 def render_html(report: Mapping[str, Any]) -> str:
     """A complete HTML document for one analysis report (the JSON of `analyze`)."""
-    experiment = _text(report.get("experiment")) or "(unnamed experiment)"
-    settings = _map(report.get("settings"))
+    experiment = as_text(report.get("experiment")) or "(unnamed experiment)"
+    settings = as_map(report.get("settings"))
     level = _level(settings.get("confidence"))
-    phases = _ordered_phases(_list(report.get("phases")))
-    any_current = any(_map(p).get("current") is True for p in phases)
+    phases = _ordered_phases(as_list(report.get("phases")))
+    any_current = any(as_map(p).get("current") is True for p in phases)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(experiment)} — speech-gateway analysis</title>",
+        f"<title>{as_html(experiment)} — speech-gateway analysis</title>",
         f"<style>{_CSS}</style></head><body>",
         _header(report, experiment),
         _recommendation(report.get("recommendation")),
@@ -122,68 +127,23 @@ def render_html(report: Mapping[str, Any]) -> str:
         parts.append('<p class="no-data">No outcome records in this window yet.</p>')
     for index, phase in enumerate(phases):
         is_open = phase.get("current") is True or (index == 0 and not any_current)
-        parts.append(_phase(phase, _text(report.get("control")), level, index, is_open))
+        parts.append(_phase(phase, as_text(report.get("control")), level, index, is_open))
     parts += ["</main>", _footer(report, settings), "</body></html>"]
     return "\n".join(parts) + "\n"
 
 
-# -- reading the report: tolerant accessors, since it may come from a file -------------------
-
-
-def _map(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _list(value: object) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else []
-
-
-def _num(value: object) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def _text(value: object) -> str:
-    return "" if value is None else str(value)
-
-
-def _ci(value: object) -> tuple[float | None, float | None] | None:
-    """An interval [low, high]; a None bound is an unbounded side; None if there is none."""
-    pair = _list(value)
-    if len(pair) != 2 or (pair[0] is None and pair[1] is None):
-        return None
-    return _num(pair[0]), _num(pair[1])
-
-
-def _time(value: object) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
 def _ordered_phases(phases: Iterable[Any]) -> list[Mapping[str, Any]]:
     """The current phase first, then the others, latest first."""
-    found = [_map(p) for p in phases if isinstance(p, Mapping)]
-    latest_first = sorted(found, key=lambda p: _time(p.get("last_record")) or 0.0, reverse=True)
+    found = [as_map(p) for p in phases if isinstance(p, Mapping)]
+    latest_first = sorted(found, key=lambda p: as_epoch(p.get("last_record")) or 0.0, reverse=True)
     return sorted(latest_first, key=lambda p: p.get("current") is not True)
 
 
 # -- formatting ------------------------------------------------------------------------------
 
 
-def _e(value: object) -> str:
-    return html.escape(_text(value), quote=True)
-
-
 def _level(confidence: object) -> str:
-    value = _num(confidence)
+    value = as_number(confidence)
     return f"{value * 100:g}%" if value is not None else "95%"
 
 
@@ -216,22 +176,22 @@ def _bounds(
 
 
 def _when(value: object) -> str:
-    seconds = _time(value)
+    seconds = as_epoch(value)
     if seconds is None:
-        return _text(value) or _NONE
+        return as_text(value) or _NONE
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _cell(main: str, sub: str = "") -> str:
     """A table cell: escaped main text with an optional escaped second line."""
-    small = f"<small>{_e(sub)}</small>" if sub else ""
-    return f"<td>{_e(main)}{small}</td>"
+    small = f"<small>{as_html(sub)}</small>" if sub else ""
+    return f"<td>{as_html(main)}{small}</td>"
 
 
 def _table(caption: str, header: Sequence[str], rows: Sequence[str], kind: str) -> str:
     head = "".join(f"<th>{h}</th>" for h in header)  # headers are ours, already markup
     return (
-        f'<div class="table-wrap"><table data-table="{kind}"><caption>{_e(caption)}</caption>'
+        f'<div class="table-wrap"><table data-table="{kind}"><caption>{as_html(caption)}</caption>'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
 
@@ -240,25 +200,25 @@ def _table(caption: str, header: Sequence[str], rows: Sequence[str], kind: str) 
 
 
 def _header(report: Mapping[str, Any], experiment: str) -> str:
-    window = _map(report.get("window"))
+    window = as_map(report.get("window"))
     scope = []
     if window.get("since") is not None:
         scope.append(f"since {_when(window.get('since'))}")
     if window.get("until") is not None:
         scope.append(f"until {_when(window.get('until'))}")
     if window.get("phase") is not None:
-        scope.append(f"phase {_text(window.get('phase'))}")
-    control = _text(report.get("control")) or _NONE
+        scope.append(f"phase {as_text(window.get('phase'))}")
+    control = as_text(report.get("control")) or _NONE
     lines = [
-        f"<header><h1>Experiment <code>{_e(experiment)}</code></h1>",
-        f'<p class="meta">Control: <code>{_e(control)}</code> · Window: '
-        f"{_e(', '.join(scope) or 'all records')} · "
-        f"Generated {_e(_when(report.get('generated_at')))}</p>",
+        f"<header><h1>Experiment <code>{as_html(experiment)}</code></h1>",
+        f'<p class="meta">Control: <code>{as_html(control)}</code> · Window: '
+        f"{as_html(', '.join(scope) or 'all records')} · "
+        f"Generated {as_html(_when(report.get('generated_at')))}</p>",
     ]
     version = report.get("schema_version")
     if version != SCHEMA_VERSION:
         lines.append(
-            f'<p class="warning">This report has schema_version {_e(version)}; this renderer '
+            f'<p class="warning">This report has schema_version {as_html(version)}; this renderer '
             f"knows version {SCHEMA_VERSION}, so parts may be missing.</p>"
         )
     lines.append("</header>")
@@ -266,44 +226,45 @@ def _header(report: Mapping[str, Any], experiment: str) -> str:
 
 
 def _recommendation(value: object) -> str:
-    recommendation = _map(value)
-    action = _text(recommendation.get("action"))
+    recommendation = as_map(value)
+    action = as_text(recommendation.get("action"))
     if not action:
         return (
             '<section class="recommendation collect" data-action="none">'
             '<p class="action">No recommendation</p></section>'
         )
     label, css = ACTIONS.get(action, (action.replace("_", " ").capitalize(), "collect"))
-    variant = _text(recommendation.get("variant"))
-    target = f": <code>{_e(variant)}</code>" if variant else ""
-    phase = _text(recommendation.get("phase"))
-    where = f" <small>(phase {_e(phase)})</small>" if phase else ""
-    reason = _text(recommendation.get("reason")) or "No reason given."
+    variant = as_text(recommendation.get("variant"))
+    target = f": <code>{as_html(variant)}</code>" if variant else ""
+    phase = as_text(recommendation.get("phase"))
+    where = f" <small>(phase {as_html(phase)})</small>" if phase else ""
+    reason = as_text(recommendation.get("reason")) or "No reason given."
     return (
-        f'<section class="recommendation {css}" data-action="{_e(action)}" '
-        f'aria-label="Recommendation"><p class="action">Recommendation: {_e(label)}{target}'
-        f"{where}</p><p>{_e(reason)}</p></section>"
+        f'<section class="recommendation {css}" data-action="{as_html(action)}" '
+        f'aria-label="Recommendation"><p class="action">Recommendation: {as_html(label)}{target}'
+        f"{where}</p><p>{as_html(reason)}</p></section>"
     )
 
 
 def _phase(phase: Mapping[str, Any], control: str, level: str, index: int, is_open: bool) -> str:
-    variants = [_map(v) for v in _list(phase.get("variants")) if isinstance(v, Mapping)]
-    slots = {_text(v.get("name")): i for i, v in enumerate(variants)}
-    name = _text(phase.get("phase")) or _NONE
+    variants = [as_map(v) for v in as_list(phase.get("variants")) if isinstance(v, Mapping)]
+    slots = {as_text(v.get("name")): i for i, v in enumerate(variants)}
+    name = as_text(phase.get("phase")) or _NONE
     current = phase.get("current")
     state = " (current)" if current is True else " (earlier)" if current is False else ""
     span = f"{_when(phase.get('first_record'))} to {_when(phase.get('last_record'))}"
     title = (
-        f'<h2>Phase <code>{_e(name)}</code>{_e(state)}</h2> <span class="meta">{_e(span)}</span>'
+        f"<h2>Phase <code>{as_html(name)}</code>{as_html(state)}</h2>"
+        f' <span class="meta">{as_html(span)}</span>'
     )
-    body = [_srm(_map(phase.get("srm")))]
+    body = [_srm(as_map(phase.get("srm")))]
     if variants:
         body += [_variants_table(variants, slots, level), _latency_table(variants, level)]
     else:
         body.append('<p class="no-data">No variants have records in this phase.</p>')
-    body.append(_comparisons(_list(phase.get("comparisons")), level))
-    body.append(_plots(phase, variants, slots, control, level))
-    attrs = f'class="phase" data-phase="{_e(name)}" data-index="{index}"'
+    body.append(_comparisons(as_list(phase.get("comparisons")), level))
+    body.append(plots(phase, variants, slots, control, level))
+    attrs = f'class="phase" data-phase="{as_html(name)}" data-index="{index}"'
     content = "\n".join(body)
     if is_open:
         return f"<section {attrs}>{title}\n{content}</section>"
@@ -311,15 +272,17 @@ def _phase(phase: Mapping[str, Any], control: str, level: str, index: int, is_op
 
 
 def _srm(srm: Mapping[str, Any]) -> str:
-    status = _text(srm.get("status"))
-    units = ", ".join(f"{k} {_text(v)}" for k, v in _map(srm.get("units")).items())
-    expected = ", ".join(f"{k} {_pct(_num(v))}" for k, v in _map(srm.get("expected_share")).items())
-    chi2, p_value = _num(srm.get("chi2")), _num(srm.get("p_value"))
+    status = as_text(srm.get("status"))
+    units = ", ".join(f"{k} {as_text(v)}" for k, v in as_map(srm.get("units")).items())
+    expected = ", ".join(
+        f"{k} {_pct(as_number(v))}" for k, v in as_map(srm.get("expected_share")).items()
+    )
+    chi2, p_value = as_number(srm.get("chi2")), as_number(srm.get("p_value"))
     stats = (
         f"χ² = {_NONE if chi2 is None else f'{chi2:.2f}'}, "
         f"p = {_NONE if p_value is None else f'{p_value:.3g}'}"
     )
-    note = _text(srm.get("note"))
+    note = as_text(srm.get("note"))
     if status == "ok":
         text = f"Sample ratio: consistent with the configured split ({stats})."
         css = "srm"
@@ -337,8 +300,8 @@ def _srm(srm: Mapping[str, Any]) -> str:
     )
     role = ' role="alert"' if status == "mismatch" else ""
     return (
-        f'<p class="{css}" data-srm="{_e(status or "unknown")}"{role}>{_e(text)}'
-        f"{f' <small>{_e(details)}</small>' if details else ''}</p>"
+        f'<p class="{css}" data-srm="{as_html(status or "unknown")}"{role}>{as_html(text)}'
+        f"{f' <small>{as_html(details)}</small>' if details else ''}</p>"
     )
 
 
@@ -351,11 +314,11 @@ def _swatch(slot: int) -> str:
 
 
 def _variant_name(variant: Mapping[str, Any], slots: Mapping[str, int]) -> str:
-    name = _text(variant.get("name"))
+    name = as_text(variant.get("name"))
     tag = '<span class="tag">control</span>' if variant.get("is_control") is True else ""
-    forced = _num(variant.get("forced"))
+    forced = as_number(variant.get("forced"))
     forced_note = f"<small>{forced:.0f} forced</small>" if forced else ""
-    return f"<td>{_swatch(slots.get(name, 0))}{_e(name)}{tag}{forced_note}</td>"
+    return f"<td>{_swatch(slots.get(name, 0))}{as_html(name)}{tag}{forced_note}</td>"
 
 
 def _variants_table(
@@ -364,23 +327,25 @@ def _variants_table(
     rows = []
     for variant in variants:
         cells = [_variant_name(variant, slots)]
-        cells.append(_cell(", ".join(_text(b) for b in _list(variant.get("backends"))) or _NONE))
-        for key in ("units", "sessions", "utterances"):
-            value = _num(variant.get(key))
-            cells.append(_cell(_NONE if value is None else f"{value:,.0f}"))
-        labelled = _num(variant.get("labelled"))
         cells.append(
-            _cell(_pct(_num(variant.get("labelled_share"))), f"{labelled or 0:,.0f} labelled")
+            _cell(", ".join(as_text(b) for b in as_list(variant.get("backends"))) or _NONE)
         )
-        rates = _map(variant.get("rates"))
+        for key in ("units", "sessions", "utterances"):
+            value = as_number(variant.get(key))
+            cells.append(_cell(_NONE if value is None else f"{value:,.0f}"))
+        labelled = as_number(variant.get("labelled"))
+        cells.append(
+            _cell(_pct(as_number(variant.get("labelled_share"))), f"{labelled or 0:,.0f} labelled")
+        )
+        rates = as_map(variant.get("rates"))
         for key, _ in RATES:
-            rate = _map(rates.get(key))
-            count, total = _num(rate.get("count")), _num(rate.get("total"))
+            rate = as_map(rates.get(key))
+            count, total = as_number(rate.get("count")), as_number(rate.get("total"))
             counts = f"{count:.0f}/{total:.0f}" if count is not None and total is not None else ""
-            interval = _ci(rate.get("ci"))
+            interval = as_interval(rate.get("ci"))
             compact = _bounds(interval, lambda v: f"{v * 100:.1f}%", "–") if interval else ""
             sub = " · ".join(p for p in (counts, compact) if p)
-            cells.append(_cell(_pct(_num(rate.get("rate"))), sub))
+            cells.append(_cell(_pct(as_number(rate.get("rate"))), sub))
         rows.append(f"<tr>{''.join(cells)}</tr>")
     header = ["Variant", "Backends", "Units", "Sessions", "Utterances", "Labelled"]
     header += [f"{label} <small>{level} CI</small>" for _, label in RATES]
@@ -390,26 +355,31 @@ def _variants_table(
 def _latency_table(variants: Sequence[Mapping[str, Any]], level: str) -> str:
     rows = []
     for variant in variants:
-        cells = [f"<td>{_e(variant.get('name'))}</td>"]
-        latency = _map(variant.get("latency"))
+        cells = [f"<td>{as_html(variant.get('name'))}</td>"]
+        latency = as_map(variant.get("latency"))
         for metric, _ in LATENCIES:
-            quantiles = _map(_map(latency.get(metric)).get("quantiles"))
+            quantiles = as_map(as_map(latency.get(metric)).get("quantiles"))
             for q in QUANTILES:
-                quantile = _map(quantiles.get(q))
-                interval = _ci(quantile.get("ci"))
+                quantile = as_map(quantiles.get(q))
+                interval = as_interval(quantile.get("ci"))
                 cells.append(
                     _cell(
-                        _ms(_num(quantile.get("value"))),
+                        _ms(as_number(quantile.get("value"))),
                         _bounds(interval, lambda v: f"{v:,.0f}", "–") if interval else "",
                     )
                 )
         wer = variant.get("wer")
         if isinstance(wer, Mapping):
             edits = "S/D/I " + "/".join(
-                f"{_num(wer.get(k)) or 0:.0f}" for k in ("substitutions", "deletions", "insertions")
+                f"{as_number(wer.get(k)) or 0:.0f}"
+                for k in ("substitutions", "deletions", "insertions")
             )
-            words = _num(wer.get("reference_words")) or 0
-            cells.append(_cell(_pct(_num(wer.get("wer"))), _bounds(_ci(wer.get("ci")), _pct, "–")))
+            words = as_number(wer.get("reference_words")) or 0
+            cells.append(
+                _cell(
+                    _pct(as_number(wer.get("wer"))), _bounds(as_interval(wer.get("ci")), _pct, "–")
+                )
+            )
             cells.append(_cell(edits, f"{words:,.0f} reference words"))
         else:
             cells += [_cell("not labelled"), _cell(_NONE)]
@@ -422,7 +392,7 @@ def _latency_table(variants: Sequence[Mapping[str, Any]], level: str) -> str:
 
 
 def _comparisons(comparisons: Sequence[Any], level: str) -> str:
-    found = [_map(c) for c in comparisons if isinstance(c, Mapping)]
+    found = [as_map(c) for c in comparisons if isinstance(c, Mapping)]
     if not found:
         return '<p class="no-data">No comparison: the phase has no challenger with records.</p>'
     parts = ["<h3>Comparisons with the control</h3>"]
@@ -430,7 +400,7 @@ def _comparisons(comparisons: Sequence[Any], level: str) -> str:
         rows = []
         wer = comparison.get("wer")
         if isinstance(wer, Mapping):
-            relative = _num(wer.get("relative"))
+            relative = as_number(wer.get("relative"))
             rows.append(
                 _difference_row(
                     "WER", wer, _pp, f"{relative * 100:+.1f}% relative" if relative else ""
@@ -442,17 +412,17 @@ def _comparisons(comparisons: Sequence[Any], level: str) -> str:
             )
         shadow = comparison.get("shadow")
         if isinstance(shadow, Mapping):
-            pairs = _num(shadow.get("pairs")) or 0
+            pairs = as_number(shadow.get("pairs")) or 0
             rows.append(
                 _difference_row(
                     "WER on identical audio (shadow)", shadow, _pp, f"{pairs:,.0f} pairs"
                 )
             )
-        rates = _map(comparison.get("rates"))
+        rates = as_map(comparison.get("rates"))
         for key, label in RATES:
             if isinstance(rates.get(key), Mapping):
-                rows.append(_difference_row(f"{label} rate", _map(rates.get(key)), _pp))
-        latency = _map(comparison.get("latency"))
+                rows.append(_difference_row(f"{label} rate", as_map(rates.get(key)), _pp))
+        latency = as_map(comparison.get("latency"))
         for metric, label in LATENCIES:
             entry = latency.get(metric)
             if isinstance(entry, Mapping):
@@ -466,9 +436,9 @@ def _comparisons(comparisons: Sequence[Any], level: str) -> str:
             f"Always-valid {level} CI",
             "Always-valid p",
         ]
-        caption = f"{_text(comparison.get('variant'))} vs {_text(comparison.get('control'))}"
+        caption = f"{as_text(comparison.get('variant'))} vs {as_text(comparison.get('control'))}"
         parts.append(_table(caption, header, rows, "comparison"))
-        parts.append(_guardrails(_list(comparison.get("guardrails"))))
+        parts.append(_guardrails(as_list(comparison.get("guardrails"))))
     return "\n".join(parts)
 
 
@@ -479,12 +449,12 @@ def _difference_row(
     note: str = "",
     key: str = "difference",
 ) -> str:
-    always = _map(entry.get("always_valid"))
-    p_value = _num(always.get("p_value"))
+    always = as_map(entry.get("always_valid"))
+    p_value = as_number(always.get("p_value"))
     return (
-        f"<tr>{_cell(label)}{_cell(show(_num(entry.get(key))), note)}"
-        f"{_cell(_bounds(_ci(entry.get('ci')), show))}"
-        f"{_cell(_bounds(_ci(always.get('ci')), show) if always else _NONE)}"
+        f"<tr>{_cell(label)}{_cell(show(as_number(entry.get(key))), note)}"
+        f"{_cell(_bounds(as_interval(entry.get('ci')), show))}"
+        f"{_cell(_bounds(as_interval(always.get('ci')), show) if always else _NONE)}"
         f"{_cell(_NONE if p_value is None else f'{p_value:.3g}')}</tr>"
     )
 
@@ -492,239 +462,25 @@ def _difference_row(
 def _guardrails(guardrails: Sequence[Any]) -> str:
     items = []
     for guardrail in guardrails:
-        entry = _map(guardrail)
-        status = _text(entry.get("status")) or "unknown"
+        entry = as_map(guardrail)
+        status = as_text(entry.get("status")) or "unknown"
         css = _STATUS_CLASSES.get(status, "muted")
         items.append(
-            f'<li data-guardrail="{_e(entry.get("metric"))}">'
-            f"<code>{_e(entry.get('metric'))}</code>: "
-            f'<span class="status {css}">{_e(status)}</span> — {_e(entry.get("detail"))}</li>'
+            f'<li data-guardrail="{as_html(entry.get("metric"))}">'
+            f"<code>{as_html(entry.get('metric'))}</code>: "
+            f'<span class="status {css}">{as_html(status)}</span> — '
+            f"{as_html(entry.get('detail'))}</li>"
         )
     if not items:
         return "<p>No guardrails evaluated.</p>"
     return f'<p>Guardrails:</p><ul class="guardrails">{"".join(items)}</ul>'
 
 
-# -- plots -----------------------------------------------------------------------------------
-
-
-def _figure(kind: str, caption: str, plot: str | None, missing: str) -> str:
-    body = plot if plot is not None else f'<p class="no-data" data-no-plot="{kind}">{missing}</p>'
-    return f'<figure data-figure="{kind}"><figcaption>{_e(caption)}</figcaption>{body}</figure>'
-
-
-def _plots(
-    phase: Mapping[str, Any],
-    variants: Sequence[Mapping[str, Any]],
-    slots: Mapping[str, int],
-    control: str,
-    level: str,
-) -> str:
-    timeline = _map(phase.get("timeline"))
-    figures = [
-        _figure(
-            "wer",
-            f"WER per variant ({level} CI)",
-            _wer_plot(variants, slots, level),
-            "No labelled utterances yet: WER needs reference transcripts.",
-        )
-    ]
-    for metric, label in LATENCIES:
-        figures.append(
-            _figure(
-                "latency",
-                f"{label}: distribution per variant",
-                _latency_plot(variants, slots, metric, label),
-                "No latency values yet.",
-            )
-        )
-    figures.append(
-        _figure(
-            "split",
-            "Traffic split over time (units per bucket)",
-            _split_plot(timeline, slots),
-            "No timeline yet.",
-        )
-    )
-    figures.append(
-        _figure(
-            "effect",
-            "Cumulative WER difference vs control over time",
-            _effect_plot(timeline, slots, control, level),
-            "No cumulative effect yet: it needs a challenger with labelled utterances.",
-        )
-    )
-    return f'<div class="plots">{"".join(figures)}</div>'
-
-
-def _wer_plot(
-    variants: Sequence[Mapping[str, Any]], slots: Mapping[str, int], level: str
-) -> str | None:
-    bars = []
-    for variant in variants:
-        wer = _map(variant.get("wer"))
-        value = _num(wer.get("wer"))
-        if value is None:
-            continue
-        name = _text(variant.get("name"))
-        ci = _ci(wer.get("ci"))
-        low = high = None
-        if ci is not None and ci[0] is not None and ci[1] is not None:
-            low, high = ci[0] * 100, ci[1] * 100
-        bars.append(svg.Bar(name, value * 100, low, high, slots.get(name, 0)))
-    if not bars:
-        return None
-    return svg.bar_chart(
-        "wer",
-        f"Corpus WER per variant with {level} intervals",
-        bars,
-        x_label="variant",
-        y_label="WER (%)",
-        y_format=lambda v: f"{v:g}",
-    )
-
-
-def _latency_plot(
-    variants: Sequence[Mapping[str, Any]], slots: Mapping[str, int], metric: str, label: str
-) -> str | None:
-    lines = []
-    for variant in variants:
-        entry = _map(_map(variant.get("latency")).get(metric))
-        histogram = _map(entry.get("histogram"))
-        edges = [_num(v) for v in _list(histogram.get("edges"))]
-        counts = [_num(v) for v in _list(histogram.get("counts"))]
-        clean_edges = [v for v in edges if v is not None]
-        clean_counts = [v for v in counts if v is not None]
-        total = sum(clean_counts)
-        if (
-            not clean_counts
-            or len(clean_edges) != len(clean_counts) + 1
-            or len(clean_counts) != len(counts)
-            or total <= 0
-        ):
-            continue
-        # Shares, not counts: variants with different traffic are then comparable.
-        shares = [c / total * 100 for c in clean_counts]
-        name = _text(variant.get("name"))
-        n = _num(entry.get("n"))
-        legend = f"{name} (n={n:.0f})" if n is not None else name
-        lines.append(
-            svg.Line(
-                name, svg.step_points(clean_edges, shares), slot=slots.get(name, 0), legend=legend
-            )
-        )
-    if not lines:
-        return None
-    return svg.line_chart(
-        "latency",
-        f"{label}: share of values per bin, per variant",
-        lines,
-        x_label=f"{label.lower()} (ms)",
-        y_label="share of values (%)",
-        y_format=lambda v: f"{v:g}",
-        x_format=lambda v: f"{v:,.0f}",
-        metric=metric,
-    )
-
-
-def _buckets(timeline: Mapping[str, Any]) -> tuple[list[tuple[float, Mapping[str, Any]]], float]:
-    """(start, bucket) pairs in time order, and the bucket length in seconds."""
-    length = _num(timeline.get("bucket_seconds"))
-    buckets = []
-    for bucket in _list(timeline.get("buckets")):
-        start = _time(_map(bucket).get("start"))
-        if start is not None:
-            buckets.append((start, _map(bucket)))
-    buckets.sort(key=lambda pair: pair[0])
-    return buckets, length if length and length > 0 else 60.0
-
-
-def _per(seconds: float) -> str:
-    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
-        if seconds >= size and seconds % size == 0:
-            count = int(seconds // size)
-            return unit if count == 1 else f"{count} {unit}s"
-    return f"{seconds:g} seconds"
-
-
-def _names(slots: Mapping[str, int], found: Iterable[str], skip: str | None = None) -> list[str]:
-    """Variant names in report order, then any others the timeline mentions."""
-    seen = set(found)
-    known = [n for n in slots if n in seen and n != skip]
-    return known + sorted(n for n in seen if n not in slots and n != skip)
-
-
-def _split_plot(timeline: Mapping[str, Any], slots: Mapping[str, int]) -> str | None:
-    buckets, length = _buckets(timeline)
-    found = {k for _, b in buckets for k in _map(b.get("units"))}
-    names = _names(slots, found)
-    if not buckets or not names:
-        return None
-    lines = []
-    for i, name in enumerate(names):
-        points: list[tuple[float, float] | None] = []
-        for start, bucket in buckets:
-            units = _num(_map(bucket.get("units")).get(name)) or 0.0
-            points += [(start, units), (start + length, units)]
-        lines.append(svg.Line(name, points, slot=slots.get(name, len(slots) + i)))
-    return svg.line_chart(
-        "split",
-        "Units per time bucket, per variant",
-        lines,
-        x_label="time (UTC)",
-        y_label=f"units per {_per(length)}",
-        y_format=lambda v: f"{v:g}",
-        time_axis=True,
-        x_domain=(buckets[0][0], buckets[-1][0] + length),
-        from_zero=True,
-    )
-
-
-def _effect_plot(
-    timeline: Mapping[str, Any], slots: Mapping[str, int], control: str, level: str
-) -> str | None:
-    buckets, length = _buckets(timeline)
-    found = {k for _, b in buckets for k in _map(b.get("cumulative"))}
-    lines = []
-    for i, name in enumerate(_names(slots, found, skip=control or None)):
-        points: list[tuple[float, float] | None] = []
-        band: list[tuple[float, float, float] | None] = []
-        for start, bucket in buckets:
-            effect = _map(_map(bucket.get("cumulative")).get(name))
-            value = _num(effect.get("wer_difference"))
-            end = start + length  # the effect of everything up to the end of the bucket
-            points.append(None if value is None else (end, value * 100))
-            ci = _ci(effect.get("ci")) if value is not None else None
-            if ci is None:
-                band.append(None)
-            else:
-                low = -math.inf if ci[0] is None else ci[0] * 100
-                high = math.inf if ci[1] is None else ci[1] * 100
-                band.append((end, low, high))
-        if any(p is not None for p in points):
-            lines.append(svg.Line(name, points, band, slot=slots.get(name, len(slots) + i)))
-    if not lines:
-        return None
-    return svg.line_chart(
-        "effect",
-        f"Cumulative WER difference vs {control or 'control'} with always-valid {level} bands",
-        lines,
-        x_label="time (UTC)",
-        y_label="WER difference (pp)",
-        y_format=lambda v: f"{v:+g}" if v else "0",
-        time_axis=True,
-        x_domain=(buckets[0][0], buckets[-1][0] + length),
-        markers=True,
-        zero_line=True,
-        band_label=f"bands: always-valid {level} CI; below 0 = fewer errors",
-    )
-
-
 def _footer(report: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
-    shown = ", ".join(f"{k} = {_text(v)}" for k, v in settings.items())
+    shown = ", ".join(f"{k} = {as_text(v)}" for k, v in settings.items())
     return (
-        f"<footer><p>Settings: {_e(shown or 'none')}. Report schema version "
-        f"{_e(report.get('schema_version'))}. Rates are shares of outcomes; WER is total "
+        f"<footer><p>Settings: {as_html(shown or 'none')}. Report schema version "
+        f"{as_html(report.get('schema_version'))}. Rates are shares of outcomes; WER is total "
         "errors over total reference words; differences are challenger minus control, in "
         "percentage points (pp). Always-valid intervals stay valid however often the "
         "experiment is looked at.</p><p>Generated by speech-gateway.</p></footer>"
