@@ -2,9 +2,10 @@
 
 Sub-commands: `serve` (the gateway), `emulate` (the local Azure-compatible speech
 service), `analyze` (an experiment's report), `replay` (a labelled dataset through a
-gateway), `demo`, `keygen` (a new client key and the digest for the config) and
-`config validate`. Each parses its arguments into settings overrides, configures logging
-once, and hands over; errors become one clear line on stderr and exit status 2.
+gateway), `demo`, `keygen` (a new client key and the digest for the config), `config
+validate`, and `admin` (the control plane's verbs, over a gateway's admin API). Each parses
+its arguments into settings overrides, configures logging once, and hands over; errors
+become one clear line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.admin_cli import add_admin_parser, admin_command
 from gateway.analysis.command import add_analyze_arguments
 from gateway.control.config import build_gateway_config
 from gateway.control.model import hash_key
@@ -95,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         "replay", help="replay a labelled dataset through a gateway with the Speech SDK"
     )
     add_replay_arguments(replay)
+    add_admin_parser(commands)
 
     demo = commands.add_parser("demo", help="run the self-contained demo")
     demo.add_argument("--dataset", type=Path, default=Path("data/demo/banking"))
@@ -175,6 +178,8 @@ def _serve(settings: Settings) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "admin":  # an HTTP client: no settings, no logging set-up
+            return admin_command(args)
         if args.command == "config":
             path = config_path(args.file or args.config)
             build_gateway_config(load_settings(path).gateway)

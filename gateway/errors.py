@@ -6,6 +6,7 @@
     │   ├── UspError                a USP message that breaks the protocol → WebSocket close code
     │   └── RestError               a bad short-audio request → HTTP status
     ├── AuthError                   missing or wrong credentials → HTTP 401
+    ├── ControlError                an admin change that cannot be made → HTTP 400/404/409
     ├── CapacityError               a concurrency bound is reached → "too many requests"
     ├── RecognitionError            the local recogniser failed → USP status "Error"
     └── UpstreamError               a backend could not serve a session
@@ -83,6 +84,16 @@ class AuthError(GatewayError):
     """Missing or wrong credentials (HTTP 401)."""
 
     status = 401
+
+
+class ControlError(GatewayError):
+    """An experiment change the control plane refuses; `status` is the admin API's answer:
+    400 a bad value, 404 an unknown experiment or forced unit, 409 not possible now."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
 
 
 class CapacityError(GatewayError):

@@ -2,10 +2,12 @@
 
 `observe` sorts the records of an experiment into phases and, within a phase, variants:
 the primary, non-forced records are the experiment's evidence (forced records are QA
-overrides, outside the split, and only counted); shadow records are kept for the paired
-comparison on identical audio. Each primary record is classified into one outcome category
-and, when it has a label and recognised text, scored for WER. Everything downstream
-(`gateway.analysis.report`) works on these values, never on raw records.
+overrides, outside the split, and only counted; so are failed-over records, which control
+served while the assigned variant's backend was down, counted under the assigned variant);
+shadow records are kept for the paired comparison on identical audio. Each primary record is
+classified into one outcome category and, when it has a label and recognised text, scored
+for WER. Everything downstream (`gateway.analysis.report`) works on these values, never on
+raw records.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class VariantObservations:
     units: set[str] = field(default_factory=set)
     sessions: set[str] = field(default_factory=set)
     forced: int = 0
+    failed_over: int = 0  # records of units assigned here that control served instead
     utterances: int = 0  # utterance and request records (results, not failures)
     labelled: int = 0  # utterances with a label (scored or not)
     unscorable: int = 0  # labelled, but the record carries no text (privacy hash/none)
@@ -138,6 +141,9 @@ def _add(phase: PhaseObservations, record: OutcomeRecord, label: Label | None) -
     if record.role is not Role.PRIMARY:
         return
     assert record.variant is not None
+    if record.failover_from is not None:
+        phase.variant(record.failover_from).failed_over += 1  # outside the split, too
+        return
     variant = phase.variant(record.variant)
     if record.forced:
         variant.forced += 1  # outside the split: counted, never compared
@@ -170,7 +176,9 @@ def _shadow_pairs(records: list[OutcomeRecord], labels: Mapping[str, Label]) -> 
     pairs: list[ShadowPair] = []
     for primary, shadow in pair_shadows(records):
         label = labels.get(primary.record_id)
-        if label is None or primary.forced or primary.text is None or shadow.text is None:
+        if label is None or primary.forced or primary.failover_from is not None:
+            continue
+        if primary.text is None or shadow.text is None:
             continue
         if primary.variant is None or shadow.variant is None:
             continue

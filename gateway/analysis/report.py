@@ -107,10 +107,32 @@ class ExperimentInfo:
     control: str
     phase: str | None = None  # the current phase
     shares: Mapping[str, float] = field(default_factory=dict)  # current traffic shares
+    # Earlier phases' shares, from the control plane's phase history: their SRM check.
+    phase_shares: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, experiment: Experiment) -> ExperimentInfo:
-        return cls(control=experiment.control, phase=experiment.phase, shares=experiment.shares)
+    def of(
+        cls, experiment: Experiment, history: Mapping[str, Mapping[str, float]] | None = None
+    ) -> ExperimentInfo:
+        """The experiment as configured now; `history` maps earlier phases to their
+        weights (`ExperimentState.phases`)."""
+        phase_shares = {
+            phase: {name: w / sum(weights.values()) for name, w in weights.items()}
+            for phase, weights in (history or {}).items()
+            if sum(weights.values()) > 0
+        }
+        return cls(
+            control=experiment.control,
+            phase=experiment.phase,
+            shares=experiment.shares,
+            phase_shares=phase_shares,
+        )
+
+    def shares_of(self, phase: str) -> Mapping[str, float] | None:
+        """The traffic shares of `phase`, if known."""
+        if phase == self.phase:
+            return self.shares
+        return self.phase_shares.get(phase)
 
 
 async def analyze(
@@ -264,18 +286,19 @@ def _phase(
 
 def _srm(phase: PhaseObservations, info: ExperimentInfo | None, options: AnalysisOptions) -> Json:
     units = {name: len(v.units) for name, v in sorted(phase.variants.items())}
-    if info is None or info.phase is None or phase.phase != info.phase:
+    shares = None if info is None else info.shares_of(phase.phase)
+    if shares is None:
         return {
             "status": "unchecked",
             "p_value": None,
             "chi2": None,
             "units": units,
             "expected_share": None,
-            "note": "the split of this phase is not the configured one, so its expected "
-            "shares are unknown",
+            "note": "the split of this phase is unknown (neither the current one nor in the "
+            "phase history), so its expected shares are too",
         }
-    observed = {name: units.get(name, 0) for name in info.shares}
-    stray = sorted(set(units) - set(info.shares))
+    observed = {name: units.get(name, 0) for name in shares}
+    stray = sorted(set(units) - set(shares))
     if stray or sum(observed.values()) == 0:
         note = (
             f"variants {', '.join(stray)} are not in the configured split"
@@ -287,16 +310,16 @@ def _srm(phase: PhaseObservations, info: ExperimentInfo | None, options: Analysi
             "p_value": None,
             "chi2": None,
             "units": units,
-            "expected_share": dict(info.shares),
+            "expected_share": dict(shares),
             "note": note,
         }
-    result = sample_ratio_mismatch(observed, info.shares, threshold=options.srm_threshold)
+    result = sample_ratio_mismatch(observed, shares, threshold=options.srm_threshold)
     return {
         "status": "mismatch" if result.flagged else "ok",
         "p_value": result.p_value,
         "chi2": _finite(result.chi2),  # infinite when a weight-0 variant has units
         "units": observed,
-        "expected_share": dict(info.shares),
+        "expected_share": dict(shares),
         "note": None,
     }
 
@@ -355,6 +378,7 @@ def _variant(
         "labelled_share": variant.labelled / variant.utterances if variant.utterances else None,
         "unscorable": variant.unscorable,
         "forced": variant.forced,
+        "failed_over": variant.failed_over,
         "rates": rates,
         "latency": {m: _latency(variant, m, edges[m], options) for m in LATENCY_METRICS},
         "wer": _wer(variant, options),

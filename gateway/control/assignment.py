@@ -70,17 +70,21 @@ def assign(experiment: Experiment, unit_id: str) -> Variant:
     return experiment.variants[choose(weights, bucket(experiment.seed, unit_id))]
 
 
-def phase_id(variants: Sequence[Variant]) -> str:
+def phase_id(variants: Sequence[Variant], epoch: int = 0) -> str:
     """A short fingerprint of what each variant is and gets, in order, e.g. "p-3f2a9c01b7".
 
     It covers each variant's name, weight, backend and custom endpoint id: a weight change,
     or a new model behind the same variant name, opens a new phase, so analysts never mix
-    outcomes of two different splits or models. The same split always gives the same phase,
-    so replicas agree without talking to each other. Weights are encoded as Python's
-    shortest round-trip float repr, -0.0 as 0.0.
+    outcomes of two different splits or models. The configured split (epoch 0) always gives
+    the same phase, so replicas agree without talking to each other. A change made through
+    the control plane passes its state version as `epoch`: going back to an earlier split
+    (say after a rollback) opens a new phase rather than reopening the old one, whose
+    outcomes belong to another period. Weights are encoded as Python's shortest round-trip
+    float repr, -0.0 as 0.0.
     """
     entries = [[v.name, float(v.weight) + 0.0, v.backend.name, v.endpoint_id] for v in variants]
-    canonical = json.dumps(entries, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    content: object = entries if epoch == 0 else {"variants": entries, "epoch": epoch}
+    canonical = json.dumps(content, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return "p-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:10]
 
 
@@ -89,12 +93,16 @@ def resolve(
 ) -> tuple[Variant, bool]:
     """The session's variant and whether it was forced.
 
-    `forced` is the value of the force parameter (`gw-variant`), None when absent. A client
+    `forced` is the value of the force parameter (`gw-variant`), None when absent; without
+    it, a unit that an admin forced (`Experiment.forced_units`) gets its variant. A client
     without `can_force` that sends it gets AuthError (before the name is looked at, so that
     variant names are not revealed); an unknown name raises KeyError, which the I/O layer
     answers with HTTP 400 (WebSocket: before the upgrade).
     """
     if forced is None:
+        pinned = experiment.forced_units.get(unit_id)
+        if pinned is not None:
+            return experiment.variant(pinned), True
         return assign(experiment, unit_id), False
     if not client.can_force:
         raise AuthError(f"client {client.name!r} may not force a variant")

@@ -12,12 +12,15 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from gateway.constants import NO_EXPERIMENT
 from gateway.control.assignment import phase_id
+from gateway.control.breaker import BreakerPolicy
+from gateway.control.guardrails import Guardrails
 from gateway.control.model import (
     Backend,
     Client,
@@ -71,6 +74,22 @@ class TargetingSettings(_Model):
     clients: list[str] = Field(default_factory=list)  # names from `gateway.clients`
 
 
+class GuardrailSettings(_Model):
+    """Automatic rollback of a challenger that does worse than control (docs/admin.md).
+
+    Each limit is the largest increase over control tolerated; unset turns that guardrail
+    off. Nothing is tested before both arms of the current phase have `min_outcomes`.
+    """
+
+    max_error_rate_increase: float | None = Field(None, gt=0, lt=1)
+    max_cancellation_rate_increase: float | None = Field(None, gt=0, lt=1)
+    max_no_match_rate_increase: float | None = Field(None, gt=0, lt=1)
+    latency_quantile: float = Field(0.9, gt=0, lt=1)
+    max_latency_increase_ms: float | None = Field(None, gt=0, le=600_000)
+    min_outcomes: int = Field(50, ge=20, le=1_000_000)
+    alpha: float = Field(0.05, gt=0, le=0.5)
+
+
 class ExperimentSettings(_Model):
     id: str
     seed: str | None = None  # None: the id
@@ -79,12 +98,50 @@ class ExperimentSettings(_Model):
     shadows: list[str] = Field(default_factory=list)
     targeting: TargetingSettings = TargetingSettings()
     unit_param: str = "gw-unit"
+    guardrails: GuardrailSettings | None = None
 
 
 class ClientSettings(_Model):
     name: str
     key_sha256: str  # `speech-gateway` prints it for a new key; the key is never stored
     can_force: bool = False
+
+
+class BreakerSettings(_Model):
+    """The circuit breaker each backend gets (`gateway.control.breaker`)."""
+
+    consecutive_failures: int = Field(5, ge=1, le=10_000)
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    window_s: float = Field(30.0, gt=0, le=3600)
+    min_attempts: int = Field(20, ge=1, le=1_000_000)
+    open_s: float = Field(10.0, gt=0, le=3600)
+    half_open_probes: int = Field(1, ge=1, le=1000)
+    # While a backend's breaker is open, sessions assigned to it go to the experiment's
+    # control variant ("failover", recorded as such) or are refused ("reject").
+    on_open: Literal["failover", "reject"] = "failover"
+
+    def policy(self) -> BreakerPolicy:
+        return BreakerPolicy(
+            consecutive_failures=self.consecutive_failures,
+            failure_rate=self.failure_rate,
+            window_s=self.window_s,
+            min_attempts=self.min_attempts,
+            open_s=self.open_s,
+            half_open_probes=self.half_open_probes,
+        )
+
+
+class ControlSettings(_Model):
+    """Where the experiments' live state is kept and how often it is checked."""
+
+    # "auto": Redis when outcomes.store is "redis" (shared by every replica), else the file.
+    store: Literal["auto", "file", "redis"] = "auto"
+    # The file store (one process); unset: control-state.json beside outcomes.path.
+    state_path: Path | None = None
+    # Every replica compares its state versions with the store this often, so a change
+    # whose pub/sub notice was lost still arrives within this interval.
+    reconcile_s: float = Field(0.5, gt=0, le=60)
+    guardrail_interval_s: float = Field(1.0, gt=0, le=600)  # counts shared, guardrails tested
 
 
 class GatewaySettings(_Model):
@@ -104,6 +161,8 @@ class GatewaySettings(_Model):
     force_param: str = "gw-variant"
     # Admin credentials (labels API): name -> SHA-256 of the bearer token. Digests only.
     admin_tokens_sha256: dict[str, str] = Field(default_factory=dict)
+    breaker: BreakerSettings = BreakerSettings()
+    control: ControlSettings = ControlSettings()
 
 
 def build_gateway_config(settings: GatewaySettings) -> GatewayConfig:
@@ -262,6 +321,29 @@ def _experiment(
         targeting=_targeting(settings.targeting, f"{where}.targeting", client_names),
         phase=phase_id(variants),
         unit_param=settings.unit_param,
+        guardrails=_guardrails(settings.guardrails, f"{where}.guardrails"),
+    )
+
+
+def _guardrails(settings: GuardrailSettings | None, where: str) -> Guardrails | None:
+    if settings is None:
+        return None
+    limits = (
+        settings.max_error_rate_increase,
+        settings.max_cancellation_rate_increase,
+        settings.max_no_match_rate_increase,
+        settings.max_latency_increase_ms,
+    )
+    if all(limit is None for limit in limits):
+        raise ConfigError(where, "sets no limit; set at least one max_* or remove the table")
+    return Guardrails(
+        max_error_rate_increase=settings.max_error_rate_increase,
+        max_cancellation_rate_increase=settings.max_cancellation_rate_increase,
+        max_no_match_rate_increase=settings.max_no_match_rate_increase,
+        latency_quantile=settings.latency_quantile,
+        max_latency_increase_ms=settings.max_latency_increase_ms,
+        min_outcomes=settings.min_outcomes,
+        alpha=settings.alpha,
     )
 
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gateway.control.guardrails import Guardrails
+
 Mode = Literal["interactive", "conversation", "dictation"]
+Status = Literal["running", "paused", "stopped"]
+STATUSES: tuple[Status, ...] = ("running", "paused", "stopped")
 MODES: tuple[Mode, ...] = ("interactive", "conversation", "dictation")
 
 _WS_SCHEME = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
@@ -93,6 +98,11 @@ class Experiment:
     targeting: Targeting
     phase: str  # `assignment.phase_id(variants)`: changes whenever a weight changes
     unit_param: str = "gw-unit"  # query parameter carrying the unit id
+    guardrails: Guardrails | None = None  # None: no automatic rollback
+    # The control plane's live state (`gateway.control.state`): weights above are the
+    # effective ones, and these units get their variant whatever their bucket.
+    status: Status = "running"
+    forced_units: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def variant(self, name: str) -> Variant:
         """The variant called `name`; KeyError if there is none."""

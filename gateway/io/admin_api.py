@@ -1,10 +1,10 @@
-"""The admin read API: the experiments the gateway serves and their live analysis.
+"""The admin API's analysis route: an experiment's live report.
 
-`GET /admin/experiments` lists the configured experiments with their variants, weights
-and current phase; `GET /admin/experiments/{id}/analysis` computes the experiment's report
+`GET /admin/experiments/{id}/analysis` computes the experiment's report
 (`gateway.analysis`, schema in docs/analysis.md) from the gateway's own outcome store, with
-optional `phase`, `since` and `until` (ISO-8601) query parameters. Both need an admin
-bearer token (the same credentials as the labels API). The dashboard and `replay` read them.
+optional `phase`, `since` and `until` (ISO-8601) query parameters. It needs an admin bearer
+token (the same credentials as the labels API). The dashboard and `replay` read it; the
+experiments' state and changes are `gateway.io.admin_control`'s.
 
 The analysis is CPU work (bootstrap resampling), so it runs in a worker thread, and a
 report is reused for `cache_s` seconds: a wall of dashboards polling every few seconds costs
@@ -24,6 +24,9 @@ from aiohttp import web
 
 from gateway.analysis import AnalysisOptions, ExperimentInfo, analyze
 from gateway.analysis.report import parse_moment
+from gateway.errors import ControlError
+from gateway.io.admin_control import NEEDS_TOKEN
+from gateway.io.admin_control import error_response as _error
 from gateway.io.labels_api import AdminTokens
 from gateway.io.redis_client import REDIS_ERRORS
 from gateway.io.state import STATE
@@ -34,7 +37,6 @@ log = get_logger(__name__)
 
 ADMIN_TOKENS: Final = web.AppKey("admin_tokens", AdminTokens)
 OUTCOME_READER: Final = web.AppKey("outcome_reader", OutcomeReader)
-_CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="speech-gateway admin"'}
 _MAX_CACHED: Final = 64  # reports kept; windows are chosen by callers, so bound them
 _STORE_ERRORS: Final[tuple[type[BaseException], ...]] = (*REDIS_ERRORS, OSError)
 
@@ -67,7 +69,6 @@ def add_admin_routes(
     app[ADMIN_TOKENS] = admins
     app[OUTCOME_READER] = reader
     app[_ANALYSES] = _Analyses(cache_s, options or AnalysisOptions())
-    app.router.add_get("/admin/experiments", list_experiments)
     app.router.add_get("/admin/experiments/{experiment}/analysis", experiment_analysis)
 
 
@@ -75,45 +76,9 @@ def _strict_json(value: object) -> str:
     return json.dumps(value, allow_nan=False)  # browsers' JSON.parse refuses NaN/Infinity
 
 
-def _error(status: int, reason: str) -> web.Response:
-    headers = _CHALLENGE if status == 401 else None
-    return web.json_response({"error": reason}, status=status, headers=headers)
-
-
 def _authorised(request: web.Request) -> bool:
     admins = request.app[ADMIN_TOKENS]
     return admins.authenticate(request.headers.get("Authorization")) is not None
-
-
-_NEEDS_TOKEN: Final = "an admin token is required: Authorization: Bearer <token>"  # noqa: S105
-
-
-async def list_experiments(request: web.Request) -> web.Response:
-    if not _authorised(request):
-        return _error(401, _NEEDS_TOKEN)
-    config = request.app[STATE].config
-    experiments = []
-    for experiment in config.experiments:
-        shares = experiment.shares
-        experiments.append(
-            {
-                "id": experiment.id,
-                "control": experiment.control,
-                "phase": experiment.phase,
-                "shadows": list(experiment.shadows),
-                "variants": [
-                    {
-                        "name": v.name,
-                        "weight": v.weight,
-                        "share": shares[v.name],
-                        "backend": v.backend.name,
-                        "endpoint_id": v.endpoint_id,
-                    }
-                    for v in experiment.variants
-                ],
-            }
-        )
-    return web.json_response({"experiments": experiments})
 
 
 def _moment(request: web.Request, name: str) -> datetime | None:
@@ -128,12 +93,14 @@ def _moment(request: web.Request, name: str) -> datetime | None:
 
 async def experiment_analysis(request: web.Request) -> web.Response:
     if not _authorised(request):
-        return _error(401, _NEEDS_TOKEN)
+        return _error(401, NEEDS_TOKEN)
     experiment_id = request.match_info["experiment"]
-    config = request.app[STATE].config
-    experiment = next((e for e in config.experiments if e.id == experiment_id), None)
-    if experiment is None:
-        return _error(404, f"no experiment {experiment_id!r} is configured")
+    control = request.app[STATE].control
+    try:
+        experiment = control.experiment(experiment_id)
+    except ControlError as exc:
+        return _error(exc.status, exc.reason)
+    history = {entry.phase: entry.weights for entry in control.state(experiment_id).phases}
     try:
         since, until = _moment(request, "since"), _moment(request, "until")
     except web.HTTPBadRequest as exc:
@@ -146,7 +113,7 @@ async def experiment_analysis(request: web.Request) -> web.Response:
         return web.json_response(cached[1], dumps=_strict_json)
     running = analyses.running.get(key)
     if running is None:
-        info = ExperimentInfo.of(experiment)
+        info = ExperimentInfo.of(experiment, history)
         reader = request.app[OUTCOME_READER]
         running = asyncio.ensure_future(
             _compute(reader, experiment_id, info, since, until, phase, analyses.options)

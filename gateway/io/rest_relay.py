@@ -15,6 +15,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.errors import UpstreamRejected, UpstreamUnavailable
+from gateway.io.backend_gate import BREAKER_OPEN
 from gateway.io.state import GatewayState, session_facts
 from gateway.logging import get_logger
 from gateway.outcomes.privacy import transcript_fields
@@ -75,16 +77,60 @@ class _BodyClock:
 async def handle_rest(
     request: web.Request, state: GatewayState, route: Route
 ) -> web.StreamResponse:
+    limit = state.settings.max_rest_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        # Known too large before a byte is read: refused without dialling the backend.
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    admitted = state.backends.admit(route)
+    if admitted is None:
+        detail = f"the backend {route.variant.backend.name} is unavailable"
+        return _unavailable(state, route, BREAKER_OPEN, detail)
+    body = _BodyClock(request, limit)
+    route = admitted
+    while True:
+        try:
+            return await _forward(request, state, route, body)
+        except _Unreachable as exc:
+            # Nothing of the body was read yet (the connection failed first), so control
+            # can take the request whole.
+            fallback = None
+            if body.first is None:
+                fallback = state.backends.fallback(route, exc.error)
+            if fallback is None:
+                return _unavailable(state, route, exc.error.error_code, exc.error.detail)
+            log.warning("failover", backend=route.variant.backend.name, error=exc.error.error_code)
+            route = fallback
+
+
+class _Unreachable(Exception):
+    """The backend could not be connected, or did not answer, before the response began."""
+
+    def __init__(self, error: UpstreamUnavailable) -> None:
+        super().__init__(error.detail)
+        self.error = error
+
+
+def _unavailable(state: GatewayState, route: Route, error_code: str, detail: str) -> web.Response:
+    variant = route.variant
+    facts = session_facts(state, route, protocol="rest")
+    role = RoleFacts(Role.PRIMARY, variant.name, variant.backend.name)
+    status = RecognitionStatus.ERROR.value
+    record = make_record(
+        facts, role, Kind.SESSION_FAILURE, status, error_code=error_code, error_detail=detail
+    )
+    state.submit(record)
+    return web.json_response({"error": "The speech service is unavailable."}, status=503)
+
+
+async def _forward(
+    request: web.Request, state: GatewayState, route: Route, body: _BodyClock
+) -> web.StreamResponse:
+    """Relay the request to `route`'s backend; `_Unreachable` if it could not be served."""
     variant = route.variant
     url = variant.backend.http_url(route.path, route.upstream_query(variant))
     headers = route.upstream_headers(variant, request.headers)
     facts = session_facts(state, route, protocol="rest")
     role = RoleFacts(Role.PRIMARY, variant.name, variant.backend.name)
-    limit = state.settings.max_rest_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        # Known too large before a byte is read: refused without dialling the backend.
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    body = _BodyClock(request, limit)
     settings = state.settings
     timeout = aiohttp.ClientTimeout(
         sock_connect=settings.connect_timeout_s, sock_read=settings.rest_timeout_s
@@ -95,6 +141,8 @@ async def handle_rest(
             url, data=body.chunks(), headers=headers, timeout=timeout
         ) as upstream:
             answered = time.monotonic()
+            failed = UpstreamRejected(upstream.status, "") if upstream.status >= 500 else None
+            state.backends.report(route, failed)
             response = web.StreamResponse(status=upstream.status)
             for name in _RESPONSE_HEADERS:
                 if name in upstream.headers:
@@ -112,23 +160,28 @@ async def handle_rest(
         error = type(exc).__name__
         timed_out = isinstance(exc, TimeoutError)  # aiohttp's timeouts are TimeoutErrors too
         log.warning("rest_upstream_unavailable", backend=variant.backend.name, error=error)
+        code = "upstream_timeout" if timed_out else "upstream_unreachable"
+        if response is None:
+            unreachable = UpstreamUnavailable(code, error)
+            state.backends.report(route, unreachable)
+            raise _Unreachable(unreachable) from None
         record = make_record(
             facts,
             role,
             Kind.SESSION_FAILURE,
             RecognitionStatus.ERROR.value,
-            error_code="upstream_timeout" if timed_out else "upstream_unreachable",
+            error_code=code,
             error_detail=error,
         )
-        state.sink.submit(record)
-        if response is not None and response.prepared:
-            # The backend's status line already went out, so no 503 can follow, and ending
-            # the response normally would pass a truncated body off as whole: cut it off.
-            if request.transport is not None:
-                request.transport.close()
-            return response
-        return web.json_response({"error": "The speech service is unavailable."}, status=503)
-    state.sink.submit(_record(facts, role, upstream.status, bytes(tapped), body, answered))
+        state.submit(record)
+        if not response.prepared:
+            return web.json_response({"error": "The speech service is unavailable."}, status=503)
+        # The backend's status line already went out, so no 503 can follow, and ending
+        # the response normally would pass a truncated body off as whole: cut it off.
+        if request.transport is not None:
+            request.transport.close()
+        return response
+    state.submit(_record(facts, role, upstream.status, bytes(tapped), body, answered))
     return response
 
 

@@ -15,12 +15,21 @@ from aiohttp import web
 from gateway.control.config import build_gateway_config
 from gateway.errors import AuthError
 from gateway.io.admin_api import add_admin_routes
+from gateway.io.admin_control import add_control_routes
+from gateway.io.backend_gate import BackendGate
+from gateway.io.control_plane import ControlPlane
 from gateway.io.dashboard import add_dashboard_routes
 from gateway.io.labels_api import LABEL_STORE, AdminTokens, add_label_routes
+from gateway.io.metrics import METRICS, GatewayMetrics, metrics_route
 from gateway.io.redis_client import RedisClient
 from gateway.io.rest_relay import handle_rest
 from gateway.io.state import STATE, GatewayState
-from gateway.io.stores import create_label_store, create_reader, create_sink
+from gateway.io.stores import (
+    create_control_stores,
+    create_label_store,
+    create_reader,
+    create_sink,
+)
 from gateway.io.usp_relay import handle_usp
 from gateway.logging import get_logger
 from gateway.outcomes.privacy import load_or_create_key
@@ -31,17 +40,37 @@ from gateway.settings import Settings
 log = get_logger(__name__)
 
 LABEL_CLIENT = web.AppKey("label_redis_client", RedisClient | None)  # type: ignore[arg-type]
+CONTROL_CLIENT = web.AppKey("control_redis_client", RedisClient | None)  # type: ignore[arg-type]
 
 
 def create_gateway_app(settings: Settings) -> web.Application:
     """Validate the configuration and build the app; ConfigError if anything is wrong."""
-    config = build_gateway_config(settings.gateway)
+    gateway = settings.gateway
+    config = build_gateway_config(gateway)
     outcomes = settings.outcomes
     key = outcomes.resolved_pseudonym_key() or load_or_create_key(outcomes.generated_key_path)
-    app = web.Application(client_max_size=settings.gateway.max_rest_body_bytes)
+    app = web.Application(client_max_size=gateway.max_rest_body_bytes)
+    label_store, label_client = create_label_store(outcomes)
+    app[LABEL_STORE] = label_store
+    app[LABEL_CLIENT] = label_client
+    control_store, counters, control_client = create_control_stores(
+        gateway.control, outcomes, label_client
+    )
+    app[CONTROL_CLIENT] = control_client
+    metrics = app[METRICS] = GatewayMetrics()
+    control = ControlPlane(
+        config,
+        control_store,
+        counters,
+        metrics,
+        reconcile_s=gateway.control.reconcile_s,
+        guardrail_interval_s=gateway.control.guardrail_interval_s,
+    )
     app[STATE] = GatewayState(
-        settings=settings.gateway,
-        config=config,
+        settings=gateway,
+        control=control,
+        backends=BackendGate(gateway.breaker.policy(), gateway.breaker.on_open, metrics),
+        metrics=metrics,
         sink=create_sink(outcomes),
         text_privacy=outcomes.text_privacy,
         privacy_key=key,
@@ -50,15 +79,14 @@ def create_gateway_app(settings: Settings) -> web.Application:
         app.router.add_get(path, usp_route)
     for path in V1_PATHS:
         app.router.add_post(path, rest_route)
-    label_store, label_client = create_label_store(outcomes)
-    app[LABEL_STORE] = label_store
-    app[LABEL_CLIENT] = label_client
-    admins = AdminTokens.from_digests(settings.gateway.admin_tokens_sha256)
+    admins = AdminTokens.from_digests(gateway.admin_tokens_sha256)
     add_label_routes(app, admins)
+    add_control_routes(app, admins)
     add_admin_routes(app, admins, create_reader(outcomes, label_client))
     add_dashboard_routes(app)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_route)
     app.on_startup.append(_start)
     app.on_cleanup.append(_stop)
     return app
@@ -73,6 +101,7 @@ async def _start(app: web.Application) -> None:
     connector = aiohttp.TCPConnector(limit=0)
     state.http = aiohttp.ClientSession(connector=connector, auto_decompress=False)
     await state.sink.start()
+    await state.control.start()
     log.info(
         "gateway_ready",
         experiments=[e.id for e in state.config.experiments],
@@ -83,13 +112,22 @@ async def _start(app: web.Application) -> None:
 async def _stop(app: web.Application) -> None:
     state = app[STATE]
     await state.sink.close()
+    await state.control.close()
     await state.http.close()
-    client = app[LABEL_CLIENT]
-    if client is not None:
-        await client.aclose()
+    for client in (app[LABEL_CLIENT], app[CONTROL_CLIENT]):
+        if client is not None:
+            await client.aclose()
 
 
 async def healthz(_request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready once the experiments' live state has been read: a replica that serves the
+    configured weights while the shared state says otherwise would split traffic wrongly."""
+    if not request.app[STATE].control.loaded:
+        return web.Response(status=503, text="the experiment state store is unreachable\n")
     return web.Response(text="ok\n")
 
 

@@ -9,7 +9,11 @@ from aiohttp import web
 
 from gateway.control.config import GatewaySettings
 from gateway.control.model import GatewayConfig
+from gateway.io.backend_gate import BackendGate
+from gateway.io.control_plane import ControlPlane
+from gateway.io.metrics import GatewayMetrics
 from gateway.outcomes.privacy import TextPrivacy, pseudonymise
+from gateway.outcomes.record import OutcomeRecord
 from gateway.outcomes.sink import OutcomeSink
 from gateway.session.routing import Route
 from gateway.session.taps import SessionFacts
@@ -18,11 +22,23 @@ from gateway.session.taps import SessionFacts
 @dataclass
 class GatewayState:
     settings: GatewaySettings
-    config: GatewayConfig
+    control: ControlPlane
+    backends: BackendGate
+    metrics: GatewayMetrics
     sink: OutcomeSink
     text_privacy: TextPrivacy
     privacy_key: bytes
     _http: aiohttp.ClientSession | None = None
+
+    @property
+    def config(self) -> GatewayConfig:
+        """The configuration new sessions are routed by: it changes with the live state."""
+        return self.control.config
+
+    def submit(self, record: OutcomeRecord) -> None:
+        """Send an outcome record to the sink, and count it for the guardrails."""
+        self.sink.submit(record)
+        self.control.observe(record)
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -51,6 +67,7 @@ def session_facts(state: GatewayState, route: Route, protocol: str) -> SessionFa
         mode=route.mode,
         locale=route.locale,
         forced=route.forced,
+        failover_from=route.failover_from,
         text_privacy=state.text_privacy,
         privacy_key=state.privacy_key,
     )

@@ -13,6 +13,9 @@ from functools import partial
 from pathlib import Path
 
 from gateway.constants import RedisKeys
+from gateway.control.config import ControlSettings
+from gateway.io.control_store import ControlStore, FileControlStore, RedisControlStore
+from gateway.io.counter_store import CounterStore, LocalCounterStore, RedisCounterStore
 from gateway.io.redis_client import RedisClient, client_for, connect
 from gateway.outcomes.label_store import (
     FileLabelStore,
@@ -59,6 +62,28 @@ def create_reader(settings: OutcomeSettings, client: RedisClient | None) -> Outc
         return FileReader(settings.path, labels_path(settings))
     assert client is not None, "the redis store reads through the app's client"
     return RedisReader(client, redis_keys(settings))
+
+
+def control_in_redis(control: ControlSettings, outcomes: OutcomeSettings) -> bool:
+    """Whether the experiments' live state is shared in Redis (else: a local file)."""
+    return control.store == "redis" or (control.store == "auto" and outcomes.store == "redis")
+
+
+def create_control_stores(
+    control: ControlSettings, outcomes: OutcomeSettings, client: RedisClient | None
+) -> tuple[ControlStore, CounterStore, RedisClient | None]:
+    """The control plane's state and counter stores, and a Redis client the caller must
+    close when it had to open one (`client` is the app's, if it has one)."""
+    if not control_in_redis(control, outcomes):
+        path = control.state_path or outcomes.path.with_name("control-state.json")
+        return FileControlStore(path), LocalCounterStore(), None
+    owned = None
+    if client is None:
+        client = owned = client_for(
+            outcomes.redis_url, cluster=outcomes.redis_cluster, password=_password(outcomes)
+        )
+    prefix = outcomes.redis_prefix
+    return RedisControlStore(client, prefix), RedisCounterStore(client, prefix), owned
 
 
 def create_sink(settings: OutcomeSettings) -> OutcomeSink:

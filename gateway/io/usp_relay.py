@@ -17,7 +17,8 @@ from typing import assert_never
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from gateway.errors import UpstreamRejected, UpstreamUnavailable, UspError
+from gateway.errors import UpstreamError, UpstreamRejected, UpstreamUnavailable, UspError
+from gateway.io.backend_gate import BREAKER_OPEN
 from gateway.io.shadow import ShadowLink
 from gateway.io.state import GatewayState, session_facts
 from gateway.io.upstream import connect_ws
@@ -198,10 +199,6 @@ class _Session:
 
 async def handle_usp(request: web.Request, state: GatewayState, route: Route) -> web.StreamResponse:
     """Relay one Speech SDK connection along an already planned route."""
-    facts = session_facts(state, route, protocol="usp")
-    primary = RoleFacts(Role.PRIMARY, route.variant.name, route.variant.backend.name)
-    shadows = [RoleFacts(Role.SHADOW, v.name, v.backend.name) for v in route.shadows]
-    relay = RelaySession(facts, primary, shadows)
     offered = request.headers.get("Sec-WebSocket-Protocol", "")
     protocols = (USP_PROTOCOL,) if USP_PROTOCOL.lower() in offered.lower() else ()
     client = web.WebSocketResponse(
@@ -211,26 +208,22 @@ async def handle_usp(request: web.Request, state: GatewayState, route: Route) ->
     # fail in `prepare` and leave a backend session open that nothing ever closes.
     if not client.can_prepare(request).ok:
         raise web.HTTPBadRequest(text="This path takes a WebSocket upgrade.")
-    variant = route.variant
-    url = variant.backend.ws_url(route.path, route.upstream_query(variant))
     headers = dict(request.headers)
+    route, dialled = await _dial(state, route, headers)
+    relay = _relay_for(state, route)
     upstream: aiohttp.ClientWebSocketResponse | None = None
     pending: list[Command] = []
-    try:
-        upstream = await connect_ws(
-            state.http,
-            url,
-            route.upstream_headers(variant, headers),
-            protocols=(USP_PROTOCOL,),
-            timeout_s=state.settings.connect_timeout_s,
-        )
-    except UpstreamRejected as exc:
+    if isinstance(dialled, UpstreamRejected):
         # The SDK maps the status to its error code (401 → AuthenticationFailure, ...).
-        _submit(state, relay.upstream_rejected(exc.error_code, exc.detail))
-        return web.Response(status=exc.status, text=f"The speech service answered {exc.status}.")
-    except UpstreamUnavailable as exc:
-        log.warning("upstream_unavailable", backend=variant.backend.name, error=exc.error_code)
-        pending = relay.upstream_unavailable(exc.error_code, exc.detail)
+        _submit(state, relay.upstream_rejected(dialled.error_code, dialled.detail))
+        status = dialled.status
+        return web.Response(status=status, text=f"The speech service answered {status}.")
+    if isinstance(dialled, UpstreamError):
+        backend = route.variant.backend.name
+        log.warning("upstream_unavailable", backend=backend, error=dialled.error_code)
+        pending = relay.upstream_unavailable(dialled.error_code, dialled.detail)
+    else:
+        upstream = dialled
     try:
         await client.prepare(request)
     except BaseException:
@@ -247,7 +240,57 @@ async def handle_usp(request: web.Request, state: GatewayState, route: Route) ->
     return client
 
 
+def _relay_for(state: GatewayState, route: Route) -> RelaySession:
+    facts = session_facts(state, route, protocol="usp")
+    primary = RoleFacts(Role.PRIMARY, route.variant.name, route.variant.backend.name)
+    shadows = [RoleFacts(Role.SHADOW, v.name, v.backend.name) for v in route.shadows]
+    return RelaySession(facts, primary, shadows)
+
+
+async def _dial(
+    state: GatewayState, route: Route, headers: dict[str, str]
+) -> tuple[Route, aiohttp.ClientWebSocketResponse | UpstreamError]:
+    """The route that was dialled and its backend socket, or the error of the last dial.
+
+    An open circuit breaker or a failed dial of a challenger's backend sends the session to
+    control (`BackendGate`); a refused session gets the breaker's error without a dial.
+    """
+    gate = state.backends
+    admitted = gate.admit(route)
+    if admitted is None:
+        name = route.variant.backend.name
+        return route, UpstreamUnavailable(BREAKER_OPEN, f"the backend {name} is unavailable")
+    route = admitted
+    dialled = await _connect(state, route, headers)
+    if isinstance(dialled, UpstreamError):
+        fallback = gate.fallback(route, dialled)
+        if fallback is not None:
+            log.warning("failover", backend=route.variant.backend.name, error=dialled.error_code)
+            route = fallback
+            dialled = await _connect(state, route, headers)
+    return route, dialled
+
+
+async def _connect(
+    state: GatewayState, route: Route, headers: dict[str, str]
+) -> aiohttp.ClientWebSocketResponse | UpstreamError:
+    variant = route.variant
+    try:
+        upstream = await connect_ws(
+            state.http,
+            variant.backend.ws_url(route.path, route.upstream_query(variant)),
+            route.upstream_headers(variant, headers),
+            protocols=(USP_PROTOCOL,),
+            timeout_s=state.settings.connect_timeout_s,
+        )
+    except UpstreamError as exc:
+        state.backends.report(route, exc)
+        return exc
+    state.backends.report(route, None)
+    return upstream
+
+
 def _submit(state: GatewayState, commands: list[Command]) -> None:
     for command in commands:
         if isinstance(command, Emit):
-            state.sink.submit(command.record)
+            state.submit(command.record)

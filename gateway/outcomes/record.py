@@ -7,9 +7,10 @@ field named, instead of in an analyst's notebook weeks later. `docs/outcomes.md`
 analysts' description of the fields; keep the two in step.
 
 Schema evolution: a new version may add fields but never remove, rename or re-mean one. So
-`from_json` reads records of any version >= 1 up to its own exactly, and reads records of a
-newer version too, ignoring the fields it does not know. An unknown field in a record that
-claims this reader's version (or an older one) is a bug or corruption and is refused.
+`from_json` reads records of any version >= 1 up to its own exactly (a field added after the
+record's version reads as null), and reads records of a newer version too, ignoring the
+fields it does not know. An unknown field in a record that claims this reader's version (or
+an older one) is a bug or corruption and is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, get_args, get_type_hints
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+# Fields added after version 1, with the version that added them.
+ADDED_IN: Final = {"failover_from": 2}
 
 
 class Kind(StrEnum):
@@ -95,6 +98,9 @@ class OutcomeRecord:
     confidence: float | None = None
     word_count: int | None = None
     shadow_drops: int | None = None
+    # The variant the unit was assigned when its backend's circuit breaker was open or
+    # unreachable and the session was served by control instead (`variant`). Version 2.
+    failover_from: str | None = None
 
     def __post_init__(self) -> None:
         for name, (base, nullable) in _SPEC.items():
@@ -128,16 +134,21 @@ class OutcomeRecord:
                 f"field 'schema_version': expected an integer >= 1, got {_show(version)}"
             )
         if version <= SCHEMA_VERSION:
-            unknown = [name for name in data if name not in _SPEC]
+            unknown = [
+                name for name in data if name not in _SPEC or ADDED_IN.get(name, 1) > version
+            ]
             if unknown:
                 raise ValueError(
                     f"field {unknown[0]!r}: unknown in schema version {version} "
                     f"(this reader knows versions up to {SCHEMA_VERSION})"
                 )
-        missing = [name for name in FIELD_NAMES if name not in data]
+        missing = [
+            name for name in FIELD_NAMES if name not in data and ADDED_IN.get(name, 1) <= version
+        ]
         if missing:
             raise ValueError(f"field {missing[0]!r}: missing")
-        return cls(**{name: data[name] for name in FIELD_NAMES})
+        values: dict[str, Any] = {name: data.get(name) for name in FIELD_NAMES}
+        return cls(**values)
 
 
 FIELD_NAMES: Final = tuple(f.name for f in fields(OutcomeRecord))
@@ -242,6 +253,10 @@ def _check_semantics(record: OutcomeRecord) -> None:
         raise ValueError("field 'protocol': an utterance record comes from a USP session")
     if record.kind is Kind.REQUEST and record.protocol is not Protocol.REST:
         raise ValueError("field 'protocol': a request record comes from the REST API")
+    if record.failover_from is not None and (
+        record.role is not Role.PRIMARY or record.failover_from == record.variant
+    ):
+        raise ValueError("field 'failover_from': only a primary record served by another variant")
     if record.role is Role.PRIMARY and record.shadow_drops is not None:
         raise ValueError("field 'shadow_drops': only shadow records count dropped audio")
     if record.text_sha256 is not None and not _DIGEST.fullmatch(record.text_sha256):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlencode
 
 from gateway.control.assignment import resolve, shadow_variants
@@ -56,6 +56,19 @@ class Route:
     path: str
     query: tuple[tuple[str, str], ...]  # the client's, without credentials and gateway params
     shadows: tuple[Variant, ...] = field(default=())
+    # The variant the unit was assigned when control serves it instead (circuit breaker).
+    failover_from: str | None = None
+
+    def failed_over(self) -> Route | None:
+        """This route served by the experiment's control variant, or None when there is no
+        other variant to fail over to (no experiment, or the route is control already).
+        The shadows stay, less the control variant itself and the variant that failed."""
+        experiment = self.experiment
+        if experiment is None or self.variant.name == experiment.control:
+            return None
+        control = experiment.control_variant
+        shadows = tuple(v for v in self.shadows if v.name not in (control.name, self.variant.name))
+        return replace(self, variant=control, shadows=shadows, failover_from=self.variant.name)
 
     def upstream_query(self, variant: Variant) -> str:
         pairs = list(self.query)

@@ -48,6 +48,7 @@ class SessionFacts:
     forced: bool
     text_privacy: TextPrivacy
     privacy_key: bytes
+    failover_from: str | None = None  # the assigned variant, when control served instead
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,7 @@ def make_record(
         mode=session.mode,
         locale=session.locale,
         status=status,
+        failover_from=session.failover_from if role.role is Role.PRIMARY else None,
     )
     values.update(fields)
     return OutcomeRecord(**values)

@@ -56,6 +56,7 @@ SCHEMA_V1_FIELDS = (
     "word_count",
     "shadow_drops",
 )
+SCHEMA_V2_FIELDS = (*SCHEMA_V1_FIELDS, "failover_from")
 
 
 def make(**changes: Any) -> OutcomeRecord:
@@ -102,11 +103,46 @@ def line_with(**changes: Any) -> str:
     return json.dumps(data)
 
 
-def test_fields_are_the_schema_v1_fields_in_order() -> None:
-    """The dataclass fields, and so the JSON keys, are exactly schema v1's, in its order."""
-    assert SCHEMA_VERSION == 1
-    assert FIELD_NAMES == SCHEMA_V1_FIELDS
-    assert tuple(json.loads(make().to_json())) == SCHEMA_V1_FIELDS
+def test_fields_are_the_schema_v2_fields_in_order() -> None:
+    """The dataclass fields, and so the JSON keys, are exactly schema v2's, in its order:
+    v1's, then the one field v2 added."""
+    assert SCHEMA_VERSION == 2
+    assert FIELD_NAMES == SCHEMA_V2_FIELDS
+    assert tuple(json.loads(make().to_json())) == SCHEMA_V2_FIELDS
+
+
+def test_a_version_1_record_reads_with_the_v2_field_null() -> None:
+    """A v1 line (no failover_from) is read, keeps its version, and has failover_from null."""
+    data = json.loads(make().to_json())
+    del data["failover_from"]
+    data["schema_version"] = 1
+    record = OutcomeRecord.from_json(json.dumps(data))
+    assert record.schema_version == 1
+    assert record.failover_from is None
+
+
+def test_a_version_1_record_may_not_carry_a_v2_field() -> None:
+    """failover_from did not exist in v1: a v1 record that has it is corrupt."""
+    data = json.loads(make().to_json())
+    data["schema_version"] = 1
+    with pytest.raises(ValueError, match="'failover_from': unknown in schema version 1"):
+        OutcomeRecord.from_json(json.dumps(data))
+
+
+def test_a_version_2_record_must_carry_failover_from() -> None:
+    data = json.loads(make().to_json())
+    del data["failover_from"]
+    with pytest.raises(ValueError, match="'failover_from': missing"):
+        OutcomeRecord.from_json(json.dumps(data))
+
+
+def test_failover_from_is_only_on_primary_records_served_by_another_variant() -> None:
+    primary = {"role": Role.PRIMARY, "shadow_drops": None, "variant": "base"}
+    assert make(failover_from="custom", **primary).failover_from == "custom"
+    with pytest.raises(ValueError, match="failover_from"):
+        make(failover_from="base", **primary)
+    with pytest.raises(ValueError, match="failover_from"):
+        make(failover_from="custom", variant="base", role=Role.SHADOW)
 
 
 def test_to_json_is_one_compact_ascii_line() -> None:
@@ -291,14 +327,14 @@ def test_unknown_field_is_refused_in_this_version() -> None:
 
 def test_unknown_field_of_a_newer_version_is_ignored() -> None:
     """A newer writer's added fields are skipped; the record keeps its version number."""
-    record = OutcomeRecord.from_json(line_with(schema_version=2, colour="blue"))
-    assert record.schema_version == 2
-    assert dataclasses.replace(record, schema_version=1) == make()
+    record = OutcomeRecord.from_json(line_with(schema_version=3, colour="blue"))
+    assert record.schema_version == 3
+    assert dataclasses.replace(record, schema_version=2) == make()
 
 
 def test_newer_version_still_needs_the_known_fields() -> None:
     """A newer record must still carry every field this reader knows."""
-    data = json.loads(line_with(schema_version=2))
+    data = json.loads(line_with(schema_version=3))
     del data["status"]
     with pytest.raises(ValueError, match="field 'status': missing"):
         OutcomeRecord.from_json(json.dumps(data))

@@ -1,0 +1,92 @@
+"""Which backend a new session may dial: circuit breakers per backend, failover to control.
+
+Before a session or request dials its variant's backend, `admit` asks that backend's
+breaker (`gateway.control.breaker`). While it is open, the session goes to the experiment's
+control variant (`on_open = "failover"`; its records carry `failover_from`) or is refused
+(`"reject"`, or when control's backend is down too). Every dial reports back: a backend
+that cannot be connected, times out or answers 5xx counts as a failure; any other answer
+(a 401 or 429 too) shows that the backend is up. A dial that fails on a challenger's backend
+is retried once on control, so with the custom backend down the SDK user still gets results
+from the first session on, before the breaker has even opened.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from gateway.control.breaker import BreakerPolicy, Breakers, BreakerState
+from gateway.errors import UpstreamError, UpstreamRejected
+from gateway.io.metrics import BREAKER_LEVELS, GatewayMetrics
+from gateway.logging import get_logger
+from gateway.session.routing import Route
+
+log = get_logger(__name__)
+
+BREAKER_OPEN = "breaker_open"  # error_code of a session refused by an open breaker
+
+
+def is_backend_failure(error: UpstreamError) -> bool:
+    """Whether a dial's error says the backend is down (not that it refused this client)."""
+    return not isinstance(error, UpstreamRejected) or error.status >= 500
+
+
+class BackendGate:
+    def __init__(
+        self,
+        policy: BreakerPolicy,
+        on_open: str,
+        metrics: GatewayMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._failover = on_open == "failover"
+        self._metrics = metrics
+        self._clock = clock
+        self.breakers = Breakers(policy, self._changed)
+
+    def admit(self, route: Route) -> Route | None:
+        """The route to dial now: `route`, its failover to control, or None (refused)."""
+        if self._allow(route):
+            return route
+        if self._failover:
+            fallback = route.failed_over()
+            if fallback is not None and self._allow(fallback):
+                self._failed_over(fallback)
+                return fallback
+        self._metrics.breaker_refusals.labels(route.variant.backend.name).inc()
+        return None
+
+    def fallback(self, route: Route, error: UpstreamError) -> Route | None:
+        """After a failed dial of `route`: the control route to try instead, if any."""
+        if not (self._failover and is_backend_failure(error)):
+            return None
+        fallback = route.failed_over()
+        if fallback is None or not self._allow(fallback):
+            return None
+        self._failed_over(fallback)
+        return fallback
+
+    def report(self, route: Route, error: UpstreamError | None) -> None:
+        """The result of dialling `route`'s backend (None: connected)."""
+        breaker = self.breakers.get(route.variant.backend.name)
+        if error is not None and is_backend_failure(error):
+            breaker.failure(self._clock())
+        else:
+            breaker.success(self._clock())
+
+    def snapshot(self) -> dict[str, dict[str, object]]:
+        return self.breakers.snapshot(self._clock())
+
+    def _allow(self, route: Route) -> bool:
+        return self.breakers.get(route.variant.backend.name).allow(self._clock())
+
+    def _failed_over(self, route: Route) -> None:
+        experiment = route.experiment
+        assert experiment is not None
+        assert route.failover_from is not None
+        self._metrics.failovers.labels(experiment.id, route.failover_from).inc()
+
+    def _changed(self, backend: str, old: BreakerState, new: BreakerState) -> None:
+        log.warning("breaker_state", backend=backend, old=old, new=new)
+        self._metrics.breaker_state.labels(backend).set(BREAKER_LEVELS[new])
+        self._metrics.breaker_transitions.labels(backend, new).inc()
