@@ -70,14 +70,15 @@ def assign(experiment: Experiment, unit_id: str) -> Variant:
     return experiment.variants[choose(weights, bucket(experiment.seed, unit_id))]
 
 
-def phase_id(variants: Sequence[Variant], epoch: int = 0) -> str:
+def phase_id(variants: Sequence[Variant], epoch: int | str = 0) -> str:
     """A short fingerprint of what each variant is and gets, in order, e.g. "p-3f2a9c01b7".
 
     It covers each variant's name, weight, backend and custom endpoint id: a weight change,
     or a new model behind the same variant name, opens a new phase, so analysts never mix
     outcomes of two different splits or models. The configured split (epoch 0) always gives
     the same phase, so replicas agree without talking to each other. A change made through
-    the control plane passes its state version as `epoch`: going back to an earlier split
+    the control plane passes its state version (and a random part) as `epoch`: going back
+    to an earlier split
     (say after a rollback) opens a new phase rather than reopening the old one, whose
     outcomes belong to another period. Weights are encoded as Python's shortest round-trip
     float repr, -0.0 as 0.0.

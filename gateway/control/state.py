@@ -23,7 +23,7 @@ import hashlib
 import json
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -281,23 +281,25 @@ class Changes:
         return self._make(state, "unforce", {"unit": unit}, forced=forced)
 
     def rollback(
-        self, state: ExperimentState, variant: str, detail: Mapping[str, Any]
+        self, state: ExperimentState, variants: Sequence[str], detail: Mapping[str, Any]
     ) -> Change | None:
-        """A guardrail's breach: `variant` to weight 0. None if it gets no traffic already
-        (another replica rolled it back first, or an admin paused or stopped the experiment).
-        """
-        if state.status != "running" or state.weights.get(variant, 0.0) == 0.0:
+        """Guardrail breaches: each of `variants` to weight 0. None if none of them gets
+        traffic any more (another replica rolled them back first, or an admin paused or
+        stopped the experiment)."""
+        live = [v for v in variants if state.weights.get(v, 0.0) > 0.0]
+        if state.status != "running" or not live:
             return None
-        weights = {**state.weights, variant: 0.0}
+        weights = {**state.weights, **dict.fromkeys(live, 0.0)}
         if sum(weights.values()) <= 0:
-            # The challenger had all the traffic: control takes it back.
+            # The challengers had all the traffic: control takes it back.
             weights[self._experiment.control] = 1.0
-        return self._make(state, "rollback", {"variant": variant, **detail}, weights=weights)
+        return self._make(state, "rollback", {"variants": live, **detail}, weights=weights)
 
     def _make(
         self, state: ExperimentState, action: Action, detail: Mapping[str, Any], **updates: Any
     ) -> Change:
         version = state.version + 1
+        audit_id = uuid.uuid4().hex
         new = dataclasses.replace(
             state, version=version, updated_at=self._at, updated_by=self._actor, **updates
         )
@@ -306,11 +308,13 @@ class Changes:
             variants = [
                 dataclasses.replace(v, weight=weights[v.name]) for v in self._experiment.variants
             ]
-            phase = phase_id(variants, epoch=version)
+            # With the audit id's randomness: after a Redis that lost its data, a version
+            # number can come round again, and its phase must still be a new one.
+            phase = phase_id(variants, epoch=f"{version}-{audit_id[:8]}")
             entry = PhaseEntry(phase, self._at, weights)
             new = dataclasses.replace(new, phase=phase, phases=(entry, *state.phases)[:MAX_PHASES])
         audit = AuditEntry(
-            id=uuid.uuid4().hex,
+            id=audit_id,
             at=self._at,
             actor=self._actor,
             action=action,

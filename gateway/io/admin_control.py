@@ -28,6 +28,7 @@ from gateway.control.model import Experiment
 from gateway.control.state import Change, Changes, ExperimentState
 from gateway.errors import ControlError
 from gateway.io.admin_openapi import openapi_document
+from gateway.io.backend_gate import breaker_name
 from gateway.io.control_plane import STORE_ERRORS, ControlPlane
 from gateway.io.labels_api import AdminTokens
 from gateway.io.state import STATE
@@ -142,6 +143,9 @@ async def _answer(request: web.Request, handler: Callable[[], Any]) -> web.Respo
     except STORE_ERRORS as exc:
         log.error("control_store_unavailable", error=type(exc).__name__, path=request.path)
         return error_response(503, "the experiment state store is unavailable; nothing changed")
+    except ValueError as exc:  # the store holds something unreadable (a corrupt file)
+        log.error("control_store_unreadable", error=str(exc), path=request.path)
+        return error_response(500, f"the experiment state store cannot be read: {exc}")
 
 
 async def openapi(_request: web.Request) -> web.Response:
@@ -175,9 +179,11 @@ async def _body(request: web.Request, fields: frozenset[str], *, required: bool)
         raise _Refused(415, "the body must be application/json")
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise _Refused(413, f"the body is over {MAX_BODY_BYTES} bytes")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise _Refused(413, f"the body is over {MAX_BODY_BYTES} bytes")
+    raw = bytearray()
+    async for chunk in request.content.iter_any():  # one read() returns what is buffered
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise _Refused(413, f"the body is over {MAX_BODY_BYTES} bytes")
     if not raw.strip() and not required:
         return {}
     try:
@@ -244,7 +250,11 @@ async def set_weights(request: web.Request) -> web.Response:
         for name, weight in weights.items():
             if isinstance(weight, bool) or not isinstance(weight, int | float):
                 raise _Refused(400, f"weights.{name}: must be a number")
-            if not math.isfinite(weight):
+            try:
+                finite = math.isfinite(weight)
+            except OverflowError:  # an integer too large for a float
+                finite = False
+            if not finite:
                 raise _Refused(400, f"weights.{name}: must be finite")
         return changes.set_weights(state, weights)
 
@@ -301,7 +311,7 @@ async def audit(request: web.Request) -> web.Response:
         _admin(request)
         experiment_id = request.match_info["experiment"]
         raw = request.query.get("limit", "50")
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_AUDIT:
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_AUDIT:
             raise _Refused(400, f"limit: must be an integer from 1 to {MAX_AUDIT}")
         entries = await _control(request).audit(experiment_id, int(raw))
         return {"entries": entries}
@@ -313,8 +323,11 @@ async def backends(request: web.Request) -> web.Response:
     async def work() -> Json:
         _admin(request)
         state = request.app[STATE]
-        for name in state.settings.backends:  # every configured one, dialled yet or not
-            state.backends.breakers.get(name)
+        variants = [v for e in state.config.experiments for v in e.variants]
+        if state.config.default_variant is not None:
+            variants.append(state.config.default_variant)
+        for variant in variants:  # every configured one, dialled yet or not
+            state.backends.breakers.get(breaker_name(variant))
         snapshot = state.backends.snapshot()
         return {"backends": [{"name": n, "breaker": b} for n, b in snapshot.items()]}
 

@@ -9,6 +9,7 @@ that this document validates and names every route and error status of the contr
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Final
@@ -690,6 +691,7 @@ def _label_schemas() -> Json:
     }
 
 
+@functools.cache
 def _version() -> str:
     try:
         return version("speech-gateway")

@@ -1,9 +1,10 @@
 """Which backend a new session may dial: circuit breakers per backend, failover to control.
 
 Before a session or request dials its variant's backend, `admit` asks that backend's
-breaker (`gateway.control.breaker`). While it is open, the session goes to the experiment's
-control variant (`on_open = "failover"`; its records carry `failover_from`) or is refused
-(`"reject"`, or when control's backend is down too). Every dial reports back: a backend
+breaker (`gateway.control.breaker`; a custom endpoint has its own, `breaker_name`). While
+it is open, the session goes to the experiment's control variant (`on_open = "failover"`;
+its records carry `failover_from`) or is refused (`"reject"`, or when control's backend is
+down too). Every dial reports back: a backend
 that cannot be connected, times out or answers 5xx counts as a failure; any other answer
 (a 401 or 429 too) shows that the backend is up. A dial that fails on a challenger's backend
 is retried once on control, so with the custom backend down the SDK user still gets results
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from gateway.control.breaker import BreakerPolicy, Breakers, BreakerState
+from gateway.control.model import Variant
 from gateway.errors import UpstreamError, UpstreamRejected
 from gateway.io.metrics import BREAKER_LEVELS, GatewayMetrics
 from gateway.logging import get_logger
@@ -24,6 +26,14 @@ from gateway.session.routing import Route
 log = get_logger(__name__)
 
 BREAKER_OPEN = "breaker_open"  # error_code of a session refused by an open breaker
+
+
+def breaker_name(variant: Variant) -> str:
+    """The breaker a variant's sessions go through: its backend, and its custom endpoint if
+    it has one. A failing custom endpoint must not open the breaker of the base model that
+    shares its service (the control, often), or failover would have nowhere to go."""
+    backend = variant.backend.name
+    return backend if variant.endpoint_id is None else f"{backend}/{variant.endpoint_id}"
 
 
 def is_backend_failure(error: UpstreamError) -> bool:
@@ -53,7 +63,7 @@ class BackendGate:
             if fallback is not None and self._allow(fallback):
                 self._failed_over(fallback)
                 return fallback
-        self._metrics.breaker_refusals.labels(route.variant.backend.name).inc()
+        self._metrics.breaker_refusals.labels(breaker_name(route.variant)).inc()
         return None
 
     def fallback(self, route: Route, error: UpstreamError) -> Route | None:
@@ -68,7 +78,7 @@ class BackendGate:
 
     def report(self, route: Route, error: UpstreamError | None) -> None:
         """The result of dialling `route`'s backend (None: connected)."""
-        breaker = self.breakers.get(route.variant.backend.name)
+        breaker = self.breakers.get(breaker_name(route.variant))
         if error is not None and is_backend_failure(error):
             breaker.failure(self._clock())
         else:
@@ -78,7 +88,7 @@ class BackendGate:
         return self.breakers.snapshot(self._clock())
 
     def _allow(self, route: Route) -> bool:
-        return self.breakers.get(route.variant.backend.name).allow(self._clock())
+        return self.breakers.get(breaker_name(route.variant)).allow(self._clock())
 
     def _failed_over(self, route: Route) -> None:
         experiment = route.experiment

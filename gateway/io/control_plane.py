@@ -36,7 +36,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from gateway.analysis.observations import category
-from gateway.control.guardrails import LATENCY_EDGES_MS, ArmCounts, evaluate, latency_bucket
+from gateway.control.guardrails import (
+    LATENCY_EDGES_MS,
+    ArmCounts,
+    Breach,
+    evaluate,
+    latency_bucket,
+)
 from gateway.control.model import Experiment, GatewayConfig
 from gateway.control.state import (
     GUARDRAIL_ACTOR,
@@ -152,15 +158,38 @@ class ControlPlane:
         """Commit one change made by `make` on the stored state; return the state after it.
 
         ControlError: 404 unknown experiment, 409 `expected_version` is not the current
-        version (or the race was lost too often), or whatever `make` refuses. The store's
-        own errors (Redis down, disk full) propagate: nothing changed.
+        version or the race was lost too often; or whatever `make` refuses. The store's own
+        errors (Redis down, disk full) propagate: nothing changed. A commit whose answer was
+        lost is recognised on the retry (the stored document is the one sent) and counts as
+        done, so a change is never applied twice.
         """
+        state, _committed = await self._commit(
+            experiment_id, actor, make, reason=reason, expected_version=expected_version
+        )
+        return state
+
+    async def _commit(
+        self,
+        experiment_id: str,
+        actor: str,
+        make: MakeChange,
+        *,
+        reason: str | None,
+        expected_version: int | None,
+    ) -> tuple[ExperimentState, bool]:
+        """`change`, and whether this call committed anything."""
         experiment = self._experiments.get(experiment_id)
         if experiment is None:
             raise ControlError(f"no experiment {experiment_id!r} is configured", 404)
+        sent: Change | None = None
         for _ in range(COMMIT_ATTEMPTS):
             stored = (await self._store.load()).get(experiment_id)
+            if sent is not None and stored is not None and stored.document == sent.state.to_json():
+                # The commit ran but its answer was lost (and the client retried it).
+                return self._committed(experiment_id, actor, sent, reason), True
             stored_version = stored.version if stored is not None else 0
+            # The store is the truth once it holds a state; until then (a store that lost
+            # its data, before the state is written back) this replica's own state is.
             current = self._states[experiment_id]
             if stored is not None:
                 current = self._parse(experiment, stored)
@@ -170,31 +199,39 @@ class ControlPlane:
                     f"not {expected_version}",
                     409,
                 )
-            made = make(Changes(experiment, actor, now_iso(), reason), current)
-            if made is None:
-                return current
-            new = made.state
+            sent = make(Changes(experiment, actor, now_iso(), reason), current)
+            if sent is None:
+                return current, False
+            new = sent.state
             if await self._store.commit(
                 experiment_id,
                 stored_version,
                 StoredState(new.version, new.to_json()),
-                made.audit.to_json(),
+                sent.audit.to_json(),
             ):
-                self._stored_versions[experiment_id] = new.version
-                self._adopt(experiment_id, new)
-                self._metrics.control_changes.labels(experiment_id, made.audit.action).inc()
-                log.info(
-                    "experiment_changed",
-                    experiment=experiment_id,
-                    action=made.audit.action,
-                    actor=actor,
-                    version=new.version,
-                    phase=new.phase,
-                    weights=new.effective_weights(),
-                    reason=reason,
-                )
-                return new
+                return self._committed(experiment_id, actor, sent, reason), True
         raise ControlError(f"{experiment_id!r} is being changed concurrently; try again", 409)
+
+    def _committed(
+        self, experiment_id: str, actor: str, change: Change, reason: str | None
+    ) -> ExperimentState:
+        new = change.state
+        # The reconcile loop may have read a later change of another replica meanwhile.
+        if new.version >= self._stored_versions.get(experiment_id, 0):
+            self._stored_versions[experiment_id] = new.version
+            self._adopt(experiment_id, new)
+        self._metrics.control_changes.labels(experiment_id, change.audit.action).inc()
+        log.info(
+            "experiment_changed",
+            experiment=experiment_id,
+            action=change.audit.action,
+            actor=actor,
+            version=new.version,
+            phase=new.phase,
+            weights=new.effective_weights(),
+            reason=reason,
+        )
+        return new
 
     # -- state sync ---------------------------------------------------------------------
 
@@ -229,30 +266,30 @@ class ControlPlane:
         self.config = dataclasses.replace(self._base, experiments=experiments)
 
     async def _reconcile(self) -> None:
-        """Bring this replica and the store in line: newer stored states are applied, and
-        states the store lost (a Redis restart without persistence) are written back."""
+        """Bring this replica and the store in line: a stored state that changed since the
+        last read is applied (the store is the truth once it holds a state), and states the
+        store lost (a Redis restart without persistence) are written back."""
         versions = await self._store.versions()
-        newer = [
+        changed = [
             exp_id
             for exp_id in self._experiments
-            if versions.get(exp_id, 0) > self._states[exp_id].version
-            or versions.get(exp_id, 0) != self._stored_versions.get(exp_id, 0)
+            if exp_id in versions and versions[exp_id] != self._stored_versions.get(exp_id)
         ]
-        if newer:
+        if changed:
             stored = await self._store.load()
-            for exp_id in newer:
+            for exp_id in changed:
                 found = stored.get(exp_id)
-                if found is None:
-                    continue
-                self._stored_versions[exp_id] = found.version
-                if found.version >= self._states[exp_id].version:
+                if found is not None:
+                    self._stored_versions[exp_id] = found.version
                     self._adopt(exp_id, self._parse(self._experiments[exp_id], found))
         lost = {
             exp_id: StoredState(state.version, state.to_json())
             for exp_id, state in self._states.items()
-            if state.version > versions.get(exp_id, 0)
+            if state.version > 0 and exp_id not in versions
         }
         if lost:
+            # Written only where still absent: a change another replica committed since the
+            # loss was acknowledged and stays.
             written = await self._store.restore(lost)
             for exp_id in written:
                 self._stored_versions[exp_id] = lost[exp_id].version
@@ -283,10 +320,19 @@ class ControlPlane:
                 self._store_status(False, exc)
             except ValueError as exc:  # a corrupt state file: named, and tried again
                 log.error("control_state_unreadable", error=str(exc))
+            except Exception:  # e.g. Redis refusing writes (MISCONF): never end the loop
+                log.exception("control_reconcile_failed")
 
     async def _watch_loop(self) -> None:
-        async for _experiment in self._store.changes():
-            self._wake.set()
+        while True:
+            try:
+                async for _experiment in self._store.changes():
+                    self._wake.set()
+                return  # the store was closed
+            except Exception:
+                # Reconciliation still runs meanwhile; the notices resume after a pause.
+                log.exception("control_watch_failed")
+                await asyncio.sleep(1.0)
 
     # -- guardrails ---------------------------------------------------------------------
 
@@ -331,6 +377,8 @@ class ControlPlane:
                 # Counts read between two replicas' increments, or corrupt: the next round
                 # reads them again.
                 log.error("guardrail_counts_unreadable", error=str(exc))
+            except Exception:
+                log.exception("guardrail_check_failed")
 
     async def _check(self, experiment: Experiment) -> None:
         guardrails = experiment.guardrails
@@ -338,21 +386,31 @@ class ControlPlane:
             return
         counts = await self._counters.read(experiment.id, experiment.phase)
         control = ArmCounts.from_fields(counts.get(experiment.control, {}))
+        breached: dict[str, list[Breach]] = {}
         for variant in experiment.variants:
             if variant.name == experiment.control or variant.weight == 0:
                 continue
             challenger = ArmCounts.from_fields(counts.get(variant.name, {}))
             breaches = evaluate(guardrails, control, challenger)
             if breaches:
-                await self._roll_back(experiment, variant.name, breaches)
+                breached[variant.name] = breaches
+        if breached:
+            # Every breached challenger in one change: a rollback opens a new phase, and a
+            # second one on the old phase's counts would find the phase gone.
+            await self._roll_back(experiment, breached)
 
-    async def _roll_back(self, experiment: Experiment, variant: str, breaches: list[Any]) -> None:
+    async def _roll_back(self, experiment: Experiment, breached: dict[str, list[Breach]]) -> None:
         phase = experiment.phase
-        reason = "; ".join(breach.reason() for breach in breaches)
+        reason = "; ".join(
+            f"{variant}: {breach.reason()}"
+            for variant, found in breached.items()
+            for breach in found
+        )
         detail = {
             "phase": phase,
             "breaches": [
                 {
+                    "variant": variant,
                     "guardrail": b.guardrail,
                     "control": b.control,
                     "challenger": b.challenger,
@@ -360,24 +418,31 @@ class ControlPlane:
                     "limit": b.limit,
                     "outcomes": list(b.outcomes),
                 }
-                for b in breaches
+                for variant, found in breached.items()
+                for b in found
             ],
         }
 
         def make(changes: Changes, state: ExperimentState) -> Change | None:
             # Only the phase the counts came from: a change since then decides anew.
-            return changes.rollback(state, variant, detail) if state.phase == phase else None
+            if state.phase != phase:
+                return None
+            return changes.rollback(state, list(breached), detail)
 
-        before = self._states[experiment.id].version
-        after = await self.change(experiment.id, GUARDRAIL_ACTOR, make, reason=reason)
-        if after.version == before or after.updated_by != GUARDRAIL_ACTOR:
-            return
-        for breach in breaches:
-            self._metrics.guardrail_rollbacks.labels(experiment.id, variant, breach.guardrail).inc()
+        after, committed = await self._commit(
+            experiment.id, GUARDRAIL_ACTOR, make, reason=reason, expected_version=None
+        )
+        if not committed:
+            return  # another replica (or an admin) got there first
+        for variant, found in breached.items():
+            for breach in found:
+                self._metrics.guardrail_rollbacks.labels(
+                    experiment.id, variant, breach.guardrail
+                ).inc()
         log.warning(
             "guardrail_rollback",
             experiment=experiment.id,
-            variant=variant,
+            variants=sorted(breached),
             phase=phase,
             new_phase=after.phase,
             reason=reason,

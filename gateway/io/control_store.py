@@ -95,10 +95,11 @@ class ControlStore(Protocol):
         ...
 
     async def restore(self, states: Mapping[str, StoredState]) -> list[str]:
-        """Store each state whose experiment is absent or has a lower version (atomically
-        per experiment; never lowers a version) and notify subscribers: the experiment ids
-        written. For a Redis that came back without its data; no audit entry is added (the
-        states were audited when first committed)."""
+        """Store each state whose experiment is absent (atomically per experiment) and
+        notify subscribers: the experiment ids written. For a Redis that came back without
+        its data; no audit entry is added (the states were audited when first committed).
+        A state that is present is never replaced: a change committed since the data was
+        lost was acknowledged to an admin and must not be undone."""
         ...
 
     def changes(self) -> AsyncIterator[str]:
@@ -239,7 +240,7 @@ class FileControlStore:
             written: list[str] = []
             for experiment, state in given.items():
                 current = states.get(experiment)
-                if current is None or current.version < state.version:
+                if current is None:
                     states[experiment] = state
                     written.append(experiment)
             if written:
@@ -423,8 +424,7 @@ return 1
 RESTORE_SCRIPT: Final = """
 local written = {}
 for i = 2, #ARGV, 3 do
-  local current = tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0')
-  if current < tonumber(ARGV[i + 1]) then
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 0 then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
     redis.call('PUBLISH', ARGV[1], ARGV[i])

@@ -7,6 +7,7 @@ audio to the first byte of the backend's answer, `total_ms` from the first audio
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -56,8 +57,17 @@ class _BodyClock:
         self.last: float | None = None
         self.size = 0
         self.too_large = False
+        self.client_failed = False  # the client's upload broke off: not the backend's fault
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._chunks():
+                yield chunk
+        except (ConnectionError, aiohttp.ClientPayloadError, asyncio.CancelledError):
+            self.client_failed = True
+            raise
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
         async for chunk in self._request.content.iter_chunked(CHUNK):
             if self.first is None:
                 self.first = time.monotonic()
@@ -157,6 +167,10 @@ async def _forward(
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         if body.too_large:
             raise body.refusal() from None
+        if body.client_failed:
+            # The client went away mid-upload: no outcome of the backend, nothing to count.
+            log.info("rest_client_aborted", backend=variant.backend.name)
+            return web.Response(status=400, text="The request body was cut off.")
         error = type(exc).__name__
         timed_out = isinstance(exc, TimeoutError)  # aiohttp's timeouts are TimeoutErrors too
         log.warning("rest_upstream_unavailable", backend=variant.backend.name, error=error)

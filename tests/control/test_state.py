@@ -206,18 +206,18 @@ def test_rollback_zeroes_the_challenger_once() -> None:
     exp = experiment()
     state = initial_state(exp)
     change = Changes(exp, "guardrail", AT, "error rate").rollback(
-        state, "b", {"phase": state.phase}
+        state, ["b"], {"phase": state.phase}
     )
     assert change is not None
     assert change.state.weights == {"a": 50.0, "b": 0.0}
     assert change.audit.action == "rollback"
-    assert change.audit.detail == {"variant": "b", "phase": state.phase}
-    assert Changes(exp, "guardrail", AT, None).rollback(change.state, "b", {}) is None
+    assert change.audit.detail == {"variants": ["b"], "phase": state.phase}
+    assert Changes(exp, "guardrail", AT, None).rollback(change.state, ["b"], {}) is None
 
 
 def test_rollback_of_the_only_weighted_variant_gives_control_the_traffic() -> None:
     exp = experiment((0, 100))
-    change = Changes(exp, "guardrail", AT, None).rollback(initial_state(exp), "b", {})
+    change = Changes(exp, "guardrail", AT, None).rollback(initial_state(exp), ["b"], {})
     assert change is not None
     assert change.state.effective_weights() == {"a": 1.0, "b": 0.0}
 

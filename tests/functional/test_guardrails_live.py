@@ -85,8 +85,9 @@ async def test_a_failing_challenger_is_rolled_back_once_within_bounded_sessions(
                 assert status == 200
                 [entry] = audit["entries"]  # one rollback, although both replicas test
                 assert (entry["actor"], entry["action"]) == ("guardrail", "rollback")
-                assert entry["reason"].startswith("error rate")
-                assert entry["detail"]["variant"] == "b"
+                assert entry["reason"].startswith("b: error rate")
+                assert entry["detail"]["variants"] == ["b"]
+                assert entry["detail"]["breaches"][0]["variant"] == "b"
                 assert entry["detail"]["breaches"][0]["guardrail"] == "error_rate"
                 rollbacks = [
                     metric(
