@@ -424,7 +424,9 @@ async def test_a_backend_sees_its_own_key_and_no_client_credentials(tmp_path: Pa
             "control": "a",
             "variants": [{"name": "a", "backend": "alpha", "weight": 1}],
         }
-        gateway = gateway_for(tmp_path, {"alpha": url}, [experiment], env=env)
+        # The backend refuses every request with 503: its breaker must stay out of the way.
+        breaker = {"consecutive_failures": 1000, "min_attempts": 1000}
+        gateway = gateway_for(tmp_path, {"alpha": url}, [experiment], env=env, breaker=breaker)
         credentials = [
             ({"Ocp-Apim-Subscription-Key": CLIENT_KEY}, ""),
             ({}, f"&Ocp-Apim-Subscription-Key={CLIENT_KEY}"),
