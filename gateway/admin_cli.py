@@ -23,11 +23,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, TextIO, cast
 from urllib.parse import quote, urlencode
 
+from gateway.constants import ADMIN_TOKEN_ENV
 from gateway.errors import ConfigError, UpstreamError, UpstreamRejected, UpstreamUnavailable
 from gateway.replay_http import GatewayUrls
 
 GATEWAY_URL_ENV: Final = "SPEECH_GATEWAY_URL"
-ADMIN_TOKEN_ENV: Final = "SPEECH_GATEWAY_ADMIN_TOKEN"  # noqa: S105 - a variable's name
 DEFAULT_GATEWAY: Final = "http://127.0.0.1:8080"
 TIMEOUT_S: Final = 30.0
 _MIN_SCRUBBED: Final = 8  # tokens at least this long are masked in anything printed

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_PREFIX = "sgw"
+# The environment variable the CLI's HTTP clients (replay, admin) read an admin token from.
+ADMIN_TOKEN_ENV = "SPEECH_GATEWAY_ADMIN_TOKEN"  # noqa: S105 - a variable's name
 # Records of sessions that matched no experiment (the default route).
 NO_EXPERIMENT = "_default"
 RECORD_FIELD = "r"

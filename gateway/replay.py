@@ -31,6 +31,7 @@ from typing import Any, Final, Literal, TextIO, get_args
 
 import azure.cognitiveservices.speech as speechsdk
 
+from gateway.constants import ADMIN_TOKEN_ENV
 from gateway.dataset import LabelledUtterance, load_dataset
 from gateway.errors import ConfigError, UpstreamError
 from gateway.outcomes.labels import LabelError, UnitLabel, check_experiment, check_unit
@@ -51,7 +52,6 @@ PACES: Final[tuple[Pace, ...]] = get_args(Pace)
 DEFAULT_PATH: Final = "/speech/recognition/conversation/cognitiveservices/v1"
 DEFAULT_UNIT_PARAM: Final = "gw-unit"
 CLIENT_KEY_ENV: Final = "SPEECH_GATEWAY_CLIENT_KEY"
-ADMIN_TOKEN_ENV: Final = "SPEECH_GATEWAY_ADMIN_TOKEN"  # noqa: S105 - a variable's name
 MAX_CONCURRENCY: Final = 256
 CHUNK_S: Final = 0.1  # real-time pace: 100 ms of audio per write
 # A session gets this long beyond its audio before it counts as timed out.

@@ -25,7 +25,7 @@ from aiohttp import web
 from gateway.analysis import AnalysisOptions, ExperimentInfo, analyze
 from gateway.analysis.report import parse_moment
 from gateway.errors import ControlError
-from gateway.io.admin_control import NEEDS_TOKEN
+from gateway.io.admin_control import ADMIN_TOKENS, NEEDS_TOKEN, admin_name
 from gateway.io.admin_control import error_response as _error
 from gateway.io.labels_api import AdminTokens
 from gateway.io.redis_client import REDIS_ERRORS
@@ -35,7 +35,6 @@ from gateway.outcomes.reader import OutcomeReader
 
 log = get_logger(__name__)
 
-ADMIN_TOKENS: Final = web.AppKey("admin_tokens", AdminTokens)
 OUTCOME_READER: Final = web.AppKey("outcome_reader", OutcomeReader)
 _MAX_CACHED: Final = 64  # reports kept; windows are chosen by callers, so bound them
 _STORE_ERRORS: Final[tuple[type[BaseException], ...]] = (*REDIS_ERRORS, OSError)
@@ -66,7 +65,7 @@ def add_admin_routes(
     options: AnalysisOptions | None = None,
 ) -> None:
     """Serve the admin read API on `app`; `reader` reads the gateway's outcome store."""
-    app[ADMIN_TOKENS] = admins
+    app[ADMIN_TOKENS] = admins  # the same key as the control routes': one set of tokens
     app[OUTCOME_READER] = reader
     app[_ANALYSES] = _Analyses(cache_s, options or AnalysisOptions())
     app.router.add_get("/admin/experiments/{experiment}/analysis", experiment_analysis)
@@ -74,11 +73,6 @@ def add_admin_routes(
 
 def _strict_json(value: object) -> str:
     return json.dumps(value, allow_nan=False)  # browsers' JSON.parse refuses NaN/Infinity
-
-
-def _authorised(request: web.Request) -> bool:
-    admins = request.app[ADMIN_TOKENS]
-    return admins.authenticate(request.headers.get("Authorization")) is not None
 
 
 def _moment(request: web.Request, name: str) -> datetime | None:
@@ -92,7 +86,7 @@ def _moment(request: web.Request, name: str) -> datetime | None:
 
 
 async def experiment_analysis(request: web.Request) -> web.Response:
-    if not _authorised(request):
+    if admin_name(request) is None:
         return _error(401, NEEDS_TOKEN)
     experiment_id = request.match_info["experiment"]
     control = request.app[STATE].control

@@ -48,7 +48,7 @@ _Handler = Callable[[web.Request], Any]
 
 def add_control_routes(app: web.Application, admins: AdminTokens) -> None:
     """Serve the control routes on `app`, for the admins in `admins`."""
-    app[_ADMINS] = admins
+    app[ADMIN_TOKENS] = admins
     app.router.add_get("/admin/openapi.json", openapi)
     app.router.add_get("/admin/experiments", list_experiments)
     app.router.add_get("/admin/experiments/{experiment}", show_experiment)
@@ -62,7 +62,7 @@ def add_control_routes(app: web.Application, admins: AdminTokens) -> None:
     app.router.add_get("/admin/backends", backends)
 
 
-_ADMINS: Final = web.AppKey("control_admins", AdminTokens)
+ADMIN_TOKENS: Final = web.AppKey("admin_tokens", AdminTokens)
 
 
 class _Refused(Exception):
@@ -117,8 +117,13 @@ def experiment_view(experiment: Experiment, state: ExperimentState) -> Json:
     }
 
 
+def admin_name(request: web.Request) -> str | None:
+    """The name of the admin whose token the request carries, or None."""
+    return request.app[ADMIN_TOKENS].authenticate(request.headers.get("Authorization"))
+
+
 def _admin(request: web.Request) -> str:
-    name = request.app[_ADMINS].authenticate(request.headers.get("Authorization"))
+    name = admin_name(request)
     if name is None:
         raise _Refused(401, NEEDS_TOKEN)
     return name

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import generate_latest
 
 BREAKER_LEVELS: Final = {"closed": 0, "half_open": 1, "open": 2}
@@ -71,13 +70,3 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-METRICS: Final = web.AppKey("metrics", GatewayMetrics)
-
-
-async def metrics_route(request: web.Request) -> web.Response:
-    body = request.app[METRICS].render()
-    response = web.Response(body=body)
-    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-    return response

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.control.config import build_gateway_config
 from gateway.errors import AuthError
@@ -20,7 +21,7 @@ from gateway.io.backend_gate import BackendGate
 from gateway.io.control_plane import ControlPlane
 from gateway.io.dashboard import add_dashboard_routes
 from gateway.io.labels_api import LABEL_STORE, AdminTokens, add_label_routes
-from gateway.io.metrics import METRICS, GatewayMetrics, metrics_route
+from gateway.io.metrics import GatewayMetrics
 from gateway.io.redis_client import RedisClient
 from gateway.io.rest_relay import handle_rest
 from gateway.io.state import STATE, GatewayState
@@ -57,7 +58,7 @@ def create_gateway_app(settings: Settings) -> web.Application:
         gateway.control, outcomes, label_client
     )
     app[CONTROL_CLIENT] = control_client
-    metrics = app[METRICS] = GatewayMetrics()
+    metrics = GatewayMetrics()
     control = ControlPlane(
         config,
         control_store,
@@ -121,6 +122,13 @@ async def _stop(app: web.Application) -> None:
 
 async def healthz(_request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
+
+
+async def metrics_route(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
 
 
 async def readyz(request: web.Request) -> web.Response:
