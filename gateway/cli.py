@@ -149,7 +149,14 @@ def _emulate(settings: Settings) -> None:
 
     emulator = settings.emulator
     app = create_app(emulator)
-    web.run_app(app, host=emulator.host, port=emulator.port, print=None, access_log=None)
+    web.run_app(
+        app,
+        host=emulator.host,
+        port=emulator.port,
+        print=None,
+        access_log=None,
+        loop=new_event_loop(),
+    )
 
 
 async def _import_labels(settings: Settings, path: Path, by: str | None, skip_invalid: bool) -> str:
@@ -172,7 +179,24 @@ def _serve(settings: Settings) -> None:
 
     app = create_gateway_app(settings)
     gateway = settings.gateway
-    web.run_app(app, host=gateway.host, port=gateway.port, print=None, access_log=None)
+    web.run_app(
+        app,
+        host=gateway.host,
+        port=gateway.port,
+        print=None,
+        access_log=None,
+        loop=new_event_loop(),
+    )
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed: its C transports make each socket call, of
+    which a relay makes several per audio frame, several times cheaper."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -68,5 +68,12 @@ class GatewayMetrics:
             registry=r,
         )
 
+        self.limit_hits = Counter(
+            "speech_gateway_limit_hits",
+            "Sessions or requests stopped by a configured limit (gateway.limits).",
+            ["limit"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

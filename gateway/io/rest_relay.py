@@ -97,6 +97,14 @@ async def handle_rest(
         return _unavailable(state, route, BREAKER_OPEN, detail)
     body = _BodyClock(request, limit)
     route = admitted
+    experiment = route.experiment.id if route.experiment is not None else None
+    with state.sessions.hold(route.client.name, "rest", experiment, route.variant.name):
+        return await _relay(request, state, route, body)
+
+
+async def _relay(
+    request: web.Request, state: GatewayState, route: Route, body: _BodyClock
+) -> web.StreamResponse:
     while True:
         try:
             return await _forward(request, state, route, body)

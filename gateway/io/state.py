@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -12,6 +12,7 @@ from gateway.control.model import GatewayConfig
 from gateway.io.backend_gate import BackendGate
 from gateway.io.control_plane import ControlPlane
 from gateway.io.metrics import GatewayMetrics
+from gateway.io.sessions import LiveSessions
 from gateway.outcomes.privacy import TextPrivacy, pseudonymise
 from gateway.outcomes.record import OutcomeRecord
 from gateway.outcomes.sink import OutcomeSink
@@ -28,6 +29,7 @@ class GatewayState:
     sink: OutcomeSink
     text_privacy: TextPrivacy
     privacy_key: bytes
+    sessions: LiveSessions = field(default_factory=LiveSessions)
     _http: aiohttp.ClientSession | None = None
 
     @property

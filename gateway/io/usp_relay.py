@@ -173,6 +173,11 @@ class _Session:
                 case _:
                     assert_never(command)
 
+    async def close(self, code: int, reason: str) -> None:
+        """Close the client's connection from outside the session (e.g. a drain)."""
+        if not self._client.closed:
+            await self._close_client(code, reason)
+
     async def _close_client(self, code: int, reason: str) -> None:
         """Close the client's WebSocket with `code`, reading what it still sends meanwhile.
 
@@ -235,8 +240,11 @@ async def handle_usp(request: web.Request, state: GatewayState, route: Route) ->
     _submit(state, pending)
     if upstream is not None:
         session.start_shadows(headers, protocols)
-    with contextlib.suppress(ConnectionError):
-        await session.run()
+    experiment = route.experiment.id if route.experiment is not None else None
+    with state.sessions.hold(route.client.name, "usp", experiment, route.variant.name) as live:
+        live.closer = session.close
+        with contextlib.suppress(ConnectionError):
+            await session.run()
     return client
 
 
