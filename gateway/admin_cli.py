@@ -11,7 +11,6 @@ followed, so the token cannot be carried to another host.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from urllib.parse import quote, urlencode
 
 from gateway.constants import ADMIN_TOKEN_ENV
 from gateway.errors import ConfigError, UpstreamError, UpstreamRejected, UpstreamUnavailable
+from gateway.http_call import exchange
 from gateway.replay_http import GatewayUrls
 
 GATEWAY_URL_ENV: Final = "SPEECH_GATEWAY_URL"
@@ -252,19 +252,11 @@ def _exchange(root: str, token: str, method: str, path: str, body: Json | None) 
     request = urllib.request.Request(  # noqa: S310 - http(s) only: GatewayUrls.parse
         f"{root}{path}", data=data, method=method, headers=headers
     )
-    try:
-        # Built per call: the proxy settings come from the environment of this call.
-        opener = urllib.request.build_opener(_NoRedirect)
-        with opener.open(request, timeout=TIMEOUT_S) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        with error:
-            status, raw = error.code, error.read()
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise UpstreamUnavailable(
-            "gateway_unreachable", f"cannot reach the gateway at {root} ({reason})"
-        ) from None
+    # Built per call: the proxy settings come from the environment of this call.
+    opener = urllib.request.build_opener(_NoRedirect)
+    status, raw = exchange(
+        request, TIMEOUT_S, unreachable=f"cannot reach the gateway at {root}", opener=opener
+    )
     try:
         answer = json.loads(raw)
     except ValueError:

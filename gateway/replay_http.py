@@ -21,6 +21,7 @@ from urllib.parse import quote, urlsplit
 
 from gateway.constants import NO_EXPERIMENT
 from gateway.errors import ConfigError, UpstreamRejected, UpstreamUnavailable
+from gateway.http_call import exchange
 from gateway.outcomes.labels import MAX_BATCH, UnitLabel
 
 LABEL_WAIT_S: Final = 15.0  # how long labels by unit are retried while records arrive
@@ -240,17 +241,7 @@ def _json_exchange(request: urllib.request.Request, timeout: float) -> tuple[int
     """(status, JSON object body) of any answer, error statuses included; an answer that is
     not a JSON object has body {"error": <its first 200 characters>}."""
     where = f"{request.get_method()} {urlsplit(request.full_url).path}"
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        with error:
-            status, raw = error.code, error.read()
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        raise UpstreamUnavailable(
-            "gateway_unreachable", f"{where}: cannot reach the gateway ({reason})"
-        ) from None
+    status, raw = exchange(request, timeout, unreachable=f"{where}: cannot reach the gateway")
     try:
         body = json.loads(raw)
     except ValueError:
