@@ -14,19 +14,23 @@ import argparse
 import asyncio
 import getpass
 import secrets
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.admin_cli import add_admin_parser, admin_command
 from gateway.analysis.command import add_analyze_arguments
 from gateway.control.config import build_gateway_config
 from gateway.control.model import hash_key
 from gateway.errors import ConfigError, GatewayError
-from gateway.logging import configure_logging
+from gateway.logging import configure_logging, get_logger
 from gateway.replay import add_replay_arguments, replay_command
 from gateway.settings import Settings, config_path, load_settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,20 +177,68 @@ async def _import_labels(settings: Settings, path: Path, by: str | None, skip_in
 
 
 def _serve(settings: Settings) -> None:
-    from aiohttp import web
-
     from gateway.io.server import create_gateway_app
 
     app = create_gateway_app(settings)
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(_run_gateway(app, settings))
+    finally:
+        leftovers = asyncio.all_tasks(loop)
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _run_gateway(app: web.Application, settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain (docs/observability.md).
+
+    Not `web.run_app`: on a signal it closes the listening socket before anything else, so
+    `/readyz` could not say 503 while the live sessions finish, and it gives them only the
+    server's shutdown timeout before cancelling their handlers. Here the drain comes first
+    (new sessions get 503, `/readyz` too, live ones have `gateway.drain.grace_s`, then 1012),
+    and only then the runner's cleanup: stop listening, end the handlers, close the app
+    (which flushes the outcome sink). A second signal cuts the grace period short.
+    """
+    from aiohttp import web
+
+    from gateway.io.state import STATE
+
+    log = get_logger("gateway.serve")
     gateway = settings.gateway
-    web.run_app(
-        app,
-        host=gateway.host,
-        port=gateway.port,
-        print=None,
-        access_log=None,
-        loop=new_event_loop(),
+    state = app[STATE]
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if stop.is_set():
+            state.cut_grace()
+        else:
+            log.info("shutdown_signal", signal=signum.name)
+            stop.set()
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for signum in signals:  # before start-up: a signal during it drains right after it
+        loop.add_signal_handler(signum, on_signal, signum)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=gateway.drain.close_timeout_s
     )
+    try:
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, gateway.host, gateway.port)
+            await site.start()
+            await stop.wait()
+            await state.drain(gateway.drain.grace_s, gateway.drain.close_timeout_s)
+        finally:
+            await runner.cleanup()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+    log.info("gateway_stopped")
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

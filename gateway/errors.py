@@ -8,6 +8,7 @@
     ├── AuthError                   missing or wrong credentials → HTTP 401
     ├── ControlError                an admin change that cannot be made → HTTP 400/404/409
     ├── CapacityError               a concurrency bound is reached → "too many requests"
+    ├── LimitExceeded               a configured limit refuses a new session → HTTP 429/503
     ├── RecognitionError            the local recogniser failed → USP status "Error"
     └── UpstreamError               a backend could not serve a session
         ├── UpstreamRejected        it answered the upgrade/POST with an HTTP error status
@@ -19,7 +20,7 @@ so the I/O layer never guesses. Third-party exceptions are translated where they
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 
 class CloseCode(IntEnum):
@@ -37,6 +38,27 @@ class CloseCode(IntEnum):
     SERVICE_RESTART = 1012
     TRY_AGAIN_LATER = 1013
     TOO_MANY_REQUESTS = 4429  # SDK TooManyRequests, no retry
+
+
+class Limit(StrEnum):
+    """A configured limit (`gateway.limits`, docs/gateway.md "Limits"). The value is the
+    `limit` label of the `speech_gateway_limit_hits` metric; `error_code` goes into the
+    outcome record of the session or request it stopped."""
+
+    CONNECTION_RATE = "connection_rate"  # upgrades and requests per client and second
+    CLIENT_SESSIONS = "client_sessions"  # concurrent sessions of one client
+    TOTAL_SESSIONS = "total_sessions"  # concurrent sessions of the process
+    MESSAGE_SIZE = "message_size"  # one WebSocket (or USP binary) message
+    USP_HEADER = "usp_header"  # the headers of one USP message
+    TURN_AUDIO = "turn_audio"  # audio bytes of one turn
+    SESSION_AUDIO = "session_audio"  # audio bytes of one session
+    SESSION_DURATION = "session_duration"  # how long one session may last
+    IDLE_TIMEOUT = "idle_timeout"  # how long a client may send nothing
+    REST_BODY = "rest_body"  # the body of one short-audio request
+
+    @property
+    def error_code(self) -> str:
+        return f"limit_{self.value}"
 
 
 def is_sendable_close_code(code: int) -> bool:
@@ -100,6 +122,20 @@ class CapacityError(GatewayError):
     """A concurrency bound is reached; the service's "too many requests" answer."""
 
     status = 429
+
+
+class LimitExceeded(GatewayError):
+    """A configured limit refuses a new session or request; answered with HTTP `status`
+    (429 or 503) and, when set, a `Retry-After` of `retry_after_s` seconds."""
+
+    def __init__(
+        self, limit: Limit, detail: str, status: int, retry_after_s: int | None = None
+    ) -> None:
+        super().__init__(f"{limit.error_code}: {detail}")
+        self.limit = limit
+        self.detail = detail
+        self.status = status
+        self.retry_after_s = retry_after_s
 
 
 class RecognitionError(GatewayError):

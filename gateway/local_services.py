@@ -32,6 +32,7 @@ class LocalService:
 
     command = "emulate"
     ready_path = "/ready"
+    stop_timeout_s = 15.0  # after SIGTERM, then the child is killed
 
     def __init__(
         self,
@@ -91,7 +92,7 @@ class LocalService:
         if self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)
             try:
-                self._proc.wait(timeout=15)
+                self._proc.wait(timeout=self.stop_timeout_s)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
@@ -124,6 +125,9 @@ class LocalGateway(LocalService):
 
     command = "serve"
     ready_path = "/readyz"
+    # A gateway drains on SIGTERM: live sessions get `gateway.drain.grace_s` (30 s by
+    # default) and closing the rest `close_timeout_s` (10 s) before its records are flushed.
+    stop_timeout_s = 60.0
 
     def __init__(
         self,

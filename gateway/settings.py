@@ -57,20 +57,37 @@ class _Section(BaseModel):
 
 
 class LoggingSettings(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    # auto: readable console output on a terminal, JSON lines otherwise.
-    format: Literal["auto", "json", "console"] = "auto"
+    """Structured logs (structlog) of every command; they never contain secrets."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="The lowest level logged."
+    )
+    format: Literal["auto", "json", "console"] = Field(
+        "auto",
+        description="`auto`: readable console lines on a terminal, JSON lines otherwise.",
+    )
 
 
 class FaultSettings(_Section):
     """Knobs for rehearsals and fault tests; all off by default."""
 
-    latency_ms: int = Field(0, ge=0, le=60_000, description="added before each result")
-    failure_rate: float = Field(0.0, ge=0.0, le=1.0, description="share of sessions that fail")
-    failure_kind: FailureKind = "usp"
-    # http: the upgrade/POST status; close: the WebSocket close code; usp: a RecognitionStatus.
-    failure_status: str = "Error"
-    seed: int | None = Field(None, description="seed of the failure draw (None: random)")
+    latency_ms: int = Field(
+        0, ge=0, le=60_000, description="Added before every hypothesis and phrase, in ms."
+    )
+    failure_rate: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of sessions and REST requests that fail."
+    )
+    failure_kind: FailureKind = Field(
+        "usp",
+        description="How a session fails: `http` (a status at the upgrade or POST), `close` "
+        "(a WebSocket close code after the first `turn.start`) or `usp` (a status phrase).",
+    )
+    failure_status: str = Field(
+        "Error",
+        description="The failure's answer, by `failure_kind`: an HTTP status 400-599, a close "
+        "code a server may send, or a RecognitionStatus (" + ", ".join(USP_FAILURE_STATUSES) + ").",
+    )
+    seed: int | None = Field(None, description="Seed of the failure draw; unset: random.")
 
     @field_validator("failure_status")
     @classmethod
@@ -90,20 +107,50 @@ class FaultSettings(_Section):
 
 
 class EmulatorSettings(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(5000, ge=0, le=65535)
-    key: SecretStr | None = None
-    key_file: Path | None = None
-    engine: EngineName = "pocketsphinx"
-    instant_text: str = "This is a scripted transcript from the instant engine."
-    instant_utterance_ms: int = Field(3000, ge=100, le=60_000)
-    # endpoint id -> corpus text file of a custom model.
-    custom: dict[str, Path] = Field(default_factory=dict)
-    model_cache: Path = Path("var/models")
-    workers: int = Field(2, ge=1, le=64, description="recogniser processes")
-    max_sessions: int = Field(16, ge=1, le=100_000)
-    max_rest_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    faults: FaultSettings = FaultSettings()
+    """The local Azure-compatible speech service, `speech-gateway emulate` (docs/emulator.md)."""
+
+    host: str = Field("127.0.0.1", description="The address to listen on.")
+    port: int = Field(5000, ge=0, le=65535, description="The port to listen on (0: a free one).")
+    key: SecretStr | None = Field(
+        None,
+        description="The subscription key clients must send; with neither `key` nor "
+        "`key_file`, no auth (like a Speech container).",
+    )
+    key_file: Path | None = Field(None, description="A file holding `key`.")
+    engine: EngineName = Field(
+        "pocketsphinx",
+        description="`pocketsphinx`: real recognition; `instant`: a scripted transcript at "
+        "once, for load tests.",
+    )
+    instant_text: str = Field(
+        "This is a scripted transcript from the instant engine.",
+        description="The `instant` engine's transcript.",
+    )
+    instant_utterance_ms: int = Field(
+        3000,
+        ge=100,
+        le=60_000,
+        description="The `instant` engine answers each window of this much audio, in ms.",
+    )
+    custom: dict[str, Path] = Field(
+        default_factory=dict,
+        description="Custom endpoints: endpoint id (letters, digits, `-`, `_`) = corpus text "
+        "file their language model is built from.",
+    )
+    model_cache: Path = Field(Path("var/models"), description="Where built custom models are kept.")
+    workers: int = Field(2, ge=1, le=64, description="Recogniser processes.")
+    max_sessions: int = Field(
+        16,
+        ge=1,
+        le=100_000,
+        description="Concurrent sessions; past it TooManyRequests (WebSocket) or HTTP 429.",
+    )
+    max_rest_body_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="The largest REST short-audio body (413 past it)."
+    )
+    faults: FaultSettings = Field(
+        FaultSettings(), description="Fault knobs for rehearsals and fault tests."
+    )
 
     # A field validator, so that errors are located at `emulator.custom`.
     @field_validator("custom")
@@ -133,34 +180,93 @@ class EmulatorSettings(_Section):
 class OutcomeSettings(_Section):
     """Where outcome records go and what they may contain (docs/outcomes.md)."""
 
-    path: Path = Path("var/outcomes.jsonl")
-    # text: the transcript; hash: a keyed hash of its normalised words; none: nothing.
-    text_privacy: Literal["text", "hash", "none"] = "text"
-    # Key of the unit-id pseudonyms and transcript hashes; every replica needs the same one.
-    pseudonym_key: SecretStr | None = None
-    pseudonym_key_file: Path | None = None
-    # Without a configured key, one is generated once and kept here (single-node use).
-    generated_key_path: Path = Path("var/pseudonym.key")
-    queue_size: int = Field(10_000, ge=1, le=10_000_000)
-    # Reference transcripts of the file store; default: labels.jsonl beside `path`.
-    labels_path: Path | None = None
-    # "file": the append-only JSONL file above (one process). "redis": Redis Streams, one
-    # stream per experiment, shared by every replica (docs/outcomes.md).
-    store: Literal["file", "redis"] = "file"
-    redis_url: str = "redis://127.0.0.1:6379/0"  # no password here: see redis_password
-    redis_password: SecretStr | None = None
-    redis_cluster: bool = False
-    redis_prefix: str = Field("sgw", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    batch_size: int = Field(500, ge=1, le=100_000)
-    stream_maxlen: int | None = Field(None, ge=1000)  # XADD MAXLEN ~ per experiment
-    retention_s: float | None = Field(None, gt=0)  # trim entries older than this (MINID)
-    dedup_window_s: float = Field(24 * 3600, gt=0)  # how long a record id stays deduplicated
-    # While Redis is away records are spooled here, delivered in order when it returns.
-    journal_dir: Path = Path("var/journal")
-    journal_max_records: int = Field(1_000_000, ge=1000)
-    # When the in-memory queue is full: spool the overflow to the journal, or drop the
-    # newest records (counted and logged either way).
-    full_policy: Literal["journal", "drop_newest"] = "journal"
+    path: Path = Field(
+        Path("var/outcomes.jsonl"), description="The file store's append-only JSON-lines file."
+    )
+    text_privacy: Literal["text", "hash", "none"] = Field(
+        "text",
+        description="What records keep of the transcript: `text` itself, `hash` (a keyed hash "
+        "of its normalised words) or `none`.",
+    )
+    pseudonym_key: SecretStr | None = Field(
+        None,
+        description="Key of the unit-id pseudonyms and transcript hashes, at least 16 "
+        "characters; every replica needs the same one.",
+    )
+    pseudonym_key_file: Path | None = Field(None, description="A file holding `pseudonym_key`.")
+    generated_key_path: Path = Field(
+        Path("var/pseudonym.key"),
+        description="Without a configured key, one is generated once and kept here "
+        "(one node only).",
+    )
+    queue_size: int = Field(
+        10_000, ge=1, le=10_000_000, description="Records waiting in memory for the writer."
+    )
+    labels_path: Path | None = Field(
+        None,
+        description="The file store's reference transcripts; unset: `labels.jsonl` beside `path`.",
+    )
+    store: Literal["file", "redis"] = Field(
+        "file",
+        description="`file`: the JSON-lines file at `path` (one process); `redis`: Redis "
+        "Streams, one stream per experiment, shared by every replica.",
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="The Redis server, or a node of the cluster; without a password.",
+    )
+    redis_password: SecretStr | None = Field(None, description="The Redis password.")
+    redis_password_file: Path | None = Field(None, description="A file holding `redis_password`.")
+    redis_cluster: bool = Field(False, description="`redis_url` is a node of a Redis Cluster.")
+    redis_prefix: str = Field(
+        "sgw",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Prefix of every Redis key; isolates deployments sharing one Redis.",
+    )
+    batch_size: int = Field(
+        500, ge=1, le=100_000, description="The most records written to Redis in one batch."
+    )
+    stream_maxlen: int | None = Field(
+        None,
+        ge=1000,
+        description="Keep about this many entries per experiment stream (`XADD MAXLEN ~`); "
+        "unset: no limit.",
+    )
+    retention_s: float | None = Field(
+        None,
+        gt=0,
+        description="Trim stream entries older than this, in seconds (`MINID ~`); unset: "
+        "keep them.",
+    )
+    dedup_window_s: float = Field(
+        24 * 3600,
+        gt=0,
+        description="How long a record id is remembered, so that a redelivered record is "
+        "not added twice, in seconds.",
+    )
+    journal_dir: Path = Field(
+        Path("var/journal"),
+        description="Where records are spooled while Redis is away; they are delivered in "
+        "order when it returns.",
+    )
+    journal_max_records: int = Field(
+        1_000_000,
+        ge=1000,
+        description="The most undelivered records the journal holds; past it records are "
+        "dropped (counted).",
+    )
+    full_policy: Literal["journal", "drop_newest"] = Field(
+        "journal",
+        description="When the in-memory queue is full: spool the overflow to the journal, or "
+        "drop the newest records (counted and logged either way).",
+    )
+
+    def resolved_redis_password(self) -> str | None:
+        if self.redis_password is not None:
+            return self.redis_password.get_secret_value()
+        if self.redis_password_file is not None:
+            return read_secret_file(self.redis_password_file, "outcomes.redis_password_file")
+        return None
 
     def resolved_pseudonym_key(self) -> bytes | None:
         if self.pseudonym_key is not None:
@@ -182,10 +288,16 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    logging: LoggingSettings = LoggingSettings()
-    emulator: EmulatorSettings = EmulatorSettings()
-    gateway: GatewaySettings = GatewaySettings()
-    outcomes: OutcomeSettings = OutcomeSettings()
+    logging: LoggingSettings = Field(LoggingSettings(), description="Logs.")
+    emulator: EmulatorSettings = Field(
+        EmulatorSettings(), description="The local speech service (`speech-gateway emulate`)."
+    )
+    gateway: GatewaySettings = Field(
+        GatewaySettings(), description="The gateway (`speech-gateway serve`)."
+    )
+    outcomes: OutcomeSettings = Field(
+        OutcomeSettings(), description="Outcome records: where they go and what they keep."
+    )
 
     @classmethod
     def settings_customise_sources(

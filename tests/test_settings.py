@@ -154,6 +154,14 @@ def test_key_file_is_read(tmp_path: Path) -> None:
     assert load_settings(path).emulator.resolved_key() == "file-key-123"
 
 
+def test_redis_password_file_is_read(tmp_path: Path) -> None:
+    """The Redis password may come from a mounted file, like every other secret."""
+    secret = write(tmp_path / "redis.txt", "redis-pass-456\n")
+    path = write(tmp_path / "s.toml", f'[outcomes]\nredis_password_file = "{secret}"\n')
+    assert load_settings(path).outcomes.resolved_redis_password() == "redis-pass-456"
+    assert load_settings().outcomes.resolved_redis_password() is None
+
+
 def test_unreadable_key_file_is_an_error(tmp_path: Path) -> None:
     """A key_file that cannot be read is a ConfigError naming emulator.key_file."""
     path = write(tmp_path / "s.toml", f'[emulator]\nkey_file = "{tmp_path / "absent"}"\n')

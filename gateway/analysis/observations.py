@@ -31,13 +31,16 @@ _NO_MATCH: Final = frozenset({"NoMatch", "InitialSilenceTimeout", "BabbleTimeout
 # The backend refused the session rather than failing at it: throttling, a bad or forbidden
 # request. The SDK reports these as cancellations with a client-side reason.
 _REFUSALS: Final = frozenset({"TooManyRequests", "BadRequest", "Forbidden"})
+# Sessions ended by the gateway, not by the variant: a limit (`limit_*`, gateway.limits) or
+# a shutdown's drain. Like refusals they say nothing about the model, so they are not errors.
+_CANCELLED_PREFIXES: Final = ("upstream_http_4", "limit_", "gateway_shutdown")
 
 
 def category(record: OutcomeRecord) -> Category:
     """The outcome category of a record (see docs/analysis.md, "Outcome categories")."""
     if record.kind is Kind.SESSION_FAILURE:
         code = record.error_code or ""
-        if record.status in _REFUSALS or code.startswith("upstream_http_4"):
+        if record.status in _REFUSALS or code.startswith(_CANCELLED_PREFIXES):
             return "cancellation"
         return "error"
     if record.status == "Success":

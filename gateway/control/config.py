@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from gateway.constants import NO_EXPERIMENT
 from gateway.control.assignment import phase_id
@@ -55,23 +55,44 @@ class _Model(BaseModel):
 
 
 class BackendSettings(_Model):
-    url: str  # service root: ws/wss/http/https, a host, optionally a port and a path prefix
-    key: SecretStr | None = None  # from the environment, never the TOML file
-    key_file: Path | None = None
+    url: str = Field(
+        description="The service root: `ws`, `wss`, `http` or `https`, a host, optionally a "
+        "port and a path prefix; no credentials, query or fragment."
+    )
+    key: SecretStr | None = Field(None, description="The backend's subscription key.")
+    key_file: Path | None = Field(
+        None,
+        description="A file holding `key`; set one of them, or neither for a backend "
+        "without auth (a local emulator, a Speech container).",
+    )
 
 
 class VariantSettings(_Model):
-    name: str
-    backend: str  # a key of `gateway.backends`
-    endpoint_id: str | None = None  # Custom Speech endpoint id; None: the base model
-    # Required in an experiment; meaningless (and refused) for `default_variant`.
-    weight: float | None = None
+    name: str = Field(description="The variant's name: 1-64 letters, digits, `.`, `-` or `_`.")
+    backend: str = Field(description="A key of `gateway.backends`.")
+    endpoint_id: str | None = Field(
+        None, description="The Custom Speech endpoint id (sent as `cid`); unset: the base model."
+    )
+    weight: float | None = Field(
+        None,
+        description="The relative share of new sessions, finite and >= 0; required in an "
+        "experiment, refused for `default_variant`.",
+    )
 
 
 class TargetingSettings(_Model):
-    modes: list[Mode] = Field(default_factory=list)
-    locales: list[str] = Field(default_factory=list)  # any case; compared in lower case
-    clients: list[str] = Field(default_factory=list)  # names from `gateway.clients`
+    modes: list[Mode] = Field(
+        default_factory=list, description="The recognition modes it takes; empty: any."
+    )
+    locales: list[str] = Field(
+        default_factory=list,
+        description="The locales it takes, e.g. `en-us` (any case; compared in lower case); "
+        "empty: any.",
+    )
+    clients: list[str] = Field(
+        default_factory=list,
+        description="The client names (from `gateway.clients`) it takes; empty: any.",
+    )
 
 
 class GuardrailSettings(_Model):
@@ -81,44 +102,133 @@ class GuardrailSettings(_Model):
     off. Nothing is tested before both arms of the current phase have `min_outcomes`.
     """
 
-    max_error_rate_increase: float | None = Field(None, gt=0, lt=1)
-    max_cancellation_rate_increase: float | None = Field(None, gt=0, lt=1)
-    max_no_match_rate_increase: float | None = Field(None, gt=0, lt=1)
-    latency_quantile: float = Field(0.9, gt=0, lt=1)
-    max_latency_increase_ms: float | None = Field(None, gt=0, le=600_000)
-    min_outcomes: int = Field(50, ge=20, le=1_000_000)
-    alpha: float = Field(0.05, gt=0, le=0.5)
+    max_error_rate_increase: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="The largest tolerated increase of the error rate (0.05: 5 points).",
+    )
+    max_cancellation_rate_increase: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="The largest tolerated increase of the cancellation rate (refusals: "
+        "throttling, bad or forbidden requests).",
+    )
+    max_no_match_rate_increase: float | None = Field(
+        None, gt=0, lt=1, description="The largest tolerated increase of the no-match rate."
+    )
+    latency_quantile: float = Field(
+        0.9, gt=0, lt=1, description="The quantile of final-result latency compared (0.9: p90)."
+    )
+    max_latency_increase_ms: float | None = Field(
+        None,
+        gt=0,
+        le=600_000,
+        description="The largest tolerated increase of that latency quantile, in ms.",
+    )
+    min_outcomes: int = Field(
+        50,
+        ge=20,
+        le=1_000_000,
+        description="The outcomes each arm of the phase needs before anything is tested.",
+    )
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        le=0.5,
+        description="The largest chance that a guardrail ever trips while the true increase "
+        "is within its limit (each guardrail of each challenger separately).",
+    )
 
 
 class ExperimentSettings(_Model):
-    id: str
-    seed: str | None = None  # None: the id
-    control: str
-    variants: list[VariantSettings]
-    shadows: list[str] = Field(default_factory=list)
-    targeting: TargetingSettings = TargetingSettings()
-    unit_param: str = "gw-unit"
-    guardrails: GuardrailSettings | None = None
+    id: str = Field(
+        description="The experiment's id: 1-64 letters, digits, `.`, `-` or `_`; not `_default`."
+    )
+    seed: str | None = Field(
+        None,
+        description="The assignment hash's seed; unset: the id. Changing it re-randomises "
+        "every unit.",
+    )
+    control: str = Field(
+        description="The variant challengers are compared with; it serves paused and "
+        "failed-over sessions."
+    )
+    variants: list[VariantSettings] = Field(
+        description="The variants; at least one, and not every weight 0."
+    )
+    shadows: list[str] = Field(
+        default_factory=list,
+        description="Variants that also get every WebSocket session's audio, live; their "
+        "results are recorded, never sent to the client.",
+    )
+    targeting: TargetingSettings = Field(
+        TargetingSettings(),
+        description="The requests it takes; a request goes to the first experiment that matches.",
+    )
+    unit_param: str = Field(
+        "gw-unit",
+        description="The query parameter that carries the unit id (or the `X-Gateway-Unit` "
+        "header); neither given: the connection id.",
+    )
+    guardrails: GuardrailSettings | None = Field(
+        None, description="Automatic rollback of a challenger; unset: none."
+    )
 
 
 class ClientSettings(_Model):
-    name: str
-    key_sha256: str  # `speech-gateway` prints it for a new key; the key is never stored
-    can_force: bool = False
+    name: str = Field(
+        description="The client's name, recorded on its outcomes: 1-64 letters, digits, `.`, "
+        "`-` or `_`."
+    )
+    key_sha256: str = Field(
+        description="The SHA-256 of the client key, 64 lower-case hex digits (`speech-gateway "
+        "keygen` prints it for a new key); the key is never stored."
+    )
+    can_force: bool = Field(
+        False,
+        description="The client may force a variant (`force_param` or the `X-Gateway-Variant` "
+        "header), for QA.",
+    )
 
 
 class BreakerSettings(_Model):
     """The circuit breaker each backend gets (`gateway.control.breaker`)."""
 
-    consecutive_failures: int = Field(5, ge=1, le=10_000)
-    failure_rate: float = Field(0.5, gt=0, le=1)
-    window_s: float = Field(30.0, gt=0, le=3600)
-    min_attempts: int = Field(20, ge=1, le=1_000_000)
-    open_s: float = Field(10.0, gt=0, le=3600)
-    half_open_probes: int = Field(1, ge=1, le=1000)
-    # While a backend's breaker is open, sessions assigned to it go to the experiment's
-    # control variant ("failover", recorded as such) or are refused ("reject").
-    on_open: Literal["failover", "reject"] = "failover"
+    consecutive_failures: int = Field(
+        5, ge=1, le=10_000, description="Failed dials in a row that open the breaker."
+    )
+    failure_rate: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Or: this share of failed dials within `window_s` opens it.",
+    )
+    window_s: float = Field(
+        30.0, gt=0, le=3600, description="The window of `failure_rate`, in seconds."
+    )
+    min_attempts: int = Field(
+        20,
+        ge=1,
+        le=1_000_000,
+        description="Dials within the window before `failure_rate` applies.",
+    )
+    open_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="How long it stays open before it turns half-open, in seconds.",
+    )
+    half_open_probes: int = Field(
+        1, ge=1, le=1000, description="Sessions let through at once while half-open."
+    )
+    on_open: Literal["failover", "reject"] = Field(
+        "failover",
+        description="While it is open, sessions assigned to the backend go to the "
+        "experiment's control variant (`failover`, recorded as such) or are refused "
+        "(`reject`).",
+    )
 
     def policy(self) -> BreakerPolicy:
         return BreakerPolicy(
@@ -134,35 +244,227 @@ class BreakerSettings(_Model):
 class ControlSettings(_Model):
     """Where the experiments' live state is kept and how often it is checked."""
 
-    # "auto": Redis when outcomes.store is "redis" (shared by every replica), else the file.
-    store: Literal["auto", "file", "redis"] = "auto"
-    # The file store (one process); unset: control-state.json beside outcomes.path.
-    state_path: Path | None = None
-    # Every replica compares its state versions with the store this often, so a change
-    # whose pub/sub notice was lost still arrives within this interval.
-    reconcile_s: float = Field(0.5, gt=0, le=60)
-    guardrail_interval_s: float = Field(1.0, gt=0, le=600)  # counts shared, guardrails tested
+    store: Literal["auto", "file", "redis"] = Field(
+        "auto",
+        description="`redis`: shared by every replica; `file`: one process; `auto`: Redis "
+        "when `outcomes.store` is `redis`, else the file.",
+    )
+    state_path: Path | None = Field(
+        None,
+        description="The file store's state; unset: `control-state.json` beside `outcomes.path`.",
+    )
+    # Pub/sub notices can be lost; this check bounds how late such a change arrives.
+    reconcile_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="How often every replica compares its state versions with the store, "
+        "in seconds.",
+    )
+    guardrail_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=600,
+        description="How often counts are shared and guardrails tested, in seconds.",
+    )
+
+
+class DrainSettings(_Model):
+    """What `speech-gateway serve` does on SIGTERM (docs/observability.md)."""
+
+    grace_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="How long live sessions may go on after SIGTERM, in seconds; then they "
+        "are closed with 1012 (the SDKs reconnect). Keep it below the orchestrator's kill "
+        "timeout (Kubernetes: terminationGracePeriodSeconds) minus `close_timeout_s`.",
+    )
+    close_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="How long the sessions closed at the end of the grace period may take "
+        "to end, and the server's handlers to finish, in seconds.",
+    )
+
+
+_KIB = 1024
+_MIB = 1024 * _KIB
+_GIB = 1024 * _MIB
+
+
+class LimitSettings(_Model):
+    """What one client, session or request may use (docs/gateway.md, "Limits"). Every limit
+    applies per gateway process. Past one, the client gets the answer the Speech SDKs map to
+    a precise error, and the session gets one `session_failure` record with `error_code`
+    `limit_<name>`. The defaults never bother a normal Speech SDK user (a continuous
+    recognition of an hour-long file included) but bound what one misbehaving client costs.
+    """
+
+    max_ws_message_bytes: int = Field(
+        1 * _MIB,
+        ge=4 * _KIB,
+        le=64 * _MIB,
+        description="The largest WebSocket message a client may send; past it the connection "
+        "is closed with 1009 (native SDK: ConnectionFailure). Binary (audio) messages are "
+        "bounded by the smaller of this and 64 KiB (the native SDK sends 3,200-byte chunks). "
+        "The default leaves room for a `speech.context` with long phrase lists.",
+    )
+    max_usp_header_bytes: int = Field(
+        8 * _KIB,
+        ge=256,
+        le=64 * _KIB,
+        description="The largest headers block of one USP message; past it the connection "
+        "is closed with 1002 (a protocol violation). 8 KiB is the limit of the service's "
+        "protocol documentation.",
+    )
+    max_turn_audio_bytes: int = Field(
+        256 * _MIB,
+        ge=4 * _KIB,
+        le=64 * _GIB,
+        description="The audio one turn may carry, in bytes (replayed audio included). Past "
+        "it the connection is closed with 1007 and the limit as the reason (SDK: BadRequest, "
+        "no retry). The default is about 2 h 20 min of 16 kHz 16-bit mono PCM: the real "
+        "service ends turns every 10 minutes, but a backend that does not (the emulator) "
+        "takes an hour-long file in one turn.",
+    )
+    max_session_audio_bytes: int = Field(
+        1 * _GIB,
+        ge=4 * _KIB,
+        le=256 * _GIB,
+        description="The audio one WebSocket session may carry over all its turns, in bytes. "
+        "Past it, as for `max_turn_audio_bytes`. The default is about 9 h of 16 kHz 16-bit "
+        "mono PCM, more than `max_session_s` allows at real time.",
+    )
+    max_session_s: float = Field(
+        4 * 3600.0,
+        gt=0,
+        le=7 * 86400.0,
+        description="How long one WebSocket session may last, in seconds; then it is closed "
+        "with 1000, as the service closes its own long connections: the SDK reconnects and "
+        "replays the unacknowledged audio, unnoticed by the application.",
+    )
+    idle_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        le=86400.0,
+        description="How long a client may send nothing on its WebSocket, in seconds; then it "
+        "is closed with 1000 and `Exceeded maximum websocket connection idle duration`, as "
+        "the service does after the same 300 s. The SDKs reconnect when next needed.",
+    )
+    max_sessions_total: int = Field(
+        2000,
+        ge=1,
+        le=1_000_000,
+        description="Concurrent sessions (WebSocket connections and REST requests) of the "
+        "process; past it new ones get HTTP 503 (SDK: ServiceUnavailable, retried), so a load "
+        "balancer's other replicas take them. Twice the 1,000 streams one process is sized for.",
+    )
+    max_sessions_per_client: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Concurrent sessions of one client key; past it new ones get HTTP 429 "
+        "(SDK: TooManyRequests), so one application cannot take the whole process.",
+    )
+    connections_per_client_per_s: float = Field(
+        200.0,
+        gt=0,
+        le=1_000_000.0,
+        description="New sessions (WebSocket upgrades and REST requests) one client key may "
+        "open per second, on average (a token bucket); past it HTTP 429 with Retry-After "
+        "(SDK: TooManyRequests). It stops a client stuck in a reconnect loop.",
+    )
+    connection_burst: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="How many new sessions one client key may open at once before "
+        "`connections_per_client_per_s` applies (the token bucket's size): a fleet of "
+        "devices reconnecting together after a network outage is let in.",
+    )
+    max_rest_body_bytes: int = Field(
+        10 * _MIB,
+        ge=1 * _KIB,
+        le=1 * _GIB,
+        description="The largest REST short-audio request body; past it HTTP 413. The REST "
+        "API takes at most 60 s of audio (about 2 MB of 16 kHz PCM).",
+    )
 
 
 class GatewaySettings(_Model):
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
-    clients: list[ClientSettings] = Field(default_factory=list)
-    backends: dict[str, BackendSettings] = Field(default_factory=dict)
-    experiments: list[ExperimentSettings] = Field(default_factory=list)
-    default_variant: VariantSettings | None = None
-    connect_timeout_s: float = Field(5.0, gt=0, le=60)  # to a backend, primary or shadow
-    # REST: the longest a backend may stay silent while answering (60 s of audio + margin).
-    rest_timeout_s: float = Field(90.0, gt=0, le=600)
-    shadow_queue_frames: int = Field(200, ge=1)  # audio frames buffered per shadow, then dropped
-    # How long shadows may take to finish (final results) after the primary session ended.
-    shadow_grace_s: float = Field(5.0, gt=0, le=60)
-    max_rest_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # short-audio request body
-    force_param: str = "gw-variant"
-    # Admin credentials (labels API): name -> SHA-256 of the bearer token. Digests only.
-    admin_tokens_sha256: dict[str, str] = Field(default_factory=dict)
-    breaker: BreakerSettings = BreakerSettings()
-    control: ControlSettings = ControlSettings()
+    host: str = Field("127.0.0.1", description="The address to listen on.")
+    port: int = Field(8080, ge=0, le=65535, description="The port to listen on (0: a free one).")
+    clients: list[ClientSettings] = Field(
+        default_factory=list, description="The applications' client keys."
+    )
+    backends: dict[str, BackendSettings] = Field(
+        default_factory=dict,
+        description="The speech services, by name (1-64 letters, digits, `.`, `-` or `_`).",
+    )
+    experiments: list[ExperimentSettings] = Field(
+        default_factory=list,
+        description="The experiments, in order: a request goes to the first that matches.",
+    )
+    default_variant: VariantSettings | None = Field(
+        None, description="Where requests no experiment matches go; unset: refused (400)."
+    )
+    connect_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="The handshake timeout to a backend, primary or shadow, in seconds.",
+    )
+    # The default: 60 s of audio (the REST maximum) plus a margin.
+    rest_timeout_s: float = Field(
+        90.0,
+        gt=0,
+        le=600,
+        description="REST: the longest a backend may stay silent while answering, in seconds "
+        "(past it: 503).",
+    )
+    shadow_queue_frames: int = Field(
+        200, ge=1, description="Audio frames queued per shadow; past it frames are dropped."
+    )
+    shadow_grace_s: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="How long shadows may take to deliver their final results after the "
+        "primary session ended, in seconds.",
+    )
+    force_param: str = Field(
+        "gw-variant",
+        description="The query parameter a permitted client forces a variant with (QA).",
+    )
+    admin_tokens_sha256: dict[str, str] = Field(
+        default_factory=dict,
+        description="Admin credentials (admin and labels APIs, dashboard): name = SHA-256 of "
+        "the bearer token. Digests only.",
+    )
+    breaker: BreakerSettings = Field(
+        BreakerSettings(), description="The circuit breaker of each backend."
+    )
+    control: ControlSettings = Field(
+        ControlSettings(), description="Where the experiments' live state is kept."
+    )
+    drain: DrainSettings = Field(
+        DrainSettings(), description="The graceful drain on SIGTERM (`serve`)."
+    )
+    limits: LimitSettings = Field(
+        LimitSettings(), description="What one client, session or request may use."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_rest_body_bytes" in data:
+            raise ValueError(
+                "max_rest_body_bytes has moved to gateway.limits.max_rest_body_bytes "
+                "(environment: SPEECH_GATEWAY_GATEWAY__LIMITS__MAX_REST_BODY_BYTES)"
+            )
+        return data
 
 
 def build_gateway_config(settings: GatewaySettings) -> GatewayConfig:

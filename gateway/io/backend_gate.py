@@ -1,7 +1,7 @@
 """Which backend a new session may dial: circuit breakers per backend, failover to control.
 
 Before a session or request dials its variant's backend, `admit` asks that backend's
-breaker (`gateway.control.breaker`; a custom endpoint has its own, `breaker_name`). While
+breaker (`gateway.control.breaker`; a custom endpoint's variant has its own, `breaker_name`). While
 it is open, the session goes to the experiment's control variant (`on_open = "failover"`;
 its records carry `failover_from`) or is refused (`"reject"`, or when control's backend is
 down too). Every dial reports back: a backend
@@ -29,11 +29,13 @@ BREAKER_OPEN = "breaker_open"  # error_code of a session refused by an open brea
 
 
 def breaker_name(variant: Variant) -> str:
-    """The breaker a variant's sessions go through: its backend, and its custom endpoint if
-    it has one. A failing custom endpoint must not open the breaker of the base model that
-    shares its service (the control, often), or failover would have nowhere to go."""
+    """The breaker a variant's sessions go through: its backend, or for a custom endpoint
+    `<backend>/<variant>`. A failing custom endpoint must not open the breaker of the base
+    model that shares its service (the control, often), or failover would have nowhere to
+    go. Named by the variant, not the endpoint id: the name is a metric label on the
+    unauthenticated /metrics, and endpoint ids never leave the gateway."""
     backend = variant.backend.name
-    return backend if variant.endpoint_id is None else f"{backend}/{variant.endpoint_id}"
+    return backend if variant.endpoint_id is None else f"{backend}/{variant.name}"
 
 
 def is_backend_failure(error: UpstreamError) -> bool:

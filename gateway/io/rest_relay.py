@@ -3,6 +3,11 @@ answer streams back; one outcome record per request.
 
 Latency is measured at the gateway: `final_latency_ms` from the last byte of the client's
 audio to the first byte of the backend's answer, `total_ms` from the first audio byte.
+
+A request is admitted (`gateway.io.admission`: 429/503 past the connection rate or the
+concurrent sessions) and counted as a live session before the backend is contacted; a body
+over `gateway.limits.max_rest_body_bytes` is answered 413, known from Content-Length or
+found while it streams. Each refusal is recorded, logged and counted.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.errors import UpstreamRejected, UpstreamUnavailable
+from gateway.errors import Limit, UpstreamRejected, UpstreamUnavailable
+from gateway.io.admission import Admission, record_limit_hit, refuse
 from gateway.io.backend_gate import BREAKER_OPEN
 from gateway.io.state import GatewayState, session_facts
 from gateway.logging import get_logger
@@ -44,7 +50,7 @@ _RESPONSE_HEADERS = ("Content-Type",)
 
 
 class _BodyTooLarge(Exception):
-    """The client's body outgrew `max_rest_body_bytes` while it streamed."""
+    """The client's body outgrew `limits.max_rest_body_bytes` while it streamed."""
 
 
 class _BodyClock:
@@ -80,26 +86,38 @@ class _BodyClock:
             yield chunk
         self.last = time.monotonic()
 
-    def refusal(self) -> web.HTTPRequestEntityTooLarge:
-        return web.HTTPRequestEntityTooLarge(max_size=self._limit, actual_size=self.size)
+    def refusal(self, state: GatewayState, route: Route) -> web.HTTPRequestEntityTooLarge:
+        return _too_large(state, route, self._limit, self.size)
+
+
+def _too_large(
+    state: GatewayState, route: Route, limit: int, size: int
+) -> web.HTTPRequestEntityTooLarge:
+    """Record, log and count a body over the limit; the 413 to raise."""
+    detail = f"the request body exceeds {limit} bytes"
+    status = RecognitionStatus.BAD_REQUEST
+    record_limit_hit(state, route, "rest", Limit.REST_BODY, status, detail)
+    return web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
 
 
 async def handle_rest(
-    request: web.Request, state: GatewayState, route: Route
+    request: web.Request, state: GatewayState, route: Route, admission: Admission
 ) -> web.StreamResponse:
-    limit = state.settings.max_rest_body_bytes
+    refusal = admission.admit(route.client.name, state.sessions, time.monotonic())
+    if refusal is not None:
+        return refuse(state, route, "rest", refusal)
+    limit = state.settings.limits.max_rest_body_bytes
     if request.content_length is not None and request.content_length > limit:
         # Known too large before a byte is read: refused without dialling the backend.
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    admitted = state.backends.admit(route)
-    if admitted is None:
-        detail = f"the backend {route.variant.backend.name} is unavailable"
-        return _unavailable(state, route, BREAKER_OPEN, detail)
-    body = _BodyClock(request, limit)
-    route = admitted
+        raise _too_large(state, route, limit, request.content_length)
+    # Held from the admission on, with nothing awaited in between (see usp_relay).
     experiment = route.experiment.id if route.experiment is not None else None
     with state.sessions.hold(route.client.name, "rest", experiment, route.variant.name):
-        return await _relay(request, state, route, body)
+        admitted = state.backends.admit(route)
+        if admitted is None:
+            detail = f"the backend {route.variant.backend.name} is unavailable"
+            return _unavailable(state, route, BREAKER_OPEN, detail)
+        return await _relay(request, state, admitted, _BodyClock(request, limit))
 
 
 async def _relay(
@@ -174,7 +192,7 @@ async def _forward(
             await response.write_eof()
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         if body.too_large:
-            raise body.refusal() from None
+            raise body.refusal(state, route) from None
         if body.client_failed:
             # The client went away mid-upload: no outcome of the backend, nothing to count.
             log.info("rest_client_aborted", backend=variant.backend.name)

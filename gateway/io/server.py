@@ -4,25 +4,34 @@ Every path the Speech SDKs use is served: USP over WebSocket on the three v1 rec
 paths and both universal v2 paths, REST short audio (POST) on the v1 paths, the labels
 and admin APIs with the live dashboard (`/dashboard`), plus `/healthz` and `/readyz`.
 Each request is routed by `session.routing.plan_route`; the
-outcome sink and the HTTP client pool live as long as the app.
+outcome sink and the HTTP client pool live as long as the app. While the gateway drains
+(`GatewayState.drain`, on SIGTERM) new sessions are refused with 503 and `/readyz` says so;
+docs/observability.md describes the health endpoints, the metrics and the drain.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Final
+
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
 
 from gateway.control.config import build_gateway_config
 from gateway.errors import AuthError
 from gateway.io.admin_api import add_admin_routes
 from gateway.io.admin_control import add_control_routes
+from gateway.io.admission import ADMISSION, Admission, AdmissionPolicy
 from gateway.io.backend_gate import BackendGate
 from gateway.io.control_plane import ControlPlane
 from gateway.io.dashboard import add_dashboard_routes
 from gateway.io.labels_api import LABEL_STORE, AdminTokens, add_label_routes
 from gateway.io.metrics import GatewayMetrics
-from gateway.io.redis_client import RedisClient
+from gateway.io.redis_client import REDIS_ERRORS, RedisClient
 from gateway.io.rest_relay import handle_rest
 from gateway.io.state import STATE, GatewayState
 from gateway.io.stores import (
@@ -50,7 +59,8 @@ def create_gateway_app(settings: Settings) -> web.Application:
     config = build_gateway_config(gateway)
     outcomes = settings.outcomes
     key = outcomes.resolved_pseudonym_key() or load_or_create_key(outcomes.generated_key_path)
-    app = web.Application(client_max_size=gateway.max_rest_body_bytes)
+    app = web.Application(client_max_size=gateway.limits.max_rest_body_bytes)
+    app[ADMISSION] = Admission(AdmissionPolicy.from_limits(gateway.limits))
     label_store, label_client = create_label_store(outcomes)
     app[LABEL_STORE] = label_store
     app[LABEL_CLIENT] = label_client
@@ -76,6 +86,8 @@ def create_gateway_app(settings: Settings) -> web.Application:
         text_privacy=outcomes.text_privacy,
         privacy_key=key,
     )
+    metrics.watch_sink(app[STATE].sink)
+    app.middlewares.append(refuse_while_draining)
     for path in USP_PATHS:
         app.router.add_get(path, usp_route)
     for path in V1_PATHS:
@@ -113,6 +125,7 @@ async def _start(app: web.Application) -> None:
 async def _stop(app: web.Application) -> None:
     state = app[STATE]
     await state.sink.close()
+    log.info("outcomes_flushed", written=state.sink.written, dropped=state.sink.dropped)
     await state.control.close()
     await state.http.close()
     for client in (app[LABEL_CLIENT], app[CONTROL_CLIENT]):
@@ -121,6 +134,8 @@ async def _stop(app: web.Application) -> None:
 
 
 async def healthz(_request: web.Request) -> web.Response:
+    """Alive: the process answers HTTP. Nothing else is checked (a liveness probe that
+    failed on Redis would restart every replica when Redis goes away)."""
     return web.Response(text="ok\n")
 
 
@@ -132,11 +147,62 @@ async def metrics_route(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready once the experiments' live state has been read: a replica that serves the
-    configured weights while the shared state says otherwise would split traffic wrongly."""
-    if not request.app[STATE].control.loaded:
+    """Ready: not draining; the experiments' live state has been read (a replica that
+    serves the configured weights while the shared state says otherwise would split
+    traffic wrongly); every Redis the gateway uses answers a PING within a second."""
+    app = request.app
+    state = app[STATE]
+    if state.draining:
+        return web.Response(status=503, text="draining: the gateway is shutting down\n")
+    if not state.control.loaded:
         return web.Response(status=503, text="the experiment state store is unreachable\n")
+    down = await _unreachable_redis(app)
+    if down:
+        return web.Response(status=503, text=f"redis unreachable: {', '.join(down)}\n")
     return web.Response(text="ok\n")
+
+
+READY_PING_TIMEOUT_S: Final = 1.0
+# Requests for a session (USP upgrades, REST recognition), refused while draining.
+_SESSION_PATHS: Final = frozenset(USP_PATHS) | frozenset(V1_PATHS)
+
+
+async def _unreachable_redis(app: web.Application) -> list[str]:
+    """The roles of the app's Redis clients that do not answer a PING in time. The label
+    client is the outcome store's Redis (the sink's own connection goes to the same URL)."""
+    clients = {"outcomes": app[LABEL_CLIENT], "control": app[CONTROL_CLIENT]}
+    named = [(name, client) for name, client in clients.items() if client is not None]
+    answers = await asyncio.gather(*(_ping(client) for _name, client in named))
+    return [name for (name, _client), up in zip(named, answers, strict=True) if not up]
+
+
+async def _ping(client: RedisClient) -> bool:
+    """Whether Redis answers in time; a cluster, on every primary (each holds some slots)."""
+    try:
+        async with asyncio.timeout(READY_PING_TIMEOUT_S):
+            if isinstance(client, RedisCluster):
+                await client.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await client.ping()
+    except REDIS_ERRORS:
+        return False
+    except RedisError:  # it answered, but not with PONG (a password missing, say)
+        return False
+    return True
+
+
+@web.middleware
+async def refuse_while_draining(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """While draining, a new session gets 503 (the SDKs retry, through the load balancer to
+    another replica); the health, metrics and admin endpoints keep answering."""
+    if request.path in _SESSION_PATHS and request.app[STATE].draining:
+        response = web.Response(status=503, text="The gateway is shutting down; try again.")
+        response.headers["Retry-After"] = "1"
+        response.force_close()
+        return response
+    return await handler(request)
 
 
 def _route(request: web.Request) -> Route:
@@ -165,9 +231,9 @@ def _http_error(exc: RouteError) -> web.HTTPException:
 
 async def usp_route(request: web.Request) -> web.StreamResponse:
     route = _route(request)
-    return await handle_usp(request, request.app[STATE], route)
+    return await handle_usp(request, request.app[STATE], route, request.app[ADMISSION])
 
 
 async def rest_route(request: web.Request) -> web.StreamResponse:
     route = _route(request)
-    return await handle_rest(request, request.app[STATE], route)
+    return await handle_rest(request, request.app[STATE], route, request.app[ADMISSION])

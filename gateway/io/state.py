@@ -1,23 +1,45 @@
-"""The gateway app's shared state, under one typed AppKey (no module globals)."""
+"""The gateway app's shared state, under one typed AppKey (no module globals), and its
+drain: what `speech-gateway serve` does with the live sessions on SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from typing import Final
 
 import aiohttp
 from aiohttp import web
 
 from gateway.control.config import GatewaySettings
 from gateway.control.model import GatewayConfig
+from gateway.errors import CloseCode
 from gateway.io.backend_gate import BackendGate
 from gateway.io.control_plane import ControlPlane
 from gateway.io.metrics import GatewayMetrics
 from gateway.io.sessions import LiveSessions
+from gateway.logging import get_logger
 from gateway.outcomes.privacy import TextPrivacy, pseudonymise
 from gateway.outcomes.record import OutcomeRecord
 from gateway.outcomes.sink import OutcomeSink
 from gateway.session.routing import Route
 from gateway.session.taps import SessionFacts
+
+log = get_logger(__name__)
+
+# The real service's own words when it restarts an instance; the SDKs reconnect on 1012
+# (protocol.md §5.2), so behind a load balancer the session goes on on another replica.
+DRAIN_CLOSE_CODE: Final = CloseCode.SERVICE_RESTART
+DRAIN_CLOSE_REASON: Final = "Instance is shutting down"
+DRAIN_LOG_INTERVAL_S: Final = 5.0
+DRAIN_TICK_S: Final = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class DrainReport:
+    live_at_start: int
+    closed: int  # asked to close with DRAIN_CLOSE_CODE when the grace period ended
+    left: int  # still live when the drain gave up on them (cancelled by the server)
+    seconds: float
 
 
 @dataclass
@@ -29,8 +51,14 @@ class GatewayState:
     sink: OutcomeSink
     text_privacy: TextPrivacy
     privacy_key: bytes
-    sessions: LiveSessions = field(default_factory=LiveSessions)
+    sessions: LiveSessions = field(init=False)
+    # From SIGTERM on: new sessions are refused and /readyz answers 503.
+    draining: bool = field(default=False, init=False)
+    _grace_cut: bool = field(default=False, init=False)
     _http: aiohttp.ClientSession | None = None
+
+    def __post_init__(self) -> None:
+        self.sessions = LiveSessions(self.metrics)
 
     @property
     def config(self) -> GatewayConfig:
@@ -38,9 +66,65 @@ class GatewayState:
         return self.control.config
 
     def submit(self, record: OutcomeRecord) -> None:
-        """Send an outcome record to the sink, and count it for the guardrails."""
+        """Send an outcome record to the sink, and count it for the guardrails and metrics."""
         self.sink.submit(record)
         self.control.observe(record)
+        self.metrics.observe(record)
+
+    async def drain(self, grace_s: float, close_timeout_s: float) -> DrainReport:
+        """Refuse new sessions, let the live ones finish for up to `grace_s`, then close the
+        rest with 1012 and wait up to `close_timeout_s` for them to end (their last records
+        are submitted as they end). The sink is flushed afterwards, by the app's cleanup."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        self.draining = True
+        self.metrics.draining.set(1)
+        sessions = self.sessions
+        live_at_start = sessions.total
+        log.info("drain_started", live=live_at_start, grace_s=grace_s, **_by_protocol(sessions))
+        deadline = start + grace_s
+        logged = start
+        while sessions.total and not self._grace_cut and (remaining := deadline - loop.time()) > 0:
+            # Short waits, so that `cut_grace` takes effect at once.
+            idle = await sessions.wait_idle(min(remaining, DRAIN_TICK_S))
+            if not idle and loop.time() - logged >= DRAIN_LOG_INTERVAL_S:
+                logged = loop.time()
+                left = round(max(0.0, deadline - logged), 1)
+                log.info("drain_waiting", live=sessions.total, grace_left_s=left)
+        closed = 0
+        if sessions.total:
+            log.warning(
+                "drain_grace_over",
+                live=sessions.total,
+                close_code=int(DRAIN_CLOSE_CODE),
+                **_by_protocol(sessions),
+            )
+            deadline = loop.time() + close_timeout_s
+            # Again until none is left: a session whose backend was being dialled when the
+            # drain began registers only now.
+            while sessions.total and (remaining := deadline - loop.time()) > 0:
+                try:
+                    async with asyncio.timeout(remaining):
+                        closed += await sessions.close_all(DRAIN_CLOSE_CODE, DRAIN_CLOSE_REASON)
+                except TimeoutError:
+                    break
+                await sessions.wait_idle(min(0.2, max(0.0, deadline - loop.time())))
+        report = DrainReport(live_at_start, closed, sessions.total, loop.time() - start)
+        log_at = log.warning if report.left else log.info
+        log_at(
+            "drain_sessions_done",
+            live_at_start=report.live_at_start,
+            closed=report.closed,
+            left=report.left,
+            seconds=round(report.seconds, 2),
+        )
+        return report
+
+    def cut_grace(self) -> None:
+        """End the drain's grace period now (a second SIGTERM or Ctrl-C)."""
+        if self.draining and not self._grace_cut:
+            self._grace_cut = True
+            log.warning("drain_grace_cut", live=self.sessions.total)
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -54,6 +138,14 @@ class GatewayState:
 
 
 STATE = web.AppKey("gateway_state", GatewayState)
+
+
+def _by_protocol(sessions: LiveSessions) -> dict[str, int]:
+    live = sessions.snapshot()
+    return {
+        "usp": sum(s.protocol == "usp" for s in live),
+        "rest": sum(s.protocol == "rest" for s in live),
+    }
 
 
 def session_facts(state: GatewayState, route: Route, protocol: str) -> SessionFacts:

@@ -37,12 +37,8 @@ def labels_path(settings: OutcomeSettings) -> Path:
     return settings.labels_path or labels_path_beside(settings.path)
 
 
-def _password(settings: OutcomeSettings) -> str | None:
-    return settings.redis_password.get_secret_value() if settings.redis_password else None
-
-
 def _connect(settings: OutcomeSettings) -> Callable[[], Awaitable[RedisClient]]:
-    password = _password(settings)
+    password = settings.resolved_redis_password()
     return partial(connect, settings.redis_url, cluster=settings.redis_cluster, password=password)
 
 
@@ -51,7 +47,9 @@ def create_label_store(settings: OutcomeSettings) -> tuple[LabelStore, RedisClie
     if settings.store == "file":
         return FileLabelStore(settings.path, labels_path(settings)), None
     client = client_for(
-        settings.redis_url, cluster=settings.redis_cluster, password=_password(settings)
+        settings.redis_url,
+        cluster=settings.redis_cluster,
+        password=settings.resolved_redis_password(),
     )
     return RedisLabelStore(client, redis_keys(settings)), client
 
@@ -80,7 +78,9 @@ def create_control_stores(
     owned = None
     if client is None:
         client = owned = client_for(
-            outcomes.redis_url, cluster=outcomes.redis_cluster, password=_password(outcomes)
+            outcomes.redis_url,
+            cluster=outcomes.redis_cluster,
+            password=outcomes.resolved_redis_password(),
         )
     prefix = outcomes.redis_prefix
     return RedisControlStore(client, prefix), RedisCounterStore(client, prefix), owned

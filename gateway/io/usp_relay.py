@@ -5,6 +5,10 @@ backend answers with reaches the SDK unchanged (protocol.md §5.3). Two pumps ru
 session — client→backend and backend→client — each handing frames to the `RelaySession`
 state machine and executing the commands it returns; sends are awaited, so a slow side
 slows its sender instead of filling memory. Shadows are fed through bounded queues.
+
+A session counts against the admission limits from the moment it is admitted, before the
+backend is dialled (`gateway.io.admission`). A third, mostly sleeping task per session
+wakes at the relay's next idle or duration deadline; the pumps only note the time.
 """
 
 from __future__ import annotations
@@ -17,20 +21,24 @@ from typing import assert_never
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from gateway.errors import UpstreamError, UpstreamRejected, UpstreamUnavailable, UspError
+from gateway.control.config import LimitSettings
+from gateway.errors import CloseCode, UpstreamError, UpstreamRejected, UpstreamUnavailable
+from gateway.io.admission import Admission, note_limit_hit, refuse
 from gateway.io.backend_gate import BREAKER_OPEN
 from gateway.io.shadow import ShadowLink
 from gateway.io.state import GatewayState, session_facts
 from gateway.io.upstream import connect_ws
 from gateway.logging import get_logger
 from gateway.outcomes.record import Role
-from gateway.protocol.usp import DEFAULT_LIMITS
+from gateway.protocol.usp import DEFAULT_LIMITS, UspLimits
 from gateway.session.relay import (
     CloseClient,
     CloseUpstream,
     Command,
     Emit,
+    LimitHit,
     RelaySession,
+    SessionLimits,
     ToClient,
     ToUpstream,
 )
@@ -40,6 +48,7 @@ from gateway.session.taps import RoleFacts
 log = get_logger(__name__)
 
 USP_PROTOCOL = "USP"
+MAX_CLOSE_REASON_BYTES = 123  # a control frame's payload is at most 125 bytes, 2 of them the code
 
 
 class _Session:
@@ -60,6 +69,9 @@ class _Session:
         self._upstream = upstream
         self._shadows: list[ShadowLink] = []
         self._client_pump: asyncio.Task[None] | None = None
+        # The client's close handshake, once begun: a task of its own, so that cancelling
+        # the pump that began it cannot cut it off (see `_close_client`).
+        self._closing: asyncio.Task[bool] | None = None
 
     def start_shadows(self, headers: dict[str, str], protocols: tuple[str, ...]) -> None:
         settings = self._state.settings
@@ -84,6 +96,7 @@ class _Session:
         pumps = [self._client_pump]
         if self._upstream is not None:
             pumps.append(asyncio.create_task(self._pump_upstream(), name="usp-upstream-pump"))
+        watchdog = asyncio.create_task(self._watch_deadlines(), name="usp-deadlines")
         try:
             _done, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
             # The finished pump already closed the other side; its pump ends or is cut.
@@ -91,12 +104,26 @@ class _Session:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         finally:
+            watchdog.cancel()
             for task in pumps:
                 task.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+            if self._closing is not None:
+                await asyncio.gather(self._closing, return_exceptions=True)
             if self._upstream is not None and not self._upstream.closed:
                 await self._upstream.close()
             grace = self._state.settings.shadow_grace_s
             await asyncio.gather(*(link.finish(grace) for link in self._shadows))
+
+    async def _watch_deadlines(self) -> None:
+        """Sleep until the relay's next deadline and ask it again: while the client is
+        active this wakes once per idle timeout, and never per frame."""
+        relay = self._relay
+        while not relay.ended:
+            await asyncio.sleep(max(0.0, relay.next_deadline() - time.monotonic()))
+            commands = relay.check_deadlines(time.monotonic())
+            if commands:
+                await self._execute(commands)
 
     async def _pump_client(self) -> None:
         relay = self._relay
@@ -108,11 +135,12 @@ class _Session:
                 elif message.type is WSMsgType.BINARY:
                     commands = relay.client_binary(message.data, now)
                 else:
+                    if message.type is WSMsgType.ERROR and _too_big(message.data):
+                        # aiohttp refused it (max_msg_size) and closed with 1009 itself.
+                        limit = self._state.settings.limits.max_ws_message_bytes
+                        await self._execute(relay.client_too_big(limit))
                     break
                 await self._execute(commands)
-        except UspError as exc:
-            log.info("client_protocol_error", reason=exc.reason, close_code=int(exc.close_code))
-            await self._client.close(code=exc.close_code, message=exc.reason.encode()[:120])
         except (ConnectionError, aiohttp.ClientError):
             pass
         await self._execute(relay.client_closed())
@@ -141,10 +169,13 @@ class _Session:
             await self._execute(relay.upstream_closed(code, reason))
 
     async def _execute(self, commands: list[Command]) -> None:
-        # Records first: they need no I/O, and a pump cancelled while it sends or closes must
-        # not lose them (e.g. our own CloseClient wakes the client pump, which can finish
-        # first; `run` then cancels this pump inside `close`, before a later Emit).
+        # Records and limit hits first: they need no I/O, and a pump cancelled while it
+        # sends or closes must not lose them (e.g. our own CloseClient wakes the client
+        # pump, which can finish first; `run` then cancels this pump inside `close`).
         _submit(self._state, commands)
+        for command in commands:
+            if isinstance(command, LimitHit):
+                note_limit_hit(self._state, command.limit, self._route, "usp", command.detail)
         for command in commands:
             match command:
                 case ToUpstream(frame=frame, starts_turn=starts_turn):
@@ -168,15 +199,15 @@ class _Session:
                 case CloseUpstream(code=code):
                     if self._upstream is not None:
                         await self._upstream.close(code=code)
-                case Emit():
-                    pass  # submitted above
+                case Emit() | LimitHit():
+                    pass  # submitted and noted above
                 case _:
                     assert_never(command)
 
     async def close(self, code: int, reason: str) -> None:
-        """Close the client's connection from outside the session (e.g. a drain)."""
+        """Close the session from outside (a drain): the client gets `code`."""
         if not self._client.closed:
-            await self._close_client(code, reason)
+            await self._execute(self._relay.shut_down(code, reason))
 
     async def _close_client(self, code: int, reason: str) -> None:
         """Close the client's WebSocket with `code`, reading what it still sends meanwhile.
@@ -192,7 +223,15 @@ class _Session:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
-        await self._client.close(code=code, message=reason.encode()[:120])
+        if self._closing is None:
+            # In a task of its own: the pump that ends first makes `run` cancel the others,
+            # and cancelling `close` midway would drop the connection instead (the SDK would
+            # see an abort, not the code). `run` waits for it.
+            message = close_reason(reason)
+            self._closing = asyncio.create_task(
+                self._client.close(code=code, message=message), name="usp-client-close"
+            )
+        await asyncio.shield(self._closing)
 
     def _on_shadow_text(self, variant: str, frame: str, now: float) -> None:
         _submit(self._state, self._relay.shadow_text(variant, frame, now))
@@ -202,57 +241,86 @@ class _Session:
         _submit(self._state, self._relay.shadow_failed(variant, error_code, detail))
 
 
-async def handle_usp(request: web.Request, state: GatewayState, route: Route) -> web.StreamResponse:
-    """Relay one Speech SDK connection along an already planned route."""
+async def handle_usp(
+    request: web.Request, state: GatewayState, route: Route, admission: Admission
+) -> web.StreamResponse:
+    """Relay one Speech SDK connection along an already planned route, if admitted."""
     offered = request.headers.get("Sec-WebSocket-Protocol", "")
     protocols = (USP_PROTOCOL,) if USP_PROTOCOL.lower() in offered.lower() else ()
+    limits = state.settings.limits
     client = web.WebSocketResponse(
-        protocols=protocols, max_msg_size=DEFAULT_LIMITS.max_text_bytes, autoping=True
+        protocols=protocols, max_msg_size=limits.max_ws_message_bytes, autoping=True
     )
     # Checked before the backend is dialled: a request that is no WebSocket upgrade would
     # fail in `prepare` and leave a backend session open that nothing ever closes.
     if not client.can_prepare(request).ok:
         raise web.HTTPBadRequest(text="This path takes a WebSocket upgrade.")
-    headers = dict(request.headers)
-    route, dialled = await _dial(state, route, headers)
-    relay = _relay_for(state, route)
-    upstream: aiohttp.ClientWebSocketResponse | None = None
-    pending: list[Command] = []
-    if isinstance(dialled, UpstreamRejected):
-        # The SDK maps the status to its error code (401 → AuthenticationFailure, ...).
-        _submit(state, relay.upstream_rejected(dialled.error_code, dialled.detail))
-        status = dialled.status
-        return web.Response(status=status, text=f"The speech service answered {status}.")
-    if isinstance(dialled, UpstreamError):
-        backend = route.variant.backend.name
-        log.warning("upstream_unavailable", backend=backend, error=dialled.error_code)
-        pending = relay.upstream_unavailable(dialled.error_code, dialled.detail)
-    else:
-        upstream = dialled
-    try:
-        await client.prepare(request)
-    except BaseException:
-        # The client left while the backend was dialled: its backend session goes too.
-        if upstream is not None:
-            await upstream.close()
-        raise
-    session = _Session(state, route, relay, client, upstream)
-    _submit(state, pending)
-    if upstream is not None:
-        session.start_shadows(headers, protocols)
+    admitted_at = time.monotonic()
+    refusal = admission.admit(route.client.name, state.sessions, admitted_at)
+    if refusal is not None:
+        # 429 → TooManyRequests, 503 → ServiceUnavailable in the native SDK (§5.1).
+        return refuse(state, route, "usp", refusal)
+    # Held from here, with nothing awaited since the check: the dial below awaits, and
+    # every upgrade in flight must count against the limits meanwhile. Counted under the
+    # assigned variant, also when the session fails over to control.
     experiment = route.experiment.id if route.experiment is not None else None
     with state.sessions.hold(route.client.name, "usp", experiment, route.variant.name) as live:
+        headers = dict(request.headers)
+        route, dialled = await _dial(state, route, headers)
+        relay = _relay_for(state, route, admitted_at)
+        upstream: aiohttp.ClientWebSocketResponse | None = None
+        pending: list[Command] = []
+        if isinstance(dialled, UpstreamRejected):
+            # The SDK maps the status to its error code (401 → AuthenticationFailure, ...).
+            _submit(state, relay.upstream_rejected(dialled.error_code, dialled.detail))
+            status = dialled.status
+            return web.Response(status=status, text=f"The speech service answered {status}.")
+        if isinstance(dialled, UpstreamError):
+            backend = route.variant.backend.name
+            log.warning("upstream_unavailable", backend=backend, error=dialled.error_code)
+            pending = relay.upstream_unavailable(dialled.error_code, dialled.detail)
+        else:
+            upstream = dialled
+        try:
+            await client.prepare(request)
+        except BaseException:
+            # The client left while the backend was dialled: its backend session goes too.
+            if upstream is not None:
+                await upstream.close()
+            raise
+        session = _Session(state, route, relay, client, upstream)
+        _submit(state, pending)
+        if upstream is not None:
+            session.start_shadows(headers, protocols)
         live.closer = session.close
         with contextlib.suppress(ConnectionError):
             await session.run()
     return client
 
 
-def _relay_for(state: GatewayState, route: Route) -> RelaySession:
+def _relay_for(state: GatewayState, route: Route, admitted_at: float) -> RelaySession:
     facts = session_facts(state, route, protocol="usp")
     primary = RoleFacts(Role.PRIMARY, route.variant.name, route.variant.backend.name)
     shadows = [RoleFacts(Role.SHADOW, v.name, v.backend.name) for v in route.shadows]
-    return RelaySession(facts, primary, shadows)
+    limits = session_limits(state.settings.limits)
+    return RelaySession(facts, primary, shadows, limits=limits, started=admitted_at)
+
+
+def session_limits(limits: LimitSettings) -> SessionLimits:
+    """The relay's view of `gateway.limits`. Binary (audio) messages keep the codec's 64 KiB
+    bound unless the WebSocket limit is smaller; text messages may use the whole of it."""
+    usp = UspLimits(
+        max_header_bytes=limits.max_usp_header_bytes,
+        max_text_bytes=limits.max_ws_message_bytes,
+        max_binary_bytes=min(limits.max_ws_message_bytes, DEFAULT_LIMITS.max_binary_bytes),
+    )
+    return SessionLimits(
+        usp=usp,
+        max_turn_audio_bytes=limits.max_turn_audio_bytes,
+        max_session_audio_bytes=limits.max_session_audio_bytes,
+        max_session_s=limits.max_session_s,
+        idle_timeout_s=limits.idle_timeout_s,
+    )
 
 
 async def _dial(
@@ -302,3 +370,17 @@ def _submit(state: GatewayState, commands: list[Command]) -> None:
     for command in commands:
         if isinstance(command, Emit):
             state.submit(command.record)
+
+
+def close_reason(reason: str) -> bytes:
+    """`reason` as a close frame may carry it: at most 123 bytes of UTF-8 (RFC 6455 §5.5),
+    cut at a character boundary, so the client never gets invalid UTF-8 (a 1007 error)."""
+    encoded = reason.encode("utf-8", "replace")
+    if len(encoded) <= MAX_CLOSE_REASON_BYTES:
+        return encoded
+    return encoded[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore").encode()
+
+
+def _too_big(error: object) -> bool:
+    """Whether aiohttp's ERROR message is its refusal of a message over max_msg_size."""
+    return isinstance(error, aiohttp.WebSocketError) and error.code == CloseCode.MESSAGE_TOO_BIG

@@ -272,6 +272,11 @@ class RedisSink:
         return self._journalled
 
     @property
+    def queued(self) -> int:
+        """Records accepted and waiting in memory for the writer (queue and overflow)."""
+        return self._queue.qsize() + len(self._overflow)
+
+    @property
     def journal_pending(self) -> int:
         """Records in the journal, waiting for Redis (including a previous process's)."""
         return self._journal.pending if self._journal is not None else 0

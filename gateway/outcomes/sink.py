@@ -136,6 +136,11 @@ class JsonlSink:
         """Records accepted but still unwritable when the sink closed."""
         return self._lost
 
+    @property
+    def queued(self) -> int:
+        """Records accepted and not yet written: the queue and the batch being written."""
+        return self._queue.qsize() + len(self._pending)
+
     def submit(self, record: OutcomeRecord) -> None:
         if self._closed:
             self._drop("closed")

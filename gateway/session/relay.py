@@ -11,20 +11,38 @@ order; the relay only reads them, to follow the turns and tap outcomes:
 
 When the primary cannot be reached the relay answers each turn itself with an `Error`
 phrase (protocol.md §5.3) and records one session failure.
+
+The relay also enforces the session's limits (`SessionLimits`, from `gateway.limits`): the
+codec's message and header bounds, audio bytes per turn and per session (an integer
+subtraction and a comparison per audio frame), and two deadlines, idle and total duration,
+which the driver asks about once per `next_deadline` (no timer per frame). A limit hit
+ends the session: the client gets the answer the SDKs map best (below), the relay stops
+forwarding, and one `session_failure` record plus a `LimitHit` command are returned.
+
+    message or header too big     close 1009 / 1002   (native SDK: ConnectionFailure)
+    audio per turn or session     close 1007          (SDK: BadRequest, no retry)
+    idle or duration deadline     close 1000 with the service's words (SDK: reconnects)
+
+Every close of the client comes before the backend's in the commands: closing the backend
+ends its pump, and the driver then ends the session.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.errors import CloseCode, is_sendable_close_code
+from gateway.errors import CloseCode, Limit, UspError, is_sendable_close_code
 from gateway.logging import get_logger
 from gateway.outcomes.record import OutcomeRecord
 from gateway.protocol.usp import (
+    DEFAULT_LIMITS,
     Path,
     RecognitionStatus,
+    UspLimits,
     decode_binary,
     decode_text,
     encode_text,
@@ -35,6 +53,8 @@ from gateway.session.turns import AudioTimeline, continuation_offset
 
 log = get_logger(__name__)
 
+# error_code of a session the gateway closed because it is shutting down (drain).
+GATEWAY_SHUTDOWN = "gateway_shutdown"
 # Turns are kept a while after they end: a slow shadow may still report on them.
 KEPT_TURNS = 8
 _SPEECH_CONTEXT = Path.SPEECH_CONTEXT.value
@@ -70,23 +90,73 @@ class Emit:
     record: OutcomeRecord
 
 
-Command = ToUpstream | ToClient | CloseClient | CloseUpstream | Emit
+@dataclass(frozen=True, slots=True)
+class LimitHit:
+    """A limit ended the session: the driver logs and counts it (its record is an Emit)."""
+
+    limit: Limit
+    detail: str
+
+
+Command = ToUpstream | ToClient | CloseClient | CloseUpstream | Emit | LimitHit
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """What one session may use (`gateway.limits`); the defaults bound nothing but the
+    codec's sizes, the driver passes the configured ones. Times are `time.monotonic()`."""
+
+    usp: UspLimits = DEFAULT_LIMITS
+    max_turn_audio_bytes: int = sys.maxsize
+    max_session_audio_bytes: int = sys.maxsize
+    max_session_s: float = math.inf
+    idle_timeout_s: float = math.inf
+
+
+UNLIMITED = SessionLimits()
 
 
 class RelaySession:
     def __init__(
-        self, facts: SessionFacts, primary: RoleFacts, shadows: Sequence[RoleFacts] = ()
+        self,
+        facts: SessionFacts,
+        primary: RoleFacts,
+        shadows: Sequence[RoleFacts] = (),
+        *,
+        limits: SessionLimits = UNLIMITED,
+        started: float = 0.0,
     ) -> None:
         self._primary = ResultTap(facts, primary)
         self._shadows = {role.variant or "": ResultTap(facts, role) for role in shadows}
         self._turns: OrderedDict[str, Turn] = OrderedDict()
         self._unavailable: tuple[str, str] | None = None  # (error code, detail)
         self._open_turn: str | None = None  # the primary's turn between turn.start and end
+        self._limits = limits
+        self._usp = limits.usp
+        self._started = started  # when the session was admitted
+        self._last_client = started  # when the client last sent a frame
+        # Audio bytes: before the current turn, the current turn's budget (the turn limit or
+        # what is left of the session's, whichever is less), and what is left of it.
+        self._session_audio = 0
+        self._turn_budget = min(limits.max_turn_audio_bytes, limits.max_session_audio_bytes)
+        self._audio_left = self._turn_budget
+        self._ended = False  # a limit ended the session: nothing is relayed any more
+
+    @property
+    def ended(self) -> bool:
+        """Whether a limit ended the session (nothing is relayed any more)."""
+        return self._ended
 
     # -- the client ------------------------------------------------------------------------
 
     def client_text(self, frame: str, now: float) -> list[Command]:
-        message = decode_text(frame)  # UspError: the driver closes the client with its code
+        if self._ended:
+            return []
+        self._last_client = now
+        try:
+            message = decode_text(frame, self._usp)
+        except UspError as exc:
+            return self._client_violation(exc, _text_header_bytes(frame))
         starts_turn = message.path.lower() == _SPEECH_CONTEXT.lower()
         if starts_turn and message.request_id is not None:
             base = continuation_offset(message.body)
@@ -96,8 +166,18 @@ class RelaySession:
         return [ToUpstream(frame, starts_turn)]
 
     def client_binary(self, frame: bytes, now: float) -> list[Command]:
-        message = decode_binary(frame)
+        if self._ended:
+            return []
+        self._last_client = now
+        try:
+            message = decode_binary(frame, self._usp)
+        except UspError as exc:
+            return self._client_violation(exc, _binary_header_bytes(frame))
         if message.path.lower() == _AUDIO and message.request_id is not None:
+            left = self._audio_left - len(message.payload)
+            self._audio_left = left
+            if left < 0:
+                return self._audio_exceeded()
             turn = self._turns.get(message.request_id)
             if turn is not None:
                 turn.timeline.add(message.payload, now)
@@ -105,12 +185,67 @@ class RelaySession:
             return []
         return [ToUpstream(frame)]
 
+    def client_too_big(self, max_bytes: int) -> list[Command]:
+        """The WebSocket layer refused a message over `max_bytes` and closed with 1009."""
+        if self._ended:
+            return []
+        self._ended = True
+        detail = f"a message exceeds {max_bytes} bytes"
+        return [CloseUpstream(CloseCode.NORMAL), *self._limit_hit(Limit.MESSAGE_SIZE, detail)]
+
     def client_closed(self) -> list[Command]:
-        return [] if self._unavailable is not None else [CloseUpstream(CloseCode.NORMAL)]
+        if self._ended or self._unavailable is not None:
+            return []
+        return [CloseUpstream(CloseCode.NORMAL)]
+
+    # -- deadlines ---------------------------------------------------------------------------
+
+    def next_deadline(self) -> float:
+        """When `check_deadlines` may next end the session: idle or total duration."""
+        limits = self._limits
+        return min(self._started + limits.max_session_s, self._last_client + limits.idle_timeout_s)
+
+    def check_deadlines(self, now: float) -> list[Command]:
+        """Close the session if it is past its duration or idle deadline (code 1000 and the
+        service's own words: the SDKs reconnect as they do after the service's closes)."""
+        if self._ended:
+            return []
+        limits = self._limits
+        if now >= self._started + limits.max_session_s:
+            limit = Limit.SESSION_DURATION
+            reason = _duration_reason("connection", limits.max_session_s)
+        elif now >= self._last_client + limits.idle_timeout_s:
+            limit = Limit.IDLE_TIMEOUT
+            reason = _duration_reason("connection idle", limits.idle_timeout_s)
+        else:
+            return []
+        self._ended = True
+        return [
+            CloseClient(CloseCode.NORMAL, reason),
+            CloseUpstream(CloseCode.NORMAL),
+            *self._limit_hit(limit, reason, RecognitionStatus.ERROR),
+        ]
+
+    def shut_down(self, code: int, reason: str) -> list[Command]:
+        """The gateway closes the session (a drain): the client gets `code` (1012, which the
+        SDKs retry on another replica), the backend a normal close, and a turn cut off
+        midway is recorded as a `gateway_shutdown` failure."""
+        if self._ended:
+            return []
+        self._ended = True
+        commands: list[Command] = [CloseClient(code, reason), CloseUpstream(CloseCode.NORMAL)]
+        if self._open_turn is not None:
+            status = RecognitionStatus.ERROR.value
+            record = self._primary.failure(status, GATEWAY_SHUTDOWN, reason)
+            if record is not None:
+                commands.append(Emit(record))
+        return commands
 
     # -- the primary backend -----------------------------------------------------------------
 
     def upstream_text(self, frame: str, now: float) -> list[Command]:
+        if self._ended:  # the client's turn was answered by the gateway
+            return []
         commands: list[Command] = [ToClient(frame)]
         record = self._observe(self._primary, frame, now, primary=True)
         if record is not None:
@@ -118,7 +253,7 @@ class RelaySession:
         return commands
 
     def upstream_binary(self, frame: bytes) -> list[Command]:
-        return [ToClient(frame)]
+        return [] if self._ended else [ToClient(frame)]
 
     def upstream_closed(self, code: int, reason: str) -> list[Command]:
         """The primary closed: the client gets the same code and reason (§5.3, 2).
@@ -127,6 +262,8 @@ class RelaySession:
         on: no close frame may carry it. The current turn is answered with an Error phrase
         instead, as for any failure the gateway detects itself (§5.3, 3).
         """
+        if self._ended:  # the gateway closed it
+            return []
         if not is_sendable_close_code(code):
             return self._lost_upstream(code)
         commands: list[Command] = [CloseClient(code, reason)]
@@ -155,7 +292,7 @@ class RelaySession:
         if self._turns:  # the SDK's current turn: its last speech.context
             current = next(reversed(self._turns))
             started = self._open_turn == current
-            commands += self._answer_error(current, turn_started=started)
+            commands += self._answer_status(current, RecognitionStatus.ERROR, started)
         commands.append(CloseClient(CloseCode.NORMAL, "the backend connection was lost"))
         record = self._primary.failure(RecognitionStatus.ERROR.value, "upstream_lost", detail)
         if record is not None:
@@ -196,6 +333,10 @@ class RelaySession:
             return None
 
     def _begin_turn(self, request_id: str, base: int | None, now: float) -> None:
+        limits = self._limits
+        self._session_audio += self._turn_budget - self._audio_left
+        session_left = limits.max_session_audio_bytes - self._session_audio
+        self._turn_budget = self._audio_left = min(limits.max_turn_audio_bytes, session_left)
         # Native SDKs state where a follow-up turn starts; otherwise it starts where the
         # primary's acknowledgements ended, which is where the JS SDK replays from.
         start = base if base is not None else self._primary.acked_ticks
@@ -205,11 +346,61 @@ class RelaySession:
             self._turns.popitem(last=False)
 
     def _answer_unavailable(self, request_id: str | None) -> list[Command]:
-        return self._answer_error(request_id, turn_started=False)
+        return self._answer_status(request_id, RecognitionStatus.ERROR, turn_started=False)
 
-    def _answer_error(self, request_id: str | None, *, turn_started: bool) -> list[Command]:
-        """End the turn with an Error phrase (SDK: ServiceError), starting it if need be."""
-        body = status_phrase_body(RecognitionStatus.ERROR)
+    def _client_violation(self, exc: UspError, header_bytes: int) -> list[Command]:
+        """A client message the codec refused: close with its code, and a limit hit if a
+        size bound refused it (`header_bytes` is only computed on this path)."""
+        self._ended = True
+        commands: list[Command] = [
+            CloseClient(exc.close_code, exc.reason),
+            CloseUpstream(CloseCode.NORMAL),
+        ]
+        if exc.close_code == CloseCode.MESSAGE_TOO_BIG:
+            commands += self._limit_hit(Limit.MESSAGE_SIZE, exc.reason)
+        elif header_bytes > self._limits.usp.max_header_bytes:
+            commands += self._limit_hit(Limit.USP_HEADER, exc.reason)
+        else:
+            log.info("client_protocol_error", reason=exc.reason, close_code=int(exc.close_code))
+        return commands
+
+    def _audio_exceeded(self) -> list[Command]:
+        """Close with 1007 and the limit as the reason: both SDKs cancel with BadRequest
+        (JS: BadRequestParameters) and do not retry. A BadRequest status phrase would be
+        retried by the native SDK, five sessions for one hit (protocol.md §5.2)."""
+        self._ended = True
+        limits = self._limits
+        turn_bytes = self._turn_budget - self._audio_left
+        if turn_bytes > limits.max_turn_audio_bytes:
+            limit = Limit.TURN_AUDIO
+            detail = f"the turn's audio exceeds {limits.max_turn_audio_bytes} bytes"
+        else:
+            limit = Limit.SESSION_AUDIO
+            detail = f"the session's audio exceeds {limits.max_session_audio_bytes} bytes"
+        # The client first: its close must begin before the backend's ends a pump (see
+        # usp_relay `_close_client`).
+        commands: list[Command] = [
+            CloseClient(CloseCode.INVALID_PAYLOAD, detail),
+            CloseUpstream(CloseCode.NORMAL),
+        ]
+        return commands + self._limit_hit(limit, detail)
+
+    def _limit_hit(
+        self, limit: Limit, detail: str, status: RecognitionStatus = RecognitionStatus.BAD_REQUEST
+    ) -> list[Command]:
+        """The primary's failure record (unless it has one) and the LimitHit of `limit`.
+        `status` is what the client saw: BadRequest for what it sent, Error for a close."""
+        record = self._primary.failure(status.value, limit.error_code, detail)
+        commands: list[Command] = [Emit(record)] if record is not None else []
+        commands.append(LimitHit(limit, detail))
+        return commands
+
+    def _answer_status(
+        self, request_id: str | None, status: RecognitionStatus, turn_started: bool
+    ) -> list[Command]:
+        """End the turn with a status phrase (Error: SDK ServiceError), starting it first
+        if the primary has not."""
+        body = status_phrase_body(status)
         commands: list[Command] = []
         if not turn_started:
             start = encode_text(Path.TURN_START.value, request_id, '{"context":{}}')
@@ -217,3 +408,21 @@ class RelaySession:
         commands.append(ToClient(encode_text(Path.SPEECH_PHRASE.value, request_id, body)))
         commands.append(ToClient(encode_text(Path.TURN_END.value, request_id, "{}")))
         return commands
+
+
+def _duration_reason(what: str, seconds: float) -> str:
+    # The real service's words: "Exceeded maximum websocket connection idle
+    # duration(> 300000ms)" (protocol.md §4.3).
+    return f"Exceeded maximum websocket {what} duration(> {round(seconds * 1000)}ms)"
+
+
+def _text_header_bytes(frame: str) -> int:
+    end = frame.find("\r\n\r\n")
+    return len(frame[:end].encode("utf-8", "surrogatepass")) if end >= 0 else 0
+
+
+def _binary_header_bytes(frame: bytes) -> int:
+    if len(frame) < 2:
+        return 0
+    size = (frame[0] << 8) | frame[1]
+    return size if size <= len(frame) - 2 else 0

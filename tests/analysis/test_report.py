@@ -65,6 +65,9 @@ def test_categories_follow_the_documented_rules() -> None:
     assert category(traffic.failure("a", 0, "Error", "upstream_http_503")) == "error"
     assert category(traffic.failure("a", 0, "Error", "upstream_http_401")) == "cancellation"
     assert category(traffic.failure("a", 0, "BadRequest", "upstream_close_1007")) == "cancellation"
+    # Ended by the gateway, not the model: a limit or a shutdown.
+    assert category(traffic.failure("a", 0, "Error", "limit_idle_timeout")) == "cancellation"
+    assert category(traffic.failure("a", 0, "Error", "gateway_shutdown")) == "cancellation"
 
 
 def test_forced_and_shadow_records_stay_out_of_the_comparison() -> None:

@@ -149,7 +149,7 @@ def test_settings_defaults() -> None:
     settings = GatewaySettings()
     assert (settings.host, settings.port, settings.force_param) == ("127.0.0.1", 8080, "gw-variant")
     assert (settings.connect_timeout_s, settings.shadow_queue_frames) == (5.0, 200)
-    assert (settings.shadow_grace_s, settings.max_rest_body_bytes) == (5.0, 10 * 1024 * 1024)
+    assert (settings.shadow_grace_s, settings.limits.max_rest_body_bytes) == (5.0, 10 * 1024 * 1024)
     assert build_gateway_config(settings) == GatewayConfig((), (), None)
 
 
@@ -396,7 +396,9 @@ def test_unknown_settings_keys_fail_in_pydantic() -> None:
         ("connect_timeout_s", 61),
         ("shadow_queue_frames", 0),
         ("shadow_grace_s", 0),
-        ("max_rest_body_bytes", 100),
+        ("limits", {"max_rest_body_bytes": 100}),
+        ("limits", {"idle_timeout_s": 0}),
+        ("limits", {"max_sessions_per_client": 0}),
         ("port", 70000),
     ],
 )

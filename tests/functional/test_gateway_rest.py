@@ -378,12 +378,13 @@ async def test_a_body_over_the_limit_is_413_and_the_gateway_keeps_serving(
     tmp_path: Path,
     chunked: bool,
 ) -> None:
-    """A body over gateway.max_rest_body_bytes is refused with 413, plain or chunked, and the
-    requests within the limit that follow are served."""
+    """A body over gateway.limits.max_rest_body_bytes is refused with 413, plain or chunked,
+    and recorded as a limit_rest_body failure; the requests within the limit that follow
+    are served."""
     pcm = read_pcm(datasets["banking"][0].audio)
     audio, small = wav_bytes(pcm), wav_bytes(pcm[: BODY_LIMIT - 100])
     assert len(audio) > BODY_LIMIT >= len(small)
-    with instant_gateway(tmp_path, alpha, max_rest_body_bytes=BODY_LIMIT) as gateway:
+    with instant_gateway(tmp_path, alpha, limits={"max_rest_body_bytes": BODY_LIMIT}) as gateway:
         status, answer = await post(
             gateway, in_chunks(audio) if chunked else audio, headers=client()
         )
@@ -394,7 +395,10 @@ async def test_a_body_over_the_limit_is_413_and_the_gateway_keeps_serving(
             assert status == 200, answer
             assert answer["DisplayText"] == ALPHA
     records = read_outcomes(tmp_path / "outcomes.jsonl")
-    assert [(r.kind, r.text) for r in records] == [(Kind.REQUEST, ALPHA)] * 3
+    assert [(r.kind, r.error_code, r.text) for r in records] == [
+        (Kind.SESSION_FAILURE, "limit_rest_body", None),
+        *[(Kind.REQUEST, None, ALPHA)] * 3,
+    ]
 
 
 @asynccontextmanager

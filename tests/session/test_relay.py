@@ -6,15 +6,18 @@ import json
 
 import pytest
 
-from gateway.errors import UspError
-from gateway.outcomes.record import Kind, Role
-from gateway.protocol.usp import decode_text, encode_binary, encode_text
+from gateway.errors import Limit
+from gateway.outcomes.record import Kind, OutcomeRecord, Role
+from gateway.protocol.usp import UspLimits, decode_text, encode_binary, encode_text
 from gateway.protocol.wav import wave_header
 from gateway.session.relay import (
     CloseClient,
     CloseUpstream,
+    Command,
     Emit,
+    LimitHit,
     RelaySession,
+    SessionLimits,
     ToClient,
     ToUpstream,
 )
@@ -81,12 +84,17 @@ def test_client_frames_are_forwarded_unchanged_and_teed() -> None:
     assert relay.client_binary(chunk, 0.1) == [ToUpstream(chunk)]
 
 
-def test_malformed_client_frame_raises_usp_error_for_a_clean_close() -> None:
-    """A client text frame without Path raises UspError (the driver closes with 1002)."""
+def test_malformed_client_frame_closes_with_the_codec_close_code() -> None:
+    """A client text frame without Path closes the client with 1002 and the backend
+    normally; no record (it is no limit), and nothing is relayed after it."""
     relay = RelaySession(FACTS, PRIMARY)
-    with pytest.raises(UspError) as caught:
-        relay.client_text("X-RequestId:" + RID + "\r\n\r\n{}", 0.0)
-    assert caught.value.close_code == 1002
+    out = relay.client_text("X-RequestId:" + RID + "\r\n\r\n{}", 0.0)
+    assert out == [CloseClient(1002, "missing Path header"), CloseUpstream(1000)]
+    assert relay.ended
+    assert relay.client_text(context(), 0.1) == []
+    assert relay.upstream_text(phrase("Hi.", 0, SECOND), 0.2) == []
+    assert relay.upstream_closed(1000, "") == []
+    assert relay.client_closed() == []
 
 
 def test_phrase_yields_a_record_with_latencies_measured_at_the_gateway() -> None:
@@ -236,3 +244,179 @@ def test_lost_backend_before_turn_start_starts_the_turn_first() -> None:
     out = relay.upstream_closed(1006, "")
     paths = [decode_text(c.frame).path for c in out if isinstance(c, ToClient)]  # type: ignore[arg-type]
     assert paths == ["turn.start", "speech.phrase", "turn.end"]
+
+
+# -- limits ------------------------------------------------------------------------------
+
+
+def limit_of(commands: list[Command]) -> tuple[Limit, OutcomeRecord]:
+    """The one LimitHit of `commands` and the one failure record beside it."""
+    (hit,) = [c for c in commands if isinstance(c, LimitHit)]
+    (record,) = records(commands)  # type: ignore[misc]
+    assert isinstance(record, OutcomeRecord)
+    assert (record.kind, record.role, record.error_code) == (
+        Kind.SESSION_FAILURE,
+        Role.PRIMARY,
+        hit.limit.error_code,
+    )
+    return hit.limit, record
+
+
+def test_turn_audio_limit_closes_with_1007() -> None:
+    """Audio past the turn limit is not forwarded: the client is closed with 1007 and the
+    limit as the reason (SDK: BadRequest, no retry), then the backend; one record and one
+    LimitHit, and nothing is relayed afterwards."""
+    relay = RelaySession(FACTS, PRIMARY, limits=SessionLimits(max_turn_audio_bytes=1000))
+    relay.client_text(context(), 0.0)
+    within = audio(b"\0" * 1000)
+    assert relay.client_binary(within, 0.1) == [ToUpstream(within)]
+    out = relay.client_binary(audio(b"\0" * 2), 0.2)
+    assert out[:2] == [
+        CloseClient(1007, "the turn's audio exceeds 1000 bytes"),
+        CloseUpstream(1000),
+    ]
+    assert not any(isinstance(c, ToUpstream | ToClient) for c in out)
+    limit, record = limit_of(out)
+    assert (limit, record.status) == (Limit.TURN_AUDIO, "BadRequest")
+    assert relay.ended
+    assert relay.client_binary(within, 0.3) == []
+    assert relay.upstream_text(service("turn.start", {}), 0.4) == []
+    assert relay.client_closed() == []
+
+
+def test_each_turn_has_its_own_budget_and_the_session_one_over_all_turns() -> None:
+    """The turn limit applies per speech.context; the session limit to the sum of turns."""
+    limits = SessionLimits(max_turn_audio_bytes=600, max_session_audio_bytes=1000)
+    relay = RelaySession(FACTS, PRIMARY, limits=limits)
+    relay.client_text(context(), 0.0)
+    assert not relay.ended
+    assert relay.client_binary(audio(b"\0" * 600), 0.1)
+    second = "0" * 31 + "2"
+    relay.client_text(context(second), 0.2)
+    relay.client_binary(audio(b"\0" * 400, second), 0.3)  # 1000 in all: still within
+    assert not relay.ended
+    third = "0" * 31 + "3"
+    relay.client_text(context(third), 0.4)
+    out = relay.client_binary(audio(b"\0", third), 0.5)
+    limit, record = limit_of(out)
+    assert limit is Limit.SESSION_AUDIO
+    assert record.error_detail == "the session's audio exceeds 1000 bytes"
+    assert out[0] == CloseClient(1007, "the session's audio exceeds 1000 bytes")
+
+
+def test_audio_limit_in_an_unavailable_session_keeps_its_one_record() -> None:
+    """A session that already failed (backend unreachable) keeps its one failure record;
+    the limit hit is still closed and noted."""
+    relay = RelaySession(FACTS, PRIMARY, limits=SessionLimits(max_turn_audio_bytes=10))
+    relay.upstream_unavailable("upstream_unreachable", "refused")
+    relay.client_text(context(), 0.0)
+    out = relay.client_binary(audio(b"\0" * 11), 0.1)
+    assert out[0] == CloseClient(1007, "the turn's audio exceeds 10 bytes")
+    assert records(out) == []
+    assert [c.limit for c in out if isinstance(c, LimitHit)] == [Limit.TURN_AUDIO]
+
+
+def test_oversized_binary_message_closes_with_1009_and_records_a_limit() -> None:
+    """A binary message over the codec's bound closes with 1009: a message_size hit."""
+    limits = SessionLimits(usp=UspLimits(max_binary_bytes=100))
+    relay = RelaySession(FACTS, PRIMARY, limits=limits)
+    out = relay.client_binary(audio(b"\0" * 200), 0.0)
+    assert isinstance(out[0], CloseClient)
+    assert out[0].code == 1009
+    assert CloseUpstream(1000) in out
+    limit, record = limit_of(out)
+    assert (limit, record.status) == (Limit.MESSAGE_SIZE, "BadRequest")
+
+
+@pytest.mark.parametrize("kind", ["text", "binary"])
+def test_oversized_headers_close_with_1002_and_record_a_limit(kind: str) -> None:
+    """Headers over max_header_bytes close with the codec's 1002: a usp_header hit."""
+    relay = RelaySession(FACTS, PRIMARY, limits=SessionLimits(usp=UspLimits(max_header_bytes=200)))
+    pad = [("X-Pad", "x" * 300)]
+    if kind == "text":
+        out = relay.client_text(encode_text("speech.context", RID, "{}", extra_headers=pad), 0.0)
+    else:
+        out = relay.client_binary(encode_binary("audio", RID, b"", extra_headers=pad), 0.0)
+    assert isinstance(out[0], CloseClient)
+    assert out[0].code == 1002
+    limit, _record = limit_of(out)
+    assert limit is Limit.USP_HEADER
+
+
+def test_websocket_layer_refusal_is_a_message_size_hit() -> None:
+    """A message aiohttp refused (it closed with 1009 itself) closes the backend and is
+    recorded once; the client is not closed again."""
+    relay = RelaySession(FACTS, PRIMARY)
+    out = relay.client_too_big(4096)
+    assert not any(isinstance(c, CloseClient) for c in out)
+    assert CloseUpstream(1000) in out
+    limit, record = limit_of(out)
+    assert limit is Limit.MESSAGE_SIZE
+    assert record.error_detail == "a message exceeds 4096 bytes"
+    assert relay.client_too_big(4096) == []
+
+
+def test_idle_deadline_moves_with_client_frames_only() -> None:
+    """The idle deadline is the client's last frame plus the timeout; backend frames do not
+    move it, and before it nothing happens."""
+    relay = RelaySession(FACTS, PRIMARY, limits=SessionLimits(idle_timeout_s=5.0), started=100.0)
+    assert relay.next_deadline() == 105.0
+    relay.client_text(context(), 102.0)
+    relay.upstream_text(service("turn.start", {}), 106.0)
+    assert relay.next_deadline() == 107.0
+    assert relay.check_deadlines(106.9) == []
+    out = relay.check_deadlines(107.0)
+    reason = "Exceeded maximum websocket connection idle duration(> 5000ms)"
+    assert out[:2] == [CloseClient(1000, reason), CloseUpstream(1000)]
+    limit, record = limit_of(out)
+    assert (limit, record.status, record.error_detail) == (Limit.IDLE_TIMEOUT, "Error", reason)
+    assert relay.check_deadlines(200.0) == []
+    assert relay.client_text(context(), 200.0) == []
+
+
+def test_session_duration_ends_an_active_session() -> None:
+    """Past max_session_s the session is closed with 1000 however busy the client is."""
+    limits = SessionLimits(max_session_s=10.0, idle_timeout_s=5.0)
+    relay = RelaySession(FACTS, PRIMARY, limits=limits, started=0.0)
+    relay.client_text(context(), 0.0)
+    for tick in range(1, 10):
+        relay.client_binary(audio(b"\0" * 10), float(tick))
+        assert relay.check_deadlines(float(tick)) == []
+    assert relay.next_deadline() == 10.0
+    out = relay.check_deadlines(10.0)
+    reason = "Exceeded maximum websocket connection duration(> 10000ms)"
+    assert out[0] == CloseClient(1000, reason)
+    assert limit_of(out)[0] is Limit.SESSION_DURATION
+
+
+def test_unlimited_by_default() -> None:
+    """Without limits a relay has no deadline and counts no audio against anything."""
+    relay = RelaySession(FACTS, PRIMARY)
+    assert relay.next_deadline() == float("inf")
+    relay.client_text(context(), 0.0)
+    stream_audio(relay, 30, start=0.0)
+    assert not relay.ended
+
+
+def test_shut_down_closes_both_sides_and_records_a_turn_cut_off() -> None:
+    """A drain closes the client with its code; only a turn in progress leaves a record."""
+    relay = RelaySession(FACTS, PRIMARY)
+    relay.client_text(context(), 0.0)
+    relay.upstream_text(service("turn.start", {}), 0.1)
+    out = relay.shut_down(1012, "Instance is shutting down")
+    assert out[:2] == [CloseClient(1012, "Instance is shutting down"), CloseUpstream(1000)]
+    (record,) = records(out)
+    assert isinstance(record, OutcomeRecord)
+    assert (record.kind, record.error_code) == (Kind.SESSION_FAILURE, "gateway_shutdown")
+    assert relay.ended
+    assert relay.shut_down(1012, "again") == []
+    assert relay.upstream_text(phrase("late", 0, SECOND), 0.2) == []
+
+
+def test_shut_down_between_turns_records_nothing() -> None:
+    relay = RelaySession(FACTS, PRIMARY)
+    relay.client_text(context(), 0.0)
+    relay.upstream_text(service("turn.start", {}), 0.1)
+    relay.upstream_text(service("turn.end", {}), 0.2)
+    out = relay.shut_down(1012, "Instance is shutting down")
+    assert out == [CloseClient(1012, "Instance is shutting down"), CloseUpstream(1000)]
