@@ -15,6 +15,7 @@ from typing import Any, Literal, TextIO, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 _SECRET_NAMES = ("key", "token", "authorization", "secret", "password", "credential")
 _REDACTED = "[redacted]"
@@ -62,6 +63,27 @@ def _redact(
     return event
 
 
+class _NoRawRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse with the offending bytes (the request line or
+    a header line), which may carry a key or token (protocol.md §1.2): only what went
+    wrong is kept, and as a warning, since a client's malformed request is no server
+    error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            record.msg = "malformed HTTP request from %s refused: %s (HTTP %s)"
+            record.args = (remote, type(exc).__name__, exc.code)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_NO_RAW_REQUESTS = _NoRawRequests()
+
+
 class _CurrentStderr(io.TextIOBase):
     """Writes to whatever `sys.stderr` is at the time of writing, not at configuration:
     a host (or a test harness) that swaps stderr later must not leave logging writing to a
@@ -101,6 +123,7 @@ def configure_logging(
     # aiohttp's access log would print full request lines, query strings included.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=_CurrentStderr())
     logging.getLogger("aiohttp.access").disabled = True
+    logging.getLogger("aiohttp.server").addFilter(_NO_RAW_REQUESTS)  # added once, however often
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -25,8 +25,12 @@ _HTTP_SCHEME = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
 
 
 def hash_key(key: str) -> str:
-    """The SHA-256 hex digest of a client key, as written in `gateway.clients[].key_sha256`."""
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    """The SHA-256 hex digest of a client key, as written in `gateway.clients[].key_sha256`.
+
+    surrogatepass: aiohttp decodes non-UTF-8 header bytes as lone surrogates; such a key
+    must hash (and match nothing), not raise.
+    """
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,10 @@ def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(_utf8(text)).digest()
+
+
 def token_valid(key: str, token: str, now: float | None = None) -> bool:
     expiry_text, _, signature = token.partition(".")
     # ASCII digits only, and few: int() refuses some Unicode digits ("²") and long strings.
@@ -51,7 +55,8 @@ def authorized(key: str | None, headers: Mapping[str, str], query: Mapping[str, 
         return True
     offered = headers.get(KEY_HEADER) or query.get(KEY_HEADER)
     if offered is not None:
-        return hmac.compare_digest(_utf8(offered), _utf8(key))
+        # Digests of equal length: comparing the raw keys would leak the key's length.
+        return hmac.compare_digest(_digest(offered), _digest(key))
     bearer = headers.get(AUTH_HEADER) or query.get(AUTH_HEADER) or ""
     scheme, _, token = bearer.partition(" ")
     return scheme.lower() == "bearer" and token_valid(key, token.strip())

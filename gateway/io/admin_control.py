@@ -204,6 +204,10 @@ async def _body(request: web.Request, fields: frozenset[str], *, required: bool)
     if reason is not None and not isinstance(reason, str):
         raise _Refused(400, "reason: must be a string")
     version = data.get("expected_version")
+    # JSON has one kind of number: 3.0 is the integer 3, as JSON Schema's "integer" (and
+    # so the OpenAPI document) says.
+    if isinstance(version, float) and version.is_integer():
+        version = data["expected_version"] = int(version)
     if version is not None and (
         isinstance(version, bool) or not isinstance(version, int) or version < 0
     ):

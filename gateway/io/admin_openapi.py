@@ -67,6 +67,16 @@ def _errors(*statuses: int, **specifics: str) -> Json:
     return responses
 
 
+def _long_query(responses: Json) -> Json:
+    """`responses` with aiohttp's own answer to a request line over 8190 bytes: a text/plain
+    400, sent before the API sees the request. Unbounded query values, or bounded ones of
+    multi-byte characters (percent-encoded three bytes each), can reach it."""
+    bad = responses["400"]
+    bad["description"] += "; or a request line over 8 KiB (text/plain, from the HTTP layer)"
+    bad["content"] = {**bad["content"], "text/plain": {"schema": {"type": "string"}}}
+    return responses
+
+
 def _operation(
     operation_id: str,
     summary: str,
@@ -215,17 +225,19 @@ def _paths() -> Json:
             "delete": _operation(
                 "unforceUnit",
                 "Release a forced unit (also after a stop)",
-                {
-                    **_ok("the experiment after the change", _ref("ExperimentView")),
-                    **_errors(
-                        400,
-                        401,
-                        404,
-                        503,
-                        s400="no `unit` query parameter; `reason` over 500 characters",
-                        s404="unknown experiment, or that unit is not forced",
-                    ),
-                },
+                _long_query(
+                    {
+                        **_ok("the experiment after the change", _ref("ExperimentView")),
+                        **_errors(
+                            400,
+                            401,
+                            404,
+                            503,
+                            s400="no `unit` query parameter; `reason` over 500 characters",
+                            s404="unknown experiment, or that unit is not forced",
+                        ),
+                    }
+                ),
                 parameters=[
                     _EXPERIMENT,
                     _query(
@@ -269,18 +281,20 @@ def _paths() -> Json:
             "get": _operation(
                 "getAnalysis",
                 "The experiment's analysis report",
-                {
-                    **_ok("the report", {"type": "object"}),
-                    **_errors(
-                        400,
-                        401,
-                        404,
-                        500,
-                        503,
-                        s400="`since` or `until` is not an ISO-8601 time with a time zone",
-                        s503="the outcome store is unavailable",
-                    ),
-                },
+                _long_query(
+                    {
+                        **_ok("the report", {"type": "object"}),
+                        **_errors(
+                            400,
+                            401,
+                            404,
+                            500,
+                            503,
+                            s400="`since` or `until` is not an ISO-8601 time with a time zone",
+                            s503="the outcome store is unavailable",
+                        ),
+                    }
+                ),
                 parameters=[
                     _EXPERIMENT,
                     _query("phase", "only this phase's outcomes", {"type": "string"}),
@@ -360,15 +374,17 @@ def _object(properties: Mapping[str, Json], *required: str, closed: bool = False
     return schema
 
 
+# The optional fields of a change may also be null, which the server takes as absent.
 _REASON: Final = {
-    "type": "string",
+    "type": ["string", "null"],
     "maxLength": MAX_REASON_CHARS,
-    "description": "why (recorded in the audit trail)",
+    "description": "why (recorded in the audit trail); null: none",
 }
 _EXPECTED_VERSION: Final = {
-    "type": "integer",
+    "type": ["integer", "null"],
     "minimum": 0,
-    "description": "refuse the change (409) unless the experiment is at this version",
+    "description": "refuse the change (409) unless the experiment is at this version; "
+    "null: no check",
 }
 _STATUS: Final = {"type": "string", "enum": ["running", "paused", "stopped"]}
 _WEIGHTS: Final = {
@@ -565,8 +581,9 @@ def _schemas() -> Json:
         "StopChange": _object(
             {
                 "serve": {
-                    "type": "string",
-                    "description": "the variant every new session gets (default: control)",
+                    "type": ["string", "null"],
+                    "description": "the variant every new session gets (default, or null: "
+                    "the control)",
                 },
                 "reason": _REASON,
                 "expected_version": _EXPECTED_VERSION,

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
@@ -89,9 +89,9 @@ def create_gateway_app(settings: Settings) -> web.Application:
     metrics.watch_sink(app[STATE].sink)
     app.middlewares.append(refuse_while_draining)
     for path in USP_PATHS:
-        app.router.add_get(path, usp_route)
+        app.router.add_get(path, usp_route, expect_handler=expect_continue)
     for path in V1_PATHS:
-        app.router.add_post(path, rest_route)
+        app.router.add_post(path, rest_route, expect_handler=expect_continue)
     admins = AdminTokens.from_digests(gateway.admin_tokens_sha256)
     add_label_routes(app, admins)
     add_control_routes(app, admins)
@@ -131,6 +131,17 @@ async def _stop(app: web.Application) -> None:
     for client in (app[LABEL_CLIENT], app[CONTROL_CLIENT]):
         if client is not None:
             await client.aclose()
+
+
+async def expect_continue(request: web.Request) -> None:
+    """`Expect: 100-continue` as aiohttp answers it; any other value gets a fixed 417.
+    (aiohttp's own handler echoes the value in its 417, and a value that is not UTF-8
+    turned that into a 500.)"""
+    if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text="Only Expect: 100-continue is supported.")
+    if request.version == aiohttp.HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the interim answer is not part of the response
 
 
 async def healthz(_request: web.Request) -> web.Response:
