@@ -55,6 +55,7 @@ class Limit(StrEnum):
     SESSION_DURATION = "session_duration"  # how long one session may last
     IDLE_TIMEOUT = "idle_timeout"  # how long a client may send nothing
     REST_BODY = "rest_body"  # the body of one short-audio request
+    REST_BODY_TIMEOUT = "rest_body_timeout"  # a short-audio request's body stalls
 
     @property
     def error_code(self) -> str:

@@ -391,6 +391,14 @@ class LimitSettings(_Model):
         description="The largest REST short-audio request body; past it HTTP 413. The REST "
         "API takes at most 60 s of audio (about 2 MB of 16 kHz PCM).",
     )
+    rest_body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="How long a REST request's body may pause between two reads, in "
+        "seconds; past it HTTP 408. Bounds clients that open a request and stall, each "
+        "holding a session slot.",
+    )
 
 
 class GatewaySettings(_Model):

@@ -53,16 +53,22 @@ class _BodyTooLarge(Exception):
     """The client's body outgrew `limits.max_rest_body_bytes` while it streamed."""
 
 
+class _BodyStalled(Exception):
+    """The client's body paused longer than `limits.rest_body_timeout_s`."""
+
+
 class _BodyClock:
     """Streams the client's body and notes when its first and last bytes arrived."""
 
-    def __init__(self, request: web.Request, limit: int) -> None:
+    def __init__(self, request: web.Request, limit: int, stall_timeout_s: float) -> None:
         self._request = request
         self._limit = limit
+        self._stall_timeout_s = stall_timeout_s
         self.first: float | None = None
         self.last: float | None = None
         self.size = 0
         self.too_large = False
+        self.stalled = False
         self.client_failed = False  # the client's upload broke off: not the backend's fault
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -74,7 +80,17 @@ class _BodyClock:
             raise
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        async for chunk in self._request.content.iter_chunked(CHUNK):
+        content = self._request.content
+        while True:
+            try:
+                async with asyncio.timeout(self._stall_timeout_s):
+                    chunk = await content.read(CHUNK)  # what has arrived, up to CHUNK
+            except TimeoutError:
+                # Like _BodyTooLarge: aiohttp's upload reports it as a ClientError.
+                self.stalled = True
+                raise _BodyStalled from None
+            if not chunk:
+                break
             if self.first is None:
                 self.first = time.monotonic()
             self.size += len(chunk)
@@ -86,8 +102,14 @@ class _BodyClock:
             yield chunk
         self.last = time.monotonic()
 
-    def refusal(self, state: GatewayState, route: Route) -> web.HTTPRequestEntityTooLarge:
-        return _too_large(state, route, self._limit, self.size)
+    def refusal(self, state: GatewayState, route: Route) -> web.HTTPException:
+        """The answer to a body that broke a limit, recorded, logged and counted."""
+        if not self.stalled:
+            return _too_large(state, route, self._limit, self.size)
+        detail = f"the request body paused for over {self._stall_timeout_s:g} s"
+        status = RecognitionStatus.BAD_REQUEST
+        record_limit_hit(state, route, "rest", Limit.REST_BODY_TIMEOUT, status, detail)
+        return web.HTTPRequestTimeout(text="The request body stalled.")
 
 
 def _too_large(
@@ -106,7 +128,8 @@ async def handle_rest(
     refusal = admission.admit(route.client.name, state.sessions, time.monotonic())
     if refusal is not None:
         return refuse(state, route, "rest", refusal)
-    limit = state.settings.limits.max_rest_body_bytes
+    limits = state.settings.limits
+    limit = limits.max_rest_body_bytes
     if request.content_length is not None and request.content_length > limit:
         # Known too large before a byte is read: refused without dialling the backend.
         raise _too_large(state, route, limit, request.content_length)
@@ -117,7 +140,8 @@ async def handle_rest(
         if admitted is None:
             detail = f"the backend {route.variant.backend.name} is unavailable"
             return _unavailable(state, route, BREAKER_OPEN, detail)
-        return await _relay(request, state, admitted, _BodyClock(request, limit))
+        body = _BodyClock(request, limit, limits.rest_body_timeout_s)
+        return await _relay(request, state, admitted, body)
 
 
 async def _relay(
@@ -191,7 +215,7 @@ async def _forward(
                 await response.write(chunk)
             await response.write_eof()
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        if body.too_large:
+        if body.too_large or body.stalled:
             raise body.refusal(state, route) from None
         if body.client_failed:
             # The client went away mid-upload: no outcome of the backend, nothing to count.

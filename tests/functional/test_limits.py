@@ -524,6 +524,30 @@ async def test_rest_requests_count_as_sessions_and_oversized_bodies_get_413(
     assert records[-1][:2] == (Kind.REQUEST, None)
 
 
+async def test_a_stalled_rest_body_gets_408_and_frees_its_session(
+    alpha: LocalEmulator, tmp_path: Path
+) -> None:
+    """A client that sends half its body and stalls gets 408 after rest_body_timeout_s, is
+    recorded as a limit hit, and no longer holds its session slot."""
+    with limited(
+        tmp_path, alpha.ws_url, max_sessions_per_client=1, rest_body_timeout_s=0.5
+    ) as gateway:
+        url = f"{gateway.http_url}{CONVERSATION}?language=en-US&format=simple"
+        headers = {**HEADERS, **WAV_CONTENT_TYPE}
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+            never = asyncio.Event()
+            started = time.monotonic()
+            async with http.post(url, data=slow_body(never), headers=headers) as answer:
+                assert answer.status == 408
+            assert time.monotonic() - started < 10
+            async with http.post(url, data=WAV.read_bytes(), headers=headers) as answer:
+                assert answer.status == 200
+        hits = limit_hits(gateway)
+    assert hits.get("rest_body_timeout") == 1
+    records = [(r.kind, r.error_code, r.status) for r in read_outcomes(tmp_path / "outcomes.jsonl")]
+    assert records.count((Kind.SESSION_FAILURE, "limit_rest_body_timeout", "BadRequest")) == 1
+
+
 # -- configuration -------------------------------------------------------------------------
 
 
