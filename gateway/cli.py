@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 
+# The gateway's listen backlog: connections the kernel completes before the loop accepts them.
+LISTEN_BACKLOG = 4096
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speech-gateway", description="A/B testing gateway for live speech recognition."
@@ -229,7 +233,10 @@ async def _run_gateway(app: web.Application, settings: Settings) -> None:
     try:
         await runner.setup()
         try:
-            site = web.TCPSite(runner, gateway.host, gateway.port)
+            # aiohttp's default accept backlog (128) overflows when a fleet reconnects at
+            # once (`connection_burst`): the kernel then drops or resets the odd connection.
+            # The kernel caps it at net.core.somaxconn (4096 on current kernels).
+            site = web.TCPSite(runner, gateway.host, gateway.port, backlog=LISTEN_BACKLOG)
             await site.start()
             await stop.wait()
             await state.drain(gateway.drain.grace_s, gateway.drain.close_timeout_s)

@@ -12,13 +12,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from gateway.errors import CloseCode, UspError
 
 __all__ = [
     "DEFAULT_LIMITS",
     "TICKS_PER_SECOND",
+    "BinaryHead",
     "BinaryMessage",
     "HeaderName",
     "Headers",
@@ -28,6 +29,7 @@ __all__ = [
     "UspLimits",
     "UspMessage",
     "decode_binary",
+    "decode_binary_head",
     "decode_text",
     "encode_binary",
     "encode_text",
@@ -138,6 +140,16 @@ class BinaryMessage:
         return _lookup(self.headers, name)
 
 
+class BinaryHead(NamedTuple):
+    """What a relay needs of a binary message: its Path and X-RequestId, and where its
+    payload starts in the frame (`frame[payload_start:]`, never copied). A tuple, not a
+    dataclass: it is made for every audio frame."""
+
+    path: str
+    request_id: str | None
+    payload_start: int
+
+
 UspMessage: TypeAlias = TextMessage | BinaryMessage
 
 _CRLF = "\r\n"
@@ -163,8 +175,14 @@ def _utf8_len(text: str) -> int:
     return len(text.encode("utf-8", "surrogatepass"))
 
 
-def _parse_headers(lines: Sequence[str], kind: str) -> tuple[Headers, str, str | None]:
-    """Validate header lines and pick out Path and X-RequestId; `kind` only words the errors."""
+def _parse_headers(
+    lines: Sequence[str], kind: str, *, keep: bool = True
+) -> tuple[Headers, str, str | None]:
+    """Validate header lines and pick out Path and X-RequestId; `kind` only words the errors.
+
+    With `keep=False` every line is validated all the same but the headers are not
+    collected (the returned tuple is empty): the relay's per-frame path needs only two.
+    """
     headers: list[tuple[str, str]] = []
     path: str | None = None
     request_id: str | None = None
@@ -187,7 +205,8 @@ def _parse_headers(lines: Sequence[str], kind: str) -> tuple[Headers, str, str |
             if request_id is not None:
                 raise UspError("duplicate X-RequestId header")
             request_id = value
-        headers.append((name, value))
+        if keep:
+            headers.append((name, value))
     if not path:
         raise UspError("missing Path header")
     if request_id is None:
@@ -224,6 +243,20 @@ def decode_binary(frame: bytes, limits: UspLimits = DEFAULT_LIMITS) -> BinaryMes
 
     The payload is returned as a slice and never inspected: it is audio.
     """
+    headers, path, request_id, start = _decode_binary(frame, limits, keep=True)
+    return BinaryMessage(path, request_id, headers, frame[start:])
+
+
+def decode_binary_head(frame: bytes, limits: UspLimits = DEFAULT_LIMITS) -> BinaryHead:
+    """`decode_binary`'s checks and errors, exactly, without copying the payload or
+    collecting the headers: only the USP header is read, the audio is never touched."""
+    _headers, path, request_id, start = _decode_binary(frame, limits, keep=False)
+    return BinaryHead(path, request_id, start)
+
+
+def _decode_binary(
+    frame: bytes, limits: UspLimits, *, keep: bool
+) -> tuple[Headers, str, str | None, int]:
     size = len(frame)
     if size > limits.max_binary_bytes:
         raise UspError(
@@ -243,8 +276,9 @@ def decode_binary(frame: bytes, limits: UspLimits = DEFAULT_LIMITS) -> BinaryMes
     # The JS SDK ends every header with CRLF, the native one not the last: accept both.
     if head.endswith(_CRLF):
         head = head[: -len(_CRLF)]
-    headers, path, request_id = _parse_headers(head.split(_CRLF) if head else (), "binary")
-    return BinaryMessage(path, request_id, headers, frame[2 + head_len :])
+    lines = head.split(_CRLF) if head else ()
+    headers, path, request_id = _parse_headers(lines, "binary", keep=keep)
+    return headers, path, request_id, 2 + head_len
 
 
 def _check_header(name: str, value: str, *, ascii_only: bool) -> None:

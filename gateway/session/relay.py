@@ -43,7 +43,7 @@ from gateway.protocol.usp import (
     Path,
     RecognitionStatus,
     UspLimits,
-    decode_binary,
+    decode_binary_head,
     decode_text,
     encode_text,
     status_phrase_body,
@@ -166,24 +166,31 @@ class RelaySession:
         return [ToUpstream(frame, starts_turn)]
 
     def client_binary(self, frame: bytes, now: float) -> list[Command]:
+        commands = self.forward_binary(frame, now)
+        return [ToUpstream(frame)] if commands is None else commands
+
+    def forward_binary(self, frame: bytes, now: float) -> list[Command] | None:
+        """`client_binary` for the hot path: None stands for its usual answer, forward the
+        frame unchanged (`[ToUpstream(frame)]`), so an audio frame allocates no command.
+        Only the USP header is decoded; the payload is neither copied nor read."""
         if self._ended:
             return []
         self._last_client = now
         try:
-            message = decode_binary(frame, self._usp)
+            path, request_id, start = decode_binary_head(frame, self._usp)
         except UspError as exc:
             return self._client_violation(exc, _binary_header_bytes(frame))
-        if message.path.lower() == _AUDIO and message.request_id is not None:
-            left = self._audio_left - len(message.payload)
+        if request_id is not None and path.lower() == _AUDIO:
+            left = self._audio_left - (len(frame) - start)
             self._audio_left = left
             if left < 0:
                 return self._audio_exceeded()
-            turn = self._turns.get(message.request_id)
+            turn = self._turns.get(request_id)
             if turn is not None:
-                turn.timeline.add(message.payload, now)
+                turn.timeline.add(memoryview(frame)[start:], now)
         if self._unavailable is not None:
             return []
-        return [ToUpstream(frame)]
+        return None
 
     def client_too_big(self, max_bytes: int) -> list[Command]:
         """The WebSocket layer refused a message over `max_bytes` and closed with 1009."""
@@ -246,11 +253,14 @@ class RelaySession:
     def upstream_text(self, frame: str, now: float) -> list[Command]:
         if self._ended:  # the client's turn was answered by the gateway
             return []
-        commands: list[Command] = [ToClient(frame)]
+        return [ToClient(frame), *self.observe_upstream_text(frame, now)]
+
+    def observe_upstream_text(self, frame: str, now: float) -> list[Command]:
+        """The tap's half of `upstream_text` (turn tracking, the outcome record), for a
+        driver that forwards the frame to the client first: parsing a phrase and building
+        its record then adds nothing to the latency the client sees. Only Emit commands."""
         record = self._observe(self._primary, frame, now, primary=True)
-        if record is not None:
-            commands.append(Emit(record))
-        return commands
+        return [Emit(record)] if record is not None else []
 
     def upstream_binary(self, frame: bytes) -> list[Command]:
         return [] if self._ended else [ToClient(frame)]

@@ -70,9 +70,12 @@ class Turn:
 def make_record(
     session: SessionFacts, role: RoleFacts, kind: Kind, status: str, **fields: Any
 ) -> OutcomeRecord:
-    """A record with the session's and role's identity filled in; other fields default to None."""
-    values: dict[str, Any] = {name: None for name in OutcomeRecord.__dataclass_fields__}
-    values.update(
+    """A record with the session's and role's identity filled in; other fields default to None.
+
+    Every field this leaves out has the default None in `OutcomeRecord`; those with another
+    default are all given here.
+    """
+    values: dict[str, Any] = dict(
         schema_version=SCHEMA_VERSION,
         record_id=uuid.uuid4().hex,
         kind=kind,
