@@ -2,7 +2,9 @@
 
 `Services` starts an instant emulator, a gateway routing 100 % of traffic to it and,
 optionally, nginx as a plain reverse proxy to the same emulator, so that every target of a
-run shares one backend. CPU and RSS are read from /proc/<pid>, so Linux only.
+run shares one backend. With `pin=True` the gateway gets a CPU of its own and everything
+else (emulator, nginx, the load generators, this process) the remaining ones. CPU and RSS
+are read from /proc, so Linux only.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -40,12 +45,155 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (not its children), in seconds."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of one process, all its threads, not its children, in seconds."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         # The command name may contain spaces; the fields after its closing ")" do not.
         fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def runqueue_wait_s(pid: int) -> float:
+    """Time the process's main thread spent runnable but waiting for a CPU, in seconds
+    (/proc/<pid>/schedstat): on a quiet machine near zero; on a busy one it is latency
+    that the process, not the code under test, suffered."""
+    try:
+        with open(f"/proc/{pid}/schedstat", encoding="ascii") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return math.nan
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (not its children), in seconds."""
+    return sum(cpu_times(pid))
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat: every process counts,
+    including whatever else runs on the machine, so a run can say how quiet it was."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # guest time is already part of user time
+    return float(total - idle), float(total)
+
+
+class CpuMeter:
+    """CPU use of named processes (and of the machine) between `start()` and `stop()`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self._before: dict[str, tuple[float, float]] = {}
+        self._waited: dict[str, float] = {}
+        self._machine: tuple[float, float] = (0.0, 0.0)
+        self._wall = 0.0
+
+    def start(self) -> None:
+        self._before = {name: cpu_times(pid) for name, pid in self._pids.items()}
+        self._waited = {name: runqueue_wait_s(pid) for name, pid in self._pids.items()}
+        self._machine = machine_busy()
+        self._wall = time.monotonic()
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        """Per process: user and system seconds, the share of one core and the share of
+        the window its main thread waited for a CPU; plus `machine`: the busy share of all
+        CPUs (1.0 = every core busy)."""
+        wall = time.monotonic() - self._wall
+        result: dict[str, dict[str, float]] = {}
+        for name, pid in self._pids.items():
+            user, system = cpu_times(pid)
+            user -= self._before[name][0]
+            system -= self._before[name][1]
+            waited = runqueue_wait_s(pid) - self._waited[name]
+            result[name] = {
+                "user_s": user,
+                "sys_s": system,
+                "core_share": (user + system) / wall,
+                "cpu_wait_share": waited / wall,
+            }
+        busy, total = machine_busy()
+        spent = total - self._machine[1]
+        share = (busy - self._machine[0]) / spent if spent else math.nan
+        result["machine"] = {"busy_share": share, "wall_s": wall}
+        return result
+
+
+def raise_fd_limit(wanted: int = 1 << 18) -> int:
+    """Raise RLIMIT_NOFILE (soft, and hard where allowed) towards `wanted`; children started
+    afterwards inherit it. 10,000 idle sessions take 20,000+ descriptors in the gateway alone
+    (client and backend legs). Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:  # only root may raise the hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+        except (ValueError, OSError):
+            pass
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def cpu_plan(pin: bool) -> tuple[set[int], set[int]] | None:
+    """(gateway CPUs, everything else's CPUs) when pinning is asked for and possible."""
+    if not pin:
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+@contextmanager
+def affinity(cpus: set[int] | None) -> Iterator[None]:
+    """Run the block (and so the children it starts, which inherit it) on `cpus`."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+class PySpy:
+    """`py-spy record` of one process for `seconds`, in collapsed-stack ("raw") format.
+
+    Non-blocking by default (the process is never paused, so latencies stay honest; native
+    frames are then unavailable and time in C code, uvloop's and aiohttp's Cython included,
+    counts towards the nearest Python frame, often just `run_app`). `native=True` pauses
+    the process for each sample and unwinds into C.
+    py-spy is a tool, not a dependency: `.venv/bin/pip install py-spy`.
+    """
+
+    def __init__(
+        self, pid: int, out: Path, seconds: float, *, native: bool = False, rate: int = 0
+    ) -> None:
+        binary = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(binary).exists():
+            raise RuntimeError("py-spy is not installed (.venv/bin/pip install py-spy)")
+        self.out = out
+        command = [binary, "record", "--pid", str(pid), "--format", "raw"]
+        # --native pauses the process for each sample: it sees into uvloop's and aiohttp's
+        # C code, at the price of disturbing the latencies of that run.
+        command += ["--native"] if native else ["--nonblocking"]
+        rate = rate or (100 if native else 250)
+        command += ["--rate", str(rate), "--duration", str(max(1, int(seconds)))]
+        command += ["--output", str(out)]
+        self._proc = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+
+    def wait(self) -> str | None:
+        """Wait for the recording to end; an error message if py-spy failed."""
+        _out, err = self._proc.communicate(timeout=120)
+        if self._proc.returncode != 0 or not self.out.exists():
+            return f"py-spy failed ({self._proc.returncode}): {err.strip()[-300:]}"
+        return None
 
 
 def rss_kib(pid: int) -> int:
@@ -71,6 +219,13 @@ def write_gateway_config(path: Path, backend_ws_url: str, outcomes: Path) -> Pat
                 "can_force = false}]",
                 'experiments = [{id = "bench", control = "a", variants = ['
                 '{name = "a", backend = "emu", weight = 100}]}]',
+                # The limits a gateway process puts on one client key (gateway.limits) are
+                # far below what the benchmark asks of it: every stream uses the one key.
+                "[gateway.limits]",
+                "max_sessions_total = 1000000",
+                "max_sessions_per_client = 1000000",
+                "connections_per_client_per_s = 1000000.0",
+                "connection_burst = 1000000",
                 "[gateway.backends.emu]",
                 f"url = {toml(backend_ws_url)}",
                 "[outcomes]",
@@ -94,16 +249,30 @@ class Target:
 
 
 class Services:
-    """Emulator (instant), gateway and optional nginx, all on loopback; a context manager."""
+    """Emulator (instant), gateway and optional nginx, all on loopback; a context manager.
 
-    def __init__(self, *, nginx: bool, utterance_ms: int = 3000) -> None:
+    With `pin=True` (and 2+ CPUs) the gateway runs alone on the last CPU and the emulator,
+    nginx and this process, whose children the load generators are, on the others: the
+    gateway then gets a core as it would on a machine of its own, and what it adds is not
+    mixed up with the load generators' and emulator's own scheduling delays.
+    """
+
+    def __init__(self, *, nginx: bool, utterance_ms: int = 3000, pin: bool = False) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="relay-bench-"))
         self._want_nginx = nginx
         self._utterance_ms = utterance_ms
         self._stack = ExitStack()
         self.gateway_pid = 0
+        self.pids: dict[str, int] = {}  # gateway, emulator and nginx (its worker)
         self.targets: list[Target] = []
         self.notes: list[str] = []
+        self.fd_limit = raise_fd_limit()
+        self.cpus = cpu_plan(pin)
+        self.pinning: dict[str, list[int]] | None = None
+        if pin and self.cpus is None:
+            self.notes.append("pinning skipped: fewer than 2 CPUs")
+        elif self.cpus is not None:
+            self.pinning = {"gateway": sorted(self.cpus[0]), "others": sorted(self.cpus[1])}
 
     def __enter__(self) -> Services:
         env = {
@@ -114,19 +283,24 @@ class Services:
             "SPEECH_GATEWAY_OUTCOMES__PSEUDONYM_KEY": PSEUDONYM_KEY,
             "SPEECH_GATEWAY_LOGGING__LEVEL": "warning",
         }
+        gateway_cpus, other_cpus = self.cpus if self.cpus is not None else (None, None)
         try:
             emulator = LocalEmulator(
                 "--engine", "instant", log_path=self.work / "emulator.log", env=env
             )
-            self._stack.enter_context(emulator)
+            with affinity(other_cpus):
+                self._stack.enter_context(emulator)
             config = write_gateway_config(
                 self.work / "gateway.toml", emulator.ws_url, self.work / "outcomes.jsonl"
             )
             gateway = LocalGateway(config, log_path=self.work / "gateway.log", env=env)
-            self._stack.enter_context(gateway)
-            # LocalService keeps its Popen private; the benchmark needs the pid for /proc.
+            with affinity(gateway_cpus):
+                self._stack.enter_context(gateway)
+            # LocalService keeps its Popen private; the benchmark needs the pids for /proc.
             assert gateway._proc is not None
+            assert emulator._proc is not None
             self.gateway_pid = gateway._proc.pid
+            self.pids = {"gateway": gateway._proc.pid, "emulator": emulator._proc.pid}
             self.targets = [
                 Target("direct", emulator.ws_url, emulator.http_url),
                 Target("gateway", gateway.ws_url, gateway.http_url),
@@ -137,8 +311,12 @@ class Services:
                         "nginx skipped: not installed (apt-get install -y nginx-light)"
                     )
                 else:
-                    proxy = self._stack.enter_context(Nginx(emulator.port, self.work / "nginx"))
+                    with affinity(other_cpus):
+                        proxy = self._stack.enter_context(Nginx(emulator.port, self.work / "nginx"))
                     self.targets.append(Target("nginx", proxy.ws_url, proxy.http_url))
+                    self.pids["nginx"] = proxy.pid
+            if other_cpus is not None:
+                os.sched_setaffinity(0, other_cpus)  # the load generators are our children
         except BaseException:
             self._stack.close()
             raise
@@ -159,3 +337,38 @@ class Services:
 
 def fmt_ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}"
+
+
+@dataclass(slots=True)
+class WorkerCpu:
+    """A load-generator process's own CPU over the measured window (from inside it)."""
+
+    user_s: float = 0.0
+    sys_s: float = 0.0
+    marks: list[tuple[float, float]] = field(default_factory=list)
+
+    def mark(self) -> None:
+        """Call at the window's start and end."""
+        times = os.times()
+        self.marks.append((times.user, times.system))
+        if len(self.marks) == 2:
+            (u0, s0), (u1, s1) = self.marks
+            self.user_s, self.sys_s = u1 - u0, s1 - s0
+
+
+def print_cpu(cpu: dict[str, dict[str, float]]) -> None:
+    """One line per process: its share of a core, user/sys split."""
+    parts = []
+    for name, row in cpu.items():
+        if name == "machine":
+            continue
+        waited = row.get("cpu_wait_share")
+        wait = f", waited for a CPU {100 * waited:.1f} %" if waited is not None else ""
+        parts.append(
+            f"{name} {100 * row['core_share']:.0f} % "
+            f"({row['user_s']:.1f} s user + {row['sys_s']:.1f} s sys{wait})"
+        )
+    machine = cpu.get("machine")
+    if machine is not None:
+        parts.append(f"machine {100 * machine['busy_share']:.0f} % busy (all CPUs, everyone)")
+    print("CPU in the window: " + "; ".join(parts))

@@ -11,7 +11,8 @@ nginx. Two phases, both from load-generator processes separate from the gateway:
               `--saturate-seconds`: the requests/s each path sustains (the emulator is the
               same process for all three, so this is relative, not an absolute ceiling).
 
-    python bench/rest_requests.py --rate 200 --seconds 20 [--nginx] [--json out.json]
+    python bench/rest_requests.py --rate 200 --seconds 20 [--nginx] [--pin] [--json out.json]
+    python bench/rest_requests.py --rate 200 --seconds 20 --pin --profile rest.txt
 """
 
 from __future__ import annotations
@@ -30,7 +31,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from _common import CLIENT_KEY, USP_PATH, Services, cpu_seconds, fmt_ms, percentile
+from _common import (
+    CLIENT_KEY,
+    USP_PATH,
+    CpuMeter,
+    PySpy,
+    Services,
+    cpu_seconds,
+    fmt_ms,
+    percentile,
+    print_cpu,
+)
+from profile_summary import print_summary, summarise
 
 WAV_BYTES = 100 * 1024
 WARMUP_S = 1.0
@@ -103,9 +115,18 @@ async def _open_loop(
     return results
 
 
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    uvloop.install()
+
+
 def open_loop_worker(
     schedule: list[tuple[float, str, str]], window: tuple[float, float]
 ) -> dict[str, dict[str, Any]]:
+    _use_uvloop()
     return {k: asdict(v) for k, v in asyncio.run(_open_loop(schedule, window)).items()}
 
 
@@ -126,10 +147,18 @@ async def _closed_loop(url: str, clients: int, start_at: float, until: float) ->
 
 
 def closed_loop_worker(url: str, clients: int, start_at: float, until: float) -> int:
+    _use_uvloop()
     return asyncio.run(_closed_loop(url, clients, start_at, until))
 
 
-def open_loop(services: Services, rate: float, seconds: float, workers: int) -> dict[str, Any]:
+def open_loop(
+    services: Services,
+    rate: float,
+    seconds: float,
+    workers: int,
+    profile: Path | None = None,
+    native: bool = False,
+) -> dict[str, Any]:
     targets = services.targets
     start_at = time.monotonic() + 2.0
     window = (start_at + WARMUP_S, start_at + seconds)
@@ -141,15 +170,21 @@ def open_loop(services: Services, rate: float, seconds: float, workers: int) -> 
         for j, t in enumerate(targets)
     ]
     pid = services.gateway_pid
+    meter = CpuMeter(services.pids)
+    spy: PySpy | None = None
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         pending = pool.starmap_async(
             open_loop_worker, [(schedule[w::workers], window) for w in range(workers)]
         )
         time.sleep(max(0.0, window[0] - time.monotonic()))
-        cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
+        meter.start()
+        if profile is not None:
+            spy = PySpy(pid, profile, window[1] - window[0] - 0.5, native=native)
         time.sleep(max(0.0, window[1] - time.monotonic()))
-        cpu, wall = cpu_seconds(pid) - cpu_before, time.monotonic() - wall_before
+        usage = meter.stop()
         parts = pending.get(timeout=seconds + 120)
+    wall = usage["machine"]["wall_s"]
+    cpu = usage["gateway"]["user_s"] + usage["gateway"]["sys_s"]
     merged = {t.name: Samples() for t in targets}
     for part in parts:
         for name, data in part.items():
@@ -169,14 +204,27 @@ def open_loop(services: Services, rate: float, seconds: float, workers: int) -> 
                 row[f"added_p{q}_ms"] = row[f"p{q}_ms"] - percentile(merged["direct"].latency_ms, q)
         rows[name] = row
     gateway_requests = rate * wall  # requests started in the window, by the schedule
-    return {
+    # The emulator answers every target's requests; nginx only its own.
+    emulator = usage["emulator"]["user_s"] + usage["emulator"]["sys_s"]
+    result: dict[str, Any] = {
         "rate_per_target": rate,
         "seconds": seconds,
         "window_s": wall,
+        "pinning": services.pinning,
         "gateway_cpu_share": cpu / wall,
         "gateway_cpu_us_per_request": 1e6 * cpu / gateway_requests,
+        "gateway_user_us_per_request": 1e6 * usage["gateway"]["user_s"] / gateway_requests,
+        "emulator_cpu_us_per_request": 1e6 * emulator / (gateway_requests * len(targets)),
+        "cpu": usage,
         "targets": rows,
     }
+    if "nginx" in usage:
+        nginx = usage["nginx"]["user_s"] + usage["nginx"]["sys_s"]
+        result["nginx_cpu_us_per_request"] = 1e6 * nginx / gateway_requests
+    if spy is not None:
+        failed = spy.wait()
+        result["profile"] = str(profile) if failed is None else failed
+    return result
 
 
 def closed_loop(
@@ -210,16 +258,34 @@ def main() -> None:
     parser.add_argument("--saturate-seconds", type=float, default=5.0, help="0 skips it")
     parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
     parser.add_argument("--nginx", action="store_true", help="also through nginx")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="give the gateway a CPU of its own, everything else the other CPUs",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the gateway over the open-loop window into this collapsed-stack file",
+    )
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="with --profile: py-spy --native (pauses the gateway per sample; sees C code)",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     if args.seconds < 2 * WARMUP_S:
         parser.error("--seconds must be at least 2")
     report: dict[str, Any] = {"command": sys.argv}
-    with Services(nginx=args.nginx) as services:
+    with Services(nginx=args.nginx, pin=args.pin) as services:
         for note in services.notes:
             print(note)
         report["notes"] = services.notes
-        result = open_loop(services, args.rate, args.seconds, args.workers)
+        report["pinning"] = services.pinning
+        result = open_loop(
+            services, args.rate, args.seconds, args.workers, args.profile, args.native
+        )
         report["open_loop"] = result
         print(
             f"\nopen loop: {args.rate:g} requests/s per target of {WAV_BYTES // 1024} KB WAV, "
@@ -240,8 +306,20 @@ def main() -> None:
                 print(f"         first error: {row['first_error']}")
         print(
             f"gateway CPU: {100 * result['gateway_cpu_share']:.1f} % of a core, "
-            f"{result['gateway_cpu_us_per_request']:.0f} us per request"
+            f"{result['gateway_cpu_us_per_request']:.0f} us per request "
+            f"({result['gateway_user_us_per_request']:.0f} us user); emulator "
+            f"{result['emulator_cpu_us_per_request']:.0f} us per request"
         )
+        print_cpu(result["cpu"])
+        if "profile" in result:
+            if args.profile is not None and result["profile"] == str(args.profile):
+                summary = summarise(args.profile)
+                result["profile_summary"] = summary
+                per_request = result["gateway_cpu_us_per_request"]
+                user = result["gateway_user_us_per_request"]
+                print_summary(summary, per_request, "request", user, per_request - user)
+            else:
+                print(f"profile: {result['profile']}")
         if args.saturate_seconds:
             saturated = closed_loop(services, args.concurrency, args.saturate_seconds, args.workers)
             report["closed_loop"] = saturated

@@ -2,9 +2,11 @@
 
 Every stream is one Speech-SDK-like continuous-recognition session (protocol.md §2.2):
 `speech.config`, `speech.context`, a RIFF header, then 3,200-byte PCM frames every 100 ms
-for `--seconds`, an empty audio message, and reads until `turn.end`. N streams go to each
-target (the emulator directly, the gateway, and with --nginx nginx), interleaved in the
-same load-generator processes and the same time window, so machine noise hits all alike.
+for `--seconds`, an empty audio message, and reads until `turn.end`. `--streams` N go
+through the gateway, `--reference-streams` M (default N) to the emulator directly and, with
+--nginx, through nginx; all interleaved in the same load-generator processes and the same
+time window, so machine noise hits all alike. A smaller reference sample keeps 1,000+
+gateway streams possible on a small machine without losing the baseline that "added" needs.
 
 The instant emulator cuts the audio into utterances of `--utterance-ms` and sends a
 `speech.hypothesis` when an utterance's half-way frame arrives and a `speech.phrase` when
@@ -14,17 +16,20 @@ its last frame arrives. Offset+Duration of each result names the frame that trig
 "Added" is the gateway's (or nginx's) percentile minus the direct percentile.
 
     python bench/usp_streams.py --streams 100 --seconds 20 [--nginx] [--json out.json]
-    python bench/usp_streams.py --sweep --seconds 8
+    python bench/usp_streams.py --streams 1000 --reference-streams 100 --pin --nginx
+    python bench/usp_streams.py --sweep --steps 200,400,700,1000 --reference-streams 100 --pin
+    python bench/usp_streams.py --streams 0 --idle-sessions 10000   # RSS only
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import multiprocessing
+import os
+import queue
 import random
 import sys
 import time
@@ -35,17 +40,23 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 from _common import (
     CLIENT_KEY,
     USP_PATH,
+    CpuMeter,
+    PySpy,
     Services,
-    cpu_seconds,
+    WorkerCpu,
     fmt_ms,
     percentile,
+    print_cpu,
     rss_kib,
 )
+from _wsclient import BINARY, TEXT, WsClient, encode_frame
+from profile_summary import print_summary
+from profile_summary import summarise as summarise_profile
 
 from gateway.protocol.usp import decode_text, encode_binary, encode_text, new_request_id
 from gateway.protocol.wav import wave_header
@@ -55,6 +66,10 @@ FRAME_S = 0.1
 TICKS_PER_MS = 10_000
 BEHIND_MS = 10.0  # a send later than this (p99) means the load generator is the bottleneck
 ADDED_P99_LIMIT_MS = 5.0
+# Per load-generator process: aiohttp's accept backlog is 128 by default, and an overflow
+# resets the odd connection (real clients retry; so does the harness, CONNECT_TRIES times).
+CONNECTS_AT_ONCE = 32
+CONNECT_TRIES = 3
 QUERY = "?language=en-US&format=simple"
 CONFIG = json.dumps({"context": {"system": {"name": "SpeechSDK", "version": "bench"}}})
 CONTEXT = json.dumps({"phraseDetection": {"language": "en-US", "mode": "CONVERSATION"}})
@@ -76,6 +91,7 @@ class Samples:
     final_ms: list[float] = field(default_factory=list)
     late_ms: list[float] = field(default_factory=list)
     frames_in_window: int = 0
+    started: int = 0
     completed: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -84,6 +100,7 @@ class Samples:
         self.final_ms += other.final_ms
         self.late_ms += other.late_ms
         self.frames_in_window += other.frames_in_window
+        self.started += other.started
         self.completed += other.completed
         self.errors += other.errors
 
@@ -91,99 +108,175 @@ class Samples:
 # -- load generator (runs in worker processes) ---------------------------------------------
 
 
-async def _stream(
-    http: aiohttp.ClientSession,
-    plan: Plan,
-    start_at: float,
-    seconds: float,
-    window: tuple[float, float],
-    samples: Samples,
-) -> None:
-    frames = round(seconds / FRAME_S)
-    sent_at = [math.nan] * frames
-    request_id = new_request_id()
-    headers = {"Ocp-Apim-Subscription-Key": CLIENT_KEY, "X-ConnectionId": uuid.uuid4().hex}
-    url = plan.url + USP_PATH + QUERY
-    async with http.ws_connect(url, headers=headers, protocols=("USP",)) as ws:
-        await ws.send_str(encode_text("speech.config", None, CONFIG))
-        await ws.send_str(encode_text("speech.context", request_id, CONTEXT))
-        riff = encode_binary(
-            "audio", request_id, wave_header(), extra_headers=[("Content-Type", "audio/x-wav")]
-        )
-        await ws.send_bytes(riff)
-        audio = encode_binary("audio", request_id, PCM_FRAME)
-
-        async def read() -> None:
-            async for message in ws:
-                if message.type is not aiohttp.WSMsgType.TEXT:
-                    continue
-                now = time.monotonic()
-                decoded = decode_text(message.data)
-                if decoded.path == "turn.end":
-                    return
-                if decoded.path not in ("speech.hypothesis", "speech.phrase"):
-                    continue
-                body = json.loads(decoded.body)
-                status = body.get("RecognitionStatus", "Success")
-                if status == "EndOfDictation":
-                    continue  # an acknowledgement, triggered by no particular frame
-                if status != "Success":  # e.g. the gateway could not reach the backend
-                    raise ConnectionError(f"speech.phrase with RecognitionStatus {status}")
-                end_ms = (body["Offset"] + body["Duration"]) / TICKS_PER_MS
-                index = math.ceil(end_ms / (FRAME_S * 1000)) - 1
-                sent = sent_at[index]
-                if window[0] <= sent <= window[1]:
-                    hypothesis = decoded.path == "speech.hypothesis"
-                    into = samples.frame_ms if hypothesis else samples.final_ms
-                    into.append((now - sent) * 1000)
-            raise ConnectionError(f"closed before turn.end ({ws.close_code})")
-
-        reader = asyncio.create_task(read(), name=f"read-{plan.target}")
+async def _connect(url: str, headers: dict[str, str], on_message: Any = None) -> WsClient:
+    parts = urlsplit(url + USP_PATH + QUERY)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    target = parts.path + "?" + parts.query
+    for attempt in range(CONNECT_TRIES):
         try:
-            first = max(start_at + plan.phase_s, time.monotonic())
-            for index in range(frames):
-                due = first + index * FRAME_S
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if reader.done():  # the session failed or ended early: say why
-                    await reader
-                    raise ConnectionError("turn.end before the end of the audio")
-                now = time.monotonic()
-                sent_at[index] = now
-                if window[0] <= now <= window[1]:
-                    samples.late_ms.append((now - due) * 1000)
-                    samples.frames_in_window += 1
-                await ws.send_bytes(audio)
-            await ws.send_bytes(encode_binary("audio", request_id, b""))
-            await asyncio.wait_for(reader, timeout=30)
+            return await WsClient.connect(
+                parts.hostname, parts.port, target, headers, ("USP",), on_message=on_message
+            )
+        except (ConnectionResetError, ConnectionRefusedError):
+            if attempt == CONNECT_TRIES - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+class _Stream:
+    """One stream: its frames go out from timer callbacks, its results come in as callbacks.
+
+    No task wakes up per frame: each send is one `transport.write` of the stream's audio
+    frame, encoded and masked once, then the next send is scheduled.
+    """
+
+    def __init__(
+        self, plan: Plan, start_at: float, seconds: float, window: tuple[float, float]
+    ) -> None:
+        self.plan = plan
+        self._start_at = start_at
+        self._frames = round(seconds / FRAME_S)
+        self._window = window
+        self._sent_at = [math.nan] * self._frames
+        self._request_id = new_request_id()
+        self._loop = asyncio.get_running_loop()
+        self._done: asyncio.Future[None] = self._loop.create_future()
+        self._client: WsClient | None = None
+        self._first = 0.0
+        self._audio = b""
+        self._next = 0
+        self._samples = Samples()
+
+    async def connect(self, samples: Samples) -> None:
+        self._samples = samples
+        headers = {"Ocp-Apim-Subscription-Key": CLIENT_KEY, "X-ConnectionId": uuid.uuid4().hex}
+        self._client = await _connect(self.plan.url, headers, self._on_message)
+        client = self._client
+        client.send_text(encode_text("speech.config", None, CONFIG))
+        client.send_text(encode_text("speech.context", self._request_id, CONTEXT))
+        wav = [("Content-Type", "audio/x-wav")]
+        riff = encode_binary("audio", self._request_id, wave_header(), extra_headers=wav)
+        client.send_binary(riff)
+        audio = encode_binary("audio", self._request_id, PCM_FRAME)
+        self._audio = encode_frame(BINARY, audio, os.urandom(4))
+
+    async def run(self) -> None:
+        client = self._client
+        assert client is not None
+        samples = self._samples
+        samples.started += 1
+        self._first = max(self._start_at + self.plan.phase_s, time.monotonic())
+        self._schedule()
+        closed = client.closed
+        try:
+            remaining = self._first + self._frames * FRAME_S - time.monotonic()
+            async with asyncio.timeout(remaining + 30):
+                waiters: list[asyncio.Future[Any]] = [self._done, closed]
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if not self._done.done():
+                raise ConnectionError(f"closed before turn.end ({closed.result()})")
+            self._done.result()
         finally:
-            reader.cancel()
-    samples.completed += 1
+            if not self._done.done():
+                self._done.cancel()
+            client.close()
+            try:
+                async with asyncio.timeout(5):
+                    await asyncio.shield(closed)
+            except TimeoutError:
+                client.abort()
+        samples.completed += 1
+
+    def _schedule(self) -> None:
+        due = self._first + self._next * FRAME_S
+        self._loop.call_later(max(0.0, due - time.monotonic()), self._send)
+
+    def _send(self) -> None:
+        if self._done.done():
+            return
+        client = self._client
+        assert client is not None
+        index = self._next
+        now = time.monotonic()
+        self._sent_at[index] = now
+        if self._window[0] <= now <= self._window[1]:
+            # uvloop's timers have 1 ms resolution and may fire up to 1 ms early: no "late"
+            self._samples.late_ms.append(max(0.0, now - self._first - index * FRAME_S) * 1000)
+            self._samples.frames_in_window += 1
+        try:
+            client.write(self._audio)
+            self._next += 1
+            if self._next < self._frames:
+                self._schedule()
+            else:
+                client.send_binary(encode_binary("audio", self._request_id, b""))
+        except Exception as exc:  # the connection broke: the stream has failed
+            self._fail(exc)
+
+    def _on_message(self, opcode: int, payload: bytes) -> None:
+        if opcode != TEXT or self._done.done():
+            return
+        now = time.monotonic()
+        try:
+            decoded = decode_text(payload.decode("utf-8"))
+            if decoded.path == "turn.end":
+                if self._next < self._frames:
+                    raise ConnectionError("turn.end before the end of the audio")
+                self._done.set_result(None)
+                return
+            if decoded.path not in ("speech.hypothesis", "speech.phrase"):
+                return
+            body = json.loads(decoded.body)
+            status = body.get("RecognitionStatus", "Success")
+            if status == "EndOfDictation":
+                return  # an acknowledgement, triggered by no particular frame
+            if status != "Success":  # e.g. the gateway could not reach the backend
+                raise ConnectionError(f"speech.phrase with RecognitionStatus {status}")
+            end_ms = (body["Offset"] + body["Duration"]) / TICKS_PER_MS
+            sent = self._sent_at[math.ceil(end_ms / (FRAME_S * 1000)) - 1]
+            if self._window[0] <= sent <= self._window[1]:
+                hypothesis = decoded.path == "speech.hypothesis"
+                into = self._samples.frame_ms if hypothesis else self._samples.final_ms
+                into.append((now - sent) * 1000)
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._done.done():
+            self._done.set_exception(exc)
 
 
 async def _run_streams(
     plans: Sequence[Plan], start_at: float, seconds: float, window: tuple[float, float]
-) -> dict[str, Samples]:
+) -> tuple[dict[str, Samples], WorkerCpu]:
     results = {plan.target: Samples() for plan in plans}
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as http:
+    cpu = WorkerCpu()
+    loop = asyncio.get_running_loop()
+    for moment in window:
+        loop.call_later(max(0.0, moment - time.monotonic()), cpu.mark)
+    connecting = asyncio.Semaphore(CONNECTS_AT_ONCE)
 
-        async def guarded(plan: Plan) -> None:
-            try:
-                await _stream(http, plan, start_at, seconds, window, results[plan.target])
-            except Exception as exc:  # one failed stream is a result, not the end of the run
-                results[plan.target].errors.append(f"{type(exc).__name__}: {exc}")
+    async def guarded(plan: Plan) -> None:
+        samples = results[plan.target]
+        stream = _Stream(plan, start_at, seconds, window)
+        try:
+            async with connecting:
+                await stream.connect(samples)
+            await stream.run()
+        except Exception as exc:  # one failed stream is a result, not the end of the run
+            samples.errors.append(f"{type(exc).__name__}: {exc}")
 
-        async with asyncio.TaskGroup() as group:
-            for plan in plans:
-                group.create_task(guarded(plan))
-    return results
+    async with asyncio.TaskGroup() as group:
+        for plan in plans:
+            group.create_task(guarded(plan))
+    return results, cpu
 
 
 def _use_uvloop() -> None:
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
     except ImportError:
         return
     uvloop.install()
@@ -191,10 +284,10 @@ def _use_uvloop() -> None:
 
 def worker(
     plans: list[Plan], start_at: float, seconds: float, window: tuple[float, float]
-) -> dict[str, dict[str, Any]]:
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     _use_uvloop()
-    results = asyncio.run(_run_streams(plans, start_at, seconds, window))
-    return {name: asdict(samples) for name, samples in results.items()}
+    results, cpu = asyncio.run(_run_streams(plans, start_at, seconds, window))
+    return {name: asdict(samples) for name, samples in results.items()}, asdict(cpu)
 
 
 async def _hold_idle(
@@ -202,65 +295,79 @@ async def _hold_idle(
 ) -> None:
     """Open `count` sessions that send config and context but no audio, hold until released.
 
-    A session counts once its `turn.start` arrived: then the gateway holds both legs.
+    A session counts once its `turn.start` arrived: then the gateway holds both legs. Up to
+    CONNECTS_AT_ONCE sessions are set up at a time.
     """
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-        sockets = []
-        error = None
+    clients: list[WsClient] = []
+    heard = [0] * count  # messages each session received
+    errors: list[str] = []
+    connecting = asyncio.Semaphore(CONNECTS_AT_ONCE)
+    loop = asyncio.get_running_loop()
+
+    async def one(index: int) -> None:
+        first: asyncio.Future[None] = loop.create_future()
+
+        def on_message(opcode: int, _payload: bytes) -> None:
+            heard[index] += 1
+            if not first.done():
+                first.set_result(None)
+
         try:
-            for _ in range(count):
-                try:
-                    ws = await http.ws_connect(
-                        url + USP_PATH + QUERY,
-                        headers={"Ocp-Apim-Subscription-Key": CLIENT_KEY},
-                        protocols=("USP",),
-                    )
-                    sockets.append(ws)
-                    await ws.send_str(encode_text("speech.config", None, CONFIG))
-                    await ws.send_str(encode_text("speech.context", new_request_id(), CONTEXT))
-                    answer = await ws.receive(timeout=10)
-                    if answer.type is not aiohttp.WSMsgType.TEXT:
-                        raise ConnectionError(f"{answer.type.name} instead of turn.start")
-                    # A gateway that could not reach the backend follows its turn.start with an
-                    # error phrase at once; a healthy idle session says nothing more.
-                    with contextlib.suppress(TimeoutError):
-                        extra = await ws.receive(timeout=0.05)
-                        raise ConnectionError(f"idle session answered: {str(extra.data)[:120]!r}")
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    error = f"session {len(sockets)}: {type(exc).__name__}: {exc}"
-                    break
-            ready.put((len(sockets) - (error is not None), error))
-            # Blocking the loop is fine: idle sessions have nothing to send or answer.
-            release.wait(timeout=120)
-        finally:
-            for ws in sockets:
-                await ws.close()
+            async with connecting:
+                client = await _connect(url, {"Ocp-Apim-Subscription-Key": CLIENT_KEY}, on_message)
+                clients.append(client)
+                client.send_text(encode_text("speech.config", None, CONFIG))
+                client.send_text(encode_text("speech.context", new_request_id(), CONTEXT))
+                async with asyncio.timeout(30):
+                    await first
+        except (OSError, TimeoutError) as exc:
+            errors.append(f"session {index}: {type(exc).__name__}: {exc}")
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(count)))
+        # A gateway that could not reach the backend follows its turn.start with an error
+        # phrase at once; a healthy idle session says nothing more.
+        await asyncio.sleep(0.5)
+        chatty = sum(1 for n in heard if n > 1)
+        if chatty:
+            errors.append(f"{chatty} idle sessions got more than turn.start")
+        ready.put((count - len(errors), errors[0] if errors else None))
+        # Blocking the loop is fine: idle sessions have nothing to send or answer.
+        release.wait(timeout=600)
+    finally:
+        for client in clients:
+            client.abort()
 
 
 def idle_worker(
     url: str, count: int, ready: Queue[tuple[int, str | None]], release: EventType
 ) -> None:
+    _use_uvloop()
     asyncio.run(_hold_idle(url, count, ready, release))
 
 
 # -- orchestration -------------------------------------------------------------------------
 
 
-def summarise(samples: dict[str, Samples]) -> dict[str, dict[str, Any]]:
+def summarise(samples: dict[str, Samples], counts: dict[str, int]) -> dict[str, dict[str, Any]]:
     table: dict[str, dict[str, Any]] = {}
     direct = samples["direct"]
     for name, got in samples.items():
         row: dict[str, Any] = {
+            "streams": counts[name],
             "streams_completed": got.completed,
             "errors": len(got.errors),
             "first_error": got.errors[0] if got.errors else None,
             "frame_samples": len(got.frame_ms),
             "final_samples": len(got.final_ms),
+            "frames_in_window": got.frames_in_window,
             "loadgen_late_p99_ms": percentile(got.late_ms, 99),
         }
         for metric in ("frame_ms", "final_ms"):
             values = getattr(got, metric)
             base = getattr(direct, metric)
+            for q in (90, 99.9, 100):  # the tail's shape (JSON only)
+                row[f"{metric[:-3]}_p{q:g}_ms".replace(".", "_")] = percentile(values, q)
             for q in (50, 99):
                 row[f"{metric[:-3]}_p{q}_ms"] = percentile(values, q)
                 if name != "direct":
@@ -271,47 +378,95 @@ def summarise(samples: dict[str, Samples]) -> dict[str, dict[str, Any]]:
 
 
 def run_load(
-    services: Services, streams: int, seconds: float, utterance_s: float, workers: int
+    services: Services,
+    streams: int,
+    reference: int,
+    seconds: float,
+    utterance_s: float,
+    workers: int,
+    profile: Path | None = None,
+    native_profile: bool = False,
 ) -> dict[str, Any]:
+    """`streams` through the gateway and `reference` to each other target, in one window."""
     rng = random.Random(streams)
+    counts = {t.name: streams if t.name == "gateway" else reference for t in services.targets}
     # Streams start spread over one utterance, as independent clients would: started
     # together, all their results would fall due in the same 100 ms and measure the burst.
     plans = [
         Plan(target.name, target.ws_url, rng.uniform(0, utterance_s))
-        for _ in range(streams)
         for target in services.targets
+        for _ in range(counts[target.name])
     ]
+    rng.shuffle(plans)  # every worker gets its share of every target
     total = len(plans)
-    start_at = time.monotonic() + 2.0 + 0.004 * total / workers  # spawn + connect budget
+    start_at = time.monotonic() + 2.0 + 0.003 * total / workers  # spawn + connect budget
     # Every stream is sending audio throughout the window.
     window = (start_at + utterance_s, start_at + seconds)
     pid = services.gateway_pid
+    meter = CpuMeter(services.pids)
+    spy: PySpy | None = None
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         pending = pool.starmap_async(
             worker, [(plans[w::workers], start_at, seconds, window) for w in range(workers)]
         )
         time.sleep(max(0.0, window[0] - time.monotonic()))
-        cpu_before, wall_before = cpu_seconds(pid), time.monotonic()
+        meter.start()
+        if profile is not None:
+            spy = PySpy(pid, profile, window[1] - window[0] - 0.5, native=native_profile)
         time.sleep(max(0.0, window[1] - time.monotonic()))
-        cpu = cpu_seconds(pid) - cpu_before
-        wall = time.monotonic() - wall_before
+        cpu = meter.stop()
         rss_loaded = rss_kib(pid)
-        parts = pending.get(timeout=seconds + 120)
+        parts = pending.get(timeout=seconds + 180)
     merged = {target.name: Samples() for target in services.targets}
-    for part in parts:
+    loadgen = {"user_s": 0.0, "sys_s": 0.0}
+    for part, worker_cpu in parts:
         for name, data in part.items():
             merged[name].merge(Samples(**data))
+        loadgen["user_s"] += worker_cpu["user_s"]
+        loadgen["sys_s"] += worker_cpu["sys_s"]
+    wall = cpu["machine"]["wall_s"]
+    cpu["loadgen"] = {**loadgen, "core_share": (loadgen["user_s"] + loadgen["sys_s"]) / wall}
+    gateway_cpu = cpu["gateway"]["user_s"] + cpu["gateway"]["sys_s"]
     gateway_frames = merged["gateway"].frames_in_window
-    return {
+    all_frames = sum(samples.frames_in_window for samples in merged.values())
+    direct_frames = sum(merged[name].frames_in_window for name in ("direct", "gateway"))
+
+    def per_frame(name: str, frames: int) -> float:
+        row = cpu.get(name)
+        if row is None or not frames:
+            return math.nan
+        return 1e6 * (row["user_s"] + row["sys_s"]) / frames
+
+    result: dict[str, Any] = {
         "streams_per_target": streams,
+        "reference_streams": reference,
         "seconds": seconds,
         "window_s": wall,
-        "gateway_cpu_share": cpu / wall,
-        "gateway_cpu_per_stream_pct": 100 * cpu / wall / streams,
-        "gateway_cpu_us_per_frame": 1e6 * cpu / gateway_frames if gateway_frames else math.nan,
+        "window_monotonic": window,
+        "pinning": services.pinning,
+        "gateway_cpu_share": gateway_cpu / wall,
+        "gateway_cpu_per_stream_pct": 100 * gateway_cpu / wall / streams,
+        "gateway_cpu_us_per_frame": per_frame("gateway", gateway_frames),
+        "gateway_user_us_per_frame": 1e6 * cpu["gateway"]["user_s"] / gateway_frames
+        if gateway_frames
+        else math.nan,
+        # The emulator receives every target's frames (nginx's too); nginx only its own.
+        "emulator_cpu_us_per_frame": per_frame("emulator", all_frames),
+        "nginx_cpu_us_per_frame": per_frame("nginx", merged["nginx"].frames_in_window)
+        if "nginx" in merged
+        else math.nan,
+        "loadgen_cpu_us_per_frame": per_frame("loadgen", all_frames),
+        "emulator_frames_per_s": (all_frames or direct_frames) / wall,
         "gateway_rss_loaded_mib": rss_loaded / 1024,
-        "targets": summarise(merged),
+        "cpu": cpu,
+        "targets": summarise(merged, counts),
     }
+    if spy is not None:
+        failed = spy.wait()
+        result["profile"] = str(profile) if failed is None else failed
+        if failed is None and profile is not None:
+            result["profile_summary"] = summarise_profile(profile)
+    return result
 
 
 def measure_idle_rss(services: Services, sessions: int, workers: int) -> dict[str, Any]:
@@ -321,6 +476,15 @@ def measure_idle_rss(services: Services, sessions: int, workers: int) -> dict[st
     reused by the idle sessions and hide their cost.
     """
     pid = services.gateway_pid
+    # The gateway holds two descriptors per session (client and backend legs); past its
+    # RLIMIT_NOFILE the kernel refuses the rest. A sandbox may forbid raising the hard limit.
+    fd_bound = (services.fd_limit - 64) // 2
+    if sessions > fd_bound:
+        print(
+            f"note: {sessions} idle sessions need about {2 * sessions + 64} descriptors in the "
+            f"gateway, over this machine's RLIMIT_NOFILE of {services.fd_limit}: expect about "
+            f"{fd_bound} to open (raise the hard limit, e.g. `ulimit -Hn`, where allowed)"
+        )
     baseline = rss_kib(pid)
     gateway = next(t for t in services.targets if t.name == "gateway")
     context = multiprocessing.get_context("spawn")
@@ -332,22 +496,34 @@ def measure_idle_rss(services: Services, sessions: int, workers: int) -> dict[st
         for n in shares
         if n
     ]
+    started = time.monotonic()
     for process in processes:
         process.start()
     try:
-        answers = [ready.get(timeout=180) for _ in processes]
+        answers: list[tuple[int, str | None]] = []
+        deadline = time.monotonic() + 900
+        while len(answers) < len(processes):
+            try:
+                answers.append(ready.get(timeout=1))
+            except queue.Empty:
+                dead = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+                if dead or time.monotonic() > deadline:
+                    raise RuntimeError(f"idle-session workers failed (exit codes {dead})") from None
+        opened_in = time.monotonic() - started
         loaded = rss_kib(pid)
         opened = sum(count for count, _ in answers)
         errors = [error for _, error in answers if error]
     finally:
         release.set()
         for process in processes:
-            process.join(timeout=30)
+            process.join(timeout=60)
     return {
         "idle_sessions": opened,
+        "seconds_to_open": opened_in,
         "rss_baseline_mib": baseline / 1024,
         "rss_idle_mib": loaded / 1024,
         "rss_kib_per_idle_session": (loaded - baseline) / opened if opened else math.nan,
+        "fd_limit": services.fd_limit,
         "first_error": errors[0] if errors else None,
     }
 
@@ -356,7 +532,7 @@ def verdict(result: dict[str, Any]) -> str | None:
     """Why this step is not sustainable, or None."""
     gateway = result["targets"]["gateway"]
     for name, row in result["targets"].items():
-        if row["errors"] or row["streams_completed"] != result["streams_per_target"]:
+        if row["errors"] or row["streams_completed"] != row["streams"]:
             return f"{row['errors']} {name} streams failed: {row['first_error']}"
     late = max(row["loadgen_late_p99_ms"] for row in result["targets"].values())
     if late > BEHIND_MS:
@@ -368,23 +544,32 @@ def verdict(result: dict[str, Any]) -> str | None:
 
 
 def print_result(result: dict[str, Any]) -> None:
-    print(
-        f"\n{result['streams_per_target']} streams per target, {result['seconds']:.0f} s "
-        f"(measured window {result['window_s']:.1f} s)"
+    pinning = result["pinning"]
+    pinned = (
+        f"gateway on CPU {pinning['gateway']}, the rest on {pinning['others']}"
+        if pinning
+        else "no CPU pinning"
     )
     print(
-        f"{'target':<8} {'frame p50':>9} {'p99':>7} {'+p50':>7} {'+p99':>7} "
-        f"{'final p50':>9} {'p99':>7} {'+p50':>7} {'+p99':>7} {'n':>6} {'late99':>7} {'err':>4}"
+        f"\n{result['streams_per_target']} gateway streams, {result['reference_streams']} per "
+        f"reference target, {result['seconds']:.0f} s (measured window "
+        f"{result['window_s']:.1f} s; {pinned})"
+    )
+    print(
+        f"{'target':<8} {'n':>5} {'frame p50':>9} {'p99':>7} {'+p50':>7} {'+p99':>7} "
+        f"{'final p50':>9} {'p99':>7} {'+p50':>7} {'+p99':>7} {'samples':>7} {'late99':>7} "
+        f"{'err':>4}"
     )
     for name, row in result["targets"].items():
         print(
-            f"{name:<8} {fmt_ms(row['frame_p50_ms']):>9} {fmt_ms(row['frame_p99_ms']):>7} "
+            f"{name:<8} {row['streams']:>5} {fmt_ms(row['frame_p50_ms']):>9} "
+            f"{fmt_ms(row['frame_p99_ms']):>7} "
             f"{fmt_ms(row.get('frame_added_p50_ms', math.nan)):>7} "
             f"{fmt_ms(row.get('frame_added_p99_ms', math.nan)):>7} "
             f"{fmt_ms(row['final_p50_ms']):>9} {fmt_ms(row['final_p99_ms']):>7} "
             f"{fmt_ms(row.get('final_added_p50_ms', math.nan)):>7} "
             f"{fmt_ms(row.get('final_added_p99_ms', math.nan)):>7} "
-            f"{row['frame_samples'] + row['final_samples']:>6} "
+            f"{row['frame_samples'] + row['final_samples']:>7} "
             f"{fmt_ms(row['loadgen_late_p99_ms']):>7} {row['errors']:>4}"
         )
         if row["first_error"]:
@@ -393,46 +578,107 @@ def print_result(result: dict[str, Any]) -> None:
         f"gateway CPU: {100 * result['gateway_cpu_share']:.1f} % of a core, "
         f"{result['gateway_cpu_per_stream_pct']:.3f} % per stream, "
         f"{result['gateway_cpu_us_per_frame']:.0f} us per audio frame "
-        f"(everything the gateway did in the window / frames it received); "
-        f"RSS under load {result['gateway_rss_loaded_mib']:.0f} MiB"
+        f"({result['gateway_user_us_per_frame']:.0f} us user; everything the gateway did in "
+        f"the window / frames it received); RSS under load "
+        f"{result['gateway_rss_loaded_mib']:.0f} MiB"
     )
+    print(
+        f"per frame elsewhere: emulator {result['emulator_cpu_us_per_frame']:.0f} us, "
+        f"load generator {result['loadgen_cpu_us_per_frame']:.0f} us, "
+        f"nginx {result['nginx_cpu_us_per_frame']:.0f} us"
+    )
+    print_cpu(result["cpu"])
+    summary = result.get("profile_summary")
+    if summary is not None:
+        per_frame = result["gateway_cpu_us_per_frame"]
+        user = result["gateway_user_us_per_frame"]
+        print_summary(summary, per_frame, "frame", user, per_frame - user)
+    elif "profile" in result:
+        print(f"profile: {result['profile']}")
+
+
+def _profile_path(base: Path | None, streams: int, sweep: bool) -> Path | None:
+    if base is None or not sweep:
+        return base
+    return base.with_name(f"{base.stem}-{streams}{base.suffix}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--streams", type=int, default=100, help="streams per target")
+    parser.add_argument(
+        "--streams", type=int, default=100, help="streams through the gateway (0: no load run)"
+    )
+    parser.add_argument(
+        "--reference-streams",
+        type=int,
+        help="streams to each reference target, direct and nginx (default: --streams)",
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per stream")
     parser.add_argument("--utterance-ms", type=int, default=3000)
     parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
     parser.add_argument("--nginx", action="store_true", help="also through nginx")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="give the gateway a CPU of its own, everything else the other CPUs",
+    )
     parser.add_argument("--sweep", action="store_true", help="step N until added p99 > 5 ms")
     parser.add_argument("--steps", default="50,100,200,400,800", help="N values of --sweep")
     parser.add_argument("--idle-sessions", type=int, default=100, help="0 skips the RSS step")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the gateway over the window into this collapsed-stack file "
+        "(with --sweep, one file per step); summarise with bench/profile_summary.py",
+    )
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="with --profile: py-spy --native (pauses the gateway per sample; sees C code)",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     if args.seconds < args.utterance_ms / 1000 + 1:
         parser.error("--seconds must exceed one utterance by at least 1 s")
+    reference = args.streams if args.reference_streams is None else args.reference_streams
+    if args.streams and reference < 1:
+        parser.error("the reference targets need at least one stream")
     report: dict[str, Any] = {"command": sys.argv, "runs": []}
-    with Services(nginx=args.nginx, utterance_ms=args.utterance_ms) as services:
+    with Services(nginx=args.nginx, utterance_ms=args.utterance_ms, pin=args.pin) as services:
         for note in services.notes:
             print(note)
         report["notes"] = services.notes
         report["targets"] = [target.name for target in services.targets]
+        report["pinning"] = services.pinning
         if args.idle_sessions:
             idle = measure_idle_rss(services, args.idle_sessions, args.workers)
             report["idle"] = idle
             print(
                 f"RSS: {idle['rss_baseline_mib']:.1f} MiB baseline, "
                 f"{idle['rss_idle_mib']:.1f} MiB with {idle['idle_sessions']} idle sessions "
-                f"= {idle['rss_kib_per_idle_session']:.0f} KiB per session"
+                f"= {idle['rss_kib_per_idle_session']:.1f} KiB per session "
+                f"(opened in {idle['seconds_to_open']:.1f} s)"
             )
             if idle["first_error"]:
                 print(f"  idle sessions stopped at: {idle['first_error']}")
         steps = [int(n) for n in args.steps.split(",")] if args.sweep else [args.streams]
         sustained = None
         for streams in steps:
+            if not streams:
+                continue
             utterance_s = args.utterance_ms / 1000
-            result = run_load(services, streams, args.seconds, utterance_s, args.workers)
+            step_reference = reference if args.reference_streams is not None else streams
+            profile = _profile_path(args.profile, streams, args.sweep)
+            result = run_load(
+                services,
+                streams,
+                step_reference,
+                args.seconds,
+                utterance_s,
+                args.workers,
+                profile,
+                args.native,
+            )
             result["limited_by"] = verdict(result)
             report["runs"].append(result)
             print_result(result)
