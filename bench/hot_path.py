@@ -240,7 +240,7 @@ async def measure(n: int, repeats: int) -> dict[str, float]:
         n, repeats, lambda: session._execute(commands)
     )
 
-    fast = getattr(relay, "forward_binary", None)  # proposal 01's fast path, if applied
+    fast = getattr(relay, "forward_binary", None)  # the relay's audio fast path
     if fast is not None:
 
         def forward_binary() -> object:
