@@ -21,12 +21,10 @@ from aiohttp import web
 from gateway.control.config import LimitSettings
 from gateway.errors import Limit, LimitExceeded
 from gateway.io.sessions import LiveSessions
-from gateway.io.state import GatewayState, session_facts
+from gateway.io.state import GatewayState, primary_failure
 from gateway.logging import get_logger
-from gateway.outcomes.record import Kind, Role
 from gateway.protocol.usp import RecognitionStatus
 from gateway.session.routing import Route
-from gateway.session.taps import RoleFacts, make_record
 
 log = get_logger(__name__)
 
@@ -173,16 +171,7 @@ def record_limit_hit(
     """Log, count and record a session or request a limit stopped before it was relayed:
     a `session_failure` of the assigned variant with `status`, what the SDK reports."""
     note_limit_hit(state, limit, route, protocol, detail)
-    variant = route.variant
-    record = make_record(
-        session_facts(state, route, protocol=protocol),
-        RoleFacts(Role.PRIMARY, variant.name, variant.backend.name),
-        Kind.SESSION_FAILURE,
-        status.value,
-        error_code=limit.error_code,
-        error_detail=detail,
-    )
-    state.submit(record)
+    state.submit(primary_failure(state, route, protocol, status.value, limit.error_code, detail))
 
 
 def refuse(

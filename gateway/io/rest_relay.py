@@ -24,7 +24,7 @@ from aiohttp import web
 from gateway.errors import Limit, UpstreamRejected, UpstreamUnavailable
 from gateway.io.admission import Admission, record_limit_hit, refuse
 from gateway.io.backend_gate import BREAKER_OPEN
-from gateway.io.state import GatewayState, session_facts
+from gateway.io.state import GatewayState, primary_failure, session_facts
 from gateway.logging import get_logger
 from gateway.outcomes.privacy import transcript_fields
 from gateway.outcomes.record import Kind, Role
@@ -171,14 +171,8 @@ class _Unreachable(Exception):
 
 
 def _unavailable(state: GatewayState, route: Route, error_code: str, detail: str) -> web.Response:
-    variant = route.variant
-    facts = session_facts(state, route, protocol="rest")
-    role = RoleFacts(Role.PRIMARY, variant.name, variant.backend.name)
     status = RecognitionStatus.ERROR.value
-    record = make_record(
-        facts, role, Kind.SESSION_FAILURE, status, error_code=error_code, error_detail=detail
-    )
-    state.submit(record)
+    state.submit(primary_failure(state, route, "rest", status, error_code, detail))
     return web.json_response({"error": "The speech service is unavailable."}, status=503)
 
 

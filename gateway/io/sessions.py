@@ -10,11 +10,10 @@ reach zero (`wait_idle`) and closes what is still open through each session's `c
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.logging import get_logger
@@ -31,7 +30,6 @@ class LiveSession:
     protocol: str  # "usp" or "rest"
     experiment: str | None
     variant: str
-    started: float = field(default_factory=time.monotonic)
     # None until the connection can be closed (a REST request never can: it just ends).
     closer: Closer | None = None
     closing: bool = False  # `close_all` has asked it to close

@@ -19,10 +19,10 @@ from gateway.io.metrics import GatewayMetrics
 from gateway.io.sessions import LiveSessions
 from gateway.logging import get_logger
 from gateway.outcomes.privacy import TextPrivacy, pseudonymise
-from gateway.outcomes.record import OutcomeRecord
+from gateway.outcomes.record import Kind, OutcomeRecord, Role
 from gateway.outcomes.sink import OutcomeSink
 from gateway.session.routing import Route
-from gateway.session.taps import SessionFacts
+from gateway.session.taps import RoleFacts, SessionFacts, make_record
 
 log = get_logger(__name__)
 
@@ -164,4 +164,20 @@ def session_facts(state: GatewayState, route: Route, protocol: str) -> SessionFa
         failover_from=route.failover_from,
         text_privacy=state.text_privacy,
         privacy_key=state.privacy_key,
+    )
+
+
+def primary_failure(
+    state: GatewayState, route: Route, protocol: str, status: str, error_code: str, detail: str
+) -> OutcomeRecord:
+    """The `session_failure` record of a session or request the gateway answered itself,
+    charged to the route's variant."""
+    variant = route.variant
+    return make_record(
+        session_facts(state, route, protocol),
+        RoleFacts(Role.PRIMARY, variant.name, variant.backend.name),
+        Kind.SESSION_FAILURE,
+        status,
+        error_code=error_code,
+        error_detail=detail,
     )

@@ -189,9 +189,10 @@ class _Session:
         # Records and limit hits first: they need no I/O, and a pump cancelled while it
         # sends or closes must not lose them (e.g. our own CloseClient wakes the client
         # pump, which can finish first; `run` then cancels this pump inside `close`).
-        _submit(self._state, commands)
         for command in commands:
-            if isinstance(command, LimitHit):
+            if isinstance(command, Emit):
+                self._state.submit(command.record)
+            elif isinstance(command, LimitHit):
                 note_limit_hit(self._state, command.limit, self._route, "usp", command.detail)
         for command in commands:
             match command:
