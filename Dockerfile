@@ -13,11 +13,16 @@
 # tests/test_dockerfile.py checks this file and runs its commands without Docker.
 
 # -- build: wheels of the project and of every dependency ----------------------------------
+# Exactly the versions of the lock files (requirements/, made by scripts/update-deps), their
+# hashes checked; the project's own wheel is built with the locked setuptools.
 FROM python:3.11-slim AS build
 WORKDIR /src
+COPY requirements ./requirements
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip install --no-cache-dir --require-hashes -r requirements/build.txt \
+    && pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels -r requirements/runtime.txt \
+    && pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
 
 # -- run: the wheels installed, no build tools, a non-root user ----------------------------
 FROM python:3.11-slim

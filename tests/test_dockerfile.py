@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from packaging.markers import Marker
 from support import ROOT
 
 from gateway.local_services import free_port
@@ -115,7 +117,14 @@ def test_two_slim_stages_and_a_non_root_final_image(stages: list[Stage]) -> None
     build, final = stages
     assert build.name == "build"
     assert {build.base, final.base} == {"python:3.11-slim"}
-    assert [i.args for i in build.all("RUN")] == ["pip wheel --no-cache-dir --wheel-dir /wheels ."]
+    # The build installs the lock files, hash-checked, and nothing else.
+    (run_build,) = build.all("RUN")
+    assert [step.strip() for step in run_build.args.split(" && ")] == [
+        "pip install --no-cache-dir --require-hashes -r requirements/build.txt",
+        "pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels -r requirements/runtime.txt",
+        "pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .",
+    ]
+    assert (["requirements"], "./requirements") in copies(build)
     assert [i.args for i in final.all("COPY") if i.args.startswith("--from")] == [
         "--from=build /wheels /wheels"
     ]
@@ -167,6 +176,30 @@ def run(command: list[str], what: str, **kwargs: object) -> None:
         )
 
 
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _wheel_pin(filename: str) -> tuple[str, str]:
+    """(name, version) of a wheel's file name."""
+    name, version = filename.split("-")[:2]
+    return _canonical(name), version
+
+
+def _locked_pins(lock: str) -> set[tuple[str, str]]:
+    """(name, version) of every requirement of a lock file that applies to this Python."""
+    pins = set()
+    for line in (ROOT / "requirements" / lock).read_text(encoding="utf-8").splitlines():
+        if not line or line[0] in " #":
+            continue
+        requirement, _, marker = line.removesuffix("\\").partition(";")
+        if marker.strip() and not Marker(marker.strip()).evaluate():
+            continue
+        name, _, version = requirement.strip().partition("==")
+        pins.add((_canonical(name), version))
+    return pins
+
+
 def healthcheck_command(final: Stage) -> str:
     args = final.one("HEALTHCHECK").args
     options, sep, command = args.partition(" CMD ")
@@ -194,10 +227,23 @@ def test_the_image_built_without_docker_serves_and_is_healthy(
             else:
                 shutil.copy2(ROOT / name, target)
     wheels = tmp_path / "wheels"
-    # The build stage's RUN, with pip's cache allowed (the image build skips it for size).
-    pip = [sys.executable, "-m", "pip"]
-    run([*pip, "wheel", "--wheel-dir", str(wheels), str(source)], "pip wheel")
+    # The build stage's RUN as it is, in a fresh virtualenv standing for the base image's
+    # Python, with pip's cache allowed (the image build skips it for size).
+    build_venv = tmp_path / "build-venv"
+    run([sys.executable, "-m", "venv", str(build_venv)], "python -m venv")
+    (run_build,) = build.all("RUN")
+    script = run_build.args.replace("--no-cache-dir ", "").replace("/wheels", str(wheels))
+    run(
+        ["/bin/sh", "-c", script],
+        "the build stage's RUN",
+        cwd=source,
+        env={**os.environ, "PATH": f"{build_venv / 'bin'}{os.pathsep}{os.environ['PATH']}"},
+    )
     assert any(w.name.startswith("speech_gateway-") for w in wheels.glob("*.whl"))
+    # Exactly the runtime lock's versions were built.
+    built = {_wheel_pin(w.name) for w in wheels.glob("*.whl")}
+    assert {name for name, _ in built - _locked_pins("runtime.txt")} == {"speech-gateway"}
+    assert _locked_pins("runtime.txt") <= built
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", str(venv)], "python -m venv")
     run(

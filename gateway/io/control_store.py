@@ -604,7 +604,7 @@ class RedisControlStore:
                     )
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated
+                    await pubsub.aclose()
             await _sleep_unless_set(self._closed, backoff)
             backoff = min(2 * backoff, _BACKOFF_MAX_S)
 
