@@ -11,7 +11,7 @@
     ├── LimitExceeded               a configured limit refuses a new session → HTTP 429/503
     ├── RecognitionError            the local recogniser failed → USP status "Error"
     └── UpstreamError               a backend could not serve a session
-        ├── UpstreamRejected        it answered the upgrade/POST with an HTTP error status
+        ├── UpstreamRejected        it answered the upgrade/POST with an HTTP status, not a session
         └── UpstreamUnavailable     unreachable or too slow → USP status "Error" / HTTP 503
 
 Each error carries what its boundary needs to answer with (close code, HTTP status),
@@ -153,11 +153,24 @@ class UpstreamError(GatewayError):
 
 
 class UpstreamRejected(UpstreamError):
-    """The backend answered with an HTTP error status, which the client gets too (§5.3)."""
+    """The backend answered with an HTTP status instead of serving (an error, or an upgrade
+    answered otherwise than with 101), which the client gets too (§5.3), with the `reason`,
+    `headers` and `body` of the answer that may be passed on."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        reason: str = "",
+        headers: tuple[tuple[str, str], ...] = (),
+        body: bytes = b"",
+    ) -> None:
         super().__init__(f"upstream_http_{status}", detail)
         self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
 
 
 class UpstreamUnavailable(UpstreamError):

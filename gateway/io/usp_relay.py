@@ -1,7 +1,11 @@
 """The USP relay's I/O: accept the SDK's WebSocket, connect the backend, pump both ways.
 
-The backend is connected *before* the client's upgrade is answered, so an HTTP status the
-backend answers with reaches the SDK unchanged (protocol.md §5.3). Two pumps run per
+The backend is connected *before* the client's upgrade is answered, offered the client's
+own subprotocols and connection ids, so that what the SDK and the backend see of each other
+is what they would see directly (protocol.md §5.3): a status the backend answers with
+reaches the SDK with its body and headers (`gateway.io.upstream` says which), the client
+gets the subprotocol the backend chose, and a backend connection dropped without a close
+frame drops the client's connection the same way. Two pumps run per
 session — client→backend and backend→client — each handing frames to the `RelaySession`
 state machine and executing the commands it returns; sends are awaited, so a slow side
 slows its sender instead of filling memory. Shadows are fed through bounded queues.
@@ -16,13 +20,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from typing import assert_never
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from aiohttp.hdrs import SEC_WEBSOCKET_PROTOCOL
+from multidict import CIMultiDictProxy
 
 from gateway.control.config import LimitSettings
-from gateway.errors import CloseCode, UpstreamError, UpstreamRejected, UpstreamUnavailable
+from gateway.control.model import Variant
+from gateway.errors import (
+    CloseCode,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+    is_sendable_close_code,
+)
 from gateway.io.admission import Admission, note_limit_hit, refuse
 from gateway.io.backend_gate import BREAKER_OPEN
 from gateway.io.shadow import ShadowLink
@@ -48,6 +62,9 @@ from gateway.session.taps import RoleFacts
 log = get_logger(__name__)
 
 USP_PROTOCOL = "USP"
+# The JS SDK sends its connection id twice: as X-ConnectionId and under this name, both as
+# headers and as query parameters (protocol.md §1.2); the query passes through unchanged.
+JS_CONNECTION_ID_HEADER = "connectionId"
 MAX_CLOSE_REASON_BYTES = 123  # a control frame's payload is at most 125 bytes, 2 of them the code
 
 
@@ -61,26 +78,28 @@ class _Session:
         relay: RelaySession,
         client: web.WebSocketResponse,
         upstream: aiohttp.ClientWebSocketResponse | None,
+        transport: asyncio.BaseTransport | None,
     ) -> None:
         self._state = state
         self._route = route
         self._relay = relay
         self._client = client
         self._upstream = upstream
+        self._transport = transport  # the client's connection, to drop it (see _drop_client)
         self._shadows: list[ShadowLink] = []
         self._client_pump: asyncio.Task[None] | None = None
         # The client's close handshake, once begun: a task of its own, so that cancelling
         # the pump that began it cannot cut it off (see `_close_client`).
         self._closing: asyncio.Task[bool] | None = None
 
-    def start_shadows(self, headers: dict[str, str], protocols: tuple[str, ...]) -> None:
+    def start_shadows(self, headers: Mapping[str, str]) -> None:
         settings = self._state.settings
         for variant in self._route.shadows:
             url = variant.backend.ws_url(self._route.path, self._route.upstream_query(variant))
             link = ShadowLink(
                 variant,
                 url,
-                self._route.upstream_headers(variant, headers),
+                upstream_headers(self._route, variant, headers),
                 queue_frames=settings.shadow_queue_frames,
                 connect_timeout_s=settings.connect_timeout_s,
                 turn_timeout_s=settings.shadow_grace_s,
@@ -169,8 +188,25 @@ class _Session:
                     break
         except (ConnectionError, aiohttp.ClientError):
             pass
-        if not self._client.closed:
-            await self._execute(relay.upstream_closed(code, reason))
+        if self._client.closed:
+            return
+        commands = relay.upstream_closed(code, reason)
+        if is_sendable_close_code(code):
+            await self._execute(commands)
+        else:
+            self._drop_client(commands)
+
+    def _drop_client(self, commands: list[Command]) -> None:
+        """The backend's connection was lost without a close frame: the client's goes the
+        same way (no close frame), once the relay's failure record is submitted.
+
+        The relay would answer the turn with an Error phrase and a normal close (SDK:
+        ServiceError); directly, the SDKs see a dropped connection (ConnectionFailure) and
+        retry differently (protocol.md §5.3, 8). Closing the transport still delivers
+        what was already relayed, then ends the TCP connection."""
+        _submit(self._state, commands)
+        if self._transport is not None:
+            self._transport.close()
 
     async def _forward_text(self, frame: str, now: float) -> None:
         """`_execute(relay.upstream_text(frame, now))`, but the client gets the frame before
@@ -266,21 +302,10 @@ async def handle_usp(
     request: web.Request, state: GatewayState, route: Route, admission: Admission
 ) -> web.StreamResponse:
     """Relay one Speech SDK connection along an already planned route, if admitted."""
-    offered = request.headers.get("Sec-WebSocket-Protocol", "")
-    protocols = (USP_PROTOCOL,) if USP_PROTOCOL.lower() in offered.lower() else ()
-    limits = state.settings.limits
-    # No permessage-deflate: browsers offer it, and then every 3,200-byte audio frame would
-    # be inflated here (about 13 us each, against 0.7 us to parse it plain) and every result
-    # deflated, for audio that barely compresses. The SDKs work either way.
-    client = web.WebSocketResponse(
-        protocols=protocols,
-        max_msg_size=limits.max_ws_message_bytes,
-        autoping=True,
-        compress=False,
-    )
+    offered = offered_protocols(request.headers)
     # Checked before the backend is dialled: a request that is no WebSocket upgrade would
     # fail in `prepare` and leave a backend session open that nothing ever closes.
-    if not client.can_prepare(request).ok:
+    if not web.WebSocketResponse().can_prepare(request).ok:
         raise web.HTTPBadRequest(text="This path takes a WebSocket upgrade.")
     admitted_at = time.monotonic()
     refusal = admission.admit(route.client.name, state.sessions, admitted_at)
@@ -292,22 +317,25 @@ async def handle_usp(
     # assigned variant, also when the session fails over to control.
     experiment = route.experiment.id if route.experiment is not None else None
     with state.sessions.hold(route.client.name, "usp", experiment, route.variant.name) as live:
-        headers = dict(request.headers)
-        route, dialled = await _dial(state, route, headers)
+        headers = request.headers
+        route, dialled = await _dial(state, route, headers, offered)
         relay = _relay_for(state, route, admitted_at)
         upstream: aiohttp.ClientWebSocketResponse | None = None
         pending: list[Command] = []
         if isinstance(dialled, UpstreamRejected):
             # The SDK maps the status to its error code (401 → AuthenticationFailure, ...).
             _submit(state, relay.upstream_rejected(dialled.error_code, dialled.detail))
-            status = dialled.status
-            return web.Response(status=status, text=f"The speech service answered {status}.")
+            return backend_answer(dialled)
         if isinstance(dialled, UpstreamError):
             backend = route.variant.backend.name
             log.warning("upstream_unavailable", backend=backend, error=dialled.error_code)
             pending = relay.upstream_unavailable(dialled.error_code, dialled.detail)
+            # The gateway answers this session's turns itself, as the service would.
+            chosen = USP_PROTOCOL if USP_PROTOCOL in offered else None
         else:
             upstream = dialled
+            chosen = upstream.protocol  # the backend's choice, among the client's offers
+        client = _client_socket(state, chosen)
         try:
             await client.prepare(request)
         except BaseException:
@@ -315,14 +343,61 @@ async def handle_usp(
             if upstream is not None:
                 await upstream.close()
             raise
-        session = _Session(state, route, relay, client, upstream)
+        session = _Session(state, route, relay, client, upstream, request.transport)
         _submit(state, pending)
         if upstream is not None:
-            session.start_shadows(headers, protocols)
+            session.start_shadows(headers)
         live.closer = session.close
         with contextlib.suppress(ConnectionError):
             await session.run()
     return client
+
+
+def offered_protocols(headers: CIMultiDictProxy[str]) -> tuple[str, ...]:
+    """The subprotocols the client offered, in its order and spelling (none from the JS
+    SDK, `USP` from the native one): exactly these are offered to the backend."""
+    values = headers.getall(SEC_WEBSOCKET_PROTOCOL, ())
+    tokens = (token.strip() for value in values for token in value.split(","))
+    return tuple(token for token in tokens if token)
+
+
+def upstream_headers(
+    route: Route, variant: Variant, client_headers: Mapping[str, str]
+) -> dict[str, str]:
+    """The route's upstream headers plus the JS SDK's `connectionId` header, under the
+    name the client gave it: the backend gets the connection id as the SDK sent it."""
+    headers = route.upstream_headers(variant, client_headers)
+    for name, value in client_headers.items():
+        if name.lower() == JS_CONNECTION_ID_HEADER.lower():
+            headers[name] = value
+            break
+    return headers
+
+
+def backend_answer(rejected: UpstreamRejected) -> web.Response:
+    """The backend's answer to the upgrade as the client gets it: the same status and
+    reason, the headers and body `gateway.io.upstream` let through."""
+    try:
+        response = web.Response(
+            status=rejected.status, reason=rejected.reason or None, body=rejected.body or None
+        )
+    except ValueError:  # a reason aiohttp cannot send (a line break): the standard one
+        response = web.Response(status=rejected.status, body=rejected.body or None)
+    for name, value in rejected.headers:
+        response.headers.add(name, value)
+    return response
+
+
+def _client_socket(state: GatewayState, protocol: str | None) -> web.WebSocketResponse:
+    # No permessage-deflate: browsers offer it, and then every 3,200-byte audio frame would
+    # be inflated here (about 13 us each, against 0.7 us to parse it plain) and every result
+    # deflated, for audio that barely compresses. The SDKs work either way.
+    return web.WebSocketResponse(
+        protocols=(protocol,) if protocol else (),
+        max_msg_size=state.settings.limits.max_ws_message_bytes,
+        autoping=True,
+        compress=False,
+    )
 
 
 def _relay_for(state: GatewayState, route: Route, admitted_at: float) -> RelaySession:
@@ -351,7 +426,7 @@ def session_limits(limits: LimitSettings) -> SessionLimits:
 
 
 async def _dial(
-    state: GatewayState, route: Route, headers: dict[str, str]
+    state: GatewayState, route: Route, headers: Mapping[str, str], protocols: tuple[str, ...]
 ) -> tuple[Route, aiohttp.ClientWebSocketResponse | UpstreamError]:
     """The route that was dialled and its backend socket, or the error of the last dial.
 
@@ -364,26 +439,26 @@ async def _dial(
         name = route.variant.backend.name
         return route, UpstreamUnavailable(BREAKER_OPEN, f"the backend {name} is unavailable")
     route = admitted
-    dialled = await _connect(state, route, headers)
+    dialled = await _connect(state, route, headers, protocols)
     if isinstance(dialled, UpstreamError):
         fallback = gate.fallback(route, dialled)
         if fallback is not None:
             log.warning("failover", backend=route.variant.backend.name, error=dialled.error_code)
             route = fallback
-            dialled = await _connect(state, route, headers)
+            dialled = await _connect(state, route, headers, protocols)
     return route, dialled
 
 
 async def _connect(
-    state: GatewayState, route: Route, headers: dict[str, str]
+    state: GatewayState, route: Route, headers: Mapping[str, str], protocols: tuple[str, ...]
 ) -> aiohttp.ClientWebSocketResponse | UpstreamError:
     variant = route.variant
     try:
         upstream = await connect_ws(
             state.http,
             variant.backend.ws_url(route.path, route.upstream_query(variant)),
-            route.upstream_headers(variant, headers),
-            protocols=(USP_PROTOCOL,),
+            upstream_headers(route, variant, headers),
+            protocols=protocols,
             timeout_s=state.settings.connect_timeout_s,
         )
     except UpstreamError as exc:

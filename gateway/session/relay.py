@@ -270,7 +270,9 @@ class RelaySession:
 
         A connection lost without a close frame (1006, or no code at all) cannot be passed
         on: no close frame may carry it. The current turn is answered with an Error phrase
-        instead, as for any failure the gateway detects itself (§5.3, 3).
+        instead, as for any failure the gateway detects itself (§5.3, 3). (The WebSocket
+        driver, `gateway.io.usp_relay`, keeps only the record of these commands and drops
+        the client's connection instead, as the backend dropped its own: §5.3, 8.)
         """
         if self._ended:  # the gateway closed it
             return []
