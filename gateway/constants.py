@@ -12,6 +12,9 @@ together. The prefix isolates deployments (and tests) sharing one Redis.
                                                     primary utterance/request records of that unit
                                                     pseudonym and index, space-separated, oldest
                                                     first, the newest UNIT_RECORDS_MAX kept
+    <prefix>:{<experiment>}:indexed         LIST    "<entry id> <record_id> <units field>" of each
+                                                    record in `records`/`units`, in stream order:
+                                                    how the hashes forget what the stream trimmed
     <prefix>:{<experiment>}:labels          HASH    record_id -> current label JSON (last wins)
     <prefix>:{<experiment>}:label-audit     STREAM  every label write, field "l" = label JSON
 """
@@ -54,6 +57,9 @@ class RedisKeys:
 
     def units(self, experiment: str | None) -> str:
         return self._tagged(experiment, "units")
+
+    def indexed(self, experiment: str | None) -> str:
+        return self._tagged(experiment, "indexed")
 
     def labels(self, experiment: str | None) -> str:
         return self._tagged(experiment, "labels")

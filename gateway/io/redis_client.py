@@ -8,10 +8,14 @@ writer and reconnect loop) keep their own backoff and their writes are idempoten
 `REDIS_ERRORS` is what a caller treats as "Redis is unavailable right now": spool, back off
 and try again later. Any other `RedisError` means Redis answered and refused (a script bug,
 a key of the wrong type); callers log it as an error but may still choose to retry.
+
+`persistence` tells whether each server (each primary of a cluster) keeps its data across a
+restart, for the start-up check of the outcome store.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 from redis.asyncio import Redis
@@ -23,6 +27,7 @@ from redis.exceptions import (
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
+    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -102,3 +107,57 @@ async def connect(
         await client.aclose()
         raise
     return client
+
+
+@dataclass(frozen=True, slots=True)
+class Persistence:
+    """How one Redis server keeps its data across a restart."""
+
+    node: str  # host:port (never a URL: no credentials)
+    aof: bool  # appendonly yes
+    rdb: bool  # save points configured (RDB snapshots)
+
+    @property
+    def enabled(self) -> bool:
+        return self.aof or self.rdb
+
+    @property
+    def kind(self) -> str:
+        """`aof`, `rdb`, `aof+rdb`, or `none`."""
+        return "+".join(name for name, on in (("aof", self.aof), ("rdb", self.rdb)) if on) or "none"
+
+
+async def persistence(client: RedisClient) -> list[Persistence]:
+    """The persistence of the server, or of every primary of a cluster (`CONFIG GET
+    appendonly` and `save`). Raises a `ResponseError` (a `RedisError` not in `REDIS_ERRORS`)
+    where CONFIG is disabled or not permitted, as on most managed services."""
+    if isinstance(client, RedisCluster):
+        found: list[Persistence] = []
+        for node in client.get_primaries():
+            appendonly = await client.config_get("appendonly", target_nodes=node)
+            save = await client.config_get("save", target_nodes=node)
+            found.append(_persistence(node.name, appendonly, save))
+        return found
+    appendonly = await client.config_get("appendonly")
+    save = await client.config_get("save")
+    options = client.connection_pool.connection_kwargs
+    address = f"{options.get('host', options.get('path', '?'))}:{options.get('port', '')}"
+    return [_persistence(address.rstrip(":"), appendonly, save)]
+
+
+def _persistence(node: str, appendonly: Any, save: Any) -> Persistence:
+    aof = _config_value(appendonly, "appendonly").lower() == "yes"
+    rdb = _config_value(save, "save").strip() != ""
+    return Persistence(node=node, aof=aof, rdb=rdb)
+
+
+def _config_value(reply: Any, name: str) -> str:
+    """One parameter of a CONFIG GET reply (a dict; keys and values str or bytes)."""
+    for key, value in dict(reply).items():
+        if _text(key) == name:
+            return _text(value)
+    raise ResponseError(f"CONFIG GET {name} returned no value")
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -37,11 +37,18 @@ How a record travels:
 Labels: beside each new record the script keeps the label targets, the `records` hash
 (record_id -> entry id) and, for a primary utterance or request record, the `units` hash
 ("<unit>:<utterance_index>" -> record ids), so that `gateway.outcomes.label_store` can find
-a record by id or by the unit that made it.
+a record by id or by the unit that made it. Both follow the stream's retention: a record
+trimmed from the stream is removed from them by the same script (the `indexed` list keeps
+them in stream order; see WRITE_SCRIPT), so their memory is bounded as the stream's is.
 
-Limits: redelivery is deduplicated only within `dedup_window_s`; the `records` and `units`
-hashes are not trimmed with the stream (a `units` entry keeps the newest `unit_records_max`
-ids). One sink per journal directory.
+Persistence: `start()` checks once, in the background, that Redis keeps an AOF or RDB
+snapshots (`CONFIG GET appendonly`, `save`, on every primary of a cluster) and logs a
+warning (`outcomes_redis_not_persistent`) if not: records Redis acknowledged are no longer
+in the journal, so a Redis restart without persistence loses them. Where CONFIG is disabled
+(managed services) it logs that it could not check (`outcomes_redis_persistence_unchecked`).
+
+Limits: redelivery is deduplicated only within `dedup_window_s`; a `units` entry keeps the
+newest `unit_records_max` ids. One sink per journal directory.
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from gateway.constants import NO_EXPERIMENT, RECORD_FIELD, UNIT_RECORDS_MAX, RedisKeys
-from gateway.io.redis_client import REDIS_ERRORS, RedisClient
+from gateway.io.redis_client import REDIS_ERRORS, RedisClient, persistence
 from gateway.logging import get_logger
 from gateway.outcomes.journal import Journal, JournalEntry
 from gateway.outcomes.labels import unit_target
@@ -75,15 +82,33 @@ ClientFactory = Callable[[], Awaitable[RedisClient]]
 # During an outage the writer moves queued records to the journal at least this often, so
 # that they are on disk (a crash loses less) and the queue has room.
 SPILL_INTERVAL_S: Final = 0.1
+# The most stream entries one script call trims, and so the most records it removes from
+# the records and units hashes: this many per record it writes (so retention catches up
+# after a burst), plus a constant well above a stream node's 100 entries (XTRIM ~ removes
+# whole nodes only, and none larger than its LIMIT). See WRITE_SCRIPT.
+TRIM_PER_RECORD: Final = 2
+TRIM_PER_CALL: Final = 1000
 
-# KEYS: the experiment's outcomes stream, seen zset, records hash, units hash (one hash tag:
-#       one slot).
+# KEYS: the experiment's outcomes stream, seen zset, records hash, units hash, indexed list
+#       (one hash tag: one slot).
 # ARGV: maxlen (0: none), min-id age in ms (0: none), dedup window in ms, the entry field,
-#       record ids kept per units entry, then per record: record_id, record JSON, units field
-#       ("<unit>:<utterance_index>", or "" for a record no label by unit can name).
+#       record ids kept per units entry, the most entries to trim (the budget), then per
+#       record: record_id, record JSON, units field ("<unit>:<utterance_index>", or "" for a
+#       record no label by unit can name).
 # Server time, so that the dedup window and MINID agree with the stream's own entry ids.
 # The units field comes from the caller: decoding each record's JSON here would triple the
 # script's cost per record.
+#
+# Retention covers the label indexes too. Each record put in the records (and units) hash
+# is also pushed to the indexed list as "<entry id> <record id> <units field>", so that
+# list is in stream order. After writing, the script trims the stream (MAXLEN ~, MINID ~,
+# at most `budget` entries: a burst that aged out is trimmed over the next calls, never in
+# one long stall of Redis), then pops the list up to the stream's first entry, removing
+# those records from the hashes. So after every call the hashes index exactly what the
+# stream holds: a trimmed record is gone from them, a kept one is in them. If something
+# else trimmed the stream (an operator's XTRIM or DEL), the same pop catches up, `budget`
+# records per call. A record id stored again after its dedup window points at its newer
+# entry, and the older entry's line leaves it alone.
 WRITE_SCRIPT: Final = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -91,15 +116,10 @@ local maxlen = tonumber(ARGV[1])
 local min_age = tonumber(ARGV[2])
 local keep = tonumber(ARGV[5]) * 33 - 1  -- the newest ids: 32 hex digits and a space each
 local added = 0
-for i = 6, #ARGV, 3 do
+for i = 7, #ARGV, 3 do
   local id = ARGV[i]
   if redis.call('ZADD', KEYS[2], 'NX', now, id) == 1 then
-    local entry
-    if maxlen > 0 then
-      entry = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', ARGV[4], ARGV[i + 1])
-    else
-      entry = redis.call('XADD', KEYS[1], '*', ARGV[4], ARGV[i + 1])
-    end
+    local entry = redis.call('XADD', KEYS[1], '*', ARGV[4], ARGV[i + 1])
     redis.call('HSET', KEYS[3], id, entry)
     local field = ARGV[i + 2]
     if field ~= '' and redis.call('HSETNX', KEYS[4], field, id) == 0 then
@@ -112,13 +132,85 @@ for i = 6, #ARGV, 3 do
         redis.call('HSET', KEYS[4], field, ids)
       end
     end
+    redis.call('RPUSH', KEYS[5], entry .. ' ' .. id .. ' ' .. field)
     added = added + 1
   end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf',
   '(' .. string.format('%d', now - tonumber(ARGV[3])))
-if min_age > 0 then
-  redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', now - min_age))
+local budget = tonumber(ARGV[6])
+local trimmed = 0
+if maxlen > 0 then
+  trimmed = redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen, 'LIMIT', budget)
+end
+if min_age > 0 and budget > trimmed then  -- (LIMIT 0 would mean no limit)
+  trimmed = trimmed + redis.call('XTRIM', KEYS[1], 'MINID', '~',
+    string.format('%d', now - min_age), 'LIMIT', budget - trimmed)
+end
+
+local function entry_id(text)  -- "<ms>-<seq>" as two numbers, to compare
+  local ms, seq = string.match(text, '^(%d+)%-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+local first_ms, first_seq
+if first then
+  first_ms, first_seq = entry_id(first[1])
+end
+
+-- Forget one line of the indexed list; false if its entry is still in the stream.
+local function forget(line)
+  local id_at = string.find(line, ' ', 1, true)
+  local entry = string.sub(line, 1, id_at - 1)
+  if first then
+    local ms, seq = entry_id(entry)
+    if ms > first_ms or (ms == first_ms and seq >= first_seq) then
+      return false
+    end
+  end
+  local field_at = string.find(line, ' ', id_at + 1, true)
+  local id = string.sub(line, id_at + 1, field_at - 1)
+  if redis.call('HGET', KEYS[3], id) ~= entry then
+    return true  -- stored again since: its newer entry's line forgets it
+  end
+  redis.call('HDEL', KEYS[3], id)
+  local field = string.sub(line, field_at + 1)
+  local ids = field ~= '' and redis.call('HGET', KEYS[4], field)
+  if not ids then
+    return true
+  end
+  local padded = ' ' .. ids .. ' '
+  local from, to = string.find(padded, ' ' .. id .. ' ', 1, true)
+  if from then
+    local before = string.sub(padded, 2, from - 1)
+    local after = string.sub(padded, to + 1, -2)
+    if before == '' and after == '' then
+      redis.call('HDEL', KEYS[4], field)
+    elseif before == '' or after == '' then
+      redis.call('HSET', KEYS[4], field, before .. after)
+    else
+      redis.call('HSET', KEYS[4], field, before .. ' ' .. after)
+    end
+  end
+  return true
+end
+
+while budget > 0 do
+  local lines = redis.call('LRANGE', KEYS[5], 0, math.min(budget, 100) - 1)
+  local done = 0
+  for _, line in ipairs(lines) do
+    if not forget(line) then
+      break
+    end
+    done = done + 1
+  end
+  if done > 0 then
+    redis.call('LTRIM', KEYS[5], done, -1)
+  end
+  if done < #lines or #lines == 0 then
+    break  -- the rest is still in the stream, or nothing is left
+  end
+  budget = budget - done
 end
 return added
 """
@@ -231,6 +323,7 @@ class RedisSink:
         self._registered: set[str] = set()  # experiment ids known to be in `experiments`
         self._writer: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None  # the start-up persistence check
 
         self._outage = False  # deliveries stopped until the prober hears Redis again
         self._redis_back = False  # set by the prober, taken by the writer
@@ -320,6 +413,9 @@ class RedisSink:
             raise RuntimeError("RedisSink.start() may be called once, before close()")
         await self._open_journal()
         self._spawn_writer()
+        self._checker = asyncio.create_task(
+            self._check_persistence(), name=f"outcomes-redis-check:{self.keys.prefix}"
+        )
 
     async def close(self) -> None:
         """Stop accepting; deliver or journal everything; close the connection."""
@@ -392,6 +488,7 @@ class RedisSink:
             await self._finish()
         finally:
             await self._stop_prober()
+            await _cancel(self._checker)
             if self._client is not None:
                 with contextlib.suppress(Exception):
                     await self._client.aclose()
@@ -559,8 +656,10 @@ class RedisSink:
                     self.keys.seen(experiment),
                     self.keys.records(experiment),
                     self.keys.units(experiment),
+                    self.keys.indexed(experiment),
                 ]
-                added += int(await script(keys, [*self._script_head, *args], client))
+                budget = TRIM_PER_RECORD * (len(args) // 3) + TRIM_PER_CALL
+                added += int(await script(keys, [*self._script_head, budget, *args], client))
             # Not in the script: the set lives in another cluster slot. SADD is idempotent.
             new = groups.keys() - self._registered
             if new:
@@ -637,10 +736,50 @@ class RedisSink:
 
     async def _stop_prober(self) -> None:
         prober, self._prober = self._prober, None
-        if prober is not None:
-            prober.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await prober
+        await _cancel(prober)
+
+    async def _check_persistence(self) -> None:
+        """At start-up, warn once if Redis would come back empty after a restart: then the
+        records it acknowledged (and removed from the journal) are lost with it.
+
+        Waits for Redis if it does not answer yet. Where CONFIG is disabled (most managed
+        services) it says, at info level, that it could not check.
+        """
+        delay = self._backoff_initial
+        while True:
+            try:
+                async with asyncio.timeout(self._write_timeout):
+                    client, _ = await self._connected()
+                    nodes = await persistence(client)
+                break
+            except REDIS_ERRORS:
+                await asyncio.sleep(delay)  # Redis is not there yet: check when it is
+                delay = min(delay * 2, self._backoff_max)
+            except Exception as exc:
+                # A RedisError's text is the server's; other errors may quote the URL.
+                error = f"{type(exc).__name__}: {exc}" if isinstance(exc, RedisError) else None
+                log.info(
+                    "outcomes_redis_persistence_unchecked",
+                    error=error or type(exc).__name__,
+                    detail="could not read CONFIG appendonly/save (disabled on most managed "
+                    "services): make sure Redis keeps AOF or RDB persistence, or a Redis "
+                    "restart loses the records it holds",
+                )
+                return
+        volatile = [node.node for node in nodes if not node.enabled]
+        if not volatile:
+            log.info(
+                "outcomes_redis_persistent",
+                nodes={node.node: node.kind for node in nodes},
+            )
+        else:
+            log.warning(
+                "outcomes_redis_not_persistent",
+                nodes=volatile,
+                detail="Redis has neither AOF (appendonly) nor RDB snapshots (save): a Redis "
+                "restart loses the outcome records, labels and shared state it holds; turn "
+                "on appendonly",
+            )
 
     # -- accounting -------------------------------------------------------------------------
 
@@ -664,3 +803,11 @@ class RedisSink:
                 log.error("outcomes_writer_cancelled", unwritten=unwritten)
         elif (exc := task.exception()) is not None:
             log.error("outcomes_writer_crashed", error=repr(exc))
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    """Cancel a helper task and wait until it has finished."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,9 +1,11 @@
-"""Tests for gateway.outcomes.redis_sink against a real 3-node Redis Cluster: throughput and
-exactly-once delivery when the node that owns an experiment's slot is killed and restarted."""
+"""Tests for gateway.outcomes.redis_sink against a real 3-node Redis Cluster: throughput,
+exactly-once delivery when the node that owns an experiment's slot is killed and restarted,
+and the label indexes following the streams' retention."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
+from redis_index_checks import assert_indexes_match_stream
 from redis_servers import RedisClusterServers, outcome, stream_ids, until
 from structlog.testing import capture_logs
 
@@ -148,3 +151,55 @@ async def test_cluster_streams_are_readable_by_consumer_groups(
             read.append(OutcomeRecord.from_json(fields[RECORD_FIELD.encode()]).record_id)
             await client.xack(key, "analysis", entry_id)
     assert read == [r.record_id for r in records]
+
+
+async def test_cluster_label_indexes_follow_the_streams_retention(
+    tmp_path: Path, cluster: RedisClusterServers, client: RedisCluster
+) -> None:
+    """With maxlen, each experiment's records and units hashes (on the node of its slot)
+    index exactly what its trimmed stream still holds: bounded, nothing in it missing."""
+    sink = new_sink(
+        cluster, tmp_path / "journal", maxlen=1000, queue_size=18_000, close_timeout_s=120
+    )
+    await sink.start()
+    records = [
+        dataclasses.replace(record, unit=f"{n // 10:032x}")
+        for n, record in enumerate(make_records(18_000))
+    ]
+    for n, record in enumerate(records):
+        sink.submit(record)
+        if n % 500 == 0:
+            await asyncio.sleep(0)
+    await sink.close()
+    assert (sink.written, sink.dropped, sink.lost) == (18_000, 0, 0)
+    for experiment in EXPERIMENTS:
+        length = await assert_indexes_match_stream(client, KEYS, experiment)
+        assert 1000 <= length <= 1100
+        assert await client.hlen(KEYS.records(experiment)) == length
+
+
+async def test_the_persistence_check_asks_every_primary(
+    tmp_path: Path, cluster: RedisClusterServers
+) -> None:
+    """The start-up check reads every primary's persistence: all AOF, no warning; AOF
+    turned off on one node, one warning naming just that node."""
+    events = ("outcomes_redis_persistent", "outcomes_redis_not_persistent")
+
+    async def check() -> dict[str, Any]:
+        with capture_logs() as logs:
+            sink = new_sink(cluster, tmp_path / "journal")
+            await sink.start()
+            await until(lambda: any(e["event"] in events for e in logs), limit_s=30)
+            await sink.close()
+        [event] = [e for e in logs if e["event"] in events]
+        return event
+
+    event = await check()
+    assert event["event"] == "outcomes_redis_persistent"
+    assert event["nodes"] == {f"127.0.0.1:{node.port}": "aof" for node in cluster.nodes}
+    volatile = cluster.nodes[1]
+    with volatile.client() as admin:
+        admin.config_set("appendonly", "no")
+    event = await check()
+    assert (event["event"], event["log_level"]) == ("outcomes_redis_not_persistent", "warning")
+    assert event["nodes"] == [f"127.0.0.1:{volatile.port}"]
