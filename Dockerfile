@@ -44,8 +44,9 @@ ENV SPEECH_GATEWAY_CONFIG=/app/config/gateway.toml \
     SPEECH_GATEWAY_EMULATOR__HOST=0.0.0.0
 EXPOSE 8080 5000
 STOPSIGNAL SIGTERM
-# Liveness only (/healthz): readiness (/readyz) also fails while Redis is away or the
-# gateway drains, and an orchestrator must not restart a replica for that.
+# Liveness only (/healthz): readiness (/readyz) also fails while the gateway drains (and,
+# with gateway.ready_requires_redis, while Redis is away), and an orchestrator must not
+# restart a replica for that.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SPEECH_GATEWAY_GATEWAY__PORT', '8080'), timeout=2)"
 ENTRYPOINT ["speech-gateway"]

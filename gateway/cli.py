@@ -5,7 +5,9 @@ service), `analyze` (an experiment's report), `replay` (a labelled dataset throu
 gateway), `demo`, `keygen` (a new client key and the digest for the config), `config
 validate`, and `admin` (the control plane's verbs, over a gateway's admin API). Each parses
 its arguments into settings overrides, configures logging once, and hands over; errors
-become one clear line on stderr and exit status 2.
+become one clear line on stderr and exit status 2. `--config FILE` goes before the
+sub-command or after it (`speech-gateway serve --config FILE`), for every sub-command that
+reads settings.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import secrets
 import signal
 import sys
@@ -35,16 +38,23 @@ if TYPE_CHECKING:
 
 # The gateway's listen backlog: connections the kernel completes before the loop accepts them.
 LISTEN_BACKLOG = 4096
+CONFIG_HELP = (
+    "the TOML settings file (default: $SPEECH_GATEWAY_CONFIG, else config/gateway.toml in "
+    "the working directory); relative paths in it are relative to its folder"
+)
+
+log = get_logger("gateway.cli")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="speech-gateway", description="A/B testing gateway for live speech recognition."
     )
-    parser.add_argument("--config", type=Path, help="TOML settings file")
+    parser.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway")
+    _add_config_option(serve)
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
 
@@ -58,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         "import", help="attach labels from a CSV (record_id,text) or JSON-lines file"
     )
     label_import.add_argument("file", type=Path)
+    _add_config_option(label_import)
     label_import.add_argument("--by", help="who labelled (default: your user name)")
     label_import.add_argument(
         "--skip-invalid",
@@ -68,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     emulate = commands.add_parser(
         "emulate", help="run a local Azure-compatible speech service (PocketSphinx)"
     )
+    _add_config_option(emulate)
     emulate.add_argument("--host")
     emulate.add_argument("--port", type=int)
     emulate.add_argument(
@@ -100,23 +112,44 @@ def _parser() -> argparse.ArgumentParser:
         "analyze", help="analyse an experiment: rates, latency, WER, recommendation"
     )
     add_analyze_arguments(analyze)
+    _add_config_option(analyze)
 
     replay = commands.add_parser(
         "replay", help="replay a labelled dataset through a gateway with the Speech SDK"
     )
     add_replay_arguments(replay)
+    _add_config_option(replay)
     add_admin_parser(commands)
 
     demo = commands.add_parser("demo", help="run the self-contained demo")
     demo.add_argument("--dataset", type=Path, default=Path("data/demo/banking"))
     demo.add_argument("--workdir", type=Path, default=Path("var/demo"))
     demo.add_argument("--concurrency", type=int, default=4)
+    _add_config_option(demo)
 
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     validate = config_commands.add_parser("validate", help="validate a settings file")
-    validate.add_argument("file", type=Path, nargs="?")
+    validate.add_argument("file", type=Path, nargs="?", help="the file (or --config FILE)")
+    _add_config_option(validate)
     return parser
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    """`--config` after the sub-command too. Its own destination, so that the option given
+    before the sub-command is not overwritten by the sub-parser's default."""
+    parser.add_argument(
+        "--config", dest="command_config", type=Path, metavar="FILE", help=CONFIG_HELP
+    )
+
+
+def _config_option(args: argparse.Namespace) -> Path | None:
+    """The `--config` given before or after the sub-command; both only if they agree."""
+    before: Path | None = args.config
+    after: Path | None = getattr(args, "command_config", None)
+    if before is not None and after is not None and before != after:
+        raise ConfigError("--config", f"given twice, as {before} and as {after}; give it once")
+    return after if after is not None else before
 
 
 def _emulator_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -263,8 +296,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "admin":  # an HTTP client: no settings, no logging set-up
             return admin_command(args)
+        config = _config_option(args)
         if args.command == "config":
-            path = config_path(args.file or args.config)
+            if args.file is not None and config is not None and args.file != config:
+                raise ConfigError("--config", f"names {config}, but the file given is {args.file}")
+            path = config_path(args.file or config)
             build_gateway_config(load_settings(path).gateway)
             print(f"ok: {path or 'the built-in defaults'} is valid")
             return 0
@@ -278,8 +314,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "serve":
             section = {k: v for k in ("host", "port") if (v := getattr(args, k)) is not None}
             overrides["gateway"] = section
-        settings = load_settings(args.config, **overrides)
+        path = config_path(config)
+        settings = load_settings(path, **overrides)
         configure_logging(settings.logging.level, settings.logging.format)
+        log.debug(
+            "settings_loaded",
+            command=args.command,
+            config_file=os.path.abspath(path) if path is not None else None,
+        )
         if args.command == "emulate":
             _emulate(settings)
         elif args.command == "serve":

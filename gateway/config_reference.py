@@ -353,9 +353,20 @@ From the highest precedence to the lowest:
 1. command-line options (e.g. `speech-gateway serve --port 8081`);
 2. environment variables: `{ENV_PREFIX}` + the dotted name in upper case with `__` between
    the parts, e.g. `{ENV_PREFIX}GATEWAY__BREAKER__OPEN_S=5` sets `gateway.breaker.open_s`;
-3. the TOML file: `--config FILE`, else `${CONFIG_ENV}`, else `config/gateway.toml` when it
-   exists (the commented example that runs as is);
+3. the TOML file: `--config FILE` (before or after the sub-command: `speech-gateway
+   --config FILE serve` and `speech-gateway serve --config FILE` are the same), else
+   `${CONFIG_ENV}`, else `config/gateway.toml` in the working directory when it exists
+   (the commented example that runs as is); with none of these, only the defaults;
 4. the defaults below.
+
+**Relative paths** (every setting of type path, e.g. `emulator.custom`,
+`outcomes.path`, `*_file`) are resolved by where they are written: in the TOML file,
+relative to the **folder of that file**, so a file means the same whichever directory a
+command starts in; in an environment variable, a command-line option (e.g. `emulate
+--custom banking=corpus.txt`) or a default below (e.g. `var/outcomes.jsonl`), relative to
+the **working directory**. A path of a configuration file itself (`--config`,
+`${CONFIG_ENV}`) is relative to the working directory too. Settings derived from another
+path (`outcomes.labels_path` and `gateway.control.state_path` when unset) follow it.
 
 Tables from different sources are merged, so one variable can change one field of a table
 the file sets. A **list** (an array, or an array of tables such as `gateway.experiments`)

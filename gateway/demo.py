@@ -55,6 +55,7 @@ def _toml(value: object) -> str:
 
 def write_demo_config(workdir: Path, backend_url: str, client_key: str, admin_token: str) -> Path:
     """The gateway's settings for the demo: one backend, one 50/50 experiment, file store."""
+    workdir = workdir.absolute()  # a relative path in the file would be relative to workdir
     lines = [
         "[logging]",
         'format = "json"',

@@ -2,7 +2,9 @@
 
 JSON lines when stderr is not a terminal, readable console output when it is. A redaction
 processor drops credential-bearing values so that no key, token or credentialed URL reaches
-a log line, whatever a caller passes.
+a log line, whatever a caller passes. `logging.level` applies to the gateway's own events
+and to the libraries' stdlib loggers (aiohttp, asyncio, redis) alike; the latter are
+rendered by the same processors, so every line has the same format.
 """
 
 from __future__ import annotations
@@ -77,7 +79,10 @@ class _NoRawRequests(logging.Filter):
             record.args = (remote, type(exc).__name__, exc.code)
             record.exc_info = None
             record.exc_text = None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            # aiohttp reports it as an error (or, for a first request that is no HTTP at
+            # all, at debug): at most a warning.
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 
@@ -99,7 +104,8 @@ class _CurrentStderr(io.TextIOBase):
 def configure_logging(
     level: str = "info", fmt: Literal["auto", "json", "console"] = "auto"
 ) -> None:
-    """Configure structlog and the stdlib root logger (aiohttp logs through it)."""
+    """Configure structlog and the stdlib root logger (aiohttp, asyncio and redis log
+    through it); both filter at `level`. Calling it again replaces the configuration."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: Any = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
@@ -120,10 +126,41 @@ def configure_logging(
         # capture_logs in tests) must reach module-level loggers that were already used.
         cache_logger_on_first_use=False,
     )
+    _configure_stdlib(numeric, renderer)
     # aiohttp's access log would print full request lines, query strings included.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=_CurrentStderr())
     logging.getLogger("aiohttp.access").disabled = True
     logging.getLogger("aiohttp.server").addFilter(_NO_RAW_REQUESTS)  # added once, however often
+
+
+class _StdlibHandler(logging.StreamHandler[TextIO]):
+    """The one handler this module puts on the root logger (found again by its type, so
+    that a second configuration replaces it instead of doubling every line)."""
+
+
+def _configure_stdlib(level: int, renderer: Any) -> None:
+    """Stdlib records at `level` and above, rendered as structlog's events are: the message
+    as `event`, plus `level`, `logger` and `timestamp`, through the same redaction."""
+    handler = _StdlibHandler(cast(TextIO, _CurrentStderr()))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                _redact,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -2,17 +2,24 @@
 
 Precedence, highest first: explicit arguments (the CLI), environment variables
 (`SPEECH_GATEWAY_<SECTION>__<FIELD>`, e.g. `SPEECH_GATEWAY_EMULATOR__PORT=5000`), the TOML
-file (`--config`, else `SPEECH_GATEWAY_CONFIG`, else `config/gateway.toml` when it exists),
-then the defaults below. Secrets (`SecretStr` fields) are refused in the TOML file: they come
-from the environment or from a file named by the matching `*_file` field.
+file (`--config`, else `SPEECH_GATEWAY_CONFIG`, else `config/gateway.toml` in the working
+directory when it exists), then the defaults below. Secrets (`SecretStr` fields) are refused
+in the TOML file: they come from the environment or from a file named by the matching
+`*_file` field.
+
+A relative path written in the TOML file is relative to the file's folder
+(`relative_to_file`), so a file means the same wherever a command starts; a relative path
+from an environment variable, a command-line option or a default is relative to the working
+directory.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -229,7 +236,7 @@ class OutcomeSettings(_Section):
     stream_maxlen: int | None = Field(
         None,
         ge=1000,
-        description="Keep about this many entries per experiment stream (`XADD MAXLEN ~`); "
+        description="Keep about this many entries per experiment stream (`MAXLEN ~`); "
         "unset: no limit.",
     )
     retention_s: float | None = Field(
@@ -311,8 +318,54 @@ class Settings(BaseSettings):
         toml_file = settings_cls.model_config.get("toml_file")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if toml_file:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+            sources.append(_TomlFileSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
+
+
+class _TomlFileSource(TomlConfigSettingsSource):
+    """The TOML file's settings, its relative paths made relative to the file's folder."""
+
+    def _read_file(self, file_path: Path | Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        # abspath, not Path.absolute: `../x.toml` gives clean paths in messages and logs.
+        return relative_to_file(data, Settings, Path(os.path.abspath(file_path)).parent)
+
+
+def relative_to_file(data: dict[str, Any], model: type[BaseModel], folder: Path) -> dict[str, Any]:
+    """`data`, a table of a TOML file read into `model`, with the relative path of every
+    path-valued setting (found from the model's types, nested tables, lists and tables of
+    tables included) joined to `folder`. Values of the wrong type are left for validation."""
+    resolved = dict(data)
+    for name, value in data.items():
+        info = model.model_fields.get(name)
+        if info is not None:
+            resolved[name] = _relative_value(value, info.annotation, folder)
+    return resolved
+
+
+def _relative_value(value: Any, annotation: Any, folder: Path) -> Any:
+    annotation = _without_none(annotation)
+    if annotation is Path:
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            return str(folder / value)
+        return value
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return relative_to_file(value, annotation, folder) if isinstance(value, dict) else value
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is list and args and isinstance(value, list):
+        return [_relative_value(item, args[0], folder) for item in value]
+    if origin is dict and len(args) == 2 and isinstance(value, dict):
+        return {key: _relative_value(item, args[1], folder) for key, item in value.items()}
+    return value
+
+
+def _without_none(annotation: Any) -> Any:
+    """`X | None` -> `X`; other annotations as they are."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
 
 
 def _is_number(value: str) -> bool:
@@ -330,7 +383,9 @@ def read_secret_file(path: Path, field: str) -> str:
 
 
 def config_path(explicit: Path | None) -> Path | None:
-    """The TOML file to read: the explicit one, else $SPEECH_GATEWAY_CONFIG, else the default."""
+    """The TOML file to read: the explicit one, else $SPEECH_GATEWAY_CONFIG, else the default
+    (`config/gateway.toml` in the working directory) if it exists, else None (defaults only).
+    """
     if explicit is not None:
         return explicit
     from_env = os.environ.get(CONFIG_ENV)

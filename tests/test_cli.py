@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -196,3 +197,82 @@ def test_repository_config_validates(monkeypatch: pytest.MonkeyPatch) -> None:
     """The shipped config/gateway.toml passes `config validate` from the repository root."""
     monkeypatch.chdir(ROOT)
     assert main(["config", "validate", str(ROOT / "config" / "gateway.toml")]) == 0
+
+
+# -- --config before or after the sub-command ---------------------------------------------
+
+# Every sub-command that reads settings, with the arguments it needs to get that far.
+READS_SETTINGS = {
+    "serve": ["serve"],
+    "emulate": ["emulate"],
+    "label import": ["label", "import", "labels.csv"],
+    "analyze": ["analyze", "--experiment", "e"],
+    "replay": ["replay", "dataset"],
+    "demo": ["demo"],
+    "config validate": ["config", "validate"],
+}
+
+
+@pytest.mark.parametrize("command", READS_SETTINGS)
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_config_option_before_or_after_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, where: str
+) -> None:
+    """`--config FILE` is read whether it comes before the sub-command or after it: an
+    invalid file stops each command with the field it names (before anything starts)."""
+    path = write(tmp_path / "bad.toml", "[emulator]\nworkers = 0\n")
+    option = ["--config", str(path)]
+    argv = READS_SETTINGS[command]
+    assert main(option + argv if where == "before" else argv + option) == 2
+    assert "emulator.workers" in capsys.readouterr().err
+
+
+def test_config_option_given_twice_must_agree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two different files, before and after the sub-command, are refused; the same file
+    twice is fine."""
+    first = write(tmp_path / "a.toml", "[emulator]\nport = 5001\n")
+    second = write(tmp_path / "b.toml", "[emulator]\nport = 5002\n")
+    argv = ["--config", str(first), "config", "validate", "--config", str(second)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--config: given twice" in err
+    assert str(first) in err
+    assert str(second) in err
+    assert main(["--config", str(first), "config", "validate", "--config", str(first)]) == 0
+    assert main(["config", "validate", str(first), "--config", str(second)]) == 2
+    assert "--config" in capsys.readouterr().err
+
+
+def test_help_of_a_command_shows_the_config_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """`speech-gateway serve --help` lists --config and says where relative paths point."""
+    with pytest.raises(SystemExit) as caught:
+        main(["serve", "--help"])
+    assert caught.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--config FILE" in out
+    assert "relative paths in it are relative to its folder" in out
+
+
+# -- logging.level -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("level", "shown"), [("debug", True), ("info", False)])
+def test_settings_loaded_is_a_debug_event(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], level: str, shown: bool
+) -> None:
+    """At `logging.level = "debug"` a command logs which settings file it read (a debug
+    event); at `info` it does not."""
+    path = write(tmp_path / "c.toml", f'[logging]\nlevel = "{level}"\nformat = "json"\n')
+    assert main(["label", "import", "absent.csv", "--by", "alice", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    loaded = [e for e in events if e["event"] == "settings_loaded"]
+    if shown:
+        (event,) = loaded
+        assert (event["level"], event["command"]) == ("debug", "label")
+        assert event["config_file"] == str(path)
+    else:
+        assert loaded == []
+    assert "absent.csv" in err  # the command itself still ran and failed on the file

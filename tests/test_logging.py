@@ -274,3 +274,39 @@ def test_logs_follow_stderr_when_it_is_replaced(monkeypatch: pytest.MonkeyPatch)
     get_logger("test").info("after_swap")
     assert json.loads(second.getvalue())["event"] == "after_swap"
     structlog.reset_defaults()
+
+
+@pytest.mark.parametrize(("level", "shown"), [("debug", True), ("info", False)])
+def test_debug_events_follow_the_level(
+    json_logs: pytest.CaptureFixture[str], level: str, shown: bool
+) -> None:
+    """At `debug` the gateway's debug events and the libraries' (aiohttp's, through the
+    stdlib) are written, as JSON lines like every other; at `info` neither is."""
+    configure_logging(level, "json")
+    get_logger("tests.logging").debug("gateway_detail", worker=1)
+    logging.getLogger("aiohttp.client").debug("library detail %s", "here")
+    get_logger("tests.logging").info("always")
+    found = lines(json_logs)
+    events = [(line["event"], line["level"]) for line in found]
+    expected = [("gateway_detail", "debug"), ("library detail here", "debug")] if shown else []
+    assert events == [*expected, ("always", "info")]
+    if shown:
+        assert found[1]["logger"] == "aiohttp.client"
+        assert found[1]["timestamp"].endswith("Z")
+
+
+def test_configuring_again_replaces_the_library_handler(
+    json_logs: pytest.CaptureFixture[str],
+) -> None:
+    """Configuring again replaces the stdlib handler and level instead of adding a second
+    handler: one line per record, at the new level."""
+    configure_logging("debug", "json")
+    configure_logging("warning", "json")
+    logging.getLogger("redis.connection").warning("reconnecting")
+    logging.getLogger("redis.connection").info("quiet at warning")
+    (line,) = lines(json_logs)
+    assert (line["event"], line["level"], line["logger"]) == (
+        "reconnecting",
+        "warning",
+        "redis.connection",
+    )

@@ -61,7 +61,7 @@ def test_toml_values(tmp_path: Path) -> None:
     settings = load_settings(path)
     assert (settings.logging.level, settings.logging.format) == ("debug", "json")
     assert (settings.emulator.port, settings.emulator.engine) == (6001, "instant")
-    assert settings.emulator.custom == {"banking": Path("corpus.txt")}
+    assert settings.emulator.custom == {"banking": tmp_path / "corpus.txt"}
     assert settings.emulator.faults.latency_ms == 250
     assert settings.emulator.host == "127.0.0.1"
 
@@ -281,3 +281,119 @@ def test_repository_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     """The shipped config/gateway.toml loads (from the repository root, as documented)."""
     monkeypatch.chdir(ROOT_CONFIG.parents[1])
     load_settings(ROOT_CONFIG)
+
+
+# -- relative paths -----------------------------------------------------------------------
+
+PATH_SETTINGS = """\
+[emulator]
+key_file = "secrets/emulator.key"
+model_cache = "models"
+[emulator.custom]
+banking = "corpora/banking.txt"
+[gateway.backends.azure]
+url = "wss://westus.stt.speech.microsoft.com"
+key_file = "secrets/azure.key"
+[gateway.control]
+state_path = "state/control.json"
+[outcomes]
+path = "store/outcomes.jsonl"
+pseudonym_key_file = "secrets/pseudonym.key"
+generated_key_path = "store/generated.key"
+labels_path = "store/labels.jsonl"
+redis_password_file = "secrets/redis.password"
+journal_dir = "store/journal"
+"""
+
+
+def path_values(settings: Settings) -> dict[str, Path | None]:
+    """Every path-valued setting of PATH_SETTINGS, by its dotted name (as documented)."""
+    emulator, outcomes, gateway = settings.emulator, settings.outcomes, settings.gateway
+    return {
+        "emulator.key_file": emulator.key_file,
+        "emulator.custom": emulator.custom["banking"],
+        "emulator.model_cache": emulator.model_cache,
+        "gateway.backends.<name>.key_file": gateway.backends["azure"].key_file,
+        "gateway.control.state_path": gateway.control.state_path,
+        "outcomes.path": outcomes.path,
+        "outcomes.pseudonym_key_file": outcomes.pseudonym_key_file,
+        "outcomes.generated_key_path": outcomes.generated_key_path,
+        "outcomes.labels_path": outcomes.labels_path,
+        "outcomes.redis_password_file": outcomes.redis_password_file,
+        "outcomes.journal_dir": outcomes.journal_dir,
+    }
+
+
+def test_every_path_setting_is_covered() -> None:
+    """PATH_SETTINGS sets every setting of type path that the reference lists, so the test
+    below covers each one (a new path setting must be added to it)."""
+    from gateway.config_reference import sections
+
+    documented = {f.name for s in sections() for f in s.fields if "path" in f.type.split()}
+    assert documented == set(path_values(load_settings(write(Path("p.toml"), PATH_SETTINGS))))
+
+
+def test_relative_paths_in_the_file_are_relative_to_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative path written in the TOML file is joined to the file's folder, however the
+    file was named (here relatively, from another working directory); absolute paths are
+    kept."""
+    (tmp_path / "work").mkdir()
+    config = write(tmp_path / "deploy" / "gateway.toml", PATH_SETTINGS)
+    monkeypatch.chdir(tmp_path / "work")
+    settings = load_settings(Path("../deploy/gateway.toml"))
+    folder = tmp_path / "deploy"
+    for name, value in path_values(settings).items():
+        assert value is not None, name
+        assert value.is_absolute(), name
+        assert value.parent.parent == folder or value.parent == folder, (name, value)
+    assert settings.emulator.custom["banking"] == folder / "corpora" / "banking.txt"
+    assert settings.outcomes.journal_dir == config.parent / "store" / "journal"
+    absolute = write(tmp_path / "abs.toml", f'[outcomes]\npath = "{tmp_path / "o.jsonl"}"\n')
+    assert load_settings(absolute).outcomes.path == tmp_path / "o.jsonl"
+
+
+def test_environment_and_argument_paths_stay_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paths from environment variables and explicit overrides (the CLI's options) and the
+    defaults are not moved: they are relative to the working directory; the file's other
+    paths are still resolved against its folder."""
+    config = write(tmp_path / "deploy" / "gateway.toml", PATH_SETTINGS)
+    monkeypatch.setenv("SPEECH_GATEWAY_OUTCOMES__PATH", "env/outcomes.jsonl")
+    monkeypatch.setenv("SPEECH_GATEWAY_EMULATOR__CUSTOM", '{"travel": "env/travel.txt"}')
+    settings = load_settings(config, emulator={"model_cache": Path("cli/models")})
+    assert settings.outcomes.path == Path("env/outcomes.jsonl")
+    assert settings.emulator.model_cache == Path("cli/models")
+    assert settings.emulator.custom == {
+        "banking": config.parent / "corpora" / "banking.txt",
+        "travel": Path("env/travel.txt"),
+    }
+    assert settings.outcomes.journal_dir == config.parent / "store" / "journal"
+    defaults = load_settings(write(tmp_path / "deploy" / "empty.toml", ""))
+    assert defaults.outcomes.journal_dir == Path("var/journal")
+
+
+def test_a_relative_key_file_is_read_beside_the_config(tmp_path: Path) -> None:
+    """The secret files are read from where the file says, not from the working directory."""
+    config = write(tmp_path / "deploy" / "gateway.toml", '[emulator]\nkey_file = "emu.key"\n')
+    write(tmp_path / "deploy" / "emu.key", "emulator-key-123\n")
+    assert load_settings(config).emulator.resolved_key() == "emulator-key-123"
+
+
+def test_the_shipped_config_works_from_any_directory() -> None:
+    """config/gateway.toml names the demo corpus and the repository's var/ relative to
+    itself, so the quick start does not depend on where it is started."""
+    settings = load_settings(ROOT_CONFIG)
+    repository = ROOT_CONFIG.parents[1]
+    corpus = settings.emulator.custom["banking"]
+    assert corpus.resolve() == repository / "data" / "demo" / "banking" / "corpus.txt"
+    assert corpus.is_file()
+    for stored in (
+        settings.emulator.model_cache,
+        settings.outcomes.path,
+        settings.outcomes.generated_key_path,
+        settings.outcomes.journal_dir,
+    ):
+        assert stored.resolve().is_relative_to(repository / "var"), stored

@@ -73,7 +73,8 @@ class Variant:
 class Targeting:
     """Which requests an experiment takes. An empty set means "any"; a request whose mode or
     locale is unknown (None, e.g. the universal v2 path carries neither) matches only a rule
-    that does not restrict that dimension."""
+    that does not restrict that dimension (unless its experiment assumes a locale,
+    `Experiment.locale`)."""
 
     modes: frozenset[str] = frozenset()
     locales: frozenset[str] = frozenset()  # lower case, e.g. "en-us"
@@ -107,6 +108,17 @@ class Experiment:
     # effective ones, and these units get their variant whatever their bucket.
     status: Status = "running"
     forced_units: Mapping[str, str] = field(default_factory=dict, hash=False)
+    # The locale (lower case) assumed for a session whose request names none, e.g. the
+    # native SDK's with an endpoint id; None: such a session has no locale.
+    locale: str | None = None
+
+    def session_locale(self, locale: str | None) -> str | None:
+        """The locale of a session this experiment takes: its own, else the assumed one."""
+        return locale or self.locale
+
+    def matches(self, mode: str | None, locale: str | None, client: str) -> bool:
+        """Whether the experiment takes a request with this mode, locale and client."""
+        return self.targeting.matches(mode, self.session_locale(locale), client)
 
     def variant(self, name: str) -> Variant:
         """The variant called `name`; KeyError if there is none."""
@@ -160,8 +172,9 @@ class GatewayConfig:
         return found
 
     def select(self, mode: str | None, locale: str | None, client: str) -> Experiment | None:
-        """The first experiment, in configuration order, whose targeting matches."""
+        """The first experiment, in configuration order, whose targeting matches (a request
+        without a locale is matched with the locale the experiment assumes, if any)."""
         for experiment in self.experiments:
-            if experiment.targeting.matches(mode, locale, client):
+            if experiment.matches(mode, locale, client):
                 return experiment
         return None

@@ -160,7 +160,10 @@ async def metrics_route(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Ready: not draining; the experiments' live state has been read (a replica that
     serves the configured weights while the shared state says otherwise would split
-    traffic wrongly); every Redis the gateway uses answers a PING within a second."""
+    traffic wrongly); and, with `gateway.ready_requires_redis`, every Redis the gateway uses
+    answers a PING within a second. Without it a Redis outage is named in a 200 answer: the
+    gateway serves on through it (records wait in the journal), and taking every replica
+    out of the load balancer at once would stop all traffic."""
     app = request.app
     state = app[STATE]
     if state.draining:
@@ -168,9 +171,12 @@ async def readyz(request: web.Request) -> web.Response:
     if not state.control.loaded:
         return web.Response(status=503, text="the experiment state store is unreachable\n")
     down = await _unreachable_redis(app)
-    if down:
-        return web.Response(status=503, text=f"redis unreachable: {', '.join(down)}\n")
-    return web.Response(text="ok\n")
+    if not down:
+        return web.Response(text="ok\n")
+    outage = f"redis unreachable: {', '.join(down)}"
+    if state.settings.ready_requires_redis:
+        return web.Response(status=503, text=outage + "\n")
+    return web.Response(text=f"ok, degraded: {outage}\n")
 
 
 READY_PING_TIMEOUT_S: Final = 1.0

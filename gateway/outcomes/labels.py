@@ -124,14 +124,19 @@ def check_unit(value: object) -> str:
 
 
 def check_utterance_index(value: object) -> int:
-    """A 0-based utterance position: an integer 0..2**31-1 (true and false are refused)."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """A 0-based utterance position: an integer 0..2**31-1, as an int. A JSON number with a
+    zero fraction (`3.0`) is an integer too, as in JSON Schema (the OpenAPI document's
+    `integer`); `3.5`, true, false and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise LabelError("utterance_index", f"expected an integer >= 0, got {_show(value)}")
+    if isinstance(value, float) and not value.is_integer():  # also NaN and infinities
         raise LabelError("utterance_index", f"expected an integer >= 0, got {_show(value)}")
     if not 0 <= value <= MAX_UTTERANCE_INDEX:
         raise LabelError(
-            "utterance_index", f"expected an integer 0..{MAX_UTTERANCE_INDEX}, got {value}"
+            "utterance_index",
+            f"expected an integer 0..{MAX_UTTERANCE_INDEX}, got {_show(value)}",
         )
-    return value
+    return int(value)
 
 
 def check_experiment(value: object) -> str:
@@ -186,7 +191,9 @@ class UnitLabel:
 
     def __post_init__(self) -> None:
         check_unit(self.unit)
-        check_utterance_index(self.utterance_index)
+        index = check_utterance_index(self.utterance_index)
+        if index is not self.utterance_index:  # 3.0 is stored, looked up and echoed as 3
+            object.__setattr__(self, "utterance_index", index)
         if self.experiment is not None:
             check_experiment(self.experiment)
         text = _check_text(self.text)

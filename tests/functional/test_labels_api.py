@@ -410,6 +410,28 @@ async def test_label_by_unit_labels_every_session(
     assert rid(14) not in texts  # the shadow is no label target
 
 
+async def test_label_by_unit_takes_an_integral_number_as_index(
+    unit_client: Client, paths: tuple[Path, Path]
+) -> None:
+    """`utterance_index: 1.0` (an integer in the OpenAPI document's JSON Schema) labels the
+    same record as 1 and is echoed as 1; 1.5, true and "1" stay 400 with nothing stored."""
+    body = b'{"unit": "user-1", "utterance_index": 1.0, "text": "and the rent"}'
+    headers = {**auth(), "Content-Type": "application/json"}
+    for refused in (b"1.5", b"true", b'"1"'):
+        bad = body.replace(b"1.0", refused)
+        response = await unit_client.post("/labels", data=bad, headers=headers)
+        assert response.status == 400
+        assert (await response.json())["error"].startswith("utterance_index: expected an integer")
+    assert audit(paths) == []
+    response = await unit_client.post("/labels", data=body, headers=headers)
+    assert response.status == 200
+    answer = await response.json()
+    assert [r["record_id"] for r in answer["results"]] == [rid(12)]
+    assert answer["resolved"][0]["utterance_index"] == 1
+    assert "1.0" not in json.dumps(answer)
+    assert [(label.record_id, label.text) for label in audit(paths)] == [(rid(12), "and the rent")]
+
+
 async def test_label_by_unit_narrowed_to_an_experiment(unit_client: Client) -> None:
     """With an experiment only that experiment's records of the unit are labelled."""
     response = await unit_client.post(

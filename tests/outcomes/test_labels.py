@@ -357,8 +357,16 @@ def test_body_with_a_batch() -> None:
             "utterance_index: expected an integer >= 0",
         ),
         (
-            json.dumps({"unit": "u", "utterance_index": 1.0, "text": "x"}).encode(),
-            "utterance_index: expected an integer >= 0",
+            json.dumps({"unit": "u", "utterance_index": 1.5, "text": "x"}).encode(),
+            "utterance_index: expected an integer >= 0, got 1.5",
+        ),
+        (
+            json.dumps({"unit": "u", "utterance_index": -1.0, "text": "x"}).encode(),
+            "utterance_index: expected an integer 0..2147483647, got -1.0",
+        ),
+        (
+            json.dumps({"unit": "u", "utterance_index": 2.0**31, "text": "x"}).encode(),
+            "utterance_index: expected an integer 0..2147483647",
         ),
         (
             json.dumps({"unit": "u", "utterance_index": 2**31, "text": "x"}).encode(),
@@ -419,6 +427,26 @@ def test_body_with_labels_by_unit() -> None:
     assert parse_label_body(json.dumps({"unit": "u", "text": "t"}).encode()) == [
         UnitLabel("u", "t")
     ]
+
+
+@pytest.mark.parametrize("number", ["3.0", "3.00", "3e0", "0.3e1"])
+def test_integral_json_numbers_are_utterance_indexes(number: str) -> None:
+    """A JSON number with a zero fraction is an integer (as in the OpenAPI document's JSON
+    Schema): it is taken, and stored, queried and echoed as the int 3."""
+    body = b'{"labels": [{"unit": "u", "utterance_index": ' + number.encode() + b', "text": "x"}]}'
+    (label,) = parse_label_body(body)
+    assert isinstance(label, UnitLabel)
+    assert label.utterance_index == 3
+    assert type(label.utterance_index) is int
+    assert label.query(b"0123456789abcdef").key.endswith(":3")
+    assert label.selector() == {"unit": "u", "utterance_index": 3}
+
+
+@pytest.mark.parametrize("value", [3.5, True, False, "3", None, [3]])
+def test_other_utterance_indexes_are_refused(value: object) -> None:
+    """A fraction, a boolean, a string or anything else is no utterance index."""
+    with pytest.raises(ValueError, match=r"^utterance_index: expected an integer >= 0"):
+        UnitLabel("u", "x", value)  # type: ignore[arg-type]
 
 
 def test_unit_label_queries_by_the_pseudonym() -> None:
