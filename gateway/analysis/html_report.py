@@ -259,7 +259,11 @@ def _phase(phase: Mapping[str, Any], control: str, level: str, index: int, is_op
     )
     body = [_srm(as_map(phase.get("srm")))]
     if variants:
-        body += [_variants_table(variants, slots, level), _latency_table(variants, level)]
+        body += [
+            _variants_table(variants, slots, level),
+            _failures_table(variants, level),
+            _latency_table(variants, level),
+        ]
     else:
         body.append('<p class="no-data">No variants have records in this phase.</p>')
     body.append(_comparisons(as_list(phase.get("comparisons")), level))
@@ -338,18 +342,46 @@ def _variants_table(
             _cell(_pct(as_number(variant.get("labelled_share"))), f"{labelled or 0:,.0f} labelled")
         )
         rates = as_map(variant.get("rates"))
-        for key, _ in RATES:
-            rate = as_map(rates.get(key))
-            count, total = as_number(rate.get("count")), as_number(rate.get("total"))
-            counts = f"{count:.0f}/{total:.0f}" if count is not None and total is not None else ""
-            interval = as_interval(rate.get("ci"))
-            compact = _bounds(interval, lambda v: f"{v * 100:.1f}%", "–") if interval else ""
-            sub = " · ".join(p for p in (counts, compact) if p)
-            cells.append(_cell(_pct(as_number(rate.get("rate"))), sub))
+        cells += [_share_cell(as_map(rates.get(key))) for key, _ in RATES]
         rows.append(f"<tr>{''.join(cells)}</tr>")
     header = ["Variant", "Backends", "Units", "Sessions", "Utterances", "Labelled"]
     header += [f"{label} <small>{level} CI</small>" for _, label in RATES]
     return _table("Traffic and outcome rates", header, rows, "variants")
+
+
+def _share_cell(share: Mapping[str, Any]) -> str:
+    """A rate with its counts and interval underneath."""
+    count, total = as_number(share.get("count")), as_number(share.get("total"))
+    counts = f"{count:.0f}/{total:.0f}" if count is not None and total is not None else ""
+    interval = as_interval(share.get("ci"))
+    compact = _bounds(interval, lambda v: f"{v * 100:.1f}%", "–") if interval else ""
+    return _cell(_pct(as_number(share.get("rate"))), " · ".join(p for p in (counts, compact) if p))
+
+
+def _failures_table(variants: Sequence[Mapping[str, Any]], level: str) -> str:
+    """Errors per attempt (SDK retries included) and per client session as users saw them."""
+    rows = []
+    for variant in variants:
+        failures = as_map(variant.get("failures"))
+        if not failures:
+            continue
+        retried = as_number(failures.get("retried"))
+        cells = [
+            f"<td>{as_html(variant.get('name'))}</td>",
+            _share_cell(as_map(failures.get("attempts"))),
+            _share_cell(as_map(failures.get("client_sessions"))),
+            _cell(_NONE if retried is None else f"{retried:,.0f}"),
+        ]
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    if not rows:
+        return ""
+    header = [
+        "Variant",
+        f"Failed attempts <small>{level} CI</small>",
+        f"Failed as users saw <small>client sessions, {level} CI</small>",
+        "Client sessions retried",
+    ]
+    return _table("Failures: attempts and what users saw", header, rows, "failures")
 
 
 def _latency_table(variants: Sequence[Mapping[str, Any]], level: str) -> str:

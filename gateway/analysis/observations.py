@@ -8,6 +8,13 @@ shadow records are kept for the paired comparison on identical audio. Each prima
 classified into one outcome category and, when it has a label and recognised text, scored
 for WER. Everything downstream (`gateway.analysis.report`) works on these values, never on
 raw records.
+
+Attempts and client sessions: every gateway session (`session_id`) is one attempt, and the
+Speech SDKs retry a failed connection, or reconnect a lost one, as new attempts under the
+same client session (`client_session`, the SDK's connection id). A failure that the client
+retried (`retried_attempts`) was never seen by its user: it counts as a failed attempt, but
+not as an outcome, so the outcome rates (and the guardrails) are the ones users saw, as the
+live guardrails count them (`gateway.control.retries`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import pairwise
 from typing import Final, Literal
 
 from gateway.outcomes.labels import Label
@@ -34,6 +42,11 @@ _REFUSALS: Final = frozenset({"TooManyRequests", "BadRequest", "Forbidden"})
 # Sessions ended by the gateway, not by the variant: a limit (`limit_*`, gateway.limits) or
 # a shutdown's drain. Like refusals they say nothing about the model, so they are not errors.
 _CANCELLED_PREFIXES: Final = ("upstream_http_4", "limit_", "gateway_shutdown")
+# A failed attempt was retried when another attempt of its client session produced its
+# first record within this many seconds of the failed one's last. The SDKs retry within
+# about 0.3 s; a reconnected session's first record can be a whole utterance later.
+RETRY_GAP_S: Final = 120.0
+ClientSession = tuple[str, str]  # (client, client_session), or (client, session_id)
 
 
 def category(record: OutcomeRecord) -> Category:
@@ -87,6 +100,11 @@ class VariantObservations:
     sessions: set[str] = field(default_factory=set)
     forced: int = 0
     failed_over: int = 0  # records of units assigned here that control served instead
+    failed_attempts: set[str] = field(default_factory=set)  # sessions ending in an error
+    # Client sessions assigned here -> their attempts; the set of those whose users saw an
+    # error (a failed attempt nobody retried). Failed-over attempts count, forced ones not.
+    client_sessions: dict[ClientSession, set[str]] = field(default_factory=dict)
+    failed_client_sessions: set[ClientSession] = field(default_factory=set)
     utterances: int = 0  # utterance and request records (results, not failures)
     labelled: int = 0  # utterances with a label (scored or not)
     unscorable: int = 0  # labelled, but the record carries no text (privacy hash/none)
@@ -128,29 +146,70 @@ def observe(
     """Phase id -> its observations. Records without a phase or variant are left out."""
     phases: dict[str, PhaseObservations] = {}
     by_phase: dict[str, list[OutcomeRecord]] = {}
-    for record in sorted(records, key=lambda r: r.timestamp):
+    ordered = sorted(records, key=lambda r: r.timestamp)
+    retried = retried_attempts(ordered)
+    for record in ordered:
         if record.phase is None or record.variant is None:
             continue
         by_phase.setdefault(record.phase, []).append(record)
     for phase_id, phase_records in by_phase.items():
         phase = phases[phase_id] = PhaseObservations(phase_id)
         for record in phase_records:
-            _add(phase, record, labels.get(record.record_id))
+            _add(phase, record, labels.get(record.record_id), record.session_id in retried)
         phase.shadow_pairs = _shadow_pairs(phase_records, labels)
     return phases
 
 
-def _add(phase: PhaseObservations, record: OutcomeRecord, label: Label | None) -> None:
+def client_session_of(record: OutcomeRecord) -> ClientSession:
+    """The client session a record's attempt belongs to; without a client session id
+    (the client sent none, or a version-2 record) the attempt is a client session alone."""
+    return record.client, record.client_session or record.session_id
+
+
+def retried_attempts(records: Iterable[OutcomeRecord]) -> set[str]:
+    """The session ids of the attempts that failed and were retried: another attempt of the
+    same client session followed, its first record within `RETRY_GAP_S` of their last."""
+    spans: dict[ClientSession, dict[str, list[float]]] = {}  # -> session id -> [first, last]
+    failed: set[str] = set()
+    for record in records:
+        if record.role is not Role.PRIMARY:
+            continue
+        at = epoch_seconds(record.timestamp)
+        span = spans.setdefault(client_session_of(record), {}).setdefault(
+            record.session_id, [at, at]
+        )
+        span[0], span[1] = min(span[0], at), max(span[1], at)
+        if record.kind is Kind.SESSION_FAILURE:
+            failed.add(record.session_id)
+    retried: set[str] = set()
+    for attempts in spans.values():
+        if len(attempts) < 2:
+            continue
+        ordered = sorted(attempts.items(), key=lambda item: (item[1][0], item[0]))
+        for (session_id, (_, last)), (_, (next_first, _)) in pairwise(ordered):
+            if session_id in failed and next_first - last <= RETRY_GAP_S:
+                retried.add(session_id)
+    return retried
+
+
+def _add(
+    phase: PhaseObservations, record: OutcomeRecord, label: Label | None, retried: bool
+) -> None:
     if record.role is not Role.PRIMARY:
         return
     assert record.variant is not None
-    if record.failover_from is not None:
-        phase.variant(record.failover_from).failed_over += 1  # outside the split, too
-        return
-    variant = phase.variant(record.variant)
     if record.forced:
-        variant.forced += 1  # outside the split: counted, never compared
+        phase.variant(record.variant).forced += 1  # outside the split: counted, never compared
         return
+    assigned = phase.variant(record.failover_from or record.variant)
+    key = client_session_of(record)
+    assigned.client_sessions.setdefault(key, set()).add(record.session_id)
+    if record.kind is Kind.SESSION_FAILURE and not retried and category(record) == "error":
+        assigned.failed_client_sessions.add(key)
+    if record.failover_from is not None:
+        assigned.failed_over += 1  # outside the split, too
+        return
+    variant = assigned
     at = epoch_seconds(record.timestamp)
     phase.first = min(phase.first, at)
     phase.last = max(phase.last, at)
@@ -158,12 +217,15 @@ def _add(phase: PhaseObservations, record: OutcomeRecord, label: Label | None) -
         variant.backends.add(record.backend)
     variant.units.add(record.unit)
     variant.sessions.add(record.session_id)
-    variant.outcomes.append(
-        Outcome(
-            at, record.unit, category(record), record.first_hypothesis_ms, record.final_latency_ms
+    kind = category(record)
+    failure = record.kind is Kind.SESSION_FAILURE
+    if failure and kind == "error":
+        variant.failed_attempts.add(record.session_id)
+    if not (failure and retried):  # a failure the client retried is no outcome users saw
+        variant.outcomes.append(
+            Outcome(at, record.unit, kind, record.first_hypothesis_ms, record.final_latency_ms)
         )
-    )
-    if record.kind is Kind.SESSION_FAILURE:
+    if failure:
         return
     variant.utterances += 1
     if label is None:

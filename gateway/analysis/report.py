@@ -357,15 +357,7 @@ def _variant(
 ) -> Json:
     total = len(variant.outcomes)
     counts = _category_counts(variant)
-    rates: Json = {}
-    for name in CATEGORIES:
-        low, high = wilson_interval(counts[name], total, options.confidence)
-        rates[name] = {
-            "count": counts[name],
-            "total": total,
-            "rate": counts[name] / total if total else None,
-            "ci": [low, high] if total else None,
-        }
+    rates = {name: _share(counts[name], total, options) for name in CATEGORIES}
     return {
         "name": variant.name,
         "is_control": is_control,
@@ -380,8 +372,31 @@ def _variant(
         "forced": variant.forced,
         "failed_over": variant.failed_over,
         "rates": rates,
+        "failures": _failures(variant, options),
         "latency": {m: _latency(variant, m, edges[m], options) for m in LATENCY_METRICS},
         "wer": _wer(variant, options),
+    }
+
+
+def _share(count: int, total: int, options: AnalysisOptions) -> Json:
+    low, high = wilson_interval(count, total, options.confidence)
+    return {
+        "count": count,
+        "total": total,
+        "rate": count / total if total else None,
+        "ci": [low, high] if total else None,
+    }
+
+
+def _failures(variant: VariantObservations, options: AnalysisOptions) -> Json:
+    """Errors per attempt (every gateway session, retries too) and per client session as
+    its user saw it (an error nobody retried); docs/analysis.md, "Attempts and what users
+    saw"."""
+    sessions = variant.client_sessions
+    return {
+        "attempts": _share(len(variant.failed_attempts), len(variant.sessions), options),
+        "client_sessions": _share(len(variant.failed_client_sessions), len(sessions), options),
+        "retried": sum(len(attempts) > 1 for attempts in sessions.values()),
     }
 
 

@@ -132,6 +132,7 @@ def _phase(phase: Mapping[str, Any], confidence: int) -> list[str]:
         ],
         rows,
     )
+    lines += ["", *_failures(phase["variants"], confidence)]
     lines.append("")
     rows = []
     for v in phase["variants"]:
@@ -155,6 +156,38 @@ def _phase(phase: Mapping[str, Any], confidence: int) -> list[str]:
     for comparison in phase["comparisons"]:
         lines += ["", *_comparison(comparison, confidence)]
     return lines
+
+
+def _failures(variants: Sequence[Mapping[str, Any]], confidence: int) -> list[str]:
+    """Errors per attempt (SDK retries included) against errors per client session as its
+    user saw them; a report without the block (an older schema) shows none."""
+    rows = []
+    for v in variants:
+        failures = v.get("failures")
+        if not isinstance(failures, Mapping):
+            continue
+        attempts, sessions = failures["attempts"], failures["client_sessions"]
+        rows.append(
+            [
+                v["name"],
+                str(attempts["total"]),
+                f"{_pct(attempts['rate'])} {_ci(attempts['ci'])}",
+                str(sessions["total"]),
+                str(failures["retried"]),
+                f"{_pct(sessions['rate'])} {_ci(sessions['ci'])}",
+            ]
+        )
+    if not rows:
+        return []
+    header = [
+        "variant",
+        "attempts",
+        f"failed attempts [{confidence}% CI]",
+        "client sessions",
+        "retried",
+        f"failed as users saw [{confidence}% CI]",
+    ]
+    return _table(header, rows)
 
 
 def _comparison(comparison: Mapping[str, Any], confidence: int) -> list[str]:

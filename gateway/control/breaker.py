@@ -1,10 +1,18 @@
 """Per-backend circuit breakers: whether a new session may dial its backend.
 
 Pure state machines with the clock passed in: the I/O layer calls `allow(now)` before it
-dials a backend, reports the connect as `success(now)` or `failure(now)` (unreachable,
-timeout, HTTP 5xx at the upgrade), and fails a refused session over to the experiment's
-control variant, or refuses it. `on_change` tells that layer about every transition, so it
-can log it and export a metric.
+dials a backend, reports the connect as `success(now, session)` or `failure(now, session)`
+(unreachable, timeout, HTTP 5xx at the upgrade), and fails a refused session over to the
+experiment's control variant, or refuses it. `on_change` tells that layer about every
+transition, so it can log it and export a metric.
+
+A breaker counts *client sessions*, not dials: the Speech SDKs retry a failed connection up
+to 4 more times within about 1.5 s (protocol.md §5), each a new gateway session under the
+same client session id (its X-ConnectionId). Counting those dials, one user's session would
+make a streak of 5 and open the breaker for everybody. So a client session that has failed
+counts once: its later dials within `window_s` are retries, which add neither to the streak
+nor to the window (a retry that connects still ends the streak: the backend answers).
+Reports without a session (a client that sent no id) count every time.
 
     closed ──(failure streak, or failure rate over the window)──▶ open
     open ──(open_s has passed)──▶ half_open
@@ -15,7 +23,7 @@ can log it and export a metric.
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -26,16 +34,20 @@ BreakerState = Literal["closed", "open", "half_open"]
 # each (per-second buckets under the default 30 s window), so its memory is at most
 # _BUCKETS + 1 buckets however many sessions a backend serves.
 _BUCKETS = 30
+# The client sessions that failed within the window are remembered, at most this many per
+# breaker (the oldest are forgotten first; a forgotten one's retry counts as a new failure).
+MAX_FAILED_SESSIONS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class BreakerPolicy:
     """When a breaker opens and how it recovers; shared by every backend's breaker."""
 
-    consecutive_failures: int = 5  # this many failures in a row open it
+    consecutive_failures: int = 5  # this many failing client sessions in a row open it
     failure_rate: float = 0.5  # or failures / attempts over the window at or above this ...
     window_s: float = 30.0  # ... over the last window_s seconds ...
     min_attempts: int = 20  # ... once the window holds at least this many attempts
+    # An attempt is a client session's first dial in the window, or any dial without one.
     open_s: float = 10.0  # how long it stays open before half-open
     half_open_probes: int = 1  # sessions let through at once while half-open
 
@@ -73,13 +85,14 @@ class CircuitBreaker:
     ones before it, so it spans a little less than `window_s`, never more: a failure older
     than `window_s` never counts.
 
-    Reports carry no session identity, so while half-open any success or failure counts as
-    the probe's; reports that arrive while open (from dials started before it opened) are
-    ignored, as the breaker has already decided.
+    While half-open any success or failure counts as the probe's, a retry's too; reports
+    that arrive while open (from dials started before it opened) are ignored, as the breaker
+    has already decided.
     """
 
     __slots__ = (
         "_buckets",
+        "_failed",
         "_on_change",
         "_open_until",
         "_opened",
@@ -105,6 +118,8 @@ class CircuitBreaker:
         self._buckets: deque[_Bucket] = deque()
         # Start times of the outstanding half-open probes, oldest first.
         self._probes: deque[float] = deque()
+        # Client session -> time of its last failure, oldest first (module doc).
+        self._failed: OrderedDict[str, float] = OrderedDict()
 
     @property
     def opened(self) -> int:
@@ -127,23 +142,32 @@ class CircuitBreaker:
             return True
         return False
 
-    def success(self, now: float) -> None:
-        """A connect completed."""
+    def success(self, now: float, session: str | None = None) -> None:
+        """A connect completed; `session` is the client session it served, if known."""
         self._advance(now)
         if self._state == "closed":
             self._streak = 0
-            self._record(now, ok=True)
+            if not self._retry(session, now):
+                self._record(now, ok=True)
         elif self._state == "half_open":
             # The backend is back: start from a clean slate, not the failures that opened it.
             self._streak = 0
             self._buckets.clear()
+            self._failed.clear()
             self._probes.clear()
             self._change("closed")
 
-    def failure(self, now: float) -> None:
-        """A connect failed: unreachable, timed out, or an HTTP 5xx at the upgrade."""
+    def failure(self, now: float, session: str | None = None) -> None:
+        """A connect failed: unreachable, timed out, or an HTTP 5xx at the upgrade.
+        A failure of a client session that already failed within `window_s` is its retry,
+        and changes nothing while closed (module doc)."""
         self._advance(now)
         if self._state == "closed":
+            if session is not None:
+                retry = self._retry(session, now)
+                self._remember(session, now)  # a retry keeps it remembered for longer
+                if retry:
+                    return
             self._streak += 1
             self._record(now, ok=False)
             attempts, failures = self._window(now)
@@ -191,6 +215,26 @@ class CircuitBreaker:
         # Called after the transition, so a callback that reads the breaker sees the new state.
         if self._on_change is not None:
             self._on_change(old, new)
+
+    def _retry(self, session: str | None, now: float) -> bool:
+        """Whether a dial of `session` is a retry: the session failed within the window."""
+        if session is None:
+            return False
+        failed = self._failed
+        horizon = now - self._policy.window_s
+        while failed:
+            oldest, at = next(iter(failed.items()))
+            if at > horizon:
+                break
+            del failed[oldest]
+        return session in failed
+
+    def _remember(self, session: str, now: float) -> None:
+        failed = self._failed
+        failed[session] = now
+        failed.move_to_end(session)
+        if len(failed) > MAX_FAILED_SESSIONS:
+            failed.popitem(last=False)
 
     def _record(self, now: float, *, ok: bool) -> None:
         index = math.floor(now / self._width)

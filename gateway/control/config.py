@@ -167,6 +167,15 @@ class ExperimentSettings(_Model):
         TargetingSettings(),
         description="The requests it takes; a request goes to the first experiment that matches.",
     )
+    locale: str | None = Field(
+        None,
+        description="The locale it assumes for a session whose URL names none (the native "
+        "SDK omits `language` when an `endpoint_id` is set and no recognition language is; "
+        "the universal v2 path carries it only inside the session), e.g. `en-US`: matched "
+        "against `targeting.locales` and recorded as the session's `locale` (in lower "
+        "case). It must be one of `targeting.locales` when those are set. Unset: such "
+        "sessions have no locale and match only experiments without `targeting.locales`.",
+    )
     unit_param: str = Field(
         "gw-unit",
         description="The query parameter that carries the unit id (or the `X-Gateway-Unit` "
@@ -194,25 +203,34 @@ class ClientSettings(_Model):
 
 
 class BreakerSettings(_Model):
-    """The circuit breaker each backend gets (`gateway.control.breaker`)."""
+    """The circuit breaker each backend gets (`gateway.control.breaker`). It counts client
+    sessions: the SDK's retries of one session (same X-ConnectionId) count once."""
 
     consecutive_failures: int = Field(
-        5, ge=1, le=10_000, description="Failed dials in a row that open the breaker."
+        5,
+        ge=1,
+        le=10_000,
+        description="Failing client sessions in a row that open the breaker (an SDK session's "
+        "retries count once; any dial that connects ends the run).",
     )
     failure_rate: float = Field(
         0.5,
         gt=0,
         le=1,
-        description="Or: this share of failed dials within `window_s` opens it.",
+        description="Or: this share of failing client sessions within `window_s` opens it.",
     )
     window_s: float = Field(
-        30.0, gt=0, le=3600, description="The window of `failure_rate`, in seconds."
+        30.0,
+        gt=0,
+        le=3600,
+        description="The window of `failure_rate`, in seconds; a failed client session's "
+        "further dials within it are retries.",
     )
     min_attempts: int = Field(
         20,
         ge=1,
         le=1_000_000,
-        description="Dials within the window before `failure_rate` applies.",
+        description="Client sessions within the window before `failure_rate` applies.",
     )
     open_s: float = Field(
         10.0,
@@ -463,6 +481,14 @@ class GatewaySettings(_Model):
     limits: LimitSettings = Field(
         LimitSettings(), description="What one client, session or request may use."
     )
+    ready_requires_redis: bool = Field(
+        False,
+        description="`/readyz` answers 503 while a Redis the gateway uses does not answer "
+        "(the load balancer then takes the replica out). Off: it stays ready through a Redis "
+        "outage, since the gateway serves on (records wait in the journal; the state it "
+        "holds keeps serving) and names the outage in its answer; every replica would "
+        "otherwise be taken out at once.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -499,7 +525,7 @@ def build_gateway_config(settings: GatewaySettings) -> GatewayConfig:
                 f"{experiment.unit_param!r} is also {prefix}.force_param",
             )
         for earlier_index, earlier in enumerate(experiments):
-            if _covers(earlier.targeting, experiment.targeting):
+            if _covers(earlier, experiment):
                 raise ConfigError(
                     f"{where}.targeting",
                     f"never selected: {prefix}.experiments[{earlier_index}] ({earlier.id!r}) "
@@ -592,6 +618,8 @@ def _experiment(
             f"{where}.seed", "must be non-empty printable text; leave it unset for the id"
         )
     _check_param(settings.unit_param, f"{where}.unit_param")
+    targeting = _targeting(settings.targeting, f"{where}.targeting", client_names)
+    locale = _assumed_locale(settings.locale, targeting, f"{where}.locale")
     if not settings.variants:
         raise ConfigError(f"{where}.variants", "the experiment has no variants")
     variants: list[Variant] = []
@@ -628,11 +656,29 @@ def _experiment(
         control=settings.control,
         variants=tuple(variants),
         shadows=tuple(settings.shadows),
-        targeting=_targeting(settings.targeting, f"{where}.targeting", client_names),
+        targeting=targeting,
         phase=phase_id(variants),
         unit_param=settings.unit_param,
         guardrails=_guardrails(settings.guardrails, f"{where}.guardrails"),
+        locale=locale,
     )
+
+
+def _assumed_locale(locale: str | None, targeting: Targeting, where: str) -> str | None:
+    """The experiment's `locale`, in lower case as requests' locales are compared."""
+    if locale is None:
+        return None
+    lowered = locale.lower()
+    if not _LOCALE.fullmatch(lowered):
+        raise ConfigError(where, f"{locale!r} is not a locale")
+    if targeting.locales and lowered not in targeting.locales:
+        listed = ", ".join(sorted(targeting.locales))
+        raise ConfigError(
+            where,
+            f"{locale!r} is not one of targeting.locales ({listed}); sessions without a "
+            "locale would never be taken",
+        )
+    return lowered
 
 
 def _guardrails(settings: GuardrailSettings | None, where: str) -> Guardrails | None:
@@ -701,15 +747,22 @@ def _targeting(settings: TargetingSettings, where: str, client_names: set[str]) 
     )
 
 
-def _covers(first: Targeting, later: Targeting) -> bool:
+def _covers(first: Experiment, later: Experiment) -> bool:
     """Whether every request `later` matches is already taken by `first`."""
-    return all(
-        not wide or (narrow and narrow <= wide)
-        for wide, narrow in (
-            (first.modes, later.modes),
-            (first.locales, later.locales),
-            (first.clients, later.clients),
-        )
+    wide, narrow = first.targeting, later.targeting
+    if not all(
+        not outer or (inner and inner <= outer)
+        for outer, inner in ((wide.modes, narrow.modes), (wide.clients, narrow.clients))
+    ):
+        return False
+    if not wide.locales:
+        return True
+    # A request without a locale goes to `later` by its assumed one; `first` takes it only
+    # if it assumes one too (validated to be among its own locales).
+    return (
+        bool(narrow.locales)
+        and narrow.locales <= wide.locales
+        and (later.locale is None or first.locale is not None)
     )
 
 

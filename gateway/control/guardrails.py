@@ -8,6 +8,14 @@ and one-sided: the chance that a guardrail ever trips, at any look, although the
 increase is within its limit, is at most `Guardrails.alpha`. docs/statistics.md
 ("Guardrails") gives the measured false-trip rates and times to trip.
 
+What is counted is what users saw. The Speech SDKs retry a failed connection under the same
+client session, and a failure followed by a successful retry never reaches the user; counted
+per attempt, a challenger failing half of its connections would show about 50 % errors
+where its users see about 3 %. So a failure enters the counts only when its client did not
+retry it (`gateway.control.retries`, applied by the gateway state before `ArmCounts`), and a
+guardrail trips on errors users get, not on failures the SDK hid. The attempts stay visible
+in the records, the metrics and the analysis' attempt failure rate.
+
 Rates (errors, cancellations, no-matches over outcomes). H0: p_challenger - p_control <=
 limit. The estimate d = p_b - p_a is taken as normal with the Agresti-Caffo variance V
 (`gateway.stats.proportions.difference_variance`), as in the analysis' always-valid test
@@ -126,8 +134,9 @@ class Guardrails:
 class ArmCounts:
     """Running counts of one arm in the current phase.
 
-    outcomes counts the primary, non-forced outcome records; errors, cancellations and
-    no_matches are among them. latency counts final_latency_ms per `LATENCY_EDGES_MS` bucket
+    outcomes counts the primary, non-forced outcome records, less the failures that their
+    client retried (module doc); errors, cancellations and no_matches are among them.
+    latency counts final_latency_ms per `LATENCY_EDGES_MS` bucket
     (of the outcomes that have one): () when there are none, else one count per bucket. An
     all-zero histogram is stored as (), so that counts compare equal after `to_fields`.
     """

@@ -9,6 +9,12 @@ that cannot be connected, times out or answers 5xx counts as a failure; any othe
 (a 401 or 429 too) shows that the backend is up. A dial that fails on a challenger's backend
 is retried once on control, so with the custom backend down the SDK user still gets results
 from the first session on, before the breaker has even opened.
+
+Dials are reported with their client session (`client_session_key`): the SDKs retry a
+failed connection up to 4 times under the same X-ConnectionId, and the breaker counts those
+retries once (`gateway.control.breaker`). `on_attempt`, when set, hears of every attempt
+as it is admitted, before its dial (the gateway state uses it to tell retried failures from
+those the users saw).
 """
 
 from __future__ import annotations
@@ -38,6 +44,14 @@ def breaker_name(variant: Variant) -> str:
     return backend if variant.endpoint_id is None else f"{backend}/{variant.name}"
 
 
+def client_session_key(route: Route) -> str | None:
+    """The client session a route's dial serves, for the breaker: None when the client sent
+    no X-ConnectionId. Scoped by client, so one client's ids never mix with another's."""
+    if route.client_session is None:
+        return None
+    return f"{route.client.name}\x00{route.client_session}"
+
+
 def is_backend_failure(error: UpstreamError) -> bool:
     """Whether a dial's error says the backend is down (not that it refused this client)."""
     return not isinstance(error, UpstreamRejected) or error.status >= 500
@@ -55,9 +69,12 @@ class BackendGate:
         self._metrics = metrics
         self._clock = clock
         self.breakers = Breakers(policy, self._changed)
+        self.on_attempt: Callable[[Route], None] | None = None
 
     def admit(self, route: Route) -> Route | None:
         """The route to dial now: `route`, its failover to control, or None (refused)."""
+        if self.on_attempt is not None:
+            self.on_attempt(route)
         if self._allow(route):
             return route
         if self._failover:
@@ -81,10 +98,11 @@ class BackendGate:
     def report(self, route: Route, error: UpstreamError | None) -> None:
         """The result of dialling `route`'s backend (None: connected)."""
         breaker = self.breakers.get(breaker_name(route.variant))
+        session = client_session_key(route)
         if error is not None and is_backend_failure(error):
-            breaker.failure(self._clock())
+            breaker.failure(self._clock(), session)
         else:
-            breaker.success(self._clock())
+            breaker.success(self._clock(), session)
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         return self.breakers.snapshot(self._clock())

@@ -153,8 +153,8 @@ def _persistence(node: str, appendonly: Any, save: Any) -> Persistence:
 
 def _config_value(reply: Any, name: str) -> str:
     """One parameter of a CONFIG GET reply (a dict; keys and values str or bytes)."""
-    for key, value in dict(reply).items():
-        if _text(key) == name:
+    for parameter, value in dict(reply).items():
+        if _text(parameter) == name:
             return _text(value)
     raise ResponseError(f"CONFIG GET {name} returned no value")
 

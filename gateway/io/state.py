@@ -1,9 +1,17 @@
 """The gateway app's shared state, under one typed AppKey (no module globals), and its
-drain: what `speech-gateway serve` does with the live sessions on SIGTERM."""
+drain: what `speech-gateway serve` does with the live sessions on SIGTERM.
+
+Every outcome record goes through `GatewayState.submit`: to the sink and the metrics as it
+is, and to the guardrail counts as its users saw it. A primary failure of a client session
+(the SDK's X-ConnectionId) is held there for a few seconds, and dropped if the client
+retried it (`gateway.control.retries`): the sink and the metrics count every attempt, the
+guardrails the failures users saw (docs/statistics.md, "Guardrails").
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -12,6 +20,7 @@ from aiohttp import web
 
 from gateway.control.config import GatewaySettings
 from gateway.control.model import GatewayConfig
+from gateway.control.retries import RetryHold
 from gateway.errors import CloseCode
 from gateway.io.backend_gate import BackendGate
 from gateway.io.control_plane import ControlPlane
@@ -56,9 +65,15 @@ class GatewayState:
     draining: bool = field(default=False, init=False)
     _grace_cut: bool = field(default=False, init=False)
     _http: aiohttp.ClientSession | None = None
+    # Primary failures of client sessions, waiting to see whether the client retries them.
+    retries: RetryHold[OutcomeRecord] = field(default_factory=RetryHold, init=False)
+    _release_timer: asyncio.TimerHandle | None = field(default=None, init=False)
+    _holding: bool = field(default=True, init=False)  # False once the drain released them
 
     def __post_init__(self) -> None:
         self.sessions = LiveSessions(self.metrics)
+        # Every attempt is admitted by the gate before its dial: the earliest sign of a retry.
+        self.backends.on_attempt = self.attempt_started
 
     @property
     def config(self) -> GatewayConfig:
@@ -68,8 +83,60 @@ class GatewayState:
     def submit(self, record: OutcomeRecord) -> None:
         """Send an outcome record to the sink, and count it for the guardrails and metrics."""
         self.sink.submit(record)
-        self.control.observe(record)
         self.metrics.observe(record)
+        now = time.monotonic()
+        self._release_due(now)
+        if (
+            self._holding
+            and record.client_session is not None
+            and record.kind is Kind.SESSION_FAILURE
+            and record.role is Role.PRIMARY
+        ):
+            key = retry_key(record.client, record.client_session)
+            if self.retries.hold(key, record.session_id, record, now):
+                self._schedule_release()
+            return
+        self.control.observe(record)
+
+    def attempt_started(self, route: Route) -> None:
+        """An attempt of `route`'s client session begins: its earlier failures, if held,
+        were retried, and its users never saw them."""
+        if route.client_session is None:
+            return
+        pseudonym = pseudonymise(route.client_session, self.privacy_key)
+        key = retry_key(route.client.name, pseudonym)
+        self.retries.started(key, route.session_id, time.monotonic())
+
+    def _release_due(self, now: float) -> None:
+        for record in self.retries.due(now):
+            self.control.observe(record)
+
+    def _schedule_release(self) -> None:
+        """Release held failures when they are due, also when no other record comes."""
+        deadline = self.retries.next_deadline()
+        if self._release_timer is not None or deadline is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a caller outside the event loop: the next submit releases
+            return
+        delay = max(0.0, deadline - time.monotonic()) + 0.01
+        self._release_timer = loop.call_later(delay, self._on_release_timer)
+
+    def _on_release_timer(self) -> None:
+        self._release_timer = None
+        self._release_due(time.monotonic())
+        self._schedule_release()
+
+    def release_held(self) -> None:
+        """Count every held failure now, and hold no more (the gateway stops: no retry will
+        come here, and nothing would release them)."""
+        self._holding = False
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
+        for record in self.retries.release_all():
+            self.control.observe(record)
 
     async def drain(self, grace_s: float, close_timeout_s: float) -> DrainReport:
         """Refuse new sessions, let the live ones finish for up to `grace_s`, then close the
@@ -110,6 +177,7 @@ class GatewayState:
                     break
                 await sessions.wait_idle(min(0.2, max(0.0, deadline - loop.time())))
         report = DrainReport(live_at_start, closed, sessions.total, loop.time() - start)
+        self.release_held()
         log_at = log.warning if report.left else log.info
         log_at(
             "drain_sessions_done",
@@ -148,8 +216,16 @@ def _by_protocol(sessions: LiveSessions) -> dict[str, int]:
     }
 
 
+def retry_key(client: str, client_session: str) -> str:
+    """The key of a client session (pseudonymised id) among every client's."""
+    return f"{client}\x00{client_session}"
+
+
 def session_facts(state: GatewayState, route: Route, protocol: str) -> SessionFacts:
     experiment = route.experiment
+    # A session refused before its dial (admission limits) announces its attempt here.
+    state.attempt_started(route)
+    client_session = route.client_session
     return SessionFacts(
         experiment=experiment.id if experiment is not None else None,
         phase=experiment.phase if experiment is not None else None,
@@ -164,6 +240,9 @@ def session_facts(state: GatewayState, route: Route, protocol: str) -> SessionFa
         failover_from=route.failover_from,
         text_privacy=state.text_privacy,
         privacy_key=state.privacy_key,
+        client_session=None
+        if client_session is None
+        else pseudonymise(client_session, state.privacy_key),
     )
 
 

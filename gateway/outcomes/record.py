@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, get_args, get_type_hints
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 # Fields added after version 1, with the version that added them.
-ADDED_IN: Final = {"failover_from": 2}
+ADDED_IN: Final = {"failover_from": 2, "client_session": 3}
 
 
 class Kind(StrEnum):
@@ -101,6 +101,10 @@ class OutcomeRecord:
     # The variant the unit was assigned when its backend's circuit breaker was open or
     # unreachable and the session was served by control instead (`variant`). Version 2.
     failover_from: str | None = None
+    # The client's own session: its X-ConnectionId, pseudonymised like the unit. The Speech
+    # SDKs keep it across the retries and reconnects of one recognition, each of which is a
+    # gateway session (`session_id`) of its own; null when the client sent none. Version 3.
+    client_session: str | None = None
 
     def __post_init__(self) -> None:
         for name, (base, nullable) in _SPEC.items():
@@ -234,6 +238,8 @@ def _check_semantics(record: OutcomeRecord) -> None:
     for name in ("client", "unit", "session_id", "status"):
         if not getattr(record, name):
             raise ValueError(f"field {name!r}: must not be empty")
+    if record.client_session == "":
+        raise ValueError("field 'client_session': must not be empty (null when unknown)")
     for name in (
         "utterance_index",
         "audio_offset_ms",

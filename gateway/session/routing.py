@@ -58,6 +58,9 @@ class Route:
     shadows: tuple[Variant, ...] = field(default=())
     # The variant the unit was assigned when control serves it instead (circuit breaker).
     failover_from: str | None = None
+    # The client's X-ConnectionId, which the SDKs keep across the retries and reconnects of
+    # one recognition; None when it sent none (then each session is a client session).
+    client_session: str | None = None
 
     def failed_over(self) -> Route | None:
         """This route served by the experiment's control variant, or None when there is no
@@ -112,11 +115,14 @@ def plan_route(
     mode = mode_from_path(path)
     locale = params.get("language", "").lower() or None
     experiment = config.select(mode, locale, client.name)
+    if experiment is not None:  # recorded with the locale the experiment assumes, if any
+        locale = experiment.session_locale(locale)
     # The native SDK reuses its X-ConnectionId for every retry and reconnect of one
     # recognition, so it cannot name a gateway session: each gets its own id, and the
     # connection id only stands in for a missing unit (a retry keeps its variant).
     session_id = uuid.uuid4().hex
-    connection_id = _connection_id(headers, params) or session_id
+    client_session = _connection_id(headers, params)
+    connection_id = client_session or session_id
     unit_param = experiment.unit_param if experiment is not None else "gw-unit"
     unit_id, unit_source = _unit(params, headers, unit_param, connection_id)
     forced_name = params.get(force_param) or headers.get(FORCE_HEADER)
@@ -152,6 +158,7 @@ def plan_route(
         path=path,
         query=upstream_query,
         shadows=shadows,
+        client_session=client_session,
     )
 
 

@@ -49,6 +49,7 @@ class SessionFacts:
     text_privacy: TextPrivacy
     privacy_key: bytes
     failover_from: str | None = None  # the assigned variant, when control served instead
+    client_session: str | None = None  # pseudonymised X-ConnectionId, shared by SDK retries
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +96,7 @@ def make_record(
         locale=session.locale,
         status=status,
         failover_from=session.failover_from if role.role is Role.PRIMARY else None,
+        client_session=session.client_session,
     )
     values.update(fields)
     return OutcomeRecord(**values)

@@ -1,5 +1,6 @@
 """Tests for gateway.control.breaker: opening on the streak and the windowed rate, the open
-cool-down, half-open probes, transitions, the per-backend registry and policy validation."""
+cool-down, half-open probes, transitions, the per-backend registry and policy validation;
+client sessions whose retries count once."""
 
 from __future__ import annotations
 
@@ -10,7 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.control.breaker import BreakerPolicy, Breakers, BreakerState, CircuitBreaker
+from gateway.control.breaker import (
+    MAX_FAILED_SESSIONS,
+    BreakerPolicy,
+    Breakers,
+    BreakerState,
+    CircuitBreaker,
+)
 
 STATES = ("closed", "open", "half_open")
 
@@ -171,6 +178,111 @@ def test_vanished_probe_frees_its_slot_after_open_s() -> None:
     assert not breaker.allow(20.1)
 
 
+SDK_RETRIES = (0.0, 0.26, 0.52, 0.78, 1.04)  # the native SDK's 5 attempts at a 503
+
+
+def test_the_retries_of_one_client_session_count_as_one_failure() -> None:
+    """Default policy: one SDK session failing 5 times is one failing session, not a streak
+    of 5; the breaker stays closed."""
+    breaker = CircuitBreaker(BreakerPolicy())
+    for now in SDK_RETRIES:
+        breaker.failure(now, "client\x00session-1")
+    assert breaker.state(1.04) == "closed"
+    snapshot = breaker.snapshot(1.04)
+    assert snapshot["consecutive_failures"] == 1
+    assert (snapshot["window_attempts"], snapshot["window_failures"]) == (1, 1)
+
+
+def test_failing_client_sessions_open_it_as_fast_as_failing_dials_did() -> None:
+    """consecutive_failures failing sessions open it on the first dial of the last one,
+    whatever their retries in between; one session fewer does not."""
+    breaker = CircuitBreaker(BreakerPolicy(consecutive_failures=5))
+    for index in range(4):
+        for offset in SDK_RETRIES:
+            breaker.failure(index * 0.1 + offset, f"session-{index}")
+    assert breaker.state(1.5) == "closed"
+    breaker.failure(1.5, "session-4")
+    assert breaker.state(1.5) == "open"
+
+
+def test_a_retry_that_connects_ends_the_streak_but_is_no_new_attempt() -> None:
+    """The backend answered, so the streak restarts; the session already counted once."""
+    breaker = CircuitBreaker(BreakerPolicy(consecutive_failures=2))
+    breaker.failure(0.0, "a")
+    breaker.success(0.3, "a")
+    snapshot = breaker.snapshot(0.3)
+    assert snapshot["consecutive_failures"] == 0
+    assert (snapshot["window_attempts"], snapshot["window_failures"]) == (1, 1)
+    breaker.failure(0.4, "b")
+    assert breaker.state(0.4) == "closed"
+
+
+def test_the_failure_rate_counts_each_client_session_once() -> None:
+    """Half of the sessions fail, each retried 5 times: a rate of 1/2, not 5/6."""
+    policy = BreakerPolicy(consecutive_failures=100, failure_rate=0.6, min_attempts=4)
+    breaker = CircuitBreaker(policy)
+    for index in range(10):
+        now = index * 2.0
+        if index % 2:
+            for offset in SDK_RETRIES:
+                breaker.failure(now + offset, f"s{index}")
+        else:
+            breaker.success(now, f"s{index}")
+    snapshot = breaker.snapshot(20.0)
+    assert (snapshot["window_attempts"], snapshot["window_failures"]) == (10, 5)
+    assert breaker.state(20.0) == "closed"
+
+
+def test_a_session_counts_again_once_its_failure_left_the_window() -> None:
+    """Remembered for window_s after its last failure: retries keep it, a pause ends it."""
+    breaker = CircuitBreaker(BreakerPolicy(consecutive_failures=10, window_s=30.0))
+    for now in (0.0, 20.0, 40.0):  # each within window_s of the one before
+        breaker.failure(now, "a")
+    assert breaker.snapshot(40.0)["consecutive_failures"] == 1
+    breaker.failure(70.0, "a")
+    assert breaker.snapshot(70.0)["consecutive_failures"] == 2
+
+
+def test_failures_without_a_session_count_every_time() -> None:
+    breaker = CircuitBreaker(BreakerPolicy(consecutive_failures=3))
+    for now in (0.0, 0.1, 0.2):
+        breaker.failure(now, None)
+    assert breaker.state(0.2) == "open"
+
+
+def test_a_half_open_probe_that_fails_reopens_it_even_as_a_retry() -> None:
+    """A probe says whether the backend is back, whichever session it serves."""
+    breaker = CircuitBreaker(BreakerPolicy(consecutive_failures=1, open_s=1.0))
+    breaker.failure(0.0, "a")
+    assert breaker.allow(1.0)
+    breaker.failure(1.1, "a")
+    assert breaker.state(1.1) == "open"
+    assert breaker.opened == 2
+
+
+def test_closing_forgets_the_failed_sessions() -> None:
+    """After a successful probe a session's next failure is news again."""
+    breaker = CircuitBreaker(BreakerPolicy(consecutive_failures=2, open_s=1.0))
+    breaker.failure(0.0, "a")
+    breaker.failure(0.1, "b")
+    assert breaker.allow(1.1)
+    breaker.success(1.2, "c")
+    breaker.failure(1.3, "a")
+    assert breaker.snapshot(1.3)["consecutive_failures"] == 1
+
+
+def test_the_memory_of_failed_sessions_is_bounded() -> None:
+    """Past MAX_FAILED_SESSIONS the oldest is forgotten, so its retry counts once more."""
+    policy = BreakerPolicy(consecutive_failures=10**9, min_attempts=10**9)
+    breaker = CircuitBreaker(policy)
+    for index in range(MAX_FAILED_SESSIONS + 1):
+        breaker.failure(0.0, f"s{index}")
+    breaker.failure(0.0, f"s{MAX_FAILED_SESSIONS}")  # remembered: a retry
+    assert breaker.snapshot(0.0)["consecutive_failures"] == MAX_FAILED_SESSIONS + 1
+    breaker.failure(0.0, "s0")  # forgotten: counted again
+    assert breaker.snapshot(0.0)["consecutive_failures"] == MAX_FAILED_SESSIONS + 2
+
+
 def test_reports_while_open_are_ignored() -> None:
     """Late reports from dials started before it opened neither close nor re-time it."""
     breaker = opened_at(0.0, open_s=10.0)
@@ -265,7 +377,11 @@ POLICIES = st.builds(
     half_open_probes=st.integers(1, 3),
 )
 STEPS = st.lists(
-    st.tuples(st.sampled_from(("allow", "success", "failure")), st.floats(0.0, 5.0)),
+    st.tuples(
+        st.sampled_from(("allow", "success", "failure")),
+        st.floats(0.0, 5.0),
+        st.sampled_from((None, "a", "b")),
+    ),
     max_size=200,
 )
 NEXT = {"closed": {"open"}, "open": {"half_open"}, "half_open": {"closed", "open"}}
@@ -273,20 +389,21 @@ NEXT = {"closed": {"open"}, "open": {"half_open"}, "half_open": {"closed", "open
 
 @given(policy=POLICIES, steps=STEPS, start=st.floats(-1e6, 1e6))
 def test_random_sequences_keep_the_state_machine_sound(
-    policy: BreakerPolicy, steps: list[tuple[str, float]], start: float
+    policy: BreakerPolicy, steps: list[tuple[str, float, str | None]], start: float
 ) -> None:
-    """Any sequence of calls at non-decreasing times never raises, stays in the three states,
-    reports only legal transitions, and refuses a session only when not closed."""
+    """Any sequence of calls at non-decreasing times, with or without client sessions, never
+    raises, stays in the three states, reports only legal transitions, and refuses a
+    session only when not closed."""
     changes: list[tuple[BreakerState, BreakerState]] = []
     breaker = CircuitBreaker(policy, lambda old, new: changes.append((old, new)))
     now = start
-    for op, dt in steps:
+    for op, dt, session in steps:
         now += dt
         if op == "allow":
             before = breaker.state(now)
             assert breaker.allow(now) or before != "closed"
         else:
-            getattr(breaker, op)(now)
+            getattr(breaker, op)(now, session)
         assert breaker.state(now) in STATES
         json.dumps(breaker.snapshot(now))
     state: BreakerState = "closed"

@@ -506,3 +506,107 @@ def test_config_error_message_names_field() -> None:
         build(put(valid(), "experiments.0.variants.1.weight", -1))
     assert str(caught.value).startswith("gateway.experiments[0].variants[1].weight: ")
     assert "-1" in caught.value.problem
+
+
+# -- the locale an experiment assumes ---------------------------------------------------------
+
+
+def selected(config: GatewayConfig, mode: str | None, locale: str | None, client: str) -> str:
+    experiment = config.select(mode, locale, client)
+    return experiment.id if experiment is not None else "(none)"
+
+
+def assuming(locale: str | None, targeting: dict[str, Any] | None = None) -> dict[str, Any]:
+    """valid(), its first experiment assuming `locale` (and targeted as given)."""
+    data = valid()
+    first = data["experiments"][0]
+    if locale is not None:
+        first["locale"] = locale
+    if targeting is not None:
+        first["targeting"] = targeting
+    return data
+
+
+def test_a_request_without_locale_is_matched_by_the_assumed_one() -> None:
+    """A session with no `language` (the native SDK with an endpoint id) is taken by an
+    experiment that assumes a locale among its targeted ones, and gets that locale (lower
+    case); one that names a language is matched and kept with it."""
+    config = build(assuming("en-US"))
+    experiment = config.select("conversation", None, "app")
+    assert experiment is not None
+    assert experiment.id == "banking-ab"
+    assert experiment.locale == "en-us"
+    assert experiment.session_locale(None) == "en-us"
+    assert experiment.session_locale("en-gb") == "en-gb"
+    other = config.select("conversation", "de-DE", "app")
+    assert other is not None
+    assert other.id == "everyone"
+    assert other.session_locale(None) is None
+    assert selected(build(valid()), "conversation", None, "app") == "everyone"
+
+
+def test_the_assumed_locale_applies_to_its_own_experiment_only() -> None:
+    """Each experiment matches a locale-less request with its own assumption: a French one
+    first does not take it, an English one after it does."""
+    data = valid()
+    data["experiments"].insert(
+        0,
+        {
+            "id": "french",
+            "control": "base",
+            "variants": [{"name": "base", "backend": "local", "weight": 1}],
+            "targeting": {"locales": ["fr-FR"]},
+            "locale": "fr-FR",
+        },
+    )
+    data["experiments"][1]["locale"] = "en-us"
+    config = build(data)
+    assert selected(config, "conversation", None, "app") == "french"
+    data["experiments"][0]["locale"] = None
+    config = build(data)
+    assert selected(config, "conversation", None, "app") == "banking-ab"
+
+
+@pytest.mark.parametrize(
+    ("locale", "targeting", "problem"),
+    [
+        ("english", None, "'english' is not a locale"),
+        ("en_US", None, "'en_US' is not a locale"),
+        ("de-DE", None, "'de-DE' is not one of targeting.locales (en-us)"),
+    ],
+)
+def test_a_bad_assumed_locale_names_the_field(
+    locale: str, targeting: dict[str, Any] | None, problem: str
+) -> None:
+    """A malformed locale, or one the experiment's own targeting would never take, is
+    refused naming `experiments[i].locale`."""
+    with pytest.raises(ConfigError) as caught:
+        build(assuming(locale, targeting))
+    assert caught.value.field == "gateway.experiments[0].locale"
+    assert caught.value.problem.startswith(problem)
+
+
+def test_an_assumed_locale_without_targeted_locales_is_recorded_only() -> None:
+    """Without `targeting.locales` any request matches anyway; the assumed locale is what
+    locale-less sessions are recorded with."""
+    config = build(assuming("EN-gb", {"clients": ["app"]}))
+    experiment = config.select("interactive", None, "app")
+    assert experiment is not None
+    assert experiment.id == "banking-ab"
+    assert experiment.session_locale(None) == "en-gb"
+
+
+def test_a_later_experiment_assuming_a_locale_is_not_covered() -> None:
+    """An earlier experiment with the same locales but no assumption leaves locale-less
+    requests to a later one that assumes a locale: that one is valid, and takes them. With
+    the same assumption the later one is dead again, and refused."""
+    data = valid()
+    same = {"locales": ["en-us"]}
+    data["experiments"][0]["targeting"] = same
+    data["experiments"][1]["targeting"] = same
+    data["experiments"][1]["locale"] = "en-US"
+    config = build(data)
+    assert selected(config, "conversation", None, "batch") == "everyone"
+    assert selected(config, "conversation", "en-us", "batch") == "banking-ab"
+    data["experiments"][0]["locale"] = "en-us"
+    assert field_of(data) == "gateway.experiments[1].targeting"

@@ -1,9 +1,16 @@
-"""Breaker names: one per backend, one more per custom-endpoint variant, never the id."""
+"""Breaker names: one per backend, one more per custom-endpoint variant, never the id;
+the client session each dial is reported with, so that an SDK's retries count once."""
 
 from __future__ import annotations
 
-from gateway.control.model import Backend, Variant
-from gateway.io.backend_gate import breaker_name
+import uuid
+
+from gateway.control.breaker import BreakerPolicy
+from gateway.control.model import Backend, Client, Variant
+from gateway.errors import UpstreamRejected
+from gateway.io.backend_gate import BackendGate, breaker_name, client_session_key
+from gateway.io.metrics import GatewayMetrics
+from gateway.session.routing import Route
 
 AZURE = Backend("azure", "wss://westeurope.stt.speech.microsoft.com")
 
@@ -18,3 +25,94 @@ def test_a_custom_endpoint_has_its_own_breaker_named_without_the_endpoint_id() -
     name = breaker_name(Variant("custom", AZURE, endpoint, 1.0))
     assert name == "azure/custom"
     assert endpoint not in name
+
+
+# -- client sessions: the SDK's retries of one session count once -------------------------
+
+SHOP = Client("shop", "0" * 64)
+BASE = Variant("base", AZURE, None, 1.0)
+
+
+def route(client_session: str | None, client: Client = SHOP) -> Route:
+    """A new attempt (its own session id) of `client_session`, on the base variant."""
+    return Route(
+        client=client,
+        experiment=None,
+        variant=BASE,
+        forced=False,
+        unit_id="user-1",
+        unit_source="query",
+        session_id=uuid.uuid4().hex,
+        mode="conversation",
+        locale="en-us",
+        path="/speech/recognition/conversation/cognitiveservices/v1",
+        query=(),
+        client_session=client_session,
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def gate(clock: Clock) -> BackendGate:
+    return BackendGate(BreakerPolicy(), "failover", GatewayMetrics(), clock)
+
+
+def fail_five_times(backends: BackendGate, clock: Clock, client_session: str | None) -> None:
+    """One SDK recognition against a backend answering 503: 5 attempts, 0.26 s apart; an
+    attempt the open breaker refuses is not dialled, so nothing is reported."""
+    for _ in range(5):
+        attempt = route(client_session)
+        if backends.admit(attempt) is attempt:
+            backends.report(attempt, UpstreamRejected(503, "busy"))
+        clock.now += 0.26
+
+
+def test_the_attempts_of_one_client_session_are_one_failure() -> None:
+    """Default policy: one SDK session's 5 failing attempts leave the breaker closed."""
+    clock = Clock()
+    backends = gate(clock)
+    fail_five_times(backends, clock, "95b25a38e76441cb801b1a4bf8b3db8c")
+    breaker = backends.snapshot()["azure"]
+    assert breaker["state"] == "closed"
+    assert (breaker["consecutive_failures"], breaker["window_failures"]) == (1, 1)
+
+
+def test_five_failing_client_sessions_open_the_breaker() -> None:
+    clock = Clock()
+    backends = gate(clock)
+    for index in range(5):
+        fail_five_times(backends, clock, f"session{index}")
+        expected = "open" if index == 4 else "closed"
+        assert backends.snapshot()["azure"]["state"] == expected
+
+
+def test_attempts_without_a_connection_id_count_one_by_one() -> None:
+    """A client that sends no X-ConnectionId: each attempt is its own client session."""
+    clock = Clock()
+    backends = gate(clock)
+    fail_five_times(backends, clock, None)
+    assert backends.snapshot()["azure"]["state"] == "open"
+
+
+def test_client_sessions_are_scoped_by_client() -> None:
+    """Two clients' sessions with equal ids are two sessions."""
+    assert client_session_key(route("abc")) != client_session_key(
+        route("abc", Client("b", "1" * 64))
+    )
+    assert client_session_key(route(None)) is None
+
+
+def test_every_admitted_attempt_is_announced_before_its_dial() -> None:
+    clock = Clock()
+    backends = gate(clock)
+    seen: list[Route] = []
+    backends.on_attempt = seen.append
+    attempt = route("abc")
+    backends.admit(attempt)
+    assert seen == [attempt]

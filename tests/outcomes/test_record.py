@@ -57,6 +57,7 @@ SCHEMA_V1_FIELDS = (
     "shadow_drops",
 )
 SCHEMA_V2_FIELDS = (*SCHEMA_V1_FIELDS, "failover_from")
+SCHEMA_V3_FIELDS = (*SCHEMA_V2_FIELDS, "client_session")
 
 
 def make(**changes: Any) -> OutcomeRecord:
@@ -103,22 +104,48 @@ def line_with(**changes: Any) -> str:
     return json.dumps(data)
 
 
-def test_fields_are_the_schema_v2_fields_in_order() -> None:
-    """The dataclass fields, and so the JSON keys, are exactly schema v2's, in its order:
-    v1's, then the one field v2 added."""
-    assert SCHEMA_VERSION == 2
-    assert FIELD_NAMES == SCHEMA_V2_FIELDS
-    assert tuple(json.loads(make().to_json())) == SCHEMA_V2_FIELDS
+def test_fields_are_the_schema_v3_fields_in_order() -> None:
+    """The dataclass fields, and so the JSON keys, are exactly schema v3's, in its order:
+    v1's, then the field v2 added, then the one v3 added."""
+    assert SCHEMA_VERSION == 3
+    assert FIELD_NAMES == SCHEMA_V3_FIELDS
+    assert tuple(json.loads(make().to_json())) == SCHEMA_V3_FIELDS
 
 
-def test_a_version_1_record_reads_with_the_v2_field_null() -> None:
-    """A v1 line (no failover_from) is read, keeps its version, and has failover_from null."""
-    data = json.loads(make().to_json())
-    del data["failover_from"]
+def test_a_version_1_record_reads_with_the_later_fields_null() -> None:
+    """A v1 line (no failover_from, no client_session) is read, keeps its version, and has
+    both null."""
+    data = json.loads(make(client_session="c" * 32).to_json())
+    del data["failover_from"], data["client_session"]
     data["schema_version"] = 1
     record = OutcomeRecord.from_json(json.dumps(data))
     assert record.schema_version == 1
-    assert record.failover_from is None
+    assert (record.failover_from, record.client_session) == (None, None)
+
+
+def test_a_version_2_record_reads_with_client_session_null_and_may_not_carry_it() -> None:
+    data = json.loads(make(client_session="c" * 32).to_json())
+    data["schema_version"] = 2
+    with pytest.raises(ValueError, match="'client_session': unknown in schema version 2"):
+        OutcomeRecord.from_json(json.dumps(data))
+    del data["client_session"]
+    record = OutcomeRecord.from_json(json.dumps(data))
+    assert (record.schema_version, record.client_session) == (2, None)
+
+
+def test_a_version_3_record_must_carry_client_session() -> None:
+    data = json.loads(make().to_json())
+    del data["client_session"]
+    with pytest.raises(ValueError, match="'client_session': missing"):
+        OutcomeRecord.from_json(json.dumps(data))
+
+
+def test_client_session_round_trips_and_is_never_empty() -> None:
+    """Attempts of one client session share it; "" would be a session nobody can group."""
+    record = make(client_session="5f2b0c3e8a1d4e6f9a7b3c2d1e0f4a5b")
+    assert OutcomeRecord.from_json(record.to_json()) == record
+    with pytest.raises(ValueError, match="'client_session': must not be empty"):
+        make(client_session="")
 
 
 def test_a_version_1_record_may_not_carry_a_v2_field() -> None:
@@ -327,14 +354,14 @@ def test_unknown_field_is_refused_in_this_version() -> None:
 
 def test_unknown_field_of_a_newer_version_is_ignored() -> None:
     """A newer writer's added fields are skipped; the record keeps its version number."""
-    record = OutcomeRecord.from_json(line_with(schema_version=3, colour="blue"))
-    assert record.schema_version == 3
-    assert dataclasses.replace(record, schema_version=2) == make()
+    record = OutcomeRecord.from_json(line_with(schema_version=4, colour="blue"))
+    assert record.schema_version == 4
+    assert dataclasses.replace(record, schema_version=SCHEMA_VERSION) == make()
 
 
 def test_newer_version_still_needs_the_known_fields() -> None:
     """A newer record must still carry every field this reader knows."""
-    data = json.loads(line_with(schema_version=3))
+    data = json.loads(line_with(schema_version=4))
     del data["status"]
     with pytest.raises(ValueError, match="field 'status': missing"):
         OutcomeRecord.from_json(json.dumps(data))
