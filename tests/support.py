@@ -17,6 +17,24 @@ DOMAINS = {
 }
 
 
+def minimal_outcome() -> OutcomeRecord:
+    """A successful utterance record with only the fields every record needs."""
+    return OutcomeRecord(
+        kind="utterance",
+        experiment="ab",
+        phase="p-1",
+        variant="a",
+        backend="x",
+        role="primary",
+        client="c",
+        unit="u" * 32,
+        unit_source="query",
+        session_id="s1",
+        protocol="usp",
+        status="Success",
+    )
+
+
 def read_pcm(path: Path) -> bytes:
     with wave.open(str(path), "rb") as wav:
         assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16000, 1, 2)

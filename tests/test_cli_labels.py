@@ -6,32 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
+from support import minimal_outcome
 
 from gateway.cli import main
 from gateway.outcomes.record import OutcomeRecord
 
 
-def outcome() -> OutcomeRecord:
-    return OutcomeRecord(
-        kind="utterance",
-        experiment="ab",
-        phase="p-1",
-        variant="a",
-        backend="x",
-        role="primary",
-        client="c",
-        unit="u" * 32,
-        unit_source="query",
-        session_id="s1",
-        protocol="usp",
-        status="Success",
-    )
-
-
 @pytest.fixture
 def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, OutcomeRecord]:
     monkeypatch.chdir(tmp_path)
-    record = outcome()
+    record = minimal_outcome()
     (tmp_path / "out.jsonl").write_text(record.to_json() + "\n")
     path = tmp_path / "c.toml"
     path.write_text('[outcomes]\npath = "out.jsonl"\n')

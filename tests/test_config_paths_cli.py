@@ -17,11 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from support import ROOT
+from support import ROOT, minimal_outcome
 
 from gateway.control.model import hash_key
 from gateway.local_services import free_port
-from gateway.outcomes.record import OutcomeRecord
 
 SCRIPT = Path(sys.executable).parent / "speech-gateway"
 READY_TIMEOUT_S = 120.0
@@ -126,20 +125,7 @@ def test_label_import_reads_the_store_beside_the_file_and_the_labels_from_cwd(
     directory, the outcome store (written relative in the settings) beside the settings,
     and the labels go beside the outcomes."""
     config_dir, cwd = folders(tmp_path)
-    record = OutcomeRecord(
-        kind="utterance",
-        experiment="ab",
-        phase="p-1",
-        variant="a",
-        backend="x",
-        role="primary",
-        client="c",
-        unit="u" * 32,
-        unit_source="query",
-        session_id="s1",
-        protocol="usp",
-        status="Success",
-    )
+    record = minimal_outcome()
     (config_dir / "store").mkdir()
     (config_dir / "store" / "outcomes.jsonl").write_text(record.to_json() + "\n")
     config = config_dir / "gateway.toml"
