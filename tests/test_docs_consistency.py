@@ -17,7 +17,7 @@ import pytest
 from docs_markdown import backticked, doc, fenced_blocks, section, tables
 from prometheus_client import Counter, Gauge, Histogram
 
-from gateway.constants import RedisKeys
+from gateway.constants import NO_EXPERIMENT, RedisKeys
 from gateway.control.assignment import phase_id
 from gateway.control.breaker import BreakerState
 from gateway.control.guardrails import GuardrailName
@@ -40,9 +40,10 @@ _TYPES = {Counter: "counter", Gauge: "gauge", Histogram: "histogram"}
 # -- breaker names ---------------------------------------------------------------------------
 
 
-def render_breaker_template(template: str, variant: Variant) -> str:
-    """A doc's `<backend>/<...>` name, filled in for `variant`."""
+def render_breaker_template(template: str, experiment: str | None, variant: Variant) -> str:
+    """A doc's `<backend>/<...>` name, filled in for `variant` of `experiment`."""
     values = {"backend": variant.backend.name, "variant": variant.name}
+    values["experiment"] = experiment or NO_EXPERIMENT
     values["endpoint id"] = variant.endpoint_id or ""
 
     def fill(match: re.Match[str]) -> str:
@@ -54,27 +55,36 @@ def render_breaker_template(template: str, variant: Variant) -> str:
     return re.sub(r"<([^>]+)>", fill, template)
 
 
+# A breaker name as the docs write it: `<backend>` and more segments, placeholders or words.
+BREAKER_TEMPLATE = r"<backend>(?:/(?:<[^>]+>|[A-Za-z0-9._-]+))+"
+
+
 @pytest.mark.parametrize("page", ["observability.md", "admin.md"])
 def test_the_breaker_names_the_docs_give_are_the_codes(page: str) -> None:
-    """A custom endpoint's breaker (and its metric label) is `<backend>/<variant>`."""
-    templates = re.findall(r"<backend>/<[^>]+>", doc(page))
+    """A custom endpoint's breaker (and its metric label) is `<backend>/<experiment>/<variant>`;
+    the default variant's, `<backend>/_default/<variant>`."""
+    templates = re.findall(BREAKER_TEMPLATE, doc(page))
     assert templates, f"{page} no longer names the breaker of a custom endpoint"
     for template in templates:
-        assert render_breaker_template(template, CUSTOM) == breaker_name(CUSTOM), template
-    assert breaker_name(BASE) == "azure"
+        experiment = None if f"/{NO_EXPERIMENT}/" in template else "banking"
+        expected = breaker_name(experiment, CUSTOM)
+        assert render_breaker_template(template, experiment, CUSTOM) == expected, template
+    assert breaker_name("banking", BASE) == "azure"
     assert CUSTOM.endpoint_id is not None
-    assert CUSTOM.endpoint_id not in breaker_name(CUSTOM)
+    assert CUSTOM.endpoint_id not in breaker_name("banking", CUSTOM)
 
 
-def test_same_named_custom_variants_share_a_breaker_as_admin_md_says() -> None:
-    """The name holds no endpoint id, so two experiments' `custom` on one backend share it."""
+def test_same_named_custom_variants_have_a_breaker_each_as_admin_md_says() -> None:
+    """Named by experiment and variant: two experiments' `custom` on one backend fail
+    independently."""
     assert re.search(
-        r"Variants of the same name with custom endpoints on the same backend, in different\s+"
-        r"experiments, share one breaker",
+        r"Variants\s+of the same name with custom endpoints on the same backend, in different\s+"
+        r"experiments, have\s+a breaker each",
         doc("admin.md"),
     )
     other = Variant("custom", AZURE, "0123abcd-checkout", 50.0)
-    assert breaker_name(other) == breaker_name(CUSTOM)
+    assert breaker_name("checkout", other) != breaker_name("banking", CUSTOM)
+    assert "0123abcd-checkout" not in breaker_name("checkout", other)
 
 
 # -- metrics ---------------------------------------------------------------------------------

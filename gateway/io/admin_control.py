@@ -24,7 +24,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from gateway.control.model import Experiment
+from gateway.control.model import Experiment, Variant
 from gateway.control.state import Change, Changes, ExperimentState
 from gateway.errors import ControlError
 from gateway.io.admin_openapi import openapi_document
@@ -332,11 +332,12 @@ async def backends(request: web.Request) -> web.Response:
     async def work() -> Json:
         _admin(request)
         state = request.app[STATE]
-        variants = [v for e in state.config.experiments for v in e.variants]
+        variants: list[tuple[str | None, Variant]]
+        variants = [(e.id, v) for e in state.config.experiments for v in e.variants]
         if state.config.default_variant is not None:
-            variants.append(state.config.default_variant)
-        for variant in variants:  # every configured one, dialled yet or not
-            state.backends.breakers.get(breaker_name(variant))
+            variants.append((None, state.config.default_variant))
+        for experiment, variant in variants:  # every configured one, dialled yet or not
+            state.backends.breakers.get(breaker_name(experiment, variant))
         snapshot = state.backends.snapshot()
         return {"backends": [{"name": n, "breaker": b} for n, b in snapshot.items()]}
 

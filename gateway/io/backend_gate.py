@@ -1,10 +1,10 @@
 """Which backend a new session may dial: circuit breakers per backend, failover to control.
 
 Before a session or request dials its variant's backend, `admit` asks that backend's
-breaker (`gateway.control.breaker`; a custom endpoint's variant has its own, `breaker_name`). While
-it is open, the session goes to the experiment's control variant (`on_open = "failover"`;
-its records carry `failover_from`) or is refused (`"reject"`, or when control's backend is
-down too). Every dial reports back: a backend
+breaker (`gateway.control.breaker`; a custom endpoint's variant has one of its own in each
+experiment, `breaker_name`). While it is open, the session goes to the experiment's control
+variant (`on_open = "failover"`; its records carry `failover_from`) or is refused
+(`"reject"`, or when control's backend is down too). Every dial reports back: a backend
 that cannot be connected, times out or answers 5xx counts as a failure; any other answer
 (a 401 or 429 too) shows that the backend is up. A dial that fails on a challenger's backend
 is retried once on control, so with the custom backend down the SDK user still gets results
@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from gateway.constants import NO_EXPERIMENT
 from gateway.control.breaker import BreakerPolicy, Breakers, BreakerState
 from gateway.control.model import Variant
 from gateway.errors import UpstreamError, UpstreamRejected
@@ -34,14 +35,28 @@ log = get_logger(__name__)
 BREAKER_OPEN = "breaker_open"  # error_code of a session refused by an open breaker
 
 
-def breaker_name(variant: Variant) -> str:
+def breaker_name(experiment_id: str | None, variant: Variant) -> str:
     """The breaker a variant's sessions go through: its backend, or for a custom endpoint
-    `<backend>/<variant>`. A failing custom endpoint must not open the breaker of the base
-    model that shares its service (the control, often), or failover would have nowhere to
-    go. Named by the variant, not the endpoint id: the name is a metric label on the
-    unauthenticated /metrics, and endpoint ids never leave the gateway."""
+    `<backend>/<experiment>/<variant>` (`experiment_id` None: the default variant, under
+    `NO_EXPERIMENT`).
+
+    A failing custom endpoint must not open the breaker of the base model that shares its
+    service (the control, often), or failover would have nowhere to go; nor the breaker of
+    another experiment's endpoint, which variant names do not tell apart. Named by the
+    experiment and variant, not the endpoint id: the name is a metric label on the
+    unauthenticated /metrics, and endpoint ids never leave the gateway. Neither ids nor
+    names may hold a `/` (config), so no two variants' names can collide."""
     backend = variant.backend.name
-    return backend if variant.endpoint_id is None else f"{backend}/{variant.name}"
+    if variant.endpoint_id is None:
+        return backend
+    experiment = NO_EXPERIMENT if experiment_id is None else experiment_id
+    return f"{backend}/{experiment}/{variant.name}"
+
+
+def route_breaker_name(route: Route) -> str:
+    """The breaker of the variant `route` dials, in its experiment."""
+    experiment = route.experiment.id if route.experiment is not None else None
+    return breaker_name(experiment, route.variant)
 
 
 def client_session_key(route: Route) -> str | None:
@@ -82,7 +97,7 @@ class BackendGate:
             if fallback is not None and self._allow(fallback):
                 self._failed_over(fallback)
                 return fallback
-        self._metrics.breaker_refusals.labels(breaker_name(route.variant)).inc()
+        self._metrics.breaker_refusals.labels(route_breaker_name(route)).inc()
         return None
 
     def fallback(self, route: Route, error: UpstreamError) -> Route | None:
@@ -97,7 +112,7 @@ class BackendGate:
 
     def report(self, route: Route, error: UpstreamError | None) -> None:
         """The result of dialling `route`'s backend (None: connected)."""
-        breaker = self.breakers.get(breaker_name(route.variant))
+        breaker = self.breakers.get(route_breaker_name(route))
         session = client_session_key(route)
         if error is not None and is_backend_failure(error):
             breaker.failure(self._clock(), session)
@@ -108,7 +123,7 @@ class BackendGate:
         return self.breakers.snapshot(self._clock())
 
     def _allow(self, route: Route) -> bool:
-        return self.breakers.get(breaker_name(route.variant)).allow(self._clock())
+        return self.breakers.get(route_breaker_name(route)).allow(self._clock())
 
     def _failed_over(self, route: Route) -> None:
         experiment = route.experiment

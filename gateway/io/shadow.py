@@ -5,7 +5,9 @@ returns at once; when the queue is full the frame is dropped and counted (the co
 into the shadow's outcome records, and a shadow that lost frames ends with a
 `shadow_dropped_audio` failure carrying the total, since the drops may come after its last
 result or it may never have produced one). A sender task drains the queue into the shadow's
-WebSocket and a receiver task hands its answers to a callback.
+WebSocket and a receiver task hands its answers to a callback. The shadow is offered the
+subprotocols the client offered, as the primary is (`usp_relay.offered_protocols`): none
+from the JS SDK, `USP` from the native one.
 
 A slow shadow is still given the chance to finish: before a new turn's `speech.context` is
 sent it waits (bounded) for the shadow's previous turn to end, because a service abandons
@@ -44,6 +46,7 @@ class ShadowLink:
         url: str,
         headers: Mapping[str, str],
         *,
+        protocols: tuple[str, ...],
         queue_frames: int,
         connect_timeout_s: float,
         turn_timeout_s: float,
@@ -54,6 +57,8 @@ class ShadowLink:
         self.variant = variant
         self._url = url
         self._headers = dict(headers)
+        # The client's offer, as the primary gets it: a shadow sees the upgrade the SDK sent.
+        self._protocols = protocols
         # Unbounded as a queue, bounded by `offer`: the end sentinel must always fit, or a
         # sender behind a full queue would wait for it until the grace period cuts it off.
         self._queue: asyncio.Queue[tuple[str | bytes, bool] | object] = asyncio.Queue()
@@ -107,7 +112,7 @@ class ShadowLink:
                 http,
                 self._url,
                 self._headers,
-                protocols=("USP",),
+                protocols=self._protocols,
                 timeout_s=self._connect_timeout_s,
             )
         except UpstreamError as exc:

@@ -92,7 +92,7 @@ class _Session:
         # the pump that began it cannot cut it off (see `_close_client`).
         self._closing: asyncio.Task[bool] | None = None
 
-    def start_shadows(self, headers: Mapping[str, str]) -> None:
+    def start_shadows(self, headers: Mapping[str, str], protocols: tuple[str, ...]) -> None:
         settings = self._state.settings
         for variant in self._route.shadows:
             url = variant.backend.ws_url(self._route.path, self._route.upstream_query(variant))
@@ -100,6 +100,7 @@ class _Session:
                 variant,
                 url,
                 upstream_headers(self._route, variant, headers),
+                protocols=protocols,
                 queue_frames=settings.shadow_queue_frames,
                 connect_timeout_s=settings.connect_timeout_s,
                 turn_timeout_s=settings.shadow_grace_s,
@@ -346,7 +347,7 @@ async def handle_usp(
         session = _Session(state, route, relay, client, upstream, request.transport)
         _submit(state, pending)
         if upstream is not None:
-            session.start_shadows(headers)
+            session.start_shadows(headers, offered)
         live.closer = session.close
         with contextlib.suppress(ConnectionError):
             await session.run()
