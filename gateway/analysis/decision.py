@@ -3,17 +3,33 @@
 In the spirit of the pre-built-vs-custom decision: a custom model ships only when its WER
 gain is real (the always-valid interval of the difference excludes zero, so checking the
 report every day does not manufacture a win) and nothing the users feel gets worse — errors,
-refusals and latency are guardrails. A guardrail *regresses* when the challenger is worse
-beyond its margin and the interval of the difference excludes zero. The rules, in order,
-are listed in docs/analysis.md ("The recommendation").
+refusals and latency are guardrails. A guardrail *regresses* when the always-valid,
+unit-clustered lower bound of challenger - control exceeds its margin at some look (the
+same one-sided test as the live control plane's, `gateway.control.guardrails`). The rules,
+in order, are listed in docs/analysis.md ("The recommendation").
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from gateway.stats.bootstrap import quantile
+import numpy as np
+
+from gateway.analysis.evidence import WerEvidence, family_test, multiplicity_json, wer_evidence
+from gateway.analysis.observations import OutcomeTable, below_sums
+from gateway.analysis.planner import from_phase
+from gateway.control.guardrails import (
+    LATENCY_EDGES_MS,
+    ArmEvidence,
+    Assessment,
+    Guardrails,
+    assess,
+)
+from gateway.stats import clustered
+from gateway.stats.multiplicity import HolmResult
 
 if TYPE_CHECKING:
     from gateway.analysis.observations import VariantObservations
@@ -41,78 +57,137 @@ def _ci_points(ci: list[float | None] | None) -> str:
 
 
 def guardrails(
-    comparison: Mapping[str, Any],
     control: VariantObservations,
     challenger: VariantObservations,
+    ends: Sequence[float],
     options: AnalysisOptions,
+    configured: Guardrails | None = None,
 ) -> list[Json]:
-    """The challenger's guardrails against the control: error, cancellation, latency."""
-    checks: list[Json] = []
-    enough = min(len(control.outcomes), len(challenger.outcomes)) >= options.min_outcomes
-    for metric, category in (("error_rate", "error"), ("cancellation_rate", "cancellation")):
-        rate = comparison["rates"][category]
-        if not enough or rate["difference"] is None:
-            checks.append(_insufficient(metric, options.min_outcomes))
-            continue
-        low = rate["ci"][0]
-        regressed = low > 0 and rate["difference"] > options.rate_margin
-        checks.append(
-            {
-                "metric": metric,
-                "status": "regressed" if regressed else "ok",
-                "detail": f"{_points(rate['difference'])} ({_ci_points(rate['ci'])})",
-            }
-        )
-    checks.append(_latency_guardrail(comparison, control, challenger, options))
-    return checks
+    """The challenger's guardrails against the control, tested as the live control plane
+    tests them (`gateway.control.guardrails.assess`), on the units' sums, at every look.
+
+    With the experiment's configured guardrails (`configured`) their limits, alpha and
+    minimum are used; without, the error and cancellation rates with `options.rate_margin`
+    and the median latency with the latency margin. A guardrail regresses when its
+    always-valid lower bound of challenger - control exceeded its limit at some look; as the
+    bound holds at every look at once, checking daily does not inflate false rollbacks.
+    """
+    table_a, table_b = OutcomeTable.of(control.outcomes), OutcomeTable.of(challenger.outcomes)
+    tests = configured or _default_guardrails(table_a, options)
+    last: dict[str, Assessment] = {}
+    highest: dict[str, Assessment] = {}  # the look with the highest lower bound
+    looks = sorted({(table_a.upto(end), table_b.upto(end)) for end in ends})
+    for upto_a, upto_b in looks:
+        for check in assess(
+            tests,
+            guardrail_evidence(table_a, upto_a, tests),
+            guardrail_evidence(table_b, upto_b, tests),
+        ):
+            last[check.guardrail] = check
+            best = highest.get(check.guardrail)
+            if check.lower_bound is not None and (
+                best is None or best.lower_bound is None or check.lower_bound > best.lower_bound
+            ):
+                highest[check.guardrail] = check
+    return [_guardrail_json(check, highest.get(name), tests) for name, check in last.items()]
+
+
+def _default_guardrails(control: OutcomeTable, options: AnalysisOptions) -> Guardrails:
+    """The analysis' own guardrails when the experiment configures none (docs/analysis.md)."""
+    values, _ = control.latency_values("final_latency_ms")
+    median = float(np.median(values)) if values.size else 0.0
+    return Guardrails(
+        max_error_rate_increase=options.rate_margin,
+        max_cancellation_rate_increase=options.rate_margin,
+        latency_quantile=0.5,
+        max_latency_increase_ms=max(
+            options.latency_margin_ms, options.latency_margin_share * median
+        ),
+        min_outcomes=max(20, options.min_outcomes),
+        alpha=options.alpha,
+    )
+
+
+def guardrail_evidence(table: OutcomeTable, upto: int, tests: Guardrails) -> ArmEvidence:
+    """An arm's evidence from its first `upto` outcomes, clustered by unit."""
+    values, units = table.latency_values("final_latency_ms", upto)
+    histogram: tuple[int, ...] = ()
+    design_effect = 1.0
+    if values.size:
+        edges = np.asarray(LATENCY_EDGES_MS)
+        buckets = np.minimum(np.searchsorted(edges, values, side="right"), edges.size - 1)
+        histogram = tuple(int(c) for c in np.bincount(buckets, minlength=edges.size))
+        at = float(np.quantile(values, tests.latency_quantile))
+        design_effect = clustered.design_effect(below_sums(values, units, at))
+    return ArmEvidence(
+        table.rate_sums("error", upto),
+        table.rate_sums("cancellation", upto),
+        table.rate_sums("no_match", upto),
+        histogram,
+        design_effect,
+    )
+
+
+def _guardrail_json(last: Assessment, highest: Assessment | None, tests: Guardrails) -> Json:
+    if last.guardrail == "latency":
+        return _latency_guardrail(last, highest, tests)
+    metric = last.guardrail
+    if highest is None or last.control is None or last.challenger is None:
+        return _insufficient(metric, tests.min_outcomes)
+    assert highest.lower_bound is not None
+    return {
+        "metric": metric,
+        "status": "regressed" if highest.breached else "ok",
+        "detail": f"{_points(last.challenger - last.control)} (always-valid lower bound "
+        f"{_points(highest.lower_bound)}; margin {_points(last.limit)})",
+    }
 
 
 def _insufficient(metric: str, needed: int) -> Json:
     return {
         "metric": metric,
         "status": "insufficient",
-        "detail": f"fewer than {needed} outcomes in an arm",
+        "detail": f"fewer than {needed} outcomes or {clustered.MIN_UNITS} units in an arm",
     }
 
 
-def _latency_guardrail(
-    comparison: Mapping[str, Any],
-    control: VariantObservations,
-    challenger: VariantObservations,
-    options: AnalysisOptions,
-) -> Json:
-    metric = "final_latency_p50_ms"
-    latency = comparison["latency"]["final_latency_ms"]
-    values = [v for o in control.outcomes if (v := o.final_latency_ms) is not None]
-    challenger_n = sum(o.final_latency_ms is not None for o in challenger.outcomes)
-    if min(len(values), challenger_n) < options.min_outcomes or latency["ci"] is None:
-        return _insufficient(metric, options.min_outcomes)
-    median = quantile(values, 0.5)
-    margin = max(options.latency_margin_ms, options.latency_margin_share * median)
-    difference = latency["median_difference"]
-    low, high = latency["ci"]
-    regressed = low is not None and low > 0 and difference > margin
+def _latency_guardrail(last: Assessment, highest: Assessment | None, tests: Guardrails) -> Json:
+    metric = f"final_latency_p{100.0 * tests.latency_quantile:g}_ms"
+    if last.control is None or last.challenger is None or highest is None:
+        return _insufficient(metric, tests.min_outcomes)
+    assert highest.lower_bound is not None
+    difference = last.challenger - last.control
     return {
         "metric": metric,
-        "status": "regressed" if regressed else "ok",
-        "detail": f"{difference:+.0f} ms (CI {_ms(low)} to {_ms(high)}; margin {margin:.0f} ms)",
+        "status": "regressed" if highest.breached else "ok",
+        "detail": f"{difference:+.0f} ms (always-valid lower bound {_ms(highest.lower_bound)}"
+        f"; margin {last.limit:.0f} ms)",
     }
 
 
-def _ms(value: float | None) -> str:
-    return "?" if value is None else f"{value:+.0f}"
+def _ms(bound: float) -> str:
+    """A lower bound in ms; none yet while the control's quantile is unbounded above."""
+    return f"{bound:+.0f} ms" if math.isfinite(bound) else "none yet"
 
 
 def recommend(
     phase: Mapping[str, Any] | None, info: ExperimentInfo | None, options: AnalysisOptions
 ) -> Json:
-    """The action for the most relevant phase (the current one, else the latest)."""
+    """The action for the most relevant phase (the current one, else the latest).
+
+    Every challenger's WER test is one of a family, corrected together (Holm, in
+    `gateway.analysis.evidence`); `multiplicity` in the result says how, and `evidence`
+    which comparison decided the chosen challenger's WER question.
+    """
     if phase is None or not phase["comparisons"]:
         return {
             "action": KEEP_COLLECTING,
             "variant": None,
             "phase": None if phase is None else phase["phase"],
             "reason": "no challenger has outcomes next to the control yet",
+            "evidence": None,
+            "multiplicity": None,
+            "plan": None,
         }
     if phase["srm"]["status"] == "mismatch":
         return {
@@ -124,10 +199,23 @@ def recommend(
                 "is not the configured one, so no comparison can be trusted; find the cause "
                 "(targeting, unit ids, failing sessions) first"
             ),
+            "evidence": None,
+            "multiplicity": None,
+            "plan": None,
         }
     variants = {v["name"]: v for v in phase["variants"]}
+    min_gain = info.min_wer_gain if info is not None else 0.0
+    evidence = {c["variant"]: wer_evidence(c, variants, min_gain) for c in phase["comparisons"]}
+    tests = family_test(evidence, options.alpha)
     choices = [
-        _judge(comparison, variants, phase, info, options) for comparison in phase["comparisons"]
+        _judge(
+            comparison,
+            _Question(evidence[comparison["variant"]], tests[comparison["variant"]], min_gain),
+            phase,
+            info,
+            options,
+        )
+        for comparison in phase["comparisons"]
     ]
     choices.sort(key=lambda choice: _PRIORITY.index(choice["action"]))
     best = choices[0]
@@ -136,81 +224,112 @@ def recommend(
         winners = [c for c in choices if c["action"] == SHIP_CUSTOM]
         best = min(winners, key=lambda c: c["_wer"])
     best.pop("_wer", None)
+    best["multiplicity"] = multiplicity_json(evidence, tests, options.alpha, min_gain)
+    best["plan"] = None
+    if best["action"] in (KEEP_COLLECTING, RAMP_UP) and best["variant"] is not None:
+        # Still collecting: how much longer, at the pace so far (gateway.analysis.planner).
+        name = best["variant"]
+        best["plan"] = from_phase(
+            phase, name, evidence[name], alpha=options.alpha, min_gain=min_gain
+        )
     return best
+
+
+@dataclass(frozen=True, slots=True)
+class _Question:
+    """One challenger's WER question: its evidence, its Holm verdict, the minimum gain."""
+
+    evidence: WerEvidence
+    test: HolmResult
+    min_gain: float
 
 
 def _judge(
     comparison: Mapping[str, Any],
-    variants: Mapping[str, Mapping[str, Any]],
+    question: _Question,
     phase: Mapping[str, Any],
     info: ExperimentInfo | None,
     options: AnalysisOptions,
 ) -> Json:
     name = comparison["variant"]
+    found = question.evidence
 
-    def choice(action: str, reason: str, wer: float = 0.0) -> Json:
+    def choice(action: str, reason: str, wer: float = 0.0, *, decided: bool = True) -> Json:
         return {
             "action": action,
             "variant": name,
             "phase": phase["phase"],
             "reason": f"{name}: {reason}",
+            # Which WER comparison decided (null when WER did not: a guardrail did, or
+            # there is too little WER evidence yet).
+            "evidence": found.source if decided else None,
             "_wer": wer,
         }
+
+    def undecided(reason: str) -> Json:
+        return _undecided(choice, reason, name, phase, info)
 
     regressed = [g for g in comparison["guardrails"] if g["status"] == "regressed"]
     if regressed:
         what = "; ".join(f"{g['metric']} {g['detail']}" for g in regressed)
-        return choice(ROLL_BACK, f"guardrail regressed: {what}")
-    wer = comparison["wer"]
-    scored = [variants[n]["wer"] for n in (name, comparison["control"])]
-    labelled = min(0 if w is None else w["utterances"] for w in scored)
-    if wer is None and min(variants[n]["labelled"] for n in (name, comparison["control"])):
-        return _undecided(
-            choice,
+        return choice(ROLL_BACK, f"guardrail regressed: {what}", decided=False)
+    control = comparison["control"]
+    labelled = [phase_variant["labelled"] for phase_variant in _arms(phase, name, control)]
+    if found.difference is None and min(labelled):
+        return undecided(
             "labelled utterances carry no recognised text (outcomes.text_privacy is hash or "
-            "none), so WER cannot be scored",
-            name,
-            phase,
-            info,
+            "none), so WER cannot be scored"
         )
-    if labelled < options.min_labelled or wer is None:
-        return _undecided(
-            choice,
-            f"only {labelled} labelled utterances in an arm (at least {options.min_labelled} "
-            "needed to judge WER)",
-            name,
-            phase,
-            info,
+    if found.utterances < options.min_labelled or found.difference is None:
+        what = "shadow pairs" if found.source == "shadow_pairs" else "labelled utterances in an arm"
+        return undecided(
+            f"only {found.utterances} {what} (at least {options.min_labelled} needed to judge WER)"
         )
-    conflicts = wer["always_valid"]["conflicts"]
-    if conflicts:
+    if found.conflicts:
         return choice(
             KEEP_COLLECTING,
-            f"the WER effect changed over time ({conflicts} look(s) disagree with earlier "
-            "ones: drift, or a model changed behind the same endpoint?); see the cumulative "
-            "effect plot before deciding",
+            f"the WER effect changed over time ({found.conflicts} look(s) disagree with "
+            "earlier ones: drift, or a model changed behind the same endpoint?); see the "
+            "cumulative effect plot before deciding",
         )
-    interval = wer["always_valid"]["ci"]
-    low, high = interval
-    confidence = round(options.confidence * 100)
-    text = (
-        f"WER {_points(wer['difference'])} vs {comparison['control']} "
-        f"(always-valid {confidence}% {_ci_points(interval)})"
-    )
-    if high is not None and high < 0:
+    text = _wer_text(found, control, question.test, options)
+    low = (found.interval or [None, None])[0]
+    if question.test.rejected:
         insufficient = [g["metric"] for g in comparison["guardrails"] if g["status"] != "ok"]
         if insufficient:
-            return _undecided(
-                choice,
-                f"{text}, but guardrails {', '.join(insufficient)} lack data",
-                name,
-                phase,
-                info,
-            )
-        return choice(SHIP_CUSTOM, f"{text}; no guardrail regresses", variants[name]["wer"]["wer"])
+            return undecided(f"{text}, but guardrails {', '.join(insufficient)} lack data")
+        wer = comparison["shadow"]["challenger_wer"] if found.source == "shadow_pairs" else None
+        if wer is None:
+            wer = _variant(phase, name)["wer"]["wer"]
+        return choice(SHIP_CUSTOM, f"{text}; no guardrail regresses", wer)
     if low is not None and low > 0:
         return choice(KEEP_BASE, f"{text}: the challenger is worse")
-    return _undecided(choice, f"{text}: not conclusive yet", name, phase, info)
+    if question.min_gain > 0 and low is not None and low > -question.min_gain:
+        return choice(
+            KEEP_BASE,
+            f"{text}: the gain is below the minimum worth shipping "
+            f"({question.min_gain * 100:.1f} points)",
+        )
+    return undecided(f"{text}: not conclusive yet")
+
+
+def _variant(phase: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    return next(v for v in phase["variants"] if v["name"] == name)
+
+
+def _arms(phase: Mapping[str, Any], name: str, control: str) -> list[Mapping[str, Any]]:
+    return [_variant(phase, name), _variant(phase, control)]
+
+
+def _wer_text(found: WerEvidence, control: str, test: HolmResult, options: AnalysisOptions) -> str:
+    source = "on shadow pairs (same audio)" if found.source == "shadow_pairs" else "unpaired"
+    confidence = round(options.confidence * 100)
+    difference = found.difference if found.difference is not None else 0.0
+    return (
+        f"WER {_points(difference)} vs {control} {source} "
+        f"(always-valid {confidence}% {_ci_points(found.interval)}; "
+        f"Holm-adjusted p = {test.adjusted:.2g})"
+    )
 
 
 def _undecided(
@@ -222,8 +341,8 @@ def _undecided(
         share = info.shares.get(name)
     if share is not None and 0 < share < 0.5:
         result: Json = choice(
-            RAMP_UP, f"{reason}; no guardrail regresses at {share:.0%} of traffic"
+            RAMP_UP, f"{reason}; no guardrail regresses at {share:.0%} of traffic", decided=False
         )
         return result
-    collecting: Json = choice(KEEP_COLLECTING, reason)
+    collecting: Json = choice(KEEP_COLLECTING, reason, decided=False)
     return collecting

@@ -15,19 +15,29 @@ same client session (`client_session`, the SDK's connection id). A failure that 
 retried (`retried_attempts`) was never seen by its user: it counts as a failed attempt, but
 not as an outcome, so the outcome rates (and the guardrails) are the ones users saw, as the
 live guardrails count them (`gateway.control.retries`).
+
+Units: the randomisation unit (user, device) is what is independent, not the utterance; one
+unit's outcomes share its speaker, microphone and network. `OutcomeTable` and
+`wer_unit_sums` are the one place where outcomes become per-unit sums, which every rate,
+latency and WER statistic of the analysis uses (`gateway.stats.clustered`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import pairwise
-from typing import Final, Literal
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
 
 from gateway.outcomes.labels import Label
 from gateway.outcomes.pairing import pair_shadows
 from gateway.outcomes.record import Kind, OutcomeRecord, Role
+from gateway.stats.clustered import UnitSums
 from gateway.stats.wer import WerCounts, align
 
 Category = Literal["success", "no_match", "error", "cancellation"]
@@ -261,3 +271,83 @@ def _shadow_pairs(records: list[OutcomeRecord], labels: Mapping[str, Label]) -> 
             )
         )
     return pairs
+
+
+@dataclass(frozen=True, slots=True)
+class OutcomeTable:
+    """One arm's outcomes, in time order, as arrays: the per-unit sums of any prefix.
+
+    A prefix (the outcomes before a look) is given by its length, `upto`; units with no
+    outcome in it do not count.
+    """
+
+    at: npt.NDArray[np.float64]
+    units: npt.NDArray[np.intp]  # a code per outcome, 0..K-1
+    categories: npt.NDArray[np.intp]  # an index into CATEGORIES per outcome
+    latencies: Mapping[LatencyMetric, npt.NDArray[np.float64]]  # NaN: none recorded
+
+    @classmethod
+    def of(cls, outcomes: Sequence[Outcome]) -> OutcomeTable:
+        names = [outcome.unit for outcome in outcomes]
+        _, codes = np.unique(np.asarray(names, dtype=object), return_inverse=True)
+        latencies = {
+            metric: np.array(
+                [math.nan if (v := o.latency(metric)) is None else v for o in outcomes],
+                dtype=np.float64,
+            )
+            for metric in LATENCY_METRICS
+        }
+        return cls(
+            at=np.array([outcome.at for outcome in outcomes], dtype=np.float64),
+            units=codes.reshape(-1).astype(np.intp),
+            categories=np.array([CATEGORIES.index(o.category) for o in outcomes], dtype=np.intp),
+            latencies=latencies,
+        )
+
+    def __len__(self) -> int:
+        return int(self.at.size)
+
+    def upto(self, end: float) -> int:
+        """The number of outcomes before `end` (epoch seconds, exclusive)."""
+        return int(np.searchsorted(self.at, end, side="left"))
+
+    def rate_sums(self, category: Category, upto: int | None = None) -> UnitSums:
+        """Per-unit sums of the outcomes of `category` (x) among all outcomes (n)."""
+        stop = len(self) if upto is None else upto
+        units = self.units[:stop]
+        if not units.size:
+            return UnitSums()
+        hits = (self.categories[:stop] == CATEGORIES.index(category)).astype(np.float64)
+        n = np.bincount(units).astype(np.float64)
+        x = np.bincount(units, weights=hits, minlength=n.size)
+        seen = n > 0
+        return UnitSums.of(x[seen], n[seen])
+
+    def latency_values(
+        self, metric: LatencyMetric, upto: int | None = None
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.intp]]:
+        """The recorded latencies of the prefix and each one's unit code."""
+        stop = len(self) if upto is None else upto
+        values = self.latencies[metric][:stop]
+        recorded = ~np.isnan(values)
+        return values[recorded], self.units[:stop][recorded]
+
+
+def below_sums(values: npt.NDArray[np.float64], units: npt.NDArray[Any], at: float) -> UnitSums:
+    """Per-unit sums of the values <= at (x) among all values (n): the clustered empirical
+    CDF at `at`, whose design effect is that of a quantile near it."""
+    if not values.size:
+        return UnitSums()
+    n = np.bincount(units).astype(np.float64)
+    x = np.bincount(units, weights=(values <= at).astype(np.float64), minlength=n.size)
+    seen = n > 0
+    return UnitSums.of(x[seen], n[seen])
+
+
+def wer_unit_sums(scored: Iterable[Scored]) -> tuple[list[float], list[float]]:
+    """Per unit (in order of first appearance): its errors and its reference words."""
+    totals: dict[str, tuple[int, int]] = {}
+    for item in scored:
+        errors, words = totals.get(item.unit, (0, 0))
+        totals[item.unit] = (errors + item.counts.errors, words + item.counts.reference_words)
+    return [float(e) for e, _ in totals.values()], [float(w) for _, w in totals.values()]

@@ -27,27 +27,27 @@ from gateway.analysis.observations import (
     LATENCY_METRICS,
     Category,
     LatencyMetric,
+    OutcomeTable,
     PhaseObservations,
     ShadowPair,
     VariantObservations,
     observe,
+    wer_unit_sums,
 )
+from gateway.analysis.paired import with_always_valid
+from gateway.control.guardrails import Guardrails
 from gateway.control.model import Experiment
 from gateway.outcomes.labels import Label
 from gateway.outcomes.reader import OutcomeReader
 from gateway.outcomes.record import OutcomeRecord
+from gateway.stats import clustered
 from gateway.stats.bootstrap import (
-    median_difference_interval,
+    cluster_median_difference_interval,
     paired_ratio_difference_interval,
-    quantile_interval,
     ratio_difference_interval,
     ratio_interval,
 )
-from gateway.stats.proportions import (
-    difference_variance,
-    newcombe_difference_interval,
-    wilson_interval,
-)
+from gateway.stats.proportions import clustered_wilson_interval, wilson_interval
 from gateway.stats.sequential import DEFAULT_TAU, AlwaysValid, always_valid, ratio_variance
 from gateway.stats.srm import sample_ratio_mismatch
 from gateway.stats.wer import WerCounts
@@ -94,6 +94,10 @@ class AnalysisOptions:
             raise ValueError(f"resamples must be at least 100, got {self.resamples}")
         if self.min_labelled < 1 or self.min_outcomes < 1 or self.max_buckets < 1:
             raise ValueError("min_labelled, min_outcomes and max_buckets must be at least 1")
+        if not 0 < self.rate_margin < 1:
+            raise ValueError(f"rate_margin must be in (0, 1), got {self.rate_margin}")
+        if not (self.latency_margin_ms > 0 and self.latency_margin_share >= 0):
+            raise ValueError("latency_margin_ms must be > 0 and latency_margin_share >= 0")
 
     @property
     def alpha(self) -> float:
@@ -109,6 +113,10 @@ class ExperimentInfo:
     shares: Mapping[str, float] = field(default_factory=dict)  # current traffic shares
     # Earlier phases' shares, from the control plane's phase history: their SRM check.
     phase_shares: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # The smallest WER gain worth shipping, as a fraction (0.01: one point); 0: any gain.
+    min_wer_gain: float = 0.0
+    # The experiment's configured guardrails: the analysis tests the same limits.
+    guardrails: Guardrails | None = None
 
     @classmethod
     def of(
@@ -126,6 +134,8 @@ class ExperimentInfo:
             phase=experiment.phase,
             shares=experiment.shares,
             phase_shares=phase_shares,
+            min_wer_gain=experiment.min_wer_gain,
+            guardrails=experiment.guardrails,
         )
 
     def shares_of(self, phase: str) -> Mapping[str, float] | None:
@@ -267,8 +277,9 @@ def _phase(
         for name in names[1:]:
             if not phase.variants[name].outcomes:
                 continue  # forced records only: nothing to compare
+            configured = None if info is None else info.guardrails
             comparison, effect = _comparison(
-                base, phase.variants[name], phase.shadow_pairs, ends, options
+                base, phase.variants[name], phase.shadow_pairs, ends, options, configured
             )
             comparisons.append(comparison)
             cumulative[name] = effect
@@ -356,8 +367,8 @@ def _variant(
     options: AnalysisOptions,
 ) -> Json:
     total = len(variant.outcomes)
-    counts = _category_counts(variant)
-    rates = {name: _share(counts[name], total, options) for name in CATEGORIES}
+    table = OutcomeTable.of(variant.outcomes)
+    rates = {name: _unit_share(table.rate_sums(name), options) for name in CATEGORIES}
     return {
         "name": variant.name,
         "is_control": is_control,
@@ -373,13 +384,25 @@ def _variant(
         "failed_over": variant.failed_over,
         "rates": rates,
         "failures": _failures(variant, options),
-        "latency": {m: _latency(variant, m, edges[m], options) for m in LATENCY_METRICS},
+        "latency": {m: _latency(table, m, edges[m], options) for m in LATENCY_METRICS},
         "wer": _wer(variant, options),
     }
 
 
 def _share(count: int, total: int, options: AnalysisOptions) -> Json:
     low, high = wilson_interval(count, total, options.confidence)
+    return {
+        "count": count,
+        "total": total,
+        "rate": count / total if total else None,
+        "ci": [low, high] if total else None,
+    }
+
+
+def _unit_share(sums: clustered.UnitSums, options: AnalysisOptions) -> Json:
+    """A rate over outcomes with Wilson's interval on the units' effective sample."""
+    count, total = round(sums.x), round(sums.n)
+    low, high = clustered_wilson_interval(sums, options.confidence)
     return {
         "count": count,
         "total": total,
@@ -400,57 +423,37 @@ def _failures(variant: VariantObservations, options: AnalysisOptions) -> Json:
     }
 
 
-def _category_counts(variant: VariantObservations) -> dict[Category, int]:
-    counts: dict[Category, int] = dict.fromkeys(CATEGORIES, 0)
-    for outcome in variant.outcomes:
-        counts[outcome.category] += 1
-    return counts
-
-
-def _latencies(variant: VariantObservations, metric: LatencyMetric) -> list[float]:
-    return [v for o in variant.outcomes if (v := o.latency(metric)) is not None]
-
-
 def _latency(
-    variant: VariantObservations,
+    table: OutcomeTable,
     metric: LatencyMetric,
     edges: list[float],
     options: AnalysisOptions,
 ) -> Json:
-    values = _latencies(variant, metric)
-    if not values:
+    values, units = table.latency_values(metric)
+    if not values.size:
         return {"n": 0, "mean": None, "quantiles": None, "histogram": None}
     quantiles: Json = {}
     for name, q in QUANTILES.items():
-        estimate = quantile_interval(
-            values, q, confidence=options.confidence, resamples=options.resamples, seed=options.seed
-        )
-        ci = _interval(estimate.low, estimate.high) if len(values) > 1 else None
-        quantiles[name] = {"value": estimate.value, "ci": ci}
+        # Clustered by unit: one unit's latencies share its device and network.
+        value, low, high = clustered.quantile_interval(values, units, q, options.confidence)
+        ci = _interval(low, high) if len(values) > 1 else None
+        quantiles[name] = {"value": value, "ci": ci}
     # Values past the last edge (the slowest 1 %) go into the last bin, so nothing is lost.
     clipped = np.minimum(np.asarray(values, dtype=np.float64), edges[-1])
     counts, _ = np.histogram(clipped, bins=np.asarray(edges, dtype=np.float64))
     return {
-        "n": len(values),
+        "n": int(values.size),
         "mean": float(np.mean(values)),
         "quantiles": quantiles,
         "histogram": {"edges": edges, "counts": [int(c) for c in counts]},
     }
 
 
-def _unit_sums(variant: VariantObservations) -> tuple[list[float], list[float]]:
-    totals: dict[str, tuple[int, int]] = {}
-    for item in variant.scored:
-        errors, words = totals.get(item.unit, (0, 0))
-        totals[item.unit] = (errors + item.counts.errors, words + item.counts.reference_words)
-    return [float(e) for e, _ in totals.values()], [float(w) for _, w in totals.values()]
-
-
 def _wer(variant: VariantObservations, options: AnalysisOptions) -> Json | None:
     if not variant.scored:
         return None
     total = sum((item.counts for item in variant.scored), start=WerCounts())
-    errors, words = _unit_sums(variant)
+    errors, words = wer_unit_sums(variant.scored)
     ci: list[float | None] | None = None
     if len(errors) > 1 and sum(words) > 0:
         estimate = ratio_interval(
@@ -480,11 +483,11 @@ def _comparison(
     pairs: Sequence[ShadowPair],
     ends: Sequence[float],
     options: AnalysisOptions,
+    configured: Guardrails | None = None,
 ) -> tuple[Json, list[Json | None]]:
-    rates = {
-        name: _rate_difference(control, challenger, name, ends, options) for name in CATEGORIES
-    }
-    latency = {m: _median_difference(control, challenger, m, options) for m in LATENCY_METRICS}
+    table_a, table_b = OutcomeTable.of(control.outcomes), OutcomeTable.of(challenger.outcomes)
+    rates = {name: _rate_difference(table_a, table_b, name, ends, options) for name in CATEGORIES}
+    latency = {m: _median_difference(table_a, table_b, m, options) for m in LATENCY_METRICS}
     wer, effect = _wer_difference(control, challenger, ends, options)
     comparison: Json = {
         "variant": challenger.name,
@@ -492,33 +495,43 @@ def _comparison(
         "rates": rates,
         "latency": latency,
         "wer": wer,
-        "shadow": _shadow(pairs, control.name, challenger.name, options),
+        "shadow": with_always_valid(
+            _shadow(pairs, control.name, challenger.name, options),
+            pairs,
+            control.name,
+            challenger.name,
+            ends,
+            options.alpha,
+        ),
     }
-    comparison["guardrails"] = guardrails(comparison, control, challenger, options)
+    comparison["guardrails"] = guardrails(control, challenger, ends, options, configured)
     return comparison, effect
 
 
 def _rate_difference(
-    control: VariantObservations,
-    challenger: VariantObservations,
+    control: OutcomeTable,
+    challenger: OutcomeTable,
     name: Category,
     ends: Sequence[float],
     options: AnalysisOptions,
 ) -> Json:
-    a = timeline.cumulative_counts(control.outcomes, ends, name)
-    b = timeline.cumulative_counts(challenger.outcomes, ends, name)
-    (hits_a, total_a), (hits_b, total_b) = a[-1], b[-1]
-    if not total_a or not total_b:
+    """The difference of a rate, clustered by unit: the delta-method interval, and the
+    always-valid test on the same variance at every look."""
+    a, b = control.rate_sums(name), challenger.rate_sums(name)
+    if not a.n or not b.n:
         return {"difference": None, "ci": None, "always_valid": None}
-    low, high = newcombe_difference_interval(hits_a, total_a, hits_b, total_b, options.confidence)
-    looks = [
-        (hb / nb - ha / na, difference_variance(ha, na, hb, nb))
-        for (ha, na), (hb, nb) in zip(a, b, strict=True)
-        if na and nb
-    ]
+    low, high = clustered.difference_interval(a, b, options.confidence)
+    looks: list[tuple[float, float]] = []
+    for end in ends:
+        look_a = control.rate_sums(name, control.upto(end))
+        look_b = challenger.rate_sums(name, challenger.upto(end))
+        if look_a.n and look_b.n:
+            # Infinite below clustered.MIN_UNITS units an arm, a look always_valid skips.
+            variance = clustered.difference_variance(look_a, look_b)
+            looks.append((look_b.rate - look_a.rate, variance))
     sequential = always_valid(looks, tau2=DEFAULT_TAU["rate"] ** 2, alpha=options.alpha)
     return {
-        "difference": hits_b / total_b - hits_a / total_a,
+        "difference": b.rate - a.rate,
         "ci": [low, high],
         "always_valid": _always_valid(sequential),
     }
@@ -534,18 +547,24 @@ def _always_valid(result: AlwaysValid) -> Json:
 
 
 def _median_difference(
-    control: VariantObservations,
-    challenger: VariantObservations,
+    control: OutcomeTable,
+    challenger: OutcomeTable,
     metric: LatencyMetric,
     options: AnalysisOptions,
 ) -> Json:
-    a, b = _latencies(control, metric), _latencies(challenger, metric)
-    if not a or not b:
+    (a, units_a), (b, units_b) = control.latency_values(metric), challenger.latency_values(metric)
+    if not a.size or not b.size:
         return {"median_difference": None, "ci": None}
-    estimate = median_difference_interval(
-        a, b, confidence=options.confidence, resamples=options.resamples, seed=options.seed
+    estimate = cluster_median_difference_interval(
+        a,
+        units_a,
+        b,
+        units_b,
+        confidence=options.confidence,
+        resamples=options.resamples,
+        seed=options.seed,
     )
-    ci = _interval(estimate.low, estimate.high) if len(a) > 1 and len(b) > 1 else None
+    ci = _interval(estimate.low, estimate.high) if a.size > 1 and b.size > 1 else None
     return {"median_difference": estimate.value, "ci": ci}
 
 
@@ -558,8 +577,8 @@ def _wer_difference(
     nothing: list[Json | None] = [None] * len(ends)
     if not control.scored or not challenger.scored:
         return None, nothing
-    errors_a, words_a = _unit_sums(control)
-    errors_b, words_b = _unit_sums(challenger)
+    errors_a, words_a = wer_unit_sums(control.scored)
+    errors_b, words_b = wer_unit_sums(challenger.scored)
     if sum(words_a) == 0 or sum(words_b) == 0:
         return None, nothing
     wer_a = sum(errors_a) / sum(words_a)
@@ -601,6 +620,9 @@ def _wer_difference(
         "relative": (wer_b - wer_a) / wer_a if wer_a else None,
         "ci": ci,
         "always_valid": _always_valid(sequential),
+        # The always-valid test's inputs, one per look: what the decision's tests and the
+        # planner (gateway.stats.planning) read.
+        "looks": [[difference, variance] for difference, variance in looks],
     }, effect
 
 

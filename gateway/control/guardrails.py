@@ -16,10 +16,27 @@ retry it (`gateway.control.retries`, applied by the gateway state before `ArmCou
 guardrail trips on errors users get, not on failures the SDK hid. The attempts stay visible
 in the records, the metrics and the analysis' attempt failure rate.
 
+Units. `assess` is the one implementation of the tests: the live control plane calls it
+through `evaluate`, and the analysis (`gateway.analysis.decision.guardrails`) at every look
+of its timeline. Outcomes of one randomisation unit are not independent, so each arm's
+evidence (`ArmEvidence`) carries, per rate, its sums over units
+(`gateway.stats.clustered.UnitSums`), and for latency the design effect of the units at the
+tested quantile. The analysis has every record and computes both from the units. The live
+counts (`ArmCounts`) carry, beside the totals, the arm's sums over units (`unit_sums`: the
+number of units, sum n_u^2 and per rate sum x_u^2 and sum x_u n_u), which the control plane
+grows by `unit_deltas` from per-unit counters, so the live rate tests are the clustered
+ones too. Counts without them (a phase counted before they were kept) take each outcome as
+its own unit. Live latencies are taken as independent (design effect 1): the design effect
+at a quantile needs each unit's latencies, which the live plane does not keep, so the live
+latency guardrail trips somewhat more easily than alpha says when units' latencies differ
+(docs/statistics.md, "Guardrails").
+
 Rates (errors, cancellations, no-matches over outcomes). H0: p_challenger - p_control <=
-limit. The estimate d = p_b - p_a is taken as normal with the Agresti-Caffo variance V
-(`gateway.stats.proportions.difference_variance`), as in the analysis' always-valid test
-(`gateway.stats.sequential`), but mixing only over effects above the tested value theta
+limit. The estimate d = p_b - p_a is taken as normal with the clustered Agresti-Caffo
+variance V (`gateway.stats.clustered.difference_variance`, the Agresti-Caffo one when each
+unit has one outcome), as in the analysis' always-valid test (`gateway.stats.sequential`),
+and untested while an arm has fewer than `gateway.stats.clustered.MIN_UNITS` units; but
+mixing only over effects above the tested value theta
 (a half-normal of scale tau) instead of a symmetric normal:
 
     Lambda+(theta) = 2 sqrt(V / (V + tau2)) exp(tau2 z^2 / (2 V (V + tau2)))
@@ -35,27 +52,31 @@ at 2 alpha and alpha: the two-sided interval at alpha would be valid too, but co
 Latency quantile q, from histograms over `LATENCY_EDGES_MS`. At an arm's true q-quantile x_q
 the empirical CDF is a proportion of mean q and variance q (1 - q) / n, so the same boundary
 at alpha / 2 (scaled by `RANK_TAU`) gives a rank band q -+ h that holds at every look
-(Woodruff's interval made sequential). The challenger's quantile is then at least the lower
-edge of the bucket holding its rank q - h, the control's at most the upper edge of the
-bucket holding its rank q + h, and the guardrail trips when the difference of the two
-exceeds the limit. Both bounds hold at all looks together with probability >= 1 - alpha, and
-the bucket edges only widen them: conservative and valid for any latency distribution.
+(Woodruff's interval made sequential). With clustered latencies the empirical CDF is a ratio
+over units, whose variance is the design effect times q (1 - q) / n, and so is the band's.
+The challenger's quantile is then at least the lower edge of the bucket holding its rank
+q - h, the control's at most the upper edge of the bucket holding its rank q + h, and the
+guardrail trips when the difference of the two exceeds the limit. Both bounds hold at all
+looks together with probability >= 1 - alpha, and the bucket edges only widen them:
+conservative and valid for any latency distribution.
 
-Each guardrail of each challenger is a separate test at alpha; the chance that any of them
-trips falsely is at most the sum of their alphas. The normal approximations need counts
+The guardrails of a challenger share alpha (Bonferroni: each is tested at alpha divided by
+the number enabled), so the chance that any of them ever trips while every increase is
+within its limit is at most alpha per challenger. The normal approximations need counts
 that are not tiny, hence `min_outcomes` (>= 20) per arm before anything is tested.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Final, Literal
 
-from gateway.stats.proportions import difference_variance
+from gateway.stats.clustered import UnitSums, difference_variance
 from gateway.stats.sequential import mixture_interval
 
 GuardrailName = Literal["error_rate", "cancellation_rate", "no_match_rate", "latency"]
@@ -108,7 +129,7 @@ class Guardrails:
     latency_quantile: float = 0.9  # in (0, 1)
     max_latency_increase_ms: float | None = None  # challenger - control quantile, ms > 0
     min_outcomes: int = 50  # per arm before any guardrail is tested, >= 20
-    alpha: float = 0.05  # in (0, 0.5]: chance of ever tripping while within the limit
+    alpha: float = 0.05  # in (0, 0.5]: chance that any ever trips while within its limit
 
     def __post_init__(self) -> None:
         for name in (
@@ -139,6 +160,12 @@ class ArmCounts:
     latency counts final_latency_ms per `LATENCY_EDGES_MS` bucket
     (of the outcomes that have one): () when there are none, else one count per bucket. An
     all-zero histogram is stored as (), so that counts compare equal after `to_fields`.
+
+    unit_sums are the sums over the arm's randomisation units that a clustered variance
+    needs, in the order of `UNIT_FIELDS`: the number of units, the sum of n_u^2 (n_u a
+    unit's outcomes) and, per rate, the sums of x_u^2 and x_u n_u (x_u its errors,
+    cancellations, no-matches). They grow by `unit_deltas` as a unit's counts grow; () when
+    none are kept (the canonical form of all zeros).
     """
 
     outcomes: int
@@ -146,6 +173,7 @@ class ArmCounts:
     cancellations: int
     no_matches: int
     latency: tuple[int, ...] = ()
+    unit_sums: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.outcomes < 0:
@@ -154,6 +182,11 @@ class ArmCounts:
             count = getattr(self, name)
             if not 0 <= count <= self.outcomes:
                 raise ValueError(f"{name} must be in [0, outcomes={self.outcomes}], got {count}")
+        if self.unit_sums:
+            if len(self.unit_sums) != len(UNIT_FIELDS) or min(self.unit_sums) < 0:
+                raise ValueError(f"unit_sums must be {len(UNIT_FIELDS)} counts >= 0")
+            if not any(self.unit_sums):
+                object.__setattr__(self, "unit_sums", ())
         if not self.latency:
             return
         if len(self.latency) != len(LATENCY_EDGES_MS):
@@ -175,9 +208,12 @@ class ArmCounts:
         """The counts that `to_fields` wrote; a missing field is 0, an unknown one an error."""
         scalars = {_N: 0, _ERROR: 0, _CANCEL: 0, _NOMATCH: 0}
         latency = [0] * len(LATENCY_EDGES_MS)
+        units = dict.fromkeys(UNIT_FIELDS, 0)
         for name, value in fields.items():
             if name in scalars:
                 scalars[name] = value
+            elif name in units:
+                units[name] = value
             elif name.startswith(_LATENCY_PREFIX) and _is_index(name[len(_LATENCY_PREFIX) :]):
                 latency[int(name[len(_LATENCY_PREFIX) :])] = value
             else:
@@ -188,6 +224,7 @@ class ArmCounts:
             cancellations=scalars[_CANCEL],
             no_matches=scalars[_NOMATCH],
             latency=tuple(latency),
+            unit_sums=tuple(units.values()),
         )
 
     def to_fields(self) -> dict[str, int]:
@@ -201,7 +238,54 @@ class ArmCounts:
         for index, count in enumerate(self.latency):
             if count:
                 fields[f"{_LATENCY_PREFIX}{index}"] = count
+        for name, total in zip(UNIT_FIELDS, self.unit_sums, strict=False):
+            if total:
+                fields[name] = total
         return fields
+
+    def rate_sums(self) -> tuple[UnitSums, UnitSums, UnitSums] | None:
+        """Errors, cancellations and no-matches as sums over units, if the unit sums cover
+        every outcome (sum n_u^2 >= sum n_u; not so when a phase began before they were
+        kept); else None."""
+        if not self.unit_sums:
+            return None
+        units, nn, *rates = self.unit_sums
+        if not 0 < units <= self.outcomes or nn < self.outcomes:
+            return None
+        n = float(self.outcomes)
+        counts = (self.errors, self.cancellations, self.no_matches)
+        return tuple(  # type: ignore[return-value]
+            UnitSums(units, float(x), n, float(xx), float(nn), float(xn))
+            for x, xx, xn in zip(counts, rates[0::2], rates[1::2], strict=True)
+        )
+
+
+UNIT_FIELDS: Final = (
+    "units",
+    "nn",
+    "xx.error",
+    "xn.error",
+    "xx.cancel",
+    "xn.cancel",
+    "xx.nomatch",
+    "xn.nomatch",
+)
+"""`ArmCounts.unit_sums` field names (hash fields in Redis: never rename them)."""
+
+UNIT_COUNTS: Final = (_N, _ERROR, _CANCEL, _NOMATCH)
+"""The per-unit counts whose growth `unit_deltas` turns into unit-sum deltas."""
+
+
+def unit_deltas(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+    """How an arm's unit sums (`UNIT_FIELDS`) grow when one unit's counts (`UNIT_COUNTS`:
+    outcomes, errors, cancellations, no-matches) go from before to after."""
+    n0, n1 = before.get(_N, 0), after.get(_N, 0)
+    deltas = {"units": int(n0 == 0 < n1), "nn": n1 * n1 - n0 * n0}
+    for name in (_ERROR, _CANCEL, _NOMATCH):
+        x0, x1 = before.get(name, 0), after.get(name, 0)
+        deltas[f"xx.{name}"] = x1 * x1 - x0 * x0
+        deltas[f"xn.{name}"] = x1 * n1 - x0 * n0
+    return {name: delta for name, delta in deltas.items() if delta}
 
 
 def _is_index(text: str) -> bool:
@@ -281,14 +365,89 @@ def one_sided_margin(variance: float, tau2: float, alpha: float) -> float:
     return margin
 
 
+@dataclass(frozen=True, slots=True)
+class ArmEvidence:
+    """What the tests use of one arm: per rate, its sums over randomisation units
+    (`gateway.stats.clustered.UnitSums`), and the latency histogram with the design effect
+    of the units at the tested quantile (1.0: latencies independent)."""
+
+    errors: UnitSums
+    cancellations: UnitSums
+    no_matches: UnitSums
+    latency: tuple[int, ...] = ()
+    latency_design_effect: float = 1.0
+
+    @property
+    def outcomes(self) -> int:
+        return int(self.errors.n)
+
+    @classmethod
+    def of_counts(cls, counts: ArmCounts) -> ArmEvidence:
+        """The live counts: clustered by unit when they carry complete unit sums, else each
+        outcome taken as its own unit (module doc, "Units"); latencies as independent."""
+        n = counts.outcomes
+        clustered = counts.rate_sums()
+        if clustered is not None:
+            return cls(*clustered, counts.latency)
+        return cls(
+            UnitSums.independent(counts.errors, n),
+            UnitSums.independent(counts.cancellations, n),
+            UnitSums.independent(counts.no_matches, n),
+            counts.latency,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """One guardrail at one look: the estimates and the always-valid lower bound of
+    challenger - control, None while it cannot be tested yet (too few outcomes or units)."""
+
+    guardrail: GuardrailName
+    limit: float
+    control: float | None
+    challenger: float | None
+    lower_bound: float | None
+    outcomes: tuple[int, int]
+    alpha: float
+    quantile: float | None = None
+
+    @property
+    def breached(self) -> bool:
+        return self.lower_bound is not None and self.lower_bound > self.limit
+
+    def breach(self) -> Breach:
+        """The Breach this assessment reports; only for a breached one."""
+        if not self.breached:
+            raise ValueError(f"guardrail {self.guardrail} is not breached")
+        assert self.control is not None
+        assert self.challenger is not None
+        assert self.lower_bound is not None
+        return Breach(
+            self.guardrail,
+            self.control,
+            self.challenger,
+            self.lower_bound,
+            self.limit,
+            self.outcomes,
+            self.alpha,
+            self.quantile,
+        )
+
+
 def evaluate(guardrails: Guardrails, control: ArmCounts, challenger: ArmCounts) -> list[Breach]:
     """The guardrails the challenger breaches against the control, in the order of
     `GuardrailName`; [] while either arm has fewer than `min_outcomes` outcomes (or, for the
     latency guardrail, latencies)."""
-    n_a, n_b = control.outcomes, challenger.outcomes
-    if min(n_a, n_b) < guardrails.min_outcomes:
-        return []
-    rates: tuple[tuple[GuardrailName, float | None, int, int], ...] = (
+    found = assess(guardrails, ArmEvidence.of_counts(control), ArmEvidence.of_counts(challenger))
+    return [check.breach() for check in found if check.breached]
+
+
+def assess(
+    guardrails: Guardrails, control: ArmEvidence, challenger: ArmEvidence
+) -> list[Assessment]:
+    """Every configured guardrail of the challenger against the control, in the order of
+    `GuardrailName`: the one test that both the live control plane and the analysis run."""
+    rates: tuple[tuple[GuardrailName, float | None, UnitSums, UnitSums], ...] = (
         ("error_rate", guardrails.max_error_rate_increase, control.errors, challenger.errors),
         (
             "cancellation_rate",
@@ -303,63 +462,78 @@ def evaluate(guardrails: Guardrails, control: ArmCounts, challenger: ArmCounts) 
             challenger.no_matches,
         ),
     )
-    breaches = []
-    for name, limit, count_a, count_b in rates:
-        if limit is None:
-            continue
-        p_a, p_b = count_a / n_a, count_b / n_b
-        variance = difference_variance(count_a, n_a, count_b, n_b)
-        lower = p_b - p_a - one_sided_margin(variance, RATE_TAU**2, guardrails.alpha)
-        if lower > limit:
-            breaches.append(Breach(name, p_a, p_b, lower, limit, (n_a, n_b), guardrails.alpha))
     latency_limit = guardrails.max_latency_increase_ms
+    enabled = sum(limit is not None for _, limit, _, _ in rates) + (latency_limit is not None)
+    # Bonferroni: each of the challenger's guardrails at alpha / enabled, so that the chance
+    # that any of them ever trips while all are within their limits is at most alpha.
+    alpha = guardrails.alpha / max(enabled, 1)
+    found = [
+        _rate_assessment(guardrails, alpha, name, limit, sums_a, sums_b)
+        for name, limit, sums_a, sums_b in rates
+        if limit is not None
+    ]
     if latency_limit is not None:
-        breach = _latency_breach(guardrails, latency_limit, control.latency, challenger.latency)
-        if breach is not None:
-            breaches.append(breach)
-    return breaches
+        found.append(_latency_assessment(guardrails, alpha, latency_limit, control, challenger))
+    return found
 
 
-def _latency_breach(
-    guardrails: Guardrails, limit: float, control: tuple[int, ...], challenger: tuple[int, ...]
-) -> Breach | None:
+def _rate_assessment(
+    guardrails: Guardrails,
+    alpha: float,
+    name: GuardrailName,
+    limit: float,
+    a: UnitSums,
+    b: UnitSums,
+) -> Assessment:
+    n_a, n_b = int(a.n), int(b.n)
+    p_a = a.rate if n_a else None
+    p_b = b.rate if n_b else None
+    lower = None
+    if min(n_a, n_b) >= guardrails.min_outcomes:
+        # Infinite while an arm has fewer than MIN_UNITS units: not tested yet.
+        variance = difference_variance(a, b)
+        if math.isfinite(variance):
+            lower = b.rate - a.rate - one_sided_margin(variance, RATE_TAU**2, alpha)
+    return Assessment(name, limit, p_a, p_b, lower, (n_a, n_b), alpha)
+
+
+def _latency_assessment(
+    guardrails: Guardrails,
+    alpha: float,
+    limit: float,
+    control: ArmEvidence,
+    challenger: ArmEvidence,
+) -> Assessment:
     # Cumulative counts: below[i] latencies lie below LATENCY_EDGES_MS[i].
-    below_a, below_b = list(accumulate(control)), list(accumulate(challenger))
+    below_a, below_b = list(accumulate(control.latency)), list(accumulate(challenger.latency))
     n_a = below_a[-1] if below_a else 0
     n_b = below_b[-1] if below_b else 0
-    if min(n_a, n_b) < guardrails.min_outcomes:
-        return None
-    q, alpha = guardrails.latency_quantile, guardrails.alpha
-    rank_a = (q + _rank_band(q, n_a, alpha)) * n_a
+    q = guardrails.latency_quantile
+    value_a = _quantile(control.latency, below_a, q * n_a) if n_a else None
+    value_b = _quantile(challenger.latency, below_b, q * n_b) if n_b else None
+    untested = Assessment("latency", limit, value_a, value_b, None, (n_a, n_b), alpha, q)
+    if min(n_a, n_b, control.outcomes, challenger.outcomes) < guardrails.min_outcomes:
+        return untested
+    rank_a = (q + _rank_band(q, n_a, alpha, control.latency_design_effect)) * n_a
     if rank_a >= n_a:
-        return None  # the control's quantile has no upper bound yet: nothing can trip
+        # Tested, but the control's quantile has no upper bound yet: nothing can trip.
+        return dataclasses.replace(untested, lower_bound=-math.inf)
     # The control's quantile is below the smallest edge with more than rank_a values below.
     upper_a = LATENCY_EDGES_MS[bisect.bisect_right(below_a, rank_a)]
     # The challenger's is above the largest edge with fewer than rank_b values below, the
     # lower edge of the bucket where the cumulative count reaches rank_b.
-    rank_b = (q - _rank_band(q, n_b, alpha)) * n_b
+    rank_b = (q - _rank_band(q, n_b, alpha, challenger.latency_design_effect)) * n_b
     index_b = bisect.bisect_left(below_b, rank_b)
     lower_b = LATENCY_EDGES_MS[index_b - 1] if index_b else 0.0
-    lower = lower_b - upper_a
-    if lower <= limit:
-        return None
-    return Breach(
-        "latency",
-        _quantile(control, below_a, q * n_a),
-        _quantile(challenger, below_b, q * n_b),
-        lower,
-        limit,
-        (n_a, n_b),
-        alpha,
-        q,
-    )
+    return Assessment("latency", limit, value_a, value_b, lower_b - upper_a, (n_a, n_b), alpha, q)
 
 
-def _rank_band(q: float, n: int, alpha: float) -> float:
+def _rank_band(q: float, n: int, alpha: float, design_effect: float = 1.0) -> float:
     """h: the empirical CDF at the true q-quantile stays within q -+ h (each side alone with
-    probability >= 1 - alpha / 2) at every n."""
+    probability >= 1 - alpha / 2) at every n; its variance q (1 - q) / n is multiplied by the
+    design effect of clustered latencies."""
     spread = q * (1.0 - q)
-    return one_sided_margin(spread / n, RANK_TAU**2 * spread, alpha / 2.0)
+    return one_sided_margin(design_effect * spread / n, RANK_TAU**2 * spread, alpha / 2.0)
 
 
 def _quantile(counts: tuple[int, ...], below: list[int], rank: float) -> float:

@@ -17,10 +17,13 @@ state with its audit entry atomically if nobody changed the experiment meanwhile
 (compare-and-set on the version; a lost race is retried on the newer state).
 
 Guardrails. Every primary, non-forced outcome of a guarded experiment is counted by phase
-and variant (`observe`, called by the sink); every `guardrail_interval_s` the counts are
-added to the shared counters (Redis: one set of counts for all replicas, so the sequential
-tests see all the traffic and are not repeated once per replica) and each challenger that
-gets traffic is tested against control (`gateway.control.guardrails`). A breach rolls the
+and variant (`observe`, called by the sink), and by randomisation unit; every
+`guardrail_interval_s` the unit counts are added first (`CounterStore.add_units`, which
+returns each unit's counts after the addition, from which `unit_deltas` grows the arm's sums
+over units for the clustered variances), then the arm counts are added to the shared
+counters (Redis: one set of counts for all replicas, so the sequential tests see all the
+traffic and are not repeated once per replica) and each challenger that gets traffic is
+tested against control (`gateway.control.guardrails`). A breach rolls the
 challenger back to weight 0 in a new phase, with the breach as the audited reason; the
 compare-and-set and a check of the phase make concurrent rollbacks by several replicas one.
 """
@@ -38,10 +41,12 @@ from typing import Any, Final
 from gateway.analysis.observations import category
 from gateway.control.guardrails import (
     LATENCY_EDGES_MS,
+    UNIT_COUNTS,
     ArmCounts,
     Breach,
     evaluate,
     latency_bucket,
+    unit_deltas,
 )
 from gateway.control.model import Experiment, GatewayConfig
 from gateway.control.state import (
@@ -54,7 +59,7 @@ from gateway.control.state import (
 )
 from gateway.errors import ControlError
 from gateway.io.control_store import ControlStore, StoredState
-from gateway.io.counter_store import CounterStore
+from gateway.io.counter_store import CounterStore, UnitKey
 from gateway.io.metrics import GatewayMetrics
 from gateway.io.redis_client import REDIS_ERRORS
 from gateway.logging import get_logger
@@ -92,6 +97,7 @@ class ControlPlane:
         self._states = {e.id: initial_state(e) for e in base.experiments}
         self._stored_versions: dict[str, int] = {}  # as last read from the store
         self._pending: dict[_CountKey, Counter[str]] = {}
+        self._unit_pending: dict[UnitKey, Counter[str]] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._store_up: bool | None = None
@@ -349,17 +355,36 @@ class ControlPlane:
         counts = self._pending.get(key)
         if counts is None:
             counts = self._pending[key] = Counter()
-        counts.update(_fields(record))
+        fields = _fields(record)
+        counts.update(fields)
+        # Every per-unit count, 0 included: its value after the addition is needed.
+        unit = self._unit_pending.setdefault((*key, record.unit), Counter())
+        unit.update({name: fields.get(name, 0) for name in UNIT_COUNTS})
 
     async def _flush_counts(self) -> None:
-        if not self._pending:
+        """Add the pending counts: each unit's first, then the arm counts with what the unit
+        counts add to their arms' sums over units (`gateway.control.guardrails.unit_deltas`).
+        Both are taken at once, so the arm counts and their unit sums cover the same
+        outcomes."""
+        if not self._pending and not self._unit_pending:
             return
         pending, self._pending = self._pending, {}
+        units, self._unit_pending = self._unit_pending, {}
+        added = False
         try:
+            if units:
+                after = await self._counters.add_units(units)
+                added = True
+                for key, now in after.items():
+                    before = {name: value - units[key][name] for name, value in now.items()}
+                    pending.setdefault(key[:3], Counter()).update(unit_deltas(before, now))
             await self._counters.add_many(pending)
         except BaseException:
-            for key, counts in pending.items():  # kept for the next flush
-                self._pending.setdefault(key, Counter()).update(counts)
+            for arm, counts in pending.items():  # kept for the next flush
+                self._pending.setdefault(arm, Counter()).update(counts)
+            if not added:
+                for unit_key, unit_counts in units.items():
+                    self._unit_pending.setdefault(unit_key, Counter()).update(unit_counts)
             raise
 
     async def _guardrail_loop(self) -> None:

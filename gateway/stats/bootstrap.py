@@ -1,7 +1,9 @@
 """Percentile-bootstrap intervals for quantiles, medians and ratios such as the WER.
 
-The analysis uses these where no formula fits: latency quantiles and their differences,
-and the corpus WER, sum(errors) / sum(words), whose utterances are not independent because
+The analysis uses these where no formula fits: latency quantiles and their differences
+(`cluster_quantile_interval`, `cluster_median_difference_interval`: one unit's utterances
+share its device and network, so units are resampled with all their latencies), and the
+corpus WER, sum(errors) / sum(words), whose utterances are not independent because
 one session's audio (speaker, microphone, topic) drives all its errors. The resampled unit
 is therefore the session (cluster bootstrap): callers pass one element per session.
 
@@ -168,6 +170,99 @@ def median_difference_interval(
     replicates -= _resampled_quantiles(rng, control_array, 0.5, resamples)
     value = float(np.median(challenger_array) - np.median(control_array))
     degenerate = min(control_array.size, challenger_array.size) < 2
+    return _percentile_estimate(value, replicates, confidence, degenerate=degenerate)
+
+
+def unit_codes(
+    units: Sequence[str] | npt.NDArray[Any], size: int, name: str
+) -> npt.NDArray[np.intp]:
+    """Each value's unit as a code 0..K-1 (K distinct units), checked to match the values."""
+    if len(units) != size:
+        raise ValueError(
+            f"{name} units must have one element per value, got {len(units)} and {size}"
+        )
+    _, codes = np.unique(np.asarray(units), return_inverse=True)
+    return codes.reshape(-1).astype(np.intp)
+
+
+def _resampled_cluster_quantiles(
+    rng: np.random.Generator,
+    values: FloatArray,
+    codes: npt.NDArray[np.intp],
+    q: float,
+    resamples: int,
+) -> FloatArray:
+    """The q-quantile ('linear', as numpy) of each cluster resample: K units drawn with
+    replacement, each with all its values.
+
+    Per resample, a unit drawn c times weighs c on each of its values; the running weight
+    over the sorted values finds the order statistics as in `_resampled_quantiles`.
+    """
+    order = np.argsort(values, kind="stable")
+    ordered, owner = values[order], codes[order]
+    k, n = int(codes.max()) + 1, values.size
+    out = np.empty(resamples)
+    rows = max(1, _BLOCK_ELEMENTS // max(n, k))
+    for start in range(0, resamples, rows):
+        stop = min(resamples, start + rows)
+        count = stop - start
+        draws = rng.integers(0, k, size=(count, k), dtype=np.int32)
+        offsets = np.arange(count, dtype=np.int64)[:, None] * k
+        weights = np.bincount((draws + offsets).ravel(), minlength=count * k).reshape(count, k)
+        running = np.cumsum(weights[:, owner], axis=1)
+        position = (running[:, -1] - 1) * q  # every unit has a value, so each total is >= 1
+        below = np.floor(position)
+        above = np.minimum(below + 1, running[:, -1] - 1)
+        low = ordered[np.argmax(running > below[:, None], axis=1)]
+        high = ordered[np.argmax(running > above[:, None], axis=1)]
+        out[start:stop] = low + (high - low) * (position - below)
+    return out
+
+
+def cluster_quantile_interval(
+    values: Values,
+    units: Sequence[str] | npt.NDArray[Any],
+    q: float,
+    *,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Estimate:
+    """The q-quantile of the values with a percentile interval from resampling units (units
+    gives each value's unit); a single unit gives (-inf, inf)."""
+    _check_q(q)
+    _check_options(confidence, resamples)
+    array = as_array(values, "values")
+    codes = unit_codes(units, array.size, "values'")
+    rng = np.random.default_rng(seed)
+    replicates = _resampled_cluster_quantiles(rng, array, codes, q, resamples)
+    value = float(np.quantile(array, q))
+    return _percentile_estimate(value, replicates, confidence, degenerate=codes.max() < 1)
+
+
+def cluster_median_difference_interval(
+    control: Values,
+    control_units: Sequence[str] | npt.NDArray[Any],
+    challenger: Values,
+    challenger_units: Sequence[str] | npt.NDArray[Any],
+    *,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Estimate:
+    """median(challenger) - median(control), the units of each arm resampled independently."""
+    _check_options(confidence, resamples)
+    control_array = as_array(control, "control")
+    challenger_array = as_array(challenger, "challenger")
+    control_codes = unit_codes(control_units, control_array.size, "control")
+    challenger_codes = unit_codes(challenger_units, challenger_array.size, "challenger")
+    rng = np.random.default_rng(seed)
+    replicates = _resampled_cluster_quantiles(
+        rng, challenger_array, challenger_codes, 0.5, resamples
+    )
+    replicates -= _resampled_cluster_quantiles(rng, control_array, control_codes, 0.5, resamples)
+    value = float(np.median(challenger_array) - np.median(control_array))
+    degenerate = min(control_codes.max(), challenger_codes.max()) < 1
     return _percentile_estimate(value, replicates, confidence, degenerate=degenerate)
 
 

@@ -3,7 +3,11 @@
 The analysis reports rates such as the session failure rate or the no-match rate per variant.
 `wilson_interval` bounds one rate; `newcombe_difference_interval` bounds the difference
 challenger minus control for a fixed-horizon report; `difference_variance` feeds the same
-difference to the always-valid test in `gateway.stats.sequential`. Arm "a" is always the
+difference to the always-valid test in `gateway.stats.sequential`. These treat outcomes as
+independent; the analysis uses `clustered_wilson_interval`, Wilson's formula on the
+effective sample of `gateway.stats.clustered` (outcomes divided by the design effect of the
+units), and for differences `gateway.stats.clustered.difference_interval` and
+`gateway.stats.clustered.difference_variance`. Arm "a" is always the
 control and arm "b" the challenger, so a positive difference means the challenger's rate is
 higher. Formulas and their references are in docs/statistics.md.
 """
@@ -12,6 +16,8 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
+
+from gateway.stats.clustered import UnitSums, effective, t_quantile
 
 
 def _z(confidence: float) -> float:
@@ -29,7 +35,7 @@ def _check_counts(successes: int, total: int, name: str = "") -> None:
         raise ValueError(f"successes{label} must be in [0, total={total}], got {successes}")
 
 
-def _wilson(successes: int, total: int, z: float) -> tuple[float, float]:
+def _wilson(successes: float, total: float, z: float) -> tuple[float, float]:
     p = successes / total
     z2n = z * z / total
     centre = (p + z2n / 2.0) / (1.0 + z2n)
@@ -45,6 +51,15 @@ def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tup
     if total == 0:
         return 0.0, 1.0
     return _wilson(successes, total, z)
+
+
+def clustered_wilson_interval(sums: UnitSums, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson's interval on the effective sample of clustered outcomes, with Student's
+    quantile for K - 1 degrees of freedom; (0.0, 1.0) with no outcome or a single unit."""
+    _z(confidence)
+    if sums.n <= 0.0 or sums.units < 2:
+        return 0.0, 1.0
+    return _wilson(*effective(sums), t_quantile(confidence, sums.units - 1))
 
 
 def newcombe_difference_interval(
@@ -65,6 +80,12 @@ def newcombe_difference_interval(
     z = _z(confidence)
     if total_a == 0 or total_b == 0:
         return -1.0, 1.0
+    return _newcombe(successes_a, total_a, successes_b, total_b, z)
+
+
+def _newcombe(
+    successes_a: float, total_a: float, successes_b: float, total_b: float, z: float
+) -> tuple[float, float]:
     p_a = successes_a / total_a
     p_b = successes_b / total_b
     low_a, high_a = _wilson(successes_a, total_a, z)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 from traffic import INFO, Traffic
 
 from gateway.analysis import ExperimentInfo, build_report, render_text
 from gateway.analysis.observations import category
+from gateway.control.guardrails import Guardrails
 from gateway.outcomes.record import Role
-from gateway.stats.proportions import wilson_interval
+from gateway.stats.clustered import UnitSums, difference_interval
+from gateway.stats.clustered import quantile_interval as clustered_quantile_interval
+from gateway.stats.proportions import clustered_wilson_interval, wilson_interval
 from gateway.stats.wer import corpus_wer
 
 
@@ -39,7 +44,12 @@ def test_counts_rates_and_wer_add_up() -> None:
         "error": 1,
         "cancellation": 1,
     }
-    assert rates["success"]["ci"] == pytest.approx(list(wilson_interval(30, 33, 0.95)))
+    # One outcome per unit: Wilson's interval, with Student's quantile for 33 units.
+    one_each = UnitSums.independent(30, 33)
+    assert rates["success"]["ci"] == pytest.approx(list(clustered_wilson_interval(one_each)))
+    low, high = wilson_interval(30, 33, 0.95)
+    assert rates["success"]["ci"][0] < low
+    assert rates["success"]["ci"][1] > high
 
     expected = corpus_wer(
         (traffic.labels[r.record_id].text, r.text or "")
@@ -317,3 +327,72 @@ def test_a_timeline_never_has_more_buckets_than_asked(seconds: int) -> None:
     for first in (0.0, 17.3, 86_399.9):
         length = timeline.bucket_seconds(first, first + seconds, 48)
         assert len(timeline.boundaries(first, first + seconds, length)) <= 48
+
+
+def _clustered_traffic() -> Traffic:
+    """30 units an arm, 8 utterances each; a unit either never or always gets a no-match,
+    and its latencies sit around its own level (its device and network)."""
+    made = Traffic()
+    at = 0
+    for variant in ("base", "custom"):
+        for unit in range(30):
+            level = 300.0 + 40.0 * unit
+            for _ in range(8):
+                made.utterance(
+                    variant,
+                    at,
+                    unit=f"{variant}-{unit}",
+                    status="NoMatch" if unit % 2 else "Success",
+                    final_latency_ms=level + made.rng.random(),
+                )
+                at += 1
+    return made
+
+
+def test_rates_and_latency_intervals_are_clustered_by_unit() -> None:
+    """Outcomes of one unit go together: the rate and latency intervals are those of the
+    units' sums, far wider than if the 240 utterances were independent."""
+    report = _clustered_traffic().report()
+    [phase] = report["phases"]
+    custom = variants(report)["custom"]
+    no_match = custom["rates"]["no_match"]
+    assert (no_match["count"], no_match["total"]) == (120, 240)
+    plain_low, plain_high = wilson_interval(120, 240)
+    low, high = no_match["ci"]
+    assert high - low > 2.5 * (plain_high - plain_low)
+    per_unit = UnitSums.of([8.0 * (u % 2) for u in range(30)], [8.0] * 30)
+    assert no_match["ci"] == pytest.approx(list(clustered_wilson_interval(per_unit)))
+    [comparison] = phase["comparisons"]
+    assert comparison["rates"]["no_match"]["ci"] == pytest.approx(
+        list(difference_interval(per_unit, per_unit))
+    )
+    values = [r.final_latency_ms for r in _clustered_traffic().records if r.variant == "custom"]
+    codes = np.repeat(np.arange(30), 8)
+    value, low, high = clustered_quantile_interval(np.array(values), codes, 0.9)
+    p90 = custom["latency"]["final_latency_ms"]["quantiles"]["p90"]
+    assert p90 == {"value": pytest.approx(value), "ci": [pytest.approx(low), pytest.approx(high)]}
+
+
+def test_guardrails_test_the_configured_limits_on_units() -> None:
+    """With the experiment's guardrails configured, the analysis tests those (here the error
+    rate only, +5 points), always-valid and over units: 30 % errors against none regress."""
+    made = Traffic()
+    for i in range(120):
+        made.utterance("base", 2 * i, unit=f"b{i % 40}")
+        if i % 10 < 3:
+            made.failure("custom", 2 * i + 1, "Error", "upstream_error")
+        else:
+            made.utterance("custom", 2 * i + 1, unit=f"c{i % 40}")
+    configured = Guardrails(max_error_rate_increase=0.05, min_outcomes=20)
+    report = made.report(info=dataclasses.replace(INFO, guardrails=configured))
+    [comparison] = report["phases"][0]["comparisons"]
+    [check] = comparison["guardrails"]
+    assert check["metric"] == "error_rate"
+    assert check["status"] == "regressed"
+    assert "margin +5.0 pp" in check["detail"]
+    assert report["recommendation"]["action"] == "roll_back"
+    # Unconfigured: the analysis' own guardrails, with the error rate among them.
+    default = {
+        c["metric"]: c["status"] for c in made.report()["phases"][0]["comparisons"][0]["guardrails"]
+    }
+    assert default["error_rate"] == "regressed"

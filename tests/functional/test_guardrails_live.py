@@ -20,8 +20,10 @@ from control_support import (
     sessions,
     view,
 )
+from redis.asyncio import Redis
 from redis_servers import RedisServer
 
+from gateway.control.guardrails import ArmCounts
 from gateway.local_services import LocalEmulator, LocalGateway
 
 BATCH = 20
@@ -100,6 +102,7 @@ async def test_a_failing_challenger_is_rolled_back_once_within_bounded_sessions(
                     for g in (a, b)
                 ]
                 assert sorted(rollbacks) == [0.0, 1.0]
+                await check_unit_sums(redis_url, entry["detail"]["phase"])
                 # New sessions all go to control now, in the new phase.
                 after = await sessions(http, [a, b], [f"later-{i}" for i in range(10)])
                 assert {answered_by(r) for r in after} == {"alpha"}
@@ -107,6 +110,21 @@ async def test_a_failing_challenger_is_rolled_back_once_within_bounded_sessions(
         tmp_path / "b" / "gateway.log"
     ).read_text()
     assert logs.count('"event": "guardrail_rollback"') == 1
+
+
+async def check_unit_sums(redis_url: str, phase: str) -> None:
+    """The counts the rollback was decided on carry sums over units that cover every
+    outcome, so the live test was the clustered one."""
+    async with Redis.from_url(redis_url) as redis:
+        keys = [key async for key in redis.scan_iter(match=f"*:guard:{phase}")]
+        [key] = keys
+        assert await redis.exists(key + b":units")
+        stored = {f.decode(): int(v) for f, v in (await redis.hgetall(key)).items()}
+    for variant in ("a", "b"):
+        fields = {f.split("|", 1)[1]: v for f, v in stored.items() if f.startswith(f"{variant}|")}
+        counts = ArmCounts.from_fields(fields)
+        assert counts.rate_sums() is not None
+        assert 20 <= counts.unit_sums[0] <= counts.outcomes
 
 
 async def test_a_challenger_as_good_as_control_is_never_rolled_back(

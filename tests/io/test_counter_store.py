@@ -3,6 +3,7 @@ redis-server."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from gateway.io.counter_store import (
     LocalCounterStore,
     RedisCounterStore,
     guard_key,
+    units_key,
 )
 from gateway.io.redis_client import REDIS_ERRORS, client_for
 
@@ -142,3 +144,62 @@ async def test_a_ttl_must_be_positive(client: Redis) -> None:
     for ttl_s in (0, -1.0):
         with pytest.raises(ValueError, match="ttl_s"):
             RedisCounterStore(client, "test", ttl_s=ttl_s)
+
+
+async def test_add_units_returns_each_units_counts_after_the_addition(
+    store: CounterStore,
+) -> None:
+    """Per-unit counts grow per (experiment, phase, variant, unit); a 0 delta reads the
+    current count, which is what the arm's sums of squares need."""
+    first = await store.add_units(
+        {
+            ("checkout", "1", "base", "u1"): {"n": 2, "error": 1},
+            ("checkout", "1", "base", "u|2"): {"n": 1, "error": 0},
+            ("checkout", "1", "challenger", "u1"): {"n": 1},
+        }
+    )
+    assert first == {
+        ("checkout", "1", "base", "u1"): {"n": 2, "error": 1},
+        ("checkout", "1", "base", "u|2"): {"n": 1, "error": 0},
+        ("checkout", "1", "challenger", "u1"): {"n": 1},
+    }
+    again = await store.add_units(
+        {("checkout", "1", "base", "u1"): {"n": 1, "error": 0}, ("search", "1", "b", "u1"): {}}
+    )
+    assert again == {("checkout", "1", "base", "u1"): {"n": 3, "error": 1}}
+    assert await store.read("checkout", "1") == {}  # the arm counts are apart
+    with pytest.raises(ValueError, match="variant"):
+        await store.add_units({("checkout", "1", "a|b", "u1"): {"n": 1}})
+
+
+async def test_redis_unit_counters_are_one_hash_per_phase_with_a_ttl(
+    client: Redis, prefix: str
+) -> None:
+    store = RedisCounterStore(client, prefix, ttl_s=3600)
+    await store.add_units({("checkout", "1", "base", "u|1"): {"n": 2}})
+    key = units_key(prefix, "checkout", "1")
+    assert key == f"{prefix}:{{checkout}}:guard:1:units"
+    assert await client.hgetall(key) == {b"base|n|u|1": b"2"}
+    assert 3_500_000 < await client.pttl(key) <= 3_600_000
+
+
+async def test_concurrent_unit_additions_each_see_a_consistent_count(
+    client: Redis, prefix: str
+) -> None:
+    """Two replicas adding to one unit at once: the transaction keeps each reply the count
+    right after that replica's own addition, so the replies are all different."""
+    replicas = [RedisCounterStore(client, prefix) for _ in range(2)]
+    replies = await asyncio.gather(
+        *(
+            replica.add_units({("checkout", "1", "base", "u1"): {"n": 1, "error": 1}})
+            for replica in replicas
+            for _ in range(10)
+        )
+    )
+    seen = sorted(reply[("checkout", "1", "base", "u1")]["n"] for reply in replies)
+    assert seen == list(range(1, 21))
+    assert all(
+        reply[("checkout", "1", "base", "u1")]["error"]
+        == reply[("checkout", "1", "base", "u1")]["n"]
+        for reply in replies
+    )

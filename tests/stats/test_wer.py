@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.stats.wer import WerCounts, align, corpus_wer
@@ -73,6 +73,7 @@ _WORDS = st.lists(st.sampled_from(["a", "b", "c", "d"]), max_size=8)
 
 
 @given(_WORDS, _WORDS)
+@settings(deadline=None)  # the first call imports and warms jiwer; timing says nothing here
 def test_align_matches_levenshtein(reference: list[str], hypothesis: list[str]) -> None:
     """Errors equal the word edit distance, and the counts cover both word sequences."""
     counts = align(" ".join(reference), " ".join(hypothesis))
