@@ -1,7 +1,8 @@
 """The `speech-gateway` command (also `python -m gateway`): a thin layer over the modules.
 
 Sub-commands: `serve` (the gateway), `emulate` (the local Azure-compatible speech
-service), `analyze` (an experiment's report), `replay` (a labelled dataset through a
+service), `analyze` (an experiment's report), `plan` (labelled utterances and days a WER
+gain needs), `replay` (a labelled dataset through a
 gateway), `demo`, `keygen` (a new client key and the digest for the config), `config
 validate`, and `admin` (the control plane's verbs, over a gateway's admin API). Each parses
 its arguments into settings overrides, configures logging once, and hands over; errors
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.admin_cli import add_admin_parser, admin_command
 from gateway.analysis.command import add_analyze_arguments
+from gateway.analysis.plan_command import add_plan_arguments
 from gateway.control.config import build_gateway_config
 from gateway.control.model import hash_key
 from gateway.errors import ConfigError, GatewayError
@@ -113,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_analyze_arguments(analyze)
     _add_config_option(analyze)
+
+    plan = commands.add_parser(
+        "plan", help="labelled utterances and days needed to detect a WER gain"
+    )
+    add_plan_arguments(plan)
+    _add_config_option(plan)
 
     replay = commands.add_parser(
         "replay", help="replay a labelled dataset through a gateway with the Speech SDK"
@@ -332,6 +340,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.analysis.command import run_analyze
 
             asyncio.run(run_analyze(args, settings))
+        elif args.command == "plan":
+            from gateway.analysis.plan_command import run_plan
+
+            asyncio.run(run_plan(args, settings))
         elif args.command == "replay":
             return replay_command(args, settings)
         elif args.command == "demo":

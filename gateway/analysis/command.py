@@ -23,6 +23,7 @@ from gateway.analysis.report import (
 from gateway.analysis.text_report import render_text
 from gateway.control.config import build_gateway_config
 from gateway.errors import ConfigError
+from gateway.outcomes.record import InvalidRecordError
 from gateway.settings import Settings
 
 
@@ -72,7 +73,9 @@ def experiment_info(
         # the settings as written; the current phase and shares need the full validation.
         written = next((e for e in settings.gateway.experiments if e.id == experiment), None)
         if written is not None:
-            info = ExperimentInfo(control=written.control)
+            info = ExperimentInfo(
+                control=written.control, min_wer_gain=written.min_wer_gain_points / 100
+            )
     else:
         found = next((e for e in config.experiments if e.id == experiment), None)
         if found is not None:
@@ -80,7 +83,13 @@ def experiment_info(
     if control is not None:
         if info is None:
             return ExperimentInfo(control=control)
-        return ExperimentInfo(control=control, phase=info.phase, shares=info.shares)
+        return ExperimentInfo(
+            control=control,
+            phase=info.phase,
+            shares=info.shares,
+            min_wer_gain=info.min_wer_gain,
+            guardrails=info.guardrails,
+        )
     return info
 
 
@@ -102,6 +111,10 @@ async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
             )
         except FileNotFoundError as exc:
             raise ConfigError("outcomes.path", f"no outcome file at {exc.filename}") from None
+        except InvalidRecordError as exc:
+            # A record written by something other than the gateway, or corrupted since:
+            # name it, so it can be fixed or removed, rather than analyse around it.
+            raise ConfigError("outcomes", f"an invalid record in the store: {exc}") from None
     write_outputs(report, args.json, args.html)
     return report
 

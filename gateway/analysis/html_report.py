@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from gateway.analysis import svg
 from gateway.analysis.html_plots import plots
+from gateway.analysis.planner import render_plan
 from gateway.analysis.report_fields import (
     LATENCIES,
     as_epoch,
@@ -242,8 +243,28 @@ def _recommendation(value: object) -> str:
     return (
         f'<section class="recommendation {css}" data-action="{as_html(action)}" '
         f'aria-label="Recommendation"><p class="action">Recommendation: {as_html(label)}{target}'
-        f"{where}</p><p>{as_html(reason)}</p></section>"
+        f"{where}</p><p>{as_html(reason)}</p>{_decision_notes(recommendation)}</section>"
     )
+
+
+def _decision_notes(recommendation: Mapping[str, Any]) -> str:
+    """The deciding evidence, the multiplicity correction and the plan, as the text has them."""
+    notes: list[str] = []
+    evidence = as_text(recommendation.get("evidence"))
+    if evidence:
+        notes.append(f"Decided on {evidence.replace('_', ' ')} WER evidence.")
+    family = as_map(recommendation.get("multiplicity"))
+    if family:
+        notes.append(
+            f"Several challengers: Holm over {as_text(family.get('challengers'))} always-valid "
+            f"WER test(s) at alpha {as_text(family.get('alpha'))}; other intervals are "
+            "descriptive (uncorrected)."
+        )
+    html = "".join(f'<p class="meta">{as_html(note)}</p>' for note in notes)
+    plan = recommendation.get("plan")
+    if isinstance(plan, Mapping):
+        html += f'<pre class="plan">{as_html(render_plan(plan))}</pre>'
+    return html
 
 
 def _phase(phase: Mapping[str, Any], control: str, level: str, index: int, is_open: bool) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gateway.analysis.planner import render_plan
+
 _ACTIONS = {
     "ship_custom": "SHIP CUSTOM",
     "keep_base": "KEEP BASE",
@@ -77,8 +79,27 @@ def render_text(report: Mapping[str, Any]) -> str:
         "",
         f"Recommendation: {_ACTIONS.get(recommendation['action'], recommendation['action'])}",
         f"  {recommendation['reason']}",
+        *_decision_notes(recommendation),
     ]
     return "\n".join(lines)
+
+
+def _decision_notes(recommendation: Mapping[str, Any]) -> list[str]:
+    """Which evidence decided, how several challengers are corrected, and the plan."""
+    lines: list[str] = []
+    evidence = recommendation.get("evidence")
+    if evidence:
+        lines.append(f"  Decided on: {evidence.replace('_', ' ')} WER evidence")
+    family = recommendation.get("multiplicity")
+    if family:
+        lines.append(
+            f"  Several challengers: Holm over {family['challengers']} always-valid WER "
+            f"test(s) at alpha {family['alpha']:g}; other intervals are descriptive (uncorrected)"
+        )
+    plan = recommendation.get("plan")
+    if plan:
+        lines += ["", render_plan(plan)]
+    return lines
 
 
 def _phase(phase: Mapping[str, Any], confidence: int) -> list[str]:

@@ -137,8 +137,8 @@ class GuardrailSettings(_Model):
         0.05,
         gt=0,
         le=0.5,
-        description="The largest chance that a guardrail ever trips while the true increase "
-        "is within its limit (each guardrail of each challenger separately).",
+        description="The largest chance that any guardrail of a challenger ever trips while "
+        "every true increase is within its limit (shared by its guardrails).",
     )
 
 
@@ -183,6 +183,14 @@ class ExperimentSettings(_Model):
     )
     guardrails: GuardrailSettings | None = Field(
         None, description="Automatic rollback of a challenger; unset: none."
+    )
+    min_wer_gain_points: float = Field(
+        0.0,
+        ge=0,
+        lt=100,
+        description="The smallest WER gain worth shipping, in percentage points (1.0: from "
+        "12 % to 11 %): the analysis recommends shipping a challenger only when its gain is "
+        "shown to be at least this; 0: any gain.",
     )
 
 
@@ -661,6 +669,7 @@ def _experiment(
         unit_param=settings.unit_param,
         guardrails=_guardrails(settings.guardrails, f"{where}.guardrails"),
         locale=locale,
+        min_wer_gain=settings.min_wer_gain_points / 100,
     )
 
 

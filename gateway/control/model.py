@@ -111,6 +111,9 @@ class Experiment:
     # The locale (lower case) assumed for a session whose request names none, e.g. the
     # native SDK's with an endpoint id; None: such a session has no locale.
     locale: str | None = None
+    # The smallest WER gain worth shipping, as a fraction (0.01: one point): the analysis
+    # recommends "ship custom" only when the gain is shown to be at least this.
+    min_wer_gain: float = 0.0
 
     def session_locale(self, locale: str | None) -> str | None:
         """The locale of a session this experiment takes: its own, else the assumed one."""

@@ -21,7 +21,7 @@ from gateway.constants import NO_EXPERIMENT, RECORD_FIELD, RedisKeys
 from gateway.io.redis_client import RedisClient
 from gateway.outcomes.label_store import FileLabelStore, RedisLabelStore
 from gateway.outcomes.labels import Label
-from gateway.outcomes.record import OutcomeRecord
+from gateway.outcomes.record import InvalidRecordError, OutcomeRecord
 
 _FILE_BATCH: Final = 1_000  # lines read per trip to the worker thread
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -76,7 +76,8 @@ class FileReader:
     The file is streamed in batches read in a worker thread, so memory does not grow with
     the file (beyond the set of ids already seen) and the event loop never waits on the
     disk. As in `read_jsonl`, an unterminated last line (a write in progress, or torn by a
-    crash) is skipped and any other bad line raises ValueError naming the file and line.
+    crash) is skipped and any other bad line raises InvalidRecordError naming the file, the
+    line and (when it can be read) the record id.
     A missing outcome file raises FileNotFoundError; a missing label file means no labels.
     """
 
@@ -136,7 +137,7 @@ class FileReader:
             try:
                 batch.append(OutcomeRecord.from_json(raw))
             except ValueError as exc:
-                raise ValueError(f"{self.outcomes_path}:{number}: {exc}") from exc
+                raise InvalidRecordError(f"{self.outcomes_path}:{number}: {exc}") from exc
         return batch
 
 
@@ -227,8 +228,8 @@ def _record(
     if value is None:
         value = fields.get(RECORD_FIELD.encode())
     if value is None:
-        raise ValueError(f"{key} {_text(entry_id)}: no field {RECORD_FIELD!r}")
+        raise InvalidRecordError(f"{key} {_text(entry_id)}: no field {RECORD_FIELD!r}")
     try:
         return OutcomeRecord.from_json(value)
     except ValueError as exc:
-        raise ValueError(f"{key} {_text(entry_id)}: {exc}") from exc
+        raise InvalidRecordError(f"{key} {_text(entry_id)}: {exc}") from exc

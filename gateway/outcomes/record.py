@@ -26,8 +26,20 @@ from enum import StrEnum
 from typing import Any, Final, get_args, get_type_hints
 
 SCHEMA_VERSION: Final = 3
+# The largest time a record may carry, in milliseconds (about 31,700 years): far beyond any
+# session or backend offset the gateway measures, and small enough that the sums and squares
+# the analysis forms over billions of records stay finite. A larger value is corruption.
+MAX_MS: Final = 1e15
+# The largest count (index, words, dropped audio): the largest integer JSON readers and
+# floats hold exactly.
+MAX_COUNT: Final = 2**53 - 1
 # Fields added after version 1, with the version that added them.
 ADDED_IN: Final = {"failover_from": 2, "client_session": 3}
+
+
+class InvalidRecordError(ValueError):
+    """A record that fails validation; the message names the field and, when it can be
+    read, the record's id ("record 0123...: field 'final_latency_ms': ...")."""
 
 
 class Kind(StrEnum):
@@ -125,16 +137,26 @@ class OutcomeRecord:
 
     @classmethod
     def from_json(cls, line: str | bytes) -> OutcomeRecord:
-        """Parse and validate one JSON line; a ValueError names the offending field."""
+        """Parse and validate one JSON line; an InvalidRecordError names the offending field
+        and, when it can be read, the record's id."""
         try:
             data = json.loads(line, parse_constant=_refuse_constant)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise ValueError(f"outcome record is not valid JSON: {exc}") from exc
+            raise InvalidRecordError(
+                f"{_record_of(line)}outcome record is not valid JSON: {exc}"
+            ) from exc
         if not isinstance(data, dict):
-            raise ValueError("outcome record must be a JSON object")
+            raise InvalidRecordError("outcome record must be a JSON object")
+        try:
+            return cls._from_dict(data)
+        except ValueError as exc:
+            raise InvalidRecordError(f"{_record_of(data)}{exc}") from exc
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any]) -> OutcomeRecord:
         version = data.get("schema_version")
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ValueError(
+            raise InvalidRecordError(
                 f"field 'schema_version': expected an integer >= 1, got {_show(version)}"
             )
         if version <= SCHEMA_VERSION:
@@ -142,7 +164,7 @@ class OutcomeRecord:
                 name for name in data if name not in _SPEC or ADDED_IN.get(name, 1) > version
             ]
             if unknown:
-                raise ValueError(
+                raise InvalidRecordError(
                     f"field {unknown[0]!r}: unknown in schema version {version} "
                     f"(this reader knows versions up to {SCHEMA_VERSION})"
                 )
@@ -150,7 +172,7 @@ class OutcomeRecord:
             name for name in FIELD_NAMES if name not in data and ADDED_IN.get(name, 1) <= version
         ]
         if missing:
-            raise ValueError(f"field {missing[0]!r}: missing")
+            raise InvalidRecordError(f"field {missing[0]!r}: missing")
         values: dict[str, Any] = {name: data.get(name) for name in FIELD_NAMES}
         return cls(**values)
 
@@ -186,25 +208,37 @@ def _check(name: str, base: type, nullable: bool, value: Any) -> Any:
     if value is None:
         if nullable:
             return None
-        raise ValueError(f"field {name!r}: must not be null")
+        raise InvalidRecordError(f"field {name!r}: must not be null")
     if base is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"field {name!r}: expected true or false, got {_show(value)}")
+        raise InvalidRecordError(f"field {name!r}: expected true or false, got {_show(value)}")
     if base is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > MAX_COUNT:
+                raise InvalidRecordError(
+                    f"field {name!r}: expected at most {MAX_COUNT}, got {_show(value)}"
+                )
             return value
-        raise ValueError(f"field {name!r}: expected an integer, got {_show(value)}")
+        raise InvalidRecordError(f"field {name!r}: expected an integer, got {_show(value)}")
     if base is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if isinstance(value, int) and abs(value) > MAX_MS:
+                raise InvalidRecordError(
+                    f"field {name!r}: expected at most {MAX_MS:g}, got {_show(value)}"
+                )
             if not math.isfinite(value):
-                raise ValueError(f"field {name!r}: expected a finite number, got {value}")
+                raise InvalidRecordError(f"field {name!r}: expected a finite number, got {value}")
+            if abs(value) > MAX_MS:
+                raise InvalidRecordError(
+                    f"field {name!r}: expected at most {MAX_MS:g}, got {value:g}"
+                )
             return value if type(value) is float else float(value)
-        raise ValueError(f"field {name!r}: expected a number, got {_show(value)}")
+        raise InvalidRecordError(f"field {name!r}: expected a number, got {_show(value)}")
     if base is str:
         if isinstance(value, str):
             return value
-        raise ValueError(f"field {name!r}: expected a string, got {_show(value)}")
+        raise InvalidRecordError(f"field {name!r}: expected a string, got {_show(value)}")
     if issubclass(base, StrEnum):
         if isinstance(value, base):
             return value
@@ -214,32 +248,32 @@ def _check(name: str, base: type, nullable: bool, value: Any) -> Any:
             except ValueError:
                 pass
         allowed = ", ".join(repr(member.value) for member in base)
-        raise ValueError(f"field {name!r}: expected one of {allowed}, got {_show(value)}")
+        raise InvalidRecordError(f"field {name!r}: expected one of {allowed}, got {_show(value)}")
     raise AssertionError(f"field {name!r}: no check for {base!r}")  # a new field type
 
 
 def _check_semantics(record: OutcomeRecord) -> None:
     """Rules across fields and ranges that types alone do not express."""
     if record.schema_version < 1:
-        raise ValueError("field 'schema_version': must be >= 1")
+        raise InvalidRecordError("field 'schema_version': must be >= 1")
     if not _RECORD_ID.fullmatch(record.record_id):
-        raise ValueError(
+        raise InvalidRecordError(
             f"field 'record_id': expected 32 lower-case hex digits, got {_show(record.record_id)}"
         )
     if not _TIMESTAMP.fullmatch(record.timestamp):
-        raise ValueError(
+        raise InvalidRecordError(
             "field 'timestamp': expected UTC ISO-8601 with milliseconds "
             f"(2025-01-31T12:00:00.123Z), got {_show(record.timestamp)}"
         )
     try:
         datetime.fromisoformat(record.timestamp)
     except ValueError as exc:
-        raise ValueError(f"field 'timestamp': {exc}") from None
+        raise InvalidRecordError(f"field 'timestamp': {exc}") from None
     for name in ("client", "unit", "session_id", "status"):
         if not getattr(record, name):
-            raise ValueError(f"field {name!r}: must not be empty")
+            raise InvalidRecordError(f"field {name!r}: must not be empty")
     if record.client_session == "":
-        raise ValueError("field 'client_session': must not be empty (null when unknown)")
+        raise InvalidRecordError("field 'client_session': must not be empty (null when unknown)")
     for name in (
         "utterance_index",
         "audio_offset_ms",
@@ -252,26 +286,46 @@ def _check_semantics(record: OutcomeRecord) -> None:
     ):
         value = getattr(record, name)
         if value is not None and value < 0:
-            raise ValueError(f"field {name!r}: must not be negative, got {value}")
+            raise InvalidRecordError(f"field {name!r}: must not be negative, got {value}")
     if record.confidence is not None and not 0.0 <= record.confidence <= 1.0:
-        raise ValueError(f"field 'confidence': expected 0..1, got {record.confidence}")
+        raise InvalidRecordError(f"field 'confidence': expected 0..1, got {record.confidence}")
     if record.kind is Kind.UTTERANCE and record.protocol is not Protocol.USP:
-        raise ValueError("field 'protocol': an utterance record comes from a USP session")
+        raise InvalidRecordError("field 'protocol': an utterance record comes from a USP session")
     if record.kind is Kind.REQUEST and record.protocol is not Protocol.REST:
-        raise ValueError("field 'protocol': a request record comes from the REST API")
+        raise InvalidRecordError("field 'protocol': a request record comes from the REST API")
     if record.failover_from is not None and (
         record.role is not Role.PRIMARY or record.failover_from == record.variant
     ):
-        raise ValueError("field 'failover_from': only a primary record served by another variant")
+        raise InvalidRecordError(
+            "field 'failover_from': only a primary record served by another variant"
+        )
     if record.role is Role.PRIMARY and record.shadow_drops is not None:
-        raise ValueError("field 'shadow_drops': only shadow records count dropped audio")
+        raise InvalidRecordError("field 'shadow_drops': only shadow records count dropped audio")
     if record.text_sha256 is not None and not _DIGEST.fullmatch(record.text_sha256):
         got = _show(record.text_sha256)
-        raise ValueError(f"field 'text_sha256': expected 64 lower-case hex digits, got {got}")
+        raise InvalidRecordError(
+            f"field 'text_sha256': expected 64 lower-case hex digits, got {got}"
+        )
     # Both at once would defeat the privacy setting that chose the hash.
     if record.text is not None and record.text_sha256 is not None:
-        raise ValueError("field 'text_sha256': a record carries the text or its hash, not both")
+        raise InvalidRecordError(
+            "field 'text_sha256': a record carries the text or its hash, not both"
+        )
+
+
+def _record_of(data: object) -> str:
+    """ "record <id>: " for a message about `data` (a parsed object or a raw line) when its
+    record_id can be read, even from a line the strict parser refused; else ""."""
+    if isinstance(data, str | bytes):
+        try:
+            data = json.loads(data)  # lenient: NaN and Infinity parse, to find the id
+        except ValueError:
+            return ""
+    record_id = data.get("record_id") if isinstance(data, dict) else None
+    if isinstance(record_id, str) and _RECORD_ID.fullmatch(record_id):
+        return f"record {record_id}: "
+    return ""
 
 
 def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a valid number in an outcome record")
+    raise InvalidRecordError(f"{name} is not a valid number in an outcome record")

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from traffic import Traffic
 
 from gateway.cli import main
-from gateway.constants import RedisKeys
+from gateway.constants import RECORD_FIELD, RedisKeys
 from gateway.logging import configure_logging
 from gateway.outcomes.label_store import RedisLabelStore
 from gateway.outcomes.labels import LabelInput
@@ -22,7 +22,8 @@ from gateway.outcomes.redis_sink import RedisSink
 
 def traffic() -> Traffic:
     made = Traffic()
-    made.ab(30, base_error=0.35, custom_error=0.03)
+    # 60 units an arm: enough for the WER test and for every guardrail to have its data.
+    made.ab(60, base_error=0.35, custom_error=0.03)
     return made
 
 
@@ -61,7 +62,7 @@ def test_analyze_window_phase_and_confidence(
     monkeypatch.chdir(tmp_path)
     config = write_file_store(tmp_path, traffic())
     base = ["--config", str(config), "analyze", "--experiment", "e", "--json", "-"]
-    # The traffic runs from 12:00:00 for 60 s: a window of its first 20 s.
+    # The traffic runs from 12:00:00 for 120 s: a window of its first 20 s.
     window = ["--since", "2026-11-21T12:00:00Z", "--until", "2026-11-21T12:00:20Z"]
     assert main([*base, *window, "--confidence", "0.9"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -132,7 +133,7 @@ async def test_analyze_reads_the_redis_store(
     assert await asyncio.to_thread(main, [*argv, "--json", "-"]) == 0
     report = json.loads(capsys.readouterr().out)
     variants = {v["name"]: v for v in report["phases"][0]["variants"]}
-    assert variants["custom"]["labelled"] == 30
+    assert variants["custom"]["labelled"] == 60
     assert report["recommendation"]["action"] == "ship_custom"
 
 
@@ -174,3 +175,81 @@ def test_the_written_control_is_used_when_the_config_cannot_be_fully_built(
     assert report["control_guessed"] is False
     assert main(["--config", "c.toml", "analyze", "--experiment", "other", "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["control_guessed"] is False  # no records
+
+
+def _corrupt(record_json: str, value: str) -> tuple[str, str]:
+    """The record's JSON line with its final latency replaced by `value` (raw JSON text),
+    and its record id."""
+    data = json.loads(record_json)
+    line = record_json.replace(
+        f'"final_latency_ms":{json.dumps(data["final_latency_ms"])}',
+        f'"final_latency_ms":{value}',
+    )
+    assert line != record_json
+    return line, data["record_id"]
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "1.7e308", "1e400"])
+def test_a_bad_record_in_the_file_store_is_one_line_naming_it(
+    value: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    made = traffic()
+    config = write_file_store(tmp_path, made)
+    lines = (tmp_path / "out.jsonl").read_text().splitlines(keepends=True)
+    # Two bad records, as a tool that wrote 1.7e308 would: the first one is named.
+    for at in (7, 9):
+        bad, record_id = _corrupt(lines[at].rstrip("\n"), value)
+        lines[at] = bad + "\n"
+        if at == 7:
+            first = record_id
+    (tmp_path / "out.jsonl").write_text("".join(lines))
+    argv = ["--config", str(config), "analyze", "--experiment", "e", "--json", "-"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    error = captured.err.strip()
+    assert "\n" not in error
+    assert "Traceback" not in error
+    assert error.startswith("speech-gateway: outcomes: an invalid record in the store: ")
+    assert "out.jsonl:8: " in error
+    assert f"record {first}" in error
+    assert "final_latency_ms" in error or "not a valid number" in error
+
+
+async def test_a_bad_record_in_the_redis_store_is_one_line_naming_it(
+    redis_keys: RedisKeys,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("warning", "json")
+    made = traffic()
+    client = Redis(host="127.0.0.1", port=6379)
+    try:
+        key = redis_keys.outcomes("e")
+        for number, record in enumerate(made.records):
+            line = record.to_json()
+            if number == 4:
+                line, bad_id = _corrupt(line, "1.7e308")
+            await client.xadd(key, {RECORD_FIELD: line})
+    finally:
+        await client.aclose()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text(
+        f'[outcomes]\nstore = "redis"\nredis_prefix = "{redis_keys.prefix}"\n'
+        'journal_dir = "journal"\n'
+    )
+    argv = ["--config", "c.toml", "analyze", "--experiment", "e", "--control", "base"]
+    assert await asyncio.to_thread(main, [*argv, "--json", "-"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    error = captured.err.strip()
+    assert "\n" not in error
+    assert "Traceback" not in error
+    assert f"{key} " in error
+    assert f"record {bad_id}: field 'final_latency_ms'" in error
+    assert "expected at most 1e+15, got 1.7e+308" in error

@@ -12,8 +12,9 @@ import pytest
 from browser import assert_not_blank, chromium, console_errors, decode_png
 from report_fixtures import empty_report, three_variant_report, two_variant_report
 from selenium.webdriver.common.by import By
+from traffic import INFO, Traffic
 
-from gateway.analysis import svg
+from gateway.analysis import build_report, svg
 from gateway.analysis.html_report import render_html
 
 HOSTILE = '<script>alert("x")</script>'
@@ -328,3 +329,20 @@ def test_report_opens_in_headless_chromium_with_its_plots(tmp_path: Path) -> Non
         driver.execute_script("window.scrollTo(0, 0)")
         assert_not_blank(driver.get_screenshot_as_png())
         assert console_errors(driver) == []
+
+
+def test_the_recommendation_shows_its_evidence_correction_and_plan() -> None:
+    made = Traffic(seed=7)
+    for i in range(60):  # the same WER in both arms: nothing to decide yet, a plan to make
+        made.utterance("base", 60 * i, word_error=0.2, unit=f"b{i}")
+        made.utterance("custom", 60 * i + 30, word_error=0.2, unit=f"c{i}")
+    report = build_report("e", made.records, made.labels, info=INFO)
+    page = render_html(report)
+    assert "Several challengers: Holm over 1 always-valid WER test(s) at alpha 0.05" in page
+    assert '<pre class="plan">Plan for custom (unpaired evidence)' in page
+    assert "Decided on" not in page  # still collecting: WER decided nothing yet
+    shipped = Traffic(seed=2)
+    shipped.ab(60, base_error=0.35, custom_error=0.03)
+    page = render_html(build_report("e", shipped.records, shipped.labels, info=INFO))
+    assert "Decided on unpaired WER evidence." in page
+    assert '<pre class="plan">' not in page
