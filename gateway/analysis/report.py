@@ -34,7 +34,7 @@ from gateway.analysis.observations import (
     observe,
     wer_unit_sums,
 )
-from gateway.analysis.paired import with_always_valid
+from gateway.analysis.paired import oriented, with_always_valid
 from gateway.control.guardrails import Guardrails
 from gateway.control.model import Experiment
 from gateway.outcomes.labels import Label
@@ -631,17 +631,11 @@ def _shadow(
 ) -> Json | None:
     """WER of control vs challenger on identical audio (one served, the other shadowed)."""
     by_unit: dict[str, list[int]] = {}  # unit -> [words, control errors, challenger errors]
-    count = 0
-    for pair in pairs:
-        if (pair.primary_variant, pair.shadow_variant) == (control, challenger):
-            ours, theirs = pair.primary_errors, pair.shadow_errors
-        elif (pair.primary_variant, pair.shadow_variant) == (challenger, control):
-            ours, theirs = pair.shadow_errors, pair.primary_errors
-        else:
-            continue
-        count += 1
-        sums = by_unit.setdefault(pair.unit, [0, 0, 0])
-        sums[0] += pair.words
+    found = oriented(pairs, control, challenger)
+    count = len(found)
+    for _, unit, pair_words, ours, theirs in found:
+        sums = by_unit.setdefault(unit, [0, 0, 0])
+        sums[0] += pair_words
         sums[1] += ours
         sums[2] += theirs
     words = [float(s[0]) for s in by_unit.values()]
