@@ -23,6 +23,12 @@ from typing import Final, Generic, TypeVar
 
 T = TypeVar("T")
 
+
+def session_key(client: str, client_session: str) -> str:
+    """A client session among every client's: one client's ids never mix with another's."""
+    return f"{client}\x00{client_session}"
+
+
 RETRY_HOLD_S: Final = 5.0
 """How long a failure waits for its retry. The SDKs retry after about 0.3 s (protocol.md
 §5.1) and the next attempt is announced when it is admitted, before its backend is dialled,

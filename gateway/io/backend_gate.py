@@ -25,6 +25,7 @@ from collections.abc import Callable
 from gateway.constants import NO_EXPERIMENT
 from gateway.control.breaker import BreakerPolicy, Breakers, BreakerState
 from gateway.control.model import Variant
+from gateway.control.retries import session_key
 from gateway.errors import UpstreamError, UpstreamRejected
 from gateway.io.metrics import BREAKER_LEVELS, GatewayMetrics
 from gateway.logging import get_logger
@@ -64,7 +65,7 @@ def client_session_key(route: Route) -> str | None:
     no X-ConnectionId. Scoped by client, so one client's ids never mix with another's."""
     if route.client_session is None:
         return None
-    return f"{route.client.name}\x00{route.client_session}"
+    return session_key(route.client.name, route.client_session)
 
 
 def is_backend_failure(error: UpstreamError) -> bool:

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from gateway.control.config import GatewaySettings
 from gateway.control.model import GatewayConfig
-from gateway.control.retries import RetryHold
+from gateway.control.retries import RetryHold, session_key
 from gateway.errors import CloseCode
 from gateway.io.backend_gate import BackendGate
 from gateway.io.control_plane import ControlPlane
@@ -92,7 +92,7 @@ class GatewayState:
             and record.kind is Kind.SESSION_FAILURE
             and record.role is Role.PRIMARY
         ):
-            key = retry_key(record.client, record.client_session)
+            key = session_key(record.client, record.client_session)
             if self.retries.hold(key, record.session_id, record, now):
                 self._schedule_release()
             return
@@ -104,7 +104,7 @@ class GatewayState:
         if route.client_session is None:
             return
         pseudonym = pseudonymise(route.client_session, self.privacy_key)
-        key = retry_key(route.client.name, pseudonym)
+        key = session_key(route.client.name, pseudonym)
         self.retries.started(key, route.session_id, time.monotonic())
 
     def _release_due(self, now: float) -> None:
@@ -214,11 +214,6 @@ def _by_protocol(sessions: LiveSessions) -> dict[str, int]:
         "usp": sum(s.protocol == "usp" for s in live),
         "rest": sum(s.protocol == "rest" for s in live),
     }
-
-
-def retry_key(client: str, client_session: str) -> str:
-    """The key of a client session (pseudonymised id) among every client's."""
-    return f"{client}\x00{client_session}"
 
 
 def session_facts(state: GatewayState, route: Route, protocol: str) -> SessionFacts:

@@ -29,7 +29,6 @@ from aiohttp.hdrs import SEC_WEBSOCKET_PROTOCOL
 from multidict import CIMultiDictProxy
 
 from gateway.control.config import LimitSettings
-from gateway.control.model import Variant
 from gateway.errors import (
     CloseCode,
     UpstreamError,
@@ -62,9 +61,6 @@ from gateway.session.taps import RoleFacts
 log = get_logger(__name__)
 
 USP_PROTOCOL = "USP"
-# The JS SDK sends its connection id twice: as X-ConnectionId and under this name, both as
-# headers and as query parameters (protocol.md §1.2); the query passes through unchanged.
-JS_CONNECTION_ID_HEADER = "connectionId"
 MAX_CLOSE_REASON_BYTES = 123  # a control frame's payload is at most 125 bytes, 2 of them the code
 
 
@@ -99,7 +95,7 @@ class _Session:
             link = ShadowLink(
                 variant,
                 url,
-                upstream_headers(self._route, variant, headers),
+                self._route.upstream_headers(variant, headers),
                 protocols=protocols,
                 queue_frames=settings.shadow_queue_frames,
                 connect_timeout_s=settings.connect_timeout_s,
@@ -362,19 +358,6 @@ def offered_protocols(headers: CIMultiDictProxy[str]) -> tuple[str, ...]:
     return tuple(token for token in tokens if token)
 
 
-def upstream_headers(
-    route: Route, variant: Variant, client_headers: Mapping[str, str]
-) -> dict[str, str]:
-    """The route's upstream headers plus the JS SDK's `connectionId` header, under the
-    name the client gave it: the backend gets the connection id as the SDK sent it."""
-    headers = route.upstream_headers(variant, client_headers)
-    for name, value in client_headers.items():
-        if name.lower() == JS_CONNECTION_ID_HEADER.lower():
-            headers[name] = value
-            break
-    return headers
-
-
 def backend_answer(rejected: UpstreamRejected) -> web.Response:
     """The backend's answer to the upgrade as the client gets it: the same status and
     reason, the headers and body `gateway.io.upstream` let through."""
@@ -458,7 +441,7 @@ async def _connect(
         upstream = await connect_ws(
             state.http,
             variant.backend.ws_url(route.path, route.upstream_query(variant)),
-            upstream_headers(route, variant, headers),
+            route.upstream_headers(variant, headers),
             protocols=protocols,
             timeout_s=state.settings.connect_timeout_s,
         )

@@ -28,9 +28,13 @@ MAX_UNIT_ID = 256
 # Query parameters that carry the client's credentials or pick a model: never forwarded.
 _STRIPPED_PARAMS = frozenset({KEY_HEADER.lower(), AUTH_HEADER.lower(), "cid"})
 # Request headers worth passing on; everything else (hop-by-hop, credentials) stays here.
+# The JS SDK sends its connection id twice: as X-ConnectionId and under this name, both as
+# headers and as query parameters (protocol.md §1.2); the backend gets both, as directly.
+JS_CONNECTION_ID_HEADER = "connectionId"
 FORWARDED_HEADERS = (
     "User-Agent",
     CONNECTION_ID_HEADER,
+    JS_CONNECTION_ID_HEADER,
     "Content-Type",
     "Accept",
     "Expect",
