@@ -26,7 +26,7 @@ from types import TracebackType
 
 from nginx import Nginx, nginx_binary  # bench/ is sys.path[0] when a bench script runs
 
-from gateway.local_services import LocalEmulator, LocalGateway
+from gateway.tools.local_services import LocalEmulator, LocalGateway
 
 CLIENT_KEY = "bench-client-key-0123456789"
 PSEUDONYM_KEY = "bench-pseudonym-key-0123456789"

@@ -29,14 +29,14 @@ from aiohttp._websocket.reader import WebSocketDataQueue, WebSocketReader
 from aiohttp._websocket.writer import WebSocketWriter
 
 import gateway
-from gateway.io.usp_relay import _Session
 from gateway.outcomes.record import Role
-from gateway.outcomes.sink import JsonlSink
 from gateway.protocol.usp import decode_binary, decode_text, encode_binary, encode_text
 from gateway.protocol.wav import wave_header
+from gateway.server.relay.usp import _Session
 from gateway.session.relay import RelaySession
 from gateway.session.taps import RoleFacts, SessionFacts
 from gateway.session.turns import AudioTimeline
+from gateway.stores.jsonl_sink import JsonlSink
 
 FRAME_BYTES = 3200
 REQUEST_ID = "9bed34362cbb4432963cb66e84906729"

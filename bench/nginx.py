@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from gateway.local_services import free_port
+from gateway.tools.local_services import free_port
 
 INSTALL_HINT = "apt-get install -y nginx-light"
 

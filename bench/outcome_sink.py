@@ -21,11 +21,11 @@ import time
 from functools import partial
 from pathlib import Path
 
-from gateway.constants import RedisKeys
-from gateway.io.redis_client import connect
 from gateway.outcomes.record import OutcomeRecord
-from gateway.outcomes.redis_sink import RedisSink
-from gateway.outcomes.sink import JsonlSink, OutcomeSink
+from gateway.stores.jsonl_sink import JsonlSink, OutcomeSink
+from gateway.stores.keys import RedisKeys
+from gateway.stores.redis_client import connect
+from gateway.stores.redis_sink import RedisSink
 
 
 def records(count: int, experiments: int) -> list[OutcomeRecord]:

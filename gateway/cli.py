@@ -24,15 +24,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.admin_cli import add_admin_parser, admin_command
-from gateway.analysis.command import add_analyze_arguments
-from gateway.analysis.plan_command import add_plan_arguments
-from gateway.control.config import build_gateway_config
+from gateway.config.gateway import build_gateway_config
+from gateway.config.settings import Settings, config_path, load_settings
 from gateway.control.model import hash_key
 from gateway.errors import ConfigError, GatewayError
 from gateway.logging import configure_logging, get_logger
-from gateway.replay import add_replay_arguments, replay_command
-from gateway.settings import Settings, config_path, load_settings
+from gateway.tools.admin_cli import add_admin_parser, admin_command
+from gateway.tools.analyze import add_analyze_arguments
+from gateway.tools.plan import add_plan_arguments
+from gateway.tools.replay import add_replay_arguments, replay_command
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -209,8 +209,8 @@ def _emulate(settings: Settings) -> None:
 
 
 async def _import_labels(settings: Settings, path: Path, by: str | None, skip_invalid: bool) -> str:
-    from gateway.io.stores import open_label_store
-    from gateway.outcomes.label_store import import_labels
+    from gateway.stores.factory import open_label_store
+    from gateway.stores.label_store import import_labels
 
     try:
         labeller = by or getpass.getuser()
@@ -222,7 +222,7 @@ async def _import_labels(settings: Settings, path: Path, by: str | None, skip_in
 
 
 def _serve(settings: Settings) -> None:
-    from gateway.io.server import create_gateway_app
+    from gateway.server.app import create_gateway_app
 
     app = create_gateway_app(settings)
     loop = new_event_loop()
@@ -250,7 +250,7 @@ async def _run_gateway(app: web.Application, settings: Settings) -> None:
     """
     from aiohttp import web
 
-    from gateway.io.state import STATE
+    from gateway.server.state import STATE
 
     log = get_logger("gateway.serve")
     gateway = settings.gateway
@@ -337,17 +337,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "label":
             print(asyncio.run(_import_labels(settings, args.file, args.by, args.skip_invalid)))
         elif args.command == "analyze":
-            from gateway.analysis.command import run_analyze
+            from gateway.tools.analyze import run_analyze
 
             asyncio.run(run_analyze(args, settings))
         elif args.command == "plan":
-            from gateway.analysis.plan_command import run_plan
+            from gateway.tools.plan import run_plan
 
             asyncio.run(run_plan(args, settings))
         elif args.command == "replay":
             return replay_command(args, settings)
         elif args.command == "demo":
-            from gateway.demo import run_demo
+            from gateway.tools.demo import run_demo
 
             run_demo(args.dataset, args.workdir, args.concurrency, print)
     except GatewayError as exc:

@@ -9,8 +9,8 @@ import pytest
 import structlog
 from support import DOMAINS, EMULATOR_KEY
 
-from gateway.dataset import LabelledUtterance, load_dataset
-from gateway.local_services import LocalEmulator
+from gateway.tools.dataset import LabelledUtterance, load_dataset
+from gateway.tools.local_services import LocalEmulator
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,8 @@ import json
 
 from redis_servers import AsyncClient
 
-from gateway.constants import RECORD_FIELD, UNIT_RECORDS_MAX, RedisKeys
-from gateway.outcomes.redis_sink import units_field_of_json
+from gateway.stores.keys import RECORD_FIELD, UNIT_RECORDS_MAX, RedisKeys
+from gateway.stores.redis_sink import units_field_of_json
 
 
 def _text(value: bytes | str) -> str:

@@ -31,8 +31,8 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.crc import key_slot
 
-from gateway.constants import RECORD_FIELD
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
+from gateway.stores.keys import RECORD_FIELD
 
 AsyncClient = AsyncRedis | AsyncRedisCluster
 

@@ -106,6 +106,6 @@ def write_gateway_config(
 
 
 def read_outcomes(path: Path) -> list[OutcomeRecord]:
-    from gateway.outcomes.sink import read_jsonl
+    from gateway.stores.jsonl_sink import read_jsonl
 
     return list(read_jsonl(path)) if path.exists() else []

@@ -22,7 +22,7 @@ import pytest
 from packaging.markers import Marker
 from support import ROOT
 
-from gateway.local_services import free_port
+from gateway.tools.local_services import free_port
 
 DOCKERFILE = ROOT / "Dockerfile"
 PIP_TIMEOUT_S = 900

@@ -17,19 +17,20 @@ import pytest
 from docs_markdown import backticked, doc, fenced_blocks, section, tables
 from prometheus_client import Counter, Gauge, Histogram
 
-from gateway.constants import NO_EXPERIMENT, RedisKeys
+from gateway.constants import NO_EXPERIMENT
 from gateway.control.assignment import phase_id
 from gateway.control.breaker import BreakerState
 from gateway.control.guardrails import GuardrailName
 from gateway.control.model import Backend, Variant
 from gateway.control.state import Action
 from gateway.errors import Limit
-from gateway.io.admin_openapi import openapi_document
-from gateway.io.backend_gate import breaker_name
-from gateway.io.metrics import GatewayMetrics
 from gateway.outcomes.record import Kind, Protocol, Role
-from gateway.outcomes.redis_sink import RedisSink
 from gateway.protocol.usp import RecognitionStatus
+from gateway.server.admin.openapi import openapi_document
+from gateway.server.metrics import GatewayMetrics
+from gateway.server.relay.backend_gate import breaker_name
+from gateway.stores.keys import RedisKeys
+from gateway.stores.redis_sink import RedisSink
 
 AZURE = Backend("azure", "wss://westus.stt.speech.microsoft.com")
 BASE = Variant("base", AZURE, None, 90.0)

@@ -1,6 +1,6 @@
 """The experiment model the per-request path reads: frozen, slotted values, no pydantic.
 
-`gateway.control.config.build_gateway_config` is the only producer of a `GatewayConfig`; it
+`gateway.config.gateway.build_gateway_config` is the only producer of a `GatewayConfig`; it
 validates everything, so the values here trust their fields. `gateway.control.assignment`
 turns an `Experiment` and a unit id into a `Variant`.
 """

@@ -11,7 +11,7 @@ session starts meanwhile, the failure was retried and is dropped from the guardr
 else it is released and counted. A session without a client session id cannot be told
 from a new one, so its failures are never held.
 
-Pure, with the clock passed in; `gateway.io.state` feeds it. Memory: one entry per client
+Pure, with the clock passed in; `gateway.server.state` feeds it. Memory: one entry per client
 session that started an attempt or failed within the last `hold_s` seconds.
 """
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from gateway.config.settings import EmulatorSettings
 from gateway.emulator.instant import InstantStream
 from gateway.emulator.models import BASE_MODEL, model_specs
 from gateway.emulator.recognition import RecognitionStream, StreamConfig
 from gateway.emulator.recognizer_pool import RecognizerPool
-from gateway.settings import EmulatorSettings
 
 
 class Engine(Protocol):

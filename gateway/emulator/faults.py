@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from gateway.config.settings import FaultSettings
 from gateway.emulator.usp_session import Failure
 from gateway.protocol.usp import RecognitionStatus
-from gateway.settings import FaultSettings
 
 
 @dataclass(frozen=True, slots=True)

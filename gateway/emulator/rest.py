@@ -10,6 +10,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.emulator import auth, options, phrases
+from gateway.emulator.app_state import STATE, EmulatorState, unauthorized
 from gateway.emulator.faults import HttpFailure
 from gateway.emulator.recognition import (
     Final,
@@ -18,7 +19,6 @@ from gateway.emulator.recognition import (
     StreamConfig,
     ticks,
 )
-from gateway.emulator.state import STATE, EmulatorState, unauthorized
 from gateway.errors import RecognitionError, RestError, UspError
 from gateway.protocol.usp import RecognitionStatus
 from gateway.protocol.wav import WaveHeaderReader, require_pcm16_mono_16k

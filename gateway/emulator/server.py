@@ -15,11 +15,12 @@ from typing import assert_never
 
 from aiohttp import WSMsgType, web
 
+from gateway.config.settings import EmulatorSettings
 from gateway.emulator import auth, options, rest
+from gateway.emulator.app_state import STATE, EmulatorState, unauthorized
 from gateway.emulator.engines import Engine, create_engine
 from gateway.emulator.faults import FaultInjector, HttpFailure
 from gateway.emulator.recognition import RecognitionStream, StreamCall
-from gateway.emulator.state import STATE, EmulatorState, unauthorized
 from gateway.emulator.usp_session import (
     Close,
     CloseStream,
@@ -35,7 +36,6 @@ from gateway.errors import CloseCode, RecognitionError, UspError
 from gateway.logging import get_logger
 from gateway.protocol.paths import USP_PATHS, V1_PATHS
 from gateway.protocol.usp import DEFAULT_LIMITS, decode_binary, decode_text
-from gateway.settings import EmulatorSettings
 
 log = get_logger(__name__)
 

@@ -21,7 +21,7 @@ from gateway.outcomes.record import (
     new_record_id,
     now_iso,
 )
-from gateway.outcomes.sink import JsonlSink, OutcomeSink, read_jsonl
+from gateway.stores.jsonl_sink import JsonlSink, OutcomeSink, read_jsonl
 
 __all__ = [
     "FIELD_NAMES",

@@ -8,7 +8,7 @@ through the unit's pseudonym (`UnitQuery`), to record ids before anything is sto
 parsers here are the two edges where labels enter: import files (CSV or JSON lines,
 `parse_labels` / `scan_labels`, errors as `ConfigError` naming `file:line`) and the HTTP
 API's body (`parse_label_body`, errors as `RestError` naming the index and field).
-`gateway.outcomes.label_store` keeps labels beside the outcomes; `gateway.stats.wer` scores a
+`gateway.stores.label_store` keeps labels beside the outcomes; `gateway.stats.wer` scores a
 record's text against its label. docs/labels.md is the description for analysts.
 """
 
@@ -34,7 +34,7 @@ MAX_TEXT_CHARS: Final = 10_000
 MAX_BATCH: Final = 10_000  # labels in one API request
 MAX_LABELLER_CHARS: Final = 200
 _MAX_PROBLEMS: Final = 1_000  # bad lines kept for the report; the rest are only counted
-# As the gateway accepts a unit id (gateway.session.routing.MAX_UNIT_ID): a longer one can
+# As the gateway accepts a unit id (gateway.control.routing.MAX_UNIT_ID): a longer one can
 # have no records.
 MAX_UNIT_CHARS: Final = 256
 MAX_UTTERANCE_INDEX: Final = 2**31 - 1

@@ -1,6 +1,6 @@
 """The outcome record: one flat, versioned row per utterance, REST request or failed session.
 
-The session layer builds records (`gateway.session.taps`), a sink (`gateway.outcomes.sink`)
+The session layer builds records (`gateway.session.taps`), a sink (`gateway.stores.jsonl_sink`)
 stores them as JSON lines, and the analysis reads them back with `OutcomeRecord.from_json`.
 Every record is validated when it is built, so a bad value fails where it was made, with the
 field named, instead of in an analyst's notebook weeks later. `docs/outcomes.md` is the

@@ -1,6 +1,6 @@
 """The USP relay of one client connection as a state machine: frames in, commands out.
 
-`gateway.io.usp_relay` drives it: every frame from the client, from the primary backend and
+`gateway.server.relay.usp` drives it: every frame from the client, from the primary backend and
 from each shadow is handed here with its arrival time, and the returned commands say what
 to send where. Frames are forwarded unchanged (the original `str`/`bytes` objects) and in
 order; the relay only reads them, to follow the turns and tap outcomes:
@@ -271,7 +271,7 @@ class RelaySession:
         A connection lost without a close frame (1006, or no code at all) cannot be passed
         on: no close frame may carry it. The current turn is answered with an Error phrase
         instead, as for any failure the gateway detects itself (§5.3, 3). (The WebSocket
-        driver, `gateway.io.usp_relay`, keeps only the record of these commands and drops
+        driver, `gateway.server.relay.usp`, keeps only the record of these commands and drops
         the client's connection instead, as the backend dropped its own: §5.3, 8.)
         """
         if self._ended:  # the gateway closed it

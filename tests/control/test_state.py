@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from gateway.config.gateway import build_gateway_config
+from gateway.config.settings import Settings
 from gateway.control.assignment import resolve
-from gateway.control.config import build_gateway_config
 from gateway.control.model import Client, Experiment
 from gateway.control.state import (
     MAX_FORCED_UNITS,
@@ -18,7 +19,6 @@ from gateway.control.state import (
     layout_of,
 )
 from gateway.errors import ControlError
-from gateway.settings import Settings
 
 AT = "2026-11-21T10:00:00.000Z"
 CLIENT = Client("app", "0" * 64)

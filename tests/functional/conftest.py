@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from support import write_gateway_config
 
-from gateway.local_services import LocalEmulator, LocalGateway
+from gateway.tools.local_services import LocalEmulator, LocalGateway
 
 ALPHA = "Alpha answers here."
 BRAVO = "Bravo answers here."

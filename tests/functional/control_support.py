@@ -14,8 +14,8 @@ from conftest import ALPHA, BRAVO, gateway_for
 from support import CLIENT_KEY, silence
 
 from gateway.control.model import hash_key
-from gateway.io.usp_client import TurnResult, recognize
-from gateway.local_services import LocalGateway
+from gateway.tools.local_services import LocalGateway
+from gateway.tools.usp_client import TurnResult, recognize
 
 PATH = "/speech/recognition/conversation/cognitiveservices/v1"
 ADMIN = "control-admin-token-0123456789"

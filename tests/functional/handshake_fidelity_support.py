@@ -38,7 +38,6 @@ import azure.cognitiveservices.speech as speechsdk
 from aiohttp import WSMsgType, web
 from support import DATA
 
-from gateway.local_services import free_port
 from gateway.protocol.usp import (
     RecognitionStatus,
     decode_binary_head,
@@ -46,7 +45,8 @@ from gateway.protocol.usp import (
     encode_text,
     status_phrase_body,
 )
-from gateway.speech_client import Transcript, transcribe_file
+from gateway.tools.local_services import free_port
+from gateway.tools.speech_client import Transcript, transcribe_file
 
 WAV = DATA / "demo" / "banking" / "audio" / "banking-001.wav"
 PATH = "/speech/recognition/interactive/cognitiveservices/v1"

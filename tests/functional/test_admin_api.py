@@ -13,8 +13,8 @@ from conftest import ALPHA, gateway_for, split_experiment
 from support import CLIENT_KEY, read_outcomes, silence
 
 from gateway.control.model import hash_key
-from gateway.io.usp_client import recognize
-from gateway.local_services import LocalEmulator, LocalGateway
+from gateway.tools.local_services import LocalEmulator, LocalGateway
+from gateway.tools.usp_client import recognize
 
 ADMIN_TOKEN = "admin-token-for-the-analysis-api"
 PATH = "/speech/recognition/conversation/cognitiveservices/v1"

@@ -17,10 +17,10 @@ from conftest import split_experiment
 from control_support import ADMIN, AUTH, admin, answered_by, control_gateway, sessions, view
 from openapi_spec_validator import validate
 
-from gateway.io.server import create_gateway_app
-from gateway.local_services import LocalEmulator
-from gateway.outcomes.sink import read_jsonl
-from gateway.settings import load_settings
+from gateway.config.settings import load_settings
+from gateway.server.app import create_gateway_app
+from gateway.stores.jsonl_sink import read_jsonl
+from gateway.tools.local_services import LocalEmulator
 
 JSON = {**AUTH, "Content-Type": "application/json"}
 BAD_REQUESTS: list[tuple[str, str, Any, dict[str, str] | None, int, str]] = [
@@ -164,7 +164,7 @@ async def test_changes_steer_new_sessions_and_survive_a_restart(
 
 
 def test_the_openapi_document_is_valid_and_covers_every_admin_route(tmp_path: Path) -> None:
-    from gateway.io.admin_openapi import openapi_document
+    from gateway.server.admin.openapi import openapi_document
 
     document = openapi_document()
     validate(document)  # type: ignore[arg-type]

@@ -10,8 +10,8 @@ import azure.cognitiveservices.speech as speechsdk
 from conftest import ALPHA, BRAVO, gateway_for
 from support import CLIENT_KEY, ROOT, read_outcomes
 
-from gateway.local_services import LocalEmulator
-from gateway.speech_client import speech_config, transcribe_file
+from gateway.tools.local_services import LocalEmulator
+from gateway.tools.speech_client import speech_config, transcribe_file
 
 PATH = "/speech/recognition/conversation/cognitiveservices/v1"
 WAV = ROOT / "data" / "demo" / "banking" / "audio" / "banking-001.wav"

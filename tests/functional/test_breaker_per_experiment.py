@@ -22,10 +22,10 @@ from control_support import ADMIN, AUTH, PCM, metric, metrics_text
 from support import CLIENT_KEY, QA_KEY
 
 from gateway.control.model import hash_key
-from gateway.io.usp_client import TurnResult, recognize
-from gateway.local_services import free_port
-from gateway.outcomes.sink import read_jsonl
 from gateway.protocol.usp import decode_binary_head, encode_text
+from gateway.stores.jsonl_sink import read_jsonl
+from gateway.tools.local_services import free_port
+from gateway.tools.usp_client import TurnResult, recognize
 
 PATH = "/speech/recognition/conversation/cognitiveservices/v1?language=en-US"
 HEALTHY, BROKEN = "healthy-banking", "broken-checkout"

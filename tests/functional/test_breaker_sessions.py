@@ -25,13 +25,13 @@ from redis_servers import RedisServer
 from support import CLIENT_KEY, write_wav
 
 from gateway.analysis.report import build_report
-from gateway.constants import RECORD_FIELD, RedisKeys
 from gateway.control.retries import RETRY_HOLD_S
-from gateway.io.counter_store import SEPARATOR, guard_key
-from gateway.local_services import LocalEmulator, LocalGateway
 from gateway.outcomes.record import Kind, OutcomeRecord, Role
-from gateway.outcomes.sink import read_jsonl
-from gateway.speech_client import Transcript, speech_config, transcribe_file
+from gateway.stores.counter_store import SEPARATOR, guard_key
+from gateway.stores.jsonl_sink import read_jsonl
+from gateway.stores.keys import RECORD_FIELD, RedisKeys
+from gateway.tools.local_services import LocalEmulator, LocalGateway
+from gateway.tools.speech_client import Transcript, speech_config, transcribe_file
 
 PREFIX = "sgw-retries"
 

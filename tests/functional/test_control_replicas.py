@@ -14,9 +14,9 @@ from conftest import split_experiment
 from control_support import admin, answered_by, control_gateway, session, sessions, view
 from redis_servers import RedisServer
 
-from gateway.io.control_store import ControlKeys
-from gateway.local_services import LocalEmulator
-from gateway.outcomes.sink import read_jsonl
+from gateway.stores.control_store import ControlKeys
+from gateway.stores.jsonl_sink import read_jsonl
+from gateway.tools.local_services import LocalEmulator
 
 PREFIX = "sgw-replicas"
 

@@ -33,7 +33,7 @@ from support import CLIENT_KEY
 
 from gateway.cli import main as cli_main
 from gateway.control.model import hash_key
-from gateway.local_services import LocalGateway
+from gateway.tools.local_services import LocalGateway
 
 TOKENS = {"alice": "docs-admin-token-alice-0123456789", "bob": "docs-admin-token-bob-0123456789"}
 # Who made each change of the page's audit trail example; everything else is alice's.

@@ -22,10 +22,10 @@ from conftest import ALPHA, gateway_for
 from control_support import metric
 from support import CLIENT_KEY, read_outcomes, silence
 
-from gateway.local_services import LocalEmulator, LocalGateway
 from gateway.protocol.usp import decode_text, encode_binary, encode_text, new_request_id
 from gateway.protocol.wav import wave_header
-from gateway.speech_client import speech_config
+from gateway.tools.local_services import LocalEmulator, LocalGateway
+from gateway.tools.speech_client import speech_config
 
 GRACE_S = 6.0
 CLOSE_TIMEOUT_S = 5.0

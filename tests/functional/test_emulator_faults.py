@@ -15,10 +15,10 @@ import aiohttp
 import azure.cognitiveservices.speech as speechsdk
 import pytest
 
-from gateway.dataset import LabelledUtterance
-from gateway.local_services import LocalEmulator
 from gateway.protocol.usp import encode_binary, encode_text, new_request_id
 from gateway.protocol.wav import wave_header
+from gateway.tools.dataset import LabelledUtterance
+from gateway.tools.local_services import LocalEmulator
 
 CODES = speechsdk.CancellationErrorCode
 INSTANT_TEXT = "Please check my savings balance."

@@ -21,9 +21,9 @@ from control_support import (
 )
 from support import CLIENT_KEY, read_pcm, write_wav
 
-from gateway.local_services import LocalEmulator, LocalGateway, free_port
-from gateway.outcomes.sink import read_jsonl
-from gateway.speech_client import speech_config, transcribe_file
+from gateway.stores.jsonl_sink import read_jsonl
+from gateway.tools.local_services import LocalEmulator, LocalGateway, free_port
+from gateway.tools.speech_client import speech_config, transcribe_file
 
 BREAKER = {"consecutive_failures": 3, "open_s": 1.0}
 DEMO_WAV = Path(__file__).resolve().parents[2] / "data/demo/banking/audio/banking-001.wav"

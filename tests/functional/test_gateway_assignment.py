@@ -11,9 +11,9 @@ import azure.cognitiveservices.speech as speechsdk
 from conftest import ALPHA, BRAVO, gateway_for, split_experiment
 from support import CLIENT_KEY, QA_KEY, read_outcomes, silence
 
-from gateway.io.usp_client import recognize
-from gateway.local_services import LocalEmulator, LocalGateway
-from gateway.speech_client import transcribe_file
+from gateway.tools.local_services import LocalEmulator, LocalGateway
+from gateway.tools.speech_client import transcribe_file
+from gateway.tools.usp_client import recognize
 
 UNITS = [f"unit-{n:04d}" for n in range(400)]
 PATH = "/speech/recognition/conversation/cognitiveservices/v1"

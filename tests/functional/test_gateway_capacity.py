@@ -11,7 +11,7 @@ import pytest
 from conftest import gateway_for
 from support import CLIENT_KEY, read_outcomes
 
-from gateway.local_services import LocalEmulator
+from gateway.tools.local_services import LocalEmulator
 
 SESSIONS = 150  # past aiohttp's default pool of 100 connections per client session
 PATH = "/speech/recognition/conversation/cognitiveservices/v1"

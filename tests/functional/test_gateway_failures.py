@@ -30,11 +30,11 @@ from aiohttp import web
 from conftest import ALPHA, gateway_for
 from support import BACKEND_KEY, CLIENT_KEY, DATA, QA_KEY, read_outcomes, silence
 
-from gateway.local_services import LocalEmulator, free_port
 from gateway.outcomes.record import Kind, OutcomeRecord
 from gateway.protocol.usp import encode_binary, encode_text, new_request_id
 from gateway.protocol.wav import wave_header
-from gateway.speech_client import Transcript, transcribe_file
+from gateway.tools.local_services import LocalEmulator, free_port
+from gateway.tools.speech_client import Transcript, transcribe_file
 
 WAV = DATA / "demo" / "banking" / "audio" / "banking-001.wav"
 PATH = "/speech/recognition/interactive/cognitiveservices/v1"

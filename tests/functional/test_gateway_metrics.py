@@ -14,10 +14,10 @@ from conftest import ALPHA, BRAVO, gateway_for, split_experiment
 from control_support import metric
 from support import CLIENT_KEY, QA_KEY, read_outcomes, silence, write_wav
 
-from gateway.io.usp_client import recognize
-from gateway.local_services import LocalEmulator, LocalGateway, free_port
 from gateway.outcomes.record import OutcomeRecord
-from gateway.speech_client import speech_config, transcribe_file
+from gateway.tools.local_services import LocalEmulator, LocalGateway, free_port
+from gateway.tools.speech_client import speech_config, transcribe_file
+from gateway.tools.usp_client import recognize
 
 PATH = "/speech/recognition/conversation/cognitiveservices/v1"
 SDK_SESSIONS = 3

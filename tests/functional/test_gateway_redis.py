@@ -17,11 +17,11 @@ from conftest import gateway_for, split_experiment
 from redis_servers import RedisClusterServers, RedisServer
 from support import CLIENT_KEY, read_pcm, silence, write_wav
 
-from gateway.constants import RECORD_FIELD, RedisKeys
 from gateway.control.model import hash_key
-from gateway.local_services import LocalEmulator, LocalGateway
 from gateway.outcomes.record import OutcomeRecord
-from gateway.speech_client import Transcript, speech_config, transcribe_file
+from gateway.stores.keys import RECORD_FIELD, RedisKeys
+from gateway.tools.local_services import LocalEmulator, LocalGateway
+from gateway.tools.speech_client import Transcript, speech_config, transcribe_file
 
 PATH = "/speech/recognition/conversation/cognitiveservices/v1"
 PREFIX = "sgw-func"

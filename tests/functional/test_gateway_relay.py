@@ -14,10 +14,10 @@ import pytest
 from conftest import gateway_for
 from support import CLIENT_KEY, EMULATOR_KEY, read_outcomes, read_pcm, silence, write_wav
 
-from gateway.dataset import LabelledUtterance
-from gateway.io.usp_client import recognize
-from gateway.local_services import LocalEmulator, LocalGateway
-from gateway.speech_client import speech_config, transcribe_file
+from gateway.tools.dataset import LabelledUtterance
+from gateway.tools.local_services import LocalEmulator, LocalGateway
+from gateway.tools.speech_client import speech_config, transcribe_file
+from gateway.tools.usp_client import recognize
 
 V1 = "/speech/recognition/conversation/cognitiveservices/v1"
 UNIVERSAL = "/stt/speech/universal/v2"

@@ -20,10 +20,10 @@ from aiohttp import web
 from conftest import ALPHA, BRAVO, gateway_for, split_experiment
 from support import CLIENT_KEY, EMULATOR_KEY, QA_KEY, read_outcomes, read_pcm, silence
 
-from gateway.dataset import LabelledUtterance
-from gateway.local_services import LocalEmulator, LocalGateway, free_port
 from gateway.outcomes.privacy import pseudonymise, text_digest
 from gateway.outcomes.record import Kind, Role
+from gateway.tools.dataset import LabelledUtterance
+from gateway.tools.local_services import LocalEmulator, LocalGateway, free_port
 
 PATH = "/speech/recognition/conversation/cognitiveservices/v1"
 WAV_CONTENT_TYPE = {"Content-Type": "audio/wav; codecs=audio/pcm; samplerate=16000"}

@@ -27,10 +27,10 @@ from aiohttp import web
 from conftest import ALPHA, BRAVO, gateway_for
 from support import BACKEND_KEY, CLIENT_KEY, DATA, QA_KEY, read_outcomes, read_pcm
 
-from gateway.local_services import LocalEmulator, free_port
 from gateway.protocol.usp import decode_text, encode_binary, encode_text, new_request_id
 from gateway.protocol.wav import wave_header
-from gateway.speech_client import Transcript, transcribe_file
+from gateway.tools.local_services import LocalEmulator, free_port
+from gateway.tools.speech_client import Transcript, transcribe_file
 
 WAV = DATA / "demo" / "banking" / "audio" / "banking-001.wav"
 INTERACTIVE = "/speech/recognition/interactive/cognitiveservices/v1"

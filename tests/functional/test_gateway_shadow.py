@@ -17,9 +17,6 @@ from aiohttp import web
 from conftest import ALPHA, BRAVO, gateway_for
 from support import CLIENT_KEY, EMULATOR_KEY, read_outcomes, read_pcm, silence, write_wav
 
-from gateway.dataset import LabelledUtterance
-from gateway.io.usp_client import recognize
-from gateway.local_services import LocalEmulator, LocalGateway, free_port
 from gateway.outcomes.pairing import pair_shadows, unpaired
 from gateway.outcomes.record import Kind, OutcomeRecord, Role
 from gateway.protocol.usp import (
@@ -30,7 +27,10 @@ from gateway.protocol.usp import (
     new_request_id,
 )
 from gateway.protocol.wav import wave_header
-from gateway.speech_client import Transcript, speech_config, transcribe_file
+from gateway.tools.dataset import LabelledUtterance
+from gateway.tools.local_services import LocalEmulator, LocalGateway, free_port
+from gateway.tools.speech_client import Transcript, speech_config, transcribe_file
+from gateway.tools.usp_client import recognize
 
 PATH = "/speech/recognition/conversation/cognitiveservices/v1"
 KEY_HEADER = {"Ocp-Apim-Subscription-Key": CLIENT_KEY}

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from redis_servers import RedisServer
 
 from gateway.control.guardrails import ArmCounts
-from gateway.local_services import LocalEmulator, LocalGateway
+from gateway.tools.local_services import LocalEmulator, LocalGateway
 
 BATCH = 20
 MAX_SESSIONS = 400  # bound on sessions before the rollback (about 70 per arm are needed)

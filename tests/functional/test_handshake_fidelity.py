@@ -38,9 +38,9 @@ from handshake_fidelity_support import (
 from multidict import CIMultiDictProxy
 from support import BACKEND_KEY, QA_KEY, read_outcomes
 
-from gateway.io.upstream import FOLLOWED_REDIRECTS, REDACTED
-from gateway.local_services import LocalGateway
 from gateway.outcomes.record import Kind, OutcomeRecord
+from gateway.server.relay.upstream import FOLLOWED_REDIRECTS, REDACTED
+from gateway.tools.local_services import LocalGateway
 
 REFUSED = ["status_400", "status_404", "status_500", "status_502"]
 REDIRECTS = [

@@ -7,7 +7,7 @@ Every case a row names is played through a gateway in front of a scripted backen
 the real SDK, and what the SDK reported, how often it tried and what the gateway recorded
 are compared with the row. A row without a scenario here, or a scenario without its row,
 fails as well, and so do the constants the notes under the table state (the headers
-withheld, the body bound, the redirects followed), read against `gateway.io.upstream`.
+withheld, the body bound, the redirects followed), read against `gateway.server.relay.upstream`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,10 @@ from handshake_fidelity_support import (
 from support import BACKEND_KEY, QA_KEY, read_outcomes
 
 from gateway.errors import CloseCode
-from gateway.io.upstream import (
+from gateway.outcomes.record import Kind
+from gateway.protocol.usp import encode_binary, encode_text, new_request_id
+from gateway.protocol.wav import wave_header
+from gateway.server.relay.upstream import (
     FOLLOWED_REDIRECTS,
     HOP_BY_HOP_HEADERS,
     MAX_REDIRECTS,
@@ -44,10 +47,7 @@ from gateway.io.upstream import (
     REDACTED,
     WITHHELD_HEADERS,
 )
-from gateway.local_services import free_port
-from gateway.outcomes.record import Kind
-from gateway.protocol.usp import encode_binary, encode_text, new_request_id
-from gateway.protocol.wav import wave_header
+from gateway.tools.local_services import free_port
 
 HEADING = "Failures, as the SDK sees them (protocol.md §5.3)"
 ATTEMPTS = 5  # what "retried" means for the native SDK: 5 connection attempts in all

@@ -21,13 +21,13 @@ from support import silence, write_wav
 
 from gateway.control.model import hash_key
 from gateway.errors import ConfigError
-from gateway.io.labels_api import LABEL_STORE, PSEUDONYM_KEY, AdminTokens, add_label_routes
-from gateway.local_services import LocalEmulator
-from gateway.outcomes.label_store import FileLabelStore, PutResult, UnitMatch
 from gateway.outcomes.labels import Label, LabelInput, LabelSource, UnitQuery
 from gateway.outcomes.privacy import pseudonymise
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
-from gateway.speech_client import speech_config, transcribe_file
+from gateway.server.admin.labels import LABEL_STORE, PSEUDONYM_KEY, AdminTokens, add_label_routes
+from gateway.stores.label_store import FileLabelStore, PutResult, UnitMatch
+from gateway.tools.local_services import LocalEmulator
+from gateway.tools.speech_client import speech_config, transcribe_file
 
 ALICE_TOKEN = "admin-token-alice-3f9c1e"
 BOB_TOKEN = "admin-token-bob-77d0a2"

@@ -21,13 +21,13 @@ from aiohttp import web
 from conftest import ALPHA, gateway_for
 from support import CLIENT_KEY, DATA, QA_KEY, read_outcomes, read_pcm, silence, write_wav
 
+from gateway.config.settings import load_settings
 from gateway.errors import ConfigError
-from gateway.local_services import LocalEmulator, LocalGateway, free_port
 from gateway.outcomes.record import Kind, OutcomeRecord
 from gateway.protocol.usp import encode_binary, encode_text, new_request_id
 from gateway.protocol.wav import wave_header
-from gateway.settings import load_settings
-from gateway.speech_client import Transcript, transcribe_file
+from gateway.tools.local_services import LocalEmulator, LocalGateway, free_port
+from gateway.tools.speech_client import Transcript, transcribe_file
 
 AUDIO = DATA / "demo" / "banking" / "audio"
 WAV = AUDIO / "banking-001.wav"  # 3.7 s, 118 KB of PCM

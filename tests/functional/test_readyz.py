@@ -17,9 +17,9 @@ from control_support import control_gateway
 from redis_servers import RedisClusterServers, RedisServer
 from support import CLIENT_KEY, silence
 
-from gateway.io.server import READY_PING_TIMEOUT_S
-from gateway.io.usp_client import recognize
-from gateway.local_services import LocalEmulator, LocalGateway
+from gateway.server.app import READY_PING_TIMEOUT_S
+from gateway.tools.local_services import LocalEmulator, LocalGateway
+from gateway.tools.usp_client import recognize
 
 PATH = "/speech/recognition/conversation/cognitiveservices/v1"
 

@@ -11,7 +11,7 @@ from typing import Any
 from conftest import gateway_for, split_experiment
 from redis_servers import RedisServer
 
-from gateway.local_services import LocalEmulator
+from gateway.tools.local_services import LocalEmulator
 
 EVENTS = ("outcomes_redis_not_persistent", "outcomes_redis_persistent")
 

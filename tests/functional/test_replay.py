@@ -17,12 +17,13 @@ import pytest
 from conftest import ALPHA, BRAVO, gateway_for, split_experiment
 from support import CLIENT_KEY, DOMAINS, read_outcomes, read_pcm, write_wav
 
+from gateway.config.settings import load_settings
 from gateway.control.model import hash_key
-from gateway.dataset import LabelledUtterance, load_dataset
 from gateway.errors import ConfigError, UpstreamRejected, UpstreamUnavailable
-from gateway.local_services import LocalEmulator, LocalGateway, free_port
 from gateway.outcomes.labels import UnitLabel
-from gateway.replay import (
+from gateway.tools.dataset import LabelledUtterance, load_dataset
+from gateway.tools.local_services import LocalEmulator, LocalGateway, free_port
+from gateway.tools.replay import (
     ADMIN_TOKEN_ENV,
     CLIENT_KEY_ENV,
     ProgressBar,
@@ -31,8 +32,7 @@ from gateway.replay import (
     replay_command,
     run_replay,
 )
-from gateway.replay_http import GatewayUrls, LabelTarget, attach_labels, fetch_analysis
-from gateway.settings import load_settings
+from gateway.tools.replay_http import GatewayUrls, LabelTarget, attach_labels, fetch_analysis
 
 ADMIN_TOKEN = "replay-test-admin-token-5d1c"
 WRONG_KEY = "not-a-gateway-key-8e2f"

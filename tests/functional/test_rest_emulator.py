@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from support import EMULATOR_KEY, read_pcm, silence
 
-from gateway.dataset import LabelledUtterance
-from gateway.local_services import LocalEmulator
 from gateway.stats.wer import align
+from gateway.tools.dataset import LabelledUtterance
+from gateway.tools.local_services import LocalEmulator
 
 KEY = {"Ocp-Apim-Subscription-Key": EMULATOR_KEY}
 WAV_CONTENT_TYPE = {"Content-Type": "audio/wav; codecs=audio/pcm; samplerate=16000"}

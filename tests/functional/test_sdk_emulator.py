@@ -9,10 +9,10 @@ import azure.cognitiveservices.speech as speechsdk
 import pytest
 from support import EMULATOR_KEY, read_pcm, silence, write_wav
 
-from gateway.dataset import LabelledUtterance
-from gateway.local_services import LocalEmulator
-from gateway.speech_client import speech_config, transcribe_file
 from gateway.stats.wer import align, corpus_wer
+from gateway.tools.dataset import LabelledUtterance
+from gateway.tools.local_services import LocalEmulator
+from gateway.tools.speech_client import speech_config, transcribe_file
 
 V1_CONVERSATION = "/speech/recognition/conversation/cognitiveservices/v1"
 UNIVERSAL_V2 = "/stt/speech/universal/v2"

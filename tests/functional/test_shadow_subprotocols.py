@@ -19,7 +19,7 @@ from conftest import gateway_for
 from handshake_fidelity_support import PATH, SERVED_TEXT, Received, ScriptedBackend, sdk_once
 from support import CLIENT_KEY
 
-from gateway.local_services import LocalGateway
+from gateway.tools.local_services import LocalGateway
 
 REQUEST_WAIT_S = 15.0
 EXPERIMENT = {

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import CloseCode
-from gateway.local_services import LocalEmulator
 from gateway.protocol.usp import encode_binary, encode_text, new_request_id
 from gateway.protocol.wav import WaveFormat, wave_header
+from gateway.tools.local_services import LocalEmulator
 
 WS_PATH = "/speech/recognition/interactive/cognitiveservices/v1?language=en-US"
 TIMEOUT_S = 60.0

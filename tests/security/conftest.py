@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from security_support import TRANSCRIPT
 
-from gateway.local_services import LocalEmulator
+from gateway.tools.local_services import LocalEmulator
 
 
 @pytest.fixture(scope="session")

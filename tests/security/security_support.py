@@ -16,11 +16,11 @@ from pathlib import Path
 from aiohttp import web
 from support import CLIENT_KEY, QA_KEY, silence, write_gateway_config
 
+from gateway.config.settings import Settings, load_settings
 from gateway.control.model import hash_key
-from gateway.io.server import create_gateway_app
 from gateway.protocol.paths import V1_PATHS
 from gateway.protocol.wav import wave_header
-from gateway.settings import Settings, load_settings
+from gateway.server.app import create_gateway_app
 
 # Words no recogniser would produce by chance: a log line holding one holds a transcript.
 TRANSCRIPT = "Quokka marmalade zeppelin harbour."

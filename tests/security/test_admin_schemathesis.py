@@ -38,7 +38,7 @@ from security_support import (
 from support import write_gateway_config
 
 from gateway.control.model import hash_key
-from gateway.local_services import LocalGateway
+from gateway.tools.local_services import LocalGateway
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 RUN_TIMEOUT_S = 240

@@ -36,7 +36,7 @@ from support import CLIENT_KEY, EMULATOR_KEY, QA_KEY, ROOT
 
 from gateway.control.model import Client, GatewayConfig, hash_key
 from gateway.emulator import auth as emulator_auth
-from gateway.io.labels_api import AdminTokens
+from gateway.server.admin.labels import AdminTokens
 
 REAL_COMPARE = hmac.compare_digest
 DIGEST_HEX = 64  # SHA-256 as hex, as the gateway compares client keys and admin tokens
@@ -229,8 +229,8 @@ ALLOWED = {
     ("gateway/protocol/usp.py", "key == 'x-requestid'"),
     ("gateway/analysis/report.py", "key == phase"),
     # Configuration checks against the public digest of the empty string, at start-up.
-    ("gateway/control/config.py", "client.key_sha256 == _EMPTY_KEY_DIGEST"),
-    ("gateway/io/labels_api.py", "digest == _EMPTY_DIGEST"),
+    ("gateway/config/gateway.py", "client.key_sha256 == _EMPTY_KEY_DIGEST"),
+    ("gateway/server/admin/labels.py", "digest == _EMPTY_DIGEST"),
 }
 
 

@@ -45,9 +45,9 @@ from security_support import (
 from support import CLIENT_KEY, QA_KEY, silence, write_gateway_config
 
 from gateway.control.model import hash_key
-from gateway.io.usp_client import recognize
-from gateway.local_services import LocalEmulator, LocalGateway, free_port
 from gateway.outcomes.record import OutcomeRecord
+from gateway.tools.local_services import LocalEmulator, LocalGateway, free_port
+from gateway.tools.usp_client import recognize
 
 TIMEOUT = aiohttp.ClientTimeout(total=60)
 INTERACTIVE = "/speech/recognition/interactive/cognitiveservices/v1"

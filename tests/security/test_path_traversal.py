@@ -30,9 +30,9 @@ from security_support import (
     server_errors,
 )
 
+from gateway.config.settings import EmulatorSettings
 from gateway.emulator.server import create_app as create_emulator_app
-from gateway.io.server import create_gateway_app
-from gateway.settings import EmulatorSettings
+from gateway.server.app import create_gateway_app
 
 TRAVERSALS = [
     "../../../../../../etc/passwd",

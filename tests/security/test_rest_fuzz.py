@@ -33,9 +33,9 @@ from security_support import (
 )
 from support import CLIENT_KEY, QA_KEY
 
-from gateway.local_services import LocalEmulator
 from gateway.protocol.paths import UNIVERSAL_PATHS, V1_PATHS
 from gateway.protocol.wav import wave_header
+from gateway.tools.local_services import LocalEmulator
 
 # What the gateway answers (docs/gateway.md, protocol.md §7): 200 relayed, 400 a bad request
 # (no experiment, bad unit id, a cut-off body, or the backend's 400), 401 no or a wrong key,

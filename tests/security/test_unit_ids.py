@@ -28,12 +28,12 @@ from security_support import (
 )
 from support import CLIENT_KEY, read_outcomes
 
+from gateway.config.gateway import build_gateway_config
 from gateway.control.assignment import assign
-from gateway.control.config import build_gateway_config
-from gateway.local_services import LocalEmulator
+from gateway.control.routing import MAX_UNIT_ID
 from gateway.outcomes.privacy import PSEUDONYM_LENGTH, pseudonymise
 from gateway.outcomes.record import OutcomeRecord
-from gateway.session.routing import MAX_UNIT_ID
+from gateway.tools.local_services import LocalEmulator
 
 
 def rest(query: str, extra: list[tuple[str, str | bytes]] | None = None) -> bytes:

@@ -34,10 +34,10 @@ from support import silence
 from usp_strategies import REQUEST_IDS, client_binaries, client_texts
 
 from gateway.errors import CloseCode
-from gateway.io.usp_client import recognize
-from gateway.local_services import LocalEmulator
 from gateway.protocol.usp import encode_binary, encode_text, new_request_id
 from gateway.protocol.wav import wave_header
+from gateway.tools.local_services import LocalEmulator
+from gateway.tools.usp_client import recognize
 
 Frame = str | bytes
 RID = REQUEST_IDS[0]

@@ -1,1 +1,0 @@
-"""The gateway's I/O: the only code that touches sockets (aiohttp server and client)."""

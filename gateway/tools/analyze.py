@@ -1,0 +1,145 @@
+"""`speech-gateway analyze`: one experiment's report from the configured outcome store.
+
+The store (file or Redis) and the experiment's control and current split come from the
+same settings the gateway runs with. The report goes to the terminal as tables, and on
+request to a JSON file (docs/analysis.md) and a self-contained HTML file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from gateway.analysis.report import (
+    AnalysisOptions,
+    ExperimentInfo,
+    Json,
+    analyze,
+    parse_moment,
+)
+from gateway.analysis.text_report import render_text
+from gateway.config.gateway import build_gateway_config
+from gateway.config.settings import Settings
+from gateway.errors import ConfigError
+from gateway.outcomes.record import InvalidRecordError
+
+
+def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", required=True, help="the experiment id")
+    parser.add_argument(
+        "--since", type=_moment, help="ISO-8601 start (inclusive), e.g. 2026-01-31T00:00Z"
+    )
+    parser.add_argument("--until", type=_moment, help="ISO-8601 end (exclusive)")
+    parser.add_argument("--phase", help="only this phase (default: every phase)")
+    parser.add_argument("--control", help="the control variant (default: from the config)")
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="write the report as JSON ('-': stdout)"
+    )
+    parser.add_argument(
+        "--html", type=Path, metavar="FILE", help="write a self-contained HTML report"
+    )
+    parser.add_argument("--confidence", type=float, default=0.95, help="interval level (0.95)")
+    parser.add_argument(
+        "--min-labelled",
+        type=int,
+        default=AnalysisOptions().min_labelled,
+        help="labelled utterances per arm before WER decides (20)",
+    )
+
+
+def _moment(value: str) -> datetime:
+    try:
+        return parse_moment(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def experiment_info(
+    settings: Settings, experiment: str, control: str | None
+) -> ExperimentInfo | None:
+    """The configured control and current split of `experiment`; None if it is not configured.
+
+    `--control` wins over the configuration; without either, the report names the first
+    variant (alphabetically) as control and says so.
+    """
+    info: ExperimentInfo | None = None
+    try:
+        config = build_gateway_config(settings.gateway)
+    except ConfigError:
+        # E.g. backend keys absent where the analyst works: the control still comes from
+        # the settings as written; the current phase and shares need the full validation.
+        written = next((e for e in settings.gateway.experiments if e.id == experiment), None)
+        if written is not None:
+            info = ExperimentInfo(
+                control=written.control, min_wer_gain=written.min_wer_gain_points / 100
+            )
+    else:
+        found = next((e for e in config.experiments if e.id == experiment), None)
+        if found is not None:
+            info = ExperimentInfo.of(found)
+    if control is not None:
+        if info is None:
+            return ExperimentInfo(control=control)
+        return ExperimentInfo(
+            control=control,
+            phase=info.phase,
+            shares=info.shares,
+            min_wer_gain=info.min_wer_gain,
+            guardrails=info.guardrails,
+        )
+    return info
+
+
+async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
+    from gateway.stores.factory import open_reader
+
+    options = AnalysisOptions(confidence=args.confidence, min_labelled=args.min_labelled)
+    info = experiment_info(settings, args.experiment, args.control)
+    async with open_reader(settings.outcomes) as reader:
+        try:
+            report = await analyze(
+                reader,
+                args.experiment,
+                info=info,
+                since=args.since,
+                until=args.until,
+                phase=args.phase,
+                options=options,
+            )
+        except FileNotFoundError as exc:
+            raise ConfigError("outcomes.path", f"no outcome file at {exc.filename}") from None
+        except InvalidRecordError as exc:
+            # A record written by something other than the gateway, or corrupted since:
+            # name it, so it can be fixed or removed, rather than analyse around it.
+            raise ConfigError("outcomes", f"an invalid record in the store: {exc}") from None
+    write_outputs(report, args.json, args.html)
+    return report
+
+
+def write_outputs(report: Json, json_path: Path | None, html_path: Path | None) -> None:
+    """The terminal table (unless JSON goes to stdout), then the requested files."""
+    to_stdout = json_path is not None and str(json_path) == "-"
+    # With the JSON on stdout, everything else goes to stderr: stdout stays valid JSON.
+    say = sys.stderr if to_stdout else sys.stdout
+    if to_stdout:
+        sys.stdout.write(report_json(report))
+    else:
+        print(render_text(report))
+    if json_path is not None and not to_stdout:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(report_json(report), encoding="utf-8")
+        print(f"JSON report: {json_path}", file=say)
+    if html_path is not None:
+        from gateway.analysis.html_report import render_html
+
+        html_path.parent.mkdir(parents=True, exist_ok=True)
+        html_path.write_text(render_html(report), encoding="utf-8")
+        print(f"HTML report: {html_path.resolve()}", file=say)
+
+
+def report_json(report: Json) -> str:
+    """The report as indented JSON text; strict: NaN or Infinity is a bug, not output."""
+    return json.dumps(report, indent=2, allow_nan=False) + "\n"

@@ -1,0 +1,399 @@
+"""Tests for gateway.config.settings: defaults, TOML, environment, overrides and their errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from gateway.config.settings import CONFIG_ENV, Settings, config_path, load_settings
+from gateway.errors import ConfigError
+
+ROOT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "gateway.toml"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No SPEECH_GATEWAY_* variables and a cwd without config/gateway.toml."""
+    for name in list(os.environ):
+        if name.startswith("SPEECH_GATEWAY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_error(*args: Path | None, **overrides: object) -> ConfigError:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(*args, **overrides)
+    return caught.value
+
+
+def test_defaults() -> None:
+    """Without file, environment or overrides the built-in defaults apply."""
+    settings = load_settings()
+    assert settings.model_dump() == Settings().model_dump()
+    emulator = settings.emulator
+    assert (emulator.host, emulator.port, emulator.engine) == ("127.0.0.1", 5000, "pocketsphinx")
+    assert (emulator.workers, emulator.max_sessions, emulator.custom) == (2, 16, {})
+    assert emulator.key is None
+    assert emulator.resolved_key() is None
+    assert emulator.faults.latency_ms == 0
+    assert emulator.faults.failure_rate == 0.0
+    assert (settings.logging.level, settings.logging.format) == ("info", "auto")
+
+
+def test_toml_values(tmp_path: Path) -> None:
+    """Values in the TOML file replace the defaults, nested tables included."""
+    path = write(
+        tmp_path / "s.toml",
+        '[logging]\nlevel = "debug"\nformat = "json"\n'
+        '[emulator]\nport = 6001\nengine = "instant"\n'
+        '[emulator.custom]\nbanking = "corpus.txt"\n'
+        "[emulator.faults]\nlatency_ms = 250\n",
+    )
+    settings = load_settings(path)
+    assert (settings.logging.level, settings.logging.format) == ("debug", "json")
+    assert (settings.emulator.port, settings.emulator.engine) == (6001, "instant")
+    assert settings.emulator.custom == {"banking": tmp_path / "corpus.txt"}
+    assert settings.emulator.faults.latency_ms == 250
+    assert settings.emulator.host == "127.0.0.1"
+
+
+def test_environment_overrides_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEECH_GATEWAY_<SECTION>__<FIELD> variables beat the file, nested ones too."""
+    path = write(
+        tmp_path / "s.toml", "[emulator]\nport = 6001\n[emulator.faults]\nlatency_ms = 5\n"
+    )
+    monkeypatch.setenv("SPEECH_GATEWAY_EMULATOR__PORT", "6002")
+    monkeypatch.setenv("SPEECH_GATEWAY_EMULATOR__FAULTS__LATENCY_MS", "75")
+    settings = load_settings(path)
+    assert settings.emulator.port == 6002
+    assert settings.emulator.faults.latency_ms == 75
+
+
+def test_environment_without_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Environment variables apply on top of the defaults when there is no file."""
+    monkeypatch.setenv("SPEECH_GATEWAY_LOGGING__LEVEL", "warning")
+    assert load_settings().logging.level == "warning"
+
+
+def test_explicit_overrides_beat_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Explicit (CLI) overrides win over env and file; untouched fields still merge in."""
+    path = write(tmp_path / "s.toml", '[emulator]\nport = 6001\nhost = "0.0.0.0"\n')
+    monkeypatch.setenv("SPEECH_GATEWAY_EMULATOR__PORT", "6002")
+    monkeypatch.setenv("SPEECH_GATEWAY_EMULATOR__WORKERS", "3")
+    settings = load_settings(path, emulator={"port": 6003})
+    assert settings.emulator.port == 6003
+    assert settings.emulator.workers == 3
+    assert settings.emulator.host == "0.0.0.0"
+
+
+def test_config_env_picks_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEECH_GATEWAY_CONFIG names the file when none is given explicitly."""
+    path = write(tmp_path / "elsewhere" / "my.toml", "[emulator]\nport = 7007\n")
+    monkeypatch.setenv(CONFIG_ENV, str(path))
+    assert config_path(None) == path
+    assert load_settings().emulator.port == 7007
+
+
+def test_explicit_path_beats_config_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit path wins over SPEECH_GATEWAY_CONFIG."""
+    monkeypatch.setenv(CONFIG_ENV, str(write(tmp_path / "env.toml", "[emulator]\nport = 1\n")))
+    explicit = write(tmp_path / "explicit.toml", "[emulator]\nport = 2\n")
+    assert load_settings(explicit).emulator.port == 2
+
+
+def test_default_file_in_the_cwd_is_read(tmp_path: Path) -> None:
+    """config/gateway.toml under the cwd is read when nothing else names a file."""
+    assert config_path(None) is None
+    write(tmp_path / "config" / "gateway.toml", "[emulator]\nport = 5055\n")
+    assert config_path(None) == Path("config/gateway.toml")
+    assert load_settings().emulator.port == 5055
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A named file that does not exist is a ConfigError naming it."""
+    missing = tmp_path / "nope.toml"
+    monkeypatch.setenv(CONFIG_ENV, str(missing))
+    error = config_error()
+    assert error.field == str(missing)
+    assert "cannot read" in str(error)
+
+
+def test_secret_in_toml_is_refused(tmp_path: Path) -> None:
+    """emulator.key written in the file is refused, naming the field and its env variable."""
+    path = write(tmp_path / "s.toml", '[emulator]\nkey = "hunter2"\n')
+    error = config_error(path)
+    assert error.field == "emulator.key"
+    assert "SPEECH_GATEWAY_EMULATOR__KEY" in str(error)
+    assert "emulator.key_file" in str(error)
+    assert "hunter2" not in str(error)
+
+
+def test_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key comes from SPEECH_GATEWAY_EMULATOR__KEY and is kept secret in reprs."""
+    monkeypatch.setenv("SPEECH_GATEWAY_EMULATOR__KEY", "s3cret-key")
+    settings = load_settings()
+    assert settings.emulator.resolved_key() == "s3cret-key"
+    assert "s3cret-key" not in repr(settings)
+
+
+def test_key_file_is_read(tmp_path: Path) -> None:
+    """key_file's content, stripped of surrounding whitespace, is the key."""
+    secret = write(tmp_path / "key.txt", "  file-key-123\n")
+    path = write(tmp_path / "s.toml", f'[emulator]\nkey_file = "{secret}"\n')
+    assert load_settings(path).emulator.resolved_key() == "file-key-123"
+
+
+def test_redis_password_file_is_read(tmp_path: Path) -> None:
+    """The Redis password may come from a mounted file, like every other secret."""
+    secret = write(tmp_path / "redis.txt", "redis-pass-456\n")
+    path = write(tmp_path / "s.toml", f'[outcomes]\nredis_password_file = "{secret}"\n')
+    assert load_settings(path).outcomes.resolved_redis_password() == "redis-pass-456"
+    assert load_settings().outcomes.resolved_redis_password() is None
+
+
+def test_unreadable_key_file_is_an_error(tmp_path: Path) -> None:
+    """A key_file that cannot be read is a ConfigError naming emulator.key_file."""
+    path = write(tmp_path / "s.toml", f'[emulator]\nkey_file = "{tmp_path / "absent"}"\n')
+    settings = load_settings(path)
+    with pytest.raises(ConfigError) as caught:
+        settings.emulator.resolved_key()
+    assert caught.value.field == "emulator.key_file"
+
+
+def test_non_utf8_key_file_is_an_error(tmp_path: Path) -> None:
+    """A key_file that is not UTF-8 text is a ConfigError, not a decode crash."""
+    secret = tmp_path / "key.bin"
+    secret.write_bytes(b"\xff\xfe\x00key")
+    settings = load_settings(emulator={"key_file": secret})
+    with pytest.raises(ConfigError) as caught:
+        settings.emulator.resolved_key()
+    assert caught.value.field == "emulator.key_file"
+
+
+def test_empty_key_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty key (env or file) is a ConfigError rather than a key anyone could sign with."""
+    monkeypatch.setenv("SPEECH_GATEWAY_EMULATOR__KEY", "")
+    with pytest.raises(ConfigError) as caught:
+        load_settings().emulator.resolved_key()
+    assert caught.value.field == "emulator.key"
+    monkeypatch.delenv("SPEECH_GATEWAY_EMULATOR__KEY")
+    blank = write(tmp_path / "blank.txt", "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(emulator={"key_file": blank}).emulator.resolved_key()
+    assert caught.value.field == "emulator.key_file"
+
+
+@pytest.mark.parametrize(
+    ("toml", "field"),
+    [
+        ("[emulator]\nport = 70000\n", "emulator.port"),
+        ('[emulator]\nport = "high"\n', "emulator.port"),
+        ("[emulator]\nworkers = 0\n", "emulator.workers"),
+        ('[emulator]\nengine = "whisper"\n', "emulator.engine"),
+        ("[emulator]\ninstant_utterance_ms = 10\n", "emulator.instant_utterance_ms"),
+        ("[emulator.faults]\nfailure_rate = 1.5\n", "emulator.faults.failure_rate"),
+        ("[emulator.faults]\nlatency_ms = -1\n", "emulator.faults.latency_ms"),
+        ('[logging]\nlevel = "loud"\n', "logging.level"),
+        ("[emulator]\nfaults = 3\n", "emulator.faults"),
+        ("[emulator.custom]\n'bad id' = \"c.txt\"\n", "emulator.custom"),
+    ],
+)
+def test_invalid_toml_values_name_the_field(tmp_path: Path, toml: str, field: str) -> None:
+    """An invalid value is a ConfigError whose field and message name the dotted path."""
+    error = config_error(write(tmp_path / "s.toml", toml))
+    assert error.field == field
+    assert str(error).startswith(f"{field}: ")
+
+
+def test_invalid_environment_value_names_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad value from the environment names the same dotted field."""
+    monkeypatch.setenv("SPEECH_GATEWAY_EMULATOR__PORT", "not-a-port")
+    assert config_error().field == "emulator.port"
+
+
+def test_invalid_override_names_the_field() -> None:
+    """A bad explicit override names the dotted field."""
+    assert (
+        config_error(emulator={"faults": {"latency_ms": 10**9}}).field
+        == "emulator.faults.latency_ms"
+    )
+
+
+def test_unparsable_nested_environment_value_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A complex field's env value that is not JSON is a ConfigError, not a raw SettingsError."""
+    monkeypatch.setenv("SPEECH_GATEWAY_EMULATOR__CUSTOM", "banking=corpus.txt")
+    error = config_error()
+    assert "emulator" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("toml", "field"),
+    [
+        ("[emulator]\nbogus = 1\n", "emulator.bogus"),
+        ("[emulator.faults]\nlatency = 1\n", "emulator.faults.latency"),
+        ("bogus = 1\n", "bogus"),
+        ("[server]\nport = 1\n", "server"),
+    ],
+)
+def test_unknown_field_is_an_error(tmp_path: Path, toml: str, field: str) -> None:
+    """Unknown keys (typos) are refused and named, not silently ignored."""
+    assert config_error(write(tmp_path / "s.toml", toml)).field == field
+
+
+def test_unknown_environment_field_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An env variable for a field a section lacks is refused too."""
+    monkeypatch.setenv("SPEECH_GATEWAY_EMULATOR__PROT", "5001")
+    assert config_error().field == "emulator.prot"
+
+
+@pytest.mark.parametrize(
+    "text", ["[emulator\nport = 1\n", "port = = 1\n", "[emulator]\nport = 1\nport = 2\n"]
+)
+def test_malformed_toml_is_an_error(tmp_path: Path, text: str) -> None:
+    """Malformed TOML is a ConfigError naming the file."""
+    path = write(tmp_path / "bad.toml", text)
+    error = config_error(path)
+    assert error.field == str(path)
+    assert "invalid TOML" in str(error)
+
+
+def test_non_utf8_toml_is_an_error(tmp_path: Path) -> None:
+    """A config file that is not UTF-8 is a ConfigError naming the file, not a decode crash."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[emulator]\nhost = "caf\u00e9"\n'.encode("latin-1"))
+    assert config_error(path).field == str(path)
+
+
+def test_repository_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped config/gateway.toml loads (from the repository root, as documented)."""
+    monkeypatch.chdir(ROOT_CONFIG.parents[1])
+    load_settings(ROOT_CONFIG)
+
+
+# -- relative paths -----------------------------------------------------------------------
+
+PATH_SETTINGS = """\
+[emulator]
+key_file = "secrets/emulator.key"
+model_cache = "models"
+[emulator.custom]
+banking = "corpora/banking.txt"
+[gateway.backends.azure]
+url = "wss://westus.stt.speech.microsoft.com"
+key_file = "secrets/azure.key"
+[gateway.control]
+state_path = "state/control.json"
+[outcomes]
+path = "store/outcomes.jsonl"
+pseudonym_key_file = "secrets/pseudonym.key"
+generated_key_path = "store/generated.key"
+labels_path = "store/labels.jsonl"
+redis_password_file = "secrets/redis.password"
+journal_dir = "store/journal"
+"""
+
+
+def path_values(settings: Settings) -> dict[str, Path | None]:
+    """Every path-valued setting of PATH_SETTINGS, by its dotted name (as documented)."""
+    emulator, outcomes, gateway = settings.emulator, settings.outcomes, settings.gateway
+    return {
+        "emulator.key_file": emulator.key_file,
+        "emulator.custom": emulator.custom["banking"],
+        "emulator.model_cache": emulator.model_cache,
+        "gateway.backends.<name>.key_file": gateway.backends["azure"].key_file,
+        "gateway.control.state_path": gateway.control.state_path,
+        "outcomes.path": outcomes.path,
+        "outcomes.pseudonym_key_file": outcomes.pseudonym_key_file,
+        "outcomes.generated_key_path": outcomes.generated_key_path,
+        "outcomes.labels_path": outcomes.labels_path,
+        "outcomes.redis_password_file": outcomes.redis_password_file,
+        "outcomes.journal_dir": outcomes.journal_dir,
+    }
+
+
+def test_every_path_setting_is_covered() -> None:
+    """PATH_SETTINGS sets every setting of type path that the reference lists, so the test
+    below covers each one (a new path setting must be added to it)."""
+    from gateway.tools.config_reference import sections
+
+    documented = {f.name for s in sections() for f in s.fields if "path" in f.type.split()}
+    assert documented == set(path_values(load_settings(write(Path("p.toml"), PATH_SETTINGS))))
+
+
+def test_relative_paths_in_the_file_are_relative_to_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative path written in the TOML file is joined to the file's folder, however the
+    file was named (here relatively, from another working directory); absolute paths are
+    kept."""
+    (tmp_path / "work").mkdir()
+    config = write(tmp_path / "deploy" / "gateway.toml", PATH_SETTINGS)
+    monkeypatch.chdir(tmp_path / "work")
+    settings = load_settings(Path("../deploy/gateway.toml"))
+    folder = tmp_path / "deploy"
+    for name, value in path_values(settings).items():
+        assert value is not None, name
+        assert value.is_absolute(), name
+        assert value.parent.parent == folder or value.parent == folder, (name, value)
+    assert settings.emulator.custom["banking"] == folder / "corpora" / "banking.txt"
+    assert settings.outcomes.journal_dir == config.parent / "store" / "journal"
+    absolute = write(tmp_path / "abs.toml", f'[outcomes]\npath = "{tmp_path / "o.jsonl"}"\n')
+    assert load_settings(absolute).outcomes.path == tmp_path / "o.jsonl"
+
+
+def test_environment_and_argument_paths_stay_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paths from environment variables and explicit overrides (the CLI's options) and the
+    defaults are not moved: they are relative to the working directory; the file's other
+    paths are still resolved against its folder."""
+    config = write(tmp_path / "deploy" / "gateway.toml", PATH_SETTINGS)
+    monkeypatch.setenv("SPEECH_GATEWAY_OUTCOMES__PATH", "env/outcomes.jsonl")
+    monkeypatch.setenv("SPEECH_GATEWAY_EMULATOR__CUSTOM", '{"travel": "env/travel.txt"}')
+    settings = load_settings(config, emulator={"model_cache": Path("cli/models")})
+    assert settings.outcomes.path == Path("env/outcomes.jsonl")
+    assert settings.emulator.model_cache == Path("cli/models")
+    assert settings.emulator.custom == {
+        "banking": config.parent / "corpora" / "banking.txt",
+        "travel": Path("env/travel.txt"),
+    }
+    assert settings.outcomes.journal_dir == config.parent / "store" / "journal"
+    defaults = load_settings(write(tmp_path / "deploy" / "empty.toml", ""))
+    assert defaults.outcomes.journal_dir == Path("var/journal")
+
+
+def test_a_relative_key_file_is_read_beside_the_config(tmp_path: Path) -> None:
+    """The secret files are read from where the file says, not from the working directory."""
+    config = write(tmp_path / "deploy" / "gateway.toml", '[emulator]\nkey_file = "emu.key"\n')
+    write(tmp_path / "deploy" / "emu.key", "emulator-key-123\n")
+    assert load_settings(config).emulator.resolved_key() == "emulator-key-123"
+
+
+def test_the_shipped_config_works_from_any_directory() -> None:
+    """config/gateway.toml names the demo corpus and the repository's var/ relative to
+    itself, so the quick start does not depend on where it is started."""
+    settings = load_settings(ROOT_CONFIG)
+    repository = ROOT_CONFIG.parents[1]
+    corpus = settings.emulator.custom["banking"]
+    assert corpus.resolve() == repository / "data" / "demo" / "banking" / "corpus.txt"
+    assert corpus.is_file()
+    for stored in (
+        settings.emulator.model_cache,
+        settings.outcomes.path,
+        settings.outcomes.generated_key_path,
+        settings.outcomes.journal_dir,
+    ):
+        assert stored.resolve().is_relative_to(repository / "var"), stored

@@ -1,0 +1,256 @@
+"""The admin API's OpenAPI document: valid OpenAPI 3.1, and faithful to the contract."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from jsonschema.exceptions import ValidationError
+from openapi_schema_validator import OAS31Validator
+from openapi_spec_validator import validate
+
+from gateway.server.admin.openapi import openapi_document
+
+EXPERIMENT = "/admin/experiments/{experiment}"
+WRITE_ERRORS = {"400", "401", "404", "409", "413", "415", "503"}
+
+# The contract (docs/admin.md, docs/labels.md): each route and the error statuses it answers.
+ROUTES: dict[tuple[str, str], set[str]] = {
+    ("get", "/admin/openapi.json"): set(),
+    ("get", "/admin/experiments"): {"401", "503"},
+    ("get", EXPERIMENT): {"401", "404", "503"},
+    ("put", f"{EXPERIMENT}/weights"): WRITE_ERRORS,
+    ("post", f"{EXPERIMENT}/pause"): WRITE_ERRORS,
+    ("post", f"{EXPERIMENT}/resume"): WRITE_ERRORS,
+    ("post", f"{EXPERIMENT}/stop"): WRITE_ERRORS,
+    ("post", f"{EXPERIMENT}/forced"): WRITE_ERRORS,
+    ("delete", f"{EXPERIMENT}/forced"): {"400", "401", "404", "503"},
+    ("get", f"{EXPERIMENT}/audit"): {"400", "401", "404", "503"},
+    ("get", f"{EXPERIMENT}/analysis"): {"400", "401", "404", "500", "503"},
+    ("get", "/admin/backends"): {"401"},
+    ("post", "/labels"): {"400", "401", "413", "422", "501", "503"},
+    ("get", "/labels/{record_id}"): {"400", "401", "404", "503"},
+}
+BODIES = {
+    f"{EXPERIMENT}/weights": ("WeightsChange", True),
+    f"{EXPERIMENT}/pause": ("Change", False),
+    f"{EXPERIMENT}/resume": ("Change", False),
+    f"{EXPERIMENT}/stop": ("StopChange", False),
+    f"{EXPERIMENT}/forced": ("ForcedUnit", True),
+}
+
+VIEW: dict[str, Any] = {
+    "id": "banking",
+    "control": "base",
+    "status": "running",
+    "serving": None,
+    "phase": "p-3f2a9c01b7",
+    "version": 0,
+    "updated_at": None,
+    "updated_by": None,
+    "shadows": ["custom"],
+    "variants": [
+        {"name": "base", "backend": "azure", "endpoint_id": None, "weight": 50.0, "share": 0.5}
+    ],
+    "forced": {"qa-user-1": "custom"},
+    "guardrails": {
+        "max_error_rate_increase": 0.05,
+        "max_cancellation_rate_increase": None,
+        "max_no_match_rate_increase": 0.1,
+        "latency_quantile": 0.9,
+        "max_latency_increase_ms": 300.0,
+        "min_outcomes": 50,
+        "alpha": 0.05,
+    },
+    "phases": [
+        {
+            "phase": "p-3f2a9c01b7",
+            "started_at": "2026-11-21T10:00:00.000Z",
+            "weights": {"base": 1.0, "custom": 0.0},
+        }
+    ],
+}
+SUMMARY = {
+    "version": 3,
+    "status": "running",
+    "phase": "p-1",
+    "weights": {"base": 50.0, "custom": 50.0},
+    "serving": None,
+    "forced_count": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    return openapi_document()
+
+
+def schema_of(document: dict[str, Any], name: str) -> OAS31Validator:
+    """A validator for the component `name`, its references resolved within the document."""
+    root = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+    return OAS31Validator(root)
+
+
+def test_the_document_is_valid_openapi_3_1(document: dict[str, Any]) -> None:
+    """openapi-spec-validator accepts the document, and it is strict JSON."""
+    validate(document)
+    assert document["openapi"].startswith("3.1")
+    json.dumps(document, allow_nan=False)
+
+
+def test_each_call_returns_a_fresh_document() -> None:
+    """Changing one document leaves the next call's untouched."""
+    first = openapi_document()
+    first["components"]["schemas"]["Change"]["properties"]["reason"]["maxLength"] = 1
+    first["paths"]["/admin/experiments"]["get"]["security"].clear()
+    second = openapi_document()
+    assert second["components"]["schemas"]["Change"]["properties"]["reason"]["maxLength"] == 500
+    assert second["paths"]["/admin/experiments"]["get"]["security"] == [{"adminToken": []}]
+
+
+def test_every_route_and_no_other_is_documented(document: dict[str, Any]) -> None:
+    """The paths and methods are exactly the contract's."""
+    documented = {(method, path) for path, item in document["paths"].items() for method in item}
+    assert documented == set(ROUTES)
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(ROUTES))
+def test_each_route_documents_its_error_statuses(
+    document: dict[str, Any], method: str, path: str
+) -> None:
+    """Every error status the contract lists for a route is documented, with the Error body."""
+    responses = document["paths"][path][method]["responses"]
+    assert "200" in responses
+    assert set(responses) - {"200"} == ROUTES[method, path]
+    for status in ROUTES[method, path] - {"401"}:
+        schema = responses[status]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/Error"}
+    if "401" in responses:
+        assert responses["401"] == {"$ref": "#/components/responses/Unauthorized"}
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(ROUTES))
+def test_every_route_but_the_document_needs_the_bearer_token(
+    document: dict[str, Any], method: str, path: str
+) -> None:
+    """The bearer scheme is on each operation; only openapi.json is open."""
+    security = document["paths"][path][method]["security"]
+    expected = [] if path == "/admin/openapi.json" else [{"adminToken": []}]
+    assert security == expected
+    scheme = document["components"]["securitySchemes"]["adminToken"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+
+
+def test_the_401_answer_carries_the_challenge(document: dict[str, Any]) -> None:
+    """A 401 is documented with its WWW-Authenticate header."""
+    unauthorized = document["components"]["responses"]["Unauthorized"]
+    assert "WWW-Authenticate" in unauthorized["headers"]
+
+
+@pytest.mark.parametrize("path", sorted(BODIES))
+def test_write_bodies_are_closed_and_required_as_the_contract_says(
+    document: dict[str, Any], path: str
+) -> None:
+    """Write bodies refuse unknown fields; weights and forced need one, pause/resume/stop not."""
+    (method,) = [m for m in document["paths"][path] if m != "delete"]
+    name, required = BODIES[path]
+    body = document["paths"][path][method]["requestBody"]
+    assert body["required"] is required
+    assert body["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{name}"}
+    schema = document["components"]["schemas"][name]
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["reason"]["maxLength"] == 500
+    assert schema["properties"]["expected_version"]["minimum"] == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("WeightsChange", {"weights": {"custom": 10, "base": 90}}),
+        ("WeightsChange", {"weights": {"custom": 0}, "reason": "r", "expected_version": 0}),
+        ("Change", {}),
+        ("Change", {"reason": "x" * 500, "expected_version": 7}),
+        ("StopChange", {"serve": "custom"}),
+        ("ForcedUnit", {"unit": "qa-user-1", "variant": "custom"}),
+        ("ForcedUnit", {"unit": "u" * 256, "variant": "custom", "reason": "qa"}),
+    ],
+)
+def test_the_contracts_bodies_validate(
+    document: dict[str, Any], name: str, body: dict[str, Any]
+) -> None:
+    """Bodies the contract allows are valid against their schemas."""
+    schema_of(document, name).validate(body)
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("WeightsChange", {}),
+        ("WeightsChange", {"weights": {}}),
+        ("WeightsChange", {"weights": {"custom": -1}}),
+        ("WeightsChange", {"weights": {"custom": "10"}}),
+        ("WeightsChange", {"weights": {"custom": 1}, "wieghts": {}}),
+        ("Change", {"reason": "x" * 501}),
+        ("Change", {"expected_version": -1}),
+        ("Change", {"expected_version": 1.5}),
+        ("Change", {"serve": "custom"}),
+        ("StopChange", {"serve": 3}),
+        ("ForcedUnit", {"unit": "qa-user-1"}),
+        ("ForcedUnit", {"unit": "", "variant": "custom"}),
+        ("ForcedUnit", {"unit": "u" * 257, "variant": "custom"}),
+    ],
+)
+def test_bodies_outside_the_contract_are_invalid(
+    document: dict[str, Any], name: str, body: dict[str, Any]
+) -> None:
+    """Missing, unknown, mistyped and out-of-range fields fail their schemas."""
+    with pytest.raises(ValidationError):
+        schema_of(document, name).validate(body)
+
+
+def test_the_contracts_example_view_and_audit_entry_validate(document: dict[str, Any]) -> None:
+    """The spec's ExperimentView and AuditEntry examples are valid; a bad status is not."""
+    schema_of(document, "ExperimentView").validate(VIEW)
+    schema_of(document, "ExperimentList").validate({"experiments": [VIEW]})
+    stopped = {**VIEW, "status": "stopped", "serving": "base", "guardrails": None}
+    schema_of(document, "ExperimentView").validate(stopped)
+    entry = {
+        "id": "1732183200000-0",
+        "at": "2026-11-21T10:00:00.000Z",
+        "actor": "guardrail",
+        "action": "rollback",
+        "experiment": "banking",
+        "reason": None,
+        "detail": {"variant": "custom"},
+        "before": SUMMARY,
+        "after": {**SUMMARY, "version": 4, "weights": {"base": 50.0, "custom": 0.0}},
+    }
+    schema_of(document, "AuditList").validate({"entries": [entry]})
+    with pytest.raises(ValidationError):
+        schema_of(document, "ExperimentView").validate({**VIEW, "status": "halted"})
+    with pytest.raises(ValidationError):
+        schema_of(document, "AuditEntry").validate({**entry, "action": "delete"})
+
+
+def test_the_query_limits_follow_the_contract(document: dict[str, Any]) -> None:
+    """audit's limit is 1..1000 (default 50); unforce needs `unit`, `reason` is optional."""
+    audit = document["paths"][f"{EXPERIMENT}/audit"]["get"]["parameters"]
+    (limit,) = [p for p in audit if p.get("name") == "limit"]
+    assert limit["schema"] == {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}
+    unforce = document["paths"][f"{EXPERIMENT}/forced"]["delete"]["parameters"]
+    query = {p["name"]: p for p in unforce if p.get("in") == "query"}
+    assert query["unit"]["required"] is True
+    assert query["unit"]["schema"]["maxLength"] == 256
+    assert query["reason"]["required"] is False
+    assert query["reason"]["schema"]["maxLength"] == 500
+
+
+def test_the_analysis_route_points_to_its_schema(document: dict[str, Any]) -> None:
+    """The analysis answers a JSON object described in docs/analysis.md."""
+    operation = document["paths"][f"{EXPERIMENT}/analysis"]["get"]
+    assert "docs/analysis.md" in operation["description"]
+    schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert schema == {"type": "object"}
+    names = {p["name"] for p in operation["parameters"] if "name" in p}
+    assert names == {"phase", "since", "until"}
