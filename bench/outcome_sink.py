@@ -21,8 +21,9 @@ import time
 from functools import partial
 from pathlib import Path
 
+from gateway.outcomes.ports import OutcomeSink
 from gateway.outcomes.record import OutcomeRecord
-from gateway.stores.jsonl_sink import JsonlSink, OutcomeSink
+from gateway.stores.jsonl_sink import JsonlSink
 from gateway.stores.keys import RedisKeys
 from gateway.stores.redis_client import connect
 from gateway.stores.redis_sink import RedisSink

@@ -36,41 +36,18 @@ import numpy.typing as npt
 
 from gateway.outcomes.labels import Label
 from gateway.outcomes.pairing import pair_shadows
-from gateway.outcomes.record import Kind, OutcomeRecord, Role
+from gateway.outcomes.record import CATEGORIES, Category, Kind, OutcomeRecord, Role, category
 from gateway.stats.clustered import UnitSums
 from gateway.stats.wer import WerCounts, align
 
-Category = Literal["success", "no_match", "error", "cancellation"]
-CATEGORIES: Final[tuple[Category, ...]] = ("success", "no_match", "error", "cancellation")
 LatencyMetric = Literal["first_hypothesis_ms", "final_latency_ms"]
 LATENCY_METRICS: Final[tuple[LatencyMetric, ...]] = ("first_hypothesis_ms", "final_latency_ms")
 
-_NO_MATCH: Final = frozenset({"NoMatch", "InitialSilenceTimeout", "BabbleTimeout"})
-# The backend refused the session rather than failing at it: throttling, a bad or forbidden
-# request. The SDK reports these as cancellations with a client-side reason.
-_REFUSALS: Final = frozenset({"TooManyRequests", "BadRequest", "Forbidden"})
-# Sessions ended by the gateway, not by the variant: a limit (`limit_*`, gateway.limits) or
-# a shutdown's drain. Like refusals they say nothing about the model, so they are not errors.
-_CANCELLED_PREFIXES: Final = ("upstream_http_4", "limit_", "gateway_shutdown")
 # A failed attempt was retried when another attempt of its client session produced its
 # first record within this many seconds of the failed one's last. The SDKs retry within
 # about 0.3 s; a reconnected session's first record can be a whole utterance later.
 RETRY_GAP_S: Final = 120.0
 ClientSession = tuple[str, str]  # (client, client_session), or (client, session_id)
-
-
-def category(record: OutcomeRecord) -> Category:
-    """The outcome category of a record (see docs/analysis.md, "Outcome categories")."""
-    if record.kind is Kind.SESSION_FAILURE:
-        code = record.error_code or ""
-        if record.status in _REFUSALS or code.startswith(_CANCELLED_PREFIXES):
-            return "cancellation"
-        return "error"
-    if record.status == "Success":
-        return "success"
-    if record.status in _NO_MATCH:
-        return "no_match"
-    return "error"
 
 
 def epoch_seconds(timestamp: str) -> float:

@@ -23,9 +23,7 @@ import numpy as np
 from gateway.analysis import timeline
 from gateway.analysis.decision import guardrails, recommend
 from gateway.analysis.observations import (
-    CATEGORIES,
     LATENCY_METRICS,
-    Category,
     LatencyMetric,
     OutcomeTable,
     PhaseObservations,
@@ -38,7 +36,8 @@ from gateway.analysis.paired import oriented, with_always_valid
 from gateway.control.guardrails import Guardrails
 from gateway.control.model import Experiment
 from gateway.outcomes.labels import Label
-from gateway.outcomes.record import OutcomeRecord
+from gateway.outcomes.ports import OutcomeReader
+from gateway.outcomes.record import CATEGORIES, Category, OutcomeRecord
 from gateway.stats import clustered
 from gateway.stats.bootstrap import (
     cluster_median_difference_interval,
@@ -50,7 +49,6 @@ from gateway.stats.proportions import clustered_wilson_interval, wilson_interval
 from gateway.stats.sequential import DEFAULT_TAU, AlwaysValid, always_valid, ratio_variance
 from gateway.stats.srm import sample_ratio_mismatch
 from gateway.stats.wer import WerCounts
-from gateway.stores.reader import OutcomeReader
 
 REPORT_SCHEMA_VERSION: Final = 1
 QUANTILES: Final = {"p50": 0.5, "p90": 0.9, "p99": 0.99}

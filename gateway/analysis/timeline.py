@@ -15,7 +15,8 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
-from gateway.analysis.observations import Category, Outcome, Scored
+from gateway.analysis.observations import Outcome, Scored
+from gateway.outcomes.record import Category
 
 _ROUND_SECONDS: Final = (1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86400)
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from gateway.config.secrets import read_secret_file
 from gateway.constants import NO_EXPERIMENT
 from gateway.control.assignment import phase_id
 from gateway.control.breaker import BreakerPolicy
@@ -577,9 +578,6 @@ def _backend_key(settings: BackendSettings, where: str) -> str | None:
     if settings.key is not None:
         key, field = settings.key.get_secret_value(), f"{where}.key"
     elif settings.key_file is not None:
-        # Imported here: gateway.config.settings imports this module to declare its section.
-        from gateway.config.settings import read_secret_file
-
         field = f"{where}.key_file"
         key = read_secret_file(settings.key_file, field)
     else:

@@ -39,6 +39,7 @@ from pydantic_settings import (
 )
 
 from gateway.config.gateway import GatewaySettings
+from gateway.config.secrets import read_secret_file
 from gateway.errors import ConfigError, is_sendable_close_code
 
 DEFAULT_CONFIG = Path("config/gateway.toml")
@@ -371,15 +372,6 @@ def _without_none(annotation: Any) -> Any:
 def _is_number(value: str) -> bool:
     # ASCII digits only, and few: int() refuses some Unicode digits ("²") and long strings.
     return value.isascii() and value.isdigit() and len(value) <= 5
-
-
-def read_secret_file(path: Path, field: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(field, f"cannot read secret file: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(field, f"secret file is not UTF-8: {exc.reason}") from exc
 
 
 def config_path(explicit: Path | None) -> Path | None:

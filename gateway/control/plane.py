@@ -38,7 +38,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from gateway.analysis.observations import category
 from gateway.control.guardrails import (
     LATENCY_EDGES_MS,
     UNIT_COUNTS,
@@ -49,6 +48,7 @@ from gateway.control.guardrails import (
     unit_deltas,
 )
 from gateway.control.model import Experiment, GatewayConfig
+from gateway.control.ports import ControlStore, CounterStore, StoredState, UnitKey
 from gateway.control.state import (
     GUARDRAIL_ACTOR,
     Change,
@@ -59,10 +59,8 @@ from gateway.control.state import (
 )
 from gateway.errors import ControlError
 from gateway.logging import get_logger
-from gateway.outcomes.record import OutcomeRecord, Role, now_iso
+from gateway.outcomes.record import OutcomeRecord, Role, category, now_iso
 from gateway.server.metrics import GatewayMetrics
-from gateway.stores.control_store import ControlStore, StoredState
-from gateway.stores.counter_store import CounterStore, UnitKey
 from gateway.stores.redis_client import REDIS_ERRORS
 
 log = get_logger(__name__)

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Final, get_args, get_type_hints
+from typing import Any, Final, Literal, get_args, get_type_hints
 
 SCHEMA_VERSION: Final = 3
 # The largest time a record may carry, in milliseconds (about 31,700 years): far beyond any
@@ -329,3 +329,31 @@ def _record_of(data: object) -> str:
 
 def _refuse_constant(name: str) -> Any:
     raise InvalidRecordError(f"{name} is not a valid number in an outcome record")
+
+
+# Outcome categories (docs/analysis.md, "Outcome categories"): what the analysis and the
+# live guardrails count.
+Category = Literal["success", "no_match", "error", "cancellation"]
+CATEGORIES: Final[tuple[Category, ...]] = ("success", "no_match", "error", "cancellation")
+
+_NO_MATCH: Final = frozenset({"NoMatch", "InitialSilenceTimeout", "BabbleTimeout"})
+# The backend refused the session rather than failing at it: throttling, a bad or forbidden
+# request. The SDK reports these as cancellations with a client-side reason.
+_REFUSALS: Final = frozenset({"TooManyRequests", "BadRequest", "Forbidden"})
+# Sessions ended by the gateway, not by the variant: a limit (`limit_*`, gateway.limits) or
+# a shutdown's drain. Like refusals they say nothing about the model, so they are not errors.
+_CANCELLED_PREFIXES: Final = ("upstream_http_4", "limit_", "gateway_shutdown")
+
+
+def category(record: OutcomeRecord) -> Category:
+    """The outcome category of a record (see docs/analysis.md, "Outcome categories")."""
+    if record.kind is Kind.SESSION_FAILURE:
+        code = record.error_code or ""
+        if record.status in _REFUSALS or code.startswith(_CANCELLED_PREFIXES):
+            return "cancellation"
+        return "error"
+    if record.status == "Success":
+        return "success"
+    if record.status in _NO_MATCH:
+        return "no_match"
+    return "error"

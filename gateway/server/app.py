@@ -30,9 +30,10 @@ from gateway.logging import get_logger
 from gateway.outcomes.privacy import load_or_create_key
 from gateway.protocol.paths import USP_PATHS, V1_PATHS
 from gateway.server.admin.analysis import add_admin_routes
+from gateway.server.admin.auth import AdminTokens
 from gateway.server.admin.control import add_control_routes
 from gateway.server.admin.dashboard import add_dashboard_routes
-from gateway.server.admin.labels import LABEL_STORE, AdminTokens, add_label_routes
+from gateway.server.admin.labels import LABEL_STORE, add_label_routes
 from gateway.server.admission import ADMISSION, Admission, AdmissionPolicy
 from gateway.server.metrics import GatewayMetrics
 from gateway.server.relay.backend_gate import BackendGate

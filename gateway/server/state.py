@@ -25,13 +25,13 @@ from gateway.control.retries import RetryHold, session_key
 from gateway.control.routing import Route
 from gateway.errors import CloseCode
 from gateway.logging import get_logger
+from gateway.outcomes.ports import OutcomeSink
 from gateway.outcomes.privacy import TextPrivacy, pseudonymise
 from gateway.outcomes.record import Kind, OutcomeRecord, Role
 from gateway.server.metrics import GatewayMetrics
 from gateway.server.relay.backend_gate import BackendGate
 from gateway.server.sessions import LiveSessions
 from gateway.session.taps import RoleFacts, SessionFacts, make_record
-from gateway.stores.jsonl_sink import OutcomeSink
 
 log = get_logger(__name__)
 

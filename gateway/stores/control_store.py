@@ -31,13 +31,14 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Final, Protocol, TypeAlias, cast
+from typing import IO, Any, Final, TypeAlias, cast
 
 from redis.asyncio.cluster import RedisCluster
 
+from gateway.control.ports import StoredState
 from gateway.logging import get_logger
 from gateway.stores.files import cut_torn_tail, fsync_directory
 from gateway.stores.keys import DEFAULT_PREFIX
@@ -60,58 +61,6 @@ _SUBSCRIBE_TIMEOUT_S: Final = 2 * SOCKET_TIMEOUT_S
 
 _RESTORE_CHUNK: Final = 500  # states per restore script, so one call never blocks Redis long
 _TAIL_BLOCK: Final = 64 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class StoredState:
-    """One experiment's state as stored: its version and its JSON document."""
-
-    version: int  # >= 1 for stored states
-    document: str  # the state's JSON text (opaque here)
-
-
-class ControlStore(Protocol):
-    """Where experiment states and their audit trails are kept."""
-
-    async def load(self) -> dict[str, StoredState]:
-        """Every stored experiment state."""
-        ...
-
-    async def versions(self) -> dict[str, int]:
-        """experiment -> stored version; cheap enough to call every half second."""
-        ...
-
-    async def commit(
-        self, experiment: str, expected_version: int, state: StoredState, audit: str
-    ) -> bool:
-        """If the stored version (0 when absent) is `expected_version`, store `state`, append
-        `audit` to the experiment's audit trail and notify subscribers, atomically: True.
-        Otherwise change nothing: False. ValueError unless
-        `0 <= expected_version < state.version <= MAX_VERSION`."""
-        ...
-
-    async def audit(self, experiment: str, limit: int) -> list[str]:
-        """The experiment's newest audit entries, newest first, at most `limit`."""
-        ...
-
-    async def restore(self, states: Mapping[str, StoredState]) -> list[str]:
-        """Store each state whose experiment is absent (atomically per experiment) and
-        notify subscribers: the experiment ids written. For a Redis that came back without
-        its data; no audit entry is added (the states were audited when first committed).
-        A state that is present is never replaced: a change committed since the data was
-        lost was acknowledged to an admin and must not be undone."""
-        ...
-
-    def changes(self) -> AsyncIterator[str]:
-        """Experiment ids as change notifications arrive, until `close()`. An id may come
-        without a change: after a reconnect every stored experiment is named once, since
-        notifications sent meanwhile are lost. Never raises `REDIS_ERRORS`: it reconnects
-        with backoff and carries on. The file store's never yields."""
-        ...
-
-    async def close(self) -> None:
-        """End the `changes()` iterators; the store's client stays open (its owner closes it)."""
-        ...
 
 
 def _check_commit(expected_version: int, state: StoredState) -> None:

@@ -25,39 +25,12 @@ when retried.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final, Protocol
+from typing import Final
 
+from gateway.control.ports import CounterKey, UnitKey
 from gateway.stores.redis_client import RedisClient
 
 SEPARATOR: Final = "|"  # between the variant and the field name in a hash field
-
-CounterKey = tuple[str, str, str]  # (experiment, phase, variant)
-UnitKey = tuple[str, str, str, str]  # (experiment, phase, variant, unit)
-
-
-class CounterStore(Protocol):
-    """Where the guardrail counts of every replica add up."""
-
-    async def add(
-        self, experiment: str, phase: str, variant: str, deltas: Mapping[str, int]
-    ) -> None:
-        """Add `deltas` to the variant's counts."""
-        ...
-
-    async def add_many(self, batch: Mapping[CounterKey, Mapping[str, int]]) -> None:
-        """Add the deltas of many (experiment, phase, variant) in one round trip."""
-        ...
-
-    async def read(self, experiment: str, phase: str) -> dict[str, dict[str, int]]:
-        """variant -> field -> count, for the experiment phase (empty if nothing was added)."""
-        ...
-
-    async def add_units(
-        self, batch: Mapping[UnitKey, Mapping[str, int]]
-    ) -> dict[UnitKey, dict[str, int]]:
-        """Add per-unit deltas; return each unit's counts of those fields right after its
-        addition (atomic per unit, whatever other replicas add meanwhile)."""
-        ...
 
 
 def _check_variant(variant: str) -> None:

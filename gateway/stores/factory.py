@@ -14,9 +14,11 @@ from pathlib import Path
 
 from gateway.config.gateway import ControlSettings
 from gateway.config.settings import OutcomeSettings
-from gateway.stores.control_store import ControlStore, FileControlStore, RedisControlStore
-from gateway.stores.counter_store import CounterStore, LocalCounterStore, RedisCounterStore
-from gateway.stores.jsonl_sink import JsonlSink, OutcomeSink
+from gateway.control.ports import ControlStore, CounterStore
+from gateway.outcomes.ports import OutcomeReader, OutcomeSink
+from gateway.stores.control_store import FileControlStore, RedisControlStore
+from gateway.stores.counter_store import LocalCounterStore, RedisCounterStore
+from gateway.stores.jsonl_sink import JsonlSink
 from gateway.stores.keys import RedisKeys
 from gateway.stores.label_store import (
     FileLabelStore,
@@ -24,7 +26,7 @@ from gateway.stores.label_store import (
     RedisLabelStore,
     labels_path_beside,
 )
-from gateway.stores.reader import FileReader, OutcomeReader, RedisReader
+from gateway.stores.reader import FileReader, RedisReader
 from gateway.stores.redis_client import RedisClient, client_for, connect
 from gateway.stores.redis_sink import RedisSink
 

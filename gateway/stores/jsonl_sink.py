@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from time import monotonic
 from types import TracebackType
-from typing import Any, Final, Protocol, Self
+from typing import Any, Final, Self
 
 from gateway.logging import get_logger
 from gateway.outcomes.record import OutcomeRecord
@@ -29,27 +29,6 @@ log = get_logger(__name__)
 
 DROP_LOG_INTERVAL_S: Final = 1.0
 MAX_RETRY_DELAY_S: Final = 30.0
-
-
-class OutcomeSink(Protocol):
-    """Where the gateway sends outcome records."""
-
-    def submit(self, record: OutcomeRecord) -> None:
-        """Queue a record; never blocks and never raises (a refused record is counted)."""
-
-    async def start(self) -> None:
-        """Start the writer."""
-
-    async def close(self) -> None:
-        """Stop accepting, store everything queued, then stop."""
-
-    @property
-    def dropped(self) -> int:
-        """Records refused because the queue was full or the sink closed."""
-
-    @property
-    def written(self) -> int:
-        """Records stored."""
 
 
 class DropLog:

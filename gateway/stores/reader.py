@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Final, Protocol
+from typing import IO, Final
 
 from gateway.constants import NO_EXPERIMENT
 from gateway.outcomes.labels import Label
@@ -26,31 +26,6 @@ from gateway.stores.redis_client import RedisClient
 
 _FILE_BATCH: Final = 1_000  # lines read per trip to the worker thread
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class OutcomeReader(Protocol):
-    """Outcome records and labels of one store, for the analysis."""
-
-    def outcomes(
-        self,
-        experiment: str,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> AsyncIterator[OutcomeRecord]:
-        """The experiment's records with `since <= timestamp < until` (None: unbounded).
-
-        `experiment` is an experiment id, or `gateway.constants.NO_EXPERIMENT` for the
-        records of sessions no experiment routed. The bounds must be timezone-aware.
-        """
-        ...
-
-    async def labels(self, experiment: str) -> dict[str, Label]:
-        """record_id -> current label, for the experiment's labelled records."""
-        ...
-
-    async def experiments(self) -> list[str]:
-        """The experiments that have records, sorted (NO_EXPERIMENT among them if any)."""
-        ...
 
 
 def _check_window(since: datetime | None, until: datetime | None) -> None:

@@ -12,9 +12,8 @@ import pytest
 from traffic import INFO, Traffic
 
 from gateway.analysis import ExperimentInfo, build_report, render_text
-from gateway.analysis.observations import category
 from gateway.control.guardrails import Guardrails
-from gateway.outcomes.record import Role
+from gateway.outcomes.record import Role, category
 from gateway.stats.clustered import UnitSums, difference_interval
 from gateway.stats.clustered import quantile_interval as clustered_quantile_interval
 from gateway.stats.proportions import clustered_wilson_interval, wilson_interval

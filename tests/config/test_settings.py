@@ -10,7 +10,7 @@ import pytest
 from gateway.config.settings import CONFIG_ENV, Settings, config_path, load_settings
 from gateway.errors import ConfigError
 
-ROOT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "gateway.toml"
+ROOT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "gateway.toml"
 
 
 @pytest.fixture(autouse=True)

@@ -28,8 +28,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from gateway.control.model import hash_key
+from gateway.server.admin.auth import AdminTokens
 from gateway.server.admin.dashboard import CONTENT_SECURITY_POLICY, add_dashboard_routes
-from gateway.server.admin.labels import AdminTokens
 
 TOKEN = "dashboard-admin-token-5c1e9f"
 REFRESH_SECONDS = 1.0

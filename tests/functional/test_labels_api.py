@@ -24,7 +24,8 @@ from gateway.errors import ConfigError
 from gateway.outcomes.labels import Label, LabelInput, LabelSource, UnitQuery
 from gateway.outcomes.privacy import pseudonymise
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
-from gateway.server.admin.labels import LABEL_STORE, PSEUDONYM_KEY, AdminTokens, add_label_routes
+from gateway.server.admin.auth import AdminTokens
+from gateway.server.admin.labels import LABEL_STORE, PSEUDONYM_KEY, add_label_routes
 from gateway.stores.label_store import FileLabelStore, PutResult, UnitMatch
 from gateway.tools.local_services import LocalEmulator
 from gateway.tools.speech_client import speech_config, transcribe_file

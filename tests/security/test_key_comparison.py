@@ -36,7 +36,7 @@ from support import CLIENT_KEY, EMULATOR_KEY, QA_KEY, ROOT
 
 from gateway.control.model import Client, GatewayConfig, hash_key
 from gateway.emulator import auth as emulator_auth
-from gateway.server.admin.labels import AdminTokens
+from gateway.server.admin.auth import AdminTokens
 
 REAL_COMPARE = hmac.compare_digest
 DIGEST_HEX = 64  # SHA-256 as hex, as the gateway compares client keys and admin tokens

@@ -18,14 +18,13 @@ from redis.asyncio.cluster import RedisCluster
 from redis_servers import RedisClusterServers, RedisServer
 from structlog.testing import capture_logs
 
+from gateway.control.ports import ControlStore, StoredState
 from gateway.stores import control_store
 from gateway.stores.control_store import (
     AUDIT_FIELD,
     ControlKeys,
-    ControlStore,
     FileControlStore,
     RedisControlStore,
-    StoredState,
 )
 from gateway.stores.redis_client import client_for
 

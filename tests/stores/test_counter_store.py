@@ -11,13 +11,8 @@ import pytest
 from redis.asyncio import Redis
 from redis_servers import RedisServer
 
-from gateway.stores.counter_store import (
-    CounterStore,
-    LocalCounterStore,
-    RedisCounterStore,
-    guard_key,
-    units_key,
-)
+from gateway.control.ports import CounterStore
+from gateway.stores.counter_store import LocalCounterStore, RedisCounterStore, guard_key, units_key
 from gateway.stores.redis_client import REDIS_ERRORS, client_for
 
 

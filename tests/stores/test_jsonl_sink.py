@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from gateway.outcomes.ports import OutcomeSink
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
 from gateway.stores import jsonl_sink as sink_module
-from gateway.stores.jsonl_sink import JsonlSink, OutcomeSink, read_jsonl
+from gateway.stores.jsonl_sink import JsonlSink, read_jsonl
 
 NEVER = 3600.0  # a retry delay no test waits for: only close() cuts it short
 

@@ -17,9 +17,9 @@ from redis_servers import RedisServer, outcome, stream_ids, until
 from structlog.testing import capture_logs
 
 from gateway.constants import NO_EXPERIMENT
+from gateway.outcomes.ports import OutcomeSink
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role
 from gateway.stores.journal import Journal
-from gateway.stores.jsonl_sink import OutcomeSink
 from gateway.stores.keys import RECORD_FIELD, RedisKeys
 from gateway.stores.redis_client import REDIS_ERRORS, connect
 from gateway.stores.redis_sink import RedisSink, units_field_of_json

@@ -18,7 +18,7 @@ from gateway.tools.config_reference import (
     sections,
 )
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
 
 def test_configuration_doc_is_generated_output() -> None:

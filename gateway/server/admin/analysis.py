@@ -26,11 +26,10 @@ from gateway.analysis import AnalysisOptions, ExperimentInfo, analyze
 from gateway.analysis.report import parse_moment
 from gateway.errors import ControlError
 from gateway.logging import get_logger
-from gateway.server.admin.control import ADMIN_TOKENS, NEEDS_TOKEN, admin_name
-from gateway.server.admin.control import error_response as _error
-from gateway.server.admin.labels import AdminTokens
+from gateway.outcomes.ports import OutcomeReader
+from gateway.server.admin.auth import ADMIN_TOKENS, NEEDS_TOKEN, AdminTokens, admin_name
+from gateway.server.admin.auth import error_response as _error
 from gateway.server.state import STATE
-from gateway.stores.reader import OutcomeReader
 from gateway.stores.redis_client import REDIS_ERRORS
 
 log = get_logger(__name__)

@@ -29,7 +29,13 @@ from gateway.control.plane import STORE_ERRORS, ControlPlane
 from gateway.control.state import Change, Changes, ExperimentState
 from gateway.errors import ControlError
 from gateway.logging import get_logger
-from gateway.server.admin.labels import AdminTokens
+from gateway.server.admin.auth import (
+    ADMIN_TOKENS,
+    NEEDS_TOKEN,
+    AdminTokens,
+    admin_name,
+    error_response,
+)
 from gateway.server.admin.openapi import openapi_document
 from gateway.server.relay.backend_gate import breaker_name
 from gateway.server.state import STATE
@@ -38,8 +44,6 @@ log = get_logger(__name__)
 
 MAX_BODY_BYTES: Final = 64 * 1024
 MAX_AUDIT: Final = 1000
-_CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="speech-gateway admin"'}
-NEEDS_TOKEN: Final = "an admin token is required: Authorization: Bearer <token>"  # noqa: S105
 _COMMON_FIELDS: Final = frozenset({"reason", "expected_version"})
 
 Json = dict[str, Any]
@@ -62,18 +66,10 @@ def add_control_routes(app: web.Application, admins: AdminTokens) -> None:
     app.router.add_get("/admin/backends", backends)
 
 
-ADMIN_TOKENS: Final = web.AppKey("admin_tokens", AdminTokens)
-
-
 class _Refused(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.response = error_response(status, reason)
-
-
-def error_response(status: int, reason: str) -> web.Response:
-    headers = _CHALLENGE if status == 401 else None
-    return web.json_response({"error": reason}, status=status, headers=headers)
 
 
 def experiment_view(experiment: Experiment, state: ExperimentState) -> Json:
@@ -115,11 +111,6 @@ def experiment_view(experiment: Experiment, state: ExperimentState) -> Json:
         },
         "phases": [entry.to_dict() for entry in state.phases],
     }
-
-
-def admin_name(request: web.Request) -> str | None:
-    """The name of the admin whose token the request carries, or None."""
-    return request.app[ADMIN_TOKENS].authenticate(request.headers.get("Authorization"))
 
 
 def _admin(request: web.Request) -> str:

@@ -2,8 +2,8 @@
 
 `POST /labels` (one label or a batch) and `GET /labels/{record_id}`, mounted on the gateway
 app by `add_label_routes`. Both need an admin credential, `Authorization: Bearer <token>`,
-whose SHA-256 is configured with a name (`AdminTokens`); client keys are never accepted.
-The name is recorded as the labeller. The store is the app's `LabelStore`
+whose SHA-256 is configured with a name (`gateway.server.admin.auth`); client keys are
+never accepted. The name is recorded as the labeller. The store is the app's `LabelStore`
 (`gateway.stores.label_store`), looked up under an AppKey at request time so that it may
 be created at start-up. docs/labels.md describes requests, answers and statuses.
 
@@ -20,16 +20,11 @@ store is unavailable.
 
 from __future__ import annotations
 
-import hmac
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
 
-from gateway.control.model import hash_key
-from gateway.errors import ConfigError, RestError
+from gateway.errors import RestError
 from gateway.logging import get_logger
 from gateway.outcomes.labels import (
     MAX_BATCH,
@@ -39,6 +34,7 @@ from gateway.outcomes.labels import (
     check_record_id,
     parse_label_body,
 )
+from gateway.server.admin.auth import CHALLENGE, NEEDS_TOKEN, AdminTokens
 from gateway.server.state import STATE
 from gateway.stores.label_store import LabelStatus, LabelStore, UnitMatch
 from gateway.stores.redis_client import REDIS_ERRORS
@@ -49,69 +45,8 @@ MAX_BODY_BYTES: Final = 10 * 1024 * 1024
 LABEL_STORE: Final = web.AppKey[LabelStore]("label_store")
 # The key that pseudonymised the records' units; without it, the gateway state's is used.
 PSEUDONYM_KEY: Final = web.AppKey[bytes]("label_pseudonym_key")
-ADMIN_TOKENS_FIELD: Final = "gateway.admin_tokens_sha256"
-
-_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_DIGEST = re.compile(r"[0-9a-f]{64}")
-_EMPTY_DIGEST = hash_key("")
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="speech-gateway admin"'}
 # Failures of the store itself (not of the request): Redis down, disk full.
 _STORE_ERRORS: Final[tuple[type[BaseException], ...]] = (*REDIS_ERRORS, OSError)
-
-
-@dataclass(frozen=True, slots=True)
-class AdminToken:
-    """An admin credential, known by its name and the SHA-256 of its token."""
-
-    name: str
-    token_sha256: str  # 64 lower-case hex digits; the token itself is never stored
-
-
-@dataclass(frozen=True, slots=True)
-class AdminTokens:
-    """The admin credentials the labels API accepts."""
-
-    tokens: tuple[AdminToken, ...] = ()
-
-    @classmethod
-    def from_digests(
-        cls, digests: Mapping[str, str], field: str = ADMIN_TOKENS_FIELD
-    ) -> AdminTokens:
-        """Validate name -> SHA-256 pairs; ConfigError naming `field.<name>` if one is bad."""
-        tokens: list[AdminToken] = []
-        seen: set[str] = set()
-        for name, digest in digests.items():
-            at = f"{field}.{name}"
-            if not _NAME.fullmatch(name):
-                raise ConfigError(at, f"{name!r}: use 1-64 letters, digits, '.', '-' or '_'")
-            if not isinstance(digest, str) or not _DIGEST.fullmatch(digest):
-                raise ConfigError(at, "must be 64 lower-case hex digits (SHA-256 of the token)")
-            if digest == _EMPTY_DIGEST:
-                raise ConfigError(at, "is the digest of the empty token")
-            if digest in seen:
-                raise ConfigError(at, "the same token digest as another admin")
-            seen.add(digest)
-            tokens.append(AdminToken(name, digest))
-        return cls(tuple(tokens))
-
-    def authenticate(self, authorization: str | None) -> str | None:
-        """The name of the admin whose token the `Authorization` header carries, or None.
-
-        Every digest is compared in constant time and the loop never stops early, so the
-        time taken does not reveal which admin, or how much of a digest, matched.
-        """
-        if not authorization:
-            return None
-        scheme, _, token = authorization.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            return None
-        offered = hash_key(token).encode("ascii")
-        found: str | None = None
-        for admin in self.tokens:
-            if hmac.compare_digest(offered, admin.token_sha256.encode("ascii")):
-                found = admin.name
-        return found
 
 
 def add_label_routes(
@@ -144,7 +79,7 @@ def _pseudonym_key(request: web.Request) -> bytes | None:
 
 
 def _error(status: int, reason: str, **extra: object) -> web.Response:
-    headers = _CHALLENGE if status == 401 else None
+    headers = CHALLENGE if status == 401 else None
     return web.json_response({"error": reason, **extra}, status=status, headers=headers)
 
 
@@ -162,7 +97,7 @@ class _LabelsApi:
     async def post(self, request: web.Request) -> web.Response:
         labeller = self._labeller(request)
         if labeller is None:
-            return _error(401, "an admin token is required: Authorization: Bearer <token>")
+            return _error(401, NEEDS_TOKEN)
         body = await self._read_body(request)
         if body is None:
             return _error(413, f"the body is larger than {self._max_body_bytes:,} bytes")
@@ -250,7 +185,7 @@ class _LabelsApi:
 
     async def get(self, request: web.Request) -> web.Response:
         if self._labeller(request) is None:
-            return _error(401, "an admin token is required: Authorization: Bearer <token>")
+            return _error(401, NEEDS_TOKEN)
         record_id = request.match_info["record_id"]
         try:
             check_record_id(record_id)
