@@ -14,12 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import numpy as np
 
 from gateway.analysis.evidence import WerEvidence, family_test, multiplicity_json, wer_evidence
-from gateway.analysis.observations import OutcomeTable, below_sums
+from gateway.analysis.model import AnalysisOptions, ExperimentInfo, Json
+from gateway.analysis.observations import OutcomeTable, VariantObservations, below_sums
 from gateway.analysis.planner import from_phase
 from gateway.control.guardrails import (
     LATENCY_EDGES_MS,
@@ -30,12 +31,6 @@ from gateway.control.guardrails import (
 )
 from gateway.stats import clustered
 from gateway.stats.multiplicity import HolmResult
-
-if TYPE_CHECKING:
-    from gateway.analysis.observations import VariantObservations
-    from gateway.analysis.report import AnalysisOptions, ExperimentInfo
-
-Json = dict[str, Any]
 
 KEEP_BASE: Final = "keep_base"
 KEEP_COLLECTING: Final = "keep_collecting"

@@ -23,10 +23,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from gateway.analysis.model import Json
 from gateway.stats.multiplicity import HolmResult, better_p_value, holm
 from gateway.stats.sequential import DEFAULT_TAU
 
-Json = dict[str, Any]
 Source = Literal["shadow_pairs", "unpaired"]
 
 SECONDARY: Final = (

@@ -11,7 +11,6 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from gateway.analysis import svg
 from gateway.analysis.report_fields import (
     LATENCIES,
     as_epoch,
@@ -22,6 +21,7 @@ from gateway.analysis.report_fields import (
     as_number,
     as_text,
 )
+from gateway.analysis.svg import Bar, Line, bar_chart, line_chart, step_points
 
 
 def _figure(kind: str, caption: str, plot: str | None, missing: str) -> str:
@@ -88,10 +88,10 @@ def _wer_plot(
         low = high = None
         if ci is not None and ci[0] is not None and ci[1] is not None:
             low, high = ci[0] * 100, ci[1] * 100
-        bars.append(svg.Bar(name, value * 100, low, high, slots.get(name, 0)))
+        bars.append(Bar(name, value * 100, low, high, slots.get(name, 0)))
     if not bars:
         return None
-    return svg.bar_chart(
+    return bar_chart(
         "wer",
         f"Corpus WER per variant with {level} intervals",
         bars,
@@ -126,13 +126,11 @@ def _latency_plot(
         n = as_number(entry.get("n"))
         legend = f"{name} (n={n:.0f})" if n is not None else name
         lines.append(
-            svg.Line(
-                name, svg.step_points(clean_edges, shares), slot=slots.get(name, 0), legend=legend
-            )
+            Line(name, step_points(clean_edges, shares), slot=slots.get(name, 0), legend=legend)
         )
     if not lines:
         return None
-    return svg.line_chart(
+    return line_chart(
         "latency",
         f"{label}: share of values per bin, per variant",
         lines,
@@ -183,8 +181,8 @@ def _split_plot(timeline: Mapping[str, Any], slots: Mapping[str, int]) -> str | 
         for start, bucket in buckets:
             units = as_number(as_map(bucket.get("units")).get(name)) or 0.0
             points += [(start, units), (start + length, units)]
-        lines.append(svg.Line(name, points, slot=slots.get(name, len(slots) + i)))
-    return svg.line_chart(
+        lines.append(Line(name, points, slot=slots.get(name, len(slots) + i)))
+    return line_chart(
         "split",
         "Units per time bucket, per variant",
         lines,
@@ -219,10 +217,10 @@ def _effect_plot(
                 high = math.inf if ci[1] is None else ci[1] * 100
                 band.append((end, low, high))
         if any(p is not None for p in points):
-            lines.append(svg.Line(name, points, band, slot=slots.get(name, len(slots) + i)))
+            lines.append(Line(name, points, band, slot=slots.get(name, len(slots) + i)))
     if not lines:
         return None
-    return svg.line_chart(
+    return line_chart(
         "effect",
         f"Cumulative WER difference vs {control or 'control'} with always-valid {level} bands",
         lines,

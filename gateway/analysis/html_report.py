@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from gateway.analysis import svg
 from gateway.analysis.html_plots import plots
 from gateway.analysis.planner import render_plan
 from gateway.analysis.report_fields import (
@@ -27,6 +26,7 @@ from gateway.analysis.report_fields import (
     as_number,
     as_text,
 )
+from gateway.analysis.svg import colour
 
 SCHEMA_VERSION: Final = 1
 RATES: Final = (
@@ -334,7 +334,7 @@ def _swatch(slot: int) -> str:
     # A colour key in markup, not style attributes, so the tables match the plots in print too.
     return (
         f'<svg class="swatch" width="10" height="10" aria-hidden="true">'
-        f'<rect width="10" height="10" fill="{svg.colour(slot)}"/></svg>'
+        f'<rect width="10" height="10" fill="{colour(slot)}"/></svg>'
     )
 
 

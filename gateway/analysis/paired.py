@@ -15,14 +15,12 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
+from gateway.analysis.model import Json
 from gateway.analysis.observations import ShadowPair
 from gateway.stats.sequential import DEFAULT_TAU, always_valid, ratio_variance
-
-Json = dict[str, Any]
 
 
 def oriented(

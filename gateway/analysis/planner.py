@@ -17,9 +17,8 @@ from datetime import datetime
 from typing import Any, Final
 
 from gateway.analysis.evidence import WerEvidence
+from gateway.analysis.model import Json
 from gateway.stats.planning import Plan, assumed_kappa, design_effect, plan
-
-Json = dict[str, Any]
 
 RELATIVE_GAINS: Final = (0.05, 0.10, 0.20)  # the report's rows: gains relative to control
 DAY_S: Final = 86_400.0

@@ -4,7 +4,8 @@
 returns the report as a JSON-ready dict; `build_report` does the computing on records
 already in memory (it is CPU work: async callers run it in a thread). The report's schema
 is documented in docs/analysis.md and pinned by tests; renderers (`text_report`,
-`html_report`, the dashboard) read only that dict.
+`html_report`, the dashboard) read only that dict. Its inputs besides the records, how
+to decide and what the configuration says of the experiment, are the types of `model`.
 """
 
 from __future__ import annotations
@@ -13,15 +14,14 @@ import asyncio
 import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 
-from gateway.analysis import timeline
 from gateway.analysis.decision import guardrails, recommend
+from gateway.analysis.model import AnalysisOptions, ExperimentInfo, Json
 from gateway.analysis.observations import (
     LATENCY_METRICS,
     LatencyMetric,
@@ -33,8 +33,8 @@ from gateway.analysis.observations import (
     wer_unit_sums,
 )
 from gateway.analysis.paired import oriented, with_always_valid
+from gateway.analysis.timeline import boundaries, bucket_seconds, cumulative_units
 from gateway.control.guardrails import Guardrails
-from gateway.control.model import Experiment
 from gateway.outcomes.labels import Label
 from gateway.outcomes.ports import OutcomeReader
 from gateway.outcomes.record import CATEGORIES, Category, OutcomeRecord
@@ -54,8 +54,6 @@ REPORT_SCHEMA_VERSION: Final = 1
 QUANTILES: Final = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 _HISTOGRAM_BINS: Final = 20
 
-Json = dict[str, Any]
-
 
 def parse_moment(value: str) -> datetime:
     """An ISO-8601 time with a time zone (window bounds); ValueError saying what is wrong."""
@@ -68,79 +66,6 @@ def parse_moment(value: str) -> datetime:
     if moment.utcoffset() is None:
         raise ValueError(f"{value!r} needs a time zone, e.g. a trailing Z for UTC")
     return moment
-
-
-@dataclass(frozen=True, slots=True)
-class AnalysisOptions:
-    """How the analysis decides; every default is documented in docs/analysis.md."""
-
-    confidence: float = 0.95
-    srm_threshold: float = 0.001
-    resamples: int = 2000
-    seed: int = 0
-    min_labelled: int = 20  # labelled utterances per arm before WER can decide anything
-    min_outcomes: int = 20  # outcomes per arm before a guardrail can trip
-    rate_margin: float = 0.01  # a rate guardrail trips only above +1 point
-    latency_margin_ms: float = 50.0  # a latency guardrail trips only above +50 ms ...
-    latency_margin_share: float = 0.10  # ... and above +10 % of the control's median
-    max_buckets: int = 48
-
-    def __post_init__(self) -> None:
-        if not 0.5 <= self.confidence < 1:
-            raise ValueError(f"confidence must be in [0.5, 1), got {self.confidence}")
-        if self.resamples < 100:
-            raise ValueError(f"resamples must be at least 100, got {self.resamples}")
-        if self.min_labelled < 1 or self.min_outcomes < 1 or self.max_buckets < 1:
-            raise ValueError("min_labelled, min_outcomes and max_buckets must be at least 1")
-        if not 0 < self.rate_margin < 1:
-            raise ValueError(f"rate_margin must be in (0, 1), got {self.rate_margin}")
-        if not (self.latency_margin_ms > 0 and self.latency_margin_share >= 0):
-            raise ValueError("latency_margin_ms must be > 0 and latency_margin_share >= 0")
-
-    @property
-    def alpha(self) -> float:
-        return 1.0 - self.confidence
-
-
-@dataclass(frozen=True, slots=True)
-class ExperimentInfo:
-    """What the configuration knows of an experiment: its control and current split."""
-
-    control: str
-    phase: str | None = None  # the current phase
-    shares: Mapping[str, float] = field(default_factory=dict)  # current traffic shares
-    # Earlier phases' shares, from the control plane's phase history: their SRM check.
-    phase_shares: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    # The smallest WER gain worth shipping, as a fraction (0.01: one point); 0: any gain.
-    min_wer_gain: float = 0.0
-    # The experiment's configured guardrails: the analysis tests the same limits.
-    guardrails: Guardrails | None = None
-
-    @classmethod
-    def of(
-        cls, experiment: Experiment, history: Mapping[str, Mapping[str, float]] | None = None
-    ) -> ExperimentInfo:
-        """The experiment as configured now; `history` maps earlier phases to their
-        weights (`ExperimentState.phases`)."""
-        phase_shares = {
-            phase: {name: w / sum(weights.values()) for name, w in weights.items()}
-            for phase, weights in (history or {}).items()
-            if sum(weights.values()) > 0
-        }
-        return cls(
-            control=experiment.control,
-            phase=experiment.phase,
-            shares=experiment.shares,
-            phase_shares=phase_shares,
-            min_wer_gain=experiment.min_wer_gain,
-            guardrails=experiment.guardrails,
-        )
-
-    def shares_of(self, phase: str) -> Mapping[str, float] | None:
-        """The traffic shares of `phase`, if known."""
-        if phase == self.phase:
-            return self.shares
-        return self.phase_shares.get(phase)
 
 
 async def analyze(
@@ -263,8 +188,8 @@ def _phase(
     options: AnalysisOptions,
 ) -> Json:
     names = sorted(phase.variants, key=lambda name: (name != control, name))
-    length = timeline.bucket_seconds(phase.first, phase.last, options.max_buckets)
-    starts = timeline.boundaries(phase.first, phase.last, length)
+    length = bucket_seconds(phase.first, phase.last, options.max_buckets)
+    starts = boundaries(phase.first, phase.last, length)
     ends = [start + length for start in starts]
     edges = {metric: _edges(phase, metric) for metric in LATENCY_METRICS}
     variants = [_variant(phase.variants[name], name == control, edges, options) for name in names]
@@ -597,8 +522,8 @@ def _wer_difference(
     looks: list[tuple[float, float]] = []
     tau2 = DEFAULT_TAU["wer"] ** 2
     for (ea, wa), (eb, wb) in zip(
-        timeline.cumulative_units(control.scored, ends),
-        timeline.cumulative_units(challenger.scored, ends),
+        cumulative_units(control.scored, ends),
+        cumulative_units(challenger.scored, ends),
         strict=True,
     ):
         if wa.sum() > 0 and wb.sum() > 0:

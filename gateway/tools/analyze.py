@@ -13,13 +13,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from gateway.analysis.report import (
-    AnalysisOptions,
-    ExperimentInfo,
-    Json,
-    analyze,
-    parse_moment,
-)
+from gateway.analysis.model import AnalysisOptions, ExperimentInfo, Json
+from gateway.analysis.report import analyze, parse_moment
 from gateway.analysis.text_report import render_text
 from gateway.config.gateway import build_gateway_config
 from gateway.config.settings import Settings

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 from gateway.analysis.evidence import wer_evidence
+from gateway.analysis.model import AnalysisOptions, Json
 from gateway.analysis.planner import assumed, from_phase, render_plan
-from gateway.analysis.report import AnalysisOptions, Json, analyze
+from gateway.analysis.report import analyze
 from gateway.config.settings import Settings
 from gateway.errors import ConfigError
 from gateway.outcomes.record import InvalidRecordError
