@@ -29,7 +29,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from gateway.control.model import hash_key
 from gateway.server.admin.auth import AdminTokens
-from gateway.server.admin.dashboard import CONTENT_SECURITY_POLICY, add_dashboard_routes
+from gateway.server.admin.dashboard import Dashboard, add_dashboard_routes
 
 TOKEN = "dashboard-admin-token-5c1e9f"
 REFRESH_SECONDS = 1.0
@@ -182,7 +182,7 @@ async def test_page_is_static_with_a_strict_content_security_policy(
     assert response.content_type == "text/html"
     page = await response.text()
     csp = response.headers["Content-Security-Policy"]
-    assert csp == CONTENT_SECURITY_POLICY
+    assert csp == Dashboard.load().content_security_policy
     assert "default-src 'none'" in csp
     assert "connect-src 'self'" in csp
     assert "unsafe" not in csp

@@ -36,7 +36,7 @@ from gateway.server.admin.auth import (
     admin_name,
     error_response,
 )
-from gateway.server.admin.openapi import openapi_document
+from gateway.server.admin.openapi import openapi_json
 from gateway.server.relay.backend_gate import breaker_name
 from gateway.server.state import STATE
 
@@ -53,6 +53,11 @@ _Handler = Callable[[web.Request], Any]
 def add_control_routes(app: web.Application, admins: AdminTokens) -> None:
     """Serve the control routes on `app`, for the admins in `admins`."""
     app[ADMIN_TOKENS] = admins
+    document = openapi_json()  # read once: the document does not change while serving
+
+    async def openapi(_request: web.Request) -> web.Response:
+        return web.json_response(text=document)
+
     app.router.add_get("/admin/openapi.json", openapi)
     app.router.add_get("/admin/experiments", list_experiments)
     app.router.add_get("/admin/experiments/{experiment}", show_experiment)
@@ -142,10 +147,6 @@ async def _answer(request: web.Request, handler: Callable[[], Any]) -> web.Respo
     except ValueError as exc:  # the store holds something unreadable (a corrupt file)
         log.error("control_store_unreadable", error=str(exc), path=request.path)
         return error_response(500, f"the experiment state store cannot be read: {exc}")
-
-
-async def openapi(_request: web.Request) -> web.Response:
-    return web.json_response(openapi_document())
 
 
 async def list_experiments(request: web.Request) -> web.Response:

@@ -5,376 +5,37 @@ admin token, keeps it in the tab's sessionStorage, and polls the admin API with 
 (`GET /admin/experiments`, then `GET /admin/experiments/{id}/analysis` for each experiment),
 sending `Authorization: Bearer`. It renders weights, phase, per-variant live counts, rates,
 latency and WER so far and the recommendation, and says plainly when there is no token, the
-token is refused (401), there is no data yet, or the gateway is unreachable.
+token is refused (401), there is no data yet, or the gateway is unreachable. The script polls
+with setTimeout after each answer (never overlapping requests) and drops answers that arrive
+after the token changed.
 
-HTML, CSS and script are inline. The Content-Security-Policy allows exactly that script and
-style (by hash) and requests to this origin, nothing else; the script builds every element
-with textContent, so names from experiment configs cannot inject markup.
+The page, its style and its script are the package data files static/dashboard.html,
+static/dashboard.css and static/dashboard.js, read once when the route is mounted. The style
+and script are inlined into the page as they are in their files, and the
+Content-Security-Policy allows exactly that script and style (by hash, computed from the same
+text) and requests to this origin, nothing else; the script builds every element with
+textContent, so names from experiment configs cannot inject markup.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import dataclass
+from importlib.resources import files
+from string import Template
 from typing import Final
 
 from aiohttp import web
 
 PATH: Final = "/dashboard"
 DEFAULT_REFRESH_SECONDS: Final = 5.0
+STATIC_FILES: Final = ("dashboard.html", "dashboard.css", "dashboard.js")
 
-_STYLE: Final = """
-:root { color-scheme: light; }
-* { box-sizing: border-box; }
-[hidden] { display: none !important; }
-body { margin: 0 auto; max-width: 1280px; padding: 16px 24px; color: #1a1a1a; background: #fff;
-  font: 14px/1.45 system-ui, -apple-system, "Segoe UI", "DejaVu Sans", sans-serif; }
-header { display: flex; flex-wrap: wrap; align-items: center; gap: 12px 24px; }
-h1 { font-size: 1.5em; margin: 0; }
-h2 { font-size: 1.2em; margin: 0 0 6px; }
-code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; }
-#status { flex: 1; padding: 6px 10px; border-radius: 4px; background: #f3f3f3; }
-#status[data-state="ok"] { background: #e6f4ea; }
-#status[data-state="unauthorized"], #status[data-state="unreachable"],
-#status[data-state="error"] { background: #fde8e8; color: #8c1d18; font-weight: 600; }
-button { font: inherit; padding: 4px 12px; }
-form { margin: 16px 0; padding: 12px 16px; border: 1px solid #d0d0d0; border-radius: 6px;
-  max-width: 640px; }
-form label { display: block; font-weight: 600; margin-bottom: 4px; }
-form input { font: inherit; padding: 4px 8px; width: 60%; }
-.hint { color: #555; margin: 6px 0 0; font-size: 0.9em; }
-main.stale { opacity: 0.55; }
-.experiment { border: 1px solid #d0d0d0; border-radius: 6px; padding: 12px 16px; margin: 16px 0; }
-.meta { color: #444; margin: 0 0 8px; }
-.recommendation { border-left: 6px solid #6b6b6b; background: #f3f3f3; padding: 6px 10px;
-  margin: 8px 0; }
-.recommendation.ship_custom { border-color: #1e7b34; background: #e6f4ea; }
-.recommendation.ramp_up { border-color: #0b5cad; background: #e7f0fa; }
-.recommendation.keep_base { border-color: #a15c00; background: #fff4e0; }
-.recommendation.roll_back { border-color: #b3261e; background: #fde8e8; }
-.table-wrap { overflow-x: auto; }
-table { border-collapse: collapse; }
-table { font-size: 13px; }
-th, td { border-bottom: 1px solid #e0e0e0; padding: 4px 6px; text-align: right;
-  white-space: nowrap; vertical-align: top; }
-th:first-child, td:first-child { text-align: left; }
-thead th { border-bottom: 2px solid #999; }
-small { display: block; color: #555; }
-meter { width: 56px; vertical-align: middle; }
-.note { margin: 6px 0; }
-.no-data { color: #555; font-style: italic; }
-.warning { color: #8c1d18; font-weight: 600; }
-.tag { font-size: 0.8em; padding: 0 6px; border-radius: 8px; background: #e7f0fa;
-  margin-left: 4px; }
-"""
 
-# Polls with setTimeout after each answer (never overlapping requests), and drops answers
-# that arrive after the token changed: `generation` counts token changes.
-_SCRIPT: Final = r"""
-"use strict";
-(() => {
-  const KEY = "speech-gateway.admin-token";
-  const ACTIONS = {ship_custom: "Ship custom", ramp_up: "Ramp up", keep_collecting:
-    "Keep collecting", keep_base: "Keep base", roll_back: "Roll back"};
-  const RATES = [["success", "Success"], ["no_match", "No match"], ["error", "Error"],
-    ["cancellation", "Cancelled"]];
-  const refreshMs = Math.max(500, Number(document.body.dataset.refreshMs) || 5000);
-  const $ = (id) => document.getElementById(id);
-  const statusBox = $("status"), form = $("login"), input = $("token");
-  const forget = $("forget"), main = $("experiments");
-  let timer = null, generation = 0, lastOk = null, lastSnapshot = "";
-
-  class HttpError extends Error {
-    constructor(status) { super("HTTP " + status); this.status = status; }
-  }
-  class Unreachable extends Error {}
-
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [name, value] of Object.entries(attrs || {})) {
-      if (value === null || value === undefined || value === false) continue;
-      if (name === "class") node.className = value;
-      else node.setAttribute(name, value === true ? "" : String(value));
-    }
-    for (const child of children.flat()) {
-      if (child === null || child === undefined) continue;
-      node.append(child instanceof Node ? child : String(child));  // text, never markup
-    }
-    return node;
-  }
-  const num = (v) => (typeof v === "number" && Number.isFinite(v)) ? v : null;
-  const pct = (v) => num(v) === null ? "–" : (v * 100).toFixed(1) + "%";
-  const pp = (v) => num(v) === null ? "–" : (v >= 0 ? "+" : "") + (v * 100).toFixed(1) + " pp";
-  const ms = (v) => num(v) === null ? "–" : Math.round(v).toLocaleString("en") + " ms";
-  const count = (v) => num(v) === null ? "–" : Math.round(v).toLocaleString("en");
-  const clock = (d) => d.toLocaleTimeString("en-GB", {hour12: false});
-  function bounds(ci, show) {
-    if (!Array.isArray(ci) || ci.length !== 2 || (ci[0] === null && ci[1] === null)) return "";
-    return (ci[0] === null ? "−∞" : show(ci[0])) + " to " + (ci[1] === null ? "+∞" : show(ci[1]));
-  }
-
-  function setStatus(state, text) {
-    statusBox.dataset.state = state;
-    statusBox.textContent = text;
-  }
-  function storedToken() {
-    try { return sessionStorage.getItem(KEY); } catch (e) { return null; }
-  }
-  function stop() {
-    generation += 1;
-    if (timer !== null) clearTimeout(timer);
-    timer = null;
-  }
-  function askForToken(state, text) {
-    stop();
-    form.hidden = false;
-    forget.hidden = true;
-    setStatus(state, text);
-    input.focus();
-  }
-  function start() {
-    stop();
-    form.hidden = true;
-    forget.hidden = false;
-    setStatus("loading", "Loading…");
-    poll(generation);
-  }
-
-  async function getJson(path, token) {
-    let response;
-    try {
-      response = await fetch(path, {
-        headers: {Authorization: "Bearer " + token, Accept: "application/json"},
-        cache: "no-store", credentials: "omit", redirect: "error"});
-    } catch (e) {
-      throw new Unreachable(String(e));
-    }
-    if (!response.ok) throw new HttpError(response.status);
-    return response.json();
-  }
-
-  async function poll(gen) {
-    try {
-      await refresh(gen);
-    } finally {
-      if (gen === generation) timer = setTimeout(() => poll(gen), refreshMs);
-    }
-  }
-
-  async function refresh(gen) {
-    const token = storedToken();
-    if (!token) {
-      askForToken("no-token", "Enter an admin token to see the experiments.");
-      return;
-    }
-    try {
-      const listing = await getJson("/admin/experiments", token);
-      const experiments = Array.isArray(listing.experiments) ? listing.experiments : [];
-      const analyses = await Promise.all(experiments.map((e) =>
-        getJson("/admin/experiments/" + encodeURIComponent(e.id) + "/analysis", token).then(
-          (report) => ({report}),
-          (err) => {
-            if (err instanceof HttpError && err.status !== 401) return {status: err.status};
-            throw err;
-          })));
-      if (gen !== generation) return;
-      // Redraw only when the data changed (not for a new generated_at alone), so that
-      // reading or selecting text on the page is not disturbed every few seconds.
-      const snapshot = JSON.stringify([experiments, analyses],
-        (key, value) => key === "generated_at" ? undefined : value);
-      if (snapshot !== lastSnapshot) {
-        main.replaceChildren(...renderAll(experiments, analyses));
-        lastSnapshot = snapshot;
-      }
-      main.classList.remove("stale");
-      lastOk = new Date();
-      setStatus("ok", "Updated " + clock(lastOk) + " · refreshing every " +
-        refreshMs / 1000 + " s");
-    } catch (err) {
-      if (gen !== generation) return;
-      const since = lastOk ? " Showing data from " + clock(lastOk) + "." : "";
-      if (err instanceof HttpError && err.status === 401) {
-        try { sessionStorage.removeItem(KEY); } catch (e) { /* storage disabled */ }
-        main.replaceChildren();
-        lastSnapshot = "";
-        askForToken("unauthorized",
-          "The gateway refused this admin token (401). Enter a valid admin token.");
-      } else if (err instanceof Unreachable) {
-        main.classList.add("stale");
-        setStatus("unreachable", "The gateway is unreachable (" + clock(new Date()) +
-          "); retrying every " + refreshMs / 1000 + " s." + since);
-      } else {
-        main.classList.add("stale");
-        const what = err instanceof HttpError ? "answered " + err.status :
-          "sent an unreadable answer";
-        setStatus("error", "The gateway " + what + "; retrying every " + refreshMs / 1000 +
-          " s." + since);
-      }
-    }
-  }
-
-  function renderAll(experiments, analyses) {
-    if (experiments.length === 0) {
-      return [el("p", {class: "no-data", "data-state": "no-experiments"},
-        "No experiments are configured.")];
-    }
-    return experiments.map((e, i) => renderExperiment(e, analyses[i]));
-  }
-
-  function currentPhase(experiment, report) {
-    const phases = Array.isArray(report.phases) ? report.phases : [];
-    return phases.find((p) => p.phase === experiment.phase) ||
-      phases.find((p) => p.current === true) || null;
-  }
-
-  function renderExperiment(experiment, analysis) {
-    const section = el("section", {class: "experiment", "data-experiment": experiment.id});
-    const shadows = Array.isArray(experiment.shadows) && experiment.shadows.length ?
-      " · shadows: " + experiment.shadows.join(", ") : "";
-    section.append(
-      el("h2", {}, el("code", {}, String(experiment.id))),
-      el("p", {class: "meta"}, "Phase ", el("code", {"data-field": "phase"},
-        String(experiment.phase ?? "–")), " · control ", el("code", {},
-        String(experiment.control ?? "–")), shadows));
-    const report = analysis && analysis.report ? analysis.report : null;
-    const phase = report ? currentPhase(experiment, report) : null;
-    if (report) section.append(renderRecommendation(report.recommendation));
-    else section.append(el("p", {class: "warning", "data-state": "no-analysis"},
-      "No analysis (the gateway answered " + (analysis ? analysis.status : "nothing") + ")."));
-    const hasData = phase && Array.isArray(phase.variants) && phase.variants.length > 0;
-    section.dataset.state = hasData ? "data" : "no-data";
-    section.append(renderTable(experiment, phase));
-    if (!hasData && report) {
-      section.append(el("p", {class: "no-data", "data-state": "no-data"},
-        "No data yet: no outcome records in the current phase."));
-    }
-    if (phase) section.append(...renderNotes(phase));
-    return section;
-  }
-
-  function renderRecommendation(recommendation) {
-    const r = recommendation || {};
-    const action = Object.hasOwn(ACTIONS, r.action) ? r.action : "other";
-    const label = ACTIONS[action] || (r.action ? String(r.action) : "No recommendation");
-    return el("p", {class: "recommendation " + action, "data-action": action},
-      el("strong", {}, label + (r.variant ? ": " + r.variant : "")),
-      r.reason ? " — " + r.reason : "");
-  }
-
-  function renderTable(experiment, phase) {
-    const configured = Array.isArray(experiment.variants) ? experiment.variants : [];
-    const measured = new Map((phase && Array.isArray(phase.variants) ? phase.variants : [])
-      .map((v) => [v.name, v]));
-    const comparisons = new Map((phase && Array.isArray(phase.comparisons) ?
-      phase.comparisons : []).map((c) => [c.variant, c]));
-    const names = configured.map((v) => v.name);
-    for (const name of measured.keys()) if (!names.includes(name)) names.push(name);
-    const head = ["Variant", "Weight", "Units", "Utterances",
-      ...RATES.map((r) => r[1]), "Final p50", "First hyp. p50", "WER so far", "vs control"];
-    const rows = names.map((name) => {
-      const config = configured.find((v) => v.name === name) || {};
-      const m = measured.get(name) || {};
-      const rates = m.rates || {};
-      const latency = m.latency || {};
-      const p50 = (metric) => ((latency[metric] || {}).quantiles || {}).p50 || {};
-      const wer = m.wer || null;
-      const cmp = comparisons.get(name);
-      const cmpWer = cmp && cmp.wer ? cmp.wer : null;
-      const labelled = num(m.labelled) === null ? "" :
-        count(m.labelled) + " labelled (" + pct(m.labelled_share) + ")";
-      const backend = config.backend === undefined ? null : el("small", {"data-col": "backend"},
-        String(config.backend) + (config.endpoint_id ? " · endpoint " + config.endpoint_id : ""));
-      const cells = [
-        el("td", {}, String(name), name === experiment.control ?
-          el("span", {class: "tag"}, "control") : null, backend),
-        el("td", {"data-col": "weight"}, num(config.weight) === null ? "–" : String(config.weight),
-          num(config.share) === null ? null : el("small", {"data-col": "share"},
-            pct(config.share), " ", el("meter", {min: 0, max: 1, value: config.share}))),
-        el("td", {"data-col": "units"}, count(m.units),
-          num(m.sessions) === null ? null : el("small", {}, count(m.sessions) + " sessions")),
-        el("td", {"data-col": "utterances"}, count(m.utterances)),
-        ...RATES.map(([key]) => {
-          const rate = rates[key] || {};
-          return el("td", {"data-col": key}, pct(rate.rate),
-            num(rate.total) === null ? null : el("small", {}, count(rate.count) + "/" +
-              count(rate.total)));
-        }),
-        el("td", {"data-col": "final_p50"}, ms(p50("final_latency_ms").value)),
-        el("td", {"data-col": "first_p50"}, ms(p50("first_hypothesis_ms").value)),
-        el("td", {"data-col": "wer"}, wer ? pct(wer.wer) : "–",
-          el("small", {}, wer ? bounds(wer.ci, pct) : (m.name ? "not labelled" : "")),
-          labelled ? el("small", {}, labelled) : null),
-        el("td", {"data-col": "wer_difference"}, cmpWer ? pp(cmpWer.difference) : "–",
-          cmpWer && cmpWer.always_valid ? [el("small", {}, "always-valid CI"),
-            el("small", {}, bounds(cmpWer.always_valid.ci, (v) => (v * 100).toFixed(1)) + " pp")]
-            : null),
-      ];
-      return el("tr", {"data-variant": name}, cells);
-    });
-    return el("div", {class: "table-wrap"}, el("table", {"data-table": "variants"},
-      el("thead", {}, el("tr", {}, head.map((h) => el("th", {}, h)))), el("tbody", {}, rows)));
-  }
-
-  function renderNotes(phase) {
-    const notes = [];
-    const srm = phase.srm || {};
-    if (srm.status === "mismatch") {
-      notes.push(el("p", {class: "note warning", "data-srm": "mismatch"},
-        "Sample ratio mismatch (p = " + Number(srm.p_value).toPrecision(2) +
-        "): units per variant differ from the split; do not trust the comparisons."));
-    }
-    for (const cmp of Array.isArray(phase.comparisons) ? phase.comparisons : []) {
-      for (const g of Array.isArray(cmp.guardrails) ? cmp.guardrails : []) {
-        if (g.status === "regressed") {
-          notes.push(el("p", {class: "note warning", "data-guardrail": g.metric},
-            cmp.variant + ": guardrail " + g.metric + " regressed — " + (g.detail || "")));
-        }
-      }
-    }
-    return notes;
-  }
-
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const token = input.value.trim();
-    if (!token) return;
-    try { sessionStorage.setItem(KEY, token); } catch (e) { /* storage disabled */ }
-    input.value = "";
-    start();
-  });
-  forget.addEventListener("click", () => {
-    try { sessionStorage.removeItem(KEY); } catch (e) { /* storage disabled */ }
-    main.replaceChildren();
-    lastSnapshot = "";
-    askForToken("no-token", "Token forgotten. Enter an admin token to see the experiments.");
-  });
-  if (storedToken()) start();
-  else askForToken("no-token", "Enter an admin token to see the experiments.");
-})();
-"""
-
-_PAGE: Final = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
-<link rel="icon" href="data:,">
-<title>speech-gateway · experiments</title>
-<style>{style}</style></head>
-<body data-refresh-ms="{refresh_ms}">
-<header><h1>Experiments</h1>
-<div id="status" role="status" aria-live="polite" data-state="loading">Loading…</div>
-<button type="button" id="forget" hidden>Forget token</button></header>
-<form id="login" hidden>
-<label for="token">Admin token</label>
-<input id="token" name="token" type="password" autocomplete="off" spellcheck="false" required>
-<button type="submit">Show experiments</button>
-<p class="hint">The token stays in this browser tab (sessionStorage) and is sent only to this
-gateway, as <code>Authorization: Bearer</code>.</p>
-</form>
-<main id="experiments" aria-live="polite"></main>
-<script>{script}</script>
-</body></html>
-"""
+def _static_text(name: str) -> str:
+    # Through importlib.resources, so the files are found in an installed wheel as well.
+    return (files("gateway.server.admin") / "static" / name).read_text(encoding="utf-8")
 
 
 def _csp_hash(source: str) -> str:
@@ -382,44 +43,69 @@ def _csp_hash(source: str) -> str:
     return f"'sha256-{base64.b64encode(digest).decode('ascii')}'"
 
 
-# Only the page's own inline script and style (by hash: no 'unsafe-inline') and requests to
-# this origin; no frames, forms posting elsewhere, plugins or base-URL tricks.
-CONTENT_SECURITY_POLICY: Final = "; ".join(
-    (
-        "default-src 'none'",
-        f"script-src {_csp_hash(_SCRIPT)}",
-        f"style-src {_csp_hash(_STYLE)}",
-        "connect-src 'self'",
-        "img-src data:",
-        "base-uri 'none'",
-        "form-action 'none'",
-        "frame-ancestors 'none'",
-    )
-)
-_HEADERS: Final = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
+@dataclass(frozen=True, slots=True)
+class Dashboard:
+    """The page's template (`${style}`, `${script}`, `${refresh_ms}`) and what it inlines."""
 
+    template: str
+    style: str
+    script: str
 
-def dashboard_page(refresh_seconds: float = DEFAULT_REFRESH_SECONDS) -> str:
-    """The dashboard's HTML, polling every `refresh_seconds`."""
-    if not 0.5 <= refresh_seconds <= 3600:
-        raise ValueError(f"refresh_seconds must be 0.5 to 3600, got {refresh_seconds}")
-    # The interval goes into a data attribute, not the script, so the script's hash is fixed.
-    return _PAGE.format(style=_STYLE, script=_SCRIPT, refresh_ms=round(refresh_seconds * 1000))
+    @classmethod
+    def load(cls) -> Dashboard:
+        """The dashboard from its static files."""
+        html, css, js = (_static_text(name) for name in STATIC_FILES)
+        return cls(template=html, style=css, script=js)
+
+    @property
+    def content_security_policy(self) -> str:
+        """Only the page's own inline script and style (by hash: no 'unsafe-inline') and
+        requests to this origin; no frames, forms posting elsewhere, plugins or base-URL
+        tricks."""
+        return "; ".join(
+            (
+                "default-src 'none'",
+                f"script-src {_csp_hash(self.script)}",
+                f"style-src {_csp_hash(self.style)}",
+                "connect-src 'self'",
+                "img-src data:",
+                "base-uri 'none'",
+                "form-action 'none'",
+                "frame-ancestors 'none'",
+            )
+        )
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The page's response headers: its CSP, and no sniffing, framing, referrer or cache."""
+        return {
+            "Content-Security-Policy": self.content_security_policy,
+            "X-Content-Type-Options": "nosniff",
+            "X-Frame-Options": "DENY",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+        }
+
+    def page(self, refresh_seconds: float = DEFAULT_REFRESH_SECONDS) -> str:
+        """The dashboard's HTML, polling every `refresh_seconds`."""
+        if not 0.5 <= refresh_seconds <= 3600:
+            raise ValueError(f"refresh_seconds must be 0.5 to 3600, got {refresh_seconds}")
+        # The interval goes into a data attribute, not the script, so the script's hash is
+        # fixed. `substitute` fails on a placeholder the template has and this call lacks.
+        return Template(self.template).substitute(
+            style=self.style, script=self.script, refresh_ms=round(refresh_seconds * 1000)
+        )
 
 
 def add_dashboard_routes(
     app: web.Application, *, refresh_seconds: float = DEFAULT_REFRESH_SECONDS
 ) -> None:
     """Serve the dashboard page at `GET /dashboard` (the admin API it polls is mounted apart)."""
-    body = dashboard_page(refresh_seconds).encode("utf-8")
+    dashboard = Dashboard.load()
+    body = dashboard.page(refresh_seconds).encode("utf-8")
+    headers = dashboard.headers
 
-    async def dashboard(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="text/html", charset="utf-8", headers=_HEADERS)
+    async def serve(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="text/html", charset="utf-8", headers=headers)
 
-    app.router.add_get(PATH, dashboard)
+    app.router.add_get(PATH, serve)

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from importlib.metadata import version
+from importlib.resources import files
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 from jsonschema.exceptions import ValidationError
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
-from gateway.server.admin.openapi import openapi_document
+from gateway.server.admin.analysis import add_admin_routes
+from gateway.server.admin.auth import AdminTokens
+from gateway.server.admin.control import add_control_routes
+from gateway.server.admin.labels import add_label_routes
+from gateway.server.admin.openapi import openapi_document, openapi_json
+
+Client = TestClient[web.Request, web.Application]
 
 EXPERIMENT = "/admin/experiments/{experiment}"
 WRITE_ERRORS = {"400", "401", "404", "409", "413", "415", "503"}
@@ -254,3 +265,67 @@ def test_the_analysis_route_points_to_its_schema(document: dict[str, Any]) -> No
     assert schema == {"type": "object"}
     names = {p["name"] for p in operation["parameters"] if "name" in p}
     assert names == {"phase", "since", "until"}
+
+
+def static_text() -> str:
+    """openapi.json as the installed package holds it (importlib.resources, as in a wheel)."""
+    resource = files("gateway.server.admin") / "static" / "openapi.json"
+    assert resource.is_file()
+    return resource.read_text(encoding="utf-8")
+
+
+def refuse_constant(name: str) -> Any:
+    raise ValueError(f"not strict JSON: {name}")
+
+
+def test_the_static_file_is_strict_json_in_a_stable_layout() -> None:
+    """openapi.json parses without NaN/Infinity, and is laid out as json.dumps(indent=2)."""
+    text = static_text()
+    parsed = json.loads(text, parse_constant=refuse_constant)
+    assert text == json.dumps(parsed, indent=2, ensure_ascii=False) + "\n"
+
+
+def test_only_the_version_is_filled_in_at_load(document: dict[str, Any]) -> None:
+    """The document is the file's, with info.version the installed package's."""
+    stored = json.loads(static_text())
+    assert document["info"]["version"] == version("speech-gateway")
+    assert {**document, "info": {**document["info"], "version": "x"}} == {
+        **stored,
+        "info": {**stored["info"], "version": "x"},
+    }
+
+
+def admin_app() -> web.Application:
+    """A bare app with every admin and labels route group the gateway mounts."""
+    app = web.Application()
+    admins = AdminTokens.from_digests({})
+    add_label_routes(app, admins)
+    add_control_routes(app, admins)
+    reader: Any = object()  # mounting only: no request reaches it
+    add_admin_routes(app, admins, reader)
+    return app
+
+
+def test_every_mounted_admin_and_labels_route_is_documented(document: dict[str, Any]) -> None:
+    """The mounted /admin and /labels routes and the documented ones are the same set."""
+    served = {
+        (route.resource.canonical, route.method.lower())
+        for route in admin_app().router.routes()
+        if route.resource is not None
+        and route.resource.canonical.startswith(("/admin", "/labels"))
+        and route.method != "HEAD"
+    }
+    documented = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert served == documented
+
+
+async def test_the_route_serves_the_document(
+    aiohttp_client: Callable[[web.Application], Awaitable[Client]],
+) -> None:
+    """`GET /admin/openapi.json` answers the document as JSON, without a credential."""
+    client = await aiohttp_client(admin_app())
+    response = await client.get("/admin/openapi.json")
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    assert await response.text() == openapi_json()
+    assert await response.json() == openapi_document()
