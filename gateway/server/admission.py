@@ -24,7 +24,8 @@ from gateway.errors import Limit, LimitExceeded
 from gateway.logging import get_logger
 from gateway.protocol.usp import RecognitionStatus
 from gateway.server.sessions import LiveSessions
-from gateway.server.state import GatewayState, primary_failure
+from gateway.server.state import GatewayState, session_facts
+from gateway.session.taps import primary_failure
 
 log = get_logger(__name__)
 
@@ -171,7 +172,16 @@ def record_limit_hit(
     """Log, count and record a session or request a limit stopped before it was relayed:
     a `session_failure` of the assigned variant with `status`, what the SDK reports."""
     note_limit_hit(state, limit, route, protocol, detail)
-    state.submit(primary_failure(state, route, protocol, status.value, limit.error_code, detail))
+    variant = route.variant
+    record = primary_failure(
+        session_facts(state, route, protocol),
+        variant.name,
+        variant.backend.name,
+        status=status.value,
+        error_code=limit.error_code,
+        detail=detail,
+    )
+    state.submit(record)
 
 
 def refuse(

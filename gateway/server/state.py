@@ -1,19 +1,21 @@
 """The gateway app's shared state, under one typed AppKey (no module globals), and its
 drain: what `speech-gateway serve` does with the live sessions on SIGTERM.
 
-Every outcome record goes through `GatewayState.submit`: to the sink and the metrics as it
-is, and to the guardrail counts as its users saw it. A primary failure of a client session
-(the SDK's X-ConnectionId) is held there for a few seconds, and dropped if the client
-retried it (`gateway.control.retries`): the sink and the metrics count every attempt, the
-guardrails the failures users saw (docs/statistics.md, "Guardrails").
+Every outcome record goes through `GatewayState.submit` to its declared listeners, in order:
+the sink and the metrics take it as it is, the control plane's guardrail counts as its users
+saw it (`GuardrailFeed`). A primary failure of a client session (the SDK's X-ConnectionId)
+is held there for a few seconds, and dropped if the client retried it
+(`gateway.control.retries`): the sink and the metrics count every attempt, the guardrails
+the failures users saw (docs/statistics.md, "Guardrails").
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeAlias
 
 import aiohttp
 from aiohttp import web
@@ -31,7 +33,7 @@ from gateway.outcomes.record import Kind, OutcomeRecord, Role
 from gateway.server.metrics import GatewayMetrics
 from gateway.server.relay.backend_gate import BackendGate
 from gateway.server.sessions import LiveSessions
-from gateway.session.taps import RoleFacts, SessionFacts, make_record
+from gateway.session.taps import SessionFacts
 
 log = get_logger(__name__)
 
@@ -51,6 +53,81 @@ class DrainReport:
     seconds: float
 
 
+RecordListener: TypeAlias = Callable[[OutcomeRecord], None]
+"""Takes every outcome record the gateway submits, as it is submitted; never raises."""
+
+
+class GuardrailFeed:
+    """The control plane's record listener: it counts the failures users saw.
+
+    A primary failure of a client session waits in a `RetryHold` until it is due (then the
+    control plane counts it) or a later attempt of the same client session starts (then it
+    was retried, and is never counted). Every other record goes to the control plane at once.
+    """
+
+    def __init__(self, control: ControlPlane, privacy_key: bytes) -> None:
+        self._control = control
+        self._privacy_key = privacy_key
+        self.retries: RetryHold[OutcomeRecord] = RetryHold()
+        self._release_timer: asyncio.TimerHandle | None = None
+        self._holding = True  # False once the drain released them
+
+    def observe(self, record: OutcomeRecord) -> None:
+        now = time.monotonic()
+        self._release_due(now)
+        if (
+            self._holding
+            and record.client_session is not None
+            and record.kind is Kind.SESSION_FAILURE
+            and record.role is Role.PRIMARY
+        ):
+            key = session_key(record.client, record.client_session)
+            if self.retries.hold(key, record.session_id, record, now):
+                self._schedule_release()
+            return
+        self._control.observe(record)
+
+    def attempt_started(self, route: Route) -> None:
+        """An attempt of `route`'s client session begins: its earlier failures, if held,
+        were retried, and its users never saw them."""
+        if route.client_session is None:
+            return
+        pseudonym = pseudonymise(route.client_session, self._privacy_key)
+        key = session_key(route.client.name, pseudonym)
+        self.retries.started(key, route.session_id, time.monotonic())
+
+    def release_held(self) -> None:
+        """Count every held failure now, and hold no more (the gateway stops: no retry will
+        come here, and nothing would release them)."""
+        self._holding = False
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
+        for record in self.retries.release_all():
+            self._control.observe(record)
+
+    def _release_due(self, now: float) -> None:
+        for record in self.retries.due(now):
+            self._control.observe(record)
+
+    def _schedule_release(self) -> None:
+        """Release held failures when they are due, also when no other record comes."""
+        deadline = self.retries.next_deadline()
+        if self._release_timer is not None or deadline is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a caller outside the event loop: the next record releases
+            return
+        delay = max(0.0, deadline - time.monotonic()) + 0.01
+        self._release_timer = loop.call_later(delay, self._on_release_timer)
+
+    def _on_release_timer(self) -> None:
+        self._release_timer = None
+        self._release_due(time.monotonic())
+        self._schedule_release()
+
+
 @dataclass
 class GatewayState:
     settings: GatewaySettings
@@ -65,13 +142,15 @@ class GatewayState:
     draining: bool = field(default=False, init=False)
     _grace_cut: bool = field(default=False, init=False)
     _http: aiohttp.ClientSession | None = None
-    # Primary failures of client sessions, waiting to see whether the client retries them.
-    retries: RetryHold[OutcomeRecord] = field(default_factory=RetryHold, init=False)
-    _release_timer: asyncio.TimerHandle | None = field(default=None, init=False)
-    _holding: bool = field(default=True, init=False)  # False once the drain released them
+    guardrail_feed: GuardrailFeed = field(init=False)
+    # Where every record goes, in this order: the sink and the metrics count every attempt,
+    # the guardrails (behind the retry hold) the failures users saw.
+    listeners: tuple[RecordListener, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.sessions = LiveSessions(self.metrics)
+        self.guardrail_feed = GuardrailFeed(self.control, self.privacy_key)
+        self.listeners = (self.sink.submit, self.metrics.observe, self.guardrail_feed.observe)
         # Every attempt is admitted by the gate before its dial: the earliest sign of a retry.
         self.backends.on_attempt = self.attempt_started
 
@@ -81,62 +160,18 @@ class GatewayState:
         return self.control.config
 
     def submit(self, record: OutcomeRecord) -> None:
-        """Send an outcome record to the sink, and count it for the guardrails and metrics."""
-        self.sink.submit(record)
-        self.metrics.observe(record)
-        now = time.monotonic()
-        self._release_due(now)
-        if (
-            self._holding
-            and record.client_session is not None
-            and record.kind is Kind.SESSION_FAILURE
-            and record.role is Role.PRIMARY
-        ):
-            key = session_key(record.client, record.client_session)
-            if self.retries.hold(key, record.session_id, record, now):
-                self._schedule_release()
-            return
-        self.control.observe(record)
+        """Send an outcome record to every listener: stored, counted in the metrics, and
+        counted for the guardrails as its users saw it."""
+        for listener in self.listeners:
+            listener(record)
 
     def attempt_started(self, route: Route) -> None:
-        """An attempt of `route`'s client session begins: its earlier failures, if held,
-        were retried, and its users never saw them."""
-        if route.client_session is None:
-            return
-        pseudonym = pseudonymise(route.client_session, self.privacy_key)
-        key = session_key(route.client.name, pseudonym)
-        self.retries.started(key, route.session_id, time.monotonic())
-
-    def _release_due(self, now: float) -> None:
-        for record in self.retries.due(now):
-            self.control.observe(record)
-
-    def _schedule_release(self) -> None:
-        """Release held failures when they are due, also when no other record comes."""
-        deadline = self.retries.next_deadline()
-        if self._release_timer is not None or deadline is None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # a caller outside the event loop: the next submit releases
-            return
-        delay = max(0.0, deadline - time.monotonic()) + 0.01
-        self._release_timer = loop.call_later(delay, self._on_release_timer)
-
-    def _on_release_timer(self) -> None:
-        self._release_timer = None
-        self._release_due(time.monotonic())
-        self._schedule_release()
+        """An attempt of `route`'s client session begins (see `GuardrailFeed`)."""
+        self.guardrail_feed.attempt_started(route)
 
     def release_held(self) -> None:
-        """Count every held failure now, and hold no more (the gateway stops: no retry will
-        come here, and nothing would release them)."""
-        self._holding = False
-        if self._release_timer is not None:
-            self._release_timer.cancel()
-            self._release_timer = None
-        for record in self.retries.release_all():
-            self.control.observe(record)
+        """Count every held failure now, and hold no more (the gateway stops)."""
+        self.guardrail_feed.release_held()
 
     async def drain(self, grace_s: float, close_timeout_s: float) -> DrainReport:
         """Refuse new sessions, let the live ones finish for up to `grace_s`, then close the
@@ -238,20 +273,4 @@ def session_facts(state: GatewayState, route: Route, protocol: str) -> SessionFa
         client_session=None
         if client_session is None
         else pseudonymise(client_session, state.privacy_key),
-    )
-
-
-def primary_failure(
-    state: GatewayState, route: Route, protocol: str, status: str, error_code: str, detail: str
-) -> OutcomeRecord:
-    """The `session_failure` record of a session or request the gateway answered itself,
-    charged to the route's variant."""
-    variant = route.variant
-    return make_record(
-        session_facts(state, route, protocol),
-        RoleFacts(Role.PRIMARY, variant.name, variant.backend.name),
-        Kind.SESSION_FAILURE,
-        status,
-        error_code=error_code,
-        error_detail=detail,
     )

@@ -5,7 +5,8 @@ session's turns. `speech.hypothesis` marks the first hypothesis of the utterance
 each `speech.phrase` closes an utterance and yields an `OutcomeRecord` with its latencies:
 first hypothesis and final result against the arrival of the utterance's first and last
 audio. `EndOfDictation` phrases only acknowledge audio; error statuses yield one
-session-failure record. No I/O: the relay hands records to the sink.
+session-failure record. `primary_failure` is the record of a session or request the gateway
+answered itself. No I/O: the server submits the records.
 """
 
 from __future__ import annotations
@@ -100,6 +101,27 @@ def make_record(
     )
     values.update(fields)
     return OutcomeRecord(**values)
+
+
+def primary_failure(
+    session: SessionFacts,
+    variant: str,
+    backend: str,
+    *,
+    status: str,
+    error_code: str,
+    detail: str,
+) -> OutcomeRecord:
+    """The `session_failure` record of a session or request the gateway answered itself
+    (a limit, an open breaker, an unreachable backend), charged to the route's variant."""
+    return make_record(
+        session,
+        RoleFacts(Role.PRIMARY, variant, backend),
+        Kind.SESSION_FAILURE,
+        status,
+        error_code=error_code,
+        error_detail=detail,
+    )
 
 
 class ResultTap:

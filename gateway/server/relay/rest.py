@@ -1,5 +1,6 @@
 """REST short-audio relay: the request body streams to the backend as it arrives and the
-answer streams back; one outcome record per request.
+answer streams back; one outcome record per request, built from what the relay saw by
+`gateway.session.rest_tap`.
 
 Latency is measured at the gateway: `final_latency_ms` from the last byte of the client's
 audio to the first byte of the backend's answer, `total_ms` from the first audio byte.
@@ -13,10 +14,8 @@ found while it streams. Each refusal is recorded, logged and counted.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -24,22 +23,13 @@ from aiohttp import web
 from gateway.control.routing import Route
 from gateway.errors import Limit, UpstreamRejected, UpstreamUnavailable
 from gateway.logging import get_logger
-from gateway.outcomes.privacy import transcript_fields
-from gateway.outcomes.record import Kind, Role
+from gateway.outcomes.record import Role
 from gateway.protocol.usp import RecognitionStatus
 from gateway.server.admission import Admission, record_limit_hit, refuse
 from gateway.server.relay.backend_gate import BREAKER_OPEN
-from gateway.server.state import GatewayState, primary_failure, session_facts
-from gateway.session.taps import (
-    FAILURE_STATUSES,
-    RoleFacts,
-    best_alternative,
-    confidence_of,
-    elapsed_ms,
-    make_record,
-    ticks_of,
-)
-from gateway.text.normalize import normalize_words
+from gateway.server.state import GatewayState, session_facts
+from gateway.session.rest_tap import broken_off_record, request_record
+from gateway.session.taps import RoleFacts, primary_failure
 
 log = get_logger(__name__)
 
@@ -171,8 +161,16 @@ class _Unreachable(Exception):
 
 
 def _unavailable(state: GatewayState, route: Route, error_code: str, detail: str) -> web.Response:
-    status = RecognitionStatus.ERROR.value
-    state.submit(primary_failure(state, route, "rest", status, error_code, detail))
+    variant = route.variant
+    record = primary_failure(
+        session_facts(state, route, "rest"),
+        variant.name,
+        variant.backend.name,
+        status=RecognitionStatus.ERROR.value,
+        error_code=error_code,
+        detail=detail,
+    )
+    state.submit(record)
     return web.json_response({"error": "The speech service is unavailable."}, status=503)
 
 
@@ -223,15 +221,7 @@ async def _forward(
             unreachable = UpstreamUnavailable(code, error)
             state.backends.report(route, unreachable)
             raise _Unreachable(unreachable) from None
-        record = make_record(
-            facts,
-            role,
-            Kind.SESSION_FAILURE,
-            RecognitionStatus.ERROR.value,
-            error_code=code,
-            error_detail=error,
-        )
-        state.submit(record)
+        state.submit(broken_off_record(facts, role, code, error))
         if not response.prepared:
             return web.json_response({"error": "The speech service is unavailable."}, status=503)
         # The backend's status line already went out, so no 503 can follow, and ending
@@ -239,59 +229,14 @@ async def _forward(
         if request.transport is not None:
             request.transport.close()
         return response
-    state.submit(_record(facts, role, upstream.status, bytes(tapped), body, answered))
-    return response
-
-
-def _record(
-    facts: Any, role: RoleFacts, status: int, payload: bytes, body: _BodyClock, answered: float
-) -> Any:
-    latency: dict[str, Any] = {
-        "final_latency_ms": elapsed_ms(answered, body.last),
-        "total_ms": elapsed_ms(answered, body.first),
-    }
-    if status != 200:
-        return make_record(
-            facts,
-            role,
-            Kind.SESSION_FAILURE,
-            RecognitionStatus.ERROR.value,
-            error_code=f"upstream_http_{status}",
-            error_detail=f"the backend answered HTTP {status}",
-            **latency,
-        )
-    try:
-        result = json.loads(payload)
-    except ValueError:
-        result = {}
-    if not isinstance(result, dict):
-        result = {}
-    recognition = str(result.get("RecognitionStatus") or "Unknown")[:64]
-    if recognition in FAILURE_STATUSES:
-        # An HTTP 200 can still carry a failed recognition: a failure, as in a USP session.
-        return make_record(
-            facts,
-            role,
-            Kind.SESSION_FAILURE,
-            recognition,
-            error_code=f"upstream_status_{recognition}",
-            error_detail="the service answered " + recognition,
-            **latency,
-        )
-    best = best_alternative(result)
-    display = str(result.get("DisplayText") or best.get("Display") or "")
-    text, text_hash = transcript_fields(display or None, facts.text_privacy, facts.privacy_key)
-    return make_record(
+    record = request_record(
         facts,
         role,
-        Kind.REQUEST,
-        recognition,
-        utterance_index=0,
-        audio_offset_ms=ticks_of(result.get("Offset")) / 10_000,
-        audio_duration_ms=ticks_of(result.get("Duration")) / 10_000,
-        text=text,
-        text_sha256=text_hash,
-        confidence=confidence_of(best),
-        word_count=len(normalize_words(display)),
-        **latency,
+        upstream.status,
+        bytes(tapped),
+        first=body.first,
+        last=body.last,
+        answered=answered,
     )
+    state.submit(record)
+    return response
