@@ -25,6 +25,13 @@ forwarding, and one `session_failure` record plus a `LimitHit` command are retur
 
 Every close of the client comes before the backend's in the commands: closing the backend
 ends its pump, and the driver then ends the session.
+
+The session's lifecycle is one `Lifecycle` value, changed only by `RelaySession._become`
+along `TRANSITIONS`; the handlers of the client's and the primary's events start from it:
+
+    RELAYING ──upstream_unavailable──▶ UNAVAILABLE
+       │                                   │
+       └──limit, client violation, drain───┴──▶ ENDED   (nothing is relayed any more)
 """
 
 from __future__ import annotations
@@ -32,8 +39,10 @@ from __future__ import annotations
 import math
 import sys
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
+from types import MappingProxyType
 
 from gateway.errors import CloseCode, Limit, UspError, is_sendable_close_code
 from gateway.logging import get_logger
@@ -59,6 +68,40 @@ GATEWAY_SHUTDOWN = "gateway_shutdown"
 KEPT_TURNS = 8
 _SPEECH_CONTEXT = Path.SPEECH_CONTEXT.value
 _AUDIO = Path.AUDIO.value
+
+
+class Lifecycle(Enum):
+    """Where a relay session is in its life (the module docstring draws the transitions)."""
+
+    RELAYING = "relaying"  # frames pass between the client and the primary
+    UNAVAILABLE = "unavailable"  # the primary could not be reached: the relay answers turns
+    ENDED = "ended"  # the gateway ended it (a limit, a client's protocol error, a drain)
+
+
+# The transitions a session may make; any other is a bug in the relay.
+TRANSITIONS: Mapping[Lifecycle, frozenset[Lifecycle]] = MappingProxyType(
+    {
+        Lifecycle.RELAYING: frozenset({Lifecycle.UNAVAILABLE, Lifecycle.ENDED}),
+        Lifecycle.UNAVAILABLE: frozenset({Lifecycle.ENDED}),
+        Lifecycle.ENDED: frozenset(),
+    }
+)
+# Module names for the members: the handlers test them per frame, and in Python 3.11 a
+# member read through its class costs four times as much as a global.
+_RELAYING = Lifecycle.RELAYING
+_UNAVAILABLE = Lifecycle.UNAVAILABLE
+_ENDED = Lifecycle.ENDED
+
+
+class LifecycleError(RuntimeError):
+    """A lifecycle transition `TRANSITIONS` does not allow: a bug, not a peer's doing."""
+
+
+def transition(current: Lifecycle, target: Lifecycle) -> Lifecycle:
+    """`target`, if a session may go there from `current`; LifecycleError otherwise."""
+    if target not in TRANSITIONS[current]:
+        raise LifecycleError(f"a relay session cannot go from {current.name} to {target.name}")
+    return target
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +172,9 @@ class RelaySession:
         self._primary = ResultTap(facts, primary)
         self._shadows = {role.variant or "": ResultTap(facts, role) for role in shadows}
         self._turns: OrderedDict[str, Turn] = OrderedDict()
-        self._unavailable: tuple[str, str] | None = None  # (error code, detail)
+        self._lifecycle = _RELAYING  # changed only by `_become`
+        # Why the primary is UNAVAILABLE (error code, detail): data of that state, not its flag.
+        self._unavailable: tuple[str, str] | None = None
         self._open_turn: str | None = None  # the primary's turn between turn.start and end
         self._limits = limits
         self._usp = limits.usp
@@ -140,17 +185,26 @@ class RelaySession:
         self._session_audio = 0
         self._turn_budget = min(limits.max_turn_audio_bytes, limits.max_session_audio_bytes)
         self._audio_left = self._turn_budget
-        self._ended = False  # a limit ended the session: nothing is relayed any more
+
+    @property
+    def lifecycle(self) -> Lifecycle:
+        """Where the session is in its life."""
+        return self._lifecycle
 
     @property
     def ended(self) -> bool:
-        """Whether a limit ended the session (nothing is relayed any more)."""
-        return self._ended
+        """Whether the gateway ended the session (nothing is relayed any more)."""
+        return self._lifecycle is _ENDED
+
+    def _become(self, target: Lifecycle) -> None:
+        """The one place the lifecycle changes; LifecycleError for a transition not allowed."""
+        self._lifecycle = transition(self._lifecycle, target)
 
     # -- the client ------------------------------------------------------------------------
 
     def client_text(self, frame: str, now: float) -> list[Command]:
-        if self._ended:
+        lifecycle = self._lifecycle  # read once: below, only a return ends the session
+        if lifecycle is _ENDED:
             return []
         self._last_client = now
         try:
@@ -161,7 +215,7 @@ class RelaySession:
         if starts_turn and message.request_id is not None:
             base = continuation_offset(message.body)
             self._begin_turn(message.request_id, base, now)
-        if self._unavailable is not None:
+        if lifecycle is _UNAVAILABLE:
             return self._answer_unavailable(message.request_id) if starts_turn else []
         return [ToUpstream(frame, starts_turn)]
 
@@ -173,7 +227,8 @@ class RelaySession:
         """`client_binary` for the hot path: None stands for its usual answer, forward the
         frame unchanged (`[ToUpstream(frame)]`), so an audio frame allocates no command.
         Only the USP header is decoded; the payload is neither copied nor read."""
-        if self._ended:
+        lifecycle = self._lifecycle  # read once: below, only a return ends the session
+        if lifecycle is _ENDED:
             return []
         self._last_client = now
         try:
@@ -188,20 +243,20 @@ class RelaySession:
             turn = self._turns.get(request_id)
             if turn is not None:
                 turn.timeline.add(memoryview(frame)[start:], now)
-        if self._unavailable is not None:
+        if lifecycle is _UNAVAILABLE:
             return []
         return None
 
     def client_too_big(self, max_bytes: int) -> list[Command]:
         """The WebSocket layer refused a message over `max_bytes` and closed with 1009."""
-        if self._ended:
+        if self._lifecycle is _ENDED:
             return []
-        self._ended = True
+        self._become(_ENDED)
         detail = f"a message exceeds {max_bytes} bytes"
         return [CloseUpstream(CloseCode.NORMAL), *self._limit_hit(Limit.MESSAGE_SIZE, detail)]
 
     def client_closed(self) -> list[Command]:
-        if self._ended or self._unavailable is not None:
+        if self._lifecycle is not _RELAYING:  # no backend, or the gateway closed it
             return []
         return [CloseUpstream(CloseCode.NORMAL)]
 
@@ -215,7 +270,7 @@ class RelaySession:
     def check_deadlines(self, now: float) -> list[Command]:
         """Close the session if it is past its duration or idle deadline (code 1000 and the
         service's own words: the SDKs reconnect as they do after the service's closes)."""
-        if self._ended:
+        if self._lifecycle is _ENDED:
             return []
         limits = self._limits
         if now >= self._started + limits.max_session_s:
@@ -226,7 +281,7 @@ class RelaySession:
             reason = _duration_reason("connection idle", limits.idle_timeout_s)
         else:
             return []
-        self._ended = True
+        self._become(_ENDED)
         return [
             CloseClient(CloseCode.NORMAL, reason),
             CloseUpstream(CloseCode.NORMAL),
@@ -237,9 +292,9 @@ class RelaySession:
         """The gateway closes the session (a drain): the client gets `code` (1012, which the
         SDKs retry on another replica), the backend a normal close, and a turn cut off
         midway is recorded as a `gateway_shutdown` failure."""
-        if self._ended:
+        if self._lifecycle is _ENDED:
             return []
-        self._ended = True
+        self._become(_ENDED)
         commands: list[Command] = [CloseClient(code, reason), CloseUpstream(CloseCode.NORMAL)]
         if self._open_turn is not None:
             status = RecognitionStatus.ERROR.value
@@ -251,7 +306,7 @@ class RelaySession:
     # -- the primary backend -----------------------------------------------------------------
 
     def upstream_text(self, frame: str, now: float) -> list[Command]:
-        if self._ended:  # the client's turn was answered by the gateway
+        if self._lifecycle is _ENDED:  # the client's turn was answered by the gateway
             return []
         return [ToClient(frame), *self.observe_upstream_text(frame, now)]
 
@@ -263,7 +318,7 @@ class RelaySession:
         return [Emit(record)] if record is not None else []
 
     def upstream_binary(self, frame: bytes) -> list[Command]:
-        return [] if self._ended else [ToClient(frame)]
+        return [] if self._lifecycle is _ENDED else [ToClient(frame)]
 
     def upstream_closed(self, code: int, reason: str) -> list[Command]:
         """The primary closed: the client gets the same code and reason (§5.3, 2).
@@ -274,7 +329,7 @@ class RelaySession:
         driver, `gateway.server.relay.usp`, keeps only the record of these commands and drops
         the client's connection instead, as the backend dropped its own: §5.3, 8.)
         """
-        if self._ended:  # the gateway closed it
+        if self._lifecycle is _ENDED:  # the gateway closed it
             return []
         if not is_sendable_close_code(code):
             return self._lost_upstream(code)
@@ -293,8 +348,11 @@ class RelaySession:
         return [Emit(record)] if record is not None else []
 
     def upstream_unavailable(self, error_code: str, detail: str) -> list[Command]:
-        """The primary could not be reached: answer turns with Error from now on."""
-        self._unavailable = (error_code, detail)
+        """The primary could not be reached: answer turns with Error from now on. Its
+        failure record is returned in any state (once per session, as every failure)."""
+        if self._lifecycle is _RELAYING:  # later, the session is over or already without it
+            self._become(_UNAVAILABLE)
+            self._unavailable = (error_code, detail)
         record = self._primary.failure(RecognitionStatus.ERROR.value, error_code, detail)
         return [Emit(record)] if record is not None else []
 
@@ -363,7 +421,7 @@ class RelaySession:
     def _client_violation(self, exc: UspError, header_bytes: int) -> list[Command]:
         """A client message the codec refused: close with its code, and a limit hit if a
         size bound refused it (`header_bytes` is only computed on this path)."""
-        self._ended = True
+        self._become(_ENDED)
         commands: list[Command] = [
             CloseClient(exc.close_code, exc.reason),
             CloseUpstream(CloseCode.NORMAL),
@@ -380,7 +438,7 @@ class RelaySession:
         """Close with 1007 and the limit as the reason: both SDKs cancel with BadRequest
         (JS: BadRequestParameters) and do not retry. A BadRequest status phrase would be
         retried by the native SDK, five sessions for one hit (protocol.md §5.2)."""
-        self._ended = True
+        self._become(_ENDED)
         limits = self._limits
         turn_bytes = self._turn_budget - self._audio_left
         if turn_bytes > limits.max_turn_audio_bytes:

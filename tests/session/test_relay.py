@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
@@ -15,11 +16,14 @@ from gateway.session.relay import (
     CloseUpstream,
     Command,
     Emit,
+    Lifecycle,
+    LifecycleError,
     LimitHit,
     RelaySession,
     SessionLimits,
     ToClient,
     ToUpstream,
+    transition,
 )
 from gateway.session.taps import RoleFacts, SessionFacts
 
@@ -43,7 +47,7 @@ SHADOW = RoleFacts(Role.SHADOW, "custom", "azure")
 SECOND = 10_000_000  # ticks
 
 
-def context(rid: str = RID, body: dict[str, object] | None = None) -> str:
+def context(rid: str = RID, body: Mapping[str, object] | None = None) -> str:
     return encode_text("speech.context", rid, json.dumps(body or {}))
 
 
@@ -62,7 +66,7 @@ def phrase(text: str, offset: int, duration: int, status: str = "Success") -> st
     )
 
 
-def records(commands: list[object]) -> list[object]:
+def records(commands: Sequence[object]) -> list[OutcomeRecord]:
     return [c.record for c in commands if isinstance(c, Emit)]
 
 
@@ -252,7 +256,7 @@ def test_lost_backend_before_turn_start_starts_the_turn_first() -> None:
 def limit_of(commands: list[Command]) -> tuple[Limit, OutcomeRecord]:
     """The one LimitHit of `commands` and the one failure record beside it."""
     (hit,) = [c for c in commands if isinstance(c, LimitHit)]
-    (record,) = records(commands)  # type: ignore[misc]
+    (record,) = records(commands)
     assert isinstance(record, OutcomeRecord)
     assert (record.kind, record.role, record.error_code) == (
         Kind.SESSION_FAILURE,
@@ -420,3 +424,95 @@ def test_shut_down_between_turns_records_nothing() -> None:
     relay.upstream_text(service("turn.end", {}), 0.2)
     out = relay.shut_down(1012, "Instance is shutting down")
     assert out == [CloseClient(1012, "Instance is shutting down"), CloseUpstream(1000)]
+
+
+# -- the lifecycle -----------------------------------------------------------------------
+
+ALLOWED = {
+    (Lifecycle.RELAYING, Lifecycle.UNAVAILABLE),
+    (Lifecycle.RELAYING, Lifecycle.ENDED),
+    (Lifecycle.UNAVAILABLE, Lifecycle.ENDED),
+}
+
+
+@pytest.mark.parametrize("target", list(Lifecycle))
+@pytest.mark.parametrize("current", list(Lifecycle))
+def test_transition_table(current: Lifecycle, target: Lifecycle) -> None:
+    """A session only moves forward, RELAYING → UNAVAILABLE → ENDED, or straight to ENDED;
+    every other move, staying put included, is refused."""
+    if (current, target) in ALLOWED:
+        assert transition(current, target) is target
+    else:
+        with pytest.raises(LifecycleError, match=f"from {current.name} to {target.name}"):
+            transition(current, target)
+
+
+def test_a_forbidden_transition_leaves_the_session_as_it_was() -> None:
+    relay = RelaySession(FACTS, PRIMARY)
+    relay.shut_down(1012, "Instance is shutting down")
+    with pytest.raises(LifecycleError):
+        relay._become(Lifecycle.RELAYING)
+    assert relay.lifecycle is Lifecycle.ENDED
+
+
+def test_lifecycle_follows_the_session() -> None:
+    """A new session relays; an unreachable primary makes it UNAVAILABLE, where the client's
+    frames are still read, and a limit then ends it."""
+    relay = RelaySession(FACTS, PRIMARY, limits=SessionLimits(max_turn_audio_bytes=10))
+    seen = [(relay.lifecycle, relay.ended)]
+    relay.upstream_unavailable("upstream_unreachable", "refused")
+    seen.append((relay.lifecycle, relay.ended))
+    relay.client_text(context(), 0.0)
+    seen.append((relay.lifecycle, relay.ended))
+    relay.client_binary(audio(b"\0" * 11), 0.1)
+    seen.append((relay.lifecycle, relay.ended))
+    assert seen == [
+        (Lifecycle.RELAYING, False),
+        (Lifecycle.UNAVAILABLE, False),
+        (Lifecycle.UNAVAILABLE, False),
+        (Lifecycle.ENDED, True),
+    ]
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        lambda relay: relay.client_text("X-RequestId:" + RID + "\r\n\r\n{}", 0.0),
+        lambda relay: relay.client_too_big(4096),
+        lambda relay: relay.check_deadlines(1e9),
+        lambda relay: relay.shut_down(1012, "Instance is shutting down"),
+    ],
+    ids=["client_violation", "client_too_big", "deadline", "shut_down"],
+)
+@pytest.mark.parametrize("unavailable", [False, True], ids=["relaying", "unavailable"])
+def test_every_end_of_the_session_is_the_ended_state(
+    end: Callable[[RelaySession], list[Command]], unavailable: bool
+) -> None:
+    """Whatever ends the session, from either state, leaves it ENDED."""
+    relay = RelaySession(FACTS, PRIMARY, limits=SessionLimits(idle_timeout_s=5.0))
+    if unavailable:
+        relay.upstream_unavailable("upstream_unreachable", "refused")
+    assert end(relay)
+    assert relay.lifecycle is Lifecycle.ENDED
+
+
+def test_upstream_unavailable_after_the_end_records_but_stays_ended() -> None:
+    """A late dial failure cannot revive a session the gateway ended: it stays ENDED and
+    only its failure record (the session's first) is returned."""
+    relay = RelaySession(FACTS, PRIMARY)
+    relay.client_too_big(4096)  # its limit's failure record is the session's one record
+    assert records(relay.upstream_unavailable("upstream_unreachable", "refused")) == []
+    assert relay.lifecycle is Lifecycle.ENDED
+    fresh = RelaySession(FACTS, PRIMARY)
+    fresh.shut_down(1012, "Instance is shutting down")  # between turns: no record
+    (record,) = records(fresh.upstream_unavailable("upstream_unreachable", "refused"))
+    assert record.error_code == "upstream_unreachable"
+    assert fresh.lifecycle is Lifecycle.ENDED
+    assert fresh.client_text(context(), 0.0) == []
+
+
+def test_upstream_unavailable_twice_stays_unavailable() -> None:
+    relay = RelaySession(FACTS, PRIMARY)
+    relay.upstream_unavailable("upstream_unreachable", "refused")
+    assert records(relay.upstream_unavailable("breaker_open", "open")) == []
+    assert relay.lifecycle is Lifecycle.UNAVAILABLE
