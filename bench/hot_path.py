@@ -234,7 +234,7 @@ async def measure(n: int, repeats: int) -> dict[str, float]:
         n, repeats, lambda: upstream.send_bytes(audio)
     )
     sink = JsonlSink(Path(os.devnull), queue_size=1 << 30)
-    session = _Session(_State(sink), None, relay, None, upstream)  # type: ignore[arg-type]
+    session = _Session(_State(sink), None, relay, None, upstream, None)  # type: ignore[arg-type]
     commands = relay.client_binary(audio, 1.0)
     results["relay: _Session._execute([ToUpstream]) incl. send_bytes"] = await timed_async(
         n, repeats, lambda: session._execute(commands)

@@ -79,3 +79,13 @@ def test_rest_requests_reports_every_target(tmp_path: Path) -> None:
     closed = report["closed_loop"]["targets"]
     assert list(closed) == expected_targets(report)
     assert all(row["requests_per_s"] > 0 for row in closed.values())
+
+
+def test_hot_path_times_every_step(tmp_path: Path) -> None:
+    """The hot-path micro-benchmark drives the relay's own classes: it breaks when their
+    signatures change, so a short run here keeps it runnable."""
+    report = run_bench("hot_path.py", tmp_path / "hot.json", "-n", "200", "--repeats", "1")
+    assert any(step.startswith("relay: _Session._execute") for step in report)
+    assert any(step.startswith("relay: RelaySession.forward_binary") for step in report)
+    for step, value in report.items():
+        assert isinstance(value, float) and 0 < value < math.inf, (step, value)
