@@ -10,9 +10,13 @@
     ├── CapacityError               a concurrency bound is reached → "too many requests"
     ├── LimitExceeded               a configured limit refuses a new session → HTTP 429/503
     ├── RecognitionError            the local recogniser failed → USP status "Error"
+    ├── StoreUnavailable            Redis or a data file failed under a store → HTTP 503
     └── UpstreamError               a backend could not serve a session
         ├── UpstreamRejected        it answered the upgrade/POST with an HTTP status, not a session
         └── UpstreamUnavailable     unreachable or too slow → USP status "Error" / HTTP 503
+
+Outside the tree, `LifecycleError` marks a bug rather than anything a peer or an operator
+did: a relay session asked to make a lifecycle transition its table forbids.
 
 Each error carries what its boundary needs to answer with (close code, HTTP status),
 so the I/O layer never guesses. Third-party exceptions are translated where they enter.
@@ -20,7 +24,9 @@ so the I/O layer never guesses. Third-party exceptions are translated where they
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum, StrEnum
+from typing import Final
 
 
 class CloseCode(IntEnum):
@@ -143,6 +149,27 @@ class RecognitionError(GatewayError):
     """The local recogniser failed for one utterance or session."""
 
 
+# The userinfo of a URL (`redis://user:secret@host`): a reason never carries it.
+_URL_CREDENTIALS: Final = re.compile(r"(?<=://)[^/@\s]*@")
+_MAX_REASON: Final = 300
+
+
+class StoreUnavailable(GatewayError):
+    """A store cannot serve right now: Redis is unreachable, too slow, read-only or out of
+    memory, or a data file cannot be read or written. Nothing was changed that the caller
+    has to undo; the same call may succeed later (answered with HTTP 503).
+
+    `reason` names the operation and the failure, in at most 300 characters; credentials
+    in a URL are cut out of it, so it may be logged and answered as it is."""
+
+    status = 503
+
+    def __init__(self, reason: str) -> None:
+        reason = _URL_CREDENTIALS.sub("***@", reason)[:_MAX_REASON]
+        super().__init__(reason)
+        self.reason = reason
+
+
 class UpstreamError(GatewayError):
     """A backend could not serve a session; `error_code` goes into the outcome record."""
 
@@ -175,3 +202,8 @@ class UpstreamRejected(UpstreamError):
 
 class UpstreamUnavailable(UpstreamError):
     """The backend was unreachable or did not answer in time."""
+
+
+class LifecycleError(RuntimeError):
+    """A relay session's lifecycle transition that its table does not allow: a bug, not a
+    peer's doing (gateway.session.relay.TRANSITIONS)."""

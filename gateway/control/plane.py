@@ -48,7 +48,13 @@ from gateway.control.guardrails import (
     unit_deltas,
 )
 from gateway.control.model import Experiment, GatewayConfig
-from gateway.control.ports import ControlStore, CounterStore, StoredState, UnitKey
+from gateway.control.ports import (
+    ControlMetrics,
+    ControlStore,
+    CounterStore,
+    StoredState,
+    UnitKey,
+)
 from gateway.control.state import (
     GUARDRAIL_ACTOR,
     Change,
@@ -57,15 +63,12 @@ from gateway.control.state import (
     apply,
     initial_state,
 )
-from gateway.errors import ControlError
+from gateway.errors import ControlError, StoreUnavailable
 from gateway.logging import get_logger
 from gateway.outcomes.record import OutcomeRecord, Role, category, now_iso
-from gateway.server.metrics import GatewayMetrics
-from gateway.stores.redis_client import REDIS_ERRORS
 
 log = get_logger(__name__)
 
-STORE_ERRORS: Final[tuple[type[BaseException], ...]] = (*REDIS_ERRORS, OSError)
 COMMIT_ATTEMPTS: Final = 5
 # How long start-up waits for the stored state before serving the configured one.
 LOAD_TIMEOUT_S: Final = 5.0
@@ -80,7 +83,7 @@ class ControlPlane:
         base: GatewayConfig,
         store: ControlStore,
         counters: CounterStore,
-        metrics: GatewayMetrics,
+        metrics: ControlMetrics,
         *,
         reconcile_s: float = 0.5,
         guardrail_interval_s: float = 1.0,
@@ -127,7 +130,7 @@ class ControlPlane:
         try:
             async with asyncio.timeout(LOAD_TIMEOUT_S):
                 await self._reconcile()
-        except STORE_ERRORS as exc:
+        except (StoreUnavailable, TimeoutError) as exc:
             # Served as configured until the store answers; /readyz says not ready.
             self._store_status(False, exc)
         except ValueError as exc:
@@ -144,7 +147,7 @@ class ControlPlane:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        with contextlib.suppress(*STORE_ERRORS):
+        with contextlib.suppress(StoreUnavailable):
             await self._flush_counts()
         await self._store.close()
 
@@ -162,8 +165,8 @@ class ControlPlane:
         """Commit one change made by `make` on the stored state; return the state after it.
 
         ControlError: 404 unknown experiment, 409 `expected_version` is not the current
-        version or the race was lost too often; or whatever `make` refuses. The store's own
-        errors (Redis down, disk full) propagate: nothing changed. A commit whose answer was
+        version or the race was lost too often; or whatever `make` refuses. StoreUnavailable
+        (Redis down, disk full) propagates: nothing changed. A commit whose answer was
         lost is recognised on the retry (the stored document is the one sent) and counts as
         done, so a change is never applied twice.
         """
@@ -310,7 +313,7 @@ class ControlPlane:
         if up:
             log.info("control_store_available")
         else:
-            log.warning("control_store_unavailable", error=type(error).__name__)
+            log.warning("control_store_unavailable", error=_failure(error))
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -320,7 +323,7 @@ class ControlPlane:
             self._wake.clear()
             try:
                 await self._reconcile()
-            except STORE_ERRORS as exc:
+            except StoreUnavailable as exc:
                 self._store_status(False, exc)
             except ValueError as exc:  # a corrupt state file: named, and tried again
                 log.error("control_state_unreadable", error=str(exc))
@@ -392,8 +395,8 @@ class ControlPlane:
                 await self._flush_counts()
                 for experiment in self.config.experiments:
                     await self._check(experiment)
-            except STORE_ERRORS as exc:
-                log.warning("guardrail_check_failed", error=type(exc).__name__)
+            except StoreUnavailable as exc:
+                log.warning("guardrail_check_failed", error=exc.reason)
             except ControlError as exc:
                 log.warning("guardrail_rollback_failed", error=exc.reason)
             except ValueError as exc:
@@ -470,6 +473,13 @@ class ControlPlane:
             new_phase=after.phase,
             reason=reason,
         )
+
+
+def _failure(error: BaseException | None) -> str:
+    """What went wrong, for the log: the store's reason, or the deadline that passed."""
+    if isinstance(error, StoreUnavailable):
+        return error.reason
+    return type(error).__name__
 
 
 def _fields(record: OutcomeRecord) -> Mapping[str, int]:

@@ -1,8 +1,10 @@
-"""What the control plane needs from its stores, as protocols.
+"""What the control plane needs from its stores and its metrics, as protocols.
 
 `ControlStore` keeps experiment states and their audit trails; `CounterStore` adds up the
 guardrail counts of every replica. Their implementations (a local file or memory, Redis)
-live in `gateway.stores`.
+live in `gateway.stores`; a store that cannot serve (Redis down, a disk failing) raises
+`gateway.errors.StoreUnavailable`. `ControlMetrics` is the part of the server's metrics
+that the plane updates (`gateway.server.metrics.GatewayMetrics` has it).
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ class ControlStore(Protocol):
     def changes(self) -> AsyncIterator[str]:
         """Experiment ids as change notifications arrive, until `close()`. An id may come
         without a change: after a reconnect every stored experiment is named once, since
-        notifications sent meanwhile are lost. Never raises `REDIS_ERRORS`: it reconnects
-        with backoff and carries on. The file store's never yields."""
+        notifications sent meanwhile are lost. Never raises `StoreUnavailable`: it
+        reconnects with backoff and carries on. The file store's never yields."""
         ...
 
     async def close(self) -> None:
@@ -90,4 +92,49 @@ class CounterStore(Protocol):
     ) -> dict[UnitKey, dict[str, int]]:
         """Add per-unit deltas; return each unit's counts of those fields right after its
         addition (atomic per unit, whatever other replicas add meanwhile)."""
+        ...
+
+
+class Incrementable(Protocol):
+    """One counter (a labelled child of a metric)."""
+
+    def inc(self, amount: float = ...) -> None: ...
+
+
+class Settable(Protocol):
+    """One gauge (a labelled child of a metric, or an unlabelled metric)."""
+
+    def set(self, value: float) -> None: ...
+
+
+class LabelledCounter(Protocol):
+    def labels(self, *values: str) -> Incrementable: ...
+
+
+class LabelledGauge(Protocol):
+    def labels(self, *values: str) -> Settable: ...
+
+
+class ControlMetrics(Protocol):
+    """The metrics the control plane updates (read-only members: any metric type that has
+    `labels`/`inc`/`set` as these describe will do)."""
+
+    @property
+    def control_changes(self) -> LabelledCounter:
+        """Committed changes, by experiment and action."""
+        ...
+
+    @property
+    def control_version(self) -> LabelledGauge:
+        """The state version served, by experiment."""
+        ...
+
+    @property
+    def control_store_up(self) -> Settable:
+        """1 when the last read of the stored state succeeded, else 0."""
+        ...
+
+    @property
+    def guardrail_rollbacks(self) -> LabelledCounter:
+        """Rollbacks, by experiment, variant and guardrail."""
         ...

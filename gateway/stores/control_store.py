@@ -9,17 +9,17 @@ opaque JSON text here (the control module defines them).
 
 * `FileControlStore`: one process without Redis; the states in one JSON file replaced
   atomically, the audit as JSON lines beside it.
-* `RedisControlStore`: every replica through Redis. All keys share one hash tag, so the
-  commit script may touch them together in a Redis Cluster:
-
-    <prefix>:{control}:state                HASH     experiment -> state document (JSON text)
-    <prefix>:{control}:version              HASH     experiment -> version (decimal, >= 1)
-    <prefix>:{control}:audit:<experiment>   STREAM   audit entries, field "a" = entry JSON,
-                                                     trimmed to about `audit_maxlen`
-    <prefix>:control:changes                CHANNEL  experiment ids, one message per write
+* `RedisControlStore`: every replica through Redis: a state hash, a version hash, an audit
+  stream per experiment and a changes channel (`ControlKeys`; the layout is in
+  `gateway.stores.keys`). All keys share one hash tag, so the commit script may touch them
+  together in a Redis Cluster.
 
 Notifications are best effort (pub/sub keeps nothing for a subscriber that is away), which
 is why replicas also reconcile on `versions()`; a version is the truth.
+
+A Redis that is unavailable, or a state or audit file that cannot be read or written,
+raises `StoreUnavailable` from `load`, `versions`, `commit`, `audit` and `restore`;
+`changes()` never raises it (it re-subscribes with backoff).
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import os
 import tempfile
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final, TypeAlias, cast
 
@@ -40,8 +39,9 @@ from redis.asyncio.cluster import RedisCluster
 
 from gateway.control.ports import StoredState
 from gateway.logging import get_logger
+from gateway.stores.failures import store_call
 from gateway.stores.files import cut_torn_tail, fsync_directory
-from gateway.stores.keys import DEFAULT_PREFIX
+from gateway.stores.keys import ControlKeys
 from gateway.stores.redis_client import REDIS_ERRORS, SOCKET_TIMEOUT_S, RedisClient
 
 log = get_logger(__name__)
@@ -117,13 +117,16 @@ class FileControlStore:
         self._cache: tuple[tuple[int, int, int, int], dict[str, StoredState]] | None = None
         self._closed = asyncio.Event()
 
+    @store_call
     async def load(self) -> dict[str, StoredState]:
         return dict(await asyncio.to_thread(self._read_locked))
 
+    @store_call
     async def versions(self) -> dict[str, int]:
         states = await asyncio.to_thread(self._read_locked)
         return {experiment: state.version for experiment, state in states.items()}
 
+    @store_call
     async def commit(
         self, experiment: str, expected_version: int, state: StoredState, audit: str
     ) -> bool:
@@ -131,11 +134,13 @@ class FileControlStore:
         async with self._lock:
             return await asyncio.to_thread(self._commit, experiment, expected_version, state, audit)
 
+    @store_call
     async def audit(self, experiment: str, limit: int) -> list[str]:
         if limit <= 0:
             return []
         return await asyncio.to_thread(self._audit, experiment, limit)
 
+    @store_call
     async def restore(self, states: Mapping[str, StoredState]) -> list[str]:
         _check_restored(states)
         async with self._lock:
@@ -329,28 +334,6 @@ def _lines_backwards(file: IO[bytes]) -> Iterator[bytes]:
 # -- the Redis store ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ControlKeys:
-    """The control plane's Redis names (layout in the module docstring)."""
-
-    prefix: str = DEFAULT_PREFIX
-
-    @property
-    def state(self) -> str:
-        return f"{self.prefix}:{{control}}:state"
-
-    @property
-    def version(self) -> str:
-        return f"{self.prefix}:{{control}}:version"
-
-    def audit(self, experiment: str) -> str:
-        return f"{self.prefix}:{{control}}:audit:{experiment}"
-
-    @property
-    def changes(self) -> str:
-        return f"{self.prefix}:control:changes"
-
-
 # KEYS: state hash, version hash, the experiment's audit stream.
 # ARGV: experiment, expected version, new version, document, audit entry, audit maxlen,
 #       the changes channel, the audit field.
@@ -409,7 +392,7 @@ def _version(value: str, key: str, experiment: str) -> int:
 
 
 class RedisControlStore:
-    """Experiment states in Redis, shared by every replica (keys in the module docstring).
+    """Experiment states in Redis, shared by every replica (keys: `ControlKeys`).
 
     `commit` and `restore` are Lua scripts, so a compare-and-set, its audit entry and its
     notification happen together or not at all. `changes()` holds its own pub/sub
@@ -431,6 +414,7 @@ class RedisControlStore:
         self._load_script = client.register_script(LOAD_SCRIPT)
         self._closed = asyncio.Event()
 
+    @store_call
     async def load(self) -> dict[str, StoredState]:
         documents, versions = await self._load_script([self.keys.state, self.keys.version])
         texts = dict(_pairs(documents))
@@ -444,12 +428,14 @@ class RedisControlStore:
             )
         return states
 
+    @store_call
     async def versions(self) -> dict[str, int]:
         key = self.keys.version
         stored = await self.client.hgetall(key)
         versions = ((_str(field), _str(value)) for field, value in stored.items())
         return {experiment: _version(value, key, experiment) for experiment, value in versions}
 
+    @store_call
     async def commit(
         self, experiment: str, expected_version: int, state: StoredState, audit: str
     ) -> bool:
@@ -467,6 +453,7 @@ class RedisControlStore:
         ]
         return bool(await self._commit_script(keys, args))
 
+    @store_call
     async def audit(self, experiment: str, limit: int) -> list[str]:
         if limit <= 0:
             return []
@@ -478,6 +465,7 @@ class RedisControlStore:
         field = AUDIT_FIELD.encode()
         return [_str(fields[field]) for _entry_id, fields in entries if field in fields]
 
+    @store_call
     async def restore(self, states: Mapping[str, StoredState]) -> list[str]:
         _check_restored(states)
         items = list(states.items())

@@ -5,21 +5,16 @@ Guardrails compare variants of one experiment phase on flat counts (`{"n": 3, "e
 reads the sums of all replicas.
 
 * `LocalCounterStore`: in-process dicts, for one process without Redis.
-* `RedisCounterStore`: one hash per experiment phase, under the experiment's hash tag like
-  the keys in `gateway.stores.keys`:
+* `RedisCounterStore`: one hash per experiment phase, under the experiment's hash tag
+  (`RedisKeys.guard`; the layout is in `gateway.stores.keys`), refreshed to expire `ttl_s`
+  after the last write, so a finished experiment's counters go; and beside it a hash of the
+  same counts per randomisation unit (`add_units`, `RedisKeys.guard_units`), with the same
+  expiry: a clustered variance needs each unit's counts to grow the arm's sums of squares
+  exactly.
 
-    <prefix>:{<experiment>}:guard:<phase>   HASH   "<variant>|<field>" -> count
-
-  refreshed to expire `ttl_s` after the last write, so a finished experiment's counters go.
-
-    <prefix>:{<experiment>}:guard:<phase>:units   HASH   "<variant>|<field>|<unit>" -> count
-
-  the same counts per randomisation unit (`add_units`), with the same expiry: a clustered
-  variance needs each unit's counts to grow the arm's sums of squares exactly.
-
-Redis failures propagate as `REDIS_ERRORS`; the caller keeps its deltas and adds them again
-later. The increments are not idempotent: a batch whose reply was lost is counted twice
-when retried.
+An unavailable Redis raises `StoreUnavailable`; the caller keeps its deltas and adds them
+again later. The increments are not idempotent: a batch whose reply was lost is counted
+twice when retried.
 """
 
 from __future__ import annotations
@@ -28,6 +23,8 @@ from collections.abc import Mapping
 from typing import Final
 
 from gateway.control.ports import CounterKey, UnitKey
+from gateway.stores.failures import store_call
+from gateway.stores.keys import RedisKeys
 from gateway.stores.redis_client import RedisClient
 
 SEPARATOR: Final = "|"  # between the variant and the field name in a hash field
@@ -80,8 +77,13 @@ class LocalCounterStore:
 
 
 def guard_key(prefix: str, experiment: str, phase: str) -> str:
-    """The hash of an experiment phase's counters."""
-    return f"{prefix}:{{{experiment}}}:guard:{phase}"
+    """The hash of an experiment phase's counters (`RedisKeys.guard`)."""
+    return RedisKeys(prefix).guard(experiment, phase)
+
+
+def units_key(prefix: str, experiment: str, phase: str) -> str:
+    """The hash of an experiment phase's per-unit counters (`RedisKeys.guard_units`)."""
+    return RedisKeys(prefix).guard_units(experiment, phase)
 
 
 class RedisCounterStore:
@@ -96,6 +98,7 @@ class RedisCounterStore:
             raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
         self.client = client
         self.prefix = prefix
+        self.keys = RedisKeys(prefix)
         self.ttl_ms = max(1, round(ttl_s * 1000))
 
     async def add(
@@ -103,6 +106,7 @@ class RedisCounterStore:
     ) -> None:
         await self.add_many({(experiment, phase, variant): deltas})
 
+    @store_call
     async def add_many(self, batch: Mapping[CounterKey, Mapping[str, int]]) -> None:
         for _experiment, _phase, variant in batch:
             _check_variant(variant)
@@ -115,7 +119,7 @@ class RedisCounterStore:
             # of a batch's counts or none, so an arm's totals and unit sums always agree.
             async with self.client.pipeline(transaction=True) as pipe:
                 for (experiment, phase, variant), deltas in items:
-                    key = guard_key(self.prefix, experiment, phase)
+                    key = self.keys.guard(experiment, phase)
                     for field, delta in deltas.items():
                         pipe.hincrby(key, f"{variant}{SEPARATOR}{field}", delta)
                         touched.add(key)
@@ -124,8 +128,9 @@ class RedisCounterStore:
                 if touched:
                     await pipe.execute()
 
+    @store_call
     async def read(self, experiment: str, phase: str) -> dict[str, dict[str, int]]:
-        key = guard_key(self.prefix, experiment, phase)
+        key = self.keys.guard(experiment, phase)
         stored = await self.client.hgetall(key)
         counts: dict[str, dict[str, int]] = {}
         for raw_field, raw_value in stored.items():
@@ -140,6 +145,7 @@ class RedisCounterStore:
             counts.setdefault(variant, {})[field] = value
         return counts
 
+    @store_call
     async def add_units(
         self, batch: Mapping[UnitKey, Mapping[str, int]]
     ) -> dict[UnitKey, dict[str, int]]:
@@ -155,7 +161,7 @@ class RedisCounterStore:
             touched: set[str] = set()
             async with self.client.pipeline(transaction=True) as pipe:
                 for (experiment, phase, variant, unit), deltas in items:
-                    hash_key = units_key(self.prefix, experiment, phase)
+                    hash_key = self.keys.guard_units(experiment, phase)
                     touched.add(hash_key)
                     for field, delta in deltas.items():
                         name = f"{variant}{SEPARATOR}{field}{SEPARATOR}{unit}"
@@ -166,11 +172,6 @@ class RedisCounterStore:
             for unit_key, deltas in items:
                 after[unit_key] = {field: int(next(replies)) for field in deltas}
         return after
-
-
-def units_key(prefix: str, experiment: str, phase: str) -> str:
-    """The hash of an experiment phase's per-unit counters."""
-    return f"{guard_key(prefix, experiment, phase)}:units"
 
 
 def _str(value: bytes | str) -> str:

@@ -11,6 +11,9 @@ audit trail with who wrote them and when.
 * `RedisLabelStore`: the current label in the experiment's `labels` hash, every write in its
   `label-audit` stream (key layout: `gateway.stores.keys`).
 
+A Redis that is unavailable, or a label or outcome file that cannot be read or written,
+raises `StoreUnavailable` from every lookup and write.
+
 A client that never saw record ids (a replay) names records by unit instead: `find_units`
 resolves a `UnitQuery` (unit pseudonym, utterance index, optional experiment) to the ids of
 the primary utterance/request records it made, from an index each store keeps beside the
@@ -47,6 +50,7 @@ from gateway.outcomes.labels import (
     unit_target,
 )
 from gateway.outcomes.record import now_iso
+from gateway.stores.failures import store_call
 from gateway.stores.files import cut_torn_tail
 from gateway.stores.keys import LABEL_FIELD, UNIT_RECORDS_MAX, RedisKeys
 from gateway.stores.redis_client import RedisClient
@@ -227,6 +231,7 @@ class FileLabelStore:
         self._unit_records: dict[str, list[str]] = {}
         self._current: dict[str, Label] = {}
 
+    @store_call
     async def put(
         self,
         labels: Sequence[LabelInput],
@@ -238,16 +243,20 @@ class FileLabelStore:
         check_labeller(labeller)
         return await asyncio.to_thread(self._put, labels, labeller, source, all_or_nothing)
 
+    @store_call
     async def get(self, record_ids: Iterable[str]) -> dict[str, Label]:
         return await asyncio.to_thread(self._get, list(record_ids))
 
+    @store_call
     async def all(self, experiment: str) -> dict[str, Label]:
         return await asyncio.to_thread(self._all, experiment)
 
+    @store_call
     async def experiment_of(self, record_id: str) -> str | None:
         """The experiment key of a known record (NO_EXPERIMENT for the default route)."""
         return await asyncio.to_thread(self._experiment, record_id)
 
+    @store_call
     async def find_units(self, queries: Sequence[UnitQuery]) -> list[tuple[UnitMatch, ...]]:
         return await asyncio.to_thread(self._find_units, list(queries))
 
@@ -436,10 +445,12 @@ class RedisLabelStore:
         self.client = client
         self.keys = keys or RedisKeys()
 
+    @store_call
     async def experiments(self) -> list[str]:
         """Experiment keys that have outcome records, sorted."""
         return sorted(_str(member) for member in await self.client.smembers(self.keys.experiments))
 
+    @store_call
     async def locate(self, record_ids: Iterable[str]) -> dict[str, str]:
         """record_id -> experiment key, for the ids that some experiment's records hold."""
         experiments = await self.experiments()
@@ -462,6 +473,7 @@ class RedisLabelStore:
                         break
         return found
 
+    @store_call
     async def find_units(self, queries: Sequence[UnitQuery]) -> list[tuple[UnitMatch, ...]]:
         found: list[list[UnitMatch]] = [[] for _ in queries]
         if not queries:
@@ -484,6 +496,7 @@ class RedisLabelStore:
                     found[position] += (UnitMatch(rid, experiment) for rid in _str(value).split())
         return [tuple(matches) for matches in found]
 
+    @store_call
     async def put(
         self,
         labels: Sequence[LabelInput],
@@ -530,6 +543,7 @@ class RedisLabelStore:
                         results[position] = LabelResult(rid, LabelStatus.RELABELLED, text)
         return PutResult(tuple(result for result in results if result is not None))
 
+    @store_call
     async def get(self, record_ids: Iterable[str]) -> dict[str, Label]:
         ids = list(dict.fromkeys(record_ids))
         experiments = await self.experiments()
@@ -550,6 +564,7 @@ class RedisLabelStore:
                             found[rid] = label
         return found
 
+    @store_call
     async def all(self, experiment: str) -> dict[str, Label]:
         key = self.keys.labels(experiment)
         found: dict[str, Label] = {}

@@ -6,12 +6,16 @@ window) and hands over its labels; `FileReader` reads the embedded JSONL file
 `gateway.stores.keys`). Both yield each `record_id` once (the first copy), so a record that a
 retry delivered twice is counted once. The labels come from the matching
 `gateway.stores.label_store`.
+
+A Redis that is unavailable, or a file that cannot be read, raises `StoreUnavailable`, also
+in the middle of an iteration. A missing outcome file is not an outage: `FileReader` raises
+FileNotFoundError for it, which callers take as "no records yet".
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +24,7 @@ from typing import IO, Final
 from gateway.constants import NO_EXPERIMENT
 from gateway.outcomes.labels import Label
 from gateway.outcomes.record import InvalidRecordError, OutcomeRecord
+from gateway.stores.failures import store_iteration, translated, translated_iteration
 from gateway.stores.keys import RECORD_FIELD, RedisKeys
 from gateway.stores.label_store import FileLabelStore, RedisLabelStore
 from gateway.stores.redis_client import RedisClient
@@ -62,12 +67,32 @@ class FileReader:
         self.labels_path = labels_path
         self._labels = FileLabelStore(outcomes_path, labels_path)
 
-    async def outcomes(
+    def outcomes(
         self,
         experiment: str,
         since: datetime | None = None,
         until: datetime | None = None,
-    ) -> AsyncIterator[OutcomeRecord]:
+    ) -> AsyncGenerator[OutcomeRecord, None]:
+        return translated_iteration(
+            self._outcomes(experiment, since, until),
+            "FileReader.outcomes",
+            keep=(FileNotFoundError,),
+        )
+
+    async def labels(self, experiment: str) -> dict[str, Label]:
+        return await self._labels.all(experiment)
+
+    async def experiments(self) -> list[str]:
+        found: set[str] = set()
+        with translated("FileReader.experiments", keep=(FileNotFoundError,)):
+            async with aclosing(self._records()) as records:
+                async for record in records:
+                    found.add(record.experiment or NO_EXPERIMENT)
+        return sorted(found)
+
+    async def _outcomes(
+        self, experiment: str, since: datetime | None, until: datetime | None
+    ) -> AsyncGenerator[OutcomeRecord, None]:
         _check_window(since, until)
         seen: set[str] = set()
         # aclosing: a consumer that stops early closes the file now, not at garbage collection.
@@ -79,16 +104,6 @@ class FileReader:
                     continue
                 seen.add(record.record_id)
                 yield record
-
-    async def labels(self, experiment: str) -> dict[str, Label]:
-        return await self._labels.all(experiment)
-
-    async def experiments(self) -> list[str]:
-        found: set[str] = set()
-        async with aclosing(self._records()) as records:
-            async for record in records:
-                found.add(record.experiment or NO_EXPERIMENT)
-        return sorted(found)
 
     async def _records(self) -> AsyncGenerator[OutcomeRecord, None]:
         file = await asyncio.to_thread(open, self.outcomes_path, "rb")
@@ -160,12 +175,13 @@ class RedisReader:
             return low, "+"
         return low, str(_ms(until + self.max_delay))  # "<ms>": every sequence number of it
 
+    @store_iteration
     async def outcomes(
         self,
         experiment: str,
         since: datetime | None = None,
         until: datetime | None = None,
-    ) -> AsyncIterator[OutcomeRecord]:
+    ) -> AsyncGenerator[OutcomeRecord, None]:
         key = self.keys.outcomes(experiment)
         low, high = self.entry_range(since, until)
         seen: set[str] = set()

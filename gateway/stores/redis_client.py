@@ -5,16 +5,20 @@ a frozen or partitioned Redis fails a command within seconds instead of hanging 
 that called it, and with few client-side retries, because the callers (the outcome sink's
 writer and reconnect loop) keep their own backoff and their writes are idempotent.
 
-`REDIS_ERRORS` is what a caller treats as "Redis is unavailable right now": spool, back off
-and try again later. Any other `RedisError` means Redis answered and refused (a script bug,
-a key of the wrong type); callers log it as an error but may still choose to retry.
+`REDIS_ERRORS` is what a store treats as "Redis is unavailable right now": spool, back off
+and try again later, or raise `StoreUnavailable` to its caller (`gateway.stores.failures`):
+callers outside `gateway.stores` never catch these exceptions. Any other `RedisError` means
+Redis answered and refused (a script bug, a key of the wrong type); stores log it as an
+error but may still choose to retry.
 
-`persistence` tells whether each server (each primary of a cluster) keeps its data across a
-restart, for the start-up check of the outcome store.
+`reachable` tells whether Redis answers a PING in time (every primary of a cluster), for the
+readiness check; `persistence` whether each server (each primary of a cluster) keeps its
+data across a restart, for the start-up check of the outcome store.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
@@ -27,6 +31,7 @@ from redis.exceptions import (
     OutOfMemoryError,
     ReadOnlyError,
     RedisClusterException,
+    RedisError,
     ResponseError,
     TryAgainError,
 )
@@ -107,6 +112,22 @@ async def connect(
         await client.aclose()
         raise
     return client
+
+
+async def reachable(client: RedisClient, timeout_s: float) -> bool:
+    """Whether Redis answers a PING within `timeout_s`; a cluster, every primary (each holds
+    some slots). Never raises for an unavailable or refusing Redis: it answers False."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            if isinstance(client, RedisCluster):
+                await client.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await client.ping()
+    except REDIS_ERRORS:
+        return False
+    except RedisError:  # it answered, but not with PONG (a password missing, say)
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from support import CLIENT_KEY as GATEWAY_CLIENT_KEY
 from support import silence, write_wav
 
 from gateway.control.model import hash_key
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreUnavailable
 from gateway.outcomes.labels import Label, LabelInput, LabelSource, UnitQuery
 from gateway.outcomes.privacy import pseudonymise
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
@@ -276,16 +276,16 @@ class BrokenStore:
         *,
         all_or_nothing: bool = False,
     ) -> PutResult:
-        raise OSError(28, "No space left on device")
+        raise StoreUnavailable("FileLabelStore.put: OSError: [Errno 28] No space left on device")
 
     async def get(self, record_ids: Iterable[str]) -> dict[str, Label]:
-        raise ConnectionError("gone")
+        raise StoreUnavailable("RedisLabelStore.get: ConnectionError: gone")
 
     async def all(self, experiment: str) -> dict[str, Label]:
-        raise OSError(5, "I/O error")
+        raise StoreUnavailable("FileLabelStore.all: OSError: [Errno 5] I/O error")
 
     async def find_units(self, queries: Sequence[UnitQuery]) -> list[tuple[UnitMatch, ...]]:
-        raise ConnectionError("gone")
+        raise StoreUnavailable("RedisLabelStore.find_units: ConnectionError: gone")
 
 
 async def test_store_failure_is_503(aiohttp_client: MakeClient) -> None:

@@ -19,13 +19,10 @@ from redis_servers import RedisClusterServers, RedisServer
 from structlog.testing import capture_logs
 
 from gateway.control.ports import ControlStore, StoredState
+from gateway.errors import StoreUnavailable
 from gateway.stores import control_store
-from gateway.stores.control_store import (
-    AUDIT_FIELD,
-    ControlKeys,
-    FileControlStore,
-    RedisControlStore,
-)
+from gateway.stores.control_store import AUDIT_FIELD, FileControlStore, RedisControlStore
+from gateway.stores.keys import ControlKeys
 from gateway.stores.redis_client import client_for
 
 PREFIX = "test"
@@ -268,8 +265,9 @@ async def test_a_failed_state_write_takes_its_audit_entry_back(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(StoreUnavailable, match="No space") as caught:
         await store.commit("checkout", 1, state(2), audit_entry(2))
+    assert isinstance(caught.value.__cause__, OSError)
     monkeypatch.undo()
     assert store.audit_path.read_bytes() == audit_before
     assert await store.load() == {"checkout": state(1)}

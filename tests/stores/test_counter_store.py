@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from redis_servers import RedisServer
 
 from gateway.control.ports import CounterStore
+from gateway.errors import StoreUnavailable
 from gateway.stores.counter_store import LocalCounterStore, RedisCounterStore, guard_key, units_key
 from gateway.stores.redis_client import REDIS_ERRORS, client_for
 
@@ -120,16 +121,19 @@ async def test_a_foreign_field_in_the_hash_is_an_error(client: Redis, prefix: st
 
 
 async def test_redis_unavailable_propagates(tmp_path: Path) -> None:
-    """With Redis down, add_many and read raise one of REDIS_ERRORS (the caller retries)."""
+    """With Redis down, add_many and read raise StoreUnavailable, caused by one of
+    REDIS_ERRORS (the caller retries)."""
     with RedisServer(tmp_path / "redis") as down:
         pass  # started and killed: a port nothing listens on any more
     client = client_for(down.url, cluster=False, socket_timeout=0.5)
     try:
         store = RedisCounterStore(client, "test")
-        with pytest.raises(REDIS_ERRORS):
+        with pytest.raises(StoreUnavailable) as adding:
             await store.add_many({("checkout", "1", "base"): {"n": 1}})
-        with pytest.raises(REDIS_ERRORS):
+        assert isinstance(adding.value.__cause__, REDIS_ERRORS)
+        with pytest.raises(StoreUnavailable) as reading:
             await store.read("checkout", "1")
+        assert isinstance(reading.value.__cause__, REDIS_ERRORS)
     finally:
         await client.aclose()
 

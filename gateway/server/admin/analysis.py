@@ -24,19 +24,17 @@ from aiohttp import web
 
 from gateway.analysis import AnalysisOptions, ExperimentInfo, analyze
 from gateway.analysis.report import parse_moment
-from gateway.errors import ControlError
+from gateway.errors import ControlError, StoreUnavailable
 from gateway.logging import get_logger
 from gateway.outcomes.ports import OutcomeReader
 from gateway.server.admin.auth import ADMIN_TOKENS, NEEDS_TOKEN, AdminTokens, admin_name
 from gateway.server.admin.auth import error_response as _error
 from gateway.server.state import STATE
-from gateway.stores.redis_client import REDIS_ERRORS
 
 log = get_logger(__name__)
 
 OUTCOME_READER: Final = web.AppKey("outcome_reader", OutcomeReader)
 _MAX_CACHED: Final = 64  # reports kept; windows are chosen by callers, so bound them
-_STORE_ERRORS: Final[tuple[type[BaseException], ...]] = (*REDIS_ERRORS, OSError)
 
 Json = dict[str, Any]
 _CacheKey = tuple[str, str | None, str | None, str | None]
@@ -118,8 +116,8 @@ async def experiment_analysis(request: web.Request) -> web.Response:
     try:
         # shield: a client that goes away must not cancel the report other screens await.
         report = await asyncio.shield(running)
-    except _STORE_ERRORS as exc:
-        log.error("analysis_store_unavailable", error=f"{type(exc).__name__}: {exc}")
+    except StoreUnavailable as exc:
+        log.error("analysis_store_unavailable", error=exc.reason)
         return _error(503, "the outcome store is unavailable; try again later")
     except ValueError as exc:  # a corrupt record: named, not hidden
         log.error("analysis_failed", experiment=experiment_id, error=str(exc))

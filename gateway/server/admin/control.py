@@ -25,9 +25,9 @@ from typing import Any, Final
 from aiohttp import web
 
 from gateway.control.model import Experiment, Variant
-from gateway.control.plane import STORE_ERRORS, ControlPlane
+from gateway.control.plane import ControlPlane
 from gateway.control.state import Change, Changes, ExperimentState
-from gateway.errors import ControlError
+from gateway.errors import ControlError, StoreUnavailable
 from gateway.logging import get_logger
 from gateway.server.admin.auth import (
     ADMIN_TOKENS,
@@ -141,8 +141,8 @@ async def _answer(request: web.Request, handler: Callable[[], Any]) -> web.Respo
         return exc.response
     except ControlError as exc:
         return error_response(exc.status, exc.reason)
-    except STORE_ERRORS as exc:
-        log.error("control_store_unavailable", error=type(exc).__name__, path=request.path)
+    except StoreUnavailable as exc:
+        log.error("control_store_unavailable", error=exc.reason, path=request.path)
         return error_response(503, "the experiment state store is unavailable; nothing changed")
     except ValueError as exc:  # the store holds something unreadable (a corrupt file)
         log.error("control_store_unreadable", error=str(exc), path=request.path)

@@ -24,7 +24,7 @@ from typing import Final
 
 from aiohttp import web
 
-from gateway.errors import RestError
+from gateway.errors import RestError, StoreUnavailable
 from gateway.logging import get_logger
 from gateway.outcomes.labels import (
     MAX_BATCH,
@@ -37,7 +37,6 @@ from gateway.outcomes.labels import (
 from gateway.server.admin.auth import CHALLENGE, NEEDS_TOKEN, AdminTokens
 from gateway.server.state import STATE
 from gateway.stores.label_store import LabelStatus, LabelStore, UnitMatch
-from gateway.stores.redis_client import REDIS_ERRORS
 
 log = get_logger(__name__)
 
@@ -45,8 +44,6 @@ MAX_BODY_BYTES: Final = 10 * 1024 * 1024
 LABEL_STORE: Final = web.AppKey[LabelStore]("label_store")
 # The key that pseudonymised the records' units; without it, the gateway state's is used.
 PSEUDONYM_KEY: Final = web.AppKey[bytes]("label_pseudonym_key")
-# Failures of the store itself (not of the request): Redis down, disk full.
-_STORE_ERRORS: Final[tuple[type[BaseException], ...]] = (*REDIS_ERRORS, OSError)
 
 
 def add_label_routes(
@@ -114,8 +111,8 @@ class _LabelsApi:
                 return _error(501, "labels by unit need the gateway's pseudonym key; use record_id")
             try:
                 found = await store.find_units([item.query(key) for _, item in units])
-            except _STORE_ERRORS as exc:
-                log.error("labels_store_unavailable", error=f"{type(exc).__name__}: {exc}")
+            except StoreUnavailable as exc:
+                log.error("labels_store_unavailable", error=exc.reason)
                 return _error(503, "the label store is unavailable; try again later")
         unresolved = [
             {"index": i, **item.selector()}
@@ -147,8 +144,8 @@ class _LabelsApi:
             )
         try:
             result = await store.put(labels, labeller, "api", all_or_nothing=True)
-        except _STORE_ERRORS as exc:
-            log.error("labels_store_unavailable", error=f"{type(exc).__name__}: {exc}")
+        except StoreUnavailable as exc:
+            log.error("labels_store_unavailable", error=exc.reason)
             return _error(503, "the label store is unavailable; try again later")
         if not result.committed:
             unknown = result.unknown
@@ -194,8 +191,8 @@ class _LabelsApi:
         store = request.config_dict[self._store_key]
         try:
             found = await store.get([record_id])
-        except _STORE_ERRORS as exc:
-            log.error("labels_store_unavailable", error=f"{type(exc).__name__}: {exc}")
+        except StoreUnavailable as exc:
+            log.error("labels_store_unavailable", error=exc.reason)
             return _error(503, "the label store is unavailable; try again later")
         label = found.get(record_id)
         if label is None:
