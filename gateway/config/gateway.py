@@ -273,8 +273,8 @@ class ControlSettings(_Model):
 
     store: Literal["auto", "file", "redis"] = Field(
         "auto",
-        description="`redis`: shared by every replica; `file`: one process; `auto`: Redis "
-        "when `outcomes.store` is `redis`, else the file.",
+        description="`redis`: in the `[redis]` Redis, shared by every replica; `file`: one "
+        "process; `auto`: Redis when `outcomes.store` is `redis`, else the file.",
     )
     state_path: Path | None = Field(
         None,

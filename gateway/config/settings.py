@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import tomllib
 import types
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -30,6 +32,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -217,19 +220,7 @@ class OutcomeSettings(_Section):
     store: Literal["file", "redis"] = Field(
         "file",
         description="`file`: the JSON-lines file at `path` (one process); `redis`: Redis "
-        "Streams, one stream per experiment, shared by every replica.",
-    )
-    redis_url: str = Field(
-        "redis://127.0.0.1:6379/0",
-        description="The Redis server, or a node of the cluster; without a password.",
-    )
-    redis_password: SecretStr | None = Field(None, description="The Redis password.")
-    redis_password_file: Path | None = Field(None, description="A file holding `redis_password`.")
-    redis_cluster: bool = Field(False, description="`redis_url` is a node of a Redis Cluster.")
-    redis_prefix: str = Field(
-        "sgw",
-        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
-        description="Prefix of every Redis key; isolates deployments sharing one Redis.",
+        "Streams in the `[redis]` server, one stream per experiment, shared by every replica.",
     )
     batch_size: int = Field(
         500, ge=1, le=100_000, description="The most records written to Redis in one batch."
@@ -269,13 +260,6 @@ class OutcomeSettings(_Section):
         "drop the newest records (counted and logged either way).",
     )
 
-    def resolved_redis_password(self) -> str | None:
-        if self.redis_password is not None:
-            return self.redis_password.get_secret_value()
-        if self.redis_password_file is not None:
-            return read_secret_file(self.redis_password_file, "outcomes.redis_password_file")
-        return None
-
     def resolved_pseudonym_key(self) -> bytes | None:
         if self.pseudonym_key is not None:
             key = self.pseudonym_key.get_secret_value()
@@ -286,6 +270,66 @@ class OutcomeSettings(_Section):
         if len(key) < 16:
             raise ConfigError("outcomes.pseudonym_key", "must be at least 16 characters")
         return key.encode()
+
+
+@dataclass(frozen=True)
+class RedisConnection:
+    """How to reach the shared Redis and name its keys, parsed once from `[redis]` and handed
+    to every store. The password stays a `SecretStr`, so no repr or log line shows it."""
+
+    url: str
+    prefix: str
+    password: SecretStr | None = None
+    cluster: bool = False
+
+    def plain_password(self) -> str | None:
+        """The password itself, for the Redis client only."""
+        return None if self.password is None else self.password.get_secret_value()
+
+
+class RedisSettings(_Section):
+    """The one Redis every Redis-backed store shares: outcome streams, labels and the control
+    plane's state and counters. Whether a store uses it is chosen by `outcomes.store` and
+    `gateway.control.store`."""
+
+    url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="The Redis server, or a node of the cluster; without a password.",
+    )
+    password: SecretStr | None = Field(None, description="The Redis password.")
+    password_file: Path | None = Field(None, description="A file holding `password`.")
+    cluster: bool = Field(False, description="`url` is a node of a Redis Cluster.")
+    prefix: str = Field(
+        "sgw",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Prefix of every Redis key; isolates deployments sharing one Redis.",
+    )
+
+    def connection(self) -> RedisConnection:
+        """The section parsed into the value the stores take; reads `password_file`."""
+        if self.password is not None:
+            password: SecretStr | None = self.password
+        elif self.password_file is not None:
+            password = SecretStr(read_secret_file(self.password_file, "redis.password_file"))
+        else:
+            password = None
+        return RedisConnection(
+            url=self.url, password=password, cluster=self.cluster, prefix=self.prefix
+        )
+
+
+# Settings that have left a section, by section: old name -> new dotted place. An old config
+# that still sets one fails with a message naming the new place, rather than a bare
+# "extra inputs are not permitted".
+MOVED_SETTINGS: Mapping[str, Mapping[str, str]] = {
+    "outcomes": {
+        "redis_url": "redis.url",
+        "redis_password": "redis.password",
+        "redis_password_file": "redis.password_file",
+        "redis_cluster": "redis.cluster",
+        "redis_prefix": "redis.prefix",
+    },
+}
 
 
 class Settings(BaseSettings):
@@ -305,6 +349,10 @@ class Settings(BaseSettings):
     )
     outcomes: OutcomeSettings = Field(
         OutcomeSettings(), description="Outcome records: where they go and what they keep."
+    )
+    redis: RedisSettings = Field(
+        RedisSettings(),
+        description="The Redis shared by every Redis-backed store (outcomes, labels, control).",
     )
 
     @classmethod
@@ -399,13 +447,31 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     try:
         settings: Settings = loaded_cls(**overrides)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        moved = next(filter(None, map(_moved_setting, errors)), None)
+        if moved is not None:
+            raise moved from exc
+        first = errors[0]
         field = ".".join(str(part) for part in first["loc"]) or "settings"
         raise ConfigError(field, first["msg"]) from exc
     except SettingsError as exc:
         # e.g. SPEECH_GATEWAY_EMULATOR__CUSTOM=x: a nested env value that is not JSON.
         raise ConfigError("environment", str(exc)) from exc
     return settings
+
+
+def _moved_setting(error: ErrorDetails) -> ConfigError | None:
+    """The error for a setting that has moved (see MOVED_SETTINGS), from the validation error
+    of its old name, wherever it was set (TOML file, environment or override)."""
+    if error["type"] != "extra_forbidden" or len(error["loc"]) != 2:
+        return None
+    section, name = (str(part) for part in error["loc"])
+    new = MOVED_SETTINGS.get(section, {}).get(name)
+    if new is None:
+        return None
+    table, field = new.rsplit(".", 1)
+    env = "SPEECH_GATEWAY_" + new.upper().replace(".", "__")
+    return ConfigError(f"{section}.{name}", f"moved to [{table}] {field} (environment: {env})")
 
 
 def _check_toml(path: Path) -> None:

@@ -18,8 +18,6 @@ from typing import Final
 import aiohttp
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
-from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
 from gateway.config.gateway import build_gateway_config
 from gateway.config.settings import Settings
@@ -46,7 +44,7 @@ from gateway.stores.factory import (
     create_reader,
     create_sink,
 )
-from gateway.stores.redis_client import REDIS_ERRORS, RedisClient
+from gateway.stores.redis_client import RedisClient, reachable
 
 log = get_logger(__name__)
 
@@ -62,11 +60,12 @@ def create_gateway_app(settings: Settings) -> web.Application:
     key = outcomes.resolved_pseudonym_key() or load_or_create_key(outcomes.generated_key_path)
     app = web.Application(client_max_size=gateway.limits.max_rest_body_bytes)
     app[ADMISSION] = Admission(AdmissionPolicy.from_limits(gateway.limits))
-    label_store, label_client = create_label_store(outcomes)
+    redis = settings.redis.connection()
+    label_store, label_client = create_label_store(outcomes, redis)
     app[LABEL_STORE] = label_store
     app[LABEL_CLIENT] = label_client
     control_store, counters, control_client = create_control_stores(
-        gateway.control, outcomes, label_client
+        gateway.control, outcomes, redis, label_client
     )
     app[CONTROL_CLIENT] = control_client
     metrics = GatewayMetrics()
@@ -83,7 +82,7 @@ def create_gateway_app(settings: Settings) -> web.Application:
         control=control,
         backends=BackendGate(gateway.breaker.policy(), gateway.breaker.on_open, metrics),
         metrics=metrics,
-        sink=create_sink(outcomes),
+        sink=create_sink(outcomes, redis),
         text_privacy=outcomes.text_privacy,
         privacy_key=key,
     )
@@ -96,7 +95,7 @@ def create_gateway_app(settings: Settings) -> web.Application:
     admins = AdminTokens.from_digests(gateway.admin_tokens_sha256)
     add_label_routes(app, admins)
     add_control_routes(app, admins)
-    add_admin_routes(app, admins, create_reader(outcomes, label_client))
+    add_admin_routes(app, admins, create_reader(outcomes, redis, label_client))
     add_dashboard_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -190,23 +189,10 @@ async def _unreachable_redis(app: web.Application) -> list[str]:
     client is the outcome store's Redis (the sink's own connection goes to the same URL)."""
     clients = {"outcomes": app[LABEL_CLIENT], "control": app[CONTROL_CLIENT]}
     named = [(name, client) for name, client in clients.items() if client is not None]
-    answers = await asyncio.gather(*(_ping(client) for _name, client in named))
+    answers = await asyncio.gather(
+        *(reachable(client, READY_PING_TIMEOUT_S) for _name, client in named)
+    )
     return [name for (name, _client), up in zip(named, answers, strict=True) if not up]
-
-
-async def _ping(client: RedisClient) -> bool:
-    """Whether Redis answers in time; a cluster, on every primary (each holds some slots)."""
-    try:
-        async with asyncio.timeout(READY_PING_TIMEOUT_S):
-            if isinstance(client, RedisCluster):
-                await client.ping(target_nodes=RedisCluster.PRIMARIES)
-            else:
-                await client.ping()
-    except REDIS_ERRORS:
-        return False
-    except RedisError:  # it answered, but not with PONG (a password missing, say)
-        return False
-    return True
 
 
 @web.middleware

@@ -1,8 +1,10 @@
-"""The configured outcome store: its sink, label store and reader, built from settings.
+"""The configured stores: outcome sink, label store, reader and control stores, built from
+settings.
 
 `outcomes.store = "file"` is the embedded default (an append-only JSONL file and a labels
 file beside it); `"redis"` puts outcomes in Redis Streams shared by every replica, with a
-local journal for when Redis is away.
+local journal for when Redis is away. Every Redis-backed store reaches the one Redis of the
+`[redis]` section, given here as its parsed value, `RedisConnection`.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from functools import partial
 from pathlib import Path
 
 from gateway.config.gateway import ControlSettings
-from gateway.config.settings import OutcomeSettings
+from gateway.config.settings import OutcomeSettings, RedisConnection
 from gateway.control.ports import ControlStore, CounterStore
 from gateway.outcomes.ports import OutcomeReader, OutcomeSink
 from gateway.stores.control_store import FileControlStore, RedisControlStore
 from gateway.stores.counter_store import LocalCounterStore, RedisCounterStore
+from gateway.stores.failures import translated
 from gateway.stores.jsonl_sink import JsonlSink
 from gateway.stores.keys import RedisKeys
 from gateway.stores.label_store import (
@@ -31,37 +34,40 @@ from gateway.stores.redis_client import RedisClient, client_for, connect
 from gateway.stores.redis_sink import RedisSink
 
 
-def redis_keys(settings: OutcomeSettings) -> RedisKeys:
-    return RedisKeys(prefix=settings.redis_prefix)
+def redis_keys(redis: RedisConnection) -> RedisKeys:
+    return RedisKeys(prefix=redis.prefix)
 
 
 def labels_path(settings: OutcomeSettings) -> Path:
     return settings.labels_path or labels_path_beside(settings.path)
 
 
-def _connect(settings: OutcomeSettings) -> Callable[[], Awaitable[RedisClient]]:
-    password = settings.resolved_redis_password()
-    return partial(connect, settings.redis_url, cluster=settings.redis_cluster, password=password)
+def _connect(redis: RedisConnection) -> Callable[[], Awaitable[RedisClient]]:
+    return partial(connect, redis.url, cluster=redis.cluster, password=redis.plain_password())
 
 
-def create_label_store(settings: OutcomeSettings) -> tuple[LabelStore, RedisClient | None]:
+def _client(redis: RedisConnection) -> RedisClient:
+    return client_for(redis.url, cluster=redis.cluster, password=redis.plain_password())
+
+
+def create_label_store(
+    settings: OutcomeSettings, redis: RedisConnection
+) -> tuple[LabelStore, RedisClient | None]:
     """The label store for a long-lived app, and the Redis client to close with it."""
     if settings.store == "file":
         return FileLabelStore(settings.path, labels_path(settings)), None
-    client = client_for(
-        settings.redis_url,
-        cluster=settings.redis_cluster,
-        password=settings.resolved_redis_password(),
-    )
-    return RedisLabelStore(client, redis_keys(settings)), client
+    client = _client(redis)
+    return RedisLabelStore(client, redis_keys(redis)), client
 
 
-def create_reader(settings: OutcomeSettings, client: RedisClient | None) -> OutcomeReader:
+def create_reader(
+    settings: OutcomeSettings, redis: RedisConnection, client: RedisClient | None
+) -> OutcomeReader:
     """The reader of the configured store; `client` is the app's Redis client (store redis)."""
     if settings.store == "file":
         return FileReader(settings.path, labels_path(settings))
     assert client is not None, "the redis store reads through the app's client"
-    return RedisReader(client, redis_keys(settings))
+    return RedisReader(client, redis_keys(redis))
 
 
 def control_in_redis(control: ControlSettings, outcomes: OutcomeSettings) -> bool:
@@ -70,7 +76,10 @@ def control_in_redis(control: ControlSettings, outcomes: OutcomeSettings) -> boo
 
 
 def create_control_stores(
-    control: ControlSettings, outcomes: OutcomeSettings, client: RedisClient | None
+    control: ControlSettings,
+    outcomes: OutcomeSettings,
+    redis: RedisConnection,
+    client: RedisClient | None,
 ) -> tuple[ControlStore, CounterStore, RedisClient | None]:
     """The control plane's state and counter stores, and a Redis client the caller must
     close when it had to open one (`client` is the app's, if it has one)."""
@@ -79,22 +88,18 @@ def create_control_stores(
         return FileControlStore(path), LocalCounterStore(), None
     owned = None
     if client is None:
-        client = owned = client_for(
-            outcomes.redis_url,
-            cluster=outcomes.redis_cluster,
-            password=outcomes.resolved_redis_password(),
-        )
-    prefix = outcomes.redis_prefix
+        client = owned = _client(redis)
+    prefix = redis.prefix
     return RedisControlStore(client, prefix), RedisCounterStore(client, prefix), owned
 
 
-def create_sink(settings: OutcomeSettings) -> OutcomeSink:
+def create_sink(settings: OutcomeSettings, redis: RedisConnection) -> OutcomeSink:
     """The sink records go to; started and closed by its owner."""
     if settings.store == "file":
         return JsonlSink(settings.path, queue_size=settings.queue_size)
     return RedisSink(
-        _connect(settings),
-        redis_keys(settings),
+        _connect(redis),
+        redis_keys(redis),
         settings.journal_dir,
         queue_size=settings.queue_size,
         batch_size=settings.batch_size,
@@ -107,8 +112,9 @@ def create_sink(settings: OutcomeSettings) -> OutcomeSink:
 
 
 @asynccontextmanager
-async def _redis(settings: OutcomeSettings) -> AsyncIterator[RedisClient]:
-    client = await _connect(settings)()
+async def _redis(redis: RedisConnection) -> AsyncIterator[RedisClient]:
+    with translated("connect"):  # the CLI's one-line error, not a redis-py traceback
+        client = await _connect(redis)()
     try:
         yield client
     finally:
@@ -116,18 +122,22 @@ async def _redis(settings: OutcomeSettings) -> AsyncIterator[RedisClient]:
 
 
 @asynccontextmanager
-async def open_label_store(settings: OutcomeSettings) -> AsyncIterator[LabelStore]:
+async def open_label_store(
+    settings: OutcomeSettings, redis: RedisConnection
+) -> AsyncIterator[LabelStore]:
     if settings.store == "file":
         yield FileLabelStore(settings.path, labels_path(settings))
         return
-    async with _redis(settings) as client:
-        yield RedisLabelStore(client, redis_keys(settings))
+    async with _redis(redis) as client:
+        yield RedisLabelStore(client, redis_keys(redis))
 
 
 @asynccontextmanager
-async def open_reader(settings: OutcomeSettings) -> AsyncIterator[OutcomeReader]:
+async def open_reader(
+    settings: OutcomeSettings, redis: RedisConnection
+) -> AsyncIterator[OutcomeReader]:
     if settings.store == "file":
         yield FileReader(settings.path, labels_path(settings))
         return
-    async with _redis(settings) as client:
-        yield RedisReader(client, redis_keys(settings))
+    async with _redis(redis) as client:
+        yield RedisReader(client, redis_keys(redis))

@@ -93,7 +93,7 @@ async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
 
     options = AnalysisOptions(confidence=args.confidence, min_labelled=args.min_labelled)
     info = experiment_info(settings, args.experiment, args.control)
-    async with open_reader(settings.outcomes) as reader:
+    async with open_reader(settings.outcomes, settings.redis.connection()) as reader:
         try:
             report = await analyze(
                 reader,

@@ -131,7 +131,7 @@ async def _from_data(args: argparse.Namespace, settings: Settings) -> list[Json]
     from gateway.stores.factory import open_reader
 
     info = experiment_info(settings, args.experiment, args.control)
-    async with open_reader(settings.outcomes) as reader:
+    async with open_reader(settings.outcomes, settings.redis.connection()) as reader:
         try:
             report = await analyze(reader, args.experiment, info=info, options=AnalysisOptions())
         except FileNotFoundError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -157,9 +158,87 @@ def test_key_file_is_read(tmp_path: Path) -> None:
 def test_redis_password_file_is_read(tmp_path: Path) -> None:
     """The Redis password may come from a mounted file, like every other secret."""
     secret = write(tmp_path / "redis.txt", "redis-pass-456\n")
-    path = write(tmp_path / "s.toml", f'[outcomes]\nredis_password_file = "{secret}"\n')
-    assert load_settings(path).outcomes.resolved_redis_password() == "redis-pass-456"
-    assert load_settings().outcomes.resolved_redis_password() is None
+    path = write(tmp_path / "s.toml", f'[redis]\npassword_file = "{secret}"\n')
+    assert load_settings(path).redis.connection().plain_password() == "redis-pass-456"
+    assert load_settings().redis.connection().plain_password() is None
+
+
+def test_redis_section_is_parsed_into_one_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`[redis]` becomes the frozen value every store takes; its password never shows in a
+    repr."""
+    path = write(
+        Path("s.toml"),
+        '[redis]\nurl = "redis://cache:6380/2"\ncluster = true\nprefix = "blue"\n',
+    )
+    monkeypatch.setenv("SPEECH_GATEWAY_REDIS__PASSWORD", "redis-env-pass-789")
+    redis = load_settings(path).redis.connection()
+    assert (redis.url, redis.cluster, redis.prefix) == ("redis://cache:6380/2", True, "blue")
+    assert redis.plain_password() == "redis-env-pass-789"
+    assert "redis-env-pass-789" not in repr(redis)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        redis.prefix = "green"  # type: ignore[misc]
+    defaults = load_settings().redis.connection()
+    assert (defaults.url, defaults.cluster, defaults.prefix) == (
+        "redis://127.0.0.1:6379/0",
+        False,
+        "sgw",
+    )
+
+
+def test_unreadable_redis_password_file_names_the_setting(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.toml", f'[redis]\npassword_file = "{tmp_path / "absent"}"\n')
+    settings = load_settings(path)
+    with pytest.raises(ConfigError) as caught:
+        settings.redis.connection()
+    assert caught.value.field == "redis.password_file"
+
+
+def test_redis_password_in_the_file_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "s.toml", '[redis]\npassword = "in-the-file"\n')
+    error = config_error(path)
+    assert error.field == "redis.password"
+    assert "SPEECH_GATEWAY_REDIS__PASSWORD" in str(error)
+    assert "in-the-file" not in str(error)
+
+
+MOVED_TO_REDIS = [
+    ("redis_url", '"redis://old:6379/0"', "url"),
+    ("redis_password_file", '"secrets/redis.password"', "password_file"),
+    ("redis_password", '"old-pass"', "password"),
+    ("redis_cluster", "true", "cluster"),
+    ("redis_prefix", '"old"', "prefix"),
+]
+
+
+@pytest.mark.parametrize(("old", "value", "new"), MOVED_TO_REDIS)
+def test_redis_settings_under_outcomes_name_their_new_place(
+    tmp_path: Path, old: str, value: str, new: str
+) -> None:
+    """An old config with the Redis settings under [outcomes] fails, naming [redis]."""
+    path = write(tmp_path / "s.toml", f'[outcomes]\nstore = "redis"\n{old} = {value}\n')
+    error = config_error(path)
+    assert error.field == f"outcomes.{old}"
+    assert str(error) == (
+        f"outcomes.{old}: moved to [redis] {new} (environment: SPEECH_GATEWAY_REDIS__{new.upper()})"
+    )
+
+
+@pytest.mark.parametrize(("old", "value", "new"), MOVED_TO_REDIS)
+def test_redis_variables_under_outcomes_name_their_new_place(
+    monkeypatch: pytest.MonkeyPatch, old: str, value: str, new: str
+) -> None:
+    """The same for the old environment variables, SPEECH_GATEWAY_OUTCOMES__REDIS_*."""
+    monkeypatch.setenv(f"SPEECH_GATEWAY_OUTCOMES__{old.upper()}", value.strip('"'))
+    error = config_error()
+    assert error.field == f"outcomes.{old}"
+    assert f"moved to [redis] {new}" in str(error)
+    assert f"SPEECH_GATEWAY_REDIS__{new.upper()}" in str(error)
+
+
+def test_a_moved_setting_is_named_before_other_errors(tmp_path: Path) -> None:
+    """However pydantic orders its errors, the move is what the message says."""
+    path = write(tmp_path / "s.toml", '[outcomes]\nqueue_size = 0\nredis_url = "redis://x"\n')
+    assert config_error(path).field == "outcomes.redis_url"
 
 
 def test_unreadable_key_file_is_an_error(tmp_path: Path) -> None:
@@ -301,14 +380,16 @@ path = "store/outcomes.jsonl"
 pseudonym_key_file = "secrets/pseudonym.key"
 generated_key_path = "store/generated.key"
 labels_path = "store/labels.jsonl"
-redis_password_file = "secrets/redis.password"
 journal_dir = "store/journal"
+[redis]
+password_file = "secrets/redis.password"
 """
 
 
 def path_values(settings: Settings) -> dict[str, Path | None]:
     """Every path-valued setting of PATH_SETTINGS, by its dotted name (as documented)."""
     emulator, outcomes, gateway = settings.emulator, settings.outcomes, settings.gateway
+    redis = settings.redis
     return {
         "emulator.key_file": emulator.key_file,
         "emulator.custom": emulator.custom["banking"],
@@ -319,8 +400,8 @@ def path_values(settings: Settings) -> dict[str, Path | None]:
         "outcomes.pseudonym_key_file": outcomes.pseudonym_key_file,
         "outcomes.generated_key_path": outcomes.generated_key_path,
         "outcomes.labels_path": outcomes.labels_path,
-        "outcomes.redis_password_file": outcomes.redis_password_file,
         "outcomes.journal_dir": outcomes.journal_dir,
+        "redis.password_file": redis.password_file,
     }
 
 
@@ -397,3 +478,23 @@ def test_the_shipped_config_works_from_any_directory() -> None:
         settings.outcomes.journal_dir,
     ):
         assert stored.resolve().is_relative_to(repository / "var"), stored
+
+
+def test_validate_and_serve_refuse_an_old_redis_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`config validate` and the gateway's start exit 2 with one stderr line naming [redis]."""
+    from gateway.cli import main
+
+    old = write(tmp_path / "old.toml", '[outcomes]\nstore = "redis"\nredis_url = "redis://x"\n')
+    assert main(["config", "validate", str(old)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        "speech-gateway: outcomes.redis_url: moved to [redis] url "
+        "(environment: SPEECH_GATEWAY_REDIS__URL)"
+    ]
+    monkeypatch.setenv("SPEECH_GATEWAY_OUTCOMES__REDIS_PREFIX", "old")
+    assert main(["serve"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("speech-gateway: outcomes.redis_prefix: moved to [redis] prefix")

@@ -39,8 +39,8 @@ def control_gateway(
     if redis_url is not None:
         env |= {
             "SPEECH_GATEWAY_OUTCOMES__STORE": "redis",
-            "SPEECH_GATEWAY_OUTCOMES__REDIS_URL": redis_url,
-            "SPEECH_GATEWAY_OUTCOMES__REDIS_PREFIX": prefix,
+            "SPEECH_GATEWAY_REDIS__URL": redis_url,
+            "SPEECH_GATEWAY_REDIS__PREFIX": prefix,
             "SPEECH_GATEWAY_OUTCOMES__JOURNAL_DIR": str(work / "journal"),
         }
     return gateway_for(

@@ -71,9 +71,9 @@ def redis_gateway(
     env = {
         **os.environ,
         "SPEECH_GATEWAY_OUTCOMES__STORE": "redis",
-        "SPEECH_GATEWAY_OUTCOMES__REDIS_URL": store.url,
-        "SPEECH_GATEWAY_OUTCOMES__REDIS_CLUSTER": "true" if store.cluster else "false",
-        "SPEECH_GATEWAY_OUTCOMES__REDIS_PREFIX": PREFIX,
+        "SPEECH_GATEWAY_REDIS__URL": store.url,
+        "SPEECH_GATEWAY_REDIS__CLUSTER": "true" if store.cluster else "false",
+        "SPEECH_GATEWAY_REDIS__PREFIX": PREFIX,
         "SPEECH_GATEWAY_OUTCOMES__JOURNAL_DIR": str(work / "journal"),
         "SPEECH_GATEWAY_GATEWAY__ADMIN_TOKENS_SHA256": json.dumps({"reviewer": hash_key(ADMIN)}),
     }

@@ -166,8 +166,8 @@ async def test_ready_follows_a_control_store_of_its_own(
     with RedisServer(tmp_path / "redis") as server:
         env = dict(os.environ) | {
             "SPEECH_GATEWAY_GATEWAY__CONTROL__STORE": "redis",
-            "SPEECH_GATEWAY_OUTCOMES__REDIS_URL": server.url,
-            "SPEECH_GATEWAY_OUTCOMES__REDIS_PREFIX": "ready-control",
+            "SPEECH_GATEWAY_REDIS__URL": server.url,
+            "SPEECH_GATEWAY_REDIS__PREFIX": "ready-control",
         }
         for required in (True, False):
             work = tmp_path / f"gw-{required}"
@@ -198,9 +198,9 @@ async def test_ready_follows_every_primary_of_a_redis_cluster(
     with RedisClusterServers(tmp_path / "cluster") as cluster:
         env = dict(os.environ) | {
             "SPEECH_GATEWAY_OUTCOMES__STORE": "redis",
-            "SPEECH_GATEWAY_OUTCOMES__REDIS_URL": cluster.url,
-            "SPEECH_GATEWAY_OUTCOMES__REDIS_CLUSTER": "true",
-            "SPEECH_GATEWAY_OUTCOMES__REDIS_PREFIX": "ready-cluster",
+            "SPEECH_GATEWAY_REDIS__URL": cluster.url,
+            "SPEECH_GATEWAY_REDIS__CLUSTER": "true",
+            "SPEECH_GATEWAY_REDIS__PREFIX": "ready-cluster",
             "SPEECH_GATEWAY_OUTCOMES__JOURNAL_DIR": str(tmp_path / "journal"),
         }
         gateway = gateway_for(

@@ -34,8 +34,8 @@ def run_gateway(work: Path, alpha: LocalEmulator, bravo: LocalEmulator, url: str
     env = {
         **os.environ,
         "SPEECH_GATEWAY_OUTCOMES__STORE": "redis",
-        "SPEECH_GATEWAY_OUTCOMES__REDIS_URL": url,
-        "SPEECH_GATEWAY_OUTCOMES__REDIS_PREFIX": "sgw-persist",
+        "SPEECH_GATEWAY_REDIS__URL": url,
+        "SPEECH_GATEWAY_REDIS__PREFIX": "sgw-persist",
         "SPEECH_GATEWAY_OUTCOMES__JOURNAL_DIR": str(work / "journal"),
         "SPEECH_GATEWAY_LOGGING__FORMAT": "json",
     }

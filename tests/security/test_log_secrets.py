@@ -246,9 +246,9 @@ def hashed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     ):
         store = {
             "SPEECH_GATEWAY_OUTCOMES__STORE": "redis",
-            "SPEECH_GATEWAY_OUTCOMES__REDIS_URL": f"{redis.url}/0",
-            "SPEECH_GATEWAY_OUTCOMES__REDIS_PASSWORD": REDIS_PASSWORD,
-            "SPEECH_GATEWAY_OUTCOMES__REDIS_PREFIX": "sgw-logs",
+            "SPEECH_GATEWAY_REDIS__URL": f"{redis.url}/0",
+            "SPEECH_GATEWAY_REDIS__PASSWORD": REDIS_PASSWORD,
+            "SPEECH_GATEWAY_REDIS__PREFIX": "sgw-logs",
         }
         with gateway_process(work / "gateway", alpha.ws_url, "hash", store) as gateway:
             answers = asyncio.run(workload(gateway))

@@ -125,8 +125,8 @@ async def test_analyze_reads_the_redis_store(
     capsys.readouterr()  # the sink's own log lines
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.toml").write_text(
-        f'[outcomes]\nstore = "redis"\nredis_prefix = "{redis_keys.prefix}"\n'
-        'journal_dir = "journal"\n'
+        '[outcomes]\nstore = "redis"\njournal_dir = "journal"\n'
+        f'[redis]\nprefix = "{redis_keys.prefix}"\n'
     )
     argv = ["--config", "c.toml", "analyze", "--experiment", "e", "--control", "base"]
     # main() runs its own event loop: call it from a worker thread, off this test's loop.
@@ -240,8 +240,8 @@ async def test_a_bad_record_in_the_redis_store_is_one_line_naming_it(
         await client.aclose()
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.toml").write_text(
-        f'[outcomes]\nstore = "redis"\nredis_prefix = "{redis_keys.prefix}"\n'
-        'journal_dir = "journal"\n'
+        '[outcomes]\nstore = "redis"\njournal_dir = "journal"\n'
+        f'[redis]\nprefix = "{redis_keys.prefix}"\n'
     )
     argv = ["--config", "c.toml", "analyze", "--experiment", "e", "--control", "base"]
     assert await asyncio.to_thread(main, [*argv, "--json", "-"]) == 2
@@ -253,3 +253,19 @@ async def test_a_bad_record_in_the_redis_store_is_one_line_naming_it(
     assert f"{key} " in error
     assert f"record {bad_id}: field 'final_latency_ms'" in error
     assert "expected at most 1e+15, got 1.7e+308" in error
+
+
+def test_analyze_with_redis_unreachable_is_one_line_and_status_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("warning", "json")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text(
+        '[outcomes]\nstore = "redis"\njournal_dir = "journal"\n'
+        '[redis]\nurl = "redis://127.0.0.1:1/0"\n'  # nothing listens on port 1
+    )
+    assert main(["--config", "c.toml", "analyze", "--experiment", "e"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("speech-gateway: connect: ")
+    assert "Traceback" not in err
