@@ -107,8 +107,8 @@ IDLE_THREAD = (
 # in one of them was in C code (uvloop, aiohttp's Cython parsers, syscalls) called by the loop.
 PYTHON_ONLY_LOOP = (
     "run_app (aiohttp/web.py",
-    "_serve (gateway/cli.py",
-    "_emulate (gateway/cli.py",
+    "serve (gateway/server/serve.py",
+    "run (gateway/emulator/server.py",
     "run_until_complete (",
     "run_forever (",
     "Runner.run (asyncio/runners.py",

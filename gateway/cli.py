@@ -18,11 +18,10 @@ import asyncio
 import getpass
 import os
 import secrets
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway.config.gateway import build_gateway_config
 from gateway.config.settings import Settings, config_path, load_settings
@@ -34,12 +33,6 @@ from gateway.tools.analyze import add_analyze_arguments
 from gateway.tools.plan import add_plan_arguments
 from gateway.tools.replay import add_replay_arguments, replay_command
 
-if TYPE_CHECKING:
-    from aiohttp import web
-
-
-# The gateway's listen backlog: connections the kernel completes before the loop accepts them.
-LISTEN_BACKLOG = 4096
 CONFIG_HELP = (
     "the TOML settings file (default: $SPEECH_GATEWAY_CONFIG, else config/gateway.toml in "
     "the working directory); relative paths in it are relative to its folder"
@@ -191,23 +184,6 @@ def _emulator_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return section
 
 
-def _emulate(settings: Settings) -> None:
-    from aiohttp import web
-
-    from gateway.emulator.server import create_app
-
-    emulator = settings.emulator
-    app = create_app(emulator)
-    web.run_app(
-        app,
-        host=emulator.host,
-        port=emulator.port,
-        print=None,
-        access_log=None,
-        loop=new_event_loop(),
-    )
-
-
 async def _import_labels(settings: Settings, path: Path, by: str | None, skip_invalid: bool) -> str:
     from gateway.stores.factory import open_label_store
     from gateway.stores.label_store import import_labels
@@ -216,87 +192,9 @@ async def _import_labels(settings: Settings, path: Path, by: str | None, skip_in
         labeller = by or getpass.getuser()
     except (OSError, KeyError):
         raise ConfigError("--by", "cannot tell who you are: give --by NAME") from None
-    async with open_label_store(settings.outcomes) as store:
+    async with open_label_store(settings.outcomes, settings.redis.connection()) as store:
         result = await import_labels(path, store, labeller, skip_invalid)
     return result.summary()
-
-
-def _serve(settings: Settings) -> None:
-    from gateway.server.app import create_gateway_app
-
-    app = create_gateway_app(settings)
-    loop = new_event_loop()
-    try:
-        loop.run_until_complete(_run_gateway(app, settings))
-    finally:
-        leftovers = asyncio.all_tasks(loop)
-        for task in leftovers:
-            task.cancel()
-        if leftovers:
-            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
-
-
-async def _run_gateway(app: web.Application, settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain (docs/observability.md).
-
-    Not `web.run_app`: on a signal it closes the listening socket before anything else, so
-    `/readyz` could not say 503 while the live sessions finish, and it gives them only the
-    server's shutdown timeout before cancelling their handlers. Here the drain comes first
-    (new sessions get 503, `/readyz` too, live ones have `gateway.drain.grace_s`, then 1012),
-    and only then the runner's cleanup: stop listening, end the handlers, close the app
-    (which flushes the outcome sink). A second signal cuts the grace period short.
-    """
-    from aiohttp import web
-
-    from gateway.server.state import STATE
-
-    log = get_logger("gateway.serve")
-    gateway = settings.gateway
-    state = app[STATE]
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def on_signal(signum: signal.Signals) -> None:
-        if stop.is_set():
-            state.cut_grace()
-        else:
-            log.info("shutdown_signal", signal=signum.name)
-            stop.set()
-
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for signum in signals:  # before start-up: a signal during it drains right after it
-        loop.add_signal_handler(signum, on_signal, signum)
-    runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=gateway.drain.close_timeout_s
-    )
-    try:
-        await runner.setup()
-        try:
-            # aiohttp's default accept backlog (128) overflows when a fleet reconnects at
-            # once (`connection_burst`): the kernel then drops or resets the odd connection.
-            # The kernel caps it at net.core.somaxconn (4096 on current kernels).
-            site = web.TCPSite(runner, gateway.host, gateway.port, backlog=LISTEN_BACKLOG)
-            await site.start()
-            await stop.wait()
-            await state.drain(gateway.drain.grace_s, gateway.drain.close_timeout_s)
-        finally:
-            await runner.cleanup()
-    finally:
-        for signum in signals:
-            loop.remove_signal_handler(signum)
-    log.info("gateway_stopped")
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's loop where it is installed: its C transports make each socket call, of
-    which a relay makes several per audio frame, several times cheaper."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -331,9 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             config_file=os.path.abspath(path) if path is not None else None,
         )
         if args.command == "emulate":
-            _emulate(settings)
+            from gateway.emulator.server import run
+
+            run(settings.emulator)
         elif args.command == "serve":
-            _serve(settings)
+            from gateway.server.serve import serve
+
+            serve(settings)
         elif args.command == "label":
             print(asyncio.run(_import_labels(settings, args.file, args.by, args.skip_invalid)))
         elif args.command == "analyze":

@@ -17,7 +17,6 @@ from typing import Any, Literal, TextIO, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
-from aiohttp.http_exceptions import HttpProcessingError
 
 _SECRET_NAMES = ("key", "token", "authorization", "secret", "password", "credential")
 _REDACTED = "[redacted]"
@@ -73,10 +72,10 @@ class _NoRawRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
+        if exc is not None and _is_http_processing_error(exc):
             remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
             record.msg = "malformed HTTP request from %s refused: %s (HTTP %s)"
-            record.args = (remote, type(exc).__name__, exc.code)
+            record.args = (remote, type(exc).__name__, getattr(exc, "code", None))
             record.exc_info = None
             record.exc_text = None
             # aiohttp reports it as an error (or, for a first request that is no HTTP at
@@ -84,6 +83,15 @@ class _NoRawRequests(logging.Filter):
             if record.levelno > logging.WARNING:
                 record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
+
+
+def _is_http_processing_error(exc: BaseException) -> bool:
+    """Whether `exc` is aiohttp's `HttpProcessingError` (or a subclass), known by name so
+    that logging, which every module imports, does not import aiohttp."""
+    return any(
+        cls.__name__ == "HttpProcessingError" and cls.__module__ == "aiohttp.http_exceptions"
+        for cls in type(exc).__mro__
+    )
 
 
 _NO_RAW_REQUESTS = _NoRawRequests()

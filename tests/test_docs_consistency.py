@@ -270,3 +270,56 @@ def test_each_admin_route_lists_the_statuses_of_the_openapi_contract() -> None:
         else:
             union = set().union(*(paths[p][m]["responses"] for m, p in routes))
             assert codes(statuses) == union, routes
+
+
+# -- the layout ------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_the_readme_layout_names_every_package_folder() -> None:
+    layout = section((ROOT / "README.md").read_text(encoding="utf-8"), "Layout")
+    named = set(re.findall(r"`(gateway/[a-z_/]+/)`", layout))
+    folders = {
+        f"{path.relative_to(ROOT).as_posix()}/"
+        for path in (ROOT / "gateway").iterdir()
+        if path.is_dir() and (path / "__init__.py").is_file()
+    }
+    assert folders <= named, f"README's layout table misses {sorted(folders - named)}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_source_path_a_page_names_exists(page: Path) -> None:
+    text = page.read_text(encoding="utf-8")
+    paths = set(re.findall(r"(?<![\w/.])((?:gateway|tests|bench|scripts)/[\w/]+\.py)", text))
+    modules = set(re.findall(r"`(?:python -m )?(gateway(?:\.\w+)+)`", text))
+    missing = [p for p in sorted(paths) if not (ROOT / p).is_file()]
+    missing += [
+        m
+        for m in sorted(modules)
+        if not any(
+            (ROOT / candidate).exists()
+            for candidate in (
+                m.replace(".", "/") + ".py",
+                m.replace(".", "/"),
+                m.rpartition(".")[0].replace(".", "/") + ".py",  # a module's attribute
+            )
+        )
+        and _names_a_package_part(m)
+        and not _is_setting(m)
+    ]
+    assert not missing, f"{page.name} names what does not exist: {missing}"
+
+
+def _names_a_package_part(name: str) -> bool:
+    """`gateway.<part>...` where `<part>` is a module or package of gateway/ (a name such
+    as `gateway.max_rest_body_bytes` is an old setting's, not code's)."""
+    first = name.split(".")[1]
+    return (ROOT / "gateway" / f"{first}.py").is_file() or (ROOT / "gateway" / first).is_dir()
+
+
+def _is_setting(name: str) -> bool:
+    """`gateway.limits.idle_timeout_s` and the like: a setting (or section) of the generated
+    configuration reference, which is written from the settings model itself."""
+    return f"`{name}`" in doc("configuration.md") or f"`{name}." in doc("configuration.md")

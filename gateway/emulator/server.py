@@ -33,6 +33,7 @@ from gateway.emulator.usp_session import (
     UspSession,
 )
 from gateway.errors import CloseCode, RecognitionError, UspError
+from gateway.event_loop import new_event_loop
 from gateway.logging import get_logger
 from gateway.protocol.paths import USP_PATHS, V1_PATHS
 from gateway.protocol.usp import DEFAULT_LIMITS, decode_binary, decode_text
@@ -227,3 +228,16 @@ class _SessionDriver:
         if finishing:
             return self._session.stream_finished(events)
         return self._session.recognized(events)
+
+
+def run(emulator: EmulatorSettings) -> None:
+    """Serve the emulator until interrupted (`speech-gateway emulate`)."""
+    app = create_app(emulator)
+    web.run_app(
+        app,
+        host=emulator.host,
+        port=emulator.port,
+        print=None,
+        access_log=None,
+        loop=new_event_loop(),
+    )

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
 
-from gateway.errors import CloseCode, Limit, UspError, is_sendable_close_code
+from gateway.errors import CloseCode, LifecycleError, Limit, UspError, is_sendable_close_code
 from gateway.logging import get_logger
 from gateway.outcomes.record import OutcomeRecord
 from gateway.protocol.usp import (
@@ -91,10 +91,6 @@ TRANSITIONS: Mapping[Lifecycle, frozenset[Lifecycle]] = MappingProxyType(
 _RELAYING = Lifecycle.RELAYING
 _UNAVAILABLE = Lifecycle.UNAVAILABLE
 _ENDED = Lifecycle.ENDED
-
-
-class LifecycleError(RuntimeError):
-    """A lifecycle transition `TRANSITIONS` does not allow: a bug, not a peer's doing."""
 
 
 def transition(current: Lifecycle, target: Lifecycle) -> Lifecycle:

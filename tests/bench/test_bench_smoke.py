@@ -88,4 +88,5 @@ def test_hot_path_times_every_step(tmp_path: Path) -> None:
     assert any(step.startswith("relay: _Session._execute") for step in report)
     assert any(step.startswith("relay: RelaySession.forward_binary") for step in report)
     for step, value in report.items():
-        assert isinstance(value, float) and 0 < value < math.inf, (step, value)
+        assert isinstance(value, float), (step, value)
+        assert 0 < value < math.inf, (step, value)

@@ -18,8 +18,8 @@ import numpy as np
 
 from gateway.analysis.decision import guardrail_evidence
 from gateway.analysis.decision import guardrails as analysis_guardrails
-from gateway.analysis.observations import Outcome, OutcomeTable, VariantObservations
 from gateway.analysis.model import AnalysisOptions
+from gateway.analysis.observations import Outcome, OutcomeTable, VariantObservations
 from gateway.control.guardrails import (
     LATENCY_EDGES_MS,
     UNIT_FIELDS,

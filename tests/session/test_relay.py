@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
-from gateway.errors import Limit
+from gateway.errors import LifecycleError, Limit
 from gateway.outcomes.record import Kind, OutcomeRecord, Role
 from gateway.protocol.usp import UspLimits, decode_text, encode_binary, encode_text
 from gateway.protocol.wav import wave_header
@@ -17,7 +17,6 @@ from gateway.session.relay import (
     Command,
     Emit,
     Lifecycle,
-    LifecycleError,
     LimitHit,
     RelaySession,
     SessionLimits,
