@@ -5,9 +5,10 @@ that way is still a cycle in the design. The rules (README, "Layout"):
 
 * no import cycles among the gateway's modules;
 * the layers, lowest first: the shared base (`errors`, `constants`, `logging`,
-  `event_loop`), `protocol` and `text`, `stats`, `outcomes`, `control`, `session`,
-  `config`, `analysis`, `stores` and `emulator`, `server`, `tools`, `cli`; a module imports
-  only from its own package or from lower layers, so protocol < session < server;
+  `event_loop`), `protocol` and `text`, `stats`, `outcomes`, `control`, `session` and
+  `health`, `config`, `analysis`, `stores` and `emulator`, `server`, `tools`, `cli`; a
+  module imports only from its own package or from lower layers, so protocol < session <
+  server;
 * only `stores/` imports redis; only `server/`, `emulator/` and `tools/` import aiohttp;
 * only `cli.py` imports `tools/`.
 """
@@ -36,6 +37,7 @@ LAYERS: dict[str, int] = {
     "outcomes": 3,
     "control": 4,
     "session": 5,
+    "health": 5,
     "config": 6,
     "analysis": 7,
     "stores": 8,
