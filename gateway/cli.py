@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         help="HTTP status (http), close code (close) or RecognitionStatus (usp)",
     )
     emulate.add_argument("--failure-seed", type=int)
+    emulate.add_argument(
+        "--fallback-after-s",
+        type=float,
+        help="every custom endpoint silently falls back to the base model this many seconds "
+        "after start-up (0: off)",
+    )
 
     analyze = commands.add_parser(
         "analyze", help="analyse an experiment: rates, latency, WER, recommendation"
@@ -176,6 +182,7 @@ def _emulator_overrides(args: argparse.Namespace) -> dict[str, Any]:
             ("failure_kind", args.failure_kind),
             ("failure_status", args.failure_status),
             ("seed", args.failure_seed),
+            ("fallback_after_s", args.fallback_after_s),
         )
         if value is not None
     }

@@ -131,6 +131,8 @@ def test_emulate_with_invalid_option_is_an_error(capsys: pytest.CaptureFixture[s
     """An out-of-range option exits 2 naming the settings field, without starting the server."""
     assert main(["emulate", "--port", "70000"]) == 2
     assert "emulator.port" in capsys.readouterr().err
+    assert main(["emulate", "--fallback-after-s", "-1"]) == 2
+    assert "emulator.faults.fallback_after_s" in capsys.readouterr().err
 
 
 def test_unparsable_option_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,6 +20,7 @@ import tomllib
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -99,6 +100,14 @@ class FaultSettings(_Section):
         "code a server may send, or a RecognitionStatus (" + ", ".join(USP_FAILURE_STATUSES) + ").",
     )
     seed: int | None = Field(None, description="Seed of the failure draw; unset: random.")
+    fallback_after_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=365 * 24 * 3600,
+        description="This many seconds after the emulator is ready, every custom endpoint "
+        "silently falls back to the base model, as an expired Custom Speech model does "
+        "(0: never).",
+    )
 
     @field_validator("failure_status")
     @classmethod
@@ -115,6 +124,42 @@ class FaultSettings(_Section):
                     known = ", ".join(USP_FAILURE_STATUSES)
                     raise ValueError(f"{value!r} is not one of {known}")
         return value
+
+
+class ModelExpirySettings(_Section):
+    """The deprecation dates the emulator's Custom Speech API reports for one model; each
+    is a date (midnight UTC) or a date and time (without a zone: UTC)."""
+
+    adaptation: datetime | None = Field(
+        None,
+        description="The last day the model may be adapted (trained on); unset: one year "
+        "after the emulator started.",
+    )
+    transcription: datetime | None = Field(
+        None,
+        description="The last day the model transcribes; unset: two years after the "
+        "emulator started.",
+    )
+
+    @field_validator("adaptation", "transcription", mode="before")
+    @classmethod
+    def _date_is_midnight(cls, value: object) -> object:
+        # A TOML date, or a `YYYY-MM-DD` string from the environment, means that day's start.
+        if isinstance(value, str) and len(value) == 10:
+            try:
+                value = date.fromisoformat(value)
+            except ValueError:
+                return value  # pydantic reports it, naming the field
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return datetime.combine(value, time(), UTC)
+        return value
+
+    @field_validator("adaptation", "transcription")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class EmulatorSettings(_Section):
@@ -149,6 +194,17 @@ class EmulatorSettings(_Section):
         "file their language model is built from.",
     )
     model_cache: Path = Field(Path("var/models"), description="Where built custom models are kept.")
+    model_expiry: dict[str, ModelExpirySettings] = Field(
+        default_factory=dict,
+        description="Deprecation dates the Custom Speech API reports, by model (`base` or a "
+        "custom endpoint id): `adaptation` and `transcription`, dates or date-times (UTC).",
+    )
+    instant_texts: dict[str, str] = Field(
+        default_factory=dict,
+        description="The `instant` engine's transcript by model (`base` or a custom endpoint "
+        "id); a model not named answers `instant_text`. Makes a switch of an endpoint's "
+        "model visible without real recognition.",
+    )
     workers: int = Field(2, ge=1, le=64, description="Recogniser processes.")
     max_sessions: int = Field(
         16,
@@ -173,6 +229,19 @@ class EmulatorSettings(_Section):
                     f"custom endpoint id {endpoint_id!r} must be letters, digits, - or _"
                 )
         return custom
+
+    @field_validator("model_expiry", "instant_texts")
+    @classmethod
+    def _known_models(cls, table: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # `custom` is declared first, so it is validated by now (absent if it was invalid).
+        known = {"base", *info.data.get("custom", {})}
+        for model in table:
+            if model not in known:
+                raise ValueError(
+                    f"{model!r} is neither 'base' nor a custom endpoint id "
+                    f"(known: {', '.join(sorted(known))})"
+                )
+        return table
 
     def resolved_key(self) -> str | None:
         """The key from the environment or from `key_file`; None means no auth."""

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from gateway.config.settings import EmulatorSettings
+from gateway.emulator.custom_speech import Catalog
+from gateway.emulator.endpoints import EndpointTable
 from gateway.emulator.engines import Engine
 from gateway.emulator.faults import FaultInjector
 
@@ -17,6 +19,8 @@ class EmulatorState:
     engine: Engine
     key: str | None
     faults: FaultInjector
+    endpoints: EndpointTable  # the live endpoint -> model mapping
+    catalog: Catalog  # the models as the Custom Speech API describes them
     ready: bool = False
     active_sessions: int = 0
     served_sessions: int = 0

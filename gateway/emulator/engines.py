@@ -1,12 +1,14 @@
 """The emulator's recognition engines behind one small interface.
 
 `pocketsphinx` (the default) recognises for real in worker processes; `instant` answers at
-once with a scripted transcript, for load tests, and reports itself as `instant` wherever the
-engine is named (`/status`, start-up log) so nobody mistakes its results for recognition.
+once with a scripted transcript (one per model, when configured), for load tests, and
+reports itself as `instant` wherever the engine is named (`/status`, start-up log) so nobody
+mistakes its results for recognition.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from gateway.config.settings import EmulatorSettings
@@ -53,8 +55,15 @@ class PocketsphinxEngine:
 class InstantEngine:
     name = "instant"
 
-    def __init__(self, text: str, utterance_ms: int, custom_ids: frozenset[str]) -> None:
+    def __init__(
+        self,
+        text: str,
+        utterance_ms: int,
+        custom_ids: frozenset[str],
+        texts: Mapping[str, str] | None = None,
+    ) -> None:
         self._text = text
+        self._texts = dict(texts or {})
         self._utterance_ms = utterance_ms
         self._models = frozenset({BASE_MODEL}) | custom_ids
 
@@ -66,7 +75,9 @@ class InstantEngine:
         return None
 
     async def open_stream(self, config: StreamConfig) -> RecognitionStream:
-        return InstantStream(self._text, self._utterance_ms, config.sample_rate)
+        # A model's own script, so that a switch of an endpoint's model shows in its results.
+        text = self._texts.get(config.model, self._text)
+        return InstantStream(text, self._utterance_ms, config.sample_rate)
 
     async def close(self) -> None:
         return None
@@ -75,7 +86,10 @@ class InstantEngine:
 def create_engine(settings: EmulatorSettings) -> Engine:
     if settings.engine == "instant":
         return InstantEngine(
-            settings.instant_text, settings.instant_utterance_ms, frozenset(settings.custom)
+            settings.instant_text,
+            settings.instant_utterance_ms,
+            frozenset(settings.custom),
+            settings.instant_texts,
         )
     specs = model_specs(settings.custom, settings.model_cache)
     return PocketsphinxEngine(RecognizerPool(specs, settings.workers))

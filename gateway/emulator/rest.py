@@ -46,8 +46,9 @@ async def _recognize(request: web.Request, state: EmulatorState) -> web.Response
         opts.check_language()
     except UspError as exc:
         raise RestError(exc.reason, 400) from None
-    model = opts.endpoint_id or "base"
-    if model not in state.engine.models:
+    # The model the endpoint maps to now (it may have been switched at run time).
+    model = state.endpoints.resolve(opts.endpoint_id)
+    if model is None:
         raise RestError("Unknown endpoint id (cid).", 400)
     failure = state.faults.draw()
     if isinstance(failure, HttpFailure):

@@ -2,8 +2,9 @@
 
 Routes: USP over WebSocket on the three v1 recognition paths and both universal v2 paths;
 REST short audio (POST) on the v1 paths; `POST /sts/v1.0/issueToken`; `/`, `/ready` and
-`/status`. Each WebSocket connection gets its own `UspSession` (no per-connection state on
-the app), driven here by executing the commands the session returns.
+`/status`; the Custom Speech API subset and the endpoint switch (`custom_speech_api`).
+Each WebSocket connection gets its own `UspSession` (no per-connection state on the app),
+driven here by executing the commands the session returns.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import assert_never
 from aiohttp import WSMsgType, web
 
 from gateway.config.settings import EmulatorSettings
-from gateway.emulator import auth, options, rest
+from gateway.emulator import auth, custom_speech_api, options, rest
 from gateway.emulator.app_state import STATE, EmulatorState, unauthorized
+from gateway.emulator.custom_speech import Catalog
+from gateway.emulator.endpoints import EndpointTable
 from gateway.emulator.engines import Engine, create_engine
 from gateway.emulator.faults import FaultInjector, HttpFailure
 from gateway.emulator.recognition import RecognitionStream, StreamCall
@@ -43,11 +46,14 @@ log = get_logger(__name__)
 
 def create_app(settings: EmulatorSettings) -> web.Application:
     app = web.Application(client_max_size=settings.max_rest_body_bytes)
+    endpoints = EndpointTable(settings.custom, fallback_after_s=settings.faults.fallback_after_s)
     state = EmulatorState(
         settings=settings,
         engine=create_engine(settings),
         key=settings.resolved_key(),
         faults=FaultInjector(settings.faults),
+        endpoints=endpoints,
+        catalog=Catalog(frozenset(settings.custom), settings.model_expiry, endpoints.created_at),
     )
     app[STATE] = state
     for path in USP_PATHS:
@@ -59,6 +65,7 @@ def create_app(settings: EmulatorSettings) -> web.Application:
     app.router.add_get("/", home_handler)
     app.router.add_get("/ready", ready_handler)
     app.router.add_get("/status", status_handler)
+    custom_speech_api.add_routes(app)
     app.on_startup.append(_start_engine)
     app.on_cleanup.append(_stop_engine)
     return app
@@ -68,6 +75,7 @@ async def _start_engine(app: web.Application) -> None:
     state = app[STATE]
     await state.engine.start()
     state.ready = True
+    state.endpoints.start()
     log.info("emulator_ready", engine=state.engine.name, models=sorted(state.engine.models))
 
 
@@ -122,7 +130,7 @@ async def usp_handler(request: web.Request) -> web.StreamResponse:
         url_options = options.from_query(request.path, request.query)
     except UspError as exc:
         raise web.HTTPBadRequest(text=exc.reason) from None
-    if url_options.endpoint_id and url_options.endpoint_id not in state.engine.models:
+    if state.endpoints.resolve(url_options.endpoint_id) is None:
         raise web.HTTPBadRequest(text="Unknown endpoint id (cid).")
     ws = web.WebSocketResponse(protocols=("USP",), max_msg_size=DEFAULT_LIMITS.max_text_bytes)
     # Handshake before admission: a request that is no WebSocket upgrade fails here and
@@ -133,7 +141,7 @@ async def usp_handler(request: web.Request) -> web.StreamResponse:
         # The service's answer to too many concurrent sessions: the native SDK reports
         # TooManyRequests and does not retry (a status phrase would be retried 5 times).
         failure = Failure(close_code=CloseCode.TOO_MANY_REQUESTS)
-    session = UspSession(request.path, url_options, state.engine.models, failure)
+    session = UspSession(request.path, url_options, state.endpoints.resolve, failure)
     driver = _SessionDriver(ws, session, state.engine, state.faults.latency_s)
     try:
         await driver.serve()

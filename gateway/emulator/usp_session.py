@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum, auto
 
@@ -35,7 +35,8 @@ from gateway.errors import UspError
 from gateway.protocol.usp import BinaryMessage, Path, RecognitionStatus, TextMessage, encode_text
 from gateway.protocol.wav import WaveHeaderReader, require_pcm16_mono_16k
 
-BASE_MODEL = "base"
+# The model an endpoint id (None: no endpoint) recognises with now; None: no such endpoint.
+ModelResolver = Callable[[str | None], str | None]
 # Silence is acknowledged in steps this long, keeping unacknowledged audio far below the
 # native SDK's 66 s overflow limit; the margin leaves room for the VAD's look-back.
 SILENCE_ACK_STEP = ticks(10.0)
@@ -101,12 +102,13 @@ class UspSession:
         self,
         url_path: str,
         url_options: RecognitionOptions,
-        models: frozenset[str],
+        resolve: ModelResolver,
         failure: Failure | None = None,
     ) -> None:
         self._path_mode = opts.mode_from_path(url_path)
         self._url_options = url_options
-        self._models = models
+        self._resolve = resolve
+        self._model: str | None = None  # the turn's model, resolved at its speech.context
         self._failure = failure
         self._state = TurnState.IDLE
         self._request_id: str | None = None
@@ -145,7 +147,9 @@ class UspSession:
             self._options.check_language()
         except UspError:
             return commands + self._fail_turn(RecognitionStatus.BAD_REQUEST)
-        if self._model() not in self._models:
+        # Resolved once per turn: an endpoint switched meanwhile applies from the next turn.
+        self._model = self._resolve(self._options.endpoint_id)
+        if self._model is None:
             return commands + self._fail_turn(RecognitionStatus.BAD_REQUEST)
         return commands
 
@@ -166,8 +170,9 @@ class UspSession:
             require_pcm16_mono_16k(fmt)
             self._state = TurnState.STREAMING
             self._stream_open = True
+            assert self._model is not None  # a turn without a model ended at its context
             config = StreamConfig(
-                model=self._model(),
+                model=self._model,
                 segmentation_silence_ms=self._options.segmentation_silence_ms,
                 sample_rate=fmt.sample_rate,
             )
@@ -279,6 +284,7 @@ class UspSession:
         self._state = TurnState.AWAITING_HEADER
         self._header = WaveHeaderReader()
         self._options = self._url_options
+        self._model = None
         self._audio_bytes = 0
         self._acked = 0
         self._in_speech = False
@@ -297,9 +303,6 @@ class UspSession:
 
     def _fail_turn(self, status: RecognitionStatus) -> list[Command]:
         return [self._status(status, 0, 0), *self._end_turn()]
-
-    def _model(self) -> str:
-        return self._options.endpoint_id or BASE_MODEL
 
     def _audio_ticks(self) -> int:
         return ticks(self._audio_bytes / (self._sample_rate * 2))

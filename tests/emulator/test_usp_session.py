@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from gateway.emulator.endpoints import EndpointTable
 from gateway.emulator.options import Mode, RecognitionOptions
 from gateway.emulator.recognition import (
     Alternative,
@@ -40,7 +41,8 @@ from gateway.protocol.wav import wave_header
 RID = "9bed34362cbb4432963cb66e84906729"
 V1_CONVERSATION = "/speech/recognition/conversation/cognitiveservices/v1"
 V1_INTERACTIVE = "/speech/recognition/interactive/cognitiveservices/v1"
-MODELS = frozenset({"base", "banking"})
+# The endpoint "banking" deploys the model "banking"; no endpoint id: the base model.
+MODELS = EndpointTable(["banking"]).resolve
 
 
 def context(rid: str = RID, body: dict[str, object] | None = None) -> object:
@@ -246,3 +248,17 @@ def test_recognizer_failure_mid_turn_answers_error_status() -> None:
     out = session.recognizer_failed()
     assert [b["RecognitionStatus"] for p, b in sent(out) if p == "speech.phrase"] == ["Error"]
     assert session.state is TurnState.DONE
+
+
+def test_an_endpoint_switch_applies_from_the_next_turn() -> None:
+    """A turn keeps the model its endpoint had at its speech.context; the next turn on the
+    same connection recognises with the model the endpoint was switched to."""
+    table = EndpointTable(["banking"])
+    session = UspSession(V1_CONVERSATION, RecognitionOptions(endpoint_id="banking"), table.resolve)
+    session.receive_text(context())  # type: ignore[arg-type]
+    table.switch("banking", "base", silent=True)
+    first = session.receive_binary(audio(wave_header()))  # type: ignore[arg-type]
+    assert [c.config.model for c in first if isinstance(c, OpenStream)] == ["banking"]
+    session.receive_text(context(rid="1" * 32))  # type: ignore[arg-type]
+    second = session.receive_binary(audio(wave_header(), rid="1" * 32))  # type: ignore[arg-type]
+    assert [c.config.model for c in second if isinstance(c, OpenStream)] == ["base"]
