@@ -24,15 +24,18 @@ from gateway.control.breaker import BreakerPolicy
 from gateway.control.guardrails import Guardrails
 from gateway.control.model import (
     Backend,
+    Canary,
     Client,
     Experiment,
     GatewayConfig,
+    HealthConfig,
     Mode,
     Targeting,
     Variant,
     hash_key,
 )
 from gateway.errors import ConfigError
+from gateway.health.canary import CANARY_CLIENT, load_references
 
 # Names travel in query parameters (`gw-variant`), records and metric labels.
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -66,6 +69,19 @@ class BackendSettings(_Model):
         description="A file holding `key`; set one of them, or neither for a backend "
         "without auth (a local emulator, a Speech container).",
     )
+    management_url: str | None = Field(
+        None,
+        description="The Speech resource's management API root (`http` or `https`, no "
+        "credentials, query or fragment), e.g. `https://westus.api.cognitive.microsoft.com`: "
+        "the gateway reads its Custom Speech models and endpoints there (expiry dates, the "
+        "model behind each custom endpoint). Unset: no lifecycle checks.",
+    )
+    management_key: SecretStr | None = Field(
+        None,
+        description="The Speech resource key for `management_url`; with neither it nor "
+        "`management_key_file`, the backend's own key.",
+    )
+    management_key_file: Path | None = Field(None, description="A file holding `management_key`.")
 
 
 class VariantSettings(_Model):
@@ -143,6 +159,93 @@ class GuardrailSettings(_Model):
     )
 
 
+class CanarySettings(_Model):
+    """A labelled canary set the gateway sends to every variant on a schedule, to notice a
+    model that changed under a variant (docs/health.md)."""
+
+    dataset: Path = Field(
+        description='A folder in the replay format: `manifest.jsonl` (one `{"id", '
+        '"audio", "text"}` a line, audio relative to the folder) and 16 kHz 16-bit '
+        "mono WAV files. Relative to the settings file."
+    )
+    interval_s: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        description="How often a round starts, in seconds; a round sends every item to "
+        "every variant, one utterance at a time, and rounds never overlap.",
+    )
+    timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="How long one canary utterance may take, connection included, in "
+        "seconds; past it the utterance counts as failed (`timeout`).",
+    )
+    baseline_rounds: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="Rounds that make a variant's baseline (after start, a new phase or a "
+        "model change) before its WER is tested for a change.",
+    )
+    alpha: float = Field(
+        0.01,
+        gt=0,
+        le=0.5,
+        description="The largest chance that the change test ever raises a false alarm for "
+        "a variant whose model did not change, over any number of rounds.",
+    )
+    min_change_points: float = Field(
+        2.0,
+        ge=0,
+        lt=100,
+        description="The smallest change of a variant's canary WER worth an alert, in "
+        "percentage points.",
+    )
+    pause_on_alert: bool = Field(
+        False,
+        description="An alert about a challenger also rolls it back to weight 0 (a new "
+        "phase), as a guardrail does.",
+    )
+
+
+class HealthSettings(_Model):
+    """The model-health machinery of this process: canaries, lifecycle checks, alerts."""
+
+    run: bool = Field(
+        True,
+        description="Canaries and lifecycle checks run in this process; with several "
+        "replicas, turn it on in one only.",
+    )
+    webhook_url: str | None = Field(
+        None,
+        repr=False,
+        description="Alerts are POSTed here as JSON (`http` or `https`); unset or empty: "
+        "no webhook. It may carry a token; it is never logged.",
+    )
+    webhook_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="How long one webhook delivery may take, in seconds."
+    )
+    webhook_attempts: int = Field(
+        3, ge=1, le=10, description="Deliveries tried per alert before it is given up."
+    )
+    lifecycle_interval_s: float = Field(
+        3600.0,
+        gt=0,
+        le=7 * 86_400,
+        description="How often the Custom Speech API of each backend with a "
+        "`management_url` is read, in seconds.",
+    )
+    expiry_warning_days: int = Field(
+        30,
+        ge=0,
+        le=3650,
+        description="A custom model whose adaptation or transcription expiry is this many "
+        "days away or less raises a warning.",
+    )
+
+
 class ExperimentSettings(_Model):
     id: str = Field(
         description="The experiment's id: 1-64 letters, digits, `.`, `-` or `_`; not `_default`."
@@ -192,6 +295,16 @@ class ExperimentSettings(_Model):
         description="The smallest WER gain worth shipping, in percentage points (1.0: from "
         "12 % to 11 %): the analysis recommends shipping a challenger only when its gain is "
         "shown to be at least this; 0: any gain.",
+    )
+    holdout_share: float = Field(
+        0.05,
+        gt=0,
+        le=0.5,
+        description="Control's share of the traffic once a challenger is shipped (`admin "
+        "ship`): the holdout that keeps measuring the shipped model against the old one.",
+    )
+    canary: CanarySettings | None = Field(
+        None, description="A canary set sent to every variant on a schedule; unset: none."
     )
 
 
@@ -490,6 +603,9 @@ class GatewaySettings(_Model):
     limits: LimitSettings = Field(
         LimitSettings(), description="What one client, session or request may use."
     )
+    health: HealthSettings = Field(
+        HealthSettings(), description="Canaries, lifecycle checks and their alerts."
+    )
     ready_requires_redis: bool = Field(
         False,
         description="`/readyz` answers 503 while a Redis the gateway uses does not answer "
@@ -544,7 +660,12 @@ def build_gateway_config(settings: GatewaySettings) -> GatewayConfig:
     default = None
     if settings.default_variant is not None:
         default = _default_variant(settings.default_variant, f"{prefix}.default_variant", backends)
-    return GatewayConfig(clients=clients, experiments=tuple(experiments), default_variant=default)
+    return GatewayConfig(
+        clients=clients,
+        experiments=tuple(experiments),
+        default_variant=default,
+        health=_health(settings.health, f"{prefix}.health"),
+    )
 
 
 def _backend(name: str, settings: BackendSettings, where: str) -> Backend:
@@ -569,7 +690,110 @@ def _backend(name: str, settings: BackendSettings, where: str) -> Backend:
         raise ConfigError(f"{where}.url", f"bad port: {exc}") from exc
     # "ws://host:5000/" and "ws://host:5000" name the same root; paths are appended to it.
     root = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-    return Backend(name=name, url=root, key=_backend_key(settings, where))
+    key = _backend_key(settings, where)
+    management_url = None
+    management_key = None
+    if settings.management_url is not None:
+        management_url = _http_root(settings.management_url, f"{where}.management_url")
+        management_key = _management_key(settings, where)
+        if management_key is None:
+            management_key = key  # one Speech resource key serves both APIs
+    elif settings.management_key is not None or settings.management_key_file is not None:
+        field = "management_key" if settings.management_key is not None else "management_key_file"
+        raise ConfigError(f"{where}.{field}", "has no use without management_url")
+    return Backend(
+        name=name,
+        url=root,
+        key=key,
+        management_url=management_url,
+        management_key=management_key,
+    )
+
+
+def _http_root(url: str, where: str) -> str:
+    """An `http(s)` API root without credentials, query or fragment, no trailing slash."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(where, "contains whitespace or control characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(where, f"scheme must be http or https, not {parts.scheme!r}")
+    if not parts.hostname:
+        raise ConfigError(where, "has no host")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(where, "carries credentials; use management_key or management_key_file")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ConfigError(where, "must be the API root, without query or fragment")
+    try:
+        parts.port  # noqa: B018 - parsing the port validates it
+    except ValueError as exc:
+        raise ConfigError(where, f"bad port: {exc}") from exc
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _management_key(settings: BackendSettings, where: str) -> str | None:
+    if settings.management_key is not None and settings.management_key_file is not None:
+        raise ConfigError(
+            f"{where}.management_key_file", "set management_key or management_key_file, not both"
+        )
+    if settings.management_key is not None:
+        key, field = settings.management_key.get_secret_value(), f"{where}.management_key"
+    elif settings.management_key_file is not None:
+        field = f"{where}.management_key_file"
+        key = read_secret_file(settings.management_key_file, field)
+    else:
+        return None
+    if not key:
+        raise ConfigError(field, "the key is empty; leave it unset to use the backend's key")
+    return key
+
+
+def _health(settings: HealthSettings, where: str) -> HealthConfig:
+    webhook_url = settings.webhook_url or None  # "" as in the example file: no webhook
+    if webhook_url is not None:
+        _check_webhook_url(webhook_url, f"{where}.webhook_url")
+    return HealthConfig(
+        run=settings.run,
+        webhook_url=webhook_url,
+        webhook_timeout_s=settings.webhook_timeout_s,
+        webhook_attempts=settings.webhook_attempts,
+        lifecycle_interval_s=settings.lifecycle_interval_s,
+        expiry_warning_days=settings.expiry_warning_days,
+    )
+
+
+def _check_webhook_url(url: str, where: str) -> None:
+    # Messages never repeat the URL: its path or query may hold the receiver's token.
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(where, "contains whitespace or control characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(where, "scheme must be http or https")
+    if not parts.hostname:
+        raise ConfigError(where, "has no host")
+    if parts.fragment or url.endswith("#"):
+        raise ConfigError(where, "must not have a fragment")
+    try:
+        parts.port  # noqa: B018 - parsing the port validates it
+    except ValueError:
+        raise ConfigError(where, "has a bad port") from None
+
+
+def _canary(settings: CanarySettings | None, where: str) -> Canary | None:
+    if settings is None:
+        return None
+    try:
+        load_references(settings.dataset)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.dataset", f"{exc.field}: {exc.problem}") from exc
+    return Canary(
+        dataset=settings.dataset,
+        interval_s=settings.interval_s,
+        timeout_s=settings.timeout_s,
+        baseline_rounds=settings.baseline_rounds,
+        alpha=settings.alpha,
+        min_change_points=settings.min_change_points,
+        pause_on_alert=settings.pause_on_alert,
+    )
 
 
 def _backend_key(settings: BackendSettings, where: str) -> str | None:
@@ -594,6 +818,8 @@ def _clients(settings: list[ClientSettings], where: str) -> tuple[Client, ...]:
     for index, client in enumerate(settings):
         at = f"{where}[{index}]"
         _check_name(client.name, f"{at}.name")
+        if client.name == CANARY_CLIENT:
+            raise ConfigError(f"{at}.name", f"{CANARY_CLIENT!r} is reserved for canary records")
         if client.name in names:
             raise ConfigError(f"{at}.name", f"duplicate client name {client.name!r}")
         if not _DIGEST.fullmatch(client.key_sha256):
@@ -668,6 +894,8 @@ def _experiment(
         guardrails=_guardrails(settings.guardrails, f"{where}.guardrails"),
         locale=locale,
         min_wer_gain=settings.min_wer_gain_points / 100,
+        canary=_canary(settings.canary, f"{where}.canary"),
+        holdout_share=settings.holdout_share,
     )
 
 

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from gateway.control.guardrails import Guardrails
@@ -42,6 +43,11 @@ class Backend:
     url: str
     # The backend's own subscription key; it never leaves the gateway, so never in a repr.
     key: str | None = field(default=None, repr=False)
+    # The Speech resource's management API root (Custom Speech REST API), e.g.
+    # `https://westus.api.cognitive.microsoft.com`; None: no lifecycle checks.
+    management_url: str | None = None
+    # The key of that API: the configured management key, else the backend's own key.
+    management_key: str | None = field(default=None, repr=False)
 
     def ws_url(self, path: str, query: str) -> str:
         """The WebSocket URL of `path` (with `query`, without its "?") on this backend."""
@@ -90,6 +96,33 @@ class Targeting:
 
 
 @dataclass(frozen=True, slots=True)
+class Canary:
+    """An experiment's canary set and schedule (docs/health.md): the gateway itself sends
+    the set to every variant every `interval_s` and watches its WER for changes."""
+
+    dataset: Path  # a replay-format folder (manifest.jsonl with id, audio, text)
+    interval_s: float
+    timeout_s: float  # per canary utterance
+    baseline_rounds: int
+    alpha: float  # false-alarm probability of the change test over all rounds
+    min_change_points: float  # the smallest WER change worth an alert, in points
+    pause_on_alert: bool  # an alert also rolls the challenger back to weight 0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """The model-health machinery of this process: canaries, lifecycle checks, alerts."""
+
+    run: bool = True  # canaries and lifecycle checks run here (several replicas: on one)
+    # Alerts are POSTed here as JSON; None: no webhook. It may carry a token: no repr.
+    webhook_url: str | None = field(default=None, repr=False)
+    webhook_timeout_s: float = 5.0
+    webhook_attempts: int = 3
+    lifecycle_interval_s: float = 3600.0
+    expiry_warning_days: int = 30
+
+
+@dataclass(frozen=True, slots=True)
 class Experiment:
     """Variants, their weights and how a session picks one (see `docs/assignment.md`)."""
 
@@ -114,6 +147,11 @@ class Experiment:
     # The smallest WER gain worth shipping, as a fraction (0.01: one point): the analysis
     # recommends "ship custom" only when the gain is shown to be at least this.
     min_wer_gain: float = 0.0
+    # The canary set sent to every variant on a schedule; None: no canaries.
+    canary: Canary | None = None
+    # Control's share of the traffic once a challenger is shipped (the holdout that keeps
+    # measuring the shipped model against the one it replaced).
+    holdout_share: float = 0.05
 
     def session_locale(self, locale: str | None) -> str | None:
         """The locale of a session this experiment takes: its own, else the assumed one."""
@@ -158,6 +196,7 @@ class GatewayConfig:
     experiments: tuple[Experiment, ...]
     # Serves requests that no experiment targets; None: such requests are refused.
     default_variant: Variant | None
+    health: HealthConfig = HealthConfig()
 
     def authenticate(self, key: str) -> Client | None:
         """The client whose key this is, or None.

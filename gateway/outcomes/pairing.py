@@ -76,7 +76,7 @@ def _index(records: Iterable[OutcomeRecord]) -> tuple[list[OutcomeRecord], _Grou
         seen.add(record.record_id)
         if record.role is Role.PRIMARY:
             primaries.append(record)
-        else:
+        elif record.role is Role.SHADOW:  # canary records are nobody's partner
             shadows[record.session_id, record.kind][record.variant].append(record)
     groups: _Groups = {}
     for key, variants in shadows.items():

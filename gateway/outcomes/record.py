@@ -51,12 +51,16 @@ class Kind(StrEnum):
 class Role(StrEnum):
     PRIMARY = "primary"  # the variant whose results the client saw
     SHADOW = "shadow"  # a challenger fed the same audio; the client never saw its results
+    # A canary utterance the gateway sent itself to watch a variant's model; never part of
+    # an experiment's evidence, its guardrails or its shadow pairs.
+    CANARY = "canary"
 
 
 class UnitSource(StrEnum):
     QUERY = "query"
     HEADER = "header"
     CONNECTION = "connection"  # no unit id given: the connection id stands in
+    CANARY = "canary"  # a canary record: the unit is the canary item's id, not a user
 
 
 class Protocol(StrEnum):

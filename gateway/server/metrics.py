@@ -7,9 +7,10 @@ fixed vocabularies (roles, protocols, statuses), never ids of sessions or units,
 number of series stays bounded: a value outside its vocabulary, or past a label's cap of
 distinct values, is counted under `_other`, and a missing one under `_none`.
 
-Three feeds: `observe(record)` once per outcome record (`GatewayState.submit`), the
-`SessionObserver` calls of `LiveSessions.hold`, and, at scrape time only, the outcome sink's
-own counters and queue depths (`watch_sink`).
+Four feeds: `observe(record)` once per outcome record (`GatewayState.submit`; canary records
+count under role `canary`), the `SessionObserver` calls of `LiveSessions.hold`, the model-health
+machinery (`canary_round`, `health_alert`, `model_expiry`), and, at scrape time only, the
+outcome sink's own counters and queue depths (`watch_sink`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from gateway.constants import NO_EXPERIMENT
+from gateway.health.alerts import ALERT_KINDS
 from gateway.outcomes.record import OutcomeRecord, Role
 from gateway.protocol.usp import RecognitionStatus
 from gateway.server.sessions import LiveSession
@@ -59,6 +61,14 @@ LATENCY_BUCKETS_MS: Final = (
 )
 # Shadow sessions whose dropped-frame total is remembered (records carry a running total).
 SHADOW_DROP_SESSIONS: Final = 4096
+
+
+_ALERT_KINDS: Final = frozenset(ALERT_KINDS)
+_EXPIRY_KINDS: Final = frozenset({"adaptation", "transcription"})
+
+
+def _alert_kind(kind: str) -> str:
+    return kind if kind in _ALERT_KINDS else OTHER
 
 
 class _Vocabulary:
@@ -268,6 +278,42 @@ class GatewayMetrics:
             registry=r,
         )
 
+        # Model health (docs/health.md): canary rounds, alerts, custom models' expiry.
+        self._endpoints = _Vocabulary(NAME_CAP)
+        self._backends = _Vocabulary(NAME_CAP)
+        self.canary_wer = Gauge(
+            "speech_gateway_canary_wer",
+            "The last canary round's WER of a variant (0..1), over the items it answered.",
+            ["experiment", "variant"],
+            registry=r,
+        )
+        self.canary_latency = Gauge(
+            "speech_gateway_canary_latency_ms",
+            "The last canary round's median latency of a variant, in ms (end of audio to "
+            "final result).",
+            ["experiment", "variant"],
+            registry=r,
+        )
+        self.canary_rounds = Counter(
+            "speech_gateway_canary_rounds",
+            "Canary rounds of a variant: ok (some item answered) or failed (none).",
+            ["experiment", "variant", "result"],
+            registry=r,
+        )
+        self.health_alerts = Counter(
+            "speech_gateway_health_alerts",
+            "Model-health alerts raised, by kind.",
+            ["experiment", "variant", "kind"],
+            registry=r,
+        )
+        self.model_expiry_days = Gauge(
+            "speech_gateway_model_expiry_days",
+            "Days until the model behind a custom endpoint expires for adaptation or "
+            "transcription; negative once past.",
+            ["backend", "endpoint", "kind"],
+            registry=r,
+        )
+
     # -- feeds --------------------------------------------------------------------------------
 
     def observe(self, record: OutcomeRecord) -> None:
@@ -304,6 +350,37 @@ class GatewayMetrics:
             self._shadow_drops[key] = max(before, record.shadow_drops)
             if len(self._shadow_drops) > SHADOW_DROP_SESSIONS:
                 self._shadow_drops.popitem(last=False)
+
+    def canary_round(
+        self,
+        experiment: str,
+        variant: str,
+        *,
+        ok: bool,
+        wer: float | None,
+        latency_ms: float | None,
+    ) -> None:
+        """One canary round of a variant; a failed round leaves the gauges at their last
+        value (the counter says it failed)."""
+        labels = (self._experiments(experiment), self._variants(variant))
+        self.canary_rounds.labels(*labels, "ok" if ok else "failed").inc()
+        if wer is not None:
+            self.canary_wer.labels(*labels).set(wer)
+        if latency_ms is not None:
+            self.canary_latency.labels(*labels).set(latency_ms)
+
+    def health_alert(self, experiment: str, variant: str | None, kind: str) -> None:
+        """Count one alert (kind: `gateway.health.alerts.AlertKind`)."""
+        self.health_alerts.labels(
+            self._experiments(experiment), self._variants(variant), _alert_kind(kind)
+        ).inc()
+
+    def model_expiry(self, backend: str, endpoint: str, kind: str, days: float) -> None:
+        """Days until a custom endpoint's model expires (kind: adaptation | transcription)."""
+        label = kind if kind in _EXPIRY_KINDS else OTHER
+        self.model_expiry_days.labels(
+            self._backends(backend), self._endpoints(endpoint), label
+        ).set(days)
 
     def session_started(self, session: LiveSession) -> None:
         labels = self._session_labels(session)

@@ -12,12 +12,15 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.config.gateway import GatewaySettings, build_gateway_config
+from gateway.config.settings import load_settings
 from gateway.control.assignment import phase_id
 from gateway.control.model import (
     Backend,
+    Canary,
     Client,
     Experiment,
     GatewayConfig,
+    HealthConfig,
     Targeting,
     Variant,
     hash_key,
@@ -610,3 +613,302 @@ def test_a_later_experiment_assuming_a_locale_is_not_covered() -> None:
     assert selected(config, "conversation", "en-us", "batch") == "banking-ab"
     data["experiments"][0]["locale"] = "en-us"
     assert field_of(data) == "gateway.experiments[1].targeting"
+
+
+# -- model health: canaries, holdout, management API, [gateway.health] --------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+CANARY_SET = ROOT / "data" / "canary"
+
+
+def with_canary(dataset: Path | str, **extra: Any) -> dict[str, Any]:
+    return put(valid(), "experiments.0.canary", {"dataset": str(dataset), **extra})
+
+
+def test_health_defaults_and_no_canary_by_default() -> None:
+    """Without the new tables: the documented defaults, no canary, a 5 % holdout."""
+    config = build(valid())
+    assert config.health == HealthConfig()
+    assert (config.health.run, config.health.webhook_url) == (True, None)
+    assert (config.health.webhook_timeout_s, config.health.webhook_attempts) == (5.0, 3)
+    assert (config.health.lifecycle_interval_s, config.health.expiry_warning_days) == (3600.0, 30)
+    assert all(e.canary is None and e.holdout_share == 0.05 for e in config.experiments)
+    backend = config.experiments[0].variants[0].backend
+    assert (backend.management_url, backend.management_key) == (None, None)
+
+
+def test_a_canary_table_builds_the_frozen_canary() -> None:
+    """Every canary setting reaches the model; unset ones take their defaults."""
+    data = with_canary(CANARY_SET, interval_s=60, alpha=0.05, pause_on_alert=True)
+    put(data, "experiments.0.holdout_share", 0.1)
+    experiment = build(data).experiments[0]
+    assert experiment.canary == Canary(
+        dataset=CANARY_SET,
+        interval_s=60.0,
+        timeout_s=30.0,
+        baseline_rounds=3,
+        alpha=0.05,
+        min_change_points=2.0,
+        pause_on_alert=True,
+    )
+    assert experiment.holdout_share == 0.1
+
+
+def test_the_canary_dataset_is_relative_to_the_settings_file(tmp_path: Path) -> None:
+    """`dataset` in the TOML file is read relative to the file's folder, as other paths."""
+    canary = tmp_path / "sets" / "canary"
+    canary.mkdir(parents=True)
+    (canary / "a.wav").write_bytes(b"")
+    (canary / "manifest.jsonl").write_text(
+        '{"id": "a", "audio": "a.wav", "text": "hello"}\n', encoding="utf-8"
+    )
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "gateway.toml").write_text(
+        "[[gateway.experiments]]\n"
+        'id = "e"\ncontrol = "a"\n'
+        'variants = [{name = "a", backend = "local", weight = 1}]\n'
+        "[gateway.experiments.canary]\n"
+        'dataset = "../sets/canary"\n'
+        "[gateway.backends.local]\n"
+        'url = "ws://127.0.0.1:5000"\n',
+        encoding="utf-8",
+    )
+    settings = load_settings(folder / "gateway.toml")
+    built = build_gateway_config(settings.gateway).experiments[0].canary
+    assert built is not None
+    assert built.dataset.is_absolute()
+    assert built.dataset.resolve() == canary.resolve()
+
+
+@pytest.mark.parametrize(
+    ("manifest", "problem"),
+    [
+        (None, "cannot read manifest"),
+        ("", "lists no utterances"),
+        ("not json\n", "not JSON"),
+        ('{"id": "a", "audio": "a.wav"}\n', "'text'"),
+        ('{"id": "a", "audio": "missing.wav", "text": "hello"}\n', "does not exist"),
+    ],
+)
+def test_a_bad_canary_dataset_names_the_setting(
+    tmp_path: Path, manifest: str | None, problem: str
+) -> None:
+    """The manifest is read at load (not the audio): its problem is reported at
+    `gateway.experiments[i].canary.dataset`, with the file and line."""
+    if manifest is not None:
+        (tmp_path / "manifest.jsonl").write_text(manifest, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        build(with_canary(tmp_path))
+    assert caught.value.field == "gateway.experiments[0].canary.dataset"
+    assert problem in caught.value.problem
+    assert "manifest.jsonl" in caught.value.problem
+
+
+def test_a_canary_dataset_that_is_no_folder_fails(tmp_path: Path) -> None:
+    assert field_of(with_canary(tmp_path / "nothing")) == "gateway.experiments[0].canary.dataset"
+
+
+def test_the_config_check_does_not_read_the_audio(tmp_path: Path) -> None:
+    """A manifest whose audio exists but is no WAV passes the configuration check (the
+    runner reads the audio when it starts, and reports it there)."""
+    (tmp_path / "a.wav").write_bytes(b"not a wav")
+    (tmp_path / "manifest.jsonl").write_text(
+        '{"id": "a", "audio": "a.wav", "text": "hello"}\n', encoding="utf-8"
+    )
+    assert build(with_canary(tmp_path)).experiments[0].canary is not None
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"interval_s": 0}, "interval_s"),
+        ({"timeout_s": 0}, "timeout_s"),
+        ({"timeout_s": 601}, "timeout_s"),
+        ({"baseline_rounds": 0}, "baseline_rounds"),
+        ({"alpha": 0}, "alpha"),
+        ({"alpha": 0.6}, "alpha"),
+        ({"min_change_points": -1}, "min_change_points"),
+        ({"min_change_points": 100}, "min_change_points"),
+        ({"unknown": 1}, "unknown"),
+    ],
+)
+def test_canary_numbers_out_of_bounds_fail_in_pydantic(extra: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        GatewaySettings.model_validate(with_canary(CANARY_SET, **extra))
+    assert caught.value.errors()[0]["loc"][-1] == field
+
+
+@pytest.mark.parametrize("share", [0, -0.1, 0.51, 1])
+def test_holdout_share_must_be_within_0_and_half(share: float) -> None:
+    with pytest.raises(ValidationError):
+        GatewaySettings.model_validate(put(valid(), "experiments.0.holdout_share", share))
+
+
+def test_holdout_share_of_half_is_allowed() -> None:
+    assert (
+        build(put(valid(), "experiments.0.holdout_share", 0.5)).experiments[0].holdout_share == 0.5
+    )
+
+
+def test_management_url_uses_the_backend_key_unless_its_own_is_set(tmp_path: Path) -> None:
+    """With `management_url` the management key defaults to the backend's own key; a
+    management key (or key file) overrides it; the root loses its trailing slash."""
+    data = put(valid(), "backends.azure.management_url", "https://westus.api.example.com/")
+    backend = build(data).experiments[0].variants[0].backend
+    assert backend.management_url == "https://westus.api.example.com"
+    assert backend.management_key == AZURE_KEY
+    put(data, "backends.azure.management_key", "management-secret-0123")
+    assert build(data).experiments[0].variants[0].backend.management_key == (
+        "management-secret-0123"
+    )
+    secret = tmp_path / "management.key"
+    secret.write_text(" from-file \n", encoding="utf-8")
+    del data["backends"]["azure"]["management_key"]
+    put(data, "backends.azure.management_key_file", str(secret))
+    assert build(data).experiments[0].variants[0].backend.management_key == "from-file"
+
+
+def test_management_without_any_key_is_allowed() -> None:
+    """A keyless backend (the emulator without auth) has a keyless management API too."""
+    data = put(valid(), "backends.local.management_url", "http://127.0.0.1:5000")
+    backend = build(data).experiments[0].variants[1].backend
+    assert (backend.management_url, backend.management_key) == ("http://127.0.0.1:5000", None)
+
+
+def test_management_key_never_in_a_repr() -> None:
+    data = put(valid(), "backends.azure.management_url", "https://westus.api.example.com")
+    put(data, "backends.azure.management_key", "management-secret-0123")
+    config = build(data)
+    assert "management-secret-0123" not in repr(config)
+    assert AZURE_KEY not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("wss://westus.api.example.com", "scheme"),
+        ("ftp://westus.api.example.com", "scheme"),
+        ("https://", "no host"),
+        ("https://user:pw@westus.api.example.com", "credentials"),
+        ("https://westus.api.example.com?key=1", "query"),
+        ("https://westus.api.example.com#x", "query or fragment"),
+        ("https://westus.api.example.com:99999", "port"),
+        ("https://west us.example.com", "whitespace"),
+    ],
+)
+def test_a_bad_management_url_names_the_field(url: str, problem: str) -> None:
+    data = put(valid(), "backends.azure.management_url", url)
+    with pytest.raises(ConfigError) as caught:
+        build(data)
+    assert caught.value.field == "gateway.backends.azure.management_url"
+    assert problem in caught.value.problem
+    assert "pw" not in str(caught.value)
+
+
+def test_management_key_without_url_fails() -> None:
+    data = put(valid(), "backends.azure.management_key", "management-secret-0123")
+    assert field_of(data) == "gateway.backends.azure.management_key"
+
+
+def test_management_key_and_file_together_fail(tmp_path: Path) -> None:
+    secret = tmp_path / "management.key"
+    secret.write_text("from-file", encoding="utf-8")
+    data = put(valid(), "backends.azure.management_url", "https://westus.api.example.com")
+    put(data, "backends.azure.management_key", "management-secret-0123")
+    put(data, "backends.azure.management_key_file", str(secret))
+    assert field_of(data) == "gateway.backends.azure.management_key_file"
+
+
+@pytest.mark.parametrize("content", [None, "  \n"])
+def test_unreadable_or_empty_management_key_file_fails(tmp_path: Path, content: str | None) -> None:
+    secret = tmp_path / "management.key"
+    if content is not None:
+        secret.write_text(content, encoding="utf-8")
+    data = put(valid(), "backends.azure.management_url", "https://westus.api.example.com")
+    put(data, "backends.azure.management_key_file", str(secret))
+    assert field_of(data) == "gateway.backends.azure.management_key_file"
+
+
+def test_the_management_key_is_refused_in_the_toml_file(tmp_path: Path) -> None:
+    """Like every key, the management key may not be written in the settings file."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        "[gateway.backends.azure]\n"
+        'url = "wss://westus.stt.speech.microsoft.com"\n'
+        'management_url = "https://westus.api.cognitive.microsoft.com"\n'
+        'management_key = "management-secret-0123"\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    assert caught.value.field == "gateway.backends.azure.management_key"
+    assert "management-secret-0123" not in str(caught.value)
+
+
+def test_health_table_builds_the_health_config() -> None:
+    data = put(
+        valid(),
+        "health",
+        {
+            "run": False,
+            "webhook_url": "https://hooks.example.com/alerts?token=abc123",
+            "webhook_timeout_s": 2.5,
+            "webhook_attempts": 5,
+            "lifecycle_interval_s": 60,
+            "expiry_warning_days": 10,
+        },
+    )
+    health = build(data).health
+    assert health == HealthConfig(
+        run=False,
+        webhook_url="https://hooks.example.com/alerts?token=abc123",
+        webhook_timeout_s=2.5,
+        webhook_attempts=5,
+        lifecycle_interval_s=60.0,
+        expiry_warning_days=10,
+    )
+    assert "abc123" not in repr(health)
+    assert "abc123" not in repr(GatewaySettings.model_validate(data))
+
+
+def test_an_empty_webhook_url_means_none() -> None:
+    assert build(put(valid(), "health", {"webhook_url": ""})).health.webhook_url is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://hooks.example.com/x?token=abc123",
+        "https:///x?token=abc123",
+        "https://hooks.example.com/x?token=abc123#f",
+        "https://hooks.example.com:99999/x?token=abc123",
+        "https://hooks.example.com/x y?token=abc123",
+    ],
+)
+def test_a_bad_webhook_url_names_the_field_and_never_shows_it(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build(put(valid(), "health", {"webhook_url": url}))
+    assert caught.value.field == "gateway.health.webhook_url"
+    assert "abc123" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("webhook_timeout_s", 0),
+        ("webhook_timeout_s", 61),
+        ("webhook_attempts", 0),
+        ("webhook_attempts", 11),
+        ("lifecycle_interval_s", 0),
+        ("expiry_warning_days", -1),
+    ],
+)
+def test_health_numbers_out_of_bounds_fail_in_pydantic(field: str, value: float) -> None:
+    with pytest.raises(ValidationError):
+        GatewaySettings.model_validate({"health": {field: value}})
+
+
+def test_the_canary_client_name_is_reserved() -> None:
+    """Canary records carry the client `_canary`: no configured client may be called so."""
+    assert field_of(put(valid(), "clients.2.name", "_canary")) == "gateway.clients[2].name"

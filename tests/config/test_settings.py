@@ -373,8 +373,16 @@ banking = "corpora/banking.txt"
 [gateway.backends.azure]
 url = "wss://westus.stt.speech.microsoft.com"
 key_file = "secrets/azure.key"
+management_url = "https://westus.api.cognitive.microsoft.com"
+management_key_file = "secrets/azure-management.key"
 [gateway.control]
 state_path = "state/control.json"
+[[gateway.experiments]]
+id = "ab"
+control = "base"
+variants = [{name = "base", backend = "azure", weight = 1}]
+[gateway.experiments.canary]
+dataset = "data/canary"
 [outcomes]
 path = "store/outcomes.jsonl"
 pseudonym_key_file = "secrets/pseudonym.key"
@@ -395,6 +403,10 @@ def path_values(settings: Settings) -> dict[str, Path | None]:
         "emulator.custom": emulator.custom["banking"],
         "emulator.model_cache": emulator.model_cache,
         "gateway.backends.<name>.key_file": gateway.backends["azure"].key_file,
+        "gateway.backends.<name>.management_key_file": gateway.backends[
+            "azure"
+        ].management_key_file,
+        "gateway.experiments[].canary.dataset": gateway.experiments[0].canary.dataset,
         "gateway.control.state_path": gateway.control.state_path,
         "outcomes.path": outcomes.path,
         "outcomes.pseudonym_key_file": outcomes.pseudonym_key_file,
@@ -498,3 +510,79 @@ def test_validate_and_serve_refuse_an_old_redis_config(
     assert main(["serve"]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("speech-gateway: outcomes.redis_prefix: moved to [redis] prefix")
+
+
+# -- the emulator's Custom Speech lifecycle settings --------------------------------------
+
+
+def test_model_expiry_dates_and_date_times_are_utc(tmp_path: Path) -> None:
+    """A TOML date is midnight UTC; a date-time with an offset is converted to UTC; one
+    without is taken as UTC; an unset date stays unset (the emulator's default applies)."""
+    from datetime import UTC, datetime
+
+    config = write(
+        tmp_path / "gateway.toml",
+        """
+        [emulator]
+        custom = { banking = "corpus.txt" }
+        [emulator.model_expiry.banking]
+        adaptation = 2027-01-15
+        transcription = 2027-07-15T12:00:00+02:00
+        [emulator.model_expiry.base]
+        transcription = "2028-01-01T06:30:00"
+        [emulator.faults]
+        fallback_after_s = 2.5
+        """,
+    )
+    emulator = load_settings(config).emulator
+    banking, base = emulator.model_expiry["banking"], emulator.model_expiry["base"]
+    assert banking.adaptation == datetime(2027, 1, 15, tzinfo=UTC)
+    assert banking.transcription == datetime(2027, 7, 15, 10, 0, tzinfo=UTC)
+    assert base.adaptation is None
+    assert base.transcription == datetime(2028, 1, 1, 6, 30, tzinfo=UTC)
+    assert emulator.faults.fallback_after_s == 2.5
+
+
+def test_model_expiry_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import UTC, datetime
+
+    monkeypatch.setenv("SPEECH_GATEWAY_EMULATOR__CUSTOM", '{"banking": "corpus.txt"}')
+    monkeypatch.setenv(
+        "SPEECH_GATEWAY_EMULATOR__MODEL_EXPIRY", '{"banking": {"adaptation": "2027-01-15"}}'
+    )
+    expiry = load_settings().emulator.model_expiry["banking"]
+    assert expiry.adaptation == datetime(2027, 1, 15, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("table", "field", "words"),
+    [
+        ('model_expiry.banking]\nadaptation = "2027-13-01"', "model_expiry.banking.adaptation", ""),
+        ('model_expiry.banking]\ntranscription = "soon"', "model_expiry.banking.transcription", ""),
+        ("model_expiry.banking]\nexpires = 2027-01-01", "model_expiry.banking.expires", ""),
+        ("model_expiry.travel]\nadaptation = 2027-01-01", "model_expiry", "'travel'"),
+        ('instant_texts]\ntravel = "x"', "instant_texts", "'travel'"),
+        ("faults]\nfallback_after_s = -1", "faults.fallback_after_s", ""),
+    ],
+)
+def test_bad_lifecycle_settings_name_the_field(
+    tmp_path: Path, table: str, field: str, words: str
+) -> None:
+    """Bad dates, unknown keys, models that do not exist and a negative knob are refused,
+    naming the setting (and the model)."""
+    config = write(
+        tmp_path / "gateway.toml",
+        f'[emulator]\ncustom = {{ banking = "corpus.txt" }}\n[emulator.{table}\n',
+    )
+    error = config_error(config)
+    assert error.field == f"emulator.{field}"
+    assert words in str(error)
+
+
+def test_instant_texts_by_model(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "gateway.toml",
+        '[emulator]\ncustom = { banking = "c.txt" }\n'
+        'instant_texts = { base = "B", banking = "C" }\n',
+    )
+    assert load_settings(config).emulator.instant_texts == {"base": "B", "banking": "C"}

@@ -188,3 +188,57 @@ def test_the_redis_sink_reports_its_queue_journal_and_store(tmp_path: Path) -> N
     assert sample(metrics, "speech_gateway_outcome_queue_depth") == 1
     assert sample(metrics, "speech_gateway_outcome_journal_records") == 0
     assert sample(metrics, "speech_gateway_outcome_store_up") == 1
+
+
+# -- model health ---------------------------------------------------------------------------------
+
+
+def test_canary_records_count_under_their_own_role() -> None:
+    metrics = GatewayMetrics()
+    metrics.observe(
+        record(role=Role.CANARY, unit_source=UnitSource.CANARY, client="_canary", unit="c0")
+    )
+    metrics.observe(record())
+    canary = PRIMARY | {"role": "canary"}
+    total = "speech_gateway_outcomes_total"
+    assert sample(metrics, total, **canary, kind="utterance", status="Success") == 1
+    assert sample(metrics, total, **PRIMARY, kind="utterance", status="Success") == 1
+
+
+def test_a_canary_round_sets_the_gauges_and_counts_the_round() -> None:
+    """An ok round sets WER and latency; a failed round is counted and leaves them."""
+    metrics = GatewayMetrics()
+    labels = {"experiment": "ab", "variant": "custom"}
+    metrics.canary_round("ab", "custom", ok=True, wer=0.125, latency_ms=340.0)
+    metrics.canary_round("ab", "custom", ok=False, wer=None, latency_ms=None)
+    assert sample(metrics, "speech_gateway_canary_wer", **labels) == 0.125
+    assert sample(metrics, "speech_gateway_canary_latency_ms", **labels) == 340.0
+    rounds = "speech_gateway_canary_rounds_total"
+    assert sample(metrics, rounds, **labels, result="ok") == 1
+    assert sample(metrics, rounds, **labels, result="failed") == 1
+    metrics.canary_round("ab", "custom", ok=True, wer=0.5, latency_ms=None)
+    assert sample(metrics, "speech_gateway_canary_wer", **labels) == 0.5
+    assert sample(metrics, "speech_gateway_canary_latency_ms", **labels) == 340.0
+
+
+def test_alerts_and_expiry_keep_their_vocabularies() -> None:
+    """Alert and expiry kinds outside their vocabularies are `_other`; a missing variant
+    is `_none`."""
+    metrics = GatewayMetrics()
+    metrics.health_alert("ab", "custom", "canary_wer_change")
+    metrics.health_alert("ab", "custom", "canary_wer_change")
+    metrics.health_alert("ab", None, "model_expiring")
+    metrics.health_alert("ab", "custom", "made_up")
+    alerts = "speech_gateway_health_alerts_total"
+    assert sample(metrics, alerts, experiment="ab", variant="custom", kind="canary_wer_change") == 2
+    assert sample(metrics, alerts, experiment="ab", variant=NONE, kind="model_expiring") == 1
+    assert sample(metrics, alerts, experiment="ab", variant="custom", kind=OTHER) == 1
+    metrics.model_expiry("azure", "banking", "transcription", 12.5)
+    metrics.model_expiry("azure", "banking", "adaptation", -3.0)
+    metrics.model_expiry("azure", "banking", "made_up", 1.0)
+    expiry = "speech_gateway_model_expiry_days"
+    assert (
+        sample(metrics, expiry, backend="azure", endpoint="banking", kind="transcription") == 12.5
+    )
+    assert sample(metrics, expiry, backend="azure", endpoint="banking", kind="adaptation") == -3.0
+    assert sample(metrics, expiry, backend="azure", endpoint="banking", kind=OTHER) == 1.0
