@@ -11,9 +11,12 @@ A state is a JSON document (`to_json` / `from_json`) so that stores keep it opaq
 `apply` lays a state over the configured experiment: the result is what routing uses.
 
 Phases: any change to the split that new sessions get (weights while running, pause,
-resume, stop, rollback) opens a new phase whose id includes the state version, so a return
-to an earlier split never pools its outcomes with the earlier period's. Forcing a unit
-leaves the phase alone: forced sessions are outside the split and never compared.
+resume, stop, rollback, ship) opens a new phase whose id includes the state version, so a
+return to an earlier split never pools its outcomes with the earlier period's. Forcing a unit
+leaves the phase alone: forced sessions are outside the split and never compared. A change of
+what a variant is without a change of the split (the model behind an endpoint was replaced)
+opens a new phase explicitly (`Changes.new_phase`), so that outcomes of the old model and the
+new one are never pooled. A health alert is recorded in the audit only (`health_alert`).
 """
 
 from __future__ import annotations
@@ -25,14 +28,27 @@ import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast, get_args
 
 from gateway.control.assignment import phase_id
 from gateway.control.model import STATUSES, Experiment, Status
 from gateway.errors import ControlError
 
-Action = Literal["set_weights", "pause", "resume", "stop", "force", "unforce", "rollback"]
+Action = Literal[
+    "set_weights",
+    "pause",
+    "resume",
+    "stop",
+    "force",
+    "unforce",
+    "rollback",
+    "ship",
+    "new_phase",
+    "health_alert",
+]
 GUARDRAIL_ACTOR: Final = "guardrail"
+HEALTH_ACTOR: Final = "health"  # the model-health monitor's automatic changes
+MAX_HOLDOUT_SHARE: Final = 0.5  # a holdout larger than the shipped share is not a holdout
 MAX_FORCED_UNITS: Final = 1000
 MAX_UNIT_ID: Final = 256  # as `session.routing.MAX_UNIT_ID`: a forced unit must be sendable
 MAX_REASON: Final = 500
@@ -46,9 +62,17 @@ class PhaseEntry:
     phase: str
     started_at: str | None  # None: the configured phase, in use since before any change
     weights: Mapping[str, float]
+    # The action that opened it (e.g. "ship": the analysis tracks drift in such a phase);
+    # None for the configured phase, and in states stored before phases kept their origin.
+    origin: Action | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "started_at": self.started_at, "weights": dict(self.weights)}
+        return {
+            "phase": self.phase,
+            "started_at": self.started_at,
+            "weights": dict(self.weights),
+            "origin": self.origin,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +148,7 @@ class ExperimentState:
                         str(p["phase"]),
                         None if p["started_at"] is None else str(p["started_at"]),
                         {str(k): float(v) for k, v in p["weights"].items()},
+                        _origin(p.get("origin")),
                     )
                     for p in data["phases"]
                 ),
@@ -295,8 +320,69 @@ class Changes:
             weights[self._experiment.control] = 1.0
         return self._make(state, "rollback", {"variants": live, **detail}, weights=weights)
 
+    def ship(
+        self, state: ExperimentState, variant: str, holdout_share: float | None = None
+    ) -> Change:
+        """The decision made: `variant` gets 1 - h of new sessions and control keeps h (the
+        holdout, against which the shipped model is watched for drift), every other variant
+        0. h defaults to the experiment's `holdout_share`. A paused experiment runs again."""
+        _not_stopped(state)
+        control = self._experiment.control
+        if variant not in state.weights:
+            raise ControlError(
+                f"variant: {variant!r} is not a variant of {state.experiment!r} "
+                f"({', '.join(state.weights)})"
+            )
+        if variant == control:
+            raise ControlError(
+                f"variant: {variant!r} is the control; ship a challenger, or keep the "
+                "configured split"
+            )
+        share = self._experiment.holdout_share if holdout_share is None else holdout_share
+        if isinstance(share, bool) or not isinstance(share, int | float):
+            raise ControlError("holdout: must be a number")
+        try:
+            holdout = float(share)
+        except OverflowError:  # an integer too large for a float
+            holdout = math.inf
+        if not (math.isfinite(holdout) and 0 < holdout <= MAX_HOLDOUT_SHARE):
+            raise ControlError(
+                f"holdout: must be a share above 0 and at most {MAX_HOLDOUT_SHARE} "
+                f"(got {holdout:g})"
+            )
+        weights = dict.fromkeys(state.weights, 0.0)
+        weights[variant] = 1.0 - holdout
+        weights[control] = holdout
+        detail = {"variant": variant, "holdout": holdout, "weights": dict(weights)}
+        return self._make(
+            state,
+            "ship",
+            detail,
+            fresh_phase=True,
+            status="running",
+            serving=None,
+            weights=weights,
+        )
+
+    def new_phase(self, state: ExperimentState, detail: Mapping[str, Any]) -> Change:
+        """A new phase with the same weights: what a variant is has changed (another model
+        behind its endpoint), so its outcomes before and after are not to be pooled."""
+        _not_stopped(state)
+        return self._make(state, "new_phase", detail, fresh_phase=True)
+
+    def health_alert(self, state: ExperimentState, detail: Mapping[str, Any]) -> Change:
+        """An audit entry only (the split and the phase stay): a model-health alert, kept
+        next to the changes it may explain. Allowed in any status, a stopped one included."""
+        return self._make(state, "health_alert", detail)
+
     def _make(
-        self, state: ExperimentState, action: Action, detail: Mapping[str, Any], **updates: Any
+        self,
+        state: ExperimentState,
+        action: Action,
+        detail: Mapping[str, Any],
+        *,
+        fresh_phase: bool = False,
+        **updates: Any,
     ) -> Change:
         version = state.version + 1
         audit_id = uuid.uuid4().hex
@@ -304,14 +390,14 @@ class Changes:
             state, version=version, updated_at=self._at, updated_by=self._actor, **updates
         )
         weights = new.effective_weights()
-        if weights != state.effective_weights():
+        if fresh_phase or weights != state.effective_weights():
             variants = [
                 dataclasses.replace(v, weight=weights[v.name]) for v in self._experiment.variants
             ]
             # With the audit id's randomness: after a Redis that lost its data, a version
             # number can come round again, and its phase must still be a new one.
             phase = phase_id(variants, epoch=f"{version}-{audit_id[:8]}")
-            entry = PhaseEntry(phase, self._at, weights)
+            entry = PhaseEntry(phase, self._at, weights, action)
             new = dataclasses.replace(new, phase=phase, phases=(entry, *state.phases)[:MAX_PHASES])
         audit = AuditEntry(
             id=audit_id,
@@ -330,3 +416,12 @@ class Changes:
 def _not_stopped(state: ExperimentState) -> None:
     if state.status == "stopped":
         raise ControlError(f"{state.experiment!r} is stopped; its state no longer changes", 409)
+
+
+def _origin(value: object) -> Action | None:
+    """A stored phase's origin; ValueError for one that is no action."""
+    if value is None:
+        return None
+    if value not in get_args(Action):
+        raise ValueError(f"unknown phase origin {value!r}")
+    return cast(Action, value)

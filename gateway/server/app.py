@@ -29,10 +29,12 @@ from gateway.outcomes.privacy import load_or_create_key
 from gateway.protocol.paths import USP_PATHS, V1_PATHS
 from gateway.server.admin.analysis import add_admin_routes
 from gateway.server.admin.auth import AdminTokens
-from gateway.server.admin.control import add_control_routes
+from gateway.server.admin.control import HEALTH_VIEW, add_control_routes
 from gateway.server.admin.dashboard import add_dashboard_routes
 from gateway.server.admin.labels import LABEL_STORE, add_label_routes
 from gateway.server.admission import ADMISSION, Admission, AdmissionPolicy
+from gateway.server.health.canary_runner import CanaryRunner
+from gateway.server.health.monitor import HealthMonitor
 from gateway.server.metrics import GatewayMetrics
 from gateway.server.relay.backend_gate import BackendGate
 from gateway.server.relay.rest import handle_rest
@@ -49,6 +51,8 @@ from gateway.stores.redis_client import RedisClient, reachable
 log = get_logger(__name__)
 
 LABEL_CLIENT = web.AppKey("label_redis_client", RedisClient | None)  # type: ignore[arg-type]
+HEALTH_MONITOR: Final = web.AppKey("health_monitor", HealthMonitor)
+CANARY_RUNNER: Final = web.AppKey("canary_runner", CanaryRunner)
 CONTROL_CLIENT = web.AppKey("control_redis_client", RedisClient | None)  # type: ignore[arg-type]
 
 
@@ -87,6 +91,11 @@ def create_gateway_app(settings: Settings) -> web.Application:
         privacy_key=key,
     )
     metrics.watch_sink(app[STATE].sink)
+    # Every app has a monitor, so that the admin view's health block is there (empty) even
+    # without canaries or managed endpoints.
+    monitor = HealthMonitor(control, metrics)
+    app[HEALTH_MONITOR] = monitor
+    app[HEALTH_VIEW] = monitor
     app.middlewares.append(refuse_while_draining)
     for path in USP_PATHS:
         app.router.add_get(path, usp_route, expect_handler=expect_continue)
@@ -115,6 +124,19 @@ async def _start(app: web.Application) -> None:
     state.http = aiohttp.ClientSession(connector=connector, auto_decompress=False)
     await state.sink.start()
     await state.control.start()
+    monitor = app[HEALTH_MONITOR]
+    await monitor.start(state.http)
+    if state.config.health.run:
+        runner = CanaryRunner(
+            config=lambda: state.control.config,
+            http=state.http,
+            submit=state.submit,
+            metrics=state.metrics,
+            on_round=monitor.round_finished,
+            connect_timeout_s=state.settings.connect_timeout_s,
+        )
+        await runner.start()  # ConfigError if a canary set cannot be read
+        app[CANARY_RUNNER] = runner
     log.info(
         "gateway_ready",
         experiments=[e.id for e in state.config.experiments],
@@ -124,6 +146,11 @@ async def _start(app: web.Application) -> None:
 
 async def _stop(app: web.Application) -> None:
     state = app[STATE]
+    # The canaries first, so that their last records still reach the sink.
+    runner = app.get(CANARY_RUNNER)
+    if runner is not None:
+        await runner.close()
+    await app[HEALTH_MONITOR].close()
     await state.sink.close()
     log.info("outcomes_flushed", written=state.sink.written, dropped=state.sink.dropped)
     await state.control.close()

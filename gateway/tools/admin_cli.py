@@ -31,6 +31,8 @@ GATEWAY_URL_ENV: Final = "SPEECH_GATEWAY_URL"
 DEFAULT_GATEWAY: Final = "http://127.0.0.1:8080"
 TIMEOUT_S: Final = 30.0
 _MIN_SCRUBBED: Final = 8  # tokens at least this long are masked in anything printed
+MAX_HOLDOUT: Final = 0.5  # as the gateway checks it (`gateway.control.state`)
+ALERTS_SHOWN: Final = 5
 
 Json = dict[str, Any]
 
@@ -86,6 +88,15 @@ def _version(text: str) -> int:
     return value
 
 
+def _holdout(text: str) -> float:
+    share = float(text) if _NUMBER.fullmatch(text) else math.nan
+    if not (math.isfinite(share) and 0 < share <= MAX_HOLDOUT):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: the holdout is a share above 0 and at most {MAX_HOLDOUT}, e.g. 0.05"
+        )
+    return share
+
+
 def add_admin_parser(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
@@ -127,6 +138,19 @@ def add_admin_parser(
         ("resume", "back to the set weights (opens a new phase)"),
     ):
         _change_options(verbs.add_parser(verb, help=description), experiment=True)
+
+    ship = verbs.add_parser(
+        "ship", help="ship a challenger: all traffic but a holdout on control (a new phase)"
+    )
+    ship.add_argument("experiment", metavar="EXP", help="the experiment id")
+    ship.add_argument("variant", metavar="VARIANT", help="the challenger to ship")
+    ship.add_argument(
+        "--holdout",
+        type=_holdout,
+        metavar="SHARE",
+        help="control's share, above 0 and at most 0.5 (the experiment's holdout_share)",
+    )
+    _change_options(ship)
 
     stop = verbs.add_parser("stop", help="end the experiment: one variant for every session")
     stop.add_argument("experiment", metavar="EXP", help="the experiment id")
@@ -218,6 +242,9 @@ def _request_of(args: argparse.Namespace) -> tuple[str, str, Json | None]:
             return "PUT", f"{at}/weights", {"weights": args.weights, **change}
         case "pause" | "resume":
             return "POST", f"{at}/{verb}", change
+        case "ship":
+            holdout = {"holdout": args.holdout} if args.holdout is not None else {}
+            return "POST", f"{at}/ship", {"variant": args.variant, **holdout, **change}
         case "stop":
             serve = {"serve": args.serve} if args.serve is not None else {}
             return "POST", f"{at}/stop", {**serve, **change}
@@ -340,7 +367,47 @@ def _experiments_table(experiments: Sequence[Json]) -> str:
         [str(e.get("id")), _status(e), str(e.get("phase")), _number(e.get("version")), _variants(e)]
         for e in experiments
     )
-    return _table(rows)
+    lines = [_table(rows)]
+    models = [
+        [str(e.get("id")), name, *_model_cells(found)]
+        for e in experiments
+        for name, found in _health_variants(e)
+        if isinstance(found.get("model"), dict) or found.get("model_error")
+    ]
+    if models:
+        header = ["EXPERIMENT", "VARIANT", "ENDPOINT", "MODEL", "TRANSCRIPTION UNTIL", "ADAPTATION"]
+        lines += ["", _table([header, *models])]
+    return "\n".join(lines)
+
+
+def _health_variants(view: Json) -> list[tuple[str, Json]]:
+    """(variant, its health entry) of a view, in the view's variant order."""
+    health = view.get("health")
+    found = health.get("variants") if isinstance(health, dict) else None
+    if not isinstance(found, dict):
+        return []
+    return [(str(name), entry) for name, entry in found.items() if isinstance(entry, dict)]
+
+
+def _model_cells(entry: Json) -> list[str]:
+    """Endpoint, model, transcription and adaptation expiry of a variant's health entry;
+    `!` marks an expiry within the warning window (or past)."""
+    model = entry.get("model")
+    if not isinstance(model, dict):
+        unknown = "unknown" if entry.get("model_error") is None else "unreadable"
+        return [str(entry.get("endpoint_id") or "-"), unknown, "-", "-"]
+    warn = "!" if model.get("expiring_within_days") is not None else ""
+    name = str(model.get("display_name") or model.get("id"))
+    return [
+        str(entry.get("endpoint_id") or "-"),
+        f"{name} ({model.get('kind')})",
+        f"{_day(model.get('transcription_expires'))}{warn}",
+        _day(model.get("adaptation_expires")),
+    ]
+
+
+def _day(value: object) -> str:
+    return value[:10] if isinstance(value, str) and value else "-"
 
 
 def _summary_line(view: Json) -> str:
@@ -387,7 +454,50 @@ def _view_text(view: Json) -> str:
             for p in phases
         ]
         lines += ("  " + row for row in _table(rows).splitlines())
+    lines += _health_text(view)
     return "\n".join(lines)
+
+
+def _health_text(view: Json) -> list[str]:
+    """The view's model-health block: each variant's model and canary, then the alerts."""
+    entries = _health_variants(view)
+    health = view.get("health") or {}
+    known = any(
+        entry.get(name)
+        for _, entry in entries
+        for name in ("model", "model_error", "canary", "alerts")
+    )
+    if not known and not health.get("alerts"):
+        return []  # no canaries, no lifecycle reads: nothing to show
+    rows = [["VARIANT", "ENDPOINT", "MODEL", "EXPIRES", "CANARY WER", "LATENCY", "ROUNDS", "LAST"]]
+    alerts: list[Json] = []
+    for name, entry in entries:
+        endpoint, model, transcription, _adaptation = _model_cells(entry)
+        found = entry.get("canary")
+        canary: Json = found if isinstance(found, dict) else {}
+        wer = canary.get("wer")
+        latency = canary.get("latency_ms")
+        rows.append(
+            [
+                name,
+                endpoint,
+                model,
+                transcription,
+                f"{wer:.1%}" if isinstance(wer, int | float) else "-",
+                f"{latency:.0f} ms" if isinstance(latency, int | float) else "-",
+                f"{_number(canary.get('rounds', 0))} ({_number(canary.get('failed_rounds', 0))} "
+                "failed)",
+                str(canary.get("last_round_at") or "-"),
+            ]
+        )
+        alerts += (a for a in entry.get("alerts") or [] if isinstance(a, dict))
+    alerts += (a for a in health.get("alerts") or [] if isinstance(a, dict))
+    lines = ["model health (! = expires within the warning window):"]
+    lines += ("  " + row for row in _table(rows).splitlines())
+    alerts.sort(key=lambda a: str(a.get("at")), reverse=True)
+    for alert in alerts[:ALERTS_SHOWN]:
+        lines.append(f"alert {alert.get('at')}  {alert.get('kind')}  {alert.get('message')}")
+    return lines
 
 
 def _weights(weights: object) -> str:

@@ -11,6 +11,7 @@ from gateway.config.settings import Settings
 from gateway.control.assignment import resolve
 from gateway.control.model import Client, Experiment
 from gateway.control.state import (
+    HEALTH_ACTOR,
     MAX_FORCED_UNITS,
     Changes,
     ExperimentState,
@@ -243,3 +244,140 @@ def test_layout_changes_with_variants_but_not_weights() -> None:
         **{**{f: getattr(other, f) for f in other.__dataclass_fields__}, "control": "b"}
     )
     assert layout_of(renamed) != layout_of(other)
+
+
+def three_way(holdout_share: float = 0.05) -> Experiment:
+    settings = Settings.model_validate(
+        {
+            "gateway": {
+                "backends": {"alpha": {"url": "ws://127.0.0.1:1"}},
+                "experiments": [
+                    {
+                        "id": "abc",
+                        "control": "a",
+                        "holdout_share": holdout_share,
+                        "variants": [
+                            {"name": n, "backend": "alpha", "weight": w}
+                            for n, w in (("a", 40), ("b", 30), ("c", 30))
+                        ],
+                    }
+                ],
+            }
+        }
+    )
+    return build_gateway_config(settings.gateway).experiments[0]
+
+
+def test_ship_gives_the_variant_all_but_the_holdout_in_a_new_phase() -> None:
+    exp = three_way()
+    state = initial_state(exp)
+    change = changes(exp, "b wins").ship(state, "b", 0.1)
+    new = change.state
+    assert new.weights == {"a": 0.1, "b": 0.9, "c": 0.0}
+    assert new.phase != state.phase
+    assert new.phases[0].weights == {"a": 0.1, "b": 0.9, "c": 0.0}
+    assert change.audit.action == "ship"
+    assert change.audit.detail == {
+        "variant": "b",
+        "holdout": 0.1,
+        "weights": {"a": 0.1, "b": 0.9, "c": 0.0},
+    }
+    routed = apply(exp, new)
+    assert [v.weight for v in routed.variants] == [0.1, 0.9, 0.0]
+    # Shipping again with the same split is a new period all the same.
+    assert changes(exp).ship(new, "b", 0.1).state.phase != new.phase
+
+
+def test_ship_defaults_to_the_configured_holdout_and_resumes_a_paused_experiment() -> None:
+    exp = three_way(holdout_share=0.2)
+    paused = changes(exp).pause(initial_state(exp)).state
+    shipped = changes(exp).ship(paused, "c").state
+    assert (shipped.status, shipped.serving) == ("running", None)
+    assert shipped.effective_weights() == {"a": 0.2, "b": 0.0, "c": 0.8}
+
+
+@pytest.mark.parametrize(
+    ("variant", "holdout", "message", "status"),
+    [
+        ("a", 0.05, "variant: 'a' is the control", 400),
+        ("z", 0.05, "variant: 'z' is not a variant", 400),
+        ("b", 0.0, "holdout: must be a share above 0 and at most 0.5", 400),
+        ("b", 0.51, "holdout: must be a share above 0 and at most 0.5", 400),
+        ("b", -0.1, "holdout: must be a share above 0", 400),
+        ("b", float("nan"), "holdout: must be a share above 0", 400),
+        ("b", True, "holdout: must be a number", 400),
+        ("b", 10**400, "holdout: must be a share above 0", 400),
+    ],
+)
+def test_bad_ships_are_refused(variant: str, holdout: float, message: str, status: int) -> None:
+    exp = three_way()
+    with pytest.raises(ControlError, match=message) as caught:
+        changes(exp).ship(initial_state(exp), variant, holdout)
+    assert caught.value.status == status
+
+
+def test_a_stopped_experiment_is_neither_shipped_nor_given_a_new_phase() -> None:
+    exp = three_way()
+    stopped = changes(exp).stop(initial_state(exp), None).state
+    for attempt in (
+        lambda: changes(exp).ship(stopped, "b", 0.1),
+        lambda: changes(exp).new_phase(stopped, {"why": "model"}),
+    ):
+        with pytest.raises(ControlError, match="is stopped") as caught:
+            attempt()
+        assert caught.value.status == 409
+
+
+def test_new_phase_keeps_the_weights_and_opens_a_phase() -> None:
+    exp = experiment((30, 70))
+    state = initial_state(exp)
+    detail = {"variant": "b", "old_model": "m1", "new_model": "base"}
+    change = Changes(exp, HEALTH_ACTOR, AT, "model changed").new_phase(state, detail)
+    new = change.state
+    assert new.weights == state.weights
+    assert new.effective_weights() == state.effective_weights()
+    assert new.phase != state.phase
+    assert [p.phase for p in new.phases] == [new.phase, state.phase]
+    assert (change.audit.action, change.audit.actor) == ("new_phase", "health")
+    assert change.audit.detail == detail
+    assert apply(exp, new).phase == new.phase
+
+
+def test_health_alert_is_audited_without_touching_the_split_or_phase() -> None:
+    exp = experiment()
+    stopped = changes(exp).stop(initial_state(exp), "b").state
+    for state in (initial_state(exp), stopped):
+        change = Changes(exp, HEALTH_ACTOR, AT, None).health_alert(state, {"kind": "x"})
+        new = change.state
+        assert new.version == state.version + 1
+        assert (new.phase, new.phases) == (state.phase, state.phases)
+        assert (new.weights, new.status, new.serving) == (
+            state.weights,
+            state.status,
+            state.serving,
+        )
+        assert change.audit.action == "health_alert"
+        assert change.audit.detail == {"kind": "x"}
+
+
+def test_each_phase_remembers_the_action_that_opened_it() -> None:
+    exp = three_way()
+    state = initial_state(exp)
+    assert state.phases[0].origin is None  # the configured phase
+    weighted = changes(exp).set_weights(state, {"a": 2.0}).state
+    shipped = changes(exp).ship(weighted, "b", 0.1).state
+    assert [entry.origin for entry in shipped.phases] == ["ship", "set_weights", None]
+    assert ExperimentState.from_json(shipped.to_json()) == shipped
+    assert shipped.phases[0].to_dict()["origin"] == "ship"
+
+
+def test_states_stored_before_phases_had_an_origin_still_load() -> None:
+    exp = three_way()
+    stored = json.loads(changes(exp).ship(initial_state(exp), "b", 0.1).state.to_json())
+    for entry in stored["phases"]:
+        del entry["origin"]
+    loaded = ExperimentState.from_json(json.dumps(stored))
+    assert [entry.origin for entry in loaded.phases] == [None, None]
+    stored["phases"][0]["origin"] = "teleport"
+    with pytest.raises(ValueError, match="not an experiment state"):
+        ExperimentState.from_json(json.dumps(stored))

@@ -75,6 +75,16 @@ BAD_REQUESTS: list[tuple[str, str, Any, dict[str, str] | None, int, str]] = [
     ("GET", "/admin/experiments/ab/audit?limit=x", None, None, 400, "limit"),
     ("GET", "/admin/experiments", None, {}, 401, "admin token"),
     ("GET", "/admin/backends", None, {}, 401, "admin token"),
+    ("POST", "/admin/experiments/ab/ship", None, None, 400, "body is required"),
+    ("POST", "/admin/experiments/ab/ship", {"holdout": 0.1}, None, 400, "variant: must be"),
+    ("POST", "/admin/experiments/ab/ship", {"variant": "a"}, None, 400, "is the control"),
+    ("POST", "/admin/experiments/ab/ship", {"variant": "z"}, None, 400, "not a variant"),
+    ("POST", "/admin/experiments/ab/ship", {"variant": "b", "holdout": 0.9}, None, 400, "0.5"),
+    ("POST", "/admin/experiments/ab/ship", {"variant": "b", "holdout": 0}, None, 400, "above 0"),
+    ("POST", "/admin/experiments/ab/ship", {"variant": "b", "holdout": "x"}, None, 400, "number"),
+    ("POST", "/admin/experiments/ab/ship", {"variant": "b", "to": 1}, None, 400, "to: unknown"),
+    ("POST", "/admin/experiments/zz/ship", {"variant": "b"}, None, 404, "'zz'"),
+    ("POST", "/admin/experiments/ab/ship", {"variant": "b"}, {}, 401, "admin token"),
 ]
 
 
@@ -141,6 +151,13 @@ async def test_changes_steer_new_sessions_and_survive_a_restart(
             )
             assert (status, stopped["status"], stopped["serving"]) == (200, "stopped", "b")
             assert {answered_by(r) for r in await sessions(http, [gateway], units)} == {"bravo"}
+            status, refused = await admin(
+                http, gateway, "POST", "/admin/experiments/ab/ship", {"variant": "b"}
+            )
+            assert (status, refused["error"]) == (
+                409,
+                "'ab' is stopped; its state no longer changes",
+            )
     records = list(read_jsonl(work / "outcomes.jsonl"))
     assert [r.forced for r in records if r.unit and r.variant == "b"].count(True) == 1
     assert len({r.phase for r in records}) == 4  # initial, paused, resumed, stopped
@@ -161,6 +178,35 @@ async def test_changes_steer_new_sessions_and_survive_a_restart(
             assert audit["entries"][3]["after"]["status"] == "paused"
             status, page = await admin(http, gateway, "GET", "/admin/experiments/ab/audit?limit=1")
             assert [e["action"] for e in page["entries"]] == ["stop"]
+
+
+async def test_ship_keeps_a_holdout_on_control_in_a_new_phase(
+    alpha: LocalEmulator, bravo: LocalEmulator, tmp_path: Path
+) -> None:
+    backends = {"alpha": alpha.ws_url, "bravo": bravo.ws_url}
+    with control_gateway(tmp_path / "gw", backends, split_experiment()) as gateway:
+        async with aiohttp.ClientSession() as http:
+            before = await view(http, gateway)
+            assert before["holdout_share"] == 0.05
+            assert "health" in before
+            status, shipped = await admin(
+                http,
+                gateway,
+                "POST",
+                "/admin/experiments/ab/ship",
+                {"variant": "b", "holdout": 0.25, "reason": "b won"},
+            )
+            assert status == 200, shipped
+            assert [(v["name"], v["weight"]) for v in shipped["variants"]] == [
+                ("a", 0.25),
+                ("b", 0.75),
+            ]
+            assert shipped["phase"] != before["phase"]
+            assert shipped["phases"][0]["weights"] == {"a": 0.25, "b": 0.75}
+            status, audit = await admin(http, gateway, "GET", "/admin/experiments/ab/audit")
+            (entry,) = audit["entries"]
+            assert (entry["action"], entry["actor"], entry["reason"]) == ("ship", "ops", "b won")
+            assert entry["detail"]["holdout"] == 0.25
 
 
 def test_the_openapi_document_is_valid_and_covers_every_admin_route(tmp_path: Path) -> None:

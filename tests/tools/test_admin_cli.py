@@ -256,6 +256,14 @@ E = "/admin/experiments/banking"
         (["audit", "banking"], "GET", f"{E}/audit", {}, None),
         (["audit", "banking", "--limit", "5"], "GET", f"{E}/audit", {"limit": "5"}, None),
         (["backends"], "GET", "/admin/backends", {}, None),
+        (["ship", "banking", "custom"], "POST", f"{E}/ship", {}, {"variant": "custom"}),
+        (
+            ["ship", "banking", "custom", "--holdout", "0.1", "--reason", "WER -3 points"],
+            "POST",
+            f"{E}/ship",
+            {},
+            {"variant": "custom", "holdout": 0.1, "reason": "WER -3 points"},
+        ),
     ],
 )
 async def test_each_verb_sends_its_request_with_the_token(
@@ -566,3 +574,120 @@ async def test_a_short_token_does_not_mangle_the_output(
     monkeypatch.setenv("SPEECH_GATEWAY_ADMIN_TOKEN", "t")
     assert await run(["--gateway", gateway.url, "show", "banking"]) == 0
     assert capsys.readouterr().out.startswith("banking: running, version 3")
+
+
+@pytest.mark.parametrize("holdout", ["0", "0.6", "-0.1", "nan", "inf", "five"])
+def test_a_bad_holdout_is_a_usage_error(capsys: pytest.CaptureFixture[str], holdout: str) -> None:
+    """--holdout is a share above 0 and at most 0.5; anything else exits 2 before a request."""
+    with pytest.raises(SystemExit) as exited:
+        parse(["ship", "banking", "custom", "--holdout", holdout])
+    assert exited.value.code == 2
+    assert f"{holdout!r}: the holdout is a share above 0 and at most 0.5" in (
+        capsys.readouterr().err
+    )
+
+
+MODEL: Json = {
+    "id": "m1",
+    "display_name": "banking v3",
+    "kind": "custom",
+    "locale": "en-US",
+    "adaptation_expires": "2026-12-06T00:00:00.000Z",
+    "transcription_expires": "2027-06-15T00:00:00.000Z",
+    "expiring_within_days": None,
+}
+ALERT: Json = {
+    "experiment": "banking",
+    "variant": "custom",
+    "kind": "canary_matches_base",
+    "message": "banking/custom: the custom endpoint ep-1 answers its canaries as the base model",
+    "detail": {},
+    "at": "2026-12-07T10:05:00.000Z",
+}
+HEALTHY_VIEW: Json = {
+    **VIEW,
+    "health": {
+        "variants": {
+            "base": {
+                "endpoint_id": None,
+                "model": None,
+                "model_checked_at": None,
+                "model_error": None,
+                "canary": {
+                    "last_round_at": "2026-12-07T10:05:00.000Z",
+                    "wer": 0.125,
+                    "latency_ms": 410.0,
+                    "rounds": 12,
+                    "failed_rounds": 0,
+                },
+                "alerts": [],
+            },
+            "custom": {
+                "endpoint_id": "ep-1",
+                "model": {**MODEL, "expiring_within_days": 9.5},
+                "model_checked_at": "2026-12-07T10:00:00.000Z",
+                "model_error": None,
+                "canary": {
+                    "last_round_at": "2026-12-07T10:05:00.000Z",
+                    "wer": 0.05,
+                    "latency_ms": 380.0,
+                    "rounds": 12,
+                    "failed_rounds": 1,
+                },
+                "alerts": [ALERT],
+            },
+        },
+        "alerts": [],
+    },
+}
+
+
+async def test_list_shows_each_custom_models_expiry_with_a_warning_mark(
+    gateway: StandIn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Below the experiments: each custom endpoint's model and expiry dates; `!` marks an
+    expiry within the warning window."""
+    later = {
+        **HEALTHY_VIEW,
+        "id": "checkout",
+        "health": {
+            "variants": {
+                "custom": {**HEALTHY_VIEW["health"]["variants"]["custom"], "model": MODEL}
+            },
+            "alerts": [],
+        },
+    }
+    gateway.answers[("GET", "/admin/experiments")] = (200, {"experiments": [HEALTHY_VIEW, later]})
+    assert await run(["--gateway", gateway.url, "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    blank = lines.index("")
+    header, banking, checkout = lines[blank + 1 :]
+    assert header.split() == [
+        "EXPERIMENT", "VARIANT", "ENDPOINT", "MODEL", "TRANSCRIPTION", "UNTIL", "ADAPTATION"
+    ]  # fmt: skip
+    assert banking.split() == [
+        "banking", "custom", "ep-1", "banking", "v3", "(custom)", "2027-06-15!", "2026-12-06"
+    ]  # fmt: skip
+    assert checkout.split()[6] == "2027-06-15"
+
+
+async def test_show_prints_the_health_block(
+    gateway: StandIn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """show ends with each variant's model, canary WER, latency and rounds, then alerts."""
+    gateway.answers[("GET", E)] = (200, HEALTHY_VIEW)
+    assert await run(["--gateway", gateway.url, "show", "banking"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    start = out.index("model health (! = expires within the warning window):")
+    rows = [line.split() for line in out[start + 1 : start + 4]]
+    assert rows[1] == [
+        "base", "-", "unknown", "-", "12.5%", "410", "ms", "12", "(0", "failed)",
+        "2026-12-07T10:05:00.000Z",
+    ]  # fmt: skip
+    assert rows[2] == [
+        "custom", "ep-1", "banking", "v3", "(custom)", "2027-06-15!", "5.0%", "380", "ms", "12",
+        "(1", "failed)", "2026-12-07T10:05:00.000Z",
+    ]  # fmt: skip
+    assert out[start + 4] == (
+        "alert 2026-12-07T10:05:00.000Z  canary_matches_base  " + ALERT["message"]
+    )

@@ -4,6 +4,7 @@
     GET    /admin/experiments/{id}                    one experiment's view
     PUT    /admin/experiments/{id}/weights            {"weights": {...}}: a new phase
     POST   /admin/experiments/{id}/pause|resume|stop  all new sessions to control / back / over
+    POST   /admin/experiments/{id}/ship               {"variant", "holdout"?}: the decision
     POST   /admin/experiments/{id}/forced             {"unit", "variant"}: pin a unit
     DELETE /admin/experiments/{id}/forced?unit=...    unpin it
     GET    /admin/experiments/{id}/audit?limit=N      the audit trail, newest first
@@ -13,6 +14,10 @@
 Every change is made by `ControlPlane.change` in the name of the admin whose token came
 with it; docs/admin.md has the contract. Bad requests get 400 naming the field, and a change
 that the experiment's status does not allow 409; neither changes anything.
+
+An experiment's view carries a `health` block when the app has a model-health source
+(`HEALTH_VIEW`: the health monitor, which keeps the latest canary rounds, models and alerts
+in memory); without one it is null.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from aiohttp import web
 
@@ -50,6 +55,18 @@ Json = dict[str, Any]
 _Handler = Callable[[web.Request], Any]
 
 
+class HealthView(Protocol):
+    """What the admin API shows of an experiment's model health (the health monitor)."""
+
+    def experiment_health(self, experiment: Experiment) -> Json:
+        """The experiment's health block: per variant its model, canary and alerts."""
+        ...
+
+
+# The app's model-health source, when it has one (set where the app is built).
+HEALTH_VIEW = web.AppKey("health_view", HealthView)
+
+
 def add_control_routes(app: web.Application, admins: AdminTokens) -> None:
     """Serve the control routes on `app`, for the admins in `admins`."""
     app[ADMIN_TOKENS] = admins
@@ -65,6 +82,7 @@ def add_control_routes(app: web.Application, admins: AdminTokens) -> None:
     app.router.add_post("/admin/experiments/{experiment}/pause", pause)
     app.router.add_post("/admin/experiments/{experiment}/resume", resume)
     app.router.add_post("/admin/experiments/{experiment}/stop", stop)
+    app.router.add_post("/admin/experiments/{experiment}/ship", ship)
     app.router.add_post("/admin/experiments/{experiment}/forced", force)
     app.router.add_delete("/admin/experiments/{experiment}/forced", unforce)
     app.router.add_get("/admin/experiments/{experiment}/audit", audit)
@@ -77,8 +95,11 @@ class _Refused(Exception):
         self.response = error_response(status, reason)
 
 
-def experiment_view(experiment: Experiment, state: ExperimentState) -> Json:
-    """What the admin API shows of an experiment: configuration and live state together."""
+def experiment_view(
+    experiment: Experiment, state: ExperimentState, health: Json | None = None
+) -> Json:
+    """What the admin API shows of an experiment: configuration and live state together,
+    and its model health when known."""
     shares = experiment.shares
     variants = [
         {
@@ -115,6 +136,8 @@ def experiment_view(experiment: Experiment, state: ExperimentState) -> Json:
             "alpha": guardrails.alpha,
         },
         "phases": [entry.to_dict() for entry in state.phases],
+        "holdout_share": experiment.holdout_share,
+        "health": health,
     }
 
 
@@ -129,8 +152,12 @@ def _control(request: web.Request) -> ControlPlane:
     return request.app[STATE].control
 
 
-def _view(control: ControlPlane, experiment_id: str) -> Json:
-    return experiment_view(control.experiment(experiment_id), control.state(experiment_id))
+def _view(request: web.Request, experiment_id: str) -> Json:
+    control = _control(request)
+    experiment = control.experiment(experiment_id)
+    source = request.app.get(HEALTH_VIEW)
+    health = None if source is None else source.experiment_health(experiment)
+    return experiment_view(experiment, control.state(experiment_id), health)
 
 
 async def _answer(request: web.Request, handler: Callable[[], Any]) -> web.Response:
@@ -153,7 +180,7 @@ async def list_experiments(request: web.Request) -> web.Response:
     async def work() -> Json:
         _admin(request)
         control = _control(request)
-        return {"experiments": [_view(control, e.id) for e in control.config.experiments]}
+        return {"experiments": [_view(request, e.id) for e in control.config.experiments]}
 
     return await _answer(request, work)
 
@@ -161,7 +188,7 @@ async def list_experiments(request: web.Request) -> web.Response:
 async def show_experiment(request: web.Request) -> web.Response:
     async def work() -> Json:
         _admin(request)
-        return _view(_control(request), request.match_info["experiment"])
+        return _view(request, request.match_info["experiment"])
 
     return await _answer(request, work)
 
@@ -238,7 +265,7 @@ async def _change(
             reason=data.get("reason"),
             expected_version=data.get("expected_version"),
         )
-        return _view(control, experiment_id)
+        return _view(request, experiment_id)
 
     return await _answer(request, work)
 
@@ -280,6 +307,18 @@ async def stop(request: web.Request) -> web.Response:
     return await _change(request, frozenset({"serve"}), make)
 
 
+async def ship(request: web.Request) -> web.Response:
+    def make(data: Json, changes: Changes, state: ExperimentState) -> Change:
+        holdout = data.get("holdout")
+        if holdout is not None and (
+            isinstance(holdout, bool) or not isinstance(holdout, int | float)
+        ):
+            raise _Refused(400, "holdout: must be a number")
+        return changes.ship(state, _text(data, "variant"), holdout)
+
+    return await _change(request, frozenset({"variant", "holdout"}), make, required=True)
+
+
 async def force(request: web.Request) -> web.Response:
     def make(data: Json, changes: Changes, state: ExperimentState) -> Change:
         return changes.force(state, _text(data, "unit"), _text(data, "variant"))
@@ -302,7 +341,7 @@ async def unforce(request: web.Request) -> web.Response:
             lambda changes, state: changes.unforce(state, unit),
             reason=request.query.get("reason") or None,
         )
-        return _view(control, experiment_id)
+        return _view(request, experiment_id)
 
     return await _answer(request, work)
 

@@ -35,6 +35,7 @@ ROUTES: dict[tuple[str, str], set[str]] = {
     ("post", f"{EXPERIMENT}/pause"): WRITE_ERRORS,
     ("post", f"{EXPERIMENT}/resume"): WRITE_ERRORS,
     ("post", f"{EXPERIMENT}/stop"): WRITE_ERRORS,
+    ("post", f"{EXPERIMENT}/ship"): WRITE_ERRORS,
     ("post", f"{EXPERIMENT}/forced"): WRITE_ERRORS,
     ("delete", f"{EXPERIMENT}/forced"): {"400", "401", "404", "503"},
     ("get", f"{EXPERIMENT}/audit"): {"400", "401", "404", "503"},
@@ -48,6 +49,7 @@ BODIES = {
     f"{EXPERIMENT}/pause": ("Change", False),
     f"{EXPERIMENT}/resume": ("Change", False),
     f"{EXPERIMENT}/stop": ("StopChange", False),
+    f"{EXPERIMENT}/ship": ("ShipChange", True),
     f"{EXPERIMENT}/forced": ("ForcedUnit", True),
 }
 
@@ -79,8 +81,11 @@ VIEW: dict[str, Any] = {
             "phase": "p-3f2a9c01b7",
             "started_at": "2026-11-21T10:00:00.000Z",
             "weights": {"base": 1.0, "custom": 0.0},
+            "origin": "rollback",
         }
     ],
+    "holdout_share": 0.05,
+    "health": None,
 }
 SUMMARY = {
     "version": 3,
@@ -183,6 +188,9 @@ def test_write_bodies_are_closed_and_required_as_the_contract_says(
         ("Change", {}),
         ("Change", {"reason": "x" * 500, "expected_version": 7}),
         ("StopChange", {"serve": "custom"}),
+        ("ShipChange", {"variant": "custom"}),
+        ("ShipChange", {"variant": "custom", "holdout": 0.5, "reason": "r"}),
+        ("ShipChange", {"variant": "custom", "holdout": None, "expected_version": 3}),
         ("ForcedUnit", {"unit": "qa-user-1", "variant": "custom"}),
         ("ForcedUnit", {"unit": "u" * 256, "variant": "custom", "reason": "qa"}),
     ],
@@ -207,6 +215,11 @@ def test_the_contracts_bodies_validate(
         ("Change", {"expected_version": 1.5}),
         ("Change", {"serve": "custom"}),
         ("StopChange", {"serve": 3}),
+        ("ShipChange", {}),
+        ("ShipChange", {"variant": "custom", "holdout": 0}),
+        ("ShipChange", {"variant": "custom", "holdout": 0.51}),
+        ("ShipChange", {"variant": "custom", "holdout": "0.1"}),
+        ("ShipChange", {"variant": "custom", "serve": "base"}),
         ("ForcedUnit", {"unit": "qa-user-1"}),
         ("ForcedUnit", {"unit": "", "variant": "custom"}),
         ("ForcedUnit", {"unit": "u" * 257, "variant": "custom"}),
@@ -242,6 +255,79 @@ def test_the_contracts_example_view_and_audit_entry_validate(document: dict[str,
         schema_of(document, "ExperimentView").validate({**VIEW, "status": "halted"})
     with pytest.raises(ValidationError):
         schema_of(document, "AuditEntry").validate({**entry, "action": "delete"})
+
+
+ALERT = {
+    "experiment": "banking",
+    "variant": "custom",
+    "kind": "canary_matches_base",
+    "message": "banking/custom: answers its canaries as the base model",
+    "detail": {"rounds": 2},
+    "at": "2026-12-07T10:05:00.000Z",
+}
+HEALTH = {
+    "variants": {
+        "base": {
+            "endpoint_id": None,
+            "model": None,
+            "model_checked_at": None,
+            "model_error": None,
+            "canary": None,
+            "alerts": [],
+        },
+        "custom": {
+            "endpoint_id": "ep-1",
+            "model": {
+                "id": "m1",
+                "display_name": "banking v3",
+                "kind": "custom",
+                "locale": "en-US",
+                "adaptation_expires": "2026-12-06T00:00:00.000Z",
+                "transcription_expires": "2027-06-15T00:00:00.000Z",
+                "expiring_within_days": -1.0,
+            },
+            "model_checked_at": "2026-12-07T10:00:00.000Z",
+            "model_error": None,
+            "canary": {
+                "last_round_at": "2026-12-07T10:05:00.000Z",
+                "wer": 0.05,
+                "latency_ms": 380.0,
+                "rounds": 12,
+                "failed_rounds": 1,
+            },
+            "alerts": [ALERT],
+        },
+    },
+    "alerts": [{**ALERT, "variant": None, "kind": "canary_failing"}],
+}
+
+
+def test_the_health_block_and_health_actions_validate(document: dict[str, Any]) -> None:
+    """A view with its health block, and the audit entries health and ship write, are valid;
+    an unknown alert kind or model kind is not."""
+    view = schema_of(document, "ExperimentView")
+    view.validate({**VIEW, "health": HEALTH})
+    with pytest.raises(ValidationError):
+        view.validate({**VIEW, "health": {**HEALTH, "alerts": [{**ALERT, "kind": "bad"}]}})
+    custom = HEALTH["variants"]["custom"]  # type: ignore[index]
+    bad_model = {**custom, "model": {**custom["model"], "kind": "other"}}
+    with pytest.raises(ValidationError):
+        schema_of(document, "VariantHealth").validate(bad_model)
+    with pytest.raises(ValidationError):
+        view.validate({k: v for k, v in VIEW.items() if k != "health"})
+    for actor, action in (("health", "health_alert"), ("health", "new_phase"), ("ops", "ship")):
+        entry = {
+            "id": "1",
+            "at": "2026-12-07T10:05:00.000Z",
+            "actor": actor,
+            "action": action,
+            "experiment": "banking",
+            "reason": None,
+            "detail": {},
+            "before": SUMMARY,
+            "after": {**SUMMARY, "version": 4},
+        }
+        schema_of(document, "AuditEntry").validate(entry)
 
 
 def test_the_query_limits_follow_the_contract(document: dict[str, Any]) -> None:

@@ -177,7 +177,59 @@
         "No data yet: no outcome records in the current phase."));
     }
     if (phase) section.append(...renderNotes(phase));
+    section.append(...renderHealth(experiment));
     return section;
+  }
+
+  // Model health (docs/admin.md, "Model health in the view"): per variant the model behind
+  // its endpoint and its expiry, the last canary round, then the latest alerts.
+  function renderHealth(experiment) {
+    const health = experiment.health;
+    const entries = health && health.variants && typeof health.variants === "object" ?
+      Object.entries(health.variants) : [];
+    const known = entries.some(([, h]) => h && (h.model || h.model_error || h.canary ||
+      (Array.isArray(h.alerts) && h.alerts.length)));
+    const shared = health && Array.isArray(health.alerts) ? health.alerts : [];
+    if (!known && shared.length === 0) return [];
+    const day = (v) => typeof v === "string" && v ? v.slice(0, 10) : "–";
+    const rows = entries.map(([name, h]) => {
+      const model = h.model || null;
+      const canary = h.canary || {};
+      const near = model && num(model.expiring_within_days) !== null;
+      const modelCell = model ?
+        [String(model.display_name || model.id), el("small", {}, String(model.kind) +
+          (h.endpoint_id ? " · endpoint " + h.endpoint_id : ""))] :
+        [h.model_error ? "unreadable" : "–", h.model_error ?
+          el("small", {}, String(h.model_error)) : null];
+      return el("tr", {"data-variant": name}, [
+        el("td", {}, String(name)),
+        el("td", {"data-col": "model"}, modelCell),
+        el("td", {"data-col": "expires", class: near ? "warning" : null,
+          "data-expiring": near ? "yes" : null},
+          model ? day(model.transcription_expires) : "–",
+          model ? el("small", {}, "adaptation " + day(model.adaptation_expires)) : null),
+        el("td", {"data-col": "canary_wer"}, pct(canary.wer)),
+        el("td", {"data-col": "canary_latency"}, ms(canary.latency_ms)),
+        el("td", {"data-col": "canary_rounds"}, count(canary.rounds),
+          num(canary.failed_rounds) ? el("small", {}, count(canary.failed_rounds) + " failed")
+            : null),
+        el("td", {"data-col": "last_round"}, canary.last_round_at ?
+          String(canary.last_round_at) : "–"),
+      ]);
+    });
+    const head = ["Variant", "Model", "Expires", "Canary WER", "Canary p50", "Rounds",
+      "Last round"];
+    const alerts = entries.flatMap(([, h]) => Array.isArray(h.alerts) ? h.alerts : [])
+      .concat(shared)
+      .sort((a, b) => String(b.at).localeCompare(String(a.at)))
+      .slice(0, 5);
+    return [
+      el("h3", {}, "Model health"),
+      el("div", {class: "table-wrap"}, el("table", {"data-table": "health"},
+        el("thead", {}, el("tr", {}, head.map((h) => el("th", {}, h)))), el("tbody", {}, rows))),
+      ...alerts.map((a) => el("p", {class: "note warning", "data-alert": String(a.kind)},
+        String(a.at) + " · " + String(a.kind) + " — " + String(a.message))),
+    ];
   }
 
   function renderRecommendation(recommendation) {
