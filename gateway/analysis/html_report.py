@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from gateway.analysis.health_views import canary_html, drift_html
 from gateway.analysis.html_plots import plots
 from gateway.analysis.planner import render_plan
 from gateway.analysis.report_fields import (
@@ -129,6 +130,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     for index, phase in enumerate(phases):
         is_open = phase.get("current") is True or (index == 0 and not any_current)
         parts.append(_phase(phase, as_text(report.get("control")), level, index, is_open))
+    parts += [drift_html(report.get("drift"), level), canary_html(report.get("canary"))]
     parts += ["</main>", _footer(report, settings), "</body></html>"]
     return "\n".join(parts) + "\n"
 

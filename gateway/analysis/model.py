@@ -32,6 +32,7 @@ class AnalysisOptions:
     latency_margin_ms: float = 50.0  # a latency guardrail trips only above +50 ms ...
     latency_margin_share: float = 0.10  # ... and above +10 % of the control's median
     max_buckets: int = 48
+    drift_window_s: int = 86400  # the drift section's windows (one day)
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.confidence < 1:
@@ -44,6 +45,8 @@ class AnalysisOptions:
             raise ValueError(f"rate_margin must be in (0, 1), got {self.rate_margin}")
         if not (self.latency_margin_ms > 0 and self.latency_margin_share >= 0):
             raise ValueError("latency_margin_ms must be > 0 and latency_margin_share >= 0")
+        if self.drift_window_s < 60:
+            raise ValueError(f"drift_window_s must be at least 60, got {self.drift_window_s}")
 
     @property
     def alpha(self) -> float:
@@ -59,6 +62,9 @@ class ExperimentInfo:
     shares: Mapping[str, float] = field(default_factory=dict)  # current traffic shares
     # Earlier phases' shares, from the control plane's phase history: their SRM check.
     phase_shares: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # The action that opened each phase, where the phase history is known ("ship": the
+    # drift section follows that phase).
+    phase_origins: Mapping[str, str | None] = field(default_factory=dict)
     # The smallest WER gain worth shipping, as a fraction (0.01: one point); 0: any gain.
     min_wer_gain: float = 0.0
     # The experiment's configured guardrails: the analysis tests the same limits.
@@ -66,10 +72,13 @@ class ExperimentInfo:
 
     @classmethod
     def of(
-        cls, experiment: Experiment, history: Mapping[str, Mapping[str, float]] | None = None
+        cls,
+        experiment: Experiment,
+        history: Mapping[str, Mapping[str, float]] | None = None,
+        origins: Mapping[str, str | None] | None = None,
     ) -> ExperimentInfo:
         """The experiment as configured now; `history` maps earlier phases to their
-        weights (`ExperimentState.phases`)."""
+        weights and `origins` to the action that opened them (`ExperimentState.phases`)."""
         phase_shares = {
             phase: {name: w / sum(weights.values()) for name, w in weights.items()}
             for phase, weights in (history or {}).items()
@@ -80,6 +89,7 @@ class ExperimentInfo:
             phase=experiment.phase,
             shares=experiment.shares,
             phase_shares=phase_shares,
+            phase_origins=dict(origins or {}),
             min_wer_gain=experiment.min_wer_gain,
             guardrails=experiment.guardrails,
         )

@@ -4,7 +4,9 @@
 the primary, non-forced records are the experiment's evidence (forced records are QA
 overrides, outside the split, and only counted; so are failed-over records, which control
 served while the assigned variant's backend was down, counted under the assigned variant);
-shadow records are kept for the paired comparison on identical audio. Each primary record is
+shadow records are kept for the paired comparison on identical audio. Canary records (the
+gateway's own test utterances, `gateway.analysis.canaries`) are no traffic of the experiment:
+`observe` leaves them out before anything is counted, paired or timed. Each primary record is
 classified into one outcome category and, when it has a label and recognised text, scored
 for WER. Everything downstream (`gateway.analysis.report`) works on these values, never on
 raw records.
@@ -48,6 +50,8 @@ LATENCY_METRICS: Final[tuple[LatencyMetric, ...]] = ("first_hypothesis_ms", "fin
 # about 0.3 s; a reconnected session's first record can be a whole utterance later.
 RETRY_GAP_S: Final = 120.0
 ClientSession = tuple[str, str]  # (client, client_session), or (client, session_id)
+# The roles of the experiment's own traffic: what users were served, and what shadows heard.
+EVIDENCE_ROLES: Final = frozenset({Role.PRIMARY, Role.SHADOW})
 
 
 def epoch_seconds(timestamp: str) -> float:
@@ -63,6 +67,7 @@ class Outcome:
     category: Category
     first_hypothesis_ms: float | None
     final_latency_ms: float | None
+    confidence: float | None = None  # the recogniser's, for results that carry one
 
     def latency(self, metric: LatencyMetric) -> float | None:
         return (
@@ -136,7 +141,7 @@ def observe(
     ordered = sorted(records, key=lambda r: r.timestamp)
     retried = retried_attempts(ordered)
     for record in ordered:
-        if record.phase is None or record.variant is None:
+        if record.phase is None or record.variant is None or record.role not in EVIDENCE_ROLES:
             continue
         by_phase.setdefault(record.phase, []).append(record)
     for phase_id, phase_records in by_phase.items():
@@ -210,7 +215,14 @@ def _add(
         variant.failed_attempts.add(record.session_id)
     if not (failure and retried):  # a failure the client retried is no outcome users saw
         variant.outcomes.append(
-            Outcome(at, record.unit, kind, record.first_hypothesis_ms, record.final_latency_ms)
+            Outcome(
+                at,
+                record.unit,
+                kind,
+                record.first_hypothesis_ms,
+                record.final_latency_ms,
+                None if failure else record.confidence,
+            )
         )
     if failure:
         return

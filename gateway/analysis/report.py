@@ -5,7 +5,10 @@ returns the report as a JSON-ready dict; `build_report` does the computing on re
 already in memory (it is CPU work: async callers run it in a thread). The report's schema
 is documented in docs/analysis.md and pinned by tests; renderers (`text_report`,
 `html_report`, the dashboard) read only that dict. Its inputs besides the records, how
-to decide and what the configuration says of the experiment, are the types of `model`.
+to decide and what the configuration says of the experiment, are the types of `model`;
+with the reference transcripts of the experiment's canary set it also scores the canary
+records (`canaries`), which are never part of the evidence, and for a shipped phase it
+follows the shipped variant against the holdout over time (`drift`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from typing import Final
 
 import numpy as np
 
+from gateway.analysis.canaries import CanaryAnswer, canary_answers, canary_section
 from gateway.analysis.decision import guardrails, recommend
+from gateway.analysis.drift import drift_section, shipped_variant
 from gateway.analysis.model import AnalysisOptions, ExperimentInfo, Json
 from gateway.analysis.observations import (
     LATENCY_METRICS,
@@ -77,11 +82,14 @@ async def analyze(
     until: datetime | None = None,
     phase: str | None = None,
     options: AnalysisOptions | None = None,
+    canary_references: Mapping[str, str] | None = None,
     missing_ok: bool = False,
     in_thread: bool = False,
 ) -> Json:
     """Read the experiment's records and labels and build its report.
 
+    `canary_references`: the experiment's canary set, item id -> reference transcript
+    (`gateway.health.canary.load_references`); without it there is no canary section.
     `missing_ok`: a store without an outcome file yet (FileNotFoundError) has no records.
     `in_thread`: compute in a worker thread, keeping a serving event loop responsive.
     """
@@ -102,6 +110,7 @@ async def analyze(
         until=until,
         phase=phase,
         options=options,
+        canary_references=canary_references,
     )
     return await asyncio.to_thread(build) if in_thread else build()
 
@@ -117,11 +126,17 @@ def build_report(
     phase: str | None = None,
     options: AnalysisOptions | None = None,
     now: datetime | None = None,
+    canary_references: Mapping[str, str] | None = None,
 ) -> Json:
     options = options or AnalysisOptions()
-    phases = observe(records, labels)
+    records = list(records)
+    references = canary_references or {}
+    answers = canary_answers(records, references)
+    every_phase = observe(records, labels)
+    phases = every_phase
     if phase is not None:
         phases = {key: value for key, value in phases.items() if key == phase}
+        answers = [answer for answer in answers if answer.phase == phase]
     control = _control(info, phases)
     ordered = sorted(
         phases.values(),
@@ -152,10 +167,45 @@ def build_report(
             "srm_threshold": options.srm_threshold,
             "resamples": options.resamples,
             "min_labelled": options.min_labelled,
+            "drift_window_s": options.drift_window_s,
         },
         "phases": phase_reports,
+        "canary": canary_section(answers, references, control),
+        "drift": _drift(every_phase, answers, info, phase, options),
         "recommendation": recommend(current, info, options),
     }
+
+
+def _drift(
+    phases: Mapping[str, PhaseObservations],
+    answers: Sequence[CanaryAnswer],
+    info: ExperimentInfo | None,
+    phase: str | None,
+    options: AnalysisOptions,
+) -> Json | None:
+    """The drift section of the selected phase (else the current one) when a ship split it;
+    None otherwise, or when the configuration (and so the phase's split) is unknown."""
+    selected = phase if phase is not None else None if info is None else info.phase
+    if info is None or selected is None:
+        return None
+    origin = info.phase_origins.get(selected)
+    if origin is not None and origin != "ship":
+        return None  # the phase history says another change opened it
+    shares = info.shares_of(selected)
+    shipped = (
+        None if shares is None else shipped_variant(shares, info.control, shipped=origin == "ship")
+    )
+    if shares is None or shipped is None:
+        return None
+    return drift_section(
+        phases.get(selected) or PhaseObservations(selected),
+        answers,
+        shipped=shipped,
+        holdout=info.control,
+        holdout_share=shares[info.control],
+        window_s=options.drift_window_s,
+        alpha=options.alpha,
+    )
 
 
 def _control(info: ExperimentInfo | None, phases: Mapping[str, PhaseObservations]) -> str | None:

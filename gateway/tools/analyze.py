@@ -1,8 +1,8 @@
 """`speech-gateway analyze`: one experiment's report from the configured outcome store.
 
-The store (file or Redis) and the experiment's control and current split come from the
-same settings the gateway runs with. The report goes to the terminal as tables, and on
-request to a JSON file (docs/analysis.md) and a self-contained HTML file.
+The store (file or Redis) and the experiment's control, current split and canary set come
+from the same settings the gateway runs with. The report goes to the terminal as tables, and
+on request to a JSON file (docs/analysis.md) and a self-contained HTML file.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from gateway.analysis.drift import DEFAULT_WINDOW_S, parse_window
 from gateway.analysis.model import AnalysisOptions, ExperimentInfo, Json
 from gateway.analysis.report import analyze, parse_moment
 from gateway.analysis.text_report import render_text
 from gateway.config.gateway import build_gateway_config
 from gateway.config.settings import Settings
 from gateway.errors import ConfigError
+from gateway.health.canary import load_references
 from gateway.outcomes.record import InvalidRecordError
 
 
@@ -43,6 +45,20 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         default=AnalysisOptions().min_labelled,
         help="labelled utterances per arm before WER decides (20)",
     )
+    parser.add_argument(
+        "--drift-window",
+        type=_window,
+        default=DEFAULT_WINDOW_S,
+        metavar="LENGTH",
+        help="the drift section's window after a ship: 1d, 12h, 30m ... (1d)",
+    )
+
+
+def _window(value: str) -> int:
+    try:
+        return parse_window(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _moment(value: str) -> datetime:
@@ -88,11 +104,30 @@ def experiment_info(
     return info
 
 
+def canary_references(settings: Settings, experiment: str) -> dict[str, str] | None:
+    """The reference transcripts of the experiment's canary set (item id -> text); None when
+    it has none, or the configuration cannot be validated here (the set's folder is checked
+    with the rest of it)."""
+    try:
+        config = build_gateway_config(settings.gateway)
+    except ConfigError:
+        return None
+    found = next((e for e in config.experiments if e.id == experiment), None)
+    if found is None or found.canary is None:
+        return None
+    return load_references(found.canary.dataset)
+
+
 async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
     from gateway.stores.factory import open_reader
 
-    options = AnalysisOptions(confidence=args.confidence, min_labelled=args.min_labelled)
+    options = AnalysisOptions(
+        confidence=args.confidence,
+        min_labelled=args.min_labelled,
+        drift_window_s=args.drift_window,
+    )
     info = experiment_info(settings, args.experiment, args.control)
+    references = canary_references(settings, args.experiment)
     async with open_reader(settings.outcomes, settings.redis.connection()) as reader:
         try:
             report = await analyze(
@@ -103,6 +138,7 @@ async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
                 until=args.until,
                 phase=args.phase,
                 options=options,
+                canary_references=references,
             )
         except FileNotFoundError as exc:
             raise ConfigError("outcomes.path", f"no outcome file at {exc.filename}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -13,8 +14,11 @@ from redis.asyncio import Redis
 from traffic import Traffic
 
 from gateway.cli import main
+from gateway.config.gateway import build_gateway_config
+from gateway.config.settings import load_settings
 from gateway.logging import configure_logging
 from gateway.outcomes.labels import LabelInput
+from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
 from gateway.stores.keys import RECORD_FIELD, RedisKeys
 from gateway.stores.label_store import RedisLabelStore
 from gateway.stores.redis_sink import RedisSink
@@ -269,3 +273,72 @@ def test_analyze_with_redis_unreachable_is_one_line_and_status_2(
     assert err.count("\n") == 1, err
     assert err.startswith("speech-gateway: connect: ")
     assert "Traceback" not in err
+
+
+def test_analyze_scores_the_configured_canary_set_and_takes_a_drift_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The experiment's canary references come from its configured set; the configured split
+    is a shipped one (5 % holdout), so the report has a drift section in the asked windows."""
+    monkeypatch.chdir(tmp_path)
+    made = traffic()
+    reference = "what is my available balance today"
+    for variant, text in (("base", "what is my balance today"), ("custom", reference)):
+        made.records.append(
+            OutcomeRecord(
+                kind=Kind.UTTERANCE,
+                timestamp="2026-11-21T12:00:30.000Z",
+                experiment="e",
+                phase=None,  # replaced below: the configured phase's id
+                variant=variant,
+                backend="local",
+                role=Role.CANARY,
+                client="_canary",
+                unit="balance",
+                unit_source=UnitSource.CANARY,
+                session_id=f"canary-{variant}",
+                protocol=Protocol.USP,
+                status="Success",
+                text=text,
+                final_latency_ms=400.0,
+            )
+        )
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "balance.wav").write_bytes(b"")
+    (canary / "manifest.jsonl").write_text(
+        json.dumps({"id": "balance", "audio": "balance.wav", "text": reference}) + "\n"
+    )
+    config = (
+        '[gateway.backends.local]\nurl = "ws://127.0.0.1:5000"\n'
+        "[[gateway.experiments]]\n"
+        'id = "e"\ncontrol = "base"\n'
+        'variants = [{ name = "base", backend = "local", weight = 5 },'
+        ' { name = "custom", backend = "local", weight = 95 }]\n'
+        '[gateway.experiments.canary]\ndataset = "canary"\n'
+    )
+    (tmp_path / "c.toml").write_text(config)
+    phase = build_gateway_config(load_settings(tmp_path / "c.toml").gateway).experiments[0].phase
+    made.records = [dataclasses.replace(r, phase=phase) for r in made.records]
+    write_file_store(tmp_path, made)  # writes its own c.toml: the store's section alone
+    (tmp_path / "c.toml").write_text(config + '[outcomes]\npath = "out.jsonl"\n')
+    argv = ["--config", "c.toml", "analyze", "--experiment", "e"]
+    assert main([*argv, "--drift-window", "30m", "--json", "-"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    base, custom = report["canary"]["variants"]
+    assert (base["name"], base["phases"][0]["wer"]) == ("base", pytest.approx(1 / 6))
+    assert (custom["name"], custom["phases"][0]["wer"]) == ("custom", 0.0)
+    drift = report["drift"]
+    assert (drift["shipped"], drift["holdout"], drift["window_seconds"]) == ("custom", "base", 1800)
+    assert report["settings"]["drift_window_s"] == 1800
+    # Canaries never count: the variants' outcomes are the traffic's alone.
+    assert sum(v["outcomes"] for v in report["phases"][0]["variants"]) == 120
+
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Canaries (1 items; never part of the evidence)" in out
+    assert "Drift after the decision" in out
+
+    with pytest.raises(SystemExit):
+        main([*argv, "--drift-window", "1 week"])
+    assert "not a duration" in capsys.readouterr().err

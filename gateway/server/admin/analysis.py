@@ -2,8 +2,10 @@
 
 `GET /admin/experiments/{id}/analysis` computes the experiment's report
 (`gateway.analysis`, schema in docs/analysis.md) from the gateway's own outcome store, with
-optional `phase`, `since` and `until` (ISO-8601) query parameters. It needs an admin bearer
-token (the same credentials as the labels API). The dashboard and `replay` read it; the
+optional `phase`, `since` and `until` (ISO-8601) query parameters, the phase history of the
+control plane (so a shipped phase gets its drift section) and the reference transcripts of
+the experiment's canary set (its canary section). It needs an admin bearer token (the same
+credentials as the labels API). The dashboard and `replay` read it; the
 experiments' state and changes are `gateway.server.admin.control`'s.
 
 The analysis is CPU work (bootstrap resampling), so it runs in a worker thread, and a
@@ -18,13 +20,15 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
 
 from gateway.analysis import AnalysisOptions, ExperimentInfo, analyze
 from gateway.analysis.report import parse_moment
-from gateway.errors import ControlError, StoreUnavailable
+from gateway.errors import ConfigError, ControlError, StoreUnavailable
+from gateway.health.canary import load_references
 from gateway.logging import get_logger
 from gateway.outcomes.ports import OutcomeReader
 from gateway.server.admin.auth import ADMIN_TOKENS, NEEDS_TOKEN, AdminTokens, admin_name
@@ -91,7 +95,9 @@ async def experiment_analysis(request: web.Request) -> web.Response:
         experiment = control.experiment(experiment_id)
     except ControlError as exc:
         return _error(exc.status, exc.reason)
-    history = {entry.phase: entry.weights for entry in control.state(experiment_id).phases}
+    phases = control.state(experiment_id).phases
+    history = {entry.phase: entry.weights for entry in phases}
+    origins = {entry.phase: entry.origin for entry in phases}
     try:
         since, until = _moment(request, "since"), _moment(request, "until")
     except web.HTTPBadRequest as exc:
@@ -104,10 +110,11 @@ async def experiment_analysis(request: web.Request) -> web.Response:
         return web.json_response(cached[1], dumps=_strict_json)
     running = analyses.running.get(key)
     if running is None:
-        info = ExperimentInfo.of(experiment, history)
+        info = ExperimentInfo.of(experiment, history, origins)
         reader = request.app[OUTCOME_READER]
+        canary = None if experiment.canary is None else experiment.canary.dataset
         running = asyncio.ensure_future(
-            _compute(reader, experiment_id, info, since, until, phase, analyses.options)
+            _compute(reader, experiment_id, info, since, until, phase, analyses.options, canary)
         )
         analyses.running[key] = running
         running.add_done_callback(lambda _f: analyses.running.pop(key, None))
@@ -136,7 +143,9 @@ async def _compute(
     until: datetime | None,
     phase: str | None,
     options: AnalysisOptions,
+    canary: Path | None,
 ) -> Json:
+    references = None if canary is None else await _references(experiment, canary)
     return await analyze(
         reader,
         experiment,
@@ -145,6 +154,18 @@ async def _compute(
         until=until,
         phase=phase,
         options=options,
+        canary_references=references,
         missing_ok=True,  # the embedded store before its first record
         in_thread=True,
     )
+
+
+async def _references(experiment: str, folder: Path) -> dict[str, str] | None:
+    """The canary set's reference transcripts. The set was checked at start-up; should it
+    have been damaged since, the report goes without its canary section rather than not at
+    all, and the log says why."""
+    try:
+        return await asyncio.to_thread(load_references, folder)
+    except ConfigError as exc:
+        log.error("analysis_canary_references_unreadable", experiment=experiment, error=str(exc))
+        return None
