@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -40,6 +42,7 @@ TEXTS = {
     "base": "what is my variable balance to day",  # the base model: about 50 % WER
 }
 ROUND_TIMEOUT_S = 60.0
+EXPIRES = (datetime.now(UTC) + timedelta(days=10)).date()  # the banking model's transcription
 
 
 def write(path: Path, lines: list[str]) -> Path:
@@ -58,7 +61,7 @@ def canary_set(folder: Path) -> Path:
 
 @pytest.fixture
 def emulator(tmp_path: Path) -> Iterator[LocalEmulator]:
-    expires = (datetime.now(UTC) + timedelta(days=10)).date().isoformat()
+    expires = EXPIRES.isoformat()
     config = write(
         tmp_path / "emulator.toml",
         [
@@ -150,6 +153,15 @@ def gateway(
     return LocalGateway(config, log_path=tmp_path / "gateway.log", env=env)
 
 
+def admin_list(gw: LocalGateway) -> str:
+    """`speech-gateway admin list`, as an operator runs it."""
+    env = {**os.environ, "SPEECH_GATEWAY_ADMIN_TOKEN": ADMIN}
+    command = [sys.executable, "-m", "gateway", "admin", "--gateway", gw.http_url, "list"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def switch(emulator: LocalEmulator, model: str, *, silent: bool) -> None:
     body = json.dumps({"model": model, "silent": silent}).encode()
     request = urllib.request.Request(
@@ -201,6 +213,8 @@ async def test_a_silent_fallback_and_a_visible_redeploy_are_found_and_alert_once
             await until(lambda: rounds_at_least(4), "four canary rounds")
             await until(lambda: got("model_expiring"), "the expiry warning")
             assert not [k for k in receiver.kinds() if k.startswith("canary")]
+            listing = admin_list(gw)
+            assert f"{EXPIRES.isoformat()}!" in listing, listing  # marked: within 30 days
             before = await get(http, gw, f"/admin/experiments/{EXPERIMENT}")
 
             # An expired model's fallback: the API still shows banking; only canaries see it.
