@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Final, Literal, get_args, get_type_hints
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 # The largest time a record may carry, in milliseconds (about 31,700 years): far beyond any
 # session or backend offset the gateway measures, and small enough that the sums and squares
 # the analysis forms over billions of records stay finite. A larger value is corruption.
@@ -35,6 +35,8 @@ MAX_MS: Final = 1e15
 MAX_COUNT: Final = 2**53 - 1
 # Fields added after version 1, with the version that added them.
 ADDED_IN: Final = {"failover_from": 2, "client_session": 3}
+# The version that added a value to an enumeration: an older record cannot hold it.
+VALUE_ADDED_IN: Final = {("role", "canary"): 4, ("unit_source", "canary"): 4}
 
 
 class InvalidRecordError(ValueError):
@@ -260,6 +262,12 @@ def _check_semantics(record: OutcomeRecord) -> None:
     """Rules across fields and ranges that types alone do not express."""
     if record.schema_version < 1:
         raise InvalidRecordError("field 'schema_version': must be >= 1")
+    for (name, value), added in VALUE_ADDED_IN.items():
+        if getattr(record, name) == value and record.schema_version < added:
+            raise InvalidRecordError(
+                f"field {name!r}: {value!r} is new in schema version {added}, "
+                f"not in a version {record.schema_version} record"
+            )
     if not _RECORD_ID.fullmatch(record.record_id):
         raise InvalidRecordError(
             f"field 'record_id': expected 32 lower-case hex digits, got {_show(record.record_id)}"

@@ -263,6 +263,23 @@ async def test_a_silent_fallback_and_a_visible_redeploy_are_found_and_alert_once
                 for variant in phase_report["variants"].values():
                     assert variant["outcomes"] == 0, variant
 
+            # A ship keeps a holdout on control; the live report then tracks drift in it.
+            async with http.post(
+                f"{gw.http_url}/admin/experiments/{EXPERIMENT}/ship",
+                json={"variant": "custom", "holdout": 0.05, "reason": "custom wins"},
+                headers=AUTH,
+            ) as answer:
+                assert answer.status == 200, await answer.text()
+            shipped = await get(http, gw, f"/admin/experiments/{EXPERIMENT}")
+            assert shipped["phases"][0]["origin"] == "ship"
+
+            async def drift() -> Any:  # the live report is cached for 2 s
+                report = await get(http, gw, f"/admin/experiments/{EXPERIMENT}/analysis")
+                return report["drift"]
+
+            tracked = await until(drift, "the drift section")
+            assert (tracked["shipped"], tracked["holdout"]) == ("custom", "base")
+
 
 async def test_without_pause_a_fallback_alerts_both_ways_once_and_keeps_the_split(
     tmp_path: Path, emulator: LocalEmulator, receiver: Receiver

@@ -13,6 +13,7 @@ import pytest
 from gateway.outcomes.record import (
     FIELD_NAMES,
     SCHEMA_VERSION,
+    InvalidRecordError,
     Kind,
     OutcomeRecord,
     Protocol,
@@ -106,8 +107,8 @@ def line_with(**changes: Any) -> str:
 
 def test_fields_are_the_schema_v3_fields_in_order() -> None:
     """The dataclass fields, and so the JSON keys, are exactly schema v3's, in its order:
-    v1's, then the field v2 added, then the one v3 added."""
-    assert SCHEMA_VERSION == 3
+    v1's, then the field v2 added, then the one v3 added (v4 added values, no field)."""
+    assert SCHEMA_VERSION == 4
     assert FIELD_NAMES == SCHEMA_V3_FIELDS
     assert tuple(json.loads(make().to_json())) == SCHEMA_V3_FIELDS
 
@@ -354,14 +355,15 @@ def test_unknown_field_is_refused_in_this_version() -> None:
 
 def test_unknown_field_of_a_newer_version_is_ignored() -> None:
     """A newer writer's added fields are skipped; the record keeps its version number."""
-    record = OutcomeRecord.from_json(line_with(schema_version=4, colour="blue"))
-    assert record.schema_version == 4
+    newer = SCHEMA_VERSION + 1
+    record = OutcomeRecord.from_json(line_with(schema_version=newer, colour="blue"))
+    assert record.schema_version == newer
     assert dataclasses.replace(record, schema_version=SCHEMA_VERSION) == make()
 
 
 def test_newer_version_still_needs_the_known_fields() -> None:
     """A newer record must still carry every field this reader knows."""
-    data = json.loads(line_with(schema_version=4))
+    data = json.loads(line_with(schema_version=SCHEMA_VERSION + 1))
     del data["status"]
     with pytest.raises(ValueError, match="field 'status': missing"):
         OutcomeRecord.from_json(json.dumps(data))
@@ -379,3 +381,13 @@ def test_from_json_refuses_non_objects(line: str | bytes) -> None:
     """Invalid JSON, or JSON that is not an object, raises ValueError."""
     with pytest.raises(ValueError, match="outcome record"):
         OutcomeRecord.from_json(line)
+
+
+def test_canary_values_are_new_in_version_4() -> None:
+    """A canary record is written as version 4; a version 3 line claiming one is refused,
+    naming the field, and so is a version 3 line with a canary unit source."""
+    canary = make(role=Role.CANARY, unit_source=UnitSource.CANARY)
+    assert OutcomeRecord.from_json(canary.to_json()).schema_version == 4
+    for field, value in (("role", "canary"), ("unit_source", "canary")):
+        with pytest.raises(InvalidRecordError, match=f"field '{field}': 'canary' is new in"):
+            OutcomeRecord.from_json(line_with(schema_version=3, **{field: value}))
