@@ -34,6 +34,8 @@ RUN pip install --no-cache-dir --no-index /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
 COPY config ./config
 COPY data/demo ./data/demo
+# The example config's canary set (its manifest points into data/demo).
+COPY data/canary ./data/canary
 # Outcomes, the experiments' state, the pseudonym key and the journal go to var/: mount a
 # volume there to keep them across containers.
 RUN mkdir -p var && chown 10001:10001 var
