@@ -83,6 +83,22 @@ def listing() -> dict[str, Any]:
     return {"experiments": [view, quiet]}
 
 
+# A report with a canary section only: seven rounds of the custom variant, the last a
+# fallback to the base model; the table shows the latest six, oldest first.
+REPORT = {
+    "phases": [],
+    "recommendation": None,
+    "canary": {
+        "variants": [
+            {
+                "name": "custom",
+                "rounds": [{"wer": wer} for wer in (0.5, 0.0, 0.0, 0.01, 0.0, 0.0, 0.333)],
+            }
+        ]
+    },
+}
+
+
 def app() -> web.Application:
     admins = AdminTokens.from_digests({"alice": hash_key(TOKEN)})
 
@@ -91,8 +107,10 @@ def app() -> web.Application:
             return web.json_response({"error": "an admin token is required"}, status=401)
         return web.json_response(listing())
 
-    async def analysis(_request: web.Request) -> web.Response:
-        return web.json_response({"error": "no outcome store"}, status=503)
+    async def analysis(request: web.Request) -> web.Response:
+        if request.match_info["id"] != "banking":
+            return web.json_response({"error": "no outcome store"}, status=503)
+        return web.json_response(REPORT)
 
     application = web.Application()
     add_dashboard_routes(application, refresh_seconds=1.0)
@@ -154,6 +172,8 @@ def test_the_health_block_shows_models_canaries_and_alerts(tmp_path: Path) -> No
             "yes"
         )
         assert cell("custom", "canary_wer") == ["5.0%"]
+        assert cell("custom", "canary_trend") == ["0.0% · 0.0% · 1.0% · 0.0% · 0.0% · 33.3%"]
+        assert cell("base", "canary_trend") == ["–"]
         assert cell("custom", "canary_latency") == ["380 ms"]
         assert cell("custom", "canary_rounds") == ["12", "1 failed"]
         assert cell("custom", "last_round") == ["2026-12-07T10:05:00.000Z"]

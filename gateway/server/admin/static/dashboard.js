@@ -31,6 +31,7 @@
     return node;
   }
   const num = (v) => (typeof v === "number" && Number.isFinite(v)) ? v : null;
+  const TREND_ROUNDS = 6;  // canary rounds shown per variant in the health table
   const pct = (v) => num(v) === null ? "–" : (v * 100).toFixed(1) + "%";
   const pp = (v) => num(v) === null ? "–" : (v >= 0 ? "+" : "") + (v * 100).toFixed(1) + " pp";
   const ms = (v) => num(v) === null ? "–" : Math.round(v).toLocaleString("en") + " ms";
@@ -177,13 +178,24 @@
         "No data yet: no outcome records in the current phase."));
     }
     if (phase) section.append(...renderNotes(phase));
-    section.append(...renderHealth(experiment));
+    section.append(...renderHealth(experiment, report));
     return section;
   }
 
+  // The WER of a variant's latest canary rounds, oldest first, from the report's canary
+  // section (docs/analysis.md): how its canary WER went over time.
+  function canaryTrend(report, name) {
+    const canary = report && report.canary;
+    const variants = canary && Array.isArray(canary.variants) ? canary.variants : [];
+    const found = variants.find((v) => v && v.name === name);
+    const rounds = found && Array.isArray(found.rounds) ? found.rounds.slice(-TREND_ROUNDS) : [];
+    return rounds.length ? rounds.map((r) => pct(r.wer)).join(" · ") : "–";
+  }
+
   // Model health (docs/admin.md, "Model health in the view"): per variant the model behind
-  // its endpoint and its expiry, the last canary round, then the latest alerts.
-  function renderHealth(experiment) {
+  // its endpoint and its expiry, the last canary round and the latest rounds' trend, then
+  // the latest alerts.
+  function renderHealth(experiment, report) {
     const health = experiment.health;
     const entries = health && health.variants && typeof health.variants === "object" ?
       Object.entries(health.variants) : [];
@@ -209,6 +221,7 @@
           model ? day(model.transcription_expires) : "–",
           model ? el("small", {}, "adaptation " + day(model.adaptation_expires)) : null),
         el("td", {"data-col": "canary_wer"}, pct(canary.wer)),
+        el("td", {"data-col": "canary_trend"}, canaryTrend(report, name)),
         el("td", {"data-col": "canary_latency"}, ms(canary.latency_ms)),
         el("td", {"data-col": "canary_rounds"}, count(canary.rounds),
           num(canary.failed_rounds) ? el("small", {}, count(canary.failed_rounds) + " failed")
@@ -217,8 +230,8 @@
           String(canary.last_round_at) : "–"),
       ]);
     });
-    const head = ["Variant", "Model", "Expires", "Canary WER", "Canary p50", "Rounds",
-      "Last round"];
+    const head = ["Variant", "Model", "Expires", "Canary WER", "Latest rounds", "Canary p50",
+      "Rounds", "Last round"];
     const alerts = entries.flatMap(([, h]) => Array.isArray(h.alerts) ? h.alerts : [])
       .concat(shared)
       .sort((a, b) => String(b.at).localeCompare(String(a.at)))
