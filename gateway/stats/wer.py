@@ -8,8 +8,9 @@ over the total reference words, not a mean of per-utterance rates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import jiwer
 
@@ -65,6 +66,66 @@ def align(reference: str, hypothesis: str) -> WerCounts:
         insertions=int(out.insertions),
         hits=int(out.hits),
     )
+
+
+OpKind = Literal["equal", "substitute", "delete", "insert"]
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One word of an alignment: a hit, a substitution (reference word -> recognised word),
+    a deleted reference word or an inserted recognised word."""
+
+    kind: OpKind
+    reference: str | None  # None for an insertion
+    hypothesis: str | None  # None for a deletion
+
+
+@dataclass(frozen=True, slots=True)
+class Alignment:
+    """The word-by-word alignment of a reference and a hypothesis, after normalisation."""
+
+    reference: tuple[str, ...]
+    hypothesis: tuple[str, ...]
+    ops: tuple[Op, ...]
+
+    @property
+    def counts(self) -> WerCounts:
+        kinds = [op.kind for op in self.ops]
+        return WerCounts(
+            substitutions=kinds.count("substitute"),
+            deletions=kinds.count("delete"),
+            insertions=kinds.count("insert"),
+            hits=kinds.count("equal"),
+        )
+
+
+def alignment(
+    reference: str,
+    hypothesis: str,
+    normalise: Callable[[str], list[str]] = normalize_words,
+) -> Alignment:
+    """The word operations of the best alignment (the one `align` counts), in order;
+    `normalise` turns a text into words (the documented normalisation by default)."""
+    ref = tuple(normalise(reference))
+    hyp = tuple(normalise(hypothesis))
+    if not ref or not hyp:
+        ops = [Op("delete", word, None) for word in ref]
+        ops += [Op("insert", None, word) for word in hyp]
+        return Alignment(ref, hyp, tuple(ops))
+    out = jiwer.process_words(" ".join(ref), " ".join(hyp))
+    words: list[Op] = []
+    for chunk in out.alignments[0]:
+        refs = ref[chunk.ref_start_idx : chunk.ref_end_idx]
+        hyps = hyp[chunk.hyp_start_idx : chunk.hyp_end_idx]
+        if chunk.type == "delete":
+            words += [Op("delete", word, None) for word in refs]
+        elif chunk.type == "insert":
+            words += [Op("insert", None, word) for word in hyps]
+        else:  # equal and substitute chunks pair their words one to one
+            kind: OpKind = "equal" if chunk.type == "equal" else "substitute"
+            words += [Op(kind, r, h) for r, h in zip(refs, hyps, strict=True)]
+    return Alignment(ref, hyp, tuple(words))
 
 
 def corpus_wer(pairs: Iterable[tuple[str, str]]) -> WerCounts:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.stats.wer import WerCounts, align, corpus_wer
+from gateway.stats.wer import WerCounts, align, alignment, corpus_wer
 
 
 def _levenshtein(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
@@ -80,3 +80,24 @@ def test_align_matches_levenshtein(reference: list[str], hypothesis: list[str]) 
     assert counts.errors == _levenshtein(reference, hypothesis)
     assert counts.reference_words == len(reference)
     assert counts.hits + counts.substitutions + counts.insertions == len(hypothesis)
+
+
+WORDS = st.lists(st.sampled_from(["a", "b", "c", "balance", "today"]), max_size=8)
+
+
+@given(WORDS, WORDS)
+def test_an_alignment_rebuilds_both_texts_and_counts_as_align_does(
+    reference: list[str], hypothesis: list[str]
+) -> None:
+    found = alignment(" ".join(reference), " ".join(hypothesis))
+    assert found.counts == align(" ".join(reference), " ".join(hypothesis))
+    assert [op.reference for op in found.ops if op.reference is not None] == reference
+    assert [op.hypothesis for op in found.ops if op.hypothesis is not None] == hypothesis
+    for op in found.ops:
+        assert (op.kind == "equal") == (op.reference is not None and op.reference == op.hypothesis)
+
+
+def test_an_alignment_names_the_words_of_each_error() -> None:
+    found = alignment("what is my balance today", "what is the balance today please")
+    errors = [(op.kind, op.reference, op.hypothesis) for op in found.ops if op.kind != "equal"]
+    assert errors == [("substitute", "my", "the"), ("insert", None, "please")]
