@@ -36,6 +36,8 @@ COPY config ./config
 COPY data/demo ./data/demo
 # The example config's canary set (its manifest points into data/demo).
 COPY data/canary ./data/canary
+# The example config's term list and synonyms for the error analysis.
+COPY data/lexicon ./data/lexicon
 # Outcomes, the experiments' state, the pseudonym key and the journal go to var/: mount a
 # volume there to keep them across containers.
 RUN mkdir -p var && chown 10001:10001 var

@@ -818,6 +818,8 @@ synthesiser.
 | `demo/banking/` | the demo set |
 | `heldout/travel/` | held-out domain, tests only |
 | `heldout/healthcare/` | held-out domain, tests only |
+| `canary/` | the example config's canary set, eight `demo/banking/` utterances; by hand |
+| `lexicon/` | banking terms and synonyms for the error analysis; by hand |
 
 Each domain folder holds:
 
@@ -846,7 +848,7 @@ python scripts/make_dataset.py
 ```
 
 The script uses a fixed seed and is deterministic for a given espeak-ng and sox version; it
-rewrites everything under `data/`.
+rewrites `demo/`, `heldout/` and this README, and leaves `canary/` and `lexicon/` alone.
 """
 
 

@@ -101,7 +101,14 @@ class Traffic:
             self.utterance("base", 2 * i, word_error=base_error)
             self.utterance("custom", 2 * i + 1, word_error=custom_error, **custom)
 
-    def report(self, info: ExperimentInfo | None = INFO, **options: Any) -> dict[str, Any]:
+    def report(
+        self, info: ExperimentInfo | None = INFO, errors: Any = None, **options: Any
+    ) -> dict[str, Any]:
         return build_report(
-            "e", self.records, self.labels, info=info, options=AnalysisOptions(**options)
+            "e",
+            self.records,
+            self.labels,
+            info=info,
+            options=AnalysisOptions(**options),
+            errors=errors,
         )

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from gateway.analysis.error_analysis import errors_html
 from gateway.analysis.health_views import canary_html, drift_html
 from gateway.analysis.html_plots import plots
 from gateway.analysis.planner import render_plan
@@ -98,6 +99,14 @@ svg.plot { width: 100%; height: auto; display: block; }
 .no-data { color: #555; font-style: italic; border: 1px dashed #bbb; padding: 24px;
   text-align: center; }
 footer { color: #555; font-size: 0.9em; margin-top: 24px; }
+td.diff { white-space: normal; text-align: left; min-width: 16em; }
+.op-sub { background: #fde8e8; color: #8a1c14; border-radius: 3px; padding: 0 2px; }
+.op-del { background: #fff4e0; color: #7a4500; text-decoration: line-through;
+  border-radius: 3px; padding: 0 2px; }
+.op-ins { background: #e7f0fa; color: #0b3d75; border-radius: 3px; padding: 0 2px; }
+table[data-table="worst"] th, table[data-table="shadow-pairs"] th { text-align: left; }
+.segments tr.called-out td { background: #fff4e0; }
+ul.terms { margin: 4px 0 12px; padding-left: 20px; }
 @media print {
   body { max-width: none; padding: 0; font-size: 10pt; }
   .phase, figure, table { break-inside: avoid; }
@@ -130,7 +139,11 @@ def render_html(report: Mapping[str, Any]) -> str:
     for index, phase in enumerate(phases):
         is_open = phase.get("current") is True or (index == 0 and not any_current)
         parts.append(_phase(phase, as_text(report.get("control")), level, index, is_open))
-    parts += [drift_html(report.get("drift"), level), canary_html(report.get("canary"))]
+    parts += [
+        drift_html(report.get("drift"), level),
+        canary_html(report.get("canary")),
+        errors_html(report.get("errors")),
+    ]
     parts += ["</main>", _footer(report, settings), "</body></html>"]
     return "\n".join(parts) + "\n"
 

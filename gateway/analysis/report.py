@@ -26,6 +26,7 @@ import numpy as np
 from gateway.analysis.canaries import CanaryAnswer, canary_answers, canary_section
 from gateway.analysis.decision import guardrails, recommend
 from gateway.analysis.drift import drift_section, shipped_variant
+from gateway.analysis.error_analysis import ErrorInputs, errors_section
 from gateway.analysis.model import AnalysisOptions, ExperimentInfo, Json
 from gateway.analysis.observations import (
     LATENCY_METRICS,
@@ -83,6 +84,7 @@ async def analyze(
     phase: str | None = None,
     options: AnalysisOptions | None = None,
     canary_references: Mapping[str, str] | None = None,
+    errors: ErrorInputs | None = None,
     missing_ok: bool = False,
     in_thread: bool = False,
 ) -> Json:
@@ -90,6 +92,7 @@ async def analyze(
 
     `canary_references`: the experiment's canary set, item id -> reference transcript
     (`gateway.health.canary.load_references`); without it there is no canary section.
+    `errors`: the error analysis's term list and synonyms (`error_analysis.ErrorInputs`).
     `missing_ok`: a store without an outcome file yet (FileNotFoundError) has no records.
     `in_thread`: compute in a worker thread, keeping a serving event loop responsive.
     """
@@ -111,6 +114,7 @@ async def analyze(
         phase=phase,
         options=options,
         canary_references=canary_references,
+        errors=errors,
     )
     return await asyncio.to_thread(build) if in_thread else build()
 
@@ -127,6 +131,7 @@ def build_report(
     options: AnalysisOptions | None = None,
     now: datetime | None = None,
     canary_references: Mapping[str, str] | None = None,
+    errors: ErrorInputs | None = None,
 ) -> Json:
     options = options or AnalysisOptions()
     records = list(records)
@@ -172,6 +177,15 @@ def build_report(
         "phases": phase_reports,
         "canary": canary_section(answers, references, control),
         "drift": _drift(every_phase, answers, info, phase, options),
+        "errors": errors_section(
+            records,
+            labels,
+            # The selected phase, else the current one (the first phase report).
+            phase=phase or (current["phase"] if current is not None else None),
+            control=control,
+            options=options,
+            inputs=errors,
+        ),
         "recommendation": recommend(current, info, options),
     }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gateway.analysis.error_analysis import errors_text
 from gateway.analysis.health_views import canary_text, drift_text
 from gateway.analysis.planner import render_plan
 
@@ -76,7 +77,11 @@ def render_text(report: Mapping[str, Any]) -> str:
     for phase in report["phases"]:
         lines += ["", *_phase(phase, confidence)]
     # Absent from reports made before the sections existed; null when they do not apply.
-    for section in (canary_text(report.get("canary")), drift_text(report.get("drift"))):
+    for section in (
+        canary_text(report.get("canary")),
+        drift_text(report.get("drift")),
+        errors_text(report.get("errors")),
+    ):
         if section:
             lines += ["", *section]
     recommendation = report["recommendation"]

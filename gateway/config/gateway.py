@@ -306,6 +306,16 @@ class ExperimentSettings(_Model):
     canary: CanarySettings | None = Field(
         None, description="A canary set sent to every variant on a schedule; unset: none."
     )
+    terms: Path | None = Field(
+        None,
+        description="The domain terms whose recall and precision the error analysis reports "
+        "per variant: a text file, one term per line (docs/error-analysis.md); unset: none.",
+    )
+    synonyms: Path | None = Field(
+        None,
+        description="Equivalent forms (`okay = ok`) the error analysis applies to both arms "
+        "when it separates style from substance (docs/error-analysis.md); unset: none.",
+    )
 
 
 class ClientSettings(_Model):
@@ -778,6 +788,13 @@ def _check_webhook_url(url: str, where: str) -> None:
         raise ConfigError(where, "has a bad port") from None
 
 
+def _text_file(path: Path | None, where: str) -> Path | None:
+    """A file the analysis reads (its content is checked there, with its line numbers)."""
+    if path is not None and not path.is_file():
+        raise ConfigError(where, f"{path} is not a readable file")
+    return path
+
+
 def _canary(settings: CanarySettings | None, where: str) -> Canary | None:
     if settings is None:
         return None
@@ -896,6 +913,8 @@ def _experiment(
         min_wer_gain=settings.min_wer_gain_points / 100,
         canary=_canary(settings.canary, f"{where}.canary"),
         holdout_share=settings.holdout_share,
+        terms=_text_file(settings.terms, f"{where}.terms"),
+        synonyms=_text_file(settings.synonyms, f"{where}.synonyms"),
     )
 
 

@@ -152,6 +152,9 @@ class Experiment:
     # Control's share of the traffic once a challenger is shipped (the holdout that keeps
     # measuring the shipped model against the one it replaced).
     holdout_share: float = 0.05
+    # The error analysis's term list and synonyms files (docs/error-analysis.md); None: none.
+    terms: Path | None = None
+    synonyms: Path | None = None
 
     def session_locale(self, locale: str | None) -> str | None:
         """The locale of a session this experiment takes: its own, else the assumed one."""

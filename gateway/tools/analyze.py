@@ -1,8 +1,10 @@
 """`speech-gateway analyze`: one experiment's report from the configured outcome store.
 
-The store (file or Redis) and the experiment's control, current split and canary set come
-from the same settings the gateway runs with. The report goes to the terminal as tables, and
-on request to a JSON file (docs/analysis.md) and a self-contained HTML file.
+The store (file or Redis) and the experiment's control, current split, canary set, term
+list and synonyms come from the same settings the gateway runs with. The report goes to the
+terminal as tables, and on request to a JSON file (docs/analysis.md) and a self-contained
+HTML file; `--alignments` writes every labelled utterance's word alignment
+(docs/error-analysis.md).
 """
 
 from __future__ import annotations
@@ -14,13 +16,20 @@ from datetime import datetime
 from pathlib import Path
 
 from gateway.analysis.drift import DEFAULT_WINDOW_S, parse_window
+from gateway.analysis.error_analysis import ErrorInputs
+from gateway.analysis.labelled import labelled_results
 from gateway.analysis.model import AnalysisOptions, ExperimentInfo, Json
 from gateway.analysis.report import analyze, parse_moment
+from gateway.analysis.style import load_synonyms
+from gateway.analysis.terms import load_terms
 from gateway.analysis.text_report import render_text
+from gateway.analysis.word_errors import alignment_rows, alignments_format, write_alignments
 from gateway.config.gateway import build_gateway_config
 from gateway.config.settings import Settings
+from gateway.control.model import Experiment
 from gateway.errors import ConfigError
 from gateway.health.canary import load_references
+from gateway.outcomes.ports import OutcomeReader
 from gateway.outcomes.record import InvalidRecordError
 
 
@@ -46,6 +55,26 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         help="labelled utterances per arm before WER decides (20)",
     )
     parser.add_argument(
+        "--terms",
+        type=Path,
+        metavar="FILE",
+        help="the domain terms of the error analysis, one a line (default: the experiment's "
+        "terms setting)",
+    )
+    parser.add_argument(
+        "--synonyms",
+        type=Path,
+        metavar="FILE",
+        help="equivalent forms, `okay = ok` a line (default: the experiment's synonyms setting)",
+    )
+    parser.add_argument(
+        "--alignments",
+        type=_alignments,
+        metavar="FILE",
+        help="write one row per labelled utterance and variant with its aligned words "
+        "(.jsonl or .csv)",
+    )
+    parser.add_argument(
         "--drift-window",
         type=_window,
         default=DEFAULT_WINDOW_S,
@@ -59,6 +88,14 @@ def _window(value: str) -> int:
         return parse_window(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _alignments(value: str) -> Path:
+    try:
+        alignments_format(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.problem) from None
+    return Path(value)
 
 
 def _moment(value: str) -> datetime:
@@ -118,6 +155,27 @@ def canary_references(settings: Settings, experiment: str) -> dict[str, str] | N
     return load_references(found.canary.dataset)
 
 
+def error_inputs(
+    settings: Settings, experiment: str, terms: Path | None, synonyms: Path | None
+) -> ErrorInputs:
+    """The error analysis's term list and synonyms: the options', else the experiment's
+    settings (when the configuration validates here); a bad file is a ConfigError naming it."""
+    configured: Experiment | None = None
+    if terms is None or synonyms is None:
+        try:
+            config = build_gateway_config(settings.gateway)
+        except ConfigError:
+            config = None
+        if config is not None:
+            configured = next((e for e in config.experiments if e.id == experiment), None)
+    terms = terms or (configured.terms if configured is not None else None)
+    synonyms = synonyms or (configured.synonyms if configured is not None else None)
+    return ErrorInputs(
+        terms=None if terms is None else load_terms(terms),
+        synonyms=None if synonyms is None else load_synonyms(synonyms),
+    )
+
+
 async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
     from gateway.stores.factory import open_reader
 
@@ -128,6 +186,7 @@ async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
     )
     info = experiment_info(settings, args.experiment, args.control)
     references = canary_references(settings, args.experiment)
+    inputs = error_inputs(settings, args.experiment, args.terms, args.synonyms)
     async with open_reader(settings.outcomes, settings.redis.connection()) as reader:
         try:
             report = await analyze(
@@ -139,7 +198,10 @@ async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
                 phase=args.phase,
                 options=options,
                 canary_references=references,
+                errors=inputs,
             )
+            if args.alignments is not None:
+                await export_alignments(reader, args)
         except FileNotFoundError as exc:
             raise ConfigError("outcomes.path", f"no outcome file at {exc.filename}") from None
         except InvalidRecordError as exc:
@@ -148,6 +210,23 @@ async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
             raise ConfigError("outcomes", f"an invalid record in the store: {exc}") from None
     write_outputs(report, args.json, args.html)
     return report
+
+
+async def export_alignments(reader: OutcomeReader, args: argparse.Namespace) -> None:
+    """`--alignments FILE`: every labelled utterance of the window (and phase) with its
+    aligned words, one row per utterance and variant."""
+    records = [
+        record
+        async for record in reader.outcomes(args.experiment, args.since, args.until)
+        if args.phase is None or record.phase == args.phase
+    ]
+    labels = await reader.labels(args.experiment)
+    rows = write_alignments(args.alignments, alignment_rows(labelled_results(records, labels)))
+    to_stdout = args.json is not None and str(args.json) == "-"
+    print(
+        f"alignments: {rows} rows in {args.alignments}",
+        file=sys.stderr if to_stdout else sys.stdout,
+    )
 
 
 def write_outputs(report: Json, json_path: Path | None, html_path: Path | None) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import json
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,7 +25,7 @@ from gateway.config.gateway import build_gateway_config
 from gateway.config.settings import load_settings
 from gateway.control.model import hash_key
 from gateway.stores.reader import FileReader
-from gateway.tools.analyze import report_json
+from gateway.tools.analyze import error_inputs, report_json
 from gateway.tools.dataset import load_dataset
 from gateway.tools.local_services import LocalEmulator, LocalGateway
 from gateway.tools.replay import ReplayOptions, run_replay
@@ -53,8 +53,15 @@ def _toml(value: object) -> str:
     raise TypeError(f"no TOML for {value!r}")
 
 
-def write_demo_config(workdir: Path, backend_url: str, client_key: str, admin_token: str) -> Path:
-    """The gateway's settings for the demo: one backend, one 50/50 experiment, file store."""
+def write_demo_config(
+    workdir: Path,
+    backend_url: str,
+    client_key: str,
+    admin_token: str,
+    lexicon: Mapping[str, Path] | None = None,
+) -> Path:
+    """The gateway's settings for the demo: one backend, one 50/50 experiment, file store;
+    `lexicon`: the experiment's `terms` and `synonyms` files, where the dataset has them."""
     workdir = workdir.absolute()  # a relative path in the file would be relative to workdir
     lines = [
         "[logging]",
@@ -76,6 +83,7 @@ def write_demo_config(workdir: Path, backend_url: str, client_key: str, admin_to
                 {"name": "custom", "backend": "local", "endpoint_id": CUSTOM_ID, "weight": 50},
             ]
         ),
+        *(f"{name} = {_toml(str(path.absolute()))}" for name, path in (lexicon or {}).items()),
         "[outcomes]",
         'store = "file"',
         f"path = {_toml(str(workdir / 'outcomes.jsonl'))}",
@@ -100,6 +108,14 @@ def _fresh(workdir: Path) -> None:
         (workdir / name).unlink(missing_ok=True)
 
 
+def lexicon_of(dataset: Path) -> dict[str, Path]:
+    """The error analysis's files of a dataset: `data/lexicon/<domain>-terms.txt` and
+    `data/lexicon/synonyms.txt` beside `data/<group>/<domain>`, those that exist."""
+    folder = dataset.parent.parent / "lexicon"
+    found = {"terms": folder / f"{dataset.name}-terms.txt", "synonyms": folder / "synonyms.txt"}
+    return {name: path for name, path in found.items() if path.is_file()}
+
+
 def run_demo(dataset: Path, workdir: Path, concurrency: int, say: Callable[[str], None]) -> Json:
     """Run the demo and return the analysis report."""
     items = load_dataset(dataset)
@@ -117,7 +133,9 @@ def run_demo(dataset: Path, workdir: Path, concurrency: int, say: Callable[[str]
         log_path=workdir / "emulator.log",
     )
     with emulator:
-        config = write_demo_config(workdir, emulator.ws_url, client_key, admin_token)
+        config = write_demo_config(
+            workdir, emulator.ws_url, client_key, admin_token, lexicon_of(dataset)
+        )
         gateway = LocalGateway(config, log_path=workdir / "gateway.log")
         say("Starting the gateway with a 50/50 experiment: base model vs custom model...")
         with gateway:
@@ -138,7 +156,9 @@ def run_demo(dataset: Path, workdir: Path, concurrency: int, say: Callable[[str]
     settings = load_settings(config)
     experiment = build_gateway_config(settings.gateway).experiments[0]
     reader = FileReader(workdir / "outcomes.jsonl", workdir / "labels.jsonl")
-    report = asyncio.run(analyze(reader, EXPERIMENT, info=ExperimentInfo.of(experiment)))
+    inputs = error_inputs(settings, EXPERIMENT, None, None)
+    info = ExperimentInfo.of(experiment)
+    report = asyncio.run(analyze(reader, EXPERIMENT, info=info, errors=inputs))
     json_path, html_path = workdir / "report.json", workdir / "report.html"
     json_path.write_text(report_json(report), encoding="utf-8")
     html_path.write_text(render_html(report), encoding="utf-8")

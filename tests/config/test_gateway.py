@@ -912,3 +912,18 @@ def test_health_numbers_out_of_bounds_fail_in_pydantic(field: str, value: float)
 def test_the_canary_client_name_is_reserved() -> None:
     """Canary records carry the client `_canary`: no configured client may be called so."""
     assert field_of(put(valid(), "clients.2.name", "_canary")) == "gateway.clients[2].name"
+
+
+def test_the_error_analysis_files_are_checked_to_exist(tmp_path: Path) -> None:
+    """`terms` and `synonyms` reach the model; a missing file names its setting."""
+    terms, synonyms = tmp_path / "terms.txt", tmp_path / "synonyms.txt"
+    terms.write_text("overdraft\n", encoding="utf-8")
+    synonyms.write_text("okay = ok\n", encoding="utf-8")
+    data = put(valid(), "experiments.0.terms", str(terms))
+    data = put(data, "experiments.0.synonyms", str(synonyms))
+    experiment = build(data).experiments[0]
+    assert (experiment.terms, experiment.synonyms) == (terms, synonyms)
+    assert build(valid()).experiments[0].terms is None
+    for name in ("terms", "synonyms"):
+        missing = put(valid(), f"experiments.0.{name}", str(tmp_path / "nowhere.txt"))
+        assert field_of(missing) == f"gateway.experiments[0].{name}"

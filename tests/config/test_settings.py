@@ -381,6 +381,8 @@ state_path = "state/control.json"
 id = "ab"
 control = "base"
 variants = [{name = "base", backend = "azure", weight = 1}]
+terms = "lists/terms.txt"
+synonyms = "lists/synonyms.txt"
 [gateway.experiments.canary]
 dataset = "data/canary"
 [outcomes]
@@ -407,6 +409,8 @@ def path_values(settings: Settings) -> dict[str, Path | None]:
             "azure"
         ].management_key_file,
         "gateway.experiments[].canary.dataset": gateway.experiments[0].canary.dataset,
+        "gateway.experiments[].terms": gateway.experiments[0].terms,
+        "gateway.experiments[].synonyms": gateway.experiments[0].synonyms,
         "gateway.control.state_path": gateway.control.state_path,
         "outcomes.path": outcomes.path,
         "outcomes.pseudonym_key_file": outcomes.pseudonym_key_file,

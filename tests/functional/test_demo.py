@@ -46,6 +46,14 @@ def test_the_demo_runs_a_whole_experiment_and_ships_the_custom_model(tmp_path: P
     assert variants["custom"]["wer"]["wer"] < 0.1 < 0.3 < variants["base"]["wer"]["wer"]
     assert report["recommendation"]["action"] == "ship_custom"
 
+    # The error analysis knows the banking terms (data/lexicon): custom gets some that base
+    # misses, and its recall is the higher.
+    terms = report["errors"]["terms"]
+    (comparison,) = terms["comparisons"]
+    gained = [entry["term"] for entry in comparison["gained"]]
+    assert gained, terms
+    assert comparison["recall"]["difference"] > 0
+
     # The report opens offline in a browser, with its plots drawn.
     with chromium(tmp_path) as driver:
         driver.get((workdir / "report.html").as_uri())
@@ -53,6 +61,12 @@ def test_the_demo_runs_a_whole_experiment_and_ships_the_custom_model(tmp_path: P
             plot = driver.find_element(By.CSS_SELECTOR, f'svg[data-plot="{name}"]')
             assert plot.rect["width"] > 100, name
             assert plot.rect["height"] > 100, name
+        # The terms custom recognises and base misses, listed where a reader sees them.
+        listed = driver.find_elements(
+            By.CSS_SELECTOR, 'ul.terms[data-list="gained"][data-variant="custom"] li[data-term]'
+        )
+        assert [item.get_attribute("data-term") for item in listed] == gained
+        assert all(item.is_displayed() for item in listed)
         assert_not_blank(driver.get_screenshot_as_png())
 
     # Nothing left running: the gateway's port is closed again.

@@ -342,3 +342,36 @@ def test_analyze_scores_the_configured_canary_set_and_takes_a_drift_window(
     with pytest.raises(SystemExit):
         main([*argv, "--drift-window", "1 week"])
     assert "not a duration" in capsys.readouterr().err
+
+
+def test_analyze_takes_terms_and_synonyms_and_exports_alignments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--terms and --synonyms reach the error analysis; --alignments writes a row per
+    labelled utterance (JSON lines), and a bad term list is one line and status 2."""
+    monkeypatch.chdir(tmp_path)
+    made = traffic()
+    write_file_store(tmp_path, made)
+    (tmp_path / "terms.txt").write_text("available balance\nsavings account\n")
+    (tmp_path / "synonyms.txt").write_text("okay = ok\n")
+    argv = ["--config", "c.toml", "analyze", "--experiment", "e"]
+    lists = ["--terms", "terms.txt", "--synonyms", "synonyms.txt"]
+    assert main([*argv, *lists, "--alignments", "rows.jsonl", "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["errors"]["terms"]["source"].endswith("terms.txt")
+    assert report["errors"]["style"]["synonyms"] is not None
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == len(made.labels)
+    assert f"alignments: {len(rows)} rows in rows.jsonl" in captured.err
+    (tmp_path / "empty.txt").write_text("# nothing but a comment\n")
+    assert main([*argv, "--terms", "empty.txt"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "empty.txt" in err
+    # The export's format is checked before the store is read.
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--alignments", "rows.txt"])
+    assert exited.value.code == 2
+    assert "expected a file name ending in .jsonl or .csv" in capsys.readouterr().err
+    assert not (tmp_path / "rows.txt").exists()

@@ -26,7 +26,11 @@ from typing import Any, Final
 from aiohttp import web
 
 from gateway.analysis import AnalysisOptions, ExperimentInfo, analyze
+from gateway.analysis.error_analysis import ErrorInputs
 from gateway.analysis.report import parse_moment
+from gateway.analysis.style import Synonyms, load_synonyms
+from gateway.analysis.terms import TermList, load_terms
+from gateway.control.model import Experiment
 from gateway.errors import ConfigError, ControlError, StoreUnavailable
 from gateway.health.canary import load_references
 from gateway.logging import get_logger
@@ -112,9 +116,8 @@ async def experiment_analysis(request: web.Request) -> web.Response:
     if running is None:
         info = ExperimentInfo.of(experiment, history, origins)
         reader = request.app[OUTCOME_READER]
-        canary = None if experiment.canary is None else experiment.canary.dataset
         running = asyncio.ensure_future(
-            _compute(reader, experiment_id, info, since, until, phase, analyses.options, canary)
+            _compute(reader, experiment, info, since, until, phase, analyses.options)
         )
         analyses.running[key] = running
         running.add_done_callback(lambda _f: analyses.running.pop(key, None))
@@ -137,24 +140,26 @@ async def experiment_analysis(request: web.Request) -> web.Response:
 
 async def _compute(
     reader: OutcomeReader,
-    experiment: str,
+    experiment: Experiment,
     info: ExperimentInfo,
     since: datetime | None,
     until: datetime | None,
     phase: str | None,
     options: AnalysisOptions,
-    canary: Path | None,
 ) -> Json:
-    references = None if canary is None else await _references(experiment, canary)
+    canary = experiment.canary
+    references = None if canary is None else await _references(experiment.id, canary.dataset)
+    errors = await asyncio.to_thread(_error_inputs, experiment)
     return await analyze(
         reader,
-        experiment,
+        experiment.id,
         info=info,
         since=since,
         until=until,
         phase=phase,
         options=options,
         canary_references=references,
+        errors=errors,
         missing_ok=True,  # the embedded store before its first record
         in_thread=True,
     )
@@ -169,3 +174,19 @@ async def _references(experiment: str, folder: Path) -> dict[str, str] | None:
     except ConfigError as exc:
         log.error("analysis_canary_references_unreadable", experiment=experiment, error=str(exc))
         return None
+
+
+def _error_inputs(experiment: Experiment) -> ErrorInputs:
+    """The experiment's term list and synonyms (checked to exist at start-up); a file that
+    cannot be read or parsed now leaves its part out of the report, and the log says why."""
+    terms: TermList | None = None
+    synonyms: Synonyms | None = None
+    try:
+        terms = None if experiment.terms is None else load_terms(experiment.terms)
+    except ConfigError as exc:
+        log.error("analysis_terms_unreadable", experiment=experiment.id, error=str(exc))
+    try:
+        synonyms = None if experiment.synonyms is None else load_synonyms(experiment.synonyms)
+    except ConfigError as exc:
+        log.error("analysis_synonyms_unreadable", experiment=experiment.id, error=str(exc))
+    return ErrorInputs(terms=terms, synonyms=synonyms)
