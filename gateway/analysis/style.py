@@ -51,6 +51,7 @@ from gateway.analysis.report_fields import (
     as_number,
     as_text,
 )
+from gateway.analysis.terms import read_text_file
 from gateway.errors import ConfigError
 from gateway.stats.bootstrap import ratio_difference_interval, ratio_interval
 from gateway.stats.wer import WerCounts, alignment
@@ -118,12 +119,7 @@ class Synonyms:
 
 def load_synonyms(path: Path) -> Synonyms:
     """Read a synonyms file (module doc); ConfigError naming the file and line."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise ConfigError(str(path), f"cannot read the synonyms file: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(path), f"the synonyms file is not UTF-8: {exc.reason}") from exc
+    text = read_text_file(path, "synonyms file")
     return parse_synonyms(text, str(path), name=path.name)
 
 

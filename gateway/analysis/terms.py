@@ -98,19 +98,25 @@ def parse_terms(text: str, source: str) -> TermList:
     return TermList(tuple(found.values()), source)
 
 
-def load_terms(path: str | Path) -> TermList:
-    """Read and check a term list file (module doc); ConfigError naming the file (and line)."""
+def read_text_file(path: str | Path, what: str) -> str:
+    """A UTF-8 text file's content (a leading BOM dropped); ConfigError naming the file (and
+    the line of a bad byte). `what` names the file's role in the message."""
     source = str(path)
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError(source, f"cannot read the term list: {exc.strerror or exc}") from exc
+        raise ConfigError(source, f"cannot read the {what}: {exc.strerror or exc}") from exc
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ConfigError(f"{source}:{line}", f"not UTF-8 text: {exc.reason}") from exc
-    return parse_terms(text.removeprefix("\ufeff"), source)
+    return text.removeprefix("\ufeff")
+
+
+def load_terms(path: str | Path) -> TermList:
+    """Read and check a term list file (module doc); ConfigError naming the file (and line)."""
+    return parse_terms(read_text_file(path, "term list"), str(path))
 
 
 # -- matching --------------------------------------------------------------------------------

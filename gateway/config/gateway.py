@@ -311,6 +311,12 @@ class ExperimentSettings(_Model):
         description="The domain terms whose recall and precision the error analysis reports "
         "per variant: a text file, one term per line (docs/error-analysis.md); unset: none.",
     )
+    terms_corpus: Path | None = Field(
+        None,
+        description="A custom model's training corpus (plain text, a sentence a line) from "
+        "which the error analysis derives its term list by a documented rule, instead of "
+        "`terms` (docs/error-analysis.md); unset: none.",
+    )
     synonyms: Path | None = Field(
         None,
         description="Equivalent forms (`okay = ok`) the error analysis applies to both arms "
@@ -899,6 +905,8 @@ def _experiment(
             raise ConfigError(at, f"{shadow!r} is not a variant ({', '.join(names)})")
         if shadow in settings.shadows[:index]:
             raise ConfigError(at, f"duplicate shadow {shadow!r}")
+    if settings.terms is not None and settings.terms_corpus is not None:
+        raise ConfigError(f"{where}.terms_corpus", "set terms or terms_corpus, not both")
     return Experiment(
         id=settings.id,
         seed=seed,
@@ -914,6 +922,7 @@ def _experiment(
         canary=_canary(settings.canary, f"{where}.canary"),
         holdout_share=settings.holdout_share,
         terms=_text_file(settings.terms, f"{where}.terms"),
+        terms_corpus=_text_file(settings.terms_corpus, f"{where}.terms_corpus"),
         synonyms=_text_file(settings.synonyms, f"{where}.synonyms"),
     )
 

@@ -154,6 +154,7 @@ class Experiment:
     holdout_share: float = 0.05
     # The error analysis's term list and synonyms files (docs/error-analysis.md); None: none.
     terms: Path | None = None
+    terms_corpus: Path | None = None  # a training corpus the term list is derived from
     synonyms: Path | None = None
 
     def session_locale(self, locale: str | None) -> str | None:

@@ -21,7 +21,7 @@ from gateway.analysis.labelled import labelled_results
 from gateway.analysis.model import AnalysisOptions, ExperimentInfo, Json
 from gateway.analysis.report import analyze, parse_moment
 from gateway.analysis.style import load_synonyms
-from gateway.analysis.terms import load_terms
+from gateway.analysis.term_corpus import experiment_terms
 from gateway.analysis.text_report import render_text
 from gateway.analysis.word_errors import alignment_rows, alignments_format, write_alignments
 from gateway.config.gateway import build_gateway_config
@@ -54,12 +54,19 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         default=AnalysisOptions().min_labelled,
         help="labelled utterances per arm before WER decides (20)",
     )
-    parser.add_argument(
+    terms = parser.add_mutually_exclusive_group()
+    terms.add_argument(
         "--terms",
         type=Path,
         metavar="FILE",
         help="the domain terms of the error analysis, one a line (default: the experiment's "
-        "terms setting)",
+        "terms or terms_corpus setting)",
+    )
+    terms.add_argument(
+        "--terms-corpus",
+        type=Path,
+        metavar="FILE",
+        help="derive the domain terms from a custom model's training corpus, a sentence a line",
     )
     parser.add_argument(
         "--synonyms",
@@ -156,22 +163,28 @@ def canary_references(settings: Settings, experiment: str) -> dict[str, str] | N
 
 
 def error_inputs(
-    settings: Settings, experiment: str, terms: Path | None, synonyms: Path | None
+    settings: Settings,
+    experiment: str,
+    terms: Path | None,
+    synonyms: Path | None,
+    terms_corpus: Path | None = None,
 ) -> ErrorInputs:
-    """The error analysis's term list and synonyms: the options', else the experiment's
-    settings (when the configuration validates here); a bad file is a ConfigError naming it."""
+    """The error analysis's term list (a file, or derived from a corpus) and synonyms: the
+    options', else the experiment's settings (when the configuration validates here); a bad
+    file is a ConfigError naming it."""
     configured: Experiment | None = None
-    if terms is None or synonyms is None:
+    if (terms is None and terms_corpus is None) or synonyms is None:
         try:
             config = build_gateway_config(settings.gateway)
         except ConfigError:
             config = None
         if config is not None:
             configured = next((e for e in config.experiments if e.id == experiment), None)
-    terms = terms or (configured.terms if configured is not None else None)
+    if terms is None and terms_corpus is None and configured is not None:
+        terms, terms_corpus = configured.terms, configured.terms_corpus
     synonyms = synonyms or (configured.synonyms if configured is not None else None)
     return ErrorInputs(
-        terms=None if terms is None else load_terms(terms),
+        terms=experiment_terms(terms, terms_corpus),
         synonyms=None if synonyms is None else load_synonyms(synonyms),
     )
 
@@ -186,7 +199,7 @@ async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
     )
     info = experiment_info(settings, args.experiment, args.control)
     references = canary_references(settings, args.experiment)
-    inputs = error_inputs(settings, args.experiment, args.terms, args.synonyms)
+    inputs = error_inputs(settings, args.experiment, args.terms, args.synonyms, args.terms_corpus)
     async with open_reader(settings.outcomes, settings.redis.connection()) as reader:
         try:
             report = await analyze(

@@ -924,6 +924,10 @@ def test_the_error_analysis_files_are_checked_to_exist(tmp_path: Path) -> None:
     experiment = build(data).experiments[0]
     assert (experiment.terms, experiment.synonyms) == (terms, synonyms)
     assert build(valid()).experiments[0].terms is None
-    for name in ("terms", "synonyms"):
+    corpus = put(valid(), "experiments.0.terms_corpus", str(terms))
+    assert build(corpus).experiments[0].terms_corpus == terms
+    both = put(corpus, "experiments.0.terms", str(terms))
+    assert field_of(both) == "gateway.experiments[0].terms_corpus"
+    for name in ("terms", "terms_corpus", "synonyms"):
         missing = put(valid(), f"experiments.0.{name}", str(tmp_path / "nowhere.txt"))
         assert field_of(missing) == f"gateway.experiments[0].{name}"

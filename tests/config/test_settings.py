@@ -382,6 +382,7 @@ id = "ab"
 control = "base"
 variants = [{name = "base", backend = "azure", weight = 1}]
 terms = "lists/terms.txt"
+terms_corpus = "lists/corpus.txt"
 synonyms = "lists/synonyms.txt"
 [gateway.experiments.canary]
 dataset = "data/canary"
@@ -410,6 +411,7 @@ def path_values(settings: Settings) -> dict[str, Path | None]:
         ].management_key_file,
         "gateway.experiments[].canary.dataset": gateway.experiments[0].canary.dataset,
         "gateway.experiments[].terms": gateway.experiments[0].terms,
+        "gateway.experiments[].terms_corpus": gateway.experiments[0].terms_corpus,
         "gateway.experiments[].synonyms": gateway.experiments[0].synonyms,
         "gateway.control.state_path": gateway.control.state_path,
         "outcomes.path": outcomes.path,

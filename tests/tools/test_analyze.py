@@ -375,3 +375,22 @@ def test_analyze_takes_terms_and_synonyms_and_exports_alignments(
     assert exited.value.code == 2
     assert "expected a file name ending in .jsonl or .csv" in capsys.readouterr().err
     assert not (tmp_path / "rows.txt").exists()
+
+
+def test_analyze_derives_terms_from_a_corpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--terms-corpus derives the term list by the documented rule; with --terms it is a usage
+    error, since only one list is analysed."""
+    monkeypatch.chdir(tmp_path)
+    write_file_store(tmp_path, traffic())
+    (tmp_path / "corpus.txt").write_text("Open a savings account.\n" * 3)
+    argv = ["--config", "c.toml", "analyze", "--experiment", "e"]
+    assert main([*argv, "--terms-corpus", "corpus.txt", "--json", "-"]) == 0
+    terms = json.loads(capsys.readouterr().out)["errors"]["terms"]
+    assert terms["source"] == "derived from corpus.txt"
+    assert [t["term"] for t in terms["variants"][0]["terms"]] == ["savings account"]
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--terms-corpus", "corpus.txt", "--terms", "corpus.txt"])
+    assert exited.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -29,7 +29,8 @@ from gateway.analysis import AnalysisOptions, ExperimentInfo, analyze
 from gateway.analysis.error_analysis import ErrorInputs
 from gateway.analysis.report import parse_moment
 from gateway.analysis.style import Synonyms, load_synonyms
-from gateway.analysis.terms import TermList, load_terms
+from gateway.analysis.term_corpus import experiment_terms
+from gateway.analysis.terms import TermList
 from gateway.control.model import Experiment
 from gateway.errors import ConfigError, ControlError, StoreUnavailable
 from gateway.health.canary import load_references
@@ -182,7 +183,7 @@ def _error_inputs(experiment: Experiment) -> ErrorInputs:
     terms: TermList | None = None
     synonyms: Synonyms | None = None
     try:
-        terms = None if experiment.terms is None else load_terms(experiment.terms)
+        terms = experiment_terms(experiment.terms, experiment.terms_corpus)
     except ConfigError as exc:
         log.error("analysis_terms_unreadable", experiment=experiment.id, error=str(exc))
     try:
