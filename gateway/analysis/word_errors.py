@@ -91,15 +91,16 @@ class _Arm:
         return PER_WORDS * self.keys[key] / self.words
 
     def ranked(self, kind: ErrorKind) -> list[tuple[Key, int]]:
-        found = [(key, count) for key, count in self.keys.items() if key[0] == kind]
+        found = [(error, count) for error, count in self.keys.items() if error[0] == kind]
         return sorted(found, key=lambda item: (-item[1], _tiebreak(item[0])))
 
 
-def _entry(key: Key, count: int, errors: int) -> dict[str, Any]:
+def _entry(error: Key, count: int, errors: int) -> dict[str, Any]:
     share = count / errors
-    if key[0] == "substitution":
-        return {"reference": key[1], "hypothesis": key[2], "count": count, "share": share}
-    word = key[1] if key[0] == "deletion" else key[2]
+    kind, reference, hypothesis = error
+    if kind == "substitution":
+        return {"reference": reference, "hypothesis": hypothesis, "count": count, "share": share}
+    word = reference if kind == "deletion" else hypothesis
     return {"word": word, "count": count, "share": share}
 
 
