@@ -54,4 +54,8 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SPEECH_GATEWAY_GATEWAY__PORT', '8080'), timeout=2)"
 ENTRYPOINT ["speech-gateway"]
-CMD ["serve"]
+# One gateway process: the example configuration's stores (the outcome file, the state file)
+# belong to one process. With the Redis stores, run one process per core in one container
+# with `serve --workers auto` (or a count: `auto` sees the cpuset, not a CPU quota), or
+# keep one per container and add replicas (docs/operations.md, "Workers").
+CMD ["serve", "--workers", "1"]

@@ -52,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_option(serve)
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--workers",
+        default="1",
+        metavar="N",
+        help="gateway processes sharing the port (default 1: this process); auto or 0: one "
+        "per usable core; N > 1 needs the Redis stores (docs/operations.md)",
+    )
 
     commands.add_parser(
         "keygen", help="make a client key or admin token and print its sha256 for the config"
@@ -240,9 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run(settings.emulator)
         elif args.command == "serve":
-            from gateway.server.serve import serve
+            from gateway.server.workers import parse_workers, run_serve
 
-            serve(settings)
+            return run_serve(settings, parse_workers(args.workers))
         elif args.command == "label":
             print(asyncio.run(_import_labels(settings, args.file, args.by, args.skip_invalid)))
         elif args.command == "analyze":

@@ -140,12 +140,12 @@ def test_two_slim_stages_and_a_non_root_final_image(stages: list[Stage]) -> None
 
 
 def test_the_image_serves_the_example_config_and_checks_health(stages: list[Stage]) -> None:
-    """ENTRYPOINT is the console script, CMD runs `serve` with the example configuration,
-    the gateway listens on all interfaces inside the container on its exposed port, and the
-    HEALTHCHECK asks /healthz."""
+    """ENTRYPOINT is the console script, CMD runs `serve` (one process, `--workers 1`) with
+    the example configuration, the gateway listens on all interfaces inside the container on
+    its exposed port, and the HEALTHCHECK asks /healthz."""
     final = stages[-1]
     assert final.one("ENTRYPOINT").exec_form() == ["speech-gateway"]
-    assert final.one("CMD").exec_form() == ["serve"]
+    assert final.one("CMD").exec_form() == ["serve", "--workers", "1"]
     env = final.env()
     assert env["SPEECH_GATEWAY_CONFIG"] == "/app/config/gateway.toml"
     assert final.one("WORKDIR").args == "/app"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, Protocol
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -54,6 +54,17 @@ LABEL_CLIENT = web.AppKey("label_redis_client", RedisClient | None)  # type: ign
 HEALTH_MONITOR: Final = web.AppKey("health_monitor", HealthMonitor)
 CANARY_RUNNER: Final = web.AppKey("canary_runner", CanaryRunner)
 CONTROL_CLIENT = web.AppKey("control_redis_client", RedisClient | None)  # type: ignore[arg-type]
+
+
+class MetricsSource(Protocol):
+    async def render(self) -> bytes:
+        """The exposition `/metrics` answers with."""
+
+
+# What `/metrics` answers when it is more than this process's registry: with
+# `serve --workers N` (N > 1), every worker's series (`gateway.server.workers`). Unset, as
+# in a single process: the app's own registry, unchanged.
+METRICS_SOURCE: Final = web.AppKey("metrics_source", MetricsSource)
 
 
 def create_gateway_app(settings: Settings) -> web.Application:
@@ -178,7 +189,8 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def metrics_route(request: web.Request) -> web.Response:
-    body = request.app[STATE].metrics.render()
+    source = request.app.get(METRICS_SOURCE)
+    body = request.app[STATE].metrics.render() if source is None else await source.render()
     response = web.Response(body=body)
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response
