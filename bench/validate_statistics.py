@@ -44,7 +44,8 @@ from typing import Any
 
 import numpy as np
 
-from gateway.analysis import AnalysisOptions, ExperimentInfo, build_report
+from gateway.analysis.model import AnalysisOptions, ExperimentInfo
+from gateway.analysis.report import build_report
 from gateway.outcomes.labels import Label
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
 

@@ -8,7 +8,9 @@ validate`, and `admin` (the control plane's verbs, over a gateway's admin API). 
 its arguments into settings overrides, configures logging once, and hands over; errors
 become one clear line on stderr and exit status 2. `--config FILE` goes before the
 sub-command or after it (`speech-gateway serve --config FILE`), for every sub-command that
-reads settings.
+reads settings. A sub-command imports its code when it runs (the options are in
+`gateway.tools.options`), so `--help` and `admin` never load the statistics stack, the
+settings or the Speech SDK.
 """
 
 from __future__ import annotations
@@ -21,24 +23,19 @@ import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.config.gateway import build_gateway_config
-from gateway.config.settings import Settings, config_path, load_settings
-from gateway.control.model import hash_key
 from gateway.errors import ConfigError, GatewayError
-from gateway.logging import configure_logging, get_logger
 from gateway.tools.admin_cli import add_admin_parser, admin_command
-from gateway.tools.analyze import add_analyze_arguments
-from gateway.tools.plan import add_plan_arguments
-from gateway.tools.replay import add_replay_arguments, replay_command
+from gateway.tools.options import add_analyze_arguments, add_plan_arguments, add_replay_arguments
+
+if TYPE_CHECKING:
+    from gateway.config.settings import Settings
 
 CONFIG_HELP = (
     "the TOML settings file (default: $SPEECH_GATEWAY_CONFIG, else config/gateway.toml in "
     "the working directory); relative paths in it are relative to its folder"
 )
-
-log = get_logger("gateway.cli")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -220,11 +217,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config":
             if args.file is not None and config is not None and args.file != config:
                 raise ConfigError("--config", f"names {config}, but the file given is {args.file}")
+            from gateway.config.gateway import build_gateway_config
+            from gateway.config.settings import config_path, load_settings
+
             path = config_path(args.file or config)
             build_gateway_config(load_settings(path).gateway)
             print(f"ok: {path or 'the built-in defaults'} is valid")
             return 0
         if args.command == "keygen":
+            from gateway.control.model import hash_key
+
             key = secrets.token_urlsafe(32)
             print(f"key:        {key}\nkey_sha256: {hash_key(key)}")
             return 0
@@ -234,10 +236,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "serve":
             section = {k: v for k in ("host", "port") if (v := getattr(args, k)) is not None}
             overrides["gateway"] = section
+        from gateway.config.settings import config_path, load_settings
+        from gateway.logging import configure_logging, get_logger
+
         path = config_path(config)
         settings = load_settings(path, **overrides)
         configure_logging(settings.logging.level, settings.logging.format)
-        log.debug(
+        get_logger("gateway.cli").debug(
             "settings_loaded",
             command=args.command,
             config_file=os.path.abspath(path) if path is not None else None,
@@ -261,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             asyncio.run(run_plan(args, settings))
         elif args.command == "replay":
+            from gateway.tools.replay import replay_command
+
             return replay_command(args, settings)
         elif args.command == "demo":
             from gateway.tools.demo import run_demo

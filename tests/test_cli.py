@@ -278,3 +278,34 @@ def test_settings_loaded_is_a_debug_event(
     else:
         assert loaded == []
     assert "absent.csv" in err  # the command itself still ran and failed on the file
+
+
+HEAVY = ("scipy", "numpy.linalg", "azure.cognitiveservices.speech", "aiohttp", "pydantic")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["admin", "--gateway", "http://127.0.0.1:9", "list"]],
+    ids=["help", "admin-list"],
+)
+def test_light_commands_load_no_heavy_package(argv: list[str]) -> None:
+    """`--help` and `admin` start fast: they import neither the statistics stack,
+    nor the settings (pydantic), nor the Speech SDK, nor aiohttp (docs/benchmarks.md)."""
+    code = (
+        "import sys\n"
+        "from gateway.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print('loaded:' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "SPEECH_GATEWAY_ADMIN_TOKEN": "a-token-for-the-test"},
+        cwd=ROOT,
+    )
+    assert done.stderr.strip().splitlines()[-1] == "loaded:", done.stderr

@@ -6,7 +6,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.analysis import AnalysisOptions, ExperimentInfo, build_report
+from gateway.analysis.model import AnalysisOptions, ExperimentInfo
+from gateway.analysis.report import build_report
 from gateway.outcomes.labels import Label
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
 

@@ -2,11 +2,6 @@
 
 `report.analyze` / `report.build_report` compute the report dict (docs/analysis.md);
 `text_report.render_text` and `html_report.render_html` render it; `model` holds the
-options and experiment facts it takes.
+options and experiment facts it takes. The package itself imports nothing, so that a command
+that needs one light module (the options, say) does not load the statistics stack.
 """
-
-from gateway.analysis.model import AnalysisOptions, ExperimentInfo
-from gateway.analysis.report import analyze, build_report
-from gateway.analysis.text_report import render_text
-
-__all__ = ["AnalysisOptions", "ExperimentInfo", "analyze", "build_report", "render_text"]

@@ -1,5 +1,6 @@
 """The analysis's value types: how it decides (`AnalysisOptions`), what it knows of the
-experiment (`ExperimentInfo`), and the JSON shape of the report it produces (`Json`).
+experiment (`ExperimentInfo`), the JSON shape of the report it produces (`Json`), and how a
+window's bounds are read (`parse_moment`).
 
 Every analysis module reads these; none of them computes anything, so this module sits below
 the rest of the package and imports none of it.
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from gateway.control.guardrails import Guardrails
-from gateway.control.model import Experiment
+if TYPE_CHECKING:  # types only: the command line imports this module for its defaults
+    from gateway.control.guardrails import Guardrails
+    from gateway.control.model import Experiment
 
 # A JSON object of the report (docs/analysis.md), or a part of one.
 Json = dict[str, Any]
@@ -99,3 +102,16 @@ class ExperimentInfo:
         if phase == self.phase:
             return self.shares
         return self.phase_shares.get(phase)
+
+
+def parse_moment(value: str) -> datetime:
+    """An ISO-8601 time with a time zone (window bounds); ValueError saying what is wrong."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an ISO-8601 time such as 2026-01-31T12:00:00Z"
+        ) from None
+    if moment.utcoffset() is None:
+        raise ValueError(f"{value!r} needs a time zone, e.g. a trailing Z for UTC")
+    return moment

@@ -61,19 +61,6 @@ QUANTILES: Final = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 _HISTOGRAM_BINS: Final = 20
 
 
-def parse_moment(value: str) -> datetime:
-    """An ISO-8601 time with a time zone (window bounds); ValueError saying what is wrong."""
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(
-            f"{value!r} is not an ISO-8601 time such as 2026-01-31T12:00:00Z"
-        ) from None
-    if moment.utcoffset() is None:
-        raise ValueError(f"{value!r} needs a time zone, e.g. a trailing Z for UTC")
-    return moment
-
-
 async def analyze(
     reader: OutcomeReader,
     experiment: str,

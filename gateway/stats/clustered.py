@@ -45,7 +45,6 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import t as student_t
 
 from gateway.stats.bootstrap import Values, as_array
 
@@ -173,6 +172,13 @@ def t_quantile(confidence: float, degrees: int) -> float:
     """Two-sided Student quantile for a confidence level in (0, 1) (normal for huge df)."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    # Imported here: scipy.stats costs half a second to import, and the experiment model
+    # (thus every CLI command, and the gateway) imports this module for its guardrails,
+    # which never call this. The analysis does: in `speech-gateway analyze`, and in the
+    # gateway's analysis process (`gateway.server.admin.analysis_worker`), whose start-up
+    # imports it, never on the gateway's event loop.
+    from scipy.stats import t as student_t
+
     return float(student_t.ppf(0.5 + confidence / 2.0, max(degrees, 1)))
 
 

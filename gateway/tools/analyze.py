@@ -12,18 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
 from pathlib import Path
 
-from gateway.analysis.drift import DEFAULT_WINDOW_S, parse_window
 from gateway.analysis.error_analysis import ErrorInputs
 from gateway.analysis.labelled import labelled_results
 from gateway.analysis.model import AnalysisOptions, ExperimentInfo, Json
-from gateway.analysis.report import analyze, parse_moment
+from gateway.analysis.report import analyze
 from gateway.analysis.style import load_synonyms
 from gateway.analysis.term_corpus import experiment_terms
 from gateway.analysis.text_report import render_text
-from gateway.analysis.word_errors import alignment_rows, alignments_format, write_alignments
+from gateway.analysis.word_errors import alignment_rows, write_alignments
 from gateway.config.gateway import build_gateway_config
 from gateway.config.settings import Settings
 from gateway.control.model import Experiment
@@ -31,85 +29,6 @@ from gateway.errors import ConfigError
 from gateway.health.canary import load_references
 from gateway.outcomes.ports import OutcomeReader
 from gateway.outcomes.record import InvalidRecordError
-
-
-def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experiment", required=True, help="the experiment id")
-    parser.add_argument(
-        "--since", type=_moment, help="ISO-8601 start (inclusive), e.g. 2026-01-31T00:00Z"
-    )
-    parser.add_argument("--until", type=_moment, help="ISO-8601 end (exclusive)")
-    parser.add_argument("--phase", help="only this phase (default: every phase)")
-    parser.add_argument("--control", help="the control variant (default: from the config)")
-    parser.add_argument(
-        "--json", type=Path, metavar="FILE", help="write the report as JSON ('-': stdout)"
-    )
-    parser.add_argument(
-        "--html", type=Path, metavar="FILE", help="write a self-contained HTML report"
-    )
-    parser.add_argument("--confidence", type=float, default=0.95, help="interval level (0.95)")
-    parser.add_argument(
-        "--min-labelled",
-        type=int,
-        default=AnalysisOptions().min_labelled,
-        help="labelled utterances per arm before WER decides (20)",
-    )
-    terms = parser.add_mutually_exclusive_group()
-    terms.add_argument(
-        "--terms",
-        type=Path,
-        metavar="FILE",
-        help="the domain terms of the error analysis, one a line (default: the experiment's "
-        "terms or terms_corpus setting)",
-    )
-    terms.add_argument(
-        "--terms-corpus",
-        type=Path,
-        metavar="FILE",
-        help="derive the domain terms from a custom model's training corpus, a sentence a line",
-    )
-    parser.add_argument(
-        "--synonyms",
-        type=Path,
-        metavar="FILE",
-        help="equivalent forms, `okay = ok` a line (default: the experiment's synonyms setting)",
-    )
-    parser.add_argument(
-        "--alignments",
-        type=_alignments,
-        metavar="FILE",
-        help="write one row per labelled utterance and variant with its aligned words "
-        "(.jsonl or .csv)",
-    )
-    parser.add_argument(
-        "--drift-window",
-        type=_window,
-        default=DEFAULT_WINDOW_S,
-        metavar="LENGTH",
-        help="the drift section's window after a ship: 1d, 12h, 30m ... (1d)",
-    )
-
-
-def _window(value: str) -> int:
-    try:
-        return parse_window(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _alignments(value: str) -> Path:
-    try:
-        alignments_format(value)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(exc.problem) from None
-    return Path(value)
-
-
-def _moment(value: str) -> datetime:
-    try:
-        return parse_moment(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def experiment_info(

@@ -19,8 +19,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from gateway.analysis import ExperimentInfo, analyze, render_text
 from gateway.analysis.html_report import render_html
+from gateway.analysis.model import ExperimentInfo
+from gateway.analysis.report import analyze
+from gateway.analysis.text_report import render_text
 from gateway.config.gateway import build_gateway_config
 from gateway.config.settings import load_settings
 from gateway.control.model import hash_key

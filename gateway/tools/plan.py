@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from gateway.analysis.evidence import wer_evidence
 from gateway.analysis.model import AnalysisOptions, Json
@@ -21,51 +20,6 @@ from gateway.config.settings import Settings
 from gateway.errors import ConfigError
 from gateway.outcomes.record import InvalidRecordError
 from gateway.tools.analyze import experiment_info
-
-
-def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
-    data = parser.add_argument_group("from an experiment's data so far")
-    data.add_argument("--experiment", help="the experiment id (its outcome store and config)")
-    data.add_argument("--variant", help="the challenger (default: each)")
-    data.add_argument("--control", help="the control variant (default: from the config)")
-    stated = parser.add_argument_group("from stated assumptions (without --experiment)")
-    stated.add_argument("--base-wer", type=float, metavar="PCT", help="control WER, in %%")
-    stated.add_argument(
-        "--units-per-day", type=float, help="new units (users, devices) a day, all arms"
-    )
-    stated.add_argument(
-        "--labelled-share", type=float, default=1.0, help="share of utterances labelled (1.0)"
-    )
-    stated.add_argument(
-        "--utterances-per-unit", type=float, default=5.0, help="utterances a unit speaks (5)"
-    )
-    stated.add_argument(
-        "--words-per-utterance", type=float, default=8.0, help="reference words (8)"
-    )
-    within = stated.add_mutually_exclusive_group()
-    within.add_argument(
-        "--icc", type=float, default=0.0, help="within-unit correlation of word errors (0)"
-    )
-    within.add_argument("--design-effect", type=float, help="the design effect, instead of --icc")
-    stated.add_argument("--challengers", type=int, default=1, help="challengers (1)")
-    gain = parser.add_mutually_exclusive_group()
-    gain.add_argument("--gain-points", type=float, nargs="+", help="WER gains, in points")
-    gain.add_argument(
-        "--gain-relative",
-        type=float,
-        nargs="+",
-        metavar="PCT",
-        help="WER gains relative to the control's WER, in %% (default: 5 10 20)",
-    )
-    parser.add_argument("--power", type=float, default=0.8, help="the chance to detect (0.8)")
-    parser.add_argument("--confidence", type=float, default=0.95, help="1 - alpha (0.95)")
-    parser.add_argument(
-        "--min-gain-points",
-        type=float,
-        help="the minimum gain worth shipping (default: the experiment's "
-        "min_wer_gain_points, else 0)",
-    )
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write JSON ('-': stdout)")
 
 
 def _check(args: argparse.Namespace) -> None:

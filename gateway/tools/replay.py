@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final, Literal, TextIO, get_args
+from typing import Any, Final, TextIO
 
 import azure.cognitiveservices.speech as speechsdk
 
@@ -36,6 +36,7 @@ from gateway.constants import ADMIN_TOKEN_ENV
 from gateway.errors import ConfigError, UpstreamError
 from gateway.outcomes.labels import LabelError, UnitLabel, check_experiment, check_unit
 from gateway.tools.dataset import LabelledUtterance, load_dataset
+from gateway.tools.options import CLIENT_KEY_ENV, DEFAULT_PATH, DEFAULT_UNIT_PARAM, PACES, Pace
 from gateway.tools.replay_http import (
     LABEL_WAIT_S,
     GatewayUrls,
@@ -47,11 +48,6 @@ from gateway.tools.replay_http import (
 )
 from gateway.tools.speech_client import speech_config
 
-Pace = Literal["fast", "realtime"]
-PACES: Final[tuple[Pace, ...]] = get_args(Pace)
-DEFAULT_PATH: Final = "/speech/recognition/conversation/cognitiveservices/v1"
-DEFAULT_UNIT_PARAM: Final = "gw-unit"
-CLIENT_KEY_ENV: Final = "SPEECH_GATEWAY_CLIENT_KEY"
 MAX_CONCURRENCY: Final = 256
 CHUNK_S: Final = 0.1  # real-time pace: 100 ms of audio per write
 # A session gets this long beyond its audio before it counts as timed out.
@@ -522,39 +518,6 @@ def _clock_text(seconds: float) -> str:
 # -- the command -----------------------------------------------------------------------------
 
 
-def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of `speech-gateway replay` (docs/replay.md)."""
-    parser.add_argument("dataset", type=Path, help="a folder with manifest.jsonl and WAV files")
-    parser.add_argument(
-        "--gateway",
-        help="the gateway's root URL, ws(s):// or http(s):// "
-        "(default: the configured gateway.host and gateway.port)",
-    )
-    parser.add_argument(
-        "--key", help=f"a gateway client key (prefer the environment: {CLIENT_KEY_ENV})"
-    )
-    parser.add_argument(
-        "--admin-token",
-        help=f"an admin token, to attach labels and read the analysis ({ADMIN_TOKEN_ENV})",
-    )
-    parser.add_argument("--concurrency", type=int, default=4, help="sessions at a time (4)")
-    parser.add_argument(
-        "--pace", choices=PACES, default="fast", help="fast: as the SDK reads files (default)"
-    )
-    parser.add_argument(
-        "--unit-prefix", help="unit ids are PREFIX-<item id> (default: a random run id)"
-    )
-    parser.add_argument("--path", default=DEFAULT_PATH, help="the recognition path")
-    parser.add_argument("--language", default="en-US", help="the recognition language")
-    parser.add_argument(
-        "--unit-param", default=DEFAULT_UNIT_PARAM, help="the experiment's unit parameter"
-    )
-    parser.add_argument(
-        "--experiment", help="label in, and analyse, this experiment only (default: any)"
-    )
-    parser.add_argument("--no-analysis", action="store_true", help="do not print the analysis")
-
-
 def replay_command(args: argparse.Namespace, settings: Settings) -> int:
     """Run `speech-gateway replay`: 0 if every session ended normally, 1 if some failed.
 
@@ -618,6 +581,6 @@ def _print_analysis(root: str, admin_token: str, experiment: str, out: TextIO, e
 
 def render_report(report: dict[str, Any]) -> str:
     """The analysis as the terminal tables of `gateway.analysis.render_text`."""
-    from gateway.analysis import render_text
+    from gateway.analysis.text_report import render_text
 
     return render_text(report)

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from traffic import INFO, Traffic, stamp
 
-from gateway.analysis import ExperimentInfo, build_report
 from gateway.analysis.canaries import MAX_ROUNDS, ROUND_GAP_S, canary_answers, rounds_of
+from gateway.analysis.model import ExperimentInfo
+from gateway.analysis.report import build_report
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
 
 REFERENCES = {

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from traffic import INFO, Traffic
 
-from gateway.analysis import AnalysisOptions, ExperimentInfo, build_report
 from gateway.analysis.decision import SHIP_CUSTOM, recommend
+from gateway.analysis.model import AnalysisOptions, ExperimentInfo
+from gateway.analysis.report import build_report
 from gateway.stats.multiplicity import better_p_value, holm
 from gateway.stats.sequential import (
     DEFAULT_TAU,

@@ -8,9 +8,9 @@ from typing import Any
 
 from report_fixtures import two_variant_report
 
-from gateway.analysis import render_text
 from gateway.analysis.health_views import canary_html, canary_text, drift_html, drift_text
 from gateway.analysis.html_report import render_html
+from gateway.analysis.text_report import render_text
 
 Json = dict[str, Any]
 

@@ -14,8 +14,9 @@ from report_fixtures import empty_report, three_variant_report, two_variant_repo
 from selenium.webdriver.common.by import By
 from traffic import INFO, Traffic
 
-from gateway.analysis import build_report, svg
+from gateway.analysis import svg
 from gateway.analysis.html_report import render_html
+from gateway.analysis.report import build_report
 
 HOSTILE = '<script>alert("x")</script>'
 HOSTILE_VARIANT = 'cust"><img src=x onerror=alert(1)>'

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from traffic import INFO, Traffic
 
-from gateway.analysis import ExperimentInfo, build_report, render_text
+from gateway.analysis.model import ExperimentInfo
+from gateway.analysis.report import build_report
+from gateway.analysis.text_report import render_text
 from gateway.control.guardrails import Guardrails
 from gateway.outcomes.record import Role, category
 from gateway.stats.clustered import UnitSums, difference_interval

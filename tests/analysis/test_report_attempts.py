@@ -8,9 +8,9 @@ from typing import Any
 
 from traffic import Traffic
 
-from gateway.analysis import render_text
 from gateway.analysis.html_report import render_html
 from gateway.analysis.observations import RETRY_GAP_S, retried_attempts
+from gateway.analysis.text_report import render_text
 from gateway.outcomes.record import OutcomeRecord
 
 CLOSED = ("Error", "upstream_close_1011")

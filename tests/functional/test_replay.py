@@ -18,20 +18,14 @@ from conftest import ALPHA, BRAVO, gateway_for, split_experiment
 from support import CLIENT_KEY, DOMAINS, read_outcomes, read_pcm, write_wav
 
 from gateway.config.settings import load_settings
+from gateway.constants import ADMIN_TOKEN_ENV
 from gateway.control.model import hash_key
 from gateway.errors import ConfigError, UpstreamRejected, UpstreamUnavailable
 from gateway.outcomes.labels import UnitLabel
 from gateway.tools.dataset import LabelledUtterance, load_dataset
 from gateway.tools.local_services import LocalEmulator, LocalGateway, free_port
-from gateway.tools.replay import (
-    ADMIN_TOKEN_ENV,
-    CLIENT_KEY_ENV,
-    ProgressBar,
-    ReplayOptions,
-    add_replay_arguments,
-    replay_command,
-    run_replay,
-)
+from gateway.tools.options import CLIENT_KEY_ENV, add_replay_arguments
+from gateway.tools.replay import ProgressBar, ReplayOptions, replay_command, run_replay
 from gateway.tools.replay_http import GatewayUrls, LabelTarget, attach_labels, fetch_analysis
 
 ADMIN_TOKEN = "replay-test-admin-token-5d1c"

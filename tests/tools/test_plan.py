@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from traffic import INFO, Traffic
 
-from gateway.analysis import build_report
+from gateway.analysis.report import build_report
 from gateway.analysis.text_report import render_text
 from gateway.cli import main
 from gateway.stats.planning import assumed_kappa, design_effect, plan

@@ -25,9 +25,9 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from gateway.analysis import AnalysisOptions, ExperimentInfo, analyze
 from gateway.analysis.error_analysis import ErrorInputs
-from gateway.analysis.report import parse_moment
+from gateway.analysis.model import AnalysisOptions, ExperimentInfo, parse_moment
+from gateway.analysis.report import analyze
 from gateway.analysis.style import Synonyms, load_synonyms
 from gateway.analysis.term_corpus import experiment_terms
 from gateway.analysis.terms import TermList
