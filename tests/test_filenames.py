@@ -42,7 +42,6 @@ ELSEWHERE: dict[str, tuple[str, ...]] = {
     "emulator/rest.py": ("functional/test_rest_emulator.py",),
     "emulator/server.py": ("functional/test_sdk_emulator.py", "security/test_path_traversal.py"),
     "emulator/app_state.py": ("functional/test_sdk_emulator.py",),
-    "server/admin/analysis.py": ("functional/test_admin_api.py",),
     "server/admin/auth.py": ("security/test_key_comparison.py", "functional/test_labels_api.py"),
     "server/admin/control.py": ("functional/test_admin_control.py",),
     "server/admin/labels.py": ("functional/test_labels_api.py",),

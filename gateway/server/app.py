@@ -28,6 +28,7 @@ from gateway.logging import get_logger
 from gateway.outcomes.privacy import load_or_create_key
 from gateway.protocol.paths import USP_PATHS, V1_PATHS
 from gateway.server.admin.analysis import add_admin_routes
+from gateway.server.admin.analysis_worker import OutcomeStore
 from gateway.server.admin.auth import AdminTokens
 from gateway.server.admin.control import HEALTH_VIEW, add_control_routes
 from gateway.server.admin.dashboard import add_dashboard_routes
@@ -43,7 +44,6 @@ from gateway.server.state import STATE, GatewayState
 from gateway.stores.factory import (
     create_control_stores,
     create_label_store,
-    create_reader,
     create_sink,
 )
 from gateway.stores.redis_client import RedisClient, reachable
@@ -115,7 +115,7 @@ def create_gateway_app(settings: Settings) -> web.Application:
     admins = AdminTokens.from_digests(gateway.admin_tokens_sha256)
     add_label_routes(app, admins)
     add_control_routes(app, admins)
-    add_admin_routes(app, admins, create_reader(outcomes, redis, label_client))
+    add_admin_routes(app, admins, OutcomeStore(outcomes, redis))
     add_dashboard_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -8,9 +8,12 @@ the experiment's canary set (its canary section). It needs an admin bearer token
 credentials as the labels API). The dashboard and `replay` read it; the
 experiments' state and changes are `gateway.server.admin.control`'s.
 
-The analysis is CPU work (bootstrap resampling), so it runs in a worker thread, and a
-report is reused for `cache_s` seconds: a wall of dashboards polling every few seconds costs
-one computation per experiment and interval, not one per screen.
+The analysis is CPU work (bootstrap resampling), so it runs in the app's analysis process
+(`gateway.server.admin.analysis_worker`), never on the relay's event loop nor under its
+interpreter lock; this module does not even import it. A report is reused for `cache_s`
+seconds, and one computation per report is under way at a time, shared by every client
+that asks meanwhile: a wall of dashboards polling every few seconds costs one computation
+per experiment and interval, not one per screen.
 """
 
 from __future__ import annotations
@@ -20,29 +23,27 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
 
-from gateway.analysis.error_analysis import ErrorInputs
 from gateway.analysis.model import AnalysisOptions, ExperimentInfo, parse_moment
-from gateway.analysis.report import analyze
-from gateway.analysis.style import Synonyms, load_synonyms
-from gateway.analysis.term_corpus import experiment_terms
-from gateway.analysis.terms import TermList
 from gateway.control.model import Experiment
-from gateway.errors import ConfigError, ControlError, StoreUnavailable
-from gateway.health.canary import load_references
+from gateway.errors import ControlError
 from gateway.logging import get_logger
-from gateway.outcomes.ports import OutcomeReader
+from gateway.server.admin.analysis_worker import (
+    AnalysisWorker,
+    AnalysisWorkerFailed,
+    Computed,
+    OutcomeStore,
+    ReportJob,
+)
 from gateway.server.admin.auth import ADMIN_TOKENS, NEEDS_TOKEN, AdminTokens, admin_name
 from gateway.server.admin.auth import error_response as _error
 from gateway.server.state import STATE
 
 log = get_logger(__name__)
 
-OUTCOME_READER: Final = web.AppKey("outcome_reader", OutcomeReader)
 _MAX_CACHED: Final = 64  # reports kept; windows are chosen by callers, so bound them
 
 Json = dict[str, Any]
@@ -51,30 +52,43 @@ _CacheKey = tuple[str, str | None, str | None, str | None]
 
 @dataclass(slots=True)
 class _Analyses:
-    """Recent reports by (experiment, phase, since, until), and the computations under way."""
+    """Recent reports by (experiment, phase, since, until), the computations under way, and
+    the worker process that computes them from `store`."""
 
     cache_s: float
     options: AnalysisOptions
+    worker: AnalysisWorker
+    store: OutcomeStore
     done: dict[_CacheKey, tuple[float, Json]] = field(default_factory=dict)
-    running: dict[_CacheKey, asyncio.Future[Json]] = field(default_factory=dict)
+    running: dict[_CacheKey, asyncio.Task[Computed]] = field(default_factory=dict)
 
 
-_ANALYSES: Final = web.AppKey("analyses", _Analyses)
+ANALYSES: Final = web.AppKey("analyses", _Analyses)
 
 
 def add_admin_routes(
     app: web.Application,
     admins: AdminTokens,
-    reader: OutcomeReader,
+    store: OutcomeStore,
     *,
     cache_s: float = 2.0,
     options: AnalysisOptions | None = None,
 ) -> None:
-    """Serve the admin read API on `app`; `reader` reads the gateway's outcome store."""
+    """Serve the admin read API on `app`; the analysis process reads the outcome store that
+    `store` names (the gateway's own settings)."""
     app[ADMIN_TOKENS] = admins  # the same key as the control routes': one set of tokens
-    app[OUTCOME_READER] = reader
-    app[_ANALYSES] = _Analyses(cache_s, options or AnalysisOptions())
+    options = options or AnalysisOptions()
+    app[ANALYSES] = _Analyses(cache_s, options, AnalysisWorker(), store)
     app.router.add_get("/admin/experiments/{experiment}/analysis", experiment_analysis)
+    app.on_cleanup.append(_close)
+
+
+async def _close(app: web.Application) -> None:
+    analyses = app[ANALYSES]
+    for task in list(analyses.running.values()):
+        task.cancel()
+    await asyncio.gather(*analyses.running.values(), return_exceptions=True)
+    await analyses.worker.close()
 
 
 def _strict_json(value: object) -> str:
@@ -109,85 +123,80 @@ async def experiment_analysis(request: web.Request) -> web.Response:
         return _error(400, exc.text or "bad request")
     phase = request.query.get("phase") or None
     key = (experiment_id, phase, request.query.get("since"), request.query.get("until"))
-    analyses = request.app[_ANALYSES]
+    analyses = request.app[ANALYSES]
     cached = analyses.done.get(key)
     if cached is not None and time.monotonic() - cached[0] < analyses.cache_s:
         return web.json_response(cached[1], dumps=_strict_json)
     running = analyses.running.get(key)
     if running is None:
         info = ExperimentInfo.of(experiment, history, origins)
-        reader = request.app[OUTCOME_READER]
-        running = asyncio.ensure_future(
-            _compute(reader, experiment, info, since, until, phase, analyses.options)
-        )
+        job = _job(experiment, info, since, until, phase, analyses.options)
+        running = asyncio.create_task(_compute(analyses, job), name=f"analysis:{experiment_id}")
         analyses.running[key] = running
         running.add_done_callback(lambda _f: analyses.running.pop(key, None))
         # Mark a failure as seen even if every waiting client has gone away meanwhile.
         running.add_done_callback(lambda f: f.cancelled() or f.exception())
     try:
         # shield: a client that goes away must not cancel the report other screens await.
-        report = await asyncio.shield(running)
-    except StoreUnavailable as exc:
-        log.error("analysis_store_unavailable", error=exc.reason)
-        return _error(503, "the outcome store is unavailable; try again later")
-    except ValueError as exc:  # a corrupt record: named, not hidden
-        log.error("analysis_failed", experiment=experiment_id, error=str(exc))
-        return _error(500, f"the outcome store holds a record that cannot be read: {exc}")
+        computed = await asyncio.shield(running)
+    except AnalysisWorkerFailed:
+        return _error(503, "the analysis worker failed; try again")
+    match computed.failure:
+        case "store_unavailable":
+            return _error(503, "the outcome store is unavailable; try again later")
+        case "invalid_record":
+            return _error(
+                500, f"the outcome store holds a record that cannot be read: {computed.detail}"
+            )
+        case "error":
+            return _error(500, "the analysis failed; the gateway's log says why")
+        case None:
+            pass
+    assert computed.report is not None
+    report = computed.report
     if key not in analyses.done and len(analyses.done) >= _MAX_CACHED:
         analyses.done.pop(next(iter(analyses.done)))  # the oldest entry
     analyses.done[key] = (time.monotonic(), report)
     return web.json_response(report, dumps=_strict_json)
 
 
-async def _compute(
-    reader: OutcomeReader,
+def _job(
     experiment: Experiment,
     info: ExperimentInfo,
     since: datetime | None,
     until: datetime | None,
     phase: str | None,
     options: AnalysisOptions,
-) -> Json:
-    canary = experiment.canary
-    references = None if canary is None else await _references(experiment.id, canary.dataset)
-    errors = await asyncio.to_thread(_error_inputs, experiment)
-    return await analyze(
-        reader,
-        experiment.id,
+) -> ReportJob:
+    return ReportJob(
+        experiment=experiment.id,
         info=info,
         since=since,
         until=until,
         phase=phase,
         options=options,
-        canary_references=references,
-        errors=errors,
-        missing_ok=True,  # the embedded store before its first record
-        in_thread=True,
+        canary=None if experiment.canary is None else experiment.canary.dataset,
+        terms=experiment.terms,
+        terms_corpus=experiment.terms_corpus,
+        synonyms=experiment.synonyms,
     )
 
 
-async def _references(experiment: str, folder: Path) -> dict[str, str] | None:
-    """The canary set's reference transcripts. The set was checked at start-up; should it
-    have been damaged since, the report goes without its canary section rather than not at
-    all, and the log says why."""
+async def _compute(analyses: _Analyses, job: ReportJob) -> Computed:
+    """One report, in the worker; what went wrong is logged once per computation, not once
+    per waiting client."""
     try:
-        return await asyncio.to_thread(load_references, folder)
-    except ConfigError as exc:
-        log.error("analysis_canary_references_unreadable", experiment=experiment, error=str(exc))
-        return None
-
-
-def _error_inputs(experiment: Experiment) -> ErrorInputs:
-    """The experiment's term list and synonyms (checked to exist at start-up); a file that
-    cannot be read or parsed now leaves its part out of the report, and the log says why."""
-    terms: TermList | None = None
-    synonyms: Synonyms | None = None
-    try:
-        terms = experiment_terms(experiment.terms, experiment.terms_corpus)
-    except ConfigError as exc:
-        log.error("analysis_terms_unreadable", experiment=experiment.id, error=str(exc))
-    try:
-        synonyms = None if experiment.synonyms is None else load_synonyms(experiment.synonyms)
-    except ConfigError as exc:
-        log.error("analysis_synonyms_unreadable", experiment=experiment.id, error=str(exc))
-    return ErrorInputs(terms=terms, synonyms=synonyms)
+        computed = await analyses.worker.compute(analyses.store, job)
+    except AnalysisWorkerFailed as exc:
+        log.error("analysis_worker_failed", experiment=job.experiment, error=str(exc))
+        raise
+    for problem in computed.problems:
+        log.error(problem.event, experiment=job.experiment, error=problem.error)
+    match computed.failure:
+        case "store_unavailable":
+            log.error("analysis_store_unavailable", error=computed.detail)
+        case "invalid_record" | "error":
+            log.error("analysis_failed", experiment=job.experiment, error=computed.detail)
+        case None:
+            pass
+    return computed

@@ -15,7 +15,9 @@ from jsonschema.exceptions import ValidationError
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 
+from gateway.config.settings import OutcomeSettings, RedisSettings
 from gateway.server.admin.analysis import add_admin_routes
+from gateway.server.admin.analysis_worker import OutcomeStore
 from gateway.server.admin.auth import AdminTokens
 from gateway.server.admin.control import add_control_routes
 from gateway.server.admin.labels import add_label_routes
@@ -387,8 +389,8 @@ def admin_app() -> web.Application:
     admins = AdminTokens.from_digests({})
     add_label_routes(app, admins)
     add_control_routes(app, admins)
-    reader: Any = object()  # mounting only: no request reaches it
-    add_admin_routes(app, admins, reader)
+    # Mounting only: no request reaches the analysis process, which is never started.
+    add_admin_routes(app, admins, OutcomeStore(OutcomeSettings(), RedisSettings().connection()))
     return app
 
 
