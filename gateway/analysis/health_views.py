@@ -24,6 +24,7 @@ from gateway.analysis.report_fields import (
     as_text,
 )
 from gateway.analysis.svg import Line, colour, line_chart
+from gateway.analysis.text_tables import text_table
 
 TEXT_ROUNDS: Final = 3  # the latest rounds per variant the terminal shows
 METRICS: Final = {
@@ -90,15 +91,6 @@ def _window_length(seconds: float | None) -> str:
 # -- text ------------------------------------------------------------------------------------
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * width for width in widths))
-    for row in rows:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    return [line.rstrip() for line in lines]
-
-
 def canary_text(section: object) -> list[str]:
     """The latest canary rounds per variant, then each variant's canary WER per phase."""
     canary = as_map(section)
@@ -122,7 +114,7 @@ def canary_text(section: object) -> list[str]:
                     _ms(as_number(entry.get("latency_ms"))),
                 ]
             )
-    lines += _table(
+    lines += text_table(
         ["variant", "round (UTC)", "phase", "answers", "failed", "WER", "median latency"], rows
     )
     rows = []
@@ -139,7 +131,10 @@ def canary_text(section: object) -> list[str]:
                     _ms(as_number(entry.get("latency_ms"))),
                 ]
             )
-    lines += ["", *_table(["variant", "phase", "rounds", "failed", "canary WER", "latency"], rows)]
+    lines += [
+        "",
+        *text_table(["variant", "phase", "rounds", "failed", "canary WER", "latency"], rows),
+    ]
     return lines
 
 
@@ -175,7 +170,7 @@ def drift_text(section: object) -> list[str]:
         )
     if not rows:
         return [*lines, "No outcomes in this phase yet."]
-    return lines + _table(
+    return lines + text_table(
         ["metric", "verdict", "window from (UTC)", "window", "earlier", "change"], rows
     )
 

@@ -49,6 +49,7 @@ from gateway.analysis.report_fields import (
     as_number,
     as_text,
 )
+from gateway.analysis.text_tables import text_table
 from gateway.outcomes.record import Category, Kind, OutcomeRecord, Role, category
 from gateway.stats import clustered
 from gateway.stats.bootstrap import ratio_difference_interval, ratio_interval
@@ -554,17 +555,8 @@ def segments_text(section: Mapping[str, Any] | None) -> list[str]:
     for name, dimension in dimensions.items():
         rows = [cells for _, cells in _rows(found, dimension)]
         lines += ["", f"By {as_text(name)}:"]
-        lines += _table(HEADER, rows) if rows else ["  no labelled results or outcomes"]
+        lines += text_table(HEADER, rows) if rows else ["  no labelled results or outcomes"]
     return lines
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * width for width in widths))
-    for row in rows:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    return [line.rstrip() for line in lines]
 
 
 def segments_html(section: Mapping[str, Any] | None) -> str:

@@ -52,6 +52,7 @@ from gateway.analysis.report_fields import (
     as_text,
 )
 from gateway.analysis.terms import read_text_file
+from gateway.analysis.text_tables import text_table
 from gateway.errors import ConfigError
 from gateway.stats.bootstrap import ratio_difference_interval, ratio_interval
 from gateway.stats.wer import WerCounts, alignment
@@ -394,15 +395,6 @@ def _lead(section: Mapping[str, Any]) -> str:
     )
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * width for width in widths))
-    for row in rows:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    return [line.rstrip() for line in lines]
-
-
 def _variant_cells(variant: Mapping[str, Any], levels: Sequence[str]) -> list[str]:
     cells = [as_text(variant.get("name")), f"{as_number(variant.get('utterances')) or 0:.0f}"]
     cells += [_with_ci(variant.get(level), "wer", signed=False) for level in levels]
@@ -440,11 +432,11 @@ def style_text(section: Mapping[str, Any] | None) -> list[str]:
     levels = _shown_levels(found)
     variant_header, difference_header = _headers(levels)
     lines = [f"Style versus substance: {_lead(found)}"]
-    lines += _table(variant_header, [_variant_cells(v, levels) for v in variants])
+    lines += text_table(variant_header, [_variant_cells(v, levels) for v in variants])
     comparisons = [as_map(c) for c in as_list(found.get("comparisons"))]
     if comparisons:
         rows = [_comparison_cells(c, levels) for c in comparisons]
-        lines += ["", *_table(difference_header, rows)]
+        lines += ["", *text_table(difference_header, rows)]
     return lines
 
 

@@ -43,6 +43,7 @@ from typing import Any, Final
 
 from gateway.analysis.labelled import LabelledResult
 from gateway.analysis.report_fields import as_html, as_interval, as_list, as_map, as_number, as_text
+from gateway.analysis.text_tables import text_table
 from gateway.errors import ConfigError
 from gateway.stats import clustered
 from gateway.stats.proportions import clustered_wilson_interval
@@ -445,15 +446,6 @@ def _changed_text(entries: Sequence[Any], order: Sequence[tuple[str, str]]) -> s
     return ", ".join(names) + more
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * width for width in widths))
-    for row in rows:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    return [line.rstrip() for line in lines]
-
-
 def _variants(section: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [as_map(v) for v in as_list(section.get("variants"))]
 
@@ -470,7 +462,7 @@ def terms_text(section: Mapping[str, Any] | None) -> list[str]:
         f"{_level(found.get('confidence'))} intervals by unit)",
         "recall: the said terms recognised; precision: the recognised terms that were said",
     ]
-    lines += _table(
+    lines += text_table(
         ["variant", "utterances", "said", "recognised", "not said", "recall", "precision"],
         [
             [
@@ -523,7 +515,7 @@ def terms_text(section: Mapping[str, Any] | None) -> list[str]:
         lines += [
             "",
             "Per term: recognised/said, +N recognised but not said",
-            *_table(["term", *names], rows),
+            *text_table(["term", *names], rows),
         ]
     never = [as_text(t) for t in as_list(found.get("never_said"))]
     if never:

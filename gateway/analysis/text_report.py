@@ -12,6 +12,7 @@ from typing import Any
 from gateway.analysis.error_analysis import errors_text
 from gateway.analysis.health_views import canary_text, drift_text
 from gateway.analysis.planner import render_plan
+from gateway.analysis.text_tables import text_table
 
 _ACTIONS = {
     "ship_custom": "SHIP CUSTOM",
@@ -46,15 +47,6 @@ def _ms(value: float | None) -> str:
 
 def _dms(value: float | None) -> str:
     return "-" if value is None else f"{value:+.0f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * width for width in widths))
-    for row in rows:
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    return [line.rstrip() for line in lines]
 
 
 def render_text(report: Mapping[str, Any]) -> str:
@@ -147,7 +139,7 @@ def _phase(phase: Mapping[str, Any], confidence: int) -> list[str]:
                 f" of {wer['reference_words']}",
             ]
         )
-    lines += _table(
+    lines += text_table(
         [
             "variant",
             "units",
@@ -183,7 +175,7 @@ def _phase(phase: Mapping[str, Any], confidence: int) -> list[str]:
                     ),
                 ]
             )
-    lines += _table(["variant", "latency (ms)", "n", "p50", "p90", "p99"], rows)
+    lines += text_table(["variant", "latency (ms)", "n", "p50", "p90", "p99"], rows)
     for comparison in phase["comparisons"]:
         lines += ["", *_comparison(comparison, confidence)]
     return lines
@@ -218,7 +210,7 @@ def _failures(variants: Sequence[Mapping[str, Any]], confidence: int) -> list[st
         "retried",
         f"failed as users saw [{confidence}% CI]",
     ]
-    return _table(header, rows)
+    return text_table(header, rows)
 
 
 def _comparison(comparison: Mapping[str, Any], confidence: int) -> list[str]:
@@ -259,7 +251,7 @@ def _comparison(comparison: Mapping[str, Any], confidence: int) -> list[str]:
                 "",
             ]
         )
-    lines += _table(
+    lines += text_table(
         [
             "metric",
             "difference",

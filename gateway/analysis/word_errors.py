@@ -32,6 +32,7 @@ from typing import Any, Final, Literal
 
 from gateway.analysis.labelled import LabelledResult
 from gateway.analysis.report_fields import as_html, as_list, as_map, as_number, as_text
+from gateway.analysis.text_tables import text_table
 from gateway.errors import ConfigError
 from gateway.stats.wer import Op
 
@@ -212,15 +213,6 @@ def _label(entry: Mapping[str, Any], kind: str, arrow: str = "->") -> str:
     return f"{as_text(entry.get('reference'))} {arrow} {as_text(entry.get('hypothesis'))}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str) -> list[str]:
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-    lines = [header, ["-" * width for width in widths], *rows]
-    return [
-        (indent + "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))).rstrip()
-        for line in lines
-    ]
-
-
 _HEADS: Final = {"substitution": "substitution", "deletion": "deleted", "insertion": "inserted"}
 
 
@@ -245,7 +237,7 @@ def _variant_text(variant: Mapping[str, Any]) -> list[str]:
             [_key_cell(e, kind), _count(e.get("count")), _pct(as_number(e.get("share")))]
             for e in entries
         ]
-        lines += _table([_HEADS[kind], "count", "share"], rows, "  ")
+        lines += text_table([_HEADS[kind], "count", "share"], rows, "  ")
     return lines
 
 
@@ -270,7 +262,7 @@ def _changes_text(change: Mapping[str, Any], control: str) -> list[str]:
             for e in entries
         ]
         lines.append(f"  {title}:")
-        lines += _table(["error", control, name, "change"], rows, "    ")
+        lines += text_table(["error", control, name, "change"], rows, "    ")
     return lines
 
 
