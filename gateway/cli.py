@@ -9,7 +9,7 @@ its arguments into settings overrides, configures logging once, and hands over; 
 become one clear line on stderr and exit status 2. `--config FILE` goes before the
 sub-command or after it (`speech-gateway serve --config FILE`), for every sub-command that
 reads settings. A sub-command imports its code when it runs (the options are in
-`gateway.tools.options`), so `--help` and `admin` never load the statistics stack, the
+`gateway.tools.cli_options`), so `--help` and `admin` never load the statistics stack, the
 settings or the Speech SDK.
 """
 
@@ -27,7 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ConfigError, GatewayError
 from gateway.tools.admin_cli import add_admin_parser, admin_command
-from gateway.tools.options import add_analyze_arguments, add_plan_arguments, add_replay_arguments
+from gateway.tools.cli_options import (
+    add_analyze_arguments,
+    add_plan_arguments,
+    add_replay_arguments,
+)
 
 if TYPE_CHECKING:
     from gateway.config.settings import Settings

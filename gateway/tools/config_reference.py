@@ -390,7 +390,7 @@ def _other_variables() -> str:
     # Imported here: the replay module loads the Speech SDK.
     from gateway.constants import ADMIN_TOKEN_ENV
     from gateway.tools.admin_cli import GATEWAY_URL_ENV
-    from gateway.tools.options import CLIENT_KEY_ENV
+    from gateway.tools.cli_options import CLIENT_KEY_ENV
 
     rows = [
         (CONFIG_ENV, "every command that reads settings", "the TOML file (`--config` wins)"),

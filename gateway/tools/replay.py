@@ -35,8 +35,8 @@ from gateway.config.settings import Settings
 from gateway.constants import ADMIN_TOKEN_ENV
 from gateway.errors import ConfigError, UpstreamError
 from gateway.outcomes.labels import LabelError, UnitLabel, check_experiment, check_unit
+from gateway.tools.cli_options import CLIENT_KEY_ENV, DEFAULT_PATH, DEFAULT_UNIT_PARAM, PACES, Pace
 from gateway.tools.dataset import LabelledUtterance, load_dataset
-from gateway.tools.options import CLIENT_KEY_ENV, DEFAULT_PATH, DEFAULT_UNIT_PARAM, PACES, Pace
 from gateway.tools.replay_http import (
     LABEL_WAIT_S,
     GatewayUrls,

@@ -22,9 +22,9 @@ from gateway.constants import ADMIN_TOKEN_ENV
 from gateway.control.model import hash_key
 from gateway.errors import ConfigError, UpstreamRejected, UpstreamUnavailable
 from gateway.outcomes.labels import UnitLabel
+from gateway.tools.cli_options import CLIENT_KEY_ENV, add_replay_arguments
 from gateway.tools.dataset import LabelledUtterance, load_dataset
 from gateway.tools.local_services import LocalEmulator, LocalGateway, free_port
-from gateway.tools.options import CLIENT_KEY_ENV, add_replay_arguments
 from gateway.tools.replay import ProgressBar, ReplayOptions, replay_command, run_replay
 from gateway.tools.replay_http import GatewayUrls, LabelTarget, attach_labels, fetch_analysis
 

@@ -9,7 +9,11 @@ import sys
 import pytest
 
 from gateway.analysis.model import AnalysisOptions
-from gateway.tools.options import add_analyze_arguments, add_plan_arguments, add_replay_arguments
+from gateway.tools.cli_options import (
+    add_analyze_arguments,
+    add_plan_arguments,
+    add_replay_arguments,
+)
 
 
 def parser_of(add: object) -> argparse.ArgumentParser:
@@ -48,7 +52,7 @@ def test_plan_and_replay_options_parse() -> None:
 def test_the_module_loads_neither_scipy_nor_the_speech_sdk() -> None:
     """What makes `speech-gateway --help` fast: the options import no heavy package."""
     code = (
-        "import sys, gateway.tools.options\n"
+        "import sys, gateway.tools.cli_options\n"
         "heavy = [m for m in ('scipy', 'azure.cognitiveservices.speech', 'aiohttp')"
         " if m in sys.modules]\n"
         "print(','.join(heavy))\n"
