@@ -10,6 +10,7 @@ are read from /proc, so Linux only.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import resource
@@ -23,7 +24,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+from _verdict import Load
 from nginx import Nginx, nginx_binary  # bench/ is sys.path[0] when a bench script runs
 
 from gateway.tools.local_services import LocalEmulator, LocalGateway
@@ -32,6 +35,10 @@ CLIENT_KEY = "bench-client-key-0123456789"
 PSEUDONYM_KEY = "bench-pseudonym-key-0123456789"
 USP_PATH = "/speech/recognition/conversation/cognitiveservices/v1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The named figure of bench/hot_path.py that every relay result is stated next to (and
+# divided by): one audio frame through aiohttp's reader, the relay and the masked write, in
+# user space, in a tight loop. Stable on a noisy machine; 6.4-7 us on the reference machine.
+HOT_PATH_FIGURE = "= audio frame, user space, no syscalls or wake-up"
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -53,15 +60,32 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
-def runqueue_wait_s(pid: int) -> float:
-    """Time the process's main thread spent runnable but waiting for a CPU, in seconds
-    (/proc/<pid>/schedstat): on a quiet machine near zero; on a busy one it is latency
-    that the process, not the code under test, suffered."""
+def thread_waits_ns(pid: int) -> dict[int, int]:
+    """Per thread of the process: nanoseconds it spent runnable but waiting for a CPU
+    (/proc/<pid>/task/<tid>/schedstat, second field). On a quiet machine near zero; on a busy
+    one it is latency that the process, not the code under test, suffered. Empty when the
+    process is gone or the kernel has no schedstat."""
+    waits: dict[int, int] = {}
     try:
-        with open(f"/proc/{pid}/schedstat", encoding="ascii") as stat:
-            return int(stat.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return waits
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as stat:
+                waits[int(tid)] = int(stat.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+    return waits
+
+
+def waited_s(before: dict[int, int], after: dict[int, int]) -> float:
+    """Seconds the process's threads waited for a CPU between two `thread_waits_ns` readings:
+    threads started in between count from zero, threads that ended in between are lost
+    (an undercount, never an overcount). NaN when nothing could be read."""
+    if not after:
         return math.nan
+    return sum(ns - before.get(tid, 0) for tid, ns in after.items()) / 1e9
 
 
 def cpu_seconds(pid: int) -> float:
@@ -85,37 +109,40 @@ class CpuMeter:
     def __init__(self, pids: dict[str, int]) -> None:
         self._pids = pids
         self._before: dict[str, tuple[float, float]] = {}
-        self._waited: dict[str, float] = {}
+        self._waited: dict[str, dict[int, int]] = {}
         self._machine: tuple[float, float] = (0.0, 0.0)
         self._wall = 0.0
 
     def start(self) -> None:
         self._before = {name: cpu_times(pid) for name, pid in self._pids.items()}
-        self._waited = {name: runqueue_wait_s(pid) for name, pid in self._pids.items()}
+        self._waited = {name: thread_waits_ns(pid) for name, pid in self._pids.items()}
         self._machine = machine_busy()
         self._wall = time.monotonic()
 
     def stop(self) -> dict[str, dict[str, float]]:
         """Per process: user and system seconds, the share of one core and the share of
-        the window its main thread waited for a CPU; plus `machine`: the busy share of all
-        CPUs (1.0 = every core busy)."""
+        the window its threads waited for a CPU (summed over threads); plus `machine`: the
+        busy share of all CPUs (1.0 = every core busy) and how many CPUs it has."""
         wall = time.monotonic() - self._wall
         result: dict[str, dict[str, float]] = {}
         for name, pid in self._pids.items():
             user, system = cpu_times(pid)
             user -= self._before[name][0]
             system -= self._before[name][1]
-            waited = runqueue_wait_s(pid) - self._waited[name]
+            waits = thread_waits_ns(pid)
+            waited = waited_s(self._waited[name], waits)
+            main = waits.get(pid, 0) - self._waited[name].get(pid, 0) if waits else math.nan
             result[name] = {
                 "user_s": user,
                 "sys_s": system,
                 "core_share": (user + system) / wall,
                 "cpu_wait_share": waited / wall,
+                "main_thread_wait_share": main / 1e9 / wall,
             }
         busy, total = machine_busy()
         spent = total - self._machine[1]
         share = (busy - self._machine[0]) / spent if spent else math.nan
-        result["machine"] = {"busy_share": share, "wall_s": wall}
+        result["machine"] = {"busy_share": share, "wall_s": wall, "cpus": os.cpu_count() or 1}
         return result
 
 
@@ -341,19 +368,88 @@ def fmt_ms(value: float) -> str:
 
 @dataclass(slots=True)
 class WorkerCpu:
-    """A load-generator process's own CPU over the measured window (from inside it)."""
+    """A load-generator process's own CPU and CPU wait over the measured window (read from
+    inside it, so the parent needs no pids of its pool's processes)."""
 
     user_s: float = 0.0
     sys_s: float = 0.0
-    marks: list[tuple[float, float]] = field(default_factory=list)
+    wait_s: float = math.nan
+    marks: list[tuple[float, float, dict[int, int]]] = field(default_factory=list)
 
     def mark(self) -> None:
         """Call at the window's start and end."""
         times = os.times()
-        self.marks.append((times.user, times.system))
+        self.marks.append((times.user, times.system, thread_waits_ns(os.getpid())))
         if len(self.marks) == 2:
-            (u0, s0), (u1, s1) = self.marks
+            (u0, s0, w0), (u1, s1, w1) = self.marks
             self.user_s, self.sys_s = u1 - u0, s1 - s0
+            self.wait_s = waited_s(w0, w1)
+
+    def row(self, wall: float) -> dict[str, float]:
+        """The process's row of a `CpuMeter.stop()` result."""
+        return {
+            "user_s": self.user_s,
+            "sys_s": self.sys_s,
+            "core_share": (self.user_s + self.sys_s) / wall,
+            "cpu_wait_share": self.wait_s / wall,
+        }
+
+
+def add_generators(cpu: dict[str, dict[str, float]], workers: Sequence[WorkerCpu]) -> None:
+    """Put each load generator's row (`generator-<i>`) and their sum (`loadgen`, for CPU per
+    frame or request) into a `CpuMeter.stop()` result."""
+    wall = cpu["machine"]["wall_s"]
+    for index, worker in enumerate(workers):
+        cpu[f"generator-{index}"] = worker.row(wall)
+    user = sum(worker.user_s for worker in workers)
+    system = sum(worker.sys_s for worker in workers)
+    cpu["loadgen"] = {"user_s": user, "sys_s": system, "core_share": (user + system) / wall}
+
+
+def harness_loads(cpu: dict[str, dict[str, float]]) -> dict[str, Load]:
+    """The harness's processes of a `CpuMeter.stop()` result with `add_generators`: the
+    emulator, nginx and each load generator (not their sum, not the gateway)."""
+    return {
+        name: Load(row["core_share"], row.get("cpu_wait_share", math.nan))
+        for name, row in cpu.items()
+        if name in ("emulator", "nginx") or name.startswith("generator-")
+    }
+
+
+def gateway_load(cpu: dict[str, dict[str, float]]) -> Load:
+    """The gateway's event-loop thread only: its sink's writer thread competing with it for
+    the one pinned core is the gateway's own doing, not the harness's or the machine's."""
+    row = cpu["gateway"]
+    return Load(row["core_share"], row.get("main_thread_wait_share", math.nan))
+
+
+def calibrate_hot_path(cpus: set[int] | None, n: int = 10_000, repeats: int = 5) -> dict[str, Any]:
+    """`bench/hot_path.py` for a second or two, on `cpus` (the gateway's CPU with --pin), in a
+    process of its own: the machine's speed at the relay's own code, so that results from
+    different machines compare as ratios to `HOT_PATH_FIGURE`. Best of `repeats`, so a
+    neighbour's noise raises it less than it raises any latency."""
+    with tempfile.TemporaryDirectory(prefix="hot-path-") as work:
+        out = Path(work) / "hot.json"
+        command = [sys.executable, str(Path(__file__).with_name("hot_path.py"))]
+        command += ["-n", str(n), "--repeats", str(repeats), "--json", str(out)]
+        started = time.monotonic()
+        with affinity(cpus):
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, timeout=120)
+        steps: dict[str, float] = json.loads(out.read_text(encoding="utf-8"))
+    return {
+        "figure": HOT_PATH_FIGURE,
+        "us": steps[HOT_PATH_FIGURE],
+        "seconds": time.monotonic() - started,
+        "cpus": sorted(cpus) if cpus is not None else None,
+        "steps": steps,
+    }
+
+
+def per_hot_path(value_us: float, hot_path: dict[str, Any]) -> float:
+    """A per-frame (per-request) cost or an added latency in microseconds as a multiple of
+    this machine's hot-path figure."""
+    figure = float(hot_path["us"])
+    return value_us / figure if figure > 0 else math.nan
 
 
 def print_cpu(cpu: dict[str, dict[str, float]]) -> None:

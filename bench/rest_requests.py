@@ -11,6 +11,9 @@ nginx. Two phases, both from load-generator processes separate from the gateway:
               `--saturate-seconds`: the requests/s each path sustains (the emulator is the
               same process for all three, so this is relative, not an absolute ceiling).
 
+The open loop's result carries the hot-path figure measured at the start (bench/hot_path.py,
+~2 s) with the key results as multiples of it, and a valid/void verdict (bench/_verdict.py).
+
     python bench/rest_requests.py --rate 200 --seconds 20 [--nginx] [--pin] [--json out.json]
     python bench/rest_requests.py --rate 200 --seconds 20 --pin --profile rest.txt
 """
@@ -37,11 +40,19 @@ from _common import (
     CpuMeter,
     PySpy,
     Services,
+    WorkerCpu,
+    add_generators,
+    calibrate_hot_path,
+    cpu_plan,
     cpu_seconds,
     fmt_ms,
+    gateway_load,
+    harness_loads,
+    per_hot_path,
     percentile,
     print_cpu,
 )
+from _verdict import REST_DIRECT_P99_MAX_MS, RunLoad, Verdict, judge
 from profile_summary import print_summary, summarise
 
 WAV_BYTES = 100 * 1024
@@ -94,9 +105,13 @@ async def _post(http: aiohttp.ClientSession, url: str, body: bytes, samples: Sam
 
 async def _open_loop(
     schedule: list[tuple[float, str, str]], window: tuple[float, float]
-) -> dict[str, Samples]:
+) -> tuple[dict[str, Samples], WorkerCpu]:
     body = wav_body()
     results = {name: Samples() for _, name, _ in schedule}
+    cpu = WorkerCpu()
+    loop = asyncio.get_running_loop()
+    for moment in window:
+        loop.call_later(max(0.0, moment - time.monotonic()), cpu.mark)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
 
         async def one(due: float, name: str, url: str) -> None:
@@ -112,7 +127,9 @@ async def _open_loop(
                 if delay > 0:
                     await asyncio.sleep(delay)
                 group.create_task(one(due, name, url))
-    return results
+    # The schedule may end just before the window does: let the closing mark fire.
+    await asyncio.sleep(max(0.0, window[1] - time.monotonic()) + 0.01)
+    return results, cpu
 
 
 def _use_uvloop() -> None:
@@ -125,9 +142,10 @@ def _use_uvloop() -> None:
 
 def open_loop_worker(
     schedule: list[tuple[float, str, str]], window: tuple[float, float]
-) -> dict[str, dict[str, Any]]:
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     _use_uvloop()
-    return {k: asdict(v) for k, v in asyncio.run(_open_loop(schedule, window)).items()}
+    results, cpu = asyncio.run(_open_loop(schedule, window))
+    return {k: asdict(v) for k, v in results.items()}, asdict(cpu)
 
 
 async def _closed_loop(url: str, clients: int, start_at: float, until: float) -> int:
@@ -156,9 +174,12 @@ def open_loop(
     rate: float,
     seconds: float,
     workers: int,
+    hot_path: dict[str, Any],
     profile: Path | None = None,
     native: bool = False,
 ) -> dict[str, Any]:
+    """`rate` requests/s to every target, interleaved, from `workers` load-generator
+    processes (each every `workers`-th request of the common schedule)."""
     targets = services.targets
     start_at = time.monotonic() + 2.0
     window = (start_at + WARMUP_S, start_at + seconds)
@@ -186,9 +207,10 @@ def open_loop(
     wall = usage["machine"]["wall_s"]
     cpu = usage["gateway"]["user_s"] + usage["gateway"]["sys_s"]
     merged = {t.name: Samples() for t in targets}
-    for part in parts:
+    for part, _cpu in parts:
         for name, data in part.items():
             merged[name].merge(Samples(**data))
+    add_generators(usage, [WorkerCpu(**worker_cpu) for _part, worker_cpu in parts])
     rows: dict[str, dict[str, Any]] = {}
     for name, got in merged.items():
         row: dict[str, Any] = {
@@ -208,6 +230,7 @@ def open_loop(
     emulator = usage["emulator"]["user_s"] + usage["emulator"]["sys_s"]
     result: dict[str, Any] = {
         "rate_per_target": rate,
+        "generators": workers,
         "seconds": seconds,
         "window_s": wall,
         "pinning": services.pinning,
@@ -221,6 +244,28 @@ def open_loop(
     if "nginx" in usage:
         nginx = usage["nginx"]["user_s"] + usage["nginx"]["sys_s"]
         result["nginx_cpu_us_per_request"] = 1e6 * nginx / gateway_requests
+    verdict = judge(
+        RunLoad(
+            direct_p99_ms=rows["direct"]["p99_ms"],
+            direct_p99_max_ms=REST_DIRECT_P99_MAX_MS,
+            late_p99_ms=max(row["loadgen_late_p99_ms"] for row in rows.values()),
+            harness=harness_loads(usage),
+            gateway=gateway_load(usage),
+            harness_cpus=len(services.cpus[1]) if services.cpus is not None else None,
+            machine_busy=usage["machine"]["busy_share"],
+            reference_errors={n: row["errors"] for n, row in rows.items() if n != "gateway"},
+        )
+    )
+    result["verdict"] = verdict.to_json()
+    for row in rows.values():
+        row["verdict"] = verdict.status
+    gateway = rows["gateway"]
+    result["hot_path_us"] = hot_path["us"]
+    result["x_hot_path"] = {
+        "gateway_cpu_per_request": per_hot_path(result["gateway_cpu_us_per_request"], hot_path),
+        "added_p50": per_hot_path(1000 * gateway["added_p50_ms"], hot_path),
+        "added_p99": per_hot_path(1000 * gateway["added_p99_ms"], hot_path),
+    }
     if spy is not None:
         failed = spy.wait()
         result["profile"] = str(profile) if failed is None else failed
@@ -256,7 +301,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=16, help="closed-loop clients")
     parser.add_argument("--saturate-seconds", type=float, default=5.0, help="0 skips it")
-    parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
+    parser.add_argument(
+        "--generators",
+        "--workers",
+        dest="generators",
+        type=int,
+        default=2,
+        help="load-generator processes, each with its share of the schedule "
+        "(with --pin they share the CPUs the gateway does not have)",
+    )
     parser.add_argument("--nginx", action="store_true", help="also through nginx")
     parser.add_argument(
         "--pin",
@@ -277,14 +330,29 @@ def main() -> None:
     args = parser.parse_args()
     if args.seconds < 2 * WARMUP_S:
         parser.error("--seconds must be at least 2")
+    if args.generators < 1:
+        parser.error("--generators must be at least 1")
     report: dict[str, Any] = {"command": sys.argv}
+    plan = cpu_plan(args.pin)
+    hot_path = calibrate_hot_path(plan[0] if plan is not None else None)
+    report["hot_path"] = hot_path
+    print(
+        f"hot path on this machine: {hot_path['us']:.2f} us per audio frame "
+        f"({hot_path['figure']!r} of bench/hot_path.py, {hot_path['seconds']:.1f} s)"
+    )
     with Services(nginx=args.nginx, pin=args.pin) as services:
         for note in services.notes:
             print(note)
         report["notes"] = services.notes
         report["pinning"] = services.pinning
         result = open_loop(
-            services, args.rate, args.seconds, args.workers, args.profile, args.native
+            services,
+            args.rate,
+            args.seconds,
+            args.generators,
+            hot_path,
+            args.profile,
+            args.native,
         )
         report["open_loop"] = result
         print(
@@ -311,6 +379,14 @@ def main() -> None:
             f"{result['emulator_cpu_us_per_request']:.0f} us per request"
         )
         print_cpu(result["cpu"])
+        ratios = result["x_hot_path"]
+        print(
+            f"as multiples of this machine's hot path ({hot_path['us']:.2f} us): gateway CPU "
+            f"per request {ratios['gateway_cpu_per_request']:.0f}x, added p50 / p99 "
+            f"{ratios['added_p50']:.0f}x / {ratios['added_p99']:.0f}x"
+        )
+        verdict = Verdict(result["verdict"]["status"], tuple(result["verdict"]["reasons"]))
+        print(f"verdict: {verdict.describe()}")
         if "profile" in result:
             if args.profile is not None and result["profile"] == str(args.profile):
                 summary = summarise(args.profile)
@@ -321,7 +397,9 @@ def main() -> None:
             else:
                 print(f"profile: {result['profile']}")
         if args.saturate_seconds:
-            saturated = closed_loop(services, args.concurrency, args.saturate_seconds, args.workers)
+            saturated = closed_loop(
+                services, args.concurrency, args.saturate_seconds, args.generators
+            )
             report["closed_loop"] = saturated
             print(f"\nclosed loop: {args.concurrency} clients, {args.saturate_seconds:g} s each")
             for name, row in saturated["targets"].items():

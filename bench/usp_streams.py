@@ -15,9 +15,15 @@ its last frame arrives. Offset+Duration of each result names the frame that trig
   final latency  = the utterance's last frame's send → its speech.phrase arriving
 "Added" is the gateway's (or nginx's) percentile minus the direct percentile.
 
+A run first times bench/hot_path.py for ~2 s (the machine's figure, printed and in the JSON,
+with the key results as multiples of it) and ends with a verdict from bench/_verdict.py:
+valid, or void with the reasons when the harness or the machine, not the gateway, was the
+bottleneck. `--generators` N load-generator processes each drive every N-th stream.
+
     python bench/usp_streams.py --streams 100 --seconds 20 [--nginx] [--json out.json]
     python bench/usp_streams.py --streams 1000 --reference-streams 100 --pin --nginx
-    python bench/usp_streams.py --sweep --steps 200,400,700,1000 --reference-streams 100 --pin
+    python bench/usp_streams.py --sweep --steps 200,400,700,1000 --reference-streams 100 --pin \
+        --generators 3
     python bench/usp_streams.py --streams 0 --idle-sessions 10000   # RSS only
 """
 
@@ -49,10 +55,27 @@ from _common import (
     PySpy,
     Services,
     WorkerCpu,
+    add_generators,
+    calibrate_hot_path,
+    cpu_plan,
     fmt_ms,
+    gateway_load,
+    harness_loads,
+    per_hot_path,
     percentile,
     print_cpu,
     rss_kib,
+)
+from _verdict import (
+    ADDED_P99_LIMIT_MS,
+    USP_DIRECT_P99_MAX_MS,
+    Outcome,
+    RunLoad,
+    Verdict,
+    gateway_misses,
+    judge,
+    largest_holding,
+    step_outcome,
 )
 from _wsclient import BINARY, TEXT, WsClient, encode_frame
 from profile_summary import print_summary
@@ -64,8 +87,9 @@ from gateway.protocol.wav import wave_header
 FRAME_BYTES = 3200
 FRAME_S = 0.1
 TICKS_PER_MS = 10_000
-BEHIND_MS = 10.0  # a send later than this (p99) means the load generator is the bottleneck
-ADDED_P99_LIMIT_MS = 5.0
+# A sweep stops after this many void steps in a row: the harness or the machine, not the
+# gateway, has reached its limit, and larger steps only load the harness more.
+VOID_STEPS_TO_STOP = 2
 # Per load-generator process: aiohttp's accept backlog is 128 by default, and an overflow
 # resets the odd connection (real clients retry; so does the harness, CONNECT_TRIES times).
 CONNECTS_AT_ONCE = 32
@@ -384,10 +408,12 @@ def run_load(
     seconds: float,
     utterance_s: float,
     workers: int,
+    hot_path: dict[str, Any],
     profile: Path | None = None,
     native_profile: bool = False,
 ) -> dict[str, Any]:
-    """`streams` through the gateway and `reference` to each other target, in one window."""
+    """`streams` through the gateway and `reference` to each other target, in one window,
+    from `workers` load-generator processes (each its share of every target's streams)."""
     rng = random.Random(streams)
     counts = {t.name: streams if t.name == "gateway" else reference for t in services.targets}
     # Streams start spread over one utterance, as independent clients would: started
@@ -418,14 +444,11 @@ def run_load(
         rss_loaded = rss_kib(pid)
         parts = pending.get(timeout=seconds + 180)
     merged = {target.name: Samples() for target in services.targets}
-    loadgen = {"user_s": 0.0, "sys_s": 0.0}
-    for part, worker_cpu in parts:
+    for part, _cpu in parts:
         for name, data in part.items():
             merged[name].merge(Samples(**data))
-        loadgen["user_s"] += worker_cpu["user_s"]
-        loadgen["sys_s"] += worker_cpu["sys_s"]
     wall = cpu["machine"]["wall_s"]
-    cpu["loadgen"] = {**loadgen, "core_share": (loadgen["user_s"] + loadgen["sys_s"]) / wall}
+    add_generators(cpu, [WorkerCpu(**worker_cpu) for _part, worker_cpu in parts])
     gateway_cpu = cpu["gateway"]["user_s"] + cpu["gateway"]["sys_s"]
     gateway_frames = merged["gateway"].frames_in_window
     all_frames = sum(samples.frames_in_window for samples in merged.values())
@@ -440,6 +463,7 @@ def run_load(
     result: dict[str, Any] = {
         "streams_per_target": streams,
         "reference_streams": reference,
+        "generators": workers,
         "seconds": seconds,
         "window_s": wall,
         "window_monotonic": window,
@@ -461,6 +485,8 @@ def run_load(
         "cpu": cpu,
         "targets": summarise(merged, counts),
     }
+    attach_verdict(result, harness_cpus(services))
+    add_hot_path_ratios(result, hot_path)
     if spy is not None:
         failed = spy.wait()
         result["profile"] = str(profile) if failed is None else failed
@@ -528,19 +554,63 @@ def measure_idle_rss(services: Services, sessions: int, workers: int) -> dict[st
     }
 
 
-def verdict(result: dict[str, Any]) -> str | None:
-    """Why this step is not sustainable, or None."""
+def harness_cpus(services: Services) -> int | None:
+    """CPUs the harness is confined to with --pin (None: it shares all with the gateway)."""
+    return len(services.cpus[1]) if services.cpus is not None else None
+
+
+def _failed(row: dict[str, Any]) -> int:
+    """Streams of a target that raised or did not complete."""
+    return int(max(row["errors"], row["streams"] - row["streams_completed"]))
+
+
+def run_load_of(result: dict[str, Any], cpus: int | None) -> RunLoad:
+    """The measurements of a `run_load` result that the void rules look at."""
+    targets = result["targets"]
+    cpu = result["cpu"]
+    return RunLoad(
+        direct_p99_ms=targets["direct"]["frame_p99_ms"],
+        direct_p99_max_ms=USP_DIRECT_P99_MAX_MS,
+        late_p99_ms=max(row["loadgen_late_p99_ms"] for row in targets.values()),
+        harness=harness_loads(cpu),
+        gateway=gateway_load(cpu),
+        harness_cpus=cpus,
+        machine_busy=cpu["machine"]["busy_share"],
+        reference_errors={name: _failed(row) for name, row in targets.items() if name != "gateway"},
+    )
+
+
+def attach_verdict(result: dict[str, Any], cpus: int | None) -> Verdict:
+    """Judge the run and whether the gateway held the target; into the result and each
+    target's row (all targets share the window, so a void run voids every comparison)."""
+    verdict = judge(run_load_of(result, cpus))
     gateway = result["targets"]["gateway"]
-    for name, row in result["targets"].items():
-        if row["errors"] or row["streams_completed"] != row["streams"]:
-            return f"{row['errors']} {name} streams failed: {row['first_error']}"
-    late = max(row["loadgen_late_p99_ms"] for row in result["targets"].values())
-    if late > BEHIND_MS:
-        return f"load generator behind (send p99 {late:.1f} ms late)"
-    for metric in ("frame_added_p99_ms", "final_added_p99_ms"):
-        if gateway[metric] > ADDED_P99_LIMIT_MS:
-            return f"{metric} {gateway[metric]:.2f} > {ADDED_P99_LIMIT_MS} ms"
-    return None
+    added = {m: gateway[m] for m in ("frame_added_p99_ms", "final_added_p99_ms")}
+    miss = gateway_misses(added, _failed(gateway))
+    result["verdict"] = verdict.to_json()
+    result["gateway_misses_target"] = miss
+    result["outcome"] = str(step_outcome(verdict, miss))
+    for row in result["targets"].values():
+        row["verdict"] = verdict.status
+    return verdict
+
+
+def add_hot_path_ratios(result: dict[str, Any], hot_path: dict[str, Any]) -> None:
+    """The key results as multiples of this machine's hot-path figure."""
+    gateway = result["targets"]["gateway"]
+    result["hot_path_us"] = hot_path["us"]
+    result["x_hot_path"] = {
+        "gateway_cpu_per_frame": per_hot_path(result["gateway_cpu_us_per_frame"], hot_path),
+        **{
+            metric: per_hot_path(1000 * gateway[f"{metric}_ms"], hot_path)
+            for metric in (
+                "frame_added_p50",
+                "frame_added_p99",
+                "final_added_p50",
+                "final_added_p99",
+            )
+        },
+    }
 
 
 def print_result(result: dict[str, Any]) -> None:
@@ -552,8 +622,8 @@ def print_result(result: dict[str, Any]) -> None:
     )
     print(
         f"\n{result['streams_per_target']} gateway streams, {result['reference_streams']} per "
-        f"reference target, {result['seconds']:.0f} s (measured window "
-        f"{result['window_s']:.1f} s; {pinned})"
+        f"reference target, {result['generators']} load generator(s), {result['seconds']:.0f} s "
+        f"(measured window {result['window_s']:.1f} s; {pinned})"
     )
     print(
         f"{'target':<8} {'n':>5} {'frame p50':>9} {'p99':>7} {'+p50':>7} {'+p99':>7} "
@@ -588,6 +658,21 @@ def print_result(result: dict[str, Any]) -> None:
         f"nginx {result['nginx_cpu_us_per_frame']:.0f} us"
     )
     print_cpu(result["cpu"])
+    ratios = result["x_hot_path"]
+    print(
+        f"as multiples of this machine's hot path ({result['hot_path_us']:.2f} us): gateway CPU "
+        f"per frame {ratios['gateway_cpu_per_frame']:.1f}x, added frame p50 / p99 "
+        f"{ratios['frame_added_p50']:.0f}x / {ratios['frame_added_p99']:.0f}x, added final "
+        f"p50 / p99 {ratios['final_added_p50']:.0f}x / {ratios['final_added_p99']:.0f}x"
+    )
+    verdict = Verdict(result["verdict"]["status"], tuple(result["verdict"]["reasons"]))
+    print(f"verdict: {verdict.describe()}")
+    if verdict.status == "valid":
+        miss = result["gateway_misses_target"]
+        print(
+            f"target (added p99 <= {ADDED_P99_LIMIT_MS:g} ms): "
+            + ("held" if miss is None else f"missed: {miss}")
+        )
     summary = result.get("profile_summary")
     if summary is not None:
         per_frame = result["gateway_cpu_us_per_frame"]
@@ -595,6 +680,41 @@ def print_result(result: dict[str, Any]) -> None:
         print_summary(summary, per_frame, "frame", user, per_frame - user)
     elif "profile" in result:
         print(f"profile: {result['profile']}")
+
+
+def sweep_summary(
+    outcomes: list[tuple[int, Outcome]], runs: list[dict[str, Any]], hot_path: dict[str, Any]
+) -> dict[str, Any]:
+    """The largest N per core that held the target, from the valid steps only. The gateway
+    is one single-threaded process (with --pin alone on its core), so N per core is N."""
+    answer = largest_holding(outcomes)
+    summary: dict[str, Any] = {
+        **answer.to_json(),
+        "target": f"frame and final added p99 <= {ADDED_P99_LIMIT_MS:g} ms over direct",
+        "steps": [{"streams": n, "outcome": str(outcome)} for n, outcome in outcomes],
+        "max_streams_per_core": answer.max_streams,
+        "hot_path_us": hot_path["us"],
+    }
+    if answer.max_streams is not None:
+        run = next(r for r in runs if r["streams_per_target"] == answer.max_streams)
+        summary["gateway_core_share_at_max"] = run["gateway_cpu_share"]
+        # N x frames/s x hot path: the share of a core the hot-path figure alone accounts for
+        # at the largest N, a capacity that compares across machines.
+        summary["hot_path_core_share_at_max"] = answer.max_streams / FRAME_S * hot_path["us"] / 1e6
+    return summary
+
+
+def print_sweep(summary: dict[str, Any]) -> None:
+    steps = ", ".join(f"{step['streams']} {step['outcome']}" for step in summary["steps"])
+    print(f"\nsweep ({summary['target']}): {steps}")
+    if summary["status"] == "determined":
+        print(
+            f"largest N per core that holds the target: {summary['max_streams_per_core']} "
+            f"(gateway at {100 * summary['gateway_core_share_at_max']:.0f} % of its core; "
+            f"{summary['why']}; hot path {summary['hot_path_us']:.2f} us)"
+        )
+    else:
+        print(f"largest N per core that holds the target: undetermined ({summary['why']})")
 
 
 def _profile_path(base: Path | None, streams: int, sweep: bool) -> Path | None:
@@ -615,14 +735,26 @@ def main() -> None:
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per stream")
     parser.add_argument("--utterance-ms", type=int, default=3000)
-    parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
+    parser.add_argument(
+        "--generators",
+        "--workers",
+        dest="generators",
+        type=int,
+        default=2,
+        help="load-generator processes, each with its share of every target's streams "
+        "(with --pin they share the CPUs the gateway does not have)",
+    )
     parser.add_argument("--nginx", action="store_true", help="also through nginx")
     parser.add_argument(
         "--pin",
         action="store_true",
         help="give the gateway a CPU of its own, everything else the other CPUs",
     )
-    parser.add_argument("--sweep", action="store_true", help="step N until added p99 > 5 ms")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="step N until a valid step's added p99 > 5 ms; report the largest N that held",
+    )
     parser.add_argument("--steps", default="50,100,200,400,800", help="N values of --sweep")
     parser.add_argument("--idle-sessions", type=int, default=100, help="0 skips the RSS step")
     parser.add_argument(
@@ -643,7 +775,16 @@ def main() -> None:
     reference = args.streams if args.reference_streams is None else args.reference_streams
     if args.streams and reference < 1:
         parser.error("the reference targets need at least one stream")
+    if args.generators < 1:
+        parser.error("--generators must be at least 1")
     report: dict[str, Any] = {"command": sys.argv, "runs": []}
+    plan = cpu_plan(args.pin)
+    hot_path = calibrate_hot_path(plan[0] if plan is not None else None)
+    report["hot_path"] = hot_path
+    print(
+        f"hot path on this machine: {hot_path['us']:.2f} us per audio frame "
+        f"({hot_path['figure']!r} of bench/hot_path.py, {hot_path['seconds']:.1f} s)"
+    )
     with Services(nginx=args.nginx, utterance_ms=args.utterance_ms, pin=args.pin) as services:
         for note in services.notes:
             print(note)
@@ -651,7 +792,7 @@ def main() -> None:
         report["targets"] = [target.name for target in services.targets]
         report["pinning"] = services.pinning
         if args.idle_sessions:
-            idle = measure_idle_rss(services, args.idle_sessions, args.workers)
+            idle = measure_idle_rss(services, args.idle_sessions, args.generators)
             report["idle"] = idle
             print(
                 f"RSS: {idle['rss_baseline_mib']:.1f} MiB baseline, "
@@ -662,7 +803,8 @@ def main() -> None:
             if idle["first_error"]:
                 print(f"  idle sessions stopped at: {idle['first_error']}")
         steps = [int(n) for n in args.steps.split(",")] if args.sweep else [args.streams]
-        sustained = None
+        outcomes: list[tuple[int, Outcome]] = []
+        voids_in_a_row = 0
         for streams in steps:
             if not streams:
                 continue
@@ -675,21 +817,29 @@ def main() -> None:
                 step_reference,
                 args.seconds,
                 utterance_s,
-                args.workers,
+                args.generators,
+                hot_path,
                 profile,
                 args.native,
             )
-            result["limited_by"] = verdict(result)
             report["runs"].append(result)
             print_result(result)
-            if args.sweep:
-                if result["limited_by"] is not None:
-                    print(f"stop: {result['limited_by']}")
-                    break
-                sustained = streams
+            outcome = Outcome(result["outcome"])
+            outcomes.append((streams, outcome))
+            if not args.sweep:
+                continue
+            if outcome is Outcome.FAILS:
+                print(f"stop: {result['gateway_misses_target']}")
+                break
+            voids_in_a_row = voids_in_a_row + 1 if outcome is Outcome.VOID else 0
+            if voids_in_a_row >= VOID_STEPS_TO_STOP:
+                print(
+                    f"stop: {voids_in_a_row} void steps in a row (harness or machine is the limit)"
+                )
+                break
         if args.sweep:
-            report["max_sustained_streams"] = sustained
-            print(f"\nlargest N with gateway added p99 <= {ADDED_P99_LIMIT_MS} ms: {sustained}")
+            report["sweep"] = sweep_summary(outcomes, report["runs"], hot_path)
+            print_sweep(report["sweep"])
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
 

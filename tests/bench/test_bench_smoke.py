@@ -1,20 +1,55 @@
 """The relay benchmarks run end to end for a few seconds and report structured results.
 
 Each harness is run as a user would, as a script, against instant emulators it starts
-itself; the tests check that it completes and that its JSON is complete and sane. They
-never judge the timings: those depend on the machine.
+itself; the tests check that it completes and that its JSON is complete and sane, verdict
+included. They never judge the timings: those depend on the machine. The void rules
+themselves (bench/_verdict.py) are pinned on constructed measurements.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_verdict() -> ModuleType:
+    """bench/ is not a package: load its pure verdict module by path."""
+    spec = importlib.util.spec_from_file_location("bench_verdict", ROOT / "bench" / "_verdict.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+V = _load_verdict()
+QUIET = V.RunLoad(
+    direct_p99_ms=1.0,
+    direct_p99_max_ms=V.USP_DIRECT_P99_MAX_MS,
+    late_p99_ms=1.5,
+    harness={
+        "emulator": V.Load(0.40, 0.02),
+        "generator-0": V.Load(0.20, 0.01),
+        "generator-1": V.Load(0.20, 0.01),
+    },
+    gateway=V.Load(0.45, 0.02),
+    harness_cpus=None,
+    machine_busy=0.50,
+    reference_errors={"direct": 0},
+)
+VERDICT_KEYS = {"status", "reasons"}
 
 
 def run_bench(script: str, out: Path, *args: str) -> dict[str, Any]:
@@ -33,15 +68,40 @@ def expected_targets(report: dict[str, Any]) -> list[str]:
     return ["direct", "gateway"] if skipped else ["direct", "gateway", "nginx"]
 
 
+def assert_hot_path(report: dict[str, Any], ratios: dict[str, Any]) -> None:
+    hot_path = report["hot_path"]
+    assert hot_path["figure"] in hot_path["steps"]
+    assert 0 < hot_path["us"] == hot_path["steps"][hot_path["figure"]] < math.inf
+    assert ratios
+    assert all(isinstance(value, float) for value in ratios.values())
+
+
+def assert_verdict(verdict: dict[str, Any]) -> None:
+    assert set(verdict) == VERDICT_KEYS
+    assert verdict["status"] in ("valid", "void")
+    assert (verdict["status"] == "void") == bool(verdict["reasons"])
+
+
 def test_usp_streams_reports_every_target(tmp_path: Path) -> None:
-    """A short USP run completes every stream on every target and reports latencies, CPU, RSS."""
+    """A short one-step USP sweep from two load generators completes every stream on every
+    target and reports latencies, CPU, RSS, the hot-path figure, a verdict and the sweep."""
     report = run_bench(
         "usp_streams.py",
         tmp_path / "usp.json",
-        *("--streams", "3", "--seconds", "3", "--utterance-ms", "1000"),
-        *("--workers", "1", "--idle-sessions", "5", "--nginx"),
+        *("--sweep", "--steps", "3", "--seconds", "3", "--utterance-ms", "1000"),
+        *("--generators", "2", "--idle-sessions", "5", "--nginx"),
     )
     (run,) = report["runs"]
+    assert_verdict(run["verdict"])
+    assert run["outcome"] in ("holds", "fails", "void")
+    assert (run["outcome"] == "void") == (run["verdict"]["status"] == "void")
+    assert {"generator-0", "generator-1", "loadgen"} <= set(run["cpu"])
+    assert_hot_path(report, run["x_hot_path"])
+    sweep = report["sweep"]
+    assert sweep["steps"] == [{"streams": 3, "outcome": run["outcome"]}]
+    # one step can never bracket the limit
+    assert sweep["status"] == "undetermined"
+    assert sweep["max_streams_per_core"] is None
     targets = run["targets"]
     assert list(targets) == expected_targets(report)
     for name, row in targets.items():
@@ -53,6 +113,7 @@ def test_usp_streams_reports_every_target(tmp_path: Path) -> None:
             assert 0 < row[key] < math.inf, (name, key)
         if name != "direct":
             assert math.isfinite(row["frame_added_p99_ms"])
+        assert row["verdict"] == run["verdict"]["status"]
     assert run["gateway_cpu_us_per_frame"] > 0
     assert run["gateway_rss_loaded_mib"] > 0
     assert report["idle"]["idle_sessions"] == 5
@@ -65,9 +126,11 @@ def test_rest_requests_reports_every_target(tmp_path: Path) -> None:
         "rest_requests.py",
         tmp_path / "rest.json",
         *("--rate", "10", "--seconds", "3", "--saturate-seconds", "1"),
-        *("--concurrency", "2", "--workers", "1", "--nginx"),
+        *("--concurrency", "2", "--generators", "2", "--nginx"),
     )
     open_loop = report["open_loop"]
+    assert_verdict(open_loop["verdict"])
+    assert_hot_path(report, open_loop["x_hot_path"])
     targets = open_loop["targets"]
     assert list(targets) == expected_targets(report)
     for name, row in targets.items():
@@ -75,6 +138,7 @@ def test_rest_requests_reports_every_target(tmp_path: Path) -> None:
         assert row["ok"] == 30, name
         assert row["samples"] > 0
         assert 0 < row["p50_ms"] <= row["p99_ms"] < math.inf
+        assert row["verdict"] == open_loop["verdict"]["status"]
     assert open_loop["gateway_cpu_us_per_request"] > 0
     closed = report["closed_loop"]["targets"]
     assert list(closed) == expected_targets(report)
@@ -90,3 +154,110 @@ def test_hot_path_times_every_step(tmp_path: Path) -> None:
     for step, value in report.items():
         assert isinstance(value, float), (step, value)
         assert 0 < value < math.inf, (step, value)
+
+
+def test_a_run_with_room_everywhere_is_valid() -> None:
+    """A quiet machine, an idle harness and a fast direct path give a valid run."""
+    verdict = V.judge(QUIET)
+    assert verdict.status == "valid"
+    assert verdict.reasons == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        ({"direct_p99_ms": V.USP_DIRECT_P99_MAX_MS + 0.1}, "direct p99"),
+        ({"late_p99_ms": V.LATE_P99_MAX_MS + 0.1}, "behind its schedule"),
+        ({"machine_busy": V.MACHINE_BUSY_MAX + 0.01}, "machine"),
+        ({"gateway": V.Load(0.5, V.GATEWAY_WAIT_SHARE_MAX + 0.01)}, "event loop waited"),
+        ({"reference_errors": {"direct": 2}}, "2 direct streams"),
+        (
+            {"harness": {"emulator": V.Load(V.HARNESS_CORE_SHARE_MAX + 0.01, 0.0)}},
+            "emulator at",
+        ),
+        (
+            {"harness": {"generator-1": V.Load(0.3, V.HARNESS_WAIT_SHARE_MAX + 0.01)}},
+            "generator-1 waited",
+        ),
+    ],
+)
+def test_each_rule_voids_a_run_and_says_why(change: dict[str, Any], names: str) -> None:
+    """Crossing any one threshold voids the run with exactly that rule's reason."""
+    verdict = V.judge(replace(QUIET, **change))
+    assert verdict.status == "void"
+    assert len(verdict.reasons) == 1
+    assert names in verdict.reasons[0]
+
+
+def test_at_the_thresholds_a_run_is_still_valid() -> None:
+    """The bounds are inclusive: a measurement equal to a threshold does not void."""
+    at = replace(
+        QUIET,
+        direct_p99_ms=V.USP_DIRECT_P99_MAX_MS,
+        late_p99_ms=V.LATE_P99_MAX_MS,
+        machine_busy=V.MACHINE_BUSY_MAX,
+        harness={"emulator": V.Load(V.HARNESS_CORE_SHARE_MAX, V.HARNESS_WAIT_SHARE_MAX)},
+        gateway=V.Load(1.0, V.GATEWAY_WAIT_SHARE_MAX),
+    )
+    assert V.judge(at).status == "valid"
+
+
+def test_a_harness_sharing_its_pinned_cpu_is_saturated_together() -> None:
+    """Emulator and generators each under the per-process bound still void a run when
+    together they fill the one CPU --pin leaves them; unpinned, the machine rule judges."""
+    crowded = {"emulator": V.Load(0.5, 0.0), "generator-0": V.Load(0.4, 0.0)}
+    pinned = V.judge(replace(QUIET, harness=crowded, harness_cpus=1))
+    assert pinned.status == "void"
+    assert "1 CPU(s)" in pinned.reasons[0]
+    assert V.judge(replace(QUIET, harness=crowded, harness_cpus=2)).status == "valid"
+    assert V.judge(replace(QUIET, harness=crowded, harness_cpus=None)).status == "valid"
+
+
+def test_every_reason_is_reported_and_missing_measurements_are_not_evidence() -> None:
+    """All applicable reasons are listed; NaN (not measured) voids nothing."""
+    both = replace(QUIET, direct_p99_ms=600.0, machine_busy=0.99)
+    assert len(V.judge(both).reasons) == 2
+    unknown = replace(QUIET, machine_busy=math.nan, harness={"nginx": V.Load(0.1, math.nan)})
+    assert V.judge(unknown).status == "valid"
+
+
+def test_a_void_step_is_neither_a_pass_nor_a_failure() -> None:
+    """A void verdict wins over the gateway's numbers; a valid one lets them decide."""
+    void = V.Verdict("void", ("machine 99 % busy",))
+    valid = V.Verdict("valid", ())
+    miss = V.gateway_misses({"frame_added_p99_ms": 9.0}, 0)
+    assert miss is not None
+    assert V.step_outcome(void, miss) is V.Outcome.VOID
+    assert V.step_outcome(valid, miss) is V.Outcome.FAILS
+    assert V.step_outcome(valid, None) is V.Outcome.HOLDS
+    assert V.gateway_misses({"frame_added_p99_ms": V.ADDED_P99_LIMIT_MS}, 0) is None
+    assert V.gateway_misses({"frame_added_p99_ms": math.nan}, 0) is not None
+    assert V.gateway_misses({"frame_added_p99_ms": 0.1}, 1) == "1 gateway streams failed"
+
+
+H, F, X = V.Outcome.HOLDS, V.Outcome.FAILS, V.Outcome.VOID
+
+
+@pytest.mark.parametrize(
+    ("steps", "status", "max_streams", "first_failing"),
+    [
+        ([(200, H), (400, H), (700, F)], "determined", 400, 700),
+        ([(200, H), (400, X), (700, F)], "determined", 200, 700),  # a void widens the bracket
+        ([(200, H), (400, H), (700, X), (1000, X)], "undetermined", None, None),
+        ([(200, F)], "undetermined", None, 200),
+        ([(200, X), (400, X)], "undetermined", None, None),
+        ([(200, H), (400, F), (700, H)], "undetermined", None, 400),  # not monotone: noise
+        ([], "undetermined", None, None),
+    ],
+)
+def test_the_sweep_counts_only_valid_steps(
+    steps: list[tuple[int, Any]], status: str, max_streams: int | None, first_failing: int | None
+) -> None:
+    """The largest N is known only when valid steps bracket it; void steps count for nothing."""
+    answer = V.largest_holding(steps)
+    assert (answer.status, answer.max_streams, answer.first_failing) == (
+        status,
+        max_streams,
+        first_failing,
+    )
+    assert answer.why
