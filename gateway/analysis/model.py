@@ -92,7 +92,7 @@ class ExperimentInfo:
             phase=experiment.phase,
             shares=experiment.shares,
             phase_shares=phase_shares,
-            phase_origins=dict(origins or {}),
+            phase_origins=shipped_continues(origins or {}),
             min_wer_gain=experiment.min_wer_gain,
             guardrails=experiment.guardrails,
         )
@@ -102,6 +102,19 @@ class ExperimentInfo:
         if phase == self.phase:
             return self.shares
         return self.phase_shares.get(phase)
+
+
+def shipped_continues(origins: Mapping[str, str | None]) -> dict[str, str | None]:
+    """The phases' origins (in the order they were opened), where a phase the health monitor
+    opened after a model change (`new_phase`: the same split, another model behind an
+    endpoint) continues a shipped phase as shipped: the drift watch goes on, on the new
+    model's results alone."""
+    found: dict[str, str | None] = {}
+    before: str | None = None
+    for phase, origin in origins.items():
+        found[phase] = "ship" if origin == "new_phase" and before == "ship" else origin
+        before = found[phase]
+    return found
 
 
 def parse_moment(value: str) -> datetime:

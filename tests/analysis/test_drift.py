@@ -16,7 +16,7 @@ from traffic import Traffic
 
 from gateway.analysis.canaries import CanaryAnswer
 from gateway.analysis.drift import drift_section, parse_window, shipped_variant
-from gateway.analysis.model import ExperimentInfo
+from gateway.analysis.model import ExperimentInfo, shipped_continues
 from gateway.analysis.observations import Outcome, PhaseObservations, Scored
 from gateway.stats.wer import WerCounts
 
@@ -210,3 +210,26 @@ def test_the_report_follows_the_phase_history_for_which_phases_were_shipped() ->
     assert drift(holdout, {"p1": "set_weights"}) is None
     assert drift(holdout, {})["holdout"] == "base"
     assert drift(holdout, {"p1": None})["shipped"] == "custom"  # the configured phase
+
+
+def test_a_phase_opened_after_a_model_change_continues_a_ship() -> None:
+    """The health monitor opens a new phase when the model behind an endpoint changes
+    (`new_phase`, same split): after a ship that phase is still shipped, and its drift section
+    reads its own results; after any other change it is not."""
+    shipped = shipped_continues({"p0": None, "p1": "ship", "p2": "new_phase"})
+    assert shipped == {"p0": None, "p1": "ship", "p2": "ship"}
+    chain = shipped_continues({"p1": "ship", "p2": "new_phase", "p3": "new_phase"})
+    assert chain["p3"] == "ship"
+    after_weights = shipped_continues({"p1": "ship", "p2": "set_weights", "p3": "new_phase"})
+    assert after_weights["p3"] == "new_phase"
+    made = Traffic()
+    made.ab(40, base_error=0.2, custom_error=0.1)
+    holdout = {"base": 0.5, "custom": 0.5}  # a 50 % holdout: shipped only by its history
+    info = ExperimentInfo(
+        control="base",
+        phase="p1",
+        shares=holdout,
+        phase_origins=shipped_continues({"p0": "ship", "p1": "new_phase"}),
+    )
+    drift = made.report(info=info)["drift"]
+    assert (drift["shipped"], drift["holdout"]) == ("custom", "base")
