@@ -391,18 +391,23 @@ def _health_variants(view: Json) -> list[tuple[str, Json]]:
 
 def _model_cells(entry: Json) -> list[str]:
     """Endpoint, model, transcription and adaptation expiry of a variant's health entry;
-    `!` marks an expiry within the warning window (or past)."""
+    `!` marks each expiry within the warning window (or past)."""
     model = entry.get("model")
     if not isinstance(model, dict):
         unknown = "unknown" if entry.get("model_error") is None else "unreadable"
         return [str(entry.get("endpoint_id") or "-"), unknown, "-", "-"]
-    warn = "!" if model.get("expiring_within_days") is not None else ""
+    near = model.get("expiring")
+    near = near if isinstance(near, list) else []
+
+    def date(kind: str) -> str:
+        return _day(model.get(f"{kind}_expires")) + ("!" if kind in near else "")
+
     name = str(model.get("display_name") or model.get("id"))
     return [
         str(entry.get("endpoint_id") or "-"),
         f"{name} ({model.get('kind')})",
-        f"{_day(model.get('transcription_expires'))}{warn}",
-        _day(model.get("adaptation_expires")),
+        date("transcription"),
+        date("adaptation"),
     ]
 
 
@@ -469,10 +474,22 @@ def _health_text(view: Json) -> list[str]:
     )
     if not known and not health.get("alerts"):
         return []  # no canaries, no lifecycle reads: nothing to show
-    rows = [["VARIANT", "ENDPOINT", "MODEL", "EXPIRES", "CANARY WER", "LATENCY", "ROUNDS", "LAST"]]
+    rows = [
+        [
+            "VARIANT",
+            "ENDPOINT",
+            "MODEL",
+            "TRANSCRIPTION",
+            "ADAPTATION",
+            "CANARY WER",
+            "LATENCY",
+            "ROUNDS",
+            "LAST",
+        ]
+    ]
     alerts: list[Json] = []
     for name, entry in entries:
-        endpoint, model, transcription, _adaptation = _model_cells(entry)
+        endpoint, model, transcription, adaptation = _model_cells(entry)
         found = entry.get("canary")
         canary: Json = found if isinstance(found, dict) else {}
         wer = canary.get("wer")
@@ -483,6 +500,7 @@ def _health_text(view: Json) -> list[str]:
                 endpoint,
                 model,
                 transcription,
+                adaptation,
                 f"{wer:.1%}" if isinstance(wer, int | float) else "-",
                 f"{latency:.0f} ms" if isinstance(latency, int | float) else "-",
                 f"{_number(canary.get('rounds', 0))} ({_number(canary.get('failed_rounds', 0))} "

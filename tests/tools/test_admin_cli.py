@@ -595,6 +595,7 @@ MODEL: Json = {
     "adaptation_expires": "2026-12-06T00:00:00.000Z",
     "transcription_expires": "2027-06-15T00:00:00.000Z",
     "expiring_within_days": None,
+    "expiring": [],
 }
 ALERT: Json = {
     "experiment": "banking",
@@ -624,7 +625,7 @@ HEALTHY_VIEW: Json = {
             },
             "custom": {
                 "endpoint_id": "ep-1",
-                "model": {**MODEL, "expiring_within_days": 9.5},
+                "model": {**MODEL, "expiring_within_days": -1.0, "expiring": ["adaptation"]},
                 "model_checked_at": "2026-12-07T10:00:00.000Z",
                 "model_error": None,
                 "canary": {
@@ -666,7 +667,7 @@ async def test_list_shows_each_custom_models_expiry_with_a_warning_mark(
         "EXPERIMENT", "VARIANT", "ENDPOINT", "MODEL", "TRANSCRIPTION", "UNTIL", "ADAPTATION"
     ]  # fmt: skip
     assert banking.split() == [
-        "banking", "custom", "ep-1", "banking", "v3", "(custom)", "2027-06-15!", "2026-12-06"
+        "banking", "custom", "ep-1", "banking", "v3", "(custom)", "2027-06-15", "2026-12-06!"
     ]  # fmt: skip
     assert checkout.split()[6] == "2027-06-15"
 
@@ -681,11 +682,12 @@ async def test_show_prints_the_health_block(
     start = out.index("model health (! = expires within the warning window):")
     rows = [line.split() for line in out[start + 1 : start + 4]]
     assert rows[1] == [
-        "base", "-", "unknown", "-", "12.5%", "410", "ms", "12", "(0", "failed)",
+        "base", "-", "unknown", "-", "-", "12.5%", "410", "ms", "12", "(0", "failed)",
         "2026-12-07T10:05:00.000Z",
     ]  # fmt: skip
     assert rows[2] == [
-        "custom", "ep-1", "banking", "v3", "(custom)", "2027-06-15!", "5.0%", "380", "ms", "12",
+        "custom", "ep-1", "banking", "v3", "(custom)", "2027-06-15", "2026-12-06!", "5.0%", "380",
+        "ms", "12",
         "(1", "failed)", "2026-12-07T10:05:00.000Z",
     ]  # fmt: skip
     assert out[start + 4] == (

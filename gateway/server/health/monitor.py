@@ -595,7 +595,12 @@ def _model_dict(model: ModelInfo) -> dict[str, Any]:
 
 def _model_view(info: EndpointInfo, now: datetime, days: int) -> dict[str, Any]:
     """A model as the admin view shows it: `expiring_within_days` is the days until its
-    soonest expiry within the warning window (negative once past), else None."""
+    soonest expiry within the warning window (negative once past), else None; `expiring`
+    names the expiries within the window ("adaptation", "transcription"), soonest first."""
     near = expiring(info, now, days)
     soonest = None if not near else round(days_until(near[0][1], now), 1)
-    return {**_model_dict(info.model), "expiring_within_days": soonest}
+    return {
+        **_model_dict(info.model),
+        "expiring_within_days": soonest,
+        "expiring": [kind for kind, _ in near],
+    }

@@ -54,6 +54,7 @@ def listing() -> dict[str, Any]:
         "adaptation_expires": "2026-12-20T00:00:00.000Z",
         "transcription_expires": "2027-01-04T00:00:00.000Z",
         "expiring_within_days": 13.0,
+        "expiring": ["adaptation"],
     }
     canary = {"last_round_at": "2026-12-07T10:05:00.000Z", "rounds": 12}
     custom = variant_health("ep-1", model, wer=0.05, latency_ms=380.0, failed_rounds=1, **canary)

@@ -287,6 +287,7 @@ HEALTH = {
                 "adaptation_expires": "2026-12-06T00:00:00.000Z",
                 "transcription_expires": "2027-06-15T00:00:00.000Z",
                 "expiring_within_days": -1.0,
+                "expiring": ["adaptation"],
             },
             "model_checked_at": "2026-12-07T10:00:00.000Z",
             "model_error": None,

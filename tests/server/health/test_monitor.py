@@ -432,6 +432,7 @@ async def test_lifecycle_reads_warn_of_expiry_once_and_a_model_change_opens_a_ph
         assert model["model"]["id"] == "m1"
         assert model["model"]["kind"] == "custom"
         assert model["model"]["expiring_within_days"] == pytest.approx(-1.0)
+        assert model["model"]["expiring"] == ["adaptation", "transcription"]
         assert model["model"]["transcription_expires"].startswith("2026-12-17")
 
         custom_speech.model = "base"  # the endpoint now deploys the base model
