@@ -390,6 +390,14 @@ def terms_section(
 # -- renderers -------------------------------------------------------------------------------
 
 
+def _source(section: Mapping[str, Any]) -> str:
+    """ "31 terms from FILE", "1 term derived from CORPUS": how many terms, and where from."""
+    count = as_number(section.get("count")) or 0
+    terms = "1 term" if count == 1 else f"{count:.0f} terms"
+    source = as_text(section.get("source"))
+    return f"{terms} {source}" if source.startswith("derived from ") else f"{terms} from {source}"
+
+
 def _pct(value: object, none: str = "-") -> str:
     number = as_number(value)
     return none if number is None else f"{number * 100:.1f}%"
@@ -458,8 +466,7 @@ def terms_text(section: Mapping[str, Any] | None) -> list[str]:
     if not variants:
         return []
     lines = [
-        f"Domain terms ({_count(found.get('count'))} terms from {as_text(found.get('source'))}; "
-        f"{_level(found.get('confidence'))} intervals by unit)",
+        f"Domain terms ({_source(found)}; {_level(found.get('confidence'))} intervals by unit)",
         "recall: the said terms recognised; precision: the recognised terms that were said",
     ]
     lines += text_table(
@@ -581,8 +588,7 @@ def terms_html(section: Mapping[str, Any] | None) -> str:
     parts = [
         '<section class="phase" data-section="terms">',
         "<h2>Domain terms</h2>",
-        f'<p class="meta">{_count(found.get("count"))} terms from '
-        f"<code>{as_html(found.get('source'))}</code>. A term is said where its words occur "
+        f'<p class="meta">{as_html(_source(found))}. A term is said where its words occur '
         "in the reference and recognised there when every one of them is recognised; "
         "recall is the share of said terms recognised, precision the share of recognised "
         f"terms that were said. Intervals: {as_html(level)}, by unit.</p>",

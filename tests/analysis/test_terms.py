@@ -337,6 +337,13 @@ def test_the_renderers_show_rates_and_never_said_terms() -> None:
     assert '<table data-table="terms" data-variant="base">' in html
     assert '<tr data-term="mortgage"><td>mortgage</td><td>0</td>' in html
     assert "never said" in html
+    assert "6 terms from terms.txt." in html
+
+
+def test_a_derived_list_and_a_single_term_read_as_english() -> None:
+    found = {**section([result("loan", "loan")]), "count": 1, "source": "derived from c.txt"}
+    assert terms_text(found)[0] == "Domain terms (1 term derived from c.txt; 95% intervals by unit)"
+    assert "1 term derived from c.txt." in terms_html(found)
 
 
 def test_the_renderers_escape_and_tolerate_anything() -> None:
