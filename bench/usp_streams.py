@@ -577,6 +577,11 @@ def run_load_of(result: dict[str, Any], cpus: int | None) -> RunLoad:
         harness_cpus=cpus,
         machine_busy=cpu["machine"]["busy_share"],
         reference_errors={name: _failed(row) for name, row in targets.items() if name != "gateway"},
+        reference_added_p99_ms={
+            metric: targets["nginx"][f"{metric}_added_p99_ms"] for metric in ("frame", "final")
+        }
+        if "nginx" in targets
+        else {},
     )
 
 

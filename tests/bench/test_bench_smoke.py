@@ -171,6 +171,7 @@ def test_a_run_with_room_everywhere_is_valid() -> None:
         ({"machine_busy": V.MACHINE_BUSY_MAX + 0.01}, "machine"),
         ({"gateway": V.Load(0.5, V.GATEWAY_WAIT_SHARE_MAX + 0.01)}, "event loop waited"),
         ({"reference_errors": {"direct": 2}}, "2 direct streams"),
+        ({"reference_added_p99_ms": {"frame": 1.0, "final": 24.5}}, "nginx added 24.50 ms"),
         (
             {"harness": {"emulator": V.Load(V.HARNESS_CORE_SHARE_MAX + 0.01, 0.0)}},
             "emulator at",
