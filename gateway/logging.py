@@ -129,7 +129,10 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
+        # One write per line (message and newline together): several processes (the
+        # workers of `serve --workers N`) share one stderr, and print()'s two writes let
+        # their lines interleave.
+        logger_factory=structlog.WriteLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         # Not cached: a later configure_logging (a CLI command run in-process, structlog's
         # capture_logs in tests) must reach module-level loggers that were already used.
         cache_logger_on_first_use=False,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -45,7 +48,7 @@ def json_logs(capsys: pytest.CaptureFixture[str]) -> pytest.CaptureFixture[str]:
 
 
 def json_mode() -> None:
-    # PrintLoggerFactory binds sys.stderr when configured, so this runs inside the test.
+    # Logging is configured inside the test, once capsys has replaced sys.stderr.
     configure_logging("info", "json")
 
 
@@ -310,3 +313,29 @@ def test_configuring_again_replaces_the_library_handler(
         "warning",
         "redis.connection",
     )
+
+
+WRITER = """\
+import os
+from gateway.logging import configure_logging, get_logger
+
+configure_logging("info", "json")
+log = get_logger("many")
+for i in range(10000):
+    log.info("line_" + "x" * 50, n=i, pid=os.getpid())
+"""
+
+
+def test_processes_sharing_stderr_never_interleave_their_lines(tmp_path: Path) -> None:
+    """The workers of `serve --workers N` share one stderr: every JSON line is written whole,
+    so two processes logging at once leave only whole lines."""
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER, encoding="utf-8")
+    out = tmp_path / "shared.log"
+    with out.open("ab") as shared:
+        writers = [subprocess.Popen([sys.executable, str(script)], stderr=shared) for _ in range(2)]
+        assert [writer.wait(timeout=120) for writer in writers] == [0, 0]
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 20000
+    for line in lines:
+        json.loads(line)
