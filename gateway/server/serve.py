@@ -25,6 +25,9 @@ from gateway.server.state import STATE
 # The gateway's listen backlog: connections the kernel completes before the loop accepts them.
 LISTEN_BACKLOG = 4096
 # The youngest generation's threshold once serving (CPython's default: 700). See `tune_gc`.
+# What a supervisor sends its workers to cut the drain's grace period short (a second
+# SIGTERM may be the init system's own, sent to every process of the group).
+CUT_GRACE_SIGNAL: Final = signal.SIGUSR1
 GC_GEN0_THRESHOLD: Final = 50_000
 GC_OLDER_THRESHOLDS: Final = (20, 20)
 
@@ -102,20 +105,26 @@ async def _run_gateway(
     stop = asyncio.Event()
 
     def on_signal(signum: signal.Signals) -> None:
-        if stop.is_set():
-            state.cut_grace()
-        else:
+        if not stop.is_set():
             log.info("shutdown_signal", signal=signum.name)
             stop.set()
+        elif role is None:
+            state.cut_grace()
+        # Under a supervisor a repeated SIGTERM/SIGINT is no second signal: an init system
+        # sends the same SIGTERM to every process of the group, and the supervisor forwards
+        # it a moment later. The supervisor's SIGUSR1 (its own second signal) cuts the grace.
 
     def on_orphaned() -> None:
         if not stop.is_set():  # a drain under way goes on as it is
             log.warning("supervisor_gone")
             stop.set()
 
-    signals = (signal.SIGTERM, signal.SIGINT)
+    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
     for signum in signals:  # before start-up: a signal during it drains right after it
         loop.add_signal_handler(signum, on_signal, signum)
+    if role is not None:
+        loop.add_signal_handler(CUT_GRACE_SIGNAL, state.cut_grace)
+        signals = (*signals, CUT_GRACE_SIGNAL)
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=gateway.drain.close_timeout_s
     )

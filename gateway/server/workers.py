@@ -78,7 +78,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.logging import get_logger
 from gateway.server.app import METRICS_SOURCE
 from gateway.server.metrics_merge import merge_expositions, parse_exposition
-from gateway.server.serve import serve
+from gateway.server.serve import CUT_GRACE_SIGNAL, serve
 from gateway.server.state import STATE
 from gateway.stores.factory import control_in_redis
 
@@ -279,7 +279,13 @@ class Supervisor:
                     self._read_ready(worker)
 
     def _forward(self, signum: signal.Signals) -> None:
-        if not self._stopping:
+        """The first signal is forwarded as it came; a second cuts the workers' grace period
+        with CUT_GRACE_SIGNAL (a repeated SIGTERM may be the init system's own, which
+        reaches every worker too and must not cut anything)."""
+        if self._stopping:
+            send = CUT_GRACE_SIGNAL
+        else:
+            send = signum
             log.info("shutdown_signal", signal=signum.name, workers=self.count)
             self._stopping = True
             for worker in self._workers:
@@ -287,7 +293,7 @@ class Supervisor:
                     worker.last_status = None
         for worker in self._workers:
             if worker.pid is not None:
-                _kill(worker.pid, signum)
+                _kill(worker.pid, send)
 
     def _stop_all(self, reason: str) -> None:
         """Give up: drain the workers still running, then exit 1 with `reason`."""
@@ -298,28 +304,44 @@ class Supervisor:
     def _start(self, worker: _Worker, port: int) -> None:
         assert self._runtime is not None
         assert self._holder is not None
-        lifeline_read, lifeline_write = os.pipe()
-        ready_read, ready_write = os.pipe()
+        # Everything the child needs is made here, before the fork: nothing of the
+        # supervisor's (its clean-up included) may run in the child.
+        settings = worker_settings(self.settings, worker.index, port)
+        try:
+            lifeline_read, lifeline_write = os.pipe()
+        except OSError as exc:
+            self._fork_failed(worker, exc)
+            return
+        try:
+            ready_read, ready_write = os.pipe()
+        except OSError as exc:
+            _close([lifeline_read, lifeline_write])
+            self._fork_failed(worker, exc)
+            return
         inherited = [fd for other in self._workers for fd in other.fds()]
+        runtime = _WorkerRuntime(
+            index=worker.index,
+            count=self.count,
+            runtime=self._runtime,
+            lifeline=lifeline_read,
+            ready=ready_write,
+            starts=worker.starts,
+        )
         # Block the signals across the fork, so that the child can drop one that reached the
         # old process group before it has its own session (below).
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         try:
             pid = os.fork()
             if pid == 0:  # the worker; never returns
-                _close([*inherited, lifeline_write, ready_read, self._holder.detach()])
-                _become_worker(
-                    mask,
-                    _WorkerRuntime(
-                        index=worker.index,
-                        count=self.count,
-                        runtime=self._runtime,
-                        lifeline=lifeline_read,
-                        ready=ready_write,
-                        starts=worker.starts,
-                    ),
-                    worker_settings(self.settings, worker.index, port),
-                )
+                try:
+                    _close([*inherited, lifeline_write, ready_read, self._holder.detach()])
+                    _become_worker(mask, runtime, settings)
+                finally:
+                    os._exit(1)  # only if _become_worker itself failed before its own exit
+        except OSError as exc:  # EAGAIN, ENOMEM: try again later, as for a crashed worker
+            _close([lifeline_read, lifeline_write, ready_read, ready_write])
+            self._fork_failed(worker, exc)
+            return
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         _close([lifeline_read, ready_write])
@@ -329,6 +351,13 @@ class Supervisor:
         worker.started_at = time.monotonic()
         worker.starts += 1
         log.info("worker_started", worker=worker.index, pid=pid)
+
+    def _fork_failed(self, worker: _Worker, exc: OSError) -> None:
+        """A worker could not be started (no process or pipe to spare): retried after the
+        back-off, as a worker that died at start-up."""
+        log.error("worker_start_failed", worker=worker.index, error=exc.strerror or str(exc))
+        worker.quick_deaths += 1
+        worker.next_start = time.monotonic() + _backoff(worker.quick_deaths)
 
     def _read_ready(self, worker: _Worker) -> None:
         assert worker.ready_pipe is not None
@@ -379,13 +408,16 @@ class Supervisor:
                 )
                 return
         worker.quick_deaths = 0 if lived >= STABLE_S else worker.quick_deaths + 1
-        delay = (
-            0.0
-            if worker.quick_deaths == 0
-            else min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (worker.quick_deaths - 1))
-        )
+        delay = _backoff(worker.quick_deaths)
         worker.next_start = time.monotonic() + delay
         log.info("worker_restart_scheduled", worker=worker.index, delay_s=delay)
+
+
+def _backoff(quick_deaths: int) -> float:
+    """Seconds before a restart: none after a worker that lived, then doubling."""
+    if quick_deaths == 0:
+        return 0.0
+    return float(min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (quick_deaths - 1)))
 
 
 def _hold_port(host: str, port: int) -> tuple[socket.socket, int]:
@@ -400,7 +432,8 @@ def _hold_port(host: str, port: int) -> tuple[socket.socket, int]:
         raise ConfigError("gateway.host", f"cannot resolve {host!r}: {exc.strerror}") from None
     holder = socket.socket(family, kind, proto)
     try:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # SO_REUSEPORT only: with SO_REUSEADDR as well, Linux would let any socket with
+        # SO_REUSEADDR (another user's too) take the port while no worker listens on it.
         holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         holder.bind(address)
     except OSError as exc:
@@ -437,6 +470,7 @@ def _become_worker(
         os.setsid()  # a terminal's Ctrl-C reaches the supervisor only, which forwards it
         for signum in _SIGNALS:
             signal.signal(signum, signal.SIG_IGN)  # drops one sent to the old group meanwhile
+        signal.signal(CUT_GRACE_SIGNAL, signal.SIG_IGN)  # nothing to cut before the drain
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forwarded SIGTERM during start-up
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # ends the worker: nothing to drain yet
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -529,7 +563,12 @@ class _WorkerRuntime:
         time are left out and counted."""
         siblings = [index for index in range(self.count) if index != self.index]
         answers = await asyncio.gather(*(self._sibling(index) for index in siblings))
-        parts = [(str(self.index), parse_exposition(self._local()))]
+        # Parsing and re-rendering the expositions costs several times a plain render (tens
+        # of ms for a large registry): a thread, so that the relay's loop keeps running.
+        return await asyncio.to_thread(self._merge, self._local(), siblings, answers)
+
+    def _merge(self, local: bytes, siblings: list[int], answers: list[bytes | None]) -> bytes:
+        parts = [(str(self.index), parse_exposition(local))]
         missing = 0
         for index, text in zip(siblings, answers, strict=True):
             try:

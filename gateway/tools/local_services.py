@@ -49,6 +49,11 @@ class LocalService:
         self._log: BinaryIO | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The process's id while it runs (the supervisor's, with `serve --workers N`)."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 

@@ -223,6 +223,31 @@ def test_workers_share_the_port_merge_metrics_and_drain_on_sigterm(
     assert len(log_events(tmp_path, "gateway_stopped")) == 2
 
 
+def test_a_sigterm_to_every_process_at_once_keeps_the_grace_period(
+    emulator: LocalEmulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """An init system sends SIGTERM to every process of the group, and the supervisor
+    forwards its own a moment later: a worker must not take that for a second signal. The
+    request in flight still completes within the grace period; nothing cuts it."""
+    gateway = _gateway(tmp_path, emulator, redis_server, f"{PREFIX}-group").start()
+    code = None
+    try:
+        wait_for(lambda: len(log_events(tmp_path, "worker_ready")) == 2)
+        workers = [int(e["pid"]) for e in log_events(tmp_path, "worker_started")]
+        assert gateway.pid is not None
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            in_flight = pool.submit(recognize, gateway, body_s=2.0)
+            wait_for(lambda: metrics_value(gateway, "speech_gateway_sessions_live") == 1)
+            for pid in [gateway.pid, *workers]:
+                os.kill(pid, signal.SIGTERM)
+            assert in_flight.result() == 200
+    finally:
+        code = gateway.stop()
+    assert code == 0
+    assert log_events(tmp_path, "drain_grace_cut") == []
+    assert len(stored_records(redis_server, f"{PREFIX}-group")) == 1
+
+
 def test_a_killed_worker_is_replaced_while_the_other_serves(
     emulator: LocalEmulator, redis_server: RedisServer, tmp_path: Path
 ) -> None:
