@@ -13,7 +13,8 @@ The analysis is CPU work (bootstrap resampling), so it runs in the app's analysi
 interpreter lock; this module does not even import it. A report is reused for `cache_s`
 seconds, and one computation per report is under way at a time, shared by every client
 that asks meanwhile: a wall of dashboards polling every few seconds costs one computation
-per experiment and interval, not one per screen.
+per experiment and interval in each gateway process (each worker of `serve --workers N`),
+not one per screen.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import threading
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -100,8 +101,13 @@ class Computed:
 
 
 def compute_report(store: OutcomeStore, job: ReportJob) -> Computed:
-    """The worker's entry point: open the store, build the report, close the store."""
-    return asyncio.run(_compute_report(store, job))
+    """The worker's entry point: open the store, build the report, close the store. Nothing
+    raises out of it: an exception would have to unpickle in the gateway, which some of ours
+    cannot, and would break the pool."""
+    try:
+        return asyncio.run(_compute_report(store, job))
+    except Exception:  # a bug, or a store failing while it closes: the log says what
+        return Computed(None, "error", traceback.format_exc())
 
 
 async def _compute_report(store: OutcomeStore, job: ReportJob) -> Computed:
@@ -178,9 +184,22 @@ def _inputs(job: ReportJob) -> tuple[dict[str, str] | None, ErrorInputs, tuple[P
 
 def _start_worker(level: str, fmt: LogFormat) -> None:
     """The worker's initializer: log as the gateway does (a store may warn while it reads),
-    and load the analysis before the first report asks for it."""
+    leave when the gateway process does, and load the analysis before the first report asks
+    for it."""
     configure_logging(level, fmt)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        # A gateway killed outright (SIGKILL, the OOM killer) never closes its pool, and the
+        # pool process would wait on its queue forever, re-parented to init.
+        threading.Thread(
+            target=_exit_with, args=(parent,), name="parent-watch", daemon=True
+        ).start()
     import gateway.analysis.report  # noqa: F401
+
+
+def _exit_with(parent: multiprocessing.process.BaseProcess) -> None:
+    parent.join()
+    os._exit(0)
 
 
 def _gateway_logging() -> tuple[str, LogFormat]:

@@ -238,3 +238,53 @@ def test_the_gateway_does_not_import_the_analysis() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]"
+
+
+ORPHAN = """\
+import asyncio, os, sys, time
+from gateway.server.admin.analysis_worker import AnalysisWorker
+
+async def main():
+    worker = AnalysisWorker()
+    await worker.run(os.getpid)
+    print(worker.pid, flush=True)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_the_worker_leaves_when_its_gateway_is_killed(tmp_path: Path) -> None:
+    """A gateway process killed outright never closes its pool: the analysis process sees
+    its parent go and exits, instead of waiting on its queue forever under init."""
+    script = tmp_path / "gateway_like.py"
+    script.write_text(ORPHAN, encoding="utf-8")
+    with subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=tmp_path
+    ) as parent:
+        _kill_it_and_watch_its_analysis_process(parent)
+
+
+def _kill_it_and_watch_its_analysis_process(parent: subprocess.Popen[str]) -> None:
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _running(child):
+            time.sleep(0.05)
+        assert not _running(child), f"analysis process {child} outlived its gateway"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not: it has exited and waits to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
