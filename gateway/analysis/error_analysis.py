@@ -53,11 +53,16 @@ def errors_section(
     control: str | None,
     options: AnalysisOptions,
     inputs: ErrorInputs | None = None,
+    selected: bool = False,
 ) -> Json | None:
-    """The `errors` section of `phase` (None: the newest phase with labelled results)."""
+    """The `errors` section of `phase`; None: the newest phase with labelled results, as
+    also when `phase` has none, unless the caller `selected` it (then the section is null:
+    it never describes another phase than the one asked for)."""
     inputs = inputs or ErrorInputs()
     results = labelled_results(records, labels)
     if phase is None or not any(r.record.phase == phase for r in results):
+        if selected:
+            return None
         phase = _newest_phase(results)
     if phase is None or control is None:
         return None

@@ -172,6 +172,7 @@ def build_report(
             control=control,
             options=options,
             inputs=errors,
+            selected=phase is not None,
         ),
         "recommendation": recommend(current, info, options),
     }

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from traffic import Traffic
+from traffic import INFO, Traffic
 
 from gateway.analysis.error_analysis import ErrorInputs, errors_html, errors_text
 from gateway.analysis.html_report import render_html
+from gateway.analysis.report import build_report
 from gateway.analysis.style import parse_synonyms
 from gateway.analysis.terms import parse_terms
 from gateway.analysis.text_report import render_text
@@ -105,3 +106,15 @@ def test_the_documented_section_has_the_reports_fields() -> None:
         "duration",
         "confidence",
     }
+
+
+def test_a_selected_phase_without_labels_has_no_section_of_another_phase() -> None:
+    """Asked for a phase with no labelled results, the section is null: it never describes
+    another phase than the one asked for."""
+    made = traffic()
+    for i in range(10):
+        made.utterance("base", 1000 + i, label=False, phase="p2")
+        made.utterance("custom", 2000 + i, label=False, phase="p2")
+    selected = build_report("e", made.records, made.labels, info=INFO, phase="p2")
+    assert selected["errors"] is None
+    assert build_report("e", made.records, made.labels, info=INFO)["errors"]["phase"] == "p1"
