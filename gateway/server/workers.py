@@ -270,10 +270,8 @@ class Supervisor:
                     if worker.pid is None and worker.next_start <= now:
                         self._start(worker, port)
             pipes = [w.ready_pipe for w in self._workers if w.ready_pipe is not None]
-            try:
-                readable, _, _ = select.select(pipes, [], [], POLL_S)
-            except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
-                readable = []
+            # A signal handler interrupting select() does not raise: PEP 475 retries it.
+            readable, _, _ = select.select(pipes, [], [], POLL_S)
             for worker in self._workers:
                 if worker.ready_pipe in readable:
                     self._read_ready(worker)
