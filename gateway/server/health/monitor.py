@@ -443,17 +443,19 @@ class HealthMonitor:
             f"{experiment.id}/{variant.name}: endpoint {info.id} now deploys model "
             f"{info.model.display_name} ({info.model.kind}), not {previous.model.display_name}"
         )
-        # Edge-triggered: each change is seen once, by the read that first sees it.
-        await self._raise(
-            self._alert(experiment.id, variant.name, "model_changed", message, detail)
-        )
 
         def make(changes: Changes, state: ExperimentState) -> Change | None:
             if state.status == "stopped":
                 return None  # over: nothing is compared any more
             return changes.new_phase(state, detail)
 
+        # The new phase first: whoever the alert reaches (a webhook, the log) and then looks
+        # at the experiment sees the phase the change opened, not the old one.
         await self._commit(experiment.id, make, message, "model_change_new_phase_failed")
+        # Edge-triggered: each change is seen once, by the read that first sees it.
+        await self._raise(
+            self._alert(experiment.id, variant.name, "model_changed", message, detail)
+        )
 
     # -- alerts ---------------------------------------------------------------------------
 
