@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,18 @@ async def view(http: aiohttp.ClientSession, gateway: LocalGateway, experiment: s
     status, answer = await admin(http, gateway, "GET", f"/admin/experiments/{experiment}")
     assert status == 200, answer
     return answer
+
+
+async def wait_for_phase(
+    http: aiohttp.ClientSession, gateway: LocalGateway, phase: str, timeout_s: float = 5.0
+) -> float:
+    """Seconds until `gateway` serves `phase` (polled every 10 ms)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if (await view(http, gateway))["phase"] == phase:
+            return time.monotonic() - start
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"phase {phase} not served within {timeout_s} s")
 
 
 async def session(

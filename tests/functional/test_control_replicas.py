@@ -11,7 +11,15 @@ from pathlib import Path
 import aiohttp
 import redis
 from conftest import split_experiment
-from control_support import admin, answered_by, control_gateway, session, sessions, view
+from control_support import (
+    admin,
+    answered_by,
+    control_gateway,
+    session,
+    sessions,
+    view,
+    wait_for_phase,
+)
 from redis_servers import RedisServer
 
 from gateway.stores.control_store import ControlKeys
@@ -19,18 +27,6 @@ from gateway.stores.jsonl_sink import read_jsonl
 from gateway.tools.local_services import LocalEmulator
 
 PREFIX = "sgw-replicas"
-
-
-async def wait_for_phase(
-    http: aiohttp.ClientSession, gateway: object, phase: str, timeout_s: float = 5.0
-) -> float:
-    """Seconds until `gateway` serves `phase` (polled every 10 ms)."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        if (await view(http, gateway))["phase"] == phase:  # type: ignore[arg-type]
-            return time.monotonic() - start
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"phase {phase} not served within {timeout_s} s")
 
 
 async def test_a_change_on_one_replica_reaches_the_other_and_survives_redis_restarts(

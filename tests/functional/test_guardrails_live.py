@@ -19,6 +19,7 @@ from control_support import (
     metrics_text,
     sessions,
     view,
+    wait_for_phase,
 )
 from redis.asyncio import Redis
 from redis_servers import RedisServer
@@ -80,6 +81,8 @@ async def test_a_failing_challenger_is_rolled_back_once_within_bounded_sessions(
                     results = await sessions(http, [a, b], [f"u-{sent + i}" for i in range(BATCH)])
                     sent += BATCH
                     assert not any(failed(r) for r in results if answered_by(r) == "alpha")
+                # The other replica serves the rollback once the change notice reaches it.
+                await wait_for_phase(http, b, (await view(http, a))["phase"])
                 state = await view(http, b)
                 assert [v["weight"] for v in state["variants"]] == [50.0, 0.0]
                 assert state["updated_by"] == "guardrail"
