@@ -28,7 +28,7 @@ from gateway.errors import ConfigError, RestError
 from gateway.outcomes.privacy import pseudonymise
 from gateway.outcomes.record import now_iso
 
-LabelSource = Literal["api", "import"]
+LabelSource = Literal["api", "import", "review"]
 LABEL_SOURCES: Final[tuple[LabelSource, ...]] = get_args(LabelSource)
 MAX_TEXT_CHARS: Final = 10_000
 MAX_BATCH: Final = 10_000  # labels in one API request
