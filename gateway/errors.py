@@ -11,6 +11,10 @@
     ├── LimitExceeded               a configured limit refuses a new session → HTTP 429/503
     ├── RecognitionError            the local recogniser failed → USP status "Error"
     ├── StoreUnavailable            Redis or a data file failed under a store → HTTP 503
+    │   └── AudioStoreFull          the audio store's size bound is reached → capture dropped
+    ├── CaptureNotFound             no stored audio capture has that id → HTTP 404
+    ├── CaptureCorrupt              stored audio failed its content type or size check → HTTP 502
+    ├── UnitDeleted                 audio of a unit on the deletion list is refused
     └── UpstreamError               a backend could not serve a session
         ├── UpstreamRejected        it answered the upgrade/POST with an HTTP status, not a session
         └── UpstreamUnavailable     unreachable or too slow → USP status "Error" / HTTP 503
@@ -168,6 +172,39 @@ class StoreUnavailable(GatewayError):
         reason = _URL_CREDENTIALS.sub("***@", reason)[:_MAX_REASON]
         super().__init__(reason)
         self.reason = reason
+
+
+class AudioStoreFull(StoreUnavailable):
+    """The audio store holds its configured maximum of bytes; the capture is dropped."""
+
+
+class CaptureNotFound(GatewayError, LookupError):
+    """No capture with this id is stored (never was, expired or deleted with its unit)."""
+
+    status = 404
+
+    def __init__(self, capture_id: str) -> None:
+        super().__init__(f"no audio capture {capture_id}")
+        self.capture_id = capture_id
+
+
+class CaptureCorrupt(GatewayError):
+    """A stored capture's audio is not what its sidecar says (content type or size)."""
+
+    status = 502
+
+    def __init__(self, capture_id: str, problem: str) -> None:
+        super().__init__(f"audio capture {capture_id}: {problem}")
+        self.capture_id = capture_id
+        self.problem = problem
+
+
+class UnitDeleted(GatewayError):
+    """The unit's audio was deleted on request; no audio of it is stored again."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__("the unit is on the audio deletion list")
+        self.unit = unit
 
 
 class UpstreamError(GatewayError):
