@@ -1,0 +1,115 @@
+"""Tests for gateway.stores.blob_audio_store: captures in Azure Blob Storage (Azurite)."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from azure.storage.blob import ContentSettings
+from azure.storage.blob.aio import BlobServiceClient
+
+from gateway.errors import CaptureCorrupt, CaptureNotFound, StoreUnavailable, UnitDeleted
+from gateway.stores.blob_audio_store import BlobAudioStore
+from tests.azurite import AzuriteServer
+from tests.stores.test_audio_store import make_capture, make_wav
+
+
+@pytest.fixture
+def azurite(tmp_path: Path) -> Iterator[AzuriteServer]:
+    with AzuriteServer(tmp_path / "azurite") as server:
+        yield server
+
+
+@pytest.fixture
+async def store(azurite: AzuriteServer) -> AsyncIterator[BlobAudioStore]:
+    blob_store = BlobAudioStore(azurite.account_url, "audio", azurite.credential, timeout_s=2.0)
+    yield blob_store
+    await blob_store.close()
+
+
+async def blob_properties(azurite: AzuriteServer, name: str) -> tuple[str, dict[str, str]]:
+    async with BlobServiceClient(azurite.account_url, credential=azurite.credential) as service:
+        props = await service.get_blob_client("audio", name).get_blob_properties()
+        return str(props.content_settings.content_type), dict(props.metadata)
+
+
+async def test_put_then_read_back(store: BlobAudioStore, azurite: AzuriteServer) -> None:
+    """A WAV put into Blob Storage reads back byte for byte, as audio/wav, with its sidecar."""
+    wav = make_wav(os.urandom(6400))
+    capture = make_capture(wav)
+    await store.put(capture, wav)
+    assert await store.wav(capture.capture_id) == wav
+    assert await store.captures("exp") == [capture]
+    content_type, metadata = await blob_properties(azurite, f"exp/{capture.capture_id}.wav")
+    assert content_type == "audio/wav"
+    assert metadata == {"unit": "u1", "captured_at": capture.captured_at}
+    # A fresh client (another replica) finds the capture without having listed it.
+    other = BlobAudioStore(azurite.account_url, "audio", azurite.credential)
+    try:
+        assert await other.wav(capture.capture_id) == wav
+        with pytest.raises(CaptureNotFound):
+            await other.wav(uuid.uuid4().hex)
+    finally:
+        await other.close()
+
+
+async def test_read_checks_content_type_and_size(
+    store: BlobAudioStore, azurite: AzuriteServer
+) -> None:
+    """A WAV blob replaced with another content type or size is reported as corrupt."""
+    wav = make_wav(b"\x01\x00" * 800)
+    capture = make_capture(wav)
+    await store.put(capture, wav)
+    name = f"exp/{capture.capture_id}.wav"
+    async with BlobServiceClient(azurite.account_url, credential=azurite.credential) as service:
+        blob = service.get_blob_client("audio", name)
+        await blob.upload_blob(
+            wav, overwrite=True, content_settings=ContentSettings(content_type="text/plain")
+        )
+        with pytest.raises(CaptureCorrupt, match="content type"):
+            await store.wav(capture.capture_id)
+        await blob.upload_blob(
+            wav[:-10], overwrite=True, content_settings=ContentSettings(content_type="audio/wav")
+        )
+        with pytest.raises(CaptureCorrupt, match="bytes stored"):
+            await store.wav(capture.capture_id)
+
+
+async def test_delete_unit_and_expire(store: BlobAudioStore) -> None:
+    """Deleting a unit removes both of its blobs per capture and refuses its audio later;
+    retention removes old captures only."""
+    wav = make_wav(b"\x02" * 320)
+    now = datetime.now(UTC)
+    old = make_capture(
+        wav, unit="u2", captured_at=(now - timedelta(days=10)).isoformat().replace("+00:00", "Z")
+    )
+    new = make_capture(wav, unit="u2", captured_at=now.isoformat().replace("+00:00", "Z"))
+    doomed = [make_capture(wav), make_capture(wav, experiment="exp2")]
+    for capture in (old, new, *doomed):
+        await store.put(capture, wav)
+    assert await store.delete_unit("u1") == 2
+    assert await store.captures("exp2") == []
+    with pytest.raises(CaptureNotFound):
+        await store.wav(doomed[0].capture_id)
+    with pytest.raises(UnitDeleted):
+        await store.put(make_capture(wav), wav)
+    assert await store.expire(now - timedelta(days=5)) == 1
+    assert await store.captures("exp") == [new]
+
+
+async def test_killed_service_is_unavailable(store: BlobAudioStore, azurite: AzuriteServer) -> None:
+    """With the Blob service gone, put fails with StoreUnavailable within a few seconds."""
+    wav = make_wav(b"\x03" * 320)
+    await store.put(make_capture(wav), wav)
+    azurite.kill()
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await store.put(make_capture(wav), wav)
+    assert time.monotonic() - started < 10
+    with pytest.raises(StoreUnavailable):
+        await store.captures("exp")
