@@ -93,7 +93,7 @@ class Capture:
     """One captured utterance, as its JSON sidecar keeps it.
 
     capture_id: 32 hex digits, the name of its WAV and sidecar.
-    experiment, phase: the experiment and phase the session ran in.
+    experiment, phase: the experiment and phase the session ran in, as in the records.
     unit: the session's unit, pseudonymised as in the outcome records.
     client: the name of the client key the session used.
     session_id, utterance_index: the session (X-ConnectionId / request id) and the
@@ -107,7 +107,7 @@ class Capture:
 
     capture_id: str
     experiment: str
-    phase: int
+    phase: str
     unit: str
     client: str
     session_id: str
@@ -152,7 +152,7 @@ class Capture:
         return cls(
             capture_id=str(data["capture_id"]),
             experiment=str(data["experiment"]),
-            phase=int(data["phase"]),
+            phase=str(data["phase"]),
             unit=str(data["unit"]),
             client=str(data["client"]),
             session_id=str(data["session_id"]),

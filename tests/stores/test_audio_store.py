@@ -41,7 +41,7 @@ def make_capture(
     return Capture(
         capture_id=uuid.uuid4().hex,
         experiment=experiment,
-        phase=1,
+        phase="p1",
         unit=unit,
         client="app",
         session_id="s" * 32,
