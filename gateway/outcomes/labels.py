@@ -9,7 +9,14 @@ parsers here are the two edges where labels enter: import files (CSV or JSON lin
 `parse_labels` / `scan_labels`, errors as `ConfigError` naming `file:line`) and the HTTP
 API's body (`parse_label_body`, errors as `RestError` naming the index and field).
 `gateway.stores.label_store` keeps labels beside the outcomes; `gateway.stats.wer` scores a
-record's text against its label. docs/labels.md is the description for analysts.
+record's text against its label.
+
+A stored label also carries the WER counts of the records it scores (`scores`: the labelled
+record and the shadow records of the same audio, each with recognised text), computed once
+when it is stored (`gateway.outcomes.label_scores`), with the normalisation version that
+produced them (`normalisation`). `stored_counts` gives the analysis a record's counts when
+they are current, and None when they are missing or were made under other normalisation
+rules. docs/labels.md is the description for analysts.
 """
 
 from __future__ import annotations
@@ -18,8 +25,8 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
@@ -27,6 +34,8 @@ from typing import Any, Final, Literal, get_args
 from gateway.errors import ConfigError, RestError
 from gateway.outcomes.privacy import pseudonymise
 from gateway.outcomes.record import now_iso
+from gateway.stats.wer import WerCounts
+from gateway.text import normalize
 
 LabelSource = Literal["api", "import", "review"]
 LABEL_SOURCES: Final[tuple[LabelSource, ...]] = get_args(LabelSource)
@@ -213,17 +222,77 @@ class UnitLabel:
         return out
 
 
+_SCORE_COUNTS: Final = ("substitutions", "deletions", "insertions", "hits")
+_MAX_COUNT: Final = 2**53 - 1  # exact in every JSON reader
+
+
+@dataclass(frozen=True, slots=True)
+class RecordScore:
+    """The WER counts of one record's recognised text against a label's text."""
+
+    record_id: str
+    substitutions: int
+    deletions: int
+    insertions: int
+    hits: int
+
+    def __post_init__(self) -> None:
+        check_record_id(self.record_id)
+        for name in _SCORE_COUNTS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise LabelError(f"scores.{name}", f"expected an integer, got {_show(value)}")
+            if not 0 <= value <= _MAX_COUNT:
+                raise LabelError(f"scores.{name}", f"expected 0..2**53-1, got {_show(value)}")
+
+    @classmethod
+    def of(cls, record_id: str, counts: WerCounts) -> RecordScore:
+        return cls(
+            record_id, counts.substitutions, counts.deletions, counts.insertions, counts.hits
+        )
+
+    @property
+    def counts(self) -> WerCounts:
+        return WerCounts(self.substitutions, self.deletions, self.insertions, self.hits)
+
+    def to_dict(self) -> dict[str, str | int]:
+        return {"record_id": self.record_id, **{n: getattr(self, n) for n in _SCORE_COUNTS}}
+
+    @classmethod
+    def from_dict(cls, value: object) -> RecordScore:
+        """One entry of a stored label's `scores`; LabelError naming the field if bad."""
+        if not isinstance(value, dict):
+            raise LabelError("scores", f"expected objects, got {_show(value)}")
+        missing = [name for name in ("record_id", *_SCORE_COUNTS) if name not in value]
+        if missing:
+            raise LabelError(f"scores.{missing[0]}", "missing")
+        try:
+            return cls(value["record_id"], *(value[name] for name in _SCORE_COUNTS))
+        except LabelError as exc:
+            if exc.field == "record_id":
+                raise LabelError("scores.record_id", exc.problem) from None
+            raise
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Label:
-    """A stored label; fields in the order of the JSON keys."""
+    """A stored label; fields in the order of the JSON keys.
+
+    `normalisation` and `scores` are both None (not scored yet: a label stored before labels
+    carried counts, or whose record could not be read) or both set: the normalisation
+    version and one `RecordScore` per scored record (possibly none: no record with text).
+    """
 
     record_id: str
     text: str
     labeller: str  # the admin credential's name (API) or the CLI's --by
     labelled_at: str = field(default_factory=now_iso)  # UTC, 2025-01-31T12:00:00.123Z
     source: LabelSource
+    normalisation: str | None = None  # gateway.text.normalize.NORMALISATION_VERSION
+    scores: tuple[RecordScore, ...] | None = None
 
     def __post_init__(self) -> None:
+        self._check_scores()
         check_record_id(self.record_id)
         if _check_text(self.text) != self.text:
             raise LabelError("text", "must be stripped of leading and trailing white space")
@@ -241,12 +310,43 @@ class Label:
         if self.source not in LABEL_SOURCES:
             raise LabelError("source", f"expected 'api' or 'import', got {_show(self.source)}")
 
+    def _check_scores(self) -> None:
+        if (self.normalisation is None) != (self.scores is None):
+            raise LabelError("scores", "normalisation and scores come together or not at all")
+        if self.normalisation is not None and not (
+            isinstance(self.normalisation, str) and 0 < len(self.normalisation) <= 64
+        ):
+            raise LabelError(
+                "normalisation", f"expected a version string, got {_show(self.normalisation)}"
+            )
+        if self.scores is not None:
+            if not isinstance(self.scores, tuple) or not all(
+                isinstance(score, RecordScore) for score in self.scores
+            ):
+                raise LabelError("scores", "expected a tuple of RecordScore")
+            if len({score.record_id for score in self.scores}) != len(self.scores):
+                raise LabelError("scores", "a record is scored twice")
+
+    def with_scores(self, scores: Iterable[RecordScore]) -> Label:
+        """This label with `scores`, made under the current normalisation version."""
+        return replace(self, normalisation=normalize.NORMALISATION_VERSION, scores=tuple(scores))
+
+    @property
+    def scores_current(self) -> bool:
+        """Whether the stored counts were made under the current normalisation rules."""
+        return self.scores is not None and self.normalisation == normalize.NORMALISATION_VERSION
+
     def to_json(self) -> str:
-        """One compact ASCII JSON object (no newline), keys in field order."""
+        """One compact ASCII JSON object (no newline), keys in field order; `normalisation`
+        and `scores` only when the label is scored."""
         return json.dumps(self.to_dict(), ensure_ascii=True, separators=(",", ":"))
 
-    def to_dict(self) -> dict[str, str]:
-        return {name: getattr(self, name) for name in LABEL_FIELDS}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name) for name in LABEL_FIELDS}
+        if self.scores is not None:
+            out["normalisation"] = self.normalisation
+            out["scores"] = [score.to_dict() for score in self.scores]
+        return out
 
     @classmethod
     def from_json(cls, data: str | bytes) -> Label:
@@ -261,10 +361,31 @@ class Label:
         missing = [name for name in LABEL_FIELDS if name not in value]
         if missing:
             raise LabelError(missing[0], "missing")
-        return cls(**{name: value[name] for name in LABEL_FIELDS})
+        scores = value.get("scores")
+        if scores is not None and not isinstance(scores, list):
+            raise LabelError("scores", f"expected a list, got {_show(scores)}")
+        return cls(
+            **{name: value[name] for name in LABEL_FIELDS},
+            normalisation=value.get("normalisation"),
+            scores=None if scores is None else tuple(map(RecordScore.from_dict, scores)),
+        )
 
 
-LABEL_FIELDS: Final = tuple(f.name for f in fields(Label))
+# The fields every stored label has; `normalisation` and `scores` are optional.
+LABEL_FIELDS: Final = tuple(f.name for f in fields(Label))[:-2]
+SCORE_FIELDS: Final = ("normalisation", "scores")
+
+
+def stored_counts(label: Label, record_id: str) -> WerCounts | None:
+    """The WER counts stored with `label` for `record_id` (the labelled record or a shadow
+    of the same audio), if they were made under the current normalisation version; None
+    if the label is not scored (yet), is stale, or does not score that record."""
+    if not label.scores_current or label.scores is None:
+        return None
+    for score in label.scores:
+        if score.record_id == record_id:
+            return score.counts
+    return None
 
 
 def check_labeller(value: object) -> str:

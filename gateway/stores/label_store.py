@@ -38,6 +38,15 @@ from typing import IO, Final, Protocol
 from gateway.constants import NO_EXPERIMENT
 from gateway.errors import ConfigError
 from gateway.logging import get_logger
+from gateway.outcomes.label_scores import (
+    SHADOWED_KINDS,
+    RecordsById,
+    has_shadows,
+    needs_scores,
+    score_targets,
+    scored,
+    scored_if_found,
+)
 from gateway.outcomes.labels import (
     Label,
     LabelError,
@@ -49,16 +58,27 @@ from gateway.outcomes.labels import (
     scan_labels,
     unit_target,
 )
-from gateway.outcomes.record import now_iso
+from gateway.outcomes.record import OutcomeRecord, now_iso
 from gateway.stores.failures import store_call
 from gateway.stores.files import cut_torn_tail
 from gateway.stores.keys import LABEL_FIELD, UNIT_RECORDS_MAX, RedisKeys
+from gateway.stores.label_records import read_records
 from gateway.stores.redis_client import RedisClient
 
 log = get_logger(__name__)
 
 LABELS_FILE_NAME: Final = "labels.jsonl"
 _REDIS_CHUNK: Final = 1_000  # record ids per lookup pipeline, labels per MULTI
+_RESCORE_CHUNK: Final = 10_000  # labels whose records a file rescore holds at once
+# Replace a label's value only if it is still the one that was scored: a relabel written
+# meanwhile wins over the rescore of the text it replaced.
+_REPLACE_IF_SAME: Final = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
+"""
 
 
 class LabelStatus(StrEnum):
@@ -116,6 +136,24 @@ class UnitMatch:
         return {"record_id": self.record_id, "experiment": self.experiment}
 
 
+@dataclass(frozen=True, slots=True)
+class RescoreResult:
+    """What `rescore` did with the current labels of one experiment."""
+
+    experiment: str
+    labels: int  # current labels of the experiment
+    rescored: int  # written again with new counts (none, stale, or missing a shadow)
+    current: int  # counts already current and complete: left alone
+    not_found: int  # the record is no longer in the store (rotated, trimmed): left alone
+
+    def summary(self) -> str:
+        """One line for the terminal."""
+        return (
+            f"{self.experiment}: {self.labels:,} labels, {self.rescored:,} rescored, "
+            f"{self.current:,} already current, {self.not_found:,} without their record"
+        )
+
+
 class LabelStore(Protocol):
     """Where labels are kept: beside the outcome records, whichever store holds those."""
 
@@ -141,6 +179,17 @@ class LabelStore(Protocol):
     async def all(self, experiment: str) -> dict[str, Label]:
         """record_id -> current label, for every labelled record of the experiment
         (`gateway.constants.NO_EXPERIMENT` for records no experiment routed)."""
+        ...
+
+    async def experiments(self) -> list[str]:
+        """Experiment keys that have outcome records, sorted."""
+        ...
+
+    async def rescore(self, experiment: str) -> RescoreResult:
+        """Store WER counts with every current label of the experiment that has none, has
+        counts of another normalisation version, or lacks a shadow record that has arrived
+        since (`gateway.outcomes.label_scores.needs_scores`); leave the others alone. Text,
+        labeller, time and source stay as they were; running it again changes nothing."""
         ...
 
     async def find_units(self, queries: Sequence[UnitQuery]) -> list[tuple[UnitMatch, ...]]:
@@ -177,8 +226,18 @@ class _Tail:
         self._offset = 0
         self._line = 0
 
-    def read(self, handle: Callable[[int, bytes], None]) -> bool:
-        """Hand each new complete line (number, bytes) to `handle`; True if it started over."""
+    @property
+    def identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the file the offsets handed out refer to."""
+        return self._identity
+
+    def read(
+        self,
+        handle: Callable[[int, int, bytes], None],
+        on_restart: Callable[[], None] | None = None,
+    ) -> bool:
+        """Hand each new complete line (number, byte offset, bytes) to `handle`; True if it
+        started over (`on_restart` is called first, before the new file's lines)."""
         try:
             file = open(self.path, "rb")  # noqa: SIM115 - closed below; absence is not an error
         except FileNotFoundError:
@@ -190,15 +249,18 @@ class _Tail:
             if identity != self._identity or status.st_size < self._offset:
                 restarted = self._identity is not None
                 self._identity, self._offset, self._line = identity, 0, 0
+                if restarted and on_restart is not None:
+                    on_restart()
             if status.st_size == self._offset:
                 return restarted
             file.seek(self._offset)
             for raw in file:
                 if not raw.endswith(b"\n"):
                     break
+                offset = self._offset
                 self._offset += len(raw)
                 self._line += 1
-                handle(self._line, raw)
+                handle(self._line, offset, raw)
         return restarted
 
 
@@ -230,6 +292,10 @@ class FileLabelStore:
         # "<unit>:<utterance_index>" -> primary record ids, oldest first (UNIT_RECORDS_MAX)
         self._unit_records: dict[str, list[str]] = {}
         self._current: dict[str, Label] = {}
+        # Where to read a record of the current outcome file again, to score its labels:
+        # record_id -> byte offset, and session_id -> its shadow utterance/request records.
+        self._offsets: dict[str, int] = {}
+        self._shadows: dict[str, list[str]] = {}
 
     @store_call
     async def put(
@@ -259,6 +325,56 @@ class FileLabelStore:
     @store_call
     async def find_units(self, queries: Sequence[UnitQuery]) -> list[tuple[UnitMatch, ...]]:
         return await asyncio.to_thread(self._find_units, list(queries))
+
+    @store_call
+    async def experiments(self) -> list[str]:
+        return await asyncio.to_thread(self._experiments)
+
+    @store_call
+    async def rescore(self, experiment: str) -> RescoreResult:
+        """See `LabelStore.rescore`. Each rescored label is appended again (same text,
+        labeller, time and source, new counts), under the file lock, so it becomes the
+        current line; a label relabelled meanwhile is not overwritten (the lock orders them)."""
+        return await asyncio.to_thread(self._rescore, experiment)
+
+    def _experiments(self) -> list[str]:
+        with self._lock:
+            self._refresh_records()
+            return sorted(set(self._experiment_of.values()))
+
+    def _rescore(self, experiment: str) -> RescoreResult:
+        with self._lock:
+            self._refresh_records()
+            if not self.labels_path.exists():
+                return RescoreResult(experiment, 0, 0, 0, 0)
+            with open(self.labels_path, "a+b", buffering=0) as file:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+                cut_torn_tail(file, self.labels_path, "labels_torn_tail_removed")
+                self._refresh_labels()
+                labels = [
+                    label
+                    for rid, label in self._current.items()
+                    if self._experiment_of.get(rid) == experiment
+                ]
+                rescored = current = not_found = 0
+                for start in range(0, len(labels), _RESCORE_CHUNK):
+                    chunk = labels[start : start + _RESCORE_CHUNK]
+                    records = self._read_records(label.record_id for label in chunk)
+                    lines: list[str] = []
+                    for label in chunk:
+                        if label.record_id not in records:
+                            not_found += 1
+                            continue
+                        targets = score_targets(*records[label.record_id])
+                        if not needs_scores(label, targets):
+                            current += 1
+                            continue
+                        lines.append(scored(label, targets).to_json() + "\n")
+                    if lines:
+                        _append(file, "".join(lines).encode("ascii"), fsync=self._fsync)
+                        rescored += len(lines)
+                self._refresh_labels()
+        return RescoreResult(experiment, len(labels), rescored, current, not_found)
 
     def _find_units(self, queries: list[UnitQuery]) -> list[tuple[UnitMatch, ...]]:
         with self._lock:
@@ -301,7 +417,7 @@ class FileLabelStore:
     def _refresh_records(self) -> None:
         bad: list[int] = []
 
-        def index(number: int, raw: bytes) -> None:
+        def index(number: int, offset: int, raw: bytes) -> None:
             # Only the ids are needed; full validation is the analysis' job.
             try:
                 data = json.loads(raw)
@@ -314,6 +430,11 @@ class FileLabelStore:
                 bad.append(number)
                 return
             self._experiment_of[record_id] = _experiment_key(experiment)
+            self._offsets[record_id] = offset
+            if data.get("role") == "shadow" and data.get("kind") in SHADOWED_KINDS:
+                shadows = self._shadows.setdefault(str(data.get("session_id")), [])
+                if record_id not in shadows:
+                    shadows.append(record_id)
             target = unit_target(
                 data.get("kind"), data.get("role"), data.get("unit"), data.get("utterance_index")
             )
@@ -323,7 +444,7 @@ class FileLabelStore:
                     ids.append(record_id)
                     del ids[:-UNIT_RECORDS_MAX]
 
-        self._records.read(index)
+        self._records.read(index, self._forget_offsets)
         if bad:
             log.warning(
                 "labels_outcome_lines_unreadable",
@@ -336,7 +457,7 @@ class FileLabelStore:
         fresh: dict[str, Label] = {}
         bad: list[int] = []
 
-        def apply(number: int, raw: bytes) -> None:
+        def apply(number: int, offset: int, raw: bytes) -> None:
             try:
                 label = Label.from_json(raw)
             except ValueError:
@@ -354,6 +475,48 @@ class FileLabelStore:
                 lines=len(bad),
                 first_line=bad[0],
             )
+
+    def _forget_offsets(self) -> None:
+        """The outcome file was replaced: its predecessor's offsets mean nothing now."""
+        self._offsets.clear()
+        self._shadows.clear()
+
+    def _read_records(self, record_ids: Iterable[str]) -> RecordsById:
+        """The records with these ids, and the shadow records of their sessions, read again
+        from the current outcome file (ids of a rotated file are not found)."""
+        found: RecordsById = {}
+        wanted = [rid for rid in dict.fromkeys(record_ids) if rid in self._offsets]
+        if not wanted:
+            return found
+        try:
+            file = open(self.outcomes_path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return found
+        with file:
+            status = os.fstat(file.fileno())
+            if (status.st_dev, status.st_ino) != self._records.identity:
+                return found  # rotated since the index was read: score at the next rescore
+
+            def read(rid: str) -> OutcomeRecord | None:
+                file.seek(self._offsets[rid])
+                try:
+                    record = OutcomeRecord.from_json(file.readline())
+                except ValueError:
+                    return None  # an invalid record: the analysis reports it
+                return record if record.record_id == rid else None
+
+            for rid in wanted:
+                record = read(rid)
+                if record is None:
+                    continue
+                session: list[OutcomeRecord] = []
+                if has_shadows(record):
+                    for shadow_id in self._shadows.get(record.session_id, ()):
+                        shadow = read(shadow_id)
+                        if shadow is not None:
+                            session.append(shadow)
+                found[rid] = (record, session)
+        return found
 
     def _put(
         self,
@@ -387,6 +550,7 @@ class FileLabelStore:
             cut_torn_tail(file, self.labels_path, "labels_torn_tail_removed")
             self._refresh_labels()  # another process may have written since
             labelled_at = now_iso()
+            records = self._read_records(label.record_id for label in labels)
             texts = {rid: label.text for rid, label in self._current.items()}
             results: list[LabelResult] = []
             lines: list[str] = []
@@ -401,7 +565,8 @@ class FileLabelStore:
                 else:
                     results.append(LabelResult(rid, LabelStatus.RELABELLED, previous))
                 texts[rid] = given.text
-                lines.append(given.label(labeller, source, labelled_at).to_json() + "\n")
+                label = scored_if_found(given.label(labeller, source, labelled_at), records)
+                lines.append(label.to_json() + "\n")
             if lines:
                 _append(file, "".join(lines).encode("ascii"), fsync=self._fsync)
             self._refresh_labels()
@@ -525,10 +690,18 @@ class RedisLabelStore:
             audit_key = self.keys.label_audit(experiment)
             for start in range(0, len(positions), _REDIS_CHUNK):
                 chunk = positions[start : start + _REDIS_CHUNK]
+                records = await read_records(
+                    self.client,
+                    self.keys,
+                    experiment,
+                    (labels[position].record_id for position in chunk),
+                    near=True,
+                )
                 async with self.client.pipeline(transaction=True) as pipe:
                     for position in chunk:
                         given = labels[position]
-                        line = given.label(labeller, source, labelled_at).to_json()
+                        label = given.label(labeller, source, labelled_at)
+                        line = scored_if_found(label, records).to_json()
                         pipe.hget(hash_key, given.record_id)
                         pipe.hset(hash_key, given.record_id, line)
                         pipe.xadd(audit_key, {LABEL_FIELD: line})
@@ -575,6 +748,46 @@ class RedisLabelStore:
             if label is not None:
                 found[rid] = label
         return found
+
+    @store_call
+    async def rescore(self, experiment: str) -> RescoreResult:
+        """See `LabelStore.rescore`. The labelled records are read by entry id, their
+        shadows from one pass over the experiment's stream; each rescored label replaces the
+        hash value only if that is still the label scored (a relabel written meanwhile wins).
+        The audit stream is not written: counts are derived from the label, not a new one."""
+        key = self.keys.labels(experiment)
+        raw: dict[str, bytes | str] = {}
+        async for field, value in self.client.hscan_iter(key, count=_REDIS_CHUNK):
+            raw[_str(field)] = value
+        labels = [
+            label for rid, value in raw.items() if (label := _parse(value, key, rid)) is not None
+        ]
+        records = await read_records(
+            self.client, self.keys, experiment, (label.record_id for label in labels), near=False
+        )
+        writes: list[tuple[str, bytes | str, str]] = []
+        current = not_found = 0
+        for label in labels:
+            if label.record_id not in records:
+                not_found += 1
+                continue
+            targets = score_targets(*records[label.record_id])
+            if needs_scores(label, targets):
+                writes.append(
+                    (label.record_id, raw[label.record_id], scored(label, targets).to_json())
+                )
+            else:
+                current += 1
+        rescored = 0
+        for start in range(0, len(writes), _REDIS_CHUNK):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for rid, old, new in writes[start : start + _REDIS_CHUNK]:
+                    pipe.eval(_REPLACE_IF_SAME, 1, key, rid, old, new)
+                replies = await pipe.execute()
+            rescored += sum(int(reply) for reply in replies)
+        # A label relabelled between the read and the write was scored by its own put.
+        current += len(writes) - rescored
+        return RescoreResult(experiment, len(labels), rescored, current, not_found)
 
 
 def _parse(value: bytes | str, key: str, record_id: str) -> Label | None:

@@ -22,6 +22,10 @@ applied in this order:
    space ("u.s." → "us", "$ 5" → "five dollars" but "#1" → "one").
 9. Whitespace is collapsed; the result is the list of the remaining words.
 
+`NORMALISATION_VERSION` names these rules. WER counts stored with labels
+(`gateway.outcomes.labels`) record the version that produced them, so that counts made under
+other rules are recognised as stale and recomputed (`speech-gateway label rescore`).
+
 `corpus_sentences` applies the same rules to LM training text, one sentence at a time: every
 line is a sentence boundary, and so is ".", "!", "?" or ";" followed by whitespace.
 
@@ -36,11 +40,17 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from typing import Literal
+from typing import Final, Literal
 
 from gateway.text.numbers import inverse_normalize, number_to_words, ordinal_to_words
 
 Profanity = Literal["masked", "removed", "raw"]
+
+# The version of the rules of `normalize_words` (and everything it calls, such as the number
+# words of `gateway.text.numbers`). Bump it with any change that alters what
+# `normalize_words` returns for some text: WER counts stored with labels carry it, and counts
+# stored under another version are no longer used until `label rescore` recomputes them.
+NORMALISATION_VERSION: Final = "1"
 
 # Deliberately small: the emulator only needs to show the three profanity modes working.
 PROFANITY_WORDS = frozenset(

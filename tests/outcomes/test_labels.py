@@ -13,9 +13,11 @@ from gateway.outcomes.labels import (
     LABEL_FIELDS,
     MAX_BATCH,
     MAX_TEXT_CHARS,
+    SCORE_FIELDS,
     Label,
     LabelError,
     LabelInput,
+    RecordScore,
     UnitLabel,
     UnitQuery,
     parse_label_body,
@@ -23,10 +25,12 @@ from gateway.outcomes.labels import (
     scan_labels,
 )
 from gateway.outcomes.privacy import pseudonymise
+from gateway.text.normalize import NORMALISATION_VERSION
 
 A = "a" * 32
 B = "b" * 32
 C = "c" * 32
+SCORE = {"record_id": A, "substitutions": 0, "deletions": 0, "insertions": 0, "hits": 1}
 
 
 def write(path: Path, text: str) -> Path:
@@ -116,6 +120,65 @@ def test_label_from_json_refuses_malformed_lines(line: str, message: str) -> Non
     """A stored label that is not a complete JSON object is refused with the reason."""
     with pytest.raises(ValueError, match=message):
         Label.from_json(line)
+
+
+def test_scored_label_json_round_trip() -> None:
+    """A scored label's JSON ends with `normalisation` and `scores` (the fixed names other
+    readers use) and reads back equal."""
+    label = LabelInput(A, "pay my bill").label("alice", "api", "2025-01-31T12:00:00.123Z")
+    label = label.with_scores([RecordScore(A, 1, 0, 2, 3), RecordScore(B, 0, 0, 0, 4)])
+    data = json.loads(label.to_json())
+    assert list(data) == [*LABEL_FIELDS, *SCORE_FIELDS]
+    assert data["normalisation"] == NORMALISATION_VERSION
+    assert data["scores"][0] == {
+        "record_id": A,
+        "substitutions": 1,
+        "deletions": 0,
+        "insertions": 2,
+        "hits": 3,
+    }
+    assert Label.from_json(label.to_json()) == label
+    assert label.with_scores([]).to_dict()["scores"] == []
+
+
+def test_old_labels_without_scores_still_load() -> None:
+    """A label stored before labels carried counts reads as not scored yet."""
+    old = {"record_id": A, "text": "hi", "labeller": "bob"}
+    old |= {"labelled_at": "2025-01-31T12:00:00.123Z", "source": "api"}
+    label = Label.from_json(json.dumps(old))
+    assert (label.normalisation, label.scores, label.scores_current) == (None, None, False)
+    assert list(json.loads(label.to_json())) == list(LABEL_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"scores": []}, "scores: normalisation and scores come together"),
+        ({"normalisation": "1"}, "scores: normalisation and scores come together"),
+        ({"normalisation": "1", "scores": {}}, "scores: expected a list"),
+        ({"normalisation": 1, "scores": []}, "normalisation: expected a version string"),
+        ({"normalisation": "1", "scores": [1]}, "scores: expected objects"),
+        ({"normalisation": "1", "scores": [{"record_id": A}]}, "scores.substitutions: missing"),
+        (
+            {"normalisation": "1", "scores": [{**SCORE, "hits": -1}]},
+            "scores.hits: expected 0..2",
+        ),
+        (
+            {"normalisation": "1", "scores": [{**SCORE, "hits": True}]},
+            "scores.hits: expected an integer",
+        ),
+        (
+            {"normalisation": "1", "scores": [{**SCORE, "record_id": "x"}]},
+            "scores.record_id: expected 32",
+        ),
+        ({"normalisation": "1", "scores": [SCORE, SCORE]}, "scores: a record is scored twice"),
+    ],
+)
+def test_label_refuses_bad_scores(extra: dict[str, object], message: str) -> None:
+    """Malformed stored counts are refused naming the field, as any other bad label value."""
+    data = LabelInput(A, "hi").label("bob", "api").to_dict() | extra
+    with pytest.raises(LabelError, match=message):
+        Label.from_json(json.dumps(data))
 
 
 def test_labelled_at_defaults_to_now() -> None:

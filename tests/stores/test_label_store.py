@@ -405,14 +405,24 @@ async def test_file_store_skips_unreadable_lines(tmp_path: Path) -> None:
 
 
 async def test_file_label_lines_are_one_json_object_each(tmp_path: Path) -> None:
-    """The label file is JSON lines: record_id, text, labeller, labelled_at, source."""
+    """The label file is JSON lines: record_id, text, labeller, labelled_at, source, then
+    the normalisation version and the WER counts of the scored records."""
     backend = FileBackend(tmp_path)
     await backend.deliver(make(1))
     await backend.store().put([LabelInput(rid(1), "Zoë")], "alice", "import")
     (line,) = backend.labels.read_text(encoding="ascii").splitlines()
     data = json.loads(line)
-    assert list(data) == ["record_id", "text", "labeller", "labelled_at", "source"]
+    assert list(data) == [
+        "record_id",
+        "text",
+        "labeller",
+        "labelled_at",
+        "source",
+        "normalisation",
+        "scores",
+    ]
     assert (data["text"], data["source"]) == ("Zoë", "import")
+    assert [score["record_id"] for score in data["scores"]] == [rid(1)]
 
 
 # -- the Redis store ------------------------------------------------------------------------

@@ -1,0 +1,136 @@
+"""Records for scoring labels in Redis: a labelled record, and the shadow records of its audio.
+
+The Redis label store scores a label against the text of its record and of that record's
+shadow partners (`gateway.outcomes.label_scores`). It finds the record through the
+experiment's `records` hash (record_id -> stream entry id, kept by the outcome sink) and
+reads that one stream entry. Shadow records have no index of their own, and none is added
+to the record path: they are looked for in the stream instead.
+
+* When a label is stored (`near=True`), only the stream entries that reached Redis within
+  `SHADOW_WINDOW_MS` of the labelled record's entry are read (overlapping windows of a batch
+  are read once). A shadow recognises the same audio at the same time, so its record
+  normally arrives within seconds; one that arrives later (delivered from the journal after
+  an outage, or not written yet) is scored by `speech-gateway label rescore`.
+* The rescore (`near=False`) reads the experiment's whole stream once, in pages.
+
+Records trimmed from the stream (retention) are not found: their labels stay as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Final
+
+from gateway.logging import get_logger
+from gateway.outcomes.label_scores import SHADOWED_KINDS, RecordsById, has_shadows
+from gateway.outcomes.record import OutcomeRecord
+from gateway.stores.keys import RECORD_FIELD, RedisKeys
+from gateway.stores.redis_client import RedisClient
+
+log = get_logger(__name__)
+
+# How far (ms of arrival in Redis) around a labelled record a label looks for its shadows.
+SHADOW_WINDOW_MS: Final = 120_000
+_PAGE: Final = 1_000  # stream entries per XRANGE, ids per pipeline
+_SHADOW_MARK: Final = b'"role":"shadow"'  # records are compact JSON: skip others unparsed
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _entry_ms(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0])
+
+
+def _windows(entry_ids: Iterable[str], width_ms: int) -> list[tuple[int, int]]:
+    """The ms ranges within `width_ms` of each entry id, overlapping ones merged, in order."""
+    merged: list[tuple[int, int]] = []
+    for ms in sorted({_entry_ms(entry) for entry in entry_ids}):
+        low, high = max(0, ms - width_ms), ms + width_ms
+        if merged and low <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], high)
+        else:
+            merged.append((low, high))
+    return merged
+
+
+def _parse(raw: bytes | str, where: str) -> OutcomeRecord | None:
+    try:
+        return OutcomeRecord.from_json(raw)
+    except ValueError as exc:  # an invalid record: the analysis reports it
+        log.warning("labels_record_unreadable", key=where, error=str(exc))
+        return None
+
+
+async def read_records(
+    client: RedisClient, keys: RedisKeys, experiment: str, record_ids: Iterable[str], *, near: bool
+) -> RecordsById:
+    """The records with these ids in the experiment's stream, each with the shadow records
+    of its session (within `SHADOW_WINDOW_MS` if `near`, else anywhere in the stream)."""
+    stream = keys.outcomes(experiment)
+    ids = list(dict.fromkeys(record_ids))
+    entries: dict[str, str] = {}  # record_id -> stream entry id
+    for start in range(0, len(ids), _PAGE):
+        chunk = ids[start : start + _PAGE]
+        values = await client.hmget(keys.records(experiment), chunk)
+        entries.update((rid, _text(v)) for rid, v in zip(chunk, values, strict=True) if v)
+    found: dict[str, OutcomeRecord] = {}
+    pending = list(entries.items())
+    for start in range(0, len(pending), _PAGE):
+        located = pending[start : start + _PAGE]
+        async with client.pipeline(transaction=False) as pipe:
+            for _, entry in located:
+                pipe.xrange(stream, entry, entry, count=1)
+            replies = await pipe.execute()
+        for (rid, _), reply in zip(located, replies, strict=True):
+            fields = reply[0][1] if reply else None
+            raw = fields.get(RECORD_FIELD.encode()) if fields else None
+            record = _parse(raw, stream) if raw is not None else None
+            if record is not None and record.record_id == rid:
+                found[rid] = record
+    sessions = {r.session_id for r in found.values() if has_shadows(r)}
+    shadows: dict[str, list[OutcomeRecord]] = {}
+    if sessions:
+        primaries = [entries[rid] for rid, r in found.items() if has_shadows(r)]
+        ranges = _windows(primaries, SHADOW_WINDOW_MS) if near else [(0, -1)]
+        for low, high in ranges:
+            await _collect_shadows(client, stream, low, high, sessions, shadows)
+    return {rid: (record, shadows.get(record.session_id, [])) for rid, record in found.items()}
+
+
+async def _collect_shadows(
+    client: RedisClient,
+    stream: str,
+    low_ms: int,
+    high_ms: int,
+    sessions: set[str],
+    into: dict[str, list[OutcomeRecord]],
+) -> None:
+    """Add the shadow records of `sessions` among the stream's entries from `low_ms` to
+    `high_ms` (-1: the end) to `into`, by session id, each record once."""
+    low = str(low_ms)
+    high = "+" if high_ms < 0 else str(high_ms)
+    seen = {record.record_id for found in into.values() for record in found}
+    field = RECORD_FIELD.encode()
+    while True:
+        page = await client.xrange(stream, low, high, count=_PAGE) or []
+        for _, values in page:
+            raw = values.get(field) if values else None  # None: a deleted entry
+            if not isinstance(raw, bytes) or _SHADOW_MARK not in raw:
+                continue
+            try:
+                data = json.loads(raw)
+            except ValueError:
+                continue
+            if data.get("session_id") not in sessions or data.get("kind") not in SHADOWED_KINDS:
+                continue
+            record = _parse(raw, stream)
+            if record is not None and record.record_id not in seen:
+                seen.add(record.record_id)
+                into.setdefault(record.session_id, []).append(record)
+        last = page[-1][0] if page else None
+        if len(page) < _PAGE or last is None:
+            return
+        low = "(" + _text(last)  # exclusive: continue after the last entry
