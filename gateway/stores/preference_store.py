@@ -1,0 +1,158 @@
+"""Preference stores: the review workbench's blind choices, keyed by capture, in either store.
+
+The workbench (`gateway.server.admin.review`) writes one `Preference` per reviewed capture;
+a later write of the same capture replaces it (an undo writes it back withdrawn), and every
+write is kept in an audit trail. `current` answers the live ones of an experiment, which
+both the review queue (what is done) and the analysis (`gateway.analysis.preferences`) read.
+
+* `FilePreferenceStore`: JSON lines appended to `preferences.jsonl`; the last line of a
+  capture is its current preference, the earlier ones the audit trail.
+* `RedisPreferenceStore`: the current preference in the experiment's `preferences` hash,
+  every write in its `preference-audit` stream (one MULTI, one Cluster slot).
+
+A store that cannot be read or written raises `StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import threading
+from pathlib import Path
+from typing import Final, Protocol
+
+from gateway.logging import get_logger
+from gateway.outcomes.preference import Preference, PreferenceError
+from gateway.stores.failures import store_call
+from gateway.stores.redis_client import RedisClient
+
+log = get_logger(__name__)
+
+PREFERENCES_FILE_NAME: Final = "preferences.jsonl"
+PREFERENCE_FIELD: Final = "p"
+
+
+class PreferenceStore(Protocol):
+    """Where the workbench's preferences are kept."""
+
+    async def put(self, preference: Preference) -> None:
+        """Write `preference` as its capture's current one (withdrawn or not)."""
+        ...
+
+    async def get(self, experiment: str, capture_id: str) -> Preference | None:
+        """The capture's current preference, withdrawn ones included; None if never written."""
+        ...
+
+    async def current(self, experiment: str) -> dict[str, Preference]:
+        """capture_id -> current preference, for every capture of the experiment whose
+        current preference is not withdrawn."""
+        ...
+
+
+class FilePreferenceStore:
+    """Preferences as JSON lines appended to one file (module doc).
+
+    Writes take an exclusive `flock`, so several gateway processes may append; each write
+    is one `write` of one whole line, then fsync'd. Reads parse the whole file: a review
+    workbench writes a few thousand lines a day. A line that is not a preference (a torn
+    write) is skipped and logged.
+    """
+
+    def __init__(self, path: Path, *, fsync: bool = True) -> None:
+        self.path = path
+        self._fsync = fsync
+        self._lock = threading.Lock()
+
+    @store_call
+    async def put(self, preference: Preference) -> None:
+        await asyncio.to_thread(self._append, preference.to_json())
+
+    @store_call
+    async def get(self, experiment: str, capture_id: str) -> Preference | None:
+        latest = await asyncio.to_thread(self._latest, experiment)
+        return latest.get(capture_id)
+
+    @store_call
+    async def current(self, experiment: str) -> dict[str, Preference]:
+        latest = await asyncio.to_thread(self._latest, experiment)
+        return {cid: p for cid, p in latest.items() if not p.withdrawn}
+
+    def _append(self, line: str) -> None:
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("ab") as file:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+                try:
+                    file.write(line.encode("utf-8") + b"\n")
+                    file.flush()
+                    if self._fsync:
+                        os.fsync(file.fileno())
+                finally:
+                    fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+
+    def _latest(self, experiment: str) -> dict[str, Preference]:
+        with self._lock:
+            try:
+                raw = self.path.read_bytes()
+            except FileNotFoundError:
+                return {}
+        latest: dict[str, Preference] = {}
+        for number, line in enumerate(raw.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                preference = Preference.from_json(line)
+            except PreferenceError as exc:
+                log.warning(
+                    "preference_line_skipped", path=str(self.path), line=number, error=str(exc)
+                )
+                continue
+            if preference.experiment == experiment:
+                latest[preference.capture_id] = preference
+        return latest
+
+
+class RedisPreferenceStore:
+    """Preferences in Redis: `<prefix>:{<experiment>}:preferences` (HASH capture_id ->
+    preference JSON, the current one) and `<prefix>:{<experiment>}:preference-audit`
+    (STREAM, field `p`, every write, never trimmed)."""
+
+    def __init__(self, client: RedisClient, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def _key(self, experiment: str, name: str) -> str:
+        return f"{self.prefix}:{{{experiment}}}:{name}"
+
+    @store_call
+    async def put(self, preference: Preference) -> None:
+        line = preference.to_json()
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self._key(preference.experiment, "preferences"), preference.capture_id, line)
+            pipe.xadd(
+                self._key(preference.experiment, "preference-audit"), {PREFERENCE_FIELD: line}
+            )
+            await pipe.execute()
+
+    @store_call
+    async def get(self, experiment: str, capture_id: str) -> Preference | None:
+        raw = await self.client.hget(self._key(experiment, "preferences"), capture_id)
+        return None if raw is None else self._parse(raw)
+
+    @store_call
+    async def current(self, experiment: str) -> dict[str, Preference]:
+        raw = await self.client.hgetall(self._key(experiment, "preferences"))
+        found: dict[str, Preference] = {}
+        for value in raw.values():
+            preference = self._parse(value)
+            if preference is not None and not preference.withdrawn:
+                found[preference.capture_id] = preference
+        return found
+
+    def _parse(self, raw: bytes | str) -> Preference | None:
+        try:
+            return Preference.from_json(raw)
+        except PreferenceError as exc:
+            log.warning("preference_value_skipped", error=str(exc))
+            return None
