@@ -35,6 +35,7 @@ SKIP_MEMORY_S: Final = 7 * 24 * 3600
 MAX_SKIPS: Final = 10_000  # per reviewer and experiment, the oldest forgotten first
 
 _RELEASE: Final = """
+if redis.call('get', KEYS[2]) == ARGV[2] then redis.call('del', KEYS[2]) end
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
@@ -246,7 +247,8 @@ class RedisReviewLeases:
     @store_call
     async def release(self, experiment: str, reviewer: str, capture_id: str) -> None:
         lease = self._key(experiment, f"review-lease:{capture_id}")
-        await self.client.eval(_RELEASE, 1, lease, reviewer)
+        held = self._key(experiment, f"review-held:{reviewer}")
+        await self.client.eval(_RELEASE, 2, lease, held, reviewer, capture_id)
 
     @store_call
     async def skip(self, experiment: str, reviewer: str, capture_id: str) -> None:
