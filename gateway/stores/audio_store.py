@@ -26,13 +26,25 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 from gateway.errors import AudioStoreFull, CaptureCorrupt, CaptureNotFound, UnitDeleted
+from gateway.session.capture import CapturedResult, CaptureReason, CaptureSample
 from gateway.stores.failures import store_call
 from gateway.stores.files import fsync_directory
+
+__all__ = [
+    "AudioStore",
+    "Capture",
+    "CaptureReason",
+    "CaptureSample",
+    "CapturedResult",
+    "LocalAudioStore",
+    "check_experiment",
+    "check_unit",
+    "check_wav",
+]
 
 WAV_CONTENT_TYPE: Final = "audio/wav"
 SIDECAR_CONTENT_TYPE: Final = "application/json"
@@ -40,52 +52,6 @@ DELETED_UNITS_FILE: Final = "deleted-units.txt"
 CAPTURE_ID: Final = re.compile(r"[0-9a-f]{32}")
 _EXPERIMENT: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _UNIT: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-class CaptureReason(StrEnum):
-    """Why an utterance was captured: a uniform sample or the priority that selected it."""
-
-    UNIFORM = "uniform"
-    DISAGREEMENT = "disagreement"  # a shadow's transcript differs from the primary's
-    LOW_CONFIDENCE = "low_confidence"  # the primary's confidence is below the threshold
-    NO_MATCH = "no_match"  # the primary recognised nothing
-    FAILURE = "failure"  # the primary failed in a way the guardrails count
-
-
-class CaptureSample(StrEnum):
-    """Which sample selected the capture: the uniform share or a priority."""
-
-    UNIFORM = "uniform"
-    PRIORITY = "priority"
-
-
-@dataclass(frozen=True, slots=True)
-class CapturedResult:
-    """One recognition of the captured audio: the outcome record it made and its hypothesis
-    (`text` None when nothing was recognised or the text privacy setting keeps no text)."""
-
-    record_id: str
-    variant: str
-    text: str | None = None
-    confidence: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "record_id": self.record_id,
-            "variant": self.variant,
-            "text": self.text,
-            "confidence": self.confidence,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CapturedResult:
-        confidence = data.get("confidence")
-        return cls(
-            record_id=str(data["record_id"]),
-            variant=str(data["variant"]),
-            text=None if data.get("text") is None else str(data["text"]),
-            confidence=None if confidence is None else float(confidence),
-        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
