@@ -40,6 +40,16 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
+def _record_json(fields: object) -> bytes | None:
+    """The record JSON of a stream entry's fields (bytes or decoded); None: a deleted entry."""
+    if not isinstance(fields, dict):
+        return None
+    value = fields.get(RECORD_FIELD.encode(), fields.get(RECORD_FIELD))
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return value if isinstance(value, bytes) else None
+
+
 def _entry_ms(entry_id: str) -> int:
     return int(entry_id.partition("-")[0])
 
@@ -85,8 +95,7 @@ async def read_records(
                 pipe.xrange(stream, entry, entry, count=1)
             replies = await pipe.execute()
         for (rid, _), reply in zip(located, replies, strict=True):
-            fields = reply[0][1] if reply else None
-            raw = fields.get(RECORD_FIELD.encode()) if fields else None
+            raw = _record_json(reply[0][1]) if reply else None
             record = _parse(raw, stream) if raw is not None else None
             if record is not None and record.record_id == rid:
                 found[rid] = record
@@ -113,12 +122,11 @@ async def _collect_shadows(
     low = str(low_ms)
     high = "+" if high_ms < 0 else str(high_ms)
     seen = {record.record_id for found in into.values() for record in found}
-    field = RECORD_FIELD.encode()
     while True:
         page = await client.xrange(stream, low, high, count=_PAGE) or []
         for _, values in page:
-            raw = values.get(field) if values else None  # None: a deleted entry
-            if not isinstance(raw, bytes) or _SHADOW_MARK not in raw:
+            raw = _record_json(values)
+            if raw is None or _SHADOW_MARK not in raw:
                 continue
             try:
                 data = json.loads(raw)

@@ -15,8 +15,9 @@ from redis.asyncio import Redis
 
 from gateway.constants import NO_EXPERIMENT
 from gateway.errors import ConfigError
-from gateway.outcomes.labels import Label, LabelError, LabelInput, UnitQuery
+from gateway.outcomes.labels import Label, LabelError, LabelInput, UnitQuery, stored_counts
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
+from gateway.stats.wer import WerCounts, align
 from gateway.stores.keys import LABEL_FIELD, UNIT_RECORDS_MAX, RedisKeys
 from gateway.stores.label_store import (
     FileLabelStore,
@@ -30,6 +31,7 @@ from gateway.stores.label_store import (
 )
 from gateway.stores.redis_client import connect
 from gateway.stores.redis_sink import RedisSink
+from gateway.text import normalize
 
 REDIS_URL = "redis://127.0.0.1:6379"  # the shared test Redis; each test has its own prefix
 
@@ -457,6 +459,8 @@ async def test_redis_store_with_decoded_responses(
         assert result.results == (LabelResult(rid(1), RELABELLED, "a"),)
         assert (await store.all("checkout"))[rid(1)].text == "b"
         assert (await store.get([rid(1)]))[rid(1)].text == "b"
+        assert stored_counts((await store.get([rid(1)]))[rid(1)], rid(1)) is not None
+        assert (await store.rescore("checkout")).current == 1
         assert await store.find_units([UnitQuery("u1", 0)]) == [(UnitMatch(rid(2), "checkout"),)]
     finally:
         await decoded.aclose()
@@ -552,3 +556,154 @@ async def test_import_refuses_a_bad_labeller(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         await import_labels(tmp_path / "absent.csv", store, "")
     assert caught.value.field == "--by"
+
+
+# -- WER counts stored with labels -----------------------------------------------------------
+
+
+def shadow_of(n: int, primary: int, **changes: Any) -> OutcomeRecord:
+    """A shadow record of the same audio as `make(primary)` (same session, overlapping)."""
+    values: dict[str, Any] = {
+        "role": Role.SHADOW,
+        "variant": "custom",
+        "session_id": f"session-{primary}",
+        "audio_offset_ms": 0.0,
+        "audio_duration_ms": 1000.0,
+    }
+    return make(n, **(values | changes))
+
+
+def spanned(n: int, **changes: Any) -> OutcomeRecord:
+    return make(n, **({"audio_offset_ms": 0.0, "audio_duration_ms": 1000.0} | changes))
+
+
+async def current(backend: FileBackend | RedisBackend, record_id: str) -> Label:
+    return (await backend.store().get([record_id]))[record_id]
+
+
+async def test_put_stores_counts_of_the_record_and_its_shadow(
+    backend: FileBackend | RedisBackend,
+) -> None:
+    """A label is stored with the counts of its record and of the shadow of the same audio,
+    equal to align(), under the current normalisation version; a shadow of other audio
+    is not scored."""
+    await backend.deliver(
+        spanned(1, text="pay my bill for two hundred dollars"),
+        shadow_of(2, 1, text="pay my bill for $200"),
+        shadow_of(3, 1, text="something else", audio_offset_ms=5000.0, utterance_index=1),
+    )
+    await backend.store().put([LabelInput(rid(1), "Pay my bill for $200.")], "alice", "api")
+    label = await current(backend, rid(1))
+    assert label.normalisation == normalize.NORMALISATION_VERSION
+    assert [s.record_id for s in label.scores or ()] == [rid(1), rid(2)]
+    reference = "Pay my bill for $200."
+    assert stored_counts(label, rid(1)) == align(reference, "pay my bill for two hundred dollars")
+    assert stored_counts(label, rid(2)) == WerCounts(hits=7)
+    assert stored_counts(label, rid(3)) is None
+
+
+async def test_records_without_text_have_no_counts(backend: FileBackend | RedisBackend) -> None:
+    """A record whose text is hashed (privacy) gets no entry, but the label is scored (an
+    empty list) and its shadow with text is counted."""
+    await backend.deliver(
+        spanned(1, text=None, text_sha256="0" * 64), shadow_of(2, 1, text="hello")
+    )
+    await backend.deliver(make(3, text=None))
+    await backend.store().put(
+        [LabelInput(rid(1), "hello"), LabelInput(rid(3), "hi")], "alice", "api"
+    )
+    assert [s.record_id for s in (await current(backend, rid(1))).scores or ()] == [rid(2)]
+    assert (await current(backend, rid(3))).scores == ()
+
+
+async def test_rescore_scores_old_labels_and_is_idempotent(
+    backend: FileBackend | RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Labels stored without counts (before labels carried them) are scored by rescore;
+    a second rescore changes nothing."""
+    await backend.deliver(make(1), make(2, text="utterance number to"))
+    store = backend.store()
+    unscored = {rid(1): "utterance number one", rid(2): "utterance number two"}
+    await write_unscored(backend, unscored)
+    assert (await current(backend, rid(1))).scores is None
+    first = await store.rescore("checkout")
+    assert (first.labels, first.rescored, first.current, first.not_found) == (2, 2, 0, 0)
+    assert stored_counts(await current(backend, rid(2)), rid(2)) == WerCounts(1, 0, 0, 2)
+    again = await backend.store().rescore("checkout")
+    assert (again.rescored, again.current) == (0, 2)
+    assert "2 labels, 0 rescored, 2 already current" in again.summary()
+
+
+async def test_rescore_after_a_normalisation_change(
+    backend: FileBackend | RedisBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new normalisation version makes stored counts stale (not used); rescore recomputes
+    them under the new version, keeping text, labeller and time; then nothing is left."""
+    await backend.deliver(make(1))
+    await backend.store().put([LabelInput(rid(1), "utterance number 1")], "alice", "api")
+    before = await current(backend, rid(1))
+    monkeypatch.setattr(normalize, "NORMALISATION_VERSION", "test-2")
+    assert stored_counts(before, rid(1)) is None
+    result = await backend.store().rescore("checkout")
+    assert (result.rescored, result.current) == (1, 0)
+    after = await current(backend, rid(1))
+    assert after.normalisation == "test-2"
+    assert (after.text, after.labeller, after.labelled_at) == (
+        before.text,
+        before.labeller,
+        before.labelled_at,
+    )
+    assert stored_counts(after, rid(1)) == WerCounts(hits=3)
+    assert (await backend.store().rescore("checkout")).rescored == 0
+
+
+async def test_rescore_adds_a_shadow_that_arrived_after_the_label(
+    backend: FileBackend | RedisBackend,
+) -> None:
+    """A shadow record stored after its primary was labelled is scored by the next rescore."""
+    await backend.deliver(spanned(1))
+    await backend.store().put([LabelInput(rid(1), "utterance number 1")], "alice", "api")
+    await backend.deliver(shadow_of(2, 1, text="utterance number one"))
+    assert stored_counts(await current(backend, rid(1)), rid(2)) is None
+    result = await backend.store().rescore("checkout")
+    assert result.rescored == 1
+    assert stored_counts(await current(backend, rid(1)), rid(2)) == WerCounts(hits=3)
+
+
+async def test_rescore_of_an_experiment_without_labels(
+    backend: FileBackend | RedisBackend,
+) -> None:
+    """An experiment without labels (or without any label file yet) rescores nothing."""
+    await backend.deliver(make(1))
+    result = await backend.store().rescore("checkout")
+    assert (result.labels, result.rescored) == (0, 0)
+    assert await backend.store().experiments() == ["checkout"]
+
+
+async def write_unscored(backend: FileBackend | RedisBackend, texts: dict[str, str]) -> None:
+    """Store labels as a version without counts wrote them: only the five old fields."""
+    labels = [
+        LabelInput(record_id, text).label("alice", "api").to_json()
+        for record_id, text in texts.items()
+    ]
+    if isinstance(backend, FileBackend):
+        append(backend.labels, "".join(line + "\n" for line in labels).encode())
+        return
+    for line in labels:
+        await backend.client.hset(
+            backend.keys.labels("checkout"), json.loads(line)["record_id"], line
+        )
+
+
+async def test_file_rescore_of_a_rotated_outcome_file_leaves_labels(tmp_path: Path) -> None:
+    """Labels whose records are in a rotated outcome file stay as they are: counted as
+    without their record."""
+    backend = FileBackend(tmp_path)
+    await backend.deliver(make(1))
+    store = backend.store()
+    await write_unscored(backend, {rid(1): "utterance number one"})
+    await store.experiments()  # the store indexes the first file
+    backend.outcomes.rename(tmp_path / "outcomes.1.jsonl")
+    await backend.deliver(make(2))
+    result = await store.rescore("checkout")
+    assert (result.labels, result.rescored, result.not_found) == (1, 0, 1)
