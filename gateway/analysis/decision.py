@@ -67,7 +67,7 @@ def guardrails(
     always-valid lower bound of challenger - control exceeded its limit at some look; as the
     bound holds at every look at once, checking daily does not inflate false rollbacks.
     """
-    table_a, table_b = OutcomeTable.of(control.outcomes), OutcomeTable.of(challenger.outcomes)
+    table_a, table_b = control.table, challenger.table
     tests = configured or _default_guardrails(table_a, options)
     last: dict[str, Assessment] = {}
     highest: dict[str, Assessment] = {}  # the look with the highest lower bound

@@ -57,6 +57,7 @@ from gateway.analysis.canaries import CanaryAnswer
 from gateway.analysis.model import Json
 from gateway.analysis.observations import PhaseObservations, VariantObservations
 from gateway.analysis.timeline import boundaries
+from gateway.outcomes.record import Category
 from gateway.stats import clustered
 from gateway.stats.sequential import DEFAULT_TAU, mixture_interval, ratio_variance
 
@@ -125,8 +126,8 @@ def drift_section(
     canary = [a for a in canary if a.phase == phase.phase and a.variant in (shipped, holdout)]
     times = [a.at for a in canary]
     for variant in (ours, theirs):
-        if variant is not None and variant.outcomes:
-            times += [variant.outcomes[0].at, variant.outcomes[-1].at]
+        if variant is not None and len(variant.table):
+            times += [float(variant.table.at[0]), float(variant.table.at[-1])]
     section: Json = {
         "phase": phase.phase,
         "shipped": shipped,
@@ -165,12 +166,12 @@ def _metrics(shipped: VariantObservations, holdout: VariantObservations) -> list
         _Metric("error_rate", "lower", rate_tau, _rate_measure(shipped, holdout, "error")),
         _Metric("no_match_rate", "lower", rate_tau, _rate_measure(shipped, holdout, "no_match")),
     ]
-    if all(any(o.confidence is not None for o in v.outcomes) for v in (shipped, holdout)):
+    if all((~np.isnan(v.table.confidences)).any() for v in (shipped, holdout)):
         # Confidences are on the 0..1 scale of rates, and differ between models by points.
         found.append(
             _Metric("confidence", "higher", rate_tau, _confidence_measure(shipped, holdout))
         )
-    if shipped.scored and holdout.scored:
+    if len(shipped.scores) and len(holdout.scores):
         found.append(_Metric("wer", "lower", DEFAULT_TAU["wer"], _wer_measure(shipped, holdout)))
     return found
 
@@ -256,17 +257,6 @@ class _Series:
     x: npt.NDArray[np.float64]
     n: npt.NDArray[np.float64]
 
-    @classmethod
-    def of(cls, values: Sequence[tuple[float, str, float, float]]) -> _Series:
-        names = np.asarray([value[1] for value in values], dtype=object)
-        codes = np.unique(names, return_inverse=True)[1] if names.size else np.zeros(0)
-        return cls(
-            at=np.array([value[0] for value in values], dtype=np.float64),
-            units=np.asarray(codes, dtype=np.intp).reshape(-1),
-            x=np.array([value[2] for value in values], dtype=np.float64),
-            n=np.array([value[3] for value in values], dtype=np.float64),
-        )
-
     def sums(
         self, start: float, end: float
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
@@ -281,13 +271,12 @@ class _Series:
 
 
 def _rate_measure(
-    shipped: VariantObservations, holdout: VariantObservations, category: str
+    shipped: VariantObservations, holdout: VariantObservations, category: Category
 ) -> Measure:
     arms = []
     for variant in (shipped, holdout):
-        base = _Series.of([(o.at, o.unit, 0.0, 1.0) for o in variant.outcomes])
-        hits = np.array([o.category == category for o in variant.outcomes], dtype=np.float64)
-        arms.append(_Series(base.at, base.units, hits, base.n))
+        table = variant.table
+        arms.append(_Series(table.at, table.units, table.hits(category), np.ones(len(table))))
 
     def measure(start: float, end: float) -> tuple[float, float] | None:
         sums = []
@@ -302,11 +291,8 @@ def _rate_measure(
     return measure
 
 
-def _ratio_measure(
-    values: Sequence[Sequence[tuple[float, str, float, float]]], min_units: int
-) -> Measure:
+def _ratio_measure(arms: Sequence[_Series], min_units: int) -> Measure:
     """shipped - holdout of sum(x) / sum(n) over (at, unit, x, n) in time order, per arm."""
-    arms = [_Series.of(arm) for arm in values]
 
     def measure(start: float, end: float) -> tuple[float, float] | None:
         ratios, variances = [], []
@@ -323,17 +309,19 @@ def _ratio_measure(
 
 
 def _confidence_measure(shipped: VariantObservations, holdout: VariantObservations) -> Measure:
-    arms = [
-        [(o.at, o.unit, o.confidence, 1.0) for o in v.outcomes if o.confidence is not None]
-        for v in (shipped, holdout)
-    ]
+    arms = []
+    for variant in (shipped, holdout):
+        table = variant.table
+        kept = ~np.isnan(table.confidences)
+        confidences = table.confidences[kept]
+        arms.append(_Series(table.at[kept], table.units[kept], confidences, np.ones(kept.sum())))
     return _ratio_measure(arms, MIN_UNITS)
 
 
 def _wer_measure(shipped: VariantObservations, holdout: VariantObservations) -> Measure:
     arms = [
-        [(s.at, s.unit, float(s.counts.errors), float(s.counts.reference_words)) for s in v.scored]
-        for v in (shipped, holdout)
+        _Series(s.at, s.units, s.errors.astype(np.float64), s.words.astype(np.float64))
+        for s in (shipped.scores, holdout.scores)
     ]
     return _ratio_measure(arms, MIN_UNITS)
 
@@ -377,11 +365,8 @@ def _units(
     """Distinct units with an outcome in each window."""
     if variant is None:
         return [0] * len(starts)
-    times = [o.at for o in variant.outcomes]
-    return [
-        len({o.unit for o in variant.outcomes[_span(times, start, start + window_s)]})
-        for start in starts
-    ]
+    table = variant.table
+    return [table.distinct_units(table.window(start, start + window_s)) for start in starts]
 
 
 def _iso(seconds: float) -> str:

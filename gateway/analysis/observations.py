@@ -84,24 +84,81 @@ class Scored:
     counts: WerCounts
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class VariantObservations:
+    """One variant's evidence in a phase: counts, and its outcomes and scored utterances as
+    tables (`OutcomeTable`, `ScoredTable`). Built from records by `observe`, or from an
+    engine's query (`gateway.stores.engine`) without a record in memory."""
+
+    name: str
+    backends: frozenset[str] = frozenset()
+    units: int = 0  # distinct units of its non-forced, not failed-over records
+    sessions: int = 0  # attempts (gateway sessions) among those records
+    forced: int = 0
+    failed_over: int = 0  # records of units assigned here that control served instead
+    failed_attempts: int = 0  # attempts ending in an error
+    # Client sessions assigned here (failed-over attempts count, forced ones not), those
+    # with more than one attempt, and those whose users saw an error (a failed attempt
+    # nobody retried).
+    client_sessions: int = 0
+    retried_client_sessions: int = 0
+    failed_client_sessions: int = 0
+    utterances: int = 0  # utterance and request records (results, not failures)
+    labelled: int = 0  # utterances with a label (scored or not)
+    unscorable: int = 0  # labelled, but the record carries no text (privacy hash/none)
+    table: OutcomeTable = field(default_factory=lambda: OutcomeTable.of(()))  # in time order
+    scores: ScoredTable = field(default_factory=lambda: ScoredTable.of(()))  # in time order
+
+    @classmethod
+    def of(
+        cls, name: str, outcomes: Sequence[Outcome], scored: Sequence[Scored] = ()
+    ) -> VariantObservations:
+        """A variant of these outcomes and scored utterances alone (each in time order)."""
+        return cls(
+            name=name,
+            units=len({o.unit for o in outcomes}),
+            table=OutcomeTable.of(outcomes),
+            scores=ScoredTable.of(scored),
+        )
+
+
+@dataclass(slots=True)
+class _VariantBuilder:
+    """A variant's observations while `observe` goes through the records."""
+
     name: str
     backends: set[str] = field(default_factory=set)
     units: set[str] = field(default_factory=set)
     sessions: set[str] = field(default_factory=set)
     forced: int = 0
-    failed_over: int = 0  # records of units assigned here that control served instead
-    failed_attempts: set[str] = field(default_factory=set)  # sessions ending in an error
-    # Client sessions assigned here -> their attempts; the set of those whose users saw an
-    # error (a failed attempt nobody retried). Failed-over attempts count, forced ones not.
+    failed_over: int = 0
+    failed_attempts: set[str] = field(default_factory=set)
     client_sessions: dict[ClientSession, set[str]] = field(default_factory=dict)
     failed_client_sessions: set[ClientSession] = field(default_factory=set)
-    utterances: int = 0  # utterance and request records (results, not failures)
-    labelled: int = 0  # utterances with a label (scored or not)
-    unscorable: int = 0  # labelled, but the record carries no text (privacy hash/none)
-    outcomes: list[Outcome] = field(default_factory=list)  # in time order
-    scored: list[Scored] = field(default_factory=list)  # in time order
+    utterances: int = 0
+    labelled: int = 0
+    unscorable: int = 0
+    outcomes: list[Outcome] = field(default_factory=list)
+    scored: list[Scored] = field(default_factory=list)
+
+    def build(self) -> VariantObservations:
+        return VariantObservations(
+            name=self.name,
+            backends=frozenset(self.backends),
+            units=len(self.units),
+            sessions=len(self.sessions),
+            forced=self.forced,
+            failed_over=self.failed_over,
+            failed_attempts=len(self.failed_attempts),
+            client_sessions=len(self.client_sessions),
+            retried_client_sessions=sum(len(a) > 1 for a in self.client_sessions.values()),
+            failed_client_sessions=len(self.failed_client_sessions),
+            utterances=self.utterances,
+            labelled=self.labelled,
+            unscorable=self.unscorable,
+            table=OutcomeTable.of(self.outcomes),
+            scores=ScoredTable.of(self.scored),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +182,6 @@ class PhaseObservations:
     variants: dict[str, VariantObservations] = field(default_factory=dict)
     shadow_pairs: list[ShadowPair] = field(default_factory=list)
 
-    def variant(self, name: str) -> VariantObservations:
-        found = self.variants.get(name)
-        if found is None:
-            found = self.variants[name] = VariantObservations(name)
-        return found
-
 
 def observe(
     records: Iterable[OutcomeRecord], labels: Mapping[str, Label]
@@ -146,8 +197,11 @@ def observe(
         by_phase.setdefault(record.phase, []).append(record)
     for phase_id, phase_records in by_phase.items():
         phase = phases[phase_id] = PhaseObservations(phase_id)
+        builders: dict[str, _VariantBuilder] = {}
         for record in phase_records:
-            _add(phase, record, labels.get(record.record_id), record.session_id in retried)
+            label = labels.get(record.record_id)
+            _add(phase, builders, record, label, record.session_id in retried)
+        phase.variants = {name: builder.build() for name, builder in builders.items()}
         phase.shadow_pairs = _shadow_pairs(phase_records, labels)
     return phases
 
@@ -185,15 +239,26 @@ def retried_attempts(records: Iterable[OutcomeRecord]) -> set[str]:
 
 
 def _add(
-    phase: PhaseObservations, record: OutcomeRecord, label: Label | None, retried: bool
+    phase: PhaseObservations,
+    builders: dict[str, _VariantBuilder],
+    record: OutcomeRecord,
+    label: Label | None,
+    retried: bool,
 ) -> None:
     if record.role is not Role.PRIMARY:
         return
     assert record.variant is not None
+
+    def builder(name: str) -> _VariantBuilder:
+        found = builders.get(name)
+        if found is None:
+            found = builders[name] = _VariantBuilder(name)
+        return found
+
     if record.forced:
-        phase.variant(record.variant).forced += 1  # outside the split: counted, never compared
+        builder(record.variant).forced += 1  # outside the split: counted, never compared
         return
-    assigned = phase.variant(record.failover_from or record.variant)
+    assigned = builder(record.failover_from or record.variant)
     key = client_session_of(record)
     assigned.client_sessions.setdefault(key, set()).add(record.session_id)
     if record.kind is Kind.SESSION_FAILURE and not retried and category(record) == "error":
@@ -274,27 +339,40 @@ class OutcomeTable:
     units: npt.NDArray[np.intp]  # a code per outcome, 0..K-1
     categories: npt.NDArray[np.intp]  # an index into CATEGORIES per outcome
     latencies: Mapping[LatencyMetric, npt.NDArray[np.float64]]  # NaN: none recorded
+    confidences: npt.NDArray[np.float64]  # NaN: none (failures, results without one)
 
     @classmethod
     def of(cls, outcomes: Sequence[Outcome]) -> OutcomeTable:
         names = [outcome.unit for outcome in outcomes]
         _, codes = np.unique(np.asarray(names, dtype=object), return_inverse=True)
         latencies = {
-            metric: np.array(
-                [math.nan if (v := o.latency(metric)) is None else v for o in outcomes],
-                dtype=np.float64,
-            )
-            for metric in LATENCY_METRICS
+            metric: _floats([o.latency(metric) for o in outcomes]) for metric in LATENCY_METRICS
         }
         return cls(
             at=np.array([outcome.at for outcome in outcomes], dtype=np.float64),
             units=codes.reshape(-1).astype(np.intp),
             categories=np.array([CATEGORIES.index(o.category) for o in outcomes], dtype=np.intp),
             latencies=latencies,
+            confidences=_floats([o.confidence for o in outcomes]),
         )
 
     def __len__(self) -> int:
         return int(self.at.size)
+
+    def window(self, start: float, end: float) -> slice:
+        """The outcomes from `start` (inclusive) to `end` (exclusive), epoch seconds."""
+        low, high = np.searchsorted(self.at, [start, end], side="left")
+        return slice(int(low), int(high))
+
+    def distinct_units(self, span: slice) -> int:
+        return int(np.unique(self.units[span]).size)
+
+    def hits(self, category: Category) -> npt.NDArray[np.float64]:
+        """1.0 per outcome of `category`, else 0.0."""
+        found: npt.NDArray[np.float64] = (self.categories == CATEGORIES.index(category)).astype(
+            np.float64
+        )
+        return found
 
     def upto(self, end: float) -> int:
         """The number of outcomes before `end` (epoch seconds, exclusive)."""
@@ -320,6 +398,74 @@ class OutcomeTable:
         values = self.latencies[metric][:stop]
         recorded = ~np.isnan(values)
         return values[recorded], self.units[:stop][recorded]
+
+
+def _floats(values: Sequence[float | None]) -> npt.NDArray[np.float64]:
+    found: npt.NDArray[np.float64] = np.array(
+        [math.nan if v is None else v for v in values], dtype=np.float64
+    )
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredTable:
+    """One arm's scored utterances, in time order, as arrays: WER counts per utterance and
+    each one's unit, coded in order of the unit's first scored utterance (so a prefix holds
+    units 0..k-1, and per-unit sums come in the order `wer_unit_sums` gives them)."""
+
+    at: npt.NDArray[np.float64]
+    units: npt.NDArray[np.intp]
+    substitutions: npt.NDArray[np.int64]
+    deletions: npt.NDArray[np.int64]
+    insertions: npt.NDArray[np.int64]
+    hits: npt.NDArray[np.int64]
+
+    @classmethod
+    def of(cls, scored: Sequence[Scored]) -> ScoredTable:
+        codes: dict[str, int] = {}
+        return cls(
+            at=np.array([s.at for s in scored], dtype=np.float64),
+            units=np.array([codes.setdefault(s.unit, len(codes)) for s in scored], dtype=np.intp),
+            substitutions=np.array([s.counts.substitutions for s in scored], dtype=np.int64),
+            deletions=np.array([s.counts.deletions for s in scored], dtype=np.int64),
+            insertions=np.array([s.counts.insertions for s in scored], dtype=np.int64),
+            hits=np.array([s.counts.hits for s in scored], dtype=np.int64),
+        )
+
+    def __len__(self) -> int:
+        return int(self.at.size)
+
+    @property
+    def errors(self) -> npt.NDArray[np.int64]:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def words(self) -> npt.NDArray[np.int64]:
+        return self.substitutions + self.deletions + self.hits
+
+    def totals(self) -> WerCounts:
+        return WerCounts(
+            substitutions=int(self.substitutions.sum()),
+            deletions=int(self.deletions.sum()),
+            insertions=int(self.insertions.sum()),
+            hits=int(self.hits.sum()),
+        )
+
+    def upto(self, end: float) -> int:
+        """The number of scored utterances before `end` (epoch seconds, exclusive)."""
+        return int(np.searchsorted(self.at, end, side="left"))
+
+    def unit_sums(
+        self, upto: int | None = None
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Per unit of the prefix, in order of first appearance: errors and reference words."""
+        stop = len(self) if upto is None else upto
+        units = self.units[:stop]
+        if not units.size:
+            return np.zeros(0), np.zeros(0)
+        errors = np.bincount(units, weights=self.errors[:stop].astype(np.float64))
+        words = np.bincount(units, weights=self.words[:stop].astype(np.float64))
+        return errors.astype(np.float64), words.astype(np.float64)
 
 
 def below_sums(values: npt.NDArray[np.float64], units: npt.NDArray[Any], at: float) -> UnitSums:

@@ -14,7 +14,6 @@ follows the shipped variant against the holdout over time (`drift`).
 from __future__ import annotations
 
 import asyncio
-import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -36,10 +35,9 @@ from gateway.analysis.observations import (
     ShadowPair,
     VariantObservations,
     observe,
-    wer_unit_sums,
 )
 from gateway.analysis.paired import oriented, with_always_valid
-from gateway.analysis.timeline import boundaries, bucket_seconds, cumulative_units
+from gateway.analysis.timeline import boundaries, bucket_seconds
 from gateway.control.guardrails import Guardrails
 from gateway.outcomes.labels import Label
 from gateway.outcomes.ports import OutcomeReader
@@ -54,7 +52,6 @@ from gateway.stats.bootstrap import (
 from gateway.stats.proportions import clustered_wilson_interval, wilson_interval
 from gateway.stats.sequential import DEFAULT_TAU, AlwaysValid, always_valid, ratio_variance
 from gateway.stats.srm import sample_ratio_mismatch
-from gateway.stats.wer import WerCounts
 
 REPORT_SCHEMA_VERSION: Final = 1
 QUANTILES: Final = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
@@ -138,7 +135,7 @@ def build_report(
     phase_reports = [
         _phase(p, control, info, options)
         for p in ordered
-        if any(v.outcomes for v in p.variants.values())
+        if any(len(v.table) for v in p.variants.values())
     ]
     current = phase_reports[0] if phase_reports else None
     return {
@@ -247,10 +244,10 @@ def _phase(
     variants = [_variant(phase.variants[name], name == control, edges, options) for name in names]
     comparisons: list[Json] = []
     cumulative: dict[str, list[Json | None]] = {}
-    if control is not None and control in phase.variants and phase.variants[control].outcomes:
+    if control is not None and control in phase.variants and len(phase.variants[control].table):
         base = phase.variants[control]
         for name in names[1:]:
-            if not phase.variants[name].outcomes:
+            if not len(phase.variants[name].table):
                 continue  # forced records only: nothing to compare
             configured = None if info is None else info.guardrails
             comparison, effect = _comparison(
@@ -271,7 +268,7 @@ def _phase(
 
 
 def _srm(phase: PhaseObservations, info: ExperimentInfo | None, options: AnalysisOptions) -> Json:
-    units = {name: len(v.units) for name, v in sorted(phase.variants.items())}
+    units = {name: v.units for name, v in sorted(phase.variants.items())}
     shares = None if info is None else info.shares_of(phase.phase)
     if shares is None:
         return {
@@ -312,15 +309,12 @@ def _srm(phase: PhaseObservations, info: ExperimentInfo | None, options: Analysi
 
 def _edges(phase: PhaseObservations, metric: LatencyMetric) -> list[float]:
     """Histogram edges shared by the phase's variants, so their histograms overlay."""
-    values = [
-        value
-        for variant in phase.variants.values()
-        for outcome in variant.outcomes
-        if (value := outcome.latency(metric)) is not None
-    ]
-    if not values:
+    every = [variant.table.latencies[metric] for variant in phase.variants.values()]
+    values = np.concatenate(every) if every else np.zeros(0)
+    values = values[~np.isnan(values)]
+    if not values.size:
         return []
-    high = float(np.quantile(values, 0.99)) if len(values) >= 100 else max(values)
+    high = float(np.quantile(values, 0.99)) if values.size >= 100 else float(values.max())
     high = max(high, 1.0)
     step = _nice_step(high / _HISTOGRAM_BINS)
     bins = math.ceil(high / step) or 1
@@ -341,15 +335,15 @@ def _variant(
     edges: Mapping[LatencyMetric, list[float]],
     options: AnalysisOptions,
 ) -> Json:
-    total = len(variant.outcomes)
-    table = OutcomeTable.of(variant.outcomes)
+    table = variant.table
+    total = len(table)
     rates = {name: _unit_share(table.rate_sums(name), options) for name in CATEGORIES}
     return {
         "name": variant.name,
         "is_control": is_control,
         "backends": sorted(variant.backends),
-        "units": len(variant.units),
-        "sessions": len(variant.sessions),
+        "units": variant.units,
+        "sessions": variant.sessions,
         "outcomes": total,
         "utterances": variant.utterances,
         "labelled": variant.labelled,
@@ -390,11 +384,10 @@ def _failures(variant: VariantObservations, options: AnalysisOptions) -> Json:
     """Errors per attempt (every gateway session, retries too) and per client session as
     its user saw it (an error nobody retried); docs/analysis.md, "Attempts and what users
     saw"."""
-    sessions = variant.client_sessions
     return {
-        "attempts": _share(len(variant.failed_attempts), len(variant.sessions), options),
-        "client_sessions": _share(len(variant.failed_client_sessions), len(sessions), options),
-        "retried": sum(len(attempts) > 1 for attempts in sessions.values()),
+        "attempts": _share(variant.failed_attempts, variant.sessions, options),
+        "client_sessions": _share(variant.failed_client_sessions, variant.client_sessions, options),
+        "retried": variant.retried_client_sessions,
     }
 
 
@@ -425,12 +418,13 @@ def _latency(
 
 
 def _wer(variant: VariantObservations, options: AnalysisOptions) -> Json | None:
-    if not variant.scored:
+    scores = variant.scores
+    if not len(scores):
         return None
-    total = sum((item.counts for item in variant.scored), start=WerCounts())
-    errors, words = wer_unit_sums(variant.scored)
+    total = scores.totals()
+    errors, words = scores.unit_sums()
     ci: list[float | None] | None = None
-    if len(errors) > 1 and sum(words) > 0:
+    if len(errors) > 1 and words.sum() > 0:
         estimate = ratio_interval(
             errors,
             words,
@@ -447,7 +441,7 @@ def _wer(variant: VariantObservations, options: AnalysisOptions) -> Json | None:
         "insertions": total.insertions,
         "hits": total.hits,
         "reference_words": total.reference_words,
-        "utterances": len(variant.scored),
+        "utterances": len(scores),
         "units": len(errors),
     }
 
@@ -460,7 +454,7 @@ def _comparison(
     options: AnalysisOptions,
     configured: Guardrails | None = None,
 ) -> tuple[Json, list[Json | None]]:
-    table_a, table_b = OutcomeTable.of(control.outcomes), OutcomeTable.of(challenger.outcomes)
+    table_a, table_b = control.table, challenger.table
     rates = {name: _rate_difference(table_a, table_b, name, ends, options) for name in CATEGORIES}
     latency = {m: _median_difference(table_a, table_b, m, options) for m in LATENCY_METRICS}
     wer, effect = _wer_difference(control, challenger, ends, options)
@@ -550,14 +544,14 @@ def _wer_difference(
     options: AnalysisOptions,
 ) -> tuple[Json | None, list[Json | None]]:
     nothing: list[Json | None] = [None] * len(ends)
-    if not control.scored or not challenger.scored:
+    if not len(control.scores) or not len(challenger.scores):
         return None, nothing
-    errors_a, words_a = wer_unit_sums(control.scored)
-    errors_b, words_b = wer_unit_sums(challenger.scored)
-    if sum(words_a) == 0 or sum(words_b) == 0:
+    errors_a, words_a = control.scores.unit_sums()
+    errors_b, words_b = challenger.scores.unit_sums()
+    if words_a.sum() == 0 or words_b.sum() == 0:
         return None, nothing
-    wer_a = sum(errors_a) / sum(words_a)
-    wer_b = sum(errors_b) / sum(words_b)
+    wer_a = float(errors_a.sum() / words_a.sum())
+    wer_b = float(errors_b.sum() / words_b.sum())
     ci: list[float | None] | None = None
     if len(errors_a) > 1 and len(errors_b) > 1:
         estimate = ratio_difference_interval(
@@ -573,11 +567,9 @@ def _wer_difference(
     effect: list[Json | None] = []
     looks: list[tuple[float, float]] = []
     tau2 = DEFAULT_TAU["wer"] ** 2
-    for (ea, wa), (eb, wb) in zip(
-        cumulative_units(control.scored, ends),
-        cumulative_units(challenger.scored, ends),
-        strict=True,
-    ):
+    for end in ends:
+        ea, wa = control.scores.unit_sums(control.scores.upto(end))
+        eb, wb = challenger.scores.unit_sums(challenger.scores.upto(end))
         if wa.sum() > 0 and wb.sum() > 0:
             # Infinite below sequential.MIN_SESSIONS units an arm: too few for the variance.
             variance = ratio_variance(ea, wa) + ratio_variance(eb, wb)
@@ -653,12 +645,10 @@ def _timeline(
         units: dict[str, int] = {}
         outcomes: dict[str, int] = {}
         for name in names:
-            found = phase.variants[name].outcomes
-            low = bisect.bisect_left(found, start, key=lambda o: o.at)
-            high = bisect.bisect_left(found, start + length, key=lambda o: o.at)
-            inside = found[low:high]
-            units[name] = len({o.unit for o in inside})
-            outcomes[name] = len(inside)
+            table = phase.variants[name].table
+            inside = table.window(start, start + length)
+            units[name] = table.distinct_units(inside)
+            outcomes[name] = inside.stop - inside.start
         buckets.append(
             {
                 "start": _iso_epoch(start),

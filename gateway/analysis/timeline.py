@@ -9,14 +9,10 @@ all looks, which is what makes checking every day (or every minute) safe.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-
-from gateway.analysis.observations import Outcome, Scored
-from gateway.outcomes.record import Category
 
 _ROUND_SECONDS: Final = (1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86400)
 
@@ -40,36 +36,3 @@ def boundaries(first: float, last: float, length: int) -> list[float]:
     start = math.floor(first / length) * length
     count = max(1, math.floor((last - start) / length) + 1)
     return [start + i * length for i in range(count)]
-
-
-def cumulative_units(
-    scored: Sequence[Scored], ends: Sequence[float]
-) -> list[tuple[FloatArray, FloatArray]]:
-    """Per look (bucket end, exclusive): per-unit (errors, reference words) so far."""
-    totals: dict[str, tuple[int, int]] = {}
-    looks: list[tuple[FloatArray, FloatArray]] = []
-    position = 0
-    for end in ends:
-        while position < len(scored) and scored[position].at < end:
-            item = scored[position]
-            errors, words = totals.get(item.unit, (0, 0))
-            totals[item.unit] = (errors + item.counts.errors, words + item.counts.reference_words)
-            position += 1
-        values = np.array(list(totals.values()), dtype=np.float64).reshape(-1, 2)
-        looks.append((values[:, 0], values[:, 1]))
-    return looks
-
-
-def cumulative_counts(
-    outcomes: Sequence[Outcome], ends: Sequence[float], category: Category
-) -> list[tuple[int, int]]:
-    """Per look: (outcomes of `category`, all outcomes) so far."""
-    looks: list[tuple[int, int]] = []
-    hits = total = position = 0
-    for end in ends:
-        while position < len(outcomes) and outcomes[position].at < end:
-            hits += outcomes[position].category == category
-            total += 1
-            position += 1
-        looks.append((hits, total))
-    return looks

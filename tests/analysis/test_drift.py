@@ -17,7 +17,12 @@ from traffic import Traffic
 from gateway.analysis.canaries import CanaryAnswer
 from gateway.analysis.drift import drift_section, parse_window, shipped_variant
 from gateway.analysis.model import ExperimentInfo, shipped_continues
-from gateway.analysis.observations import Outcome, PhaseObservations, Scored
+from gateway.analysis.observations import (
+    Outcome,
+    PhaseObservations,
+    Scored,
+    VariantObservations,
+)
 from gateway.stats.wer import WerCounts
 
 DAY = 86400
@@ -34,13 +39,16 @@ def simulate(
     windows: int = 4,
     units: tuple[int, int] = (960, 240),
     per_unit: int = 2,
+    late: bool = False,
 ) -> PhaseObservations:
     """A shipped phase: each window has new units, each with `per_unit` outcomes whose
     error probability varies by unit (clustering), and one labelled utterance of 10 words
-    per unit with the same error probability per word."""
+    per unit with the same error probability per word. `late`: one more outcome per arm a
+    window after the last."""
     phase = PhaseObservations("p-ship")
     for name, count in zip(("custom", "base"), units, strict=True):
-        variant = phase.variant(name)
+        outcomes: list[Outcome] = []
+        scored: list[Scored] = []
         for window in range(windows):
             mean = shipped_error(window) if name == "custom" else holdout_error
             # A unit's own error probability: mean `mean`, spread by a beta draw.
@@ -53,13 +61,16 @@ def simulate(
                 for k in range(per_unit):
                     bad = bool(failed[u, k])
                     confidence = None if bad else 0.9 - 0.5 * float(p[u])
-                    variant.outcomes.append(
+                    outcomes.append(
                         Outcome(at + k, unit, "error" if bad else "success", None, None, confidence)
                     )
                 e = int(errors[u])
-                variant.scored.append(Scored(at, unit, WerCounts(substitutions=e, hits=10 - e)))
-    for variant in phase.variants.values():
-        variant.outcomes.sort(key=lambda o: o.at)
+                scored.append(Scored(at, unit, WerCounts(substitutions=e, hits=10 - e)))
+        if late:
+            at = START + windows * DAY + 10
+            outcomes.append(Outcome(at, f"{name}-late", "success", None, None, 0.9))
+        outcomes.sort(key=lambda o: o.at)
+        phase.variants[name] = VariantObservations.of(name, outcomes, scored)
     return phase
 
 
@@ -117,12 +128,8 @@ def test_an_advantage_lost_in_the_last_window_has_shrunk() -> None:
 
 
 def test_a_young_window_is_skipped_for_the_one_before_it() -> None:
-    phase = simulate(np.random.default_rng(3), lambda _w: 0.06, 0.10, windows=3)
     # Two outcomes in a fourth day: far too few units to judge it.
-    for name in ("custom", "base"):
-        phase.variants[name].outcomes.append(
-            Outcome(START + 3 * DAY + 10, f"{name}-late", "success", None, None, 0.9)
-        )
+    phase = simulate(np.random.default_rng(3), lambda _w: 0.06, 0.10, windows=3, late=True)
     result = verdicts(phase)
     assert result["error_rate"]["window"] == 2
     assert result["error_rate"]["windows"][3]["ci"] is None  # too few units: no variance
