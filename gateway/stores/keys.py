@@ -8,7 +8,8 @@ prefix isolates deployments (and tests) sharing one Redis.
 Outcomes and labels (`RedisKeys`; the outcome sink, the reader, the label store):
 
     <prefix>:experiments                    SET     experiment ids that have outcomes
-    <prefix>:{<experiment>}:outcomes        STREAM  outcome records, field "r" = record JSON
+    <prefix>:{<experiment>}:outcomes        STREAM  outcome records, field "r" = record JSON;
+                                                    consumer group "export": the exporter
     <prefix>:{<experiment>}:seen            ZSET    record_id -> ms of first write (dedup window)
     <prefix>:{<experiment>}:records         HASH    record_id -> stream entry id (label targets)
     <prefix>:{<experiment>}:units           HASH    "<unit>:<utterance_index>" -> record ids of the
@@ -45,6 +46,9 @@ from gateway.constants import NO_EXPERIMENT
 DEFAULT_PREFIX = "sgw"
 RECORD_FIELD = "r"
 LABEL_FIELD = "l"
+# The consumer group of the continuous exporter on every outcome stream; while it exists,
+# the outcome sink's retention never trims an entry it has not acknowledged (docs/export.md).
+EXPORT_GROUP = "export"
 # Record ids kept per unit and utterance index (labels by unit): a long-lived unit (a real
 # user) has a session a day, and its index entry must not grow without bound.
 UNIT_RECORDS_MAX = 100

@@ -41,6 +41,11 @@ a record by id or by the unit that made it. Both follow the stream's retention: 
 trimmed from the stream is removed from them by the same script (the `indexed` list keeps
 them in stream order; see WRITE_SCRIPT), so their memory is bounded as the stream's is.
 
+Retention and the exporter: while a stream has the export consumer group
+(`speech-gateway export --follow`), trimming stops at the first entry the group has not
+acknowledged; the sink logs `outcomes_retention_waiting_for_export` once when retention
+starts waiting (`retention_waiting` names the experiments) and `outcomes_retention_resumed`.
+
 Persistence: `start()` checks once, in the background, that Redis keeps an AOF or RDB
 snapshots (`CONFIG GET appendonly`, `save`, on every primary of a cluster) and logs a
 warning (`outcomes_redis_not_persistent`) if not: records Redis acknowledged are no longer
@@ -72,7 +77,7 @@ from gateway.outcomes.labels import unit_target
 from gateway.outcomes.record import OutcomeRecord
 from gateway.stores.journal import Journal, JournalEntry
 from gateway.stores.jsonl_sink import DropLog
-from gateway.stores.keys import RECORD_FIELD, UNIT_RECORDS_MAX, RedisKeys
+from gateway.stores.keys import EXPORT_GROUP, RECORD_FIELD, UNIT_RECORDS_MAX, RedisKeys
 from gateway.stores.redis_client import REDIS_ERRORS, RedisClient, persistence
 
 log = get_logger(__name__)
@@ -93,9 +98,10 @@ TRIM_PER_CALL: Final = 1000
 # KEYS: the experiment's outcomes stream, seen zset, records hash, units hash, indexed list
 #       (one hash tag: one slot).
 # ARGV: maxlen (0: none), min-id age in ms (0: none), dedup window in ms, the entry field,
-#       record ids kept per units entry, the most entries to trim (the budget), then per
-#       record: record_id, record JSON, units field ("<unit>:<utterance_index>", or "" for a
-#       record no label by unit can name).
+#       record ids kept per units entry, the most entries to trim (the budget), the export
+#       consumer group, then per record: record_id, record JSON, units field
+#       ("<unit>:<utterance_index>", or "" for a record no label by unit can name).
+# Returns {records added, 1 if retention kept entries for the export group else 0}.
 # Server time, so that the dedup window and MINID agree with the stream's own entry ids.
 # The units field comes from the caller: decoding each record's JSON here would triple the
 # script's cost per record.
@@ -110,6 +116,11 @@ TRIM_PER_CALL: Final = 1000
 # else trimmed the stream (an operator's XTRIM or DEL), the same pop catches up, `budget`
 # records per call. A record id stored again after its dedup window points at its newer
 # entry, and the older entry's line leaves it alone.
+#
+# The export guard: when the stream has the export consumer group (`speech-gateway export
+# --follow`, gateway.stores.lake_follower), retention never trims an entry the group has not
+# acknowledged: MAXLEN and the age become one MINID, capped at the group's first pending
+# (else first undelivered) entry. Without the group, trimming is as above.
 WRITE_SCRIPT: Final = """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -117,7 +128,7 @@ local maxlen = tonumber(ARGV[1])
 local min_age = tonumber(ARGV[2])
 local keep = tonumber(ARGV[5]) * 33 - 1  -- the newest ids: 32 hex digits and a space each
 local added = 0
-for i = 7, #ARGV, 3 do
+for i = 8, #ARGV, 3 do
   local id = ARGV[i]
   if redis.call('ZADD', KEYS[2], 'NX', now, id) == 1 then
     local entry = redis.call('XADD', KEYS[1], '*', ARGV[4], ARGV[i + 1])
@@ -141,17 +152,82 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf',
   '(' .. string.format('%d', now - tonumber(ARGV[3])))
 local budget = tonumber(ARGV[6])
 local trimmed = 0
-if maxlen > 0 then
-  trimmed = redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen, 'LIMIT', budget)
-end
-if min_age > 0 and budget > trimmed then  -- (LIMIT 0 would mean no limit)
-  trimmed = trimmed + redis.call('XTRIM', KEYS[1], 'MINID', '~',
-    string.format('%d', now - min_age), 'LIMIT', budget - trimmed)
-end
+local held = 0
 
 local function entry_id(text)  -- "<ms>-<seq>" as two numbers, to compare
   local ms, seq = string.match(text, '^(%d+)%-(%d+)$')
   return tonumber(ms), tonumber(seq)
+end
+local function before(a, b)  -- entry ids as {ms, seq}
+  return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2])
+end
+
+-- The oldest entry the export group has not acknowledged (the first pending one, else the
+-- one after its last delivered), or nil without such a group.
+local function export_guard()
+  local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
+  if ARGV[7] == '' or groups.err then
+    return nil
+  end
+  for _, flat in ipairs(groups) do
+    local info = {}
+    for j = 1, #flat, 2 do
+      info[flat[j]] = flat[j + 1]
+    end
+    if info['name'] == ARGV[7] then
+      local ms, seq = entry_id(info['last-delivered-id'])
+      local guard = {ms, seq + 1}
+      if tonumber(info['pending']) > 0 then
+        local pms, pseq = entry_id(redis.call('XPENDING', KEYS[1], ARGV[7])[2])
+        if before({pms, pseq}, guard) then
+          guard = {pms, pseq}
+        end
+      end
+      return guard
+    end
+  end
+  return nil
+end
+
+local guard = export_guard()
+if guard == nil then
+  if maxlen > 0 then
+    trimmed = redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', maxlen, 'LIMIT', budget)
+  end
+  if min_age > 0 and budget > trimmed then  -- (LIMIT 0 would mean no limit)
+    trimmed = trimmed + redis.call('XTRIM', KEYS[1], 'MINID', '~',
+      string.format('%d', now - min_age), 'LIMIT', budget - trimmed)
+  end
+else
+  -- Retention as one MINID: the first entry that MAXLEN or the age keeps, whichever is
+  -- later; but never past the export guard, so that nothing unexported is trimmed.
+  local bound = nil
+  if min_age > 0 then
+    bound = {now - min_age, 0}
+  end
+  if maxlen > 0 then
+    local excess = redis.call('XLEN', KEYS[1]) - maxlen
+    if excess > 0 then
+      local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', math.min(excess, budget) + 1)
+      local ms, seq = entry_id(oldest[#oldest][1])
+      if bound == nil or before(bound, {ms, seq}) then
+        bound = {ms, seq}
+      end
+    end
+  end
+  if bound ~= nil then
+    if before(guard, bound) then
+      -- Retention waits for the exporter if an unexported entry is due to be trimmed.
+      local due = redis.call('XRANGE', KEYS[1], string.format('%d-%d', guard[1], guard[2]),
+        string.format('(%d-%d', bound[1], bound[2]), 'COUNT', 1)
+      if #due > 0 then
+        held = 1
+      end
+      bound = guard
+    end
+    trimmed = redis.call('XTRIM', KEYS[1], 'MINID', '~',
+      string.format('%d-%d', bound[1], bound[2]), 'LIMIT', budget)
+  end
 end
 local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
 local first_ms, first_seq
@@ -213,7 +289,7 @@ while budget > 0 do
   end
   budget = budget - done
 end
-return added
+return {added, held}
 """
 
 
@@ -333,6 +409,7 @@ class RedisSink:
 
         self._written = 0
         self._duplicates = 0
+        self._held: set[str] = set()  # experiments whose retention waits for the exporter
         self._drops = DropLog()
         self._lost = 0
         self._journalled = 0
@@ -379,6 +456,12 @@ class RedisSink:
     def delivered_from_journal(self) -> int:
         """Records delivered to Redis from the journal."""
         return self._delivered_from_journal
+
+    @property
+    def retention_waiting(self) -> frozenset[str]:
+        """Experiments whose retention, at their last write, kept entries due to be trimmed
+        because the export group had not acknowledged them (docs/export.md)."""
+        return frozenset(self._held)
 
     @property
     def redis_available(self) -> bool:
@@ -660,13 +743,32 @@ class RedisSink:
                     self.keys.indexed(experiment),
                 ]
                 budget = TRIM_PER_RECORD * (len(args) // 3) + TRIM_PER_CALL
-                added += int(await script(keys, [*self._script_head, budget, *args], client))
+                reply = await script(
+                    keys, [*self._script_head, budget, EXPORT_GROUP, *args], client
+                )
+                added += int(reply[0])
+                self._retention_waits(experiment, bool(int(reply[1])))
             # Not in the script: the set lives in another cluster slot. SADD is idempotent.
             new = groups.keys() - self._registered
             if new:
                 await client.sadd(self.keys.experiments, *new)
                 self._registered |= new
         return added
+
+    def _retention_waits(self, experiment: str, held: bool) -> None:
+        """Log when retention starts and stops waiting for the exporter (docs/export.md)."""
+        if held and experiment not in self._held:
+            self._held.add(experiment)
+            log.warning(
+                "outcomes_retention_waiting_for_export",
+                experiment=experiment,
+                group=EXPORT_GROUP,
+                detail="entries due to be trimmed are kept until the export group acknowledges "
+                "them: is `speech-gateway export --follow` running?",
+            )
+        elif not held and experiment in self._held:
+            self._held.discard(experiment)
+            log.info("outcomes_retention_resumed", experiment=experiment, group=EXPORT_GROUP)
 
     def _fail(self, exc: BaseException) -> None:
         """A delivery failed: stop delivering, probe until Redis answers again."""
