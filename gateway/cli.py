@@ -29,6 +29,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.tools.admin_cli import add_admin_parser, admin_command
 from gateway.tools.cli_options import (
     add_analyze_arguments,
+    add_label_rescore_arguments,
     add_plan_arguments,
     add_replay_arguments,
 )
@@ -78,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip bad lines and unknown record ids instead of importing nothing",
     )
+    label_rescore = label_commands.add_parser(
+        "rescore",
+        help="store current WER counts with labels that lack them (after an upgrade that "
+        "changed the text normalisation, or for shadow records that arrived late)",
+    )
+    add_label_rescore_arguments(label_rescore)
+    _add_config_option(label_rescore)
 
     emulate = commands.add_parser(
         "emulate", help="run a local Azure-compatible speech service (PocketSphinx)"
@@ -259,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.server.workers import parse_workers, run_serve
 
             return run_serve(settings, parse_workers(args.workers))
+        elif args.command == "label" and args.label_command == "rescore":
+            from gateway.tools.label_rescore import run_label_rescore
+
+            asyncio.run(run_label_rescore(args, settings))
         elif args.command == "label":
             print(asyncio.run(_import_labels(settings, args.file, args.by, args.skip_invalid)))
         elif args.command == "analyze":

@@ -185,3 +185,15 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
         "--experiment", help="label in, and analyse, this experiment only (default: any)"
     )
     parser.add_argument("--no-analysis", action="store_true", help="do not print the analysis")
+
+
+def add_label_rescore_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `speech-gateway label rescore` (docs/labels.md#stored-wer-counts)."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--experiment",
+        action="append",
+        metavar="ID",
+        help="rescore the labels of this experiment (repeatable; _default for the default route)",
+    )
+    which.add_argument("--all", action="store_true", help="rescore every experiment's labels")
