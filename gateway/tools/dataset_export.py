@@ -1,0 +1,223 @@
+"""`speech-gateway dataset export`: reviewed captures as Custom Speech datasets and a replay set.
+
+Every captured utterance whose primary record has a label (the review workbench's, or any
+other) becomes one item: its WAV and the label's text. The items are split into train and
+test by unit, so no speaker is in both: the units are ordered by a SHA-256 of the seed and
+the unit, and the first round(test_share x units) of them (at least one, and one fewer than
+all, when there are two units or more) form the test part. The folder `--out` gets:
+
+* `train.zip`, `test.zip`: Custom Speech's "audio + human-labelled transcript" datasets,
+  each the WAV files (`<capture_id>.wav`) and `trans.txt` at the top of the zip, one line
+  per file, `<file name><TAB><transcript>`, UTF-8 with a byte order mark. A training item
+  longer than `MAX_TRAIN_SECONDS` is left out of train.zip (Custom Speech's limit per file).
+* `test/manifest.jsonl` and `test/audio/`: the test part as a replay dataset
+  (`gateway.tools.dataset`), so the next custom model can be rehearsed through the gateway
+  on the traffic it must serve (`speech-gateway replay <out>/test`).
+* `export.json`: what was exported (counts, units per part, seed, share).
+
+docs/review.md#dataset-export describes the layout for users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from gateway.errors import ConfigError
+from gateway.stores.audio_store import AudioStore, Capture
+from gateway.stores.label_store import LabelStore
+from gateway.tools.dataset import MANIFEST
+
+TRANSCRIPT: Final = "trans.txt"
+SUMMARY: Final = "export.json"
+MAX_TRAIN_SECONDS: Final = 40.0
+DEFAULT_TEST_SHARE: Final = 0.2
+DEFAULT_SEED: Final = "speech-gateway"
+_BOM: Final = "\ufeff"
+
+
+@dataclass(frozen=True, slots=True)
+class ExportItem:
+    """One labelled capture: its WAV, the reference text and the unit it belongs to."""
+
+    capture_id: str
+    unit: str
+    text: str
+    wav: bytes
+    seconds: float
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.capture_id}.wav"
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    """What `export_dataset` wrote."""
+
+    out: Path
+    train: int
+    test: int
+    train_units: int
+    test_units: int
+    unlabelled: int
+    too_long: int
+
+    def summary(self) -> str:
+        text = (
+            f"exported {self.train + self.test} labelled captures to {self.out}: "
+            f"train {self.train} ({self.train_units} units), "
+            f"test {self.test} ({self.test_units} units)"
+        )
+        if self.too_long:
+            text += f"; {self.too_long} over {MAX_TRAIN_SECONDS:.0f} s left out of train.zip"
+        if self.unlabelled:
+            text += f"; {self.unlabelled} captures without a label skipped"
+        return text
+
+
+def split_units(units: Iterable[str], test_share: float, seed: str) -> frozenset[str]:
+    """The units of the test part (module doc): deterministic for a seed and a set of units."""
+    if not 0.0 <= test_share < 1.0:
+        raise ValueError(f"test_share must be in [0, 1), got {test_share!r}")
+    ordered = sorted(set(units), key=lambda u: hashlib.sha256(f"{seed}\0{u}".encode()).hexdigest())
+    if len(ordered) < 2 or test_share == 0.0:
+        return frozenset()
+    count = min(len(ordered) - 1, max(1, round(test_share * len(ordered))))
+    return frozenset(ordered[:count])
+
+
+def _one_line(text: str) -> str:
+    # A transcript line must not break the TSV: tabs and line breaks become spaces.
+    return " ".join(text.split())
+
+
+def write_custom_speech_zip(path: Path, items: Sequence[ExportItem]) -> None:
+    """A Custom Speech "audio + human-labelled transcript" zip of these items."""
+    lines = "".join(f"{item.file_name}\t{_one_line(item.text)}\r\n" for item in items)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for item in items:
+            archive.writestr(item.file_name, item.wav)
+        archive.writestr(TRANSCRIPT, (_BOM + lines).encode("utf-8"))
+
+
+def write_replay_set(folder: Path, items: Sequence[ExportItem]) -> None:
+    """A replay dataset: `manifest.jsonl` (id, audio, text) and `audio/<capture_id>.wav`."""
+    (folder / "audio").mkdir(parents=True)
+    lines = []
+    for item in items:
+        (folder / "audio" / item.file_name).write_bytes(item.wav)
+        entry = {"id": item.capture_id, "audio": f"audio/{item.file_name}", "text": item.text}
+        lines.append(json.dumps(entry, ensure_ascii=False))
+    (folder / MANIFEST).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+async def labelled_items(
+    audio: AudioStore, labels: LabelStore, experiment: str
+) -> tuple[list[ExportItem], int]:
+    """The experiment's captures whose primary record has a label, oldest first, and the
+    number of captures without one."""
+    try:
+        captures: list[Capture] = await audio.captures(experiment)
+    except ValueError as exc:
+        raise ConfigError("--experiment", str(exc)) from None
+    found = await labels.get([c.primary.record_id for c in captures])
+    items: list[ExportItem] = []
+    for capture in captures:
+        label = found.get(capture.primary.record_id)
+        if label is None:
+            continue
+        wav = await audio.wav(capture.capture_id)
+        seconds = capture.duration_ms / 1000
+        text = _one_line(label.text)
+        items.append(ExportItem(capture.capture_id, capture.unit, text, wav, seconds))
+    return items, len(captures) - len(items)
+
+
+def export_dataset(
+    items: Sequence[ExportItem],
+    out: Path,
+    *,
+    experiment: str,
+    unlabelled: int = 0,
+    test_share: float = DEFAULT_TEST_SHARE,
+    seed: str = DEFAULT_SEED,
+) -> ExportResult:
+    """Write the layout of the module doc to `out` (absent or empty: nothing is overwritten)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError("--out", f"{out} exists and is not an empty folder")
+    if not items:
+        raise ConfigError("--experiment", f"{experiment} has no labelled captured utterance")
+    test_units = split_units((item.unit for item in items), test_share, seed)
+    test = [item for item in items if item.unit in test_units]
+    train_all = [item for item in items if item.unit not in test_units]
+    train = [item for item in train_all if item.seconds <= MAX_TRAIN_SECONDS]
+    out.mkdir(parents=True, exist_ok=True)
+    write_custom_speech_zip(out / "train.zip", train)
+    write_custom_speech_zip(out / "test.zip", test)
+    write_replay_set(out / "test", test)
+    result = ExportResult(
+        out=out,
+        train=len(train),
+        test=len(test),
+        train_units=len({item.unit for item in train}),
+        test_units=len(test_units),
+        unlabelled=unlabelled,
+        too_long=len(train_all) - len(train),
+    )
+    summary: dict[str, Any] = {
+        "experiment": experiment,
+        "seed": seed,
+        "test_share": test_share,
+        "train": {"items": result.train, "units": result.train_units},
+        "test": {"items": result.test, "units": result.test_units},
+        "unlabelled": unlabelled,
+        "too_long_for_training": result.too_long,
+    }
+    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `dataset` command's sub-commands and options."""
+    actions = parser.add_subparsers(dest="dataset_action", required=True, metavar="ACTION")
+    export = actions.add_parser(
+        "export",
+        help="reviewed captures as Custom Speech train/test zips and a replay test set",
+    )
+    export.add_argument("--experiment", required=True, help="the experiment whose captures")
+    export.add_argument("--out", type=Path, required=True, help="a new or empty folder")
+    export.add_argument(
+        "--test-share",
+        type=float,
+        default=DEFAULT_TEST_SHARE,
+        help=f"the share of units in the test part (default {DEFAULT_TEST_SHARE})",
+    )
+    export.add_argument(
+        "--seed", default=DEFAULT_SEED, help="the split's seed (same seed, same split)"
+    )
+
+
+async def run_export(
+    args: argparse.Namespace, audio: AudioStore, labels: LabelStore
+) -> ExportResult:
+    """The export of `args` from these stores."""
+    if not 0.0 <= args.test_share < 1.0:
+        raise ConfigError("--test-share", f"must be at least 0 and below 1, got {args.test_share}")
+    items, unlabelled = await labelled_items(audio, labels, args.experiment)
+    return await asyncio.to_thread(
+        export_dataset,
+        items,
+        args.out,
+        experiment=args.experiment,
+        unlabelled=unlabelled,
+        test_share=args.test_share,
+        seed=args.seed,
+    )
