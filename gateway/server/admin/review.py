@@ -177,6 +177,7 @@ def _page() -> Any:
             f"script-src {csp_hash(js)}",
             f"style-src {csp_hash(css)}",
             "connect-src 'self'",
+            "img-src data:",  # the page's empty favicon
             # The audio is fetched with the bearer token and played from a blob: URL.
             "media-src blob:",
             "base-uri 'none'",
