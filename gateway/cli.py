@@ -2,15 +2,15 @@
 
 Sub-commands: `serve` (the gateway), `emulate` (the local Azure-compatible speech
 service), `analyze` (an experiment's report), `plan` (labelled utterances and days a WER
-gain needs), `replay` (a labelled dataset through a
-gateway), `demo`, `keygen` (a new client key and the digest for the config), `config
-validate`, and `admin` (the control plane's verbs, over a gateway's admin API). Each parses
-its arguments into settings overrides, configures logging once, and hands over; errors
-become one clear line on stderr and exit status 2. `--config FILE` goes before the
-sub-command or after it (`speech-gateway serve --config FILE`), for every sub-command that
-reads settings. A sub-command imports its code when it runs (the options are in
-`gateway.tools.cli_options`), so `--help` and `admin` never load the statistics stack, the
-settings or the Speech SDK.
+gain needs), `replay` (a labelled dataset through a gateway), `export` (outcomes and
+labels to Parquet), `demo`, `keygen` (a new client key and the digest for the config),
+`config validate`, and `admin` (the control plane's verbs, over a gateway's admin API).
+Each parses its arguments into settings overrides, configures logging once, and hands
+over; errors become one clear line on stderr and exit status 2. `--config FILE` goes
+before the sub-command or after it (`speech-gateway serve --config FILE`), for every
+sub-command that reads settings. A sub-command imports its code when it runs (the options
+are in `gateway.tools.cli_options` and `gateway.tools.export`), so `--help` and `admin`
+never load the statistics stack, DuckDB, the settings or the Speech SDK.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from gateway.tools.cli_options import (
     add_plan_arguments,
     add_replay_arguments,
 )
+from gateway.tools.export import add_export_arguments
 
 if TYPE_CHECKING:
     from gateway.config.settings import Settings
@@ -142,6 +143,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_replay_arguments(replay)
     _add_config_option(replay)
+
+    export = commands.add_parser(
+        "export", help="outcomes and labels to Parquet files (once, or --follow)"
+    )
+    add_export_arguments(export)
+    _add_config_option(export)
     add_admin_parser(commands)
 
     demo = commands.add_parser("demo", help="run the self-contained demo")
@@ -285,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.tools.replay import replay_command
 
             return replay_command(args, settings)
+        elif args.command == "export":
+            from gateway.tools.export import export_command
+
+            return export_command(args, settings)
         elif args.command == "demo":
             from gateway.tools.demo import run_demo
 

@@ -280,7 +280,14 @@ def test_settings_loaded_is_a_debug_event(
     assert "absent.csv" in err  # the command itself still ran and failed on the file
 
 
-HEAVY = ("scipy", "numpy.linalg", "azure.cognitiveservices.speech", "aiohttp", "pydantic")
+HEAVY = (
+    "scipy",
+    "numpy.linalg",
+    "azure.cognitiveservices.speech",
+    "aiohttp",
+    "pydantic",
+    "duckdb",
+)
 
 
 @pytest.mark.parametrize(
