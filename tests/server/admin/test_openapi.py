@@ -22,10 +22,12 @@ from gateway.server.admin.auth import AdminTokens
 from gateway.server.admin.control import add_control_routes
 from gateway.server.admin.labels import add_label_routes
 from gateway.server.admin.openapi import openapi_document, openapi_json
+from gateway.server.admin.review import add_review_routes
 
 Client = TestClient[web.Request, web.Application]
 
 EXPERIMENT = "/admin/experiments/{experiment}"
+REVIEW = "/admin/review/experiments/{experiment}"
 WRITE_ERRORS = {"400", "401", "404", "409", "413", "415", "503"}
 
 # The contract (docs/admin.md, docs/labels.md): each route and the error statuses it answers.
@@ -45,6 +47,20 @@ ROUTES: dict[tuple[str, str], set[str]] = {
     ("get", "/admin/backends"): {"401"},
     ("post", "/labels"): {"400", "401", "413", "422", "501", "503"},
     ("get", "/labels/{record_id}"): {"400", "401", "404", "503"},
+    ("get", f"{REVIEW}/progress"): {"401", "404", "503"},
+    ("post", f"{REVIEW}/claim"): {"401", "404", "503"},
+    ("get", f"{REVIEW}/items/{{capture_id}}/audio"): {"401", "404", "502", "503"},
+    ("post", f"{REVIEW}/items/{{capture_id}}/save"): {
+        "400",
+        "401",
+        "404",
+        "409",
+        "413",
+        "422",
+        "503",
+    },
+    ("post", f"{REVIEW}/items/{{capture_id}}/skip"): {"401", "404", "409", "503"},
+    ("post", f"{REVIEW}/undo"): {"401", "404", "409", "503"},
 }
 BODIES = {
     f"{EXPERIMENT}/weights": ("WeightsChange", True),
@@ -152,9 +168,12 @@ def test_each_route_documents_its_error_statuses(
 def test_every_route_but_the_document_needs_the_bearer_token(
     document: dict[str, Any], method: str, path: str
 ) -> None:
-    """The bearer scheme is on each operation; only openapi.json is open."""
+    """The bearer scheme is on each operation; only openapi.json is open; the review
+    routes take a reviewer or an admin token."""
     security = document["paths"][path][method]["security"]
     expected = [] if path == "/admin/openapi.json" else [{"adminToken": []}]
+    if path.startswith(REVIEW):
+        expected = [{"reviewerToken": []}, {"adminToken": []}]
     assert security == expected
     scheme = document["components"]["securitySchemes"]["adminToken"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
@@ -392,6 +411,7 @@ def admin_app() -> web.Application:
     add_control_routes(app, admins)
     # Mounting only: no request reaches the analysis process, which is never started.
     add_admin_routes(app, admins, OutcomeStore(OutcomeSettings(), RedisSettings().connection()))
+    add_review_routes(app, AdminTokens(), admins)
     return app
 
 
