@@ -1,11 +1,12 @@
 """The admin API's OpenAPI 3.1 document, served at `GET /admin/openapi.json`.
 
 The document is the package data file static/openapi.json; it describes the routes of
-`gateway.server.admin.control` (the control plane), `gateway.server.admin.labels`
-(labels) and `gateway.server.admin.review` (the review workbench). Only `info.version` is filled in at load, from the installed package; the file's
-own value stands when the package is not installed. The prose contract is docs/admin.md,
-docs/labels.md and docs/review.md; tests/server/admin/test_openapi.py checks that this document validates and
-names every route and error status of the contract.
+`gateway.server.admin.control` (the control plane), `gateway.server.admin.labels` (labels)
+and `gateway.server.admin.review` (the review workbench). Only `info.version` is filled in
+at load, from the installed package; the file's own value stands when the package is not
+installed. The prose contract is docs/admin.md, docs/labels.md and docs/review.md;
+tests/server/admin/test_openapi.py checks that this document validates and names every route
+and error status of the contract.
 """
 
 from __future__ import annotations
