@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
+from gateway.stores import label_records
 from gateway.stores.keys import RECORD_FIELD, RedisKeys
 from gateway.stores.label_records import SHADOW_WINDOW_MS, _windows, read_records
 
@@ -129,3 +130,38 @@ async def test_decoded_responses(redis: tuple[Redis, RedisKeys]) -> None:
     finally:
         await decoded.aclose()
     assert [r.record_id for r in found[rid(1)][1]] == [rid(2)]
+
+
+async def test_session_ids_that_json_escapes_are_matched_too(
+    redis: tuple[Redis, RedisKeys],
+) -> None:
+    """A session id with a quote or backslash (escaped in the JSON) still finds its shadow."""
+    client, keys = redis
+    odd = 'se"ss\\ion'
+    await store(
+        client,
+        keys,
+        [(1_000, make(1, session_id=odd)), (1_001, shadow(2, session_id=odd)), (1_002, shadow(3))],
+    )
+    for near in (True, False):
+        found = await read_records(client, keys, EXPERIMENT, [rid(1)], near=near)
+        assert [r.record_id for r in found[rid(1)][1]] == [rid(2)]
+
+
+async def test_many_sessions_are_filtered_here(
+    redis: tuple[Redis, RedisKeys], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the number of session ids a script call takes, every shadow is fetched and the
+    sessions are matched here: the same shadows are found."""
+    client, keys = redis
+    monkeypatch.setattr(label_records, "_SCRIPT_SESSIONS", 1)
+    entries = [(1_000 + n, make(n, session_id=f"s{n}")) for n in range(1, 4)]
+    entries += [(2_000 + n, shadow(10 + n, session_id=f"s{n}")) for n in range(1, 3)]
+    entries += [(3_000, shadow(20, session_id="elsewhere"))]
+    await store(client, keys, entries)
+    found = await read_records(client, keys, EXPERIMENT, [rid(1), rid(2), rid(3)], near=False)
+    assert {r: [s.record_id for s in found[r][1]] for r in found} == {
+        rid(1): [rid(11)],
+        rid(2): [rid(12)],
+        rid(3): [],
+    }
