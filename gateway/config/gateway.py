@@ -607,6 +607,11 @@ class GatewaySettings(_Model):
         description="Admin credentials (admin and labels APIs, dashboard): name = SHA-256 of "
         "the bearer token. Digests only.",
     )
+    reviewer_tokens_sha256: dict[str, str] = Field(
+        default_factory=dict,
+        description="Reviewer credentials, accepted by the review workbench only (docs/"
+        "review.md): name = SHA-256 of the bearer token. Digests only.",
+    )
     breaker: BreakerSettings = Field(
         BreakerSettings(), description="The circuit breaker of each backend."
     )
