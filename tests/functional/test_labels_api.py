@@ -27,6 +27,7 @@ from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSou
 from gateway.server.admin.auth import AdminTokens
 from gateway.server.admin.labels import LABEL_STORE, PSEUDONYM_KEY, add_label_routes
 from gateway.stores.label_store import FileLabelStore, PutResult, UnitMatch
+from gateway.text.normalize import NORMALISATION_VERSION
 from gateway.tools.local_services import LocalEmulator
 from gateway.tools.speech_client import speech_config, transcribe_file
 
@@ -115,6 +116,11 @@ async def test_post_one_label(client: Client, paths: tuple[Path, Path]) -> None:
         "alice",
         "api",
     )
+    # Scored at put: "pay my bill" against the record's "utterance number 1".
+    assert body["normalisation"] == NORMALISATION_VERSION
+    assert body["scores"] == [
+        {"record_id": rid(1), "substitutions": 3, "deletions": 0, "insertions": 0, "hits": 0}
+    ]
     assert [label.labeller for label in audit(paths)] == ["alice"]
 
 
