@@ -14,8 +14,9 @@ read again by the next start under the same consumer name) and duplicates nothin
 lake skips record ids a partition already holds). While the group exists, the outcome sink's
 retention never trims an entry the group has not acknowledged (`gateway.stores.redis_sink`).
 
-Labels change at any time; every `labels_every_s`, and when it stops, the follower replaces
-the labels file of each experiment it exported (its current labels). `stop` (set by SIGTERM or
+Labels change at any time (review comes after the traffic); every `labels_every_s`, and
+when it stops, the follower replaces the labels file of each experiment it follows with its
+current labels. `stop` (set by SIGTERM or
 SIGINT in the CLI) ends the loop after the batch in hand. Redis away, or a failed write to
 the lake, is logged and retried with a capped back-off; a record that cannot be read stops
 the follower with an InvalidRecordError naming the stream and entry (it is left pending).
@@ -95,7 +96,7 @@ class LakeFollower:
         self._backoff_initial_s = backoff_initial_s
         self._grouped: set[str] = set()  # streams with the group, created or found
         self._backlog: set[str] = set()  # streams whose own pending entries are still read
-        self._labels_due: set[str] = set()  # experiments exported since their last labels
+        self._followed: set[str] = set()  # experiments whose labels files are refreshed
 
     async def run(self, stop: asyncio.Event) -> FollowStats:
         """Follow until `stop` is set; then export the labels and return the totals."""
@@ -151,6 +152,7 @@ class LakeFollower:
             key = self.keys.outcomes(experiment)
             if key not in self._grouped:
                 await self._create_group(key)
+                self._followed.add(experiment)
             if await self._batch(experiment, key):
                 worked = True
         return worked
@@ -185,7 +187,6 @@ class LakeFollower:
         self.stats.present += result.present
         self.stats.acknowledged += len(ids)
         self.stats.experiments.add(experiment)
-        self._labels_due.add(experiment)
         log.info(
             "export_batch",
             experiment=experiment,
@@ -221,11 +222,10 @@ class LakeFollower:
 
     async def _export_labels(self) -> None:
         store = RedisLabelStore(self.client, self.keys)
-        for experiment in sorted(self._labels_due):
+        for experiment in sorted(self._followed):
             labels = await store.all(experiment)
             count = await asyncio.to_thread(replace_labels, self.root, experiment, labels.values())
             log.info("export_labels", experiment=experiment, labels=count)
-        self._labels_due.clear()
 
 
 def _record(fields: dict[bytes | str, bytes | str], key: str, entry_id: str) -> OutcomeRecord:
