@@ -41,7 +41,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from gateway.errors import CaptureCorrupt, CaptureNotFound, StoreUnavailable
+from gateway.errors import CaptureCorrupt, CaptureNotFound, ConfigError, StoreUnavailable
 from gateway.logging import get_logger
 from gateway.outcomes.labels import LabelInput
 from gateway.outcomes.preference import CHOICES, Choice, Preference
@@ -144,8 +144,12 @@ def add_review_routes(app: web.Application, reviewers: AdminTokens, admins: Admi
 
     The stores are looked up at request time: `AUDIO_STORE`, `PREFERENCE_STORE`,
     `REVIEW_LEASES` and the label store (`LABEL_STORE`); without an audio store every API
-    route answers 503.
+    route answers 503. ConfigError if a reviewer token is also an admin token.
     """
+    shared = {t.token_sha256 for t in reviewers.tokens} & {t.token_sha256 for t in admins.tokens}
+    if shared:
+        name = next(t.name for t in reviewers.tokens if t.token_sha256 in shared)
+        raise ConfigError(f"{REVIEWER_TOKENS_FIELD}.{name}", "the same token digest as an admin")
     api = _ReviewApi(reviewers, admins)
     page = _page()
     app.router.add_get(PAGE_PATH, page)

@@ -338,3 +338,15 @@ async def test_the_page_is_served_with_a_csp_for_its_own_script(
     assert f"style-src {csp_hash(style)}" in csp
     assert "media-src blob:" in csp
     assert "unsafe" not in csp
+
+
+def test_a_reviewer_token_that_is_also_an_admin_token_is_refused() -> None:
+    """The same digest in both roles stops the start-up with a ConfigError naming the entry."""
+    from gateway.errors import ConfigError
+    from gateway.server.admin.review import add_review_routes
+
+    digest = hash_key("one-token-for-both-roles")
+    reviewers = AdminTokens.from_digests({"rita": digest}, "gateway.reviewer_tokens_sha256")
+    admins = AdminTokens.from_digests({"alice": digest})
+    with pytest.raises(ConfigError, match=r"gateway\.reviewer_tokens_sha256\.rita"):
+        add_review_routes(web.Application(), reviewers, admins)
