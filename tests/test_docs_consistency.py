@@ -29,6 +29,7 @@ from gateway.protocol.usp import RecognitionStatus
 from gateway.server.admin.openapi import openapi_document
 from gateway.server.metrics import GatewayMetrics
 from gateway.server.relay.backend_gate import breaker_name
+from gateway.session.capture import CaptureReason, DropReason
 from gateway.stores.keys import RedisKeys
 from gateway.stores.redis_sink import RedisSink
 
@@ -155,6 +156,8 @@ def test_every_label_of_a_series_is_described(tmp_path: Path) -> None:
         ("action", set(get_args(Action))),
         ("guardrail", set(get_args(GuardrailName))),
         ("limit", {limit.value for limit in Limit}),
+        ("reason", {reason.value for reason in CaptureReason}),
+        ("cause", {cause.value for cause in DropReason}),
     ],
 )
 def test_a_labels_listed_values_are_the_codes_vocabulary(label: str, values: set[str]) -> None:

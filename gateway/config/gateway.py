@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
+from gateway.config.capture import AudioSettings, CaptureSettings, capture_policies
 from gateway.config.secrets import read_secret_file
 from gateway.constants import NO_EXPERIMENT
 from gateway.control.assignment import phase_id
@@ -322,6 +323,10 @@ class ExperimentSettings(_Model):
         description="Equivalent forms (`okay = ok`) the error analysis applies to both arms "
         "when it separates style from substance (docs/error-analysis.md); unset: none.",
     )
+    capture: CaptureSettings | None = Field(
+        None,
+        description="Sampled audio capture for human labelling (docs/capture.md); unset: none.",
+    )
 
 
 class ClientSettings(_Model):
@@ -337,6 +342,11 @@ class ClientSettings(_Model):
         False,
         description="The client may force a variant (`force_param` or the `X-Gateway-Variant` "
         "header), for QA.",
+    )
+    capture_consent: bool = Field(
+        False,
+        description="Its sessions' audio may be captured for labelling (docs/capture.md); "
+        "off: never.",
     )
 
 
@@ -627,6 +637,9 @@ class GatewaySettings(_Model):
     health: HealthSettings = Field(
         HealthSettings(), description="Canaries, lifecycle checks and their alerts."
     )
+    audio: AudioSettings = Field(
+        AudioSettings(), description="The store of captured audio (docs/capture.md)."
+    )
     ready_requires_redis: bool = Field(
         False,
         description="`/readyz` answers 503 while a Redis the gateway uses does not answer "
@@ -678,6 +691,8 @@ def build_gateway_config(settings: GatewaySettings) -> GatewayConfig:
                     "comes first and matches every request this one targets",
                 )
         experiments.append(experiment)
+    capture_policies(settings.experiments)
+    settings.audio.check()
     default = None
     if settings.default_variant is not None:
         default = _default_variant(settings.default_variant, f"{prefix}.default_variant", backends)

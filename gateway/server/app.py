@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.config.capture import capture_policies, consenting_clients
 from gateway.config.gateway import build_gateway_config
 from gateway.config.settings import Settings
 from gateway.control.plane import ControlPlane
@@ -29,11 +30,13 @@ from gateway.outcomes.privacy import load_or_create_key
 from gateway.protocol.paths import USP_PATHS, V1_PATHS
 from gateway.server.admin.analysis import add_admin_routes
 from gateway.server.admin.analysis_worker import OutcomeStore
+from gateway.server.admin.audio import AUDIO_STORE, add_audio_routes
 from gateway.server.admin.auth import AdminTokens
 from gateway.server.admin.control import HEALTH_VIEW, add_control_routes
 from gateway.server.admin.dashboard import add_dashboard_routes
 from gateway.server.admin.labels import LABEL_STORE, add_label_routes
 from gateway.server.admission import ADMISSION, Admission, AdmissionPolicy
+from gateway.server.capture_writer import CAPTURE_WRITER, CaptureWriter
 from gateway.server.health.canary_runner import CanaryRunner
 from gateway.server.health.monitor import HealthMonitor
 from gateway.server.metrics import GatewayMetrics
@@ -42,6 +45,7 @@ from gateway.server.relay.rest import handle_rest
 from gateway.server.relay.usp import handle_usp
 from gateway.server.state import STATE, GatewayState
 from gateway.stores.factory import (
+    create_audio_store,
     create_control_stores,
     create_label_store,
     create_sink,
@@ -102,6 +106,18 @@ def create_gateway_app(settings: Settings) -> web.Application:
         privacy_key=key,
     )
     metrics.watch_sink(app[STATE].sink)
+    # The audio store serves deletion by unit even where nothing is captured.
+    audio_store = create_audio_store(gateway.audio)
+    app[AUDIO_STORE] = audio_store
+    captures = CaptureWriter(
+        audio_store,
+        capture_policies(gateway.experiments),
+        consenting_clients(gateway.clients),
+        gateway.audio,
+        metrics,
+    )
+    if captures.enabled:
+        app[CAPTURE_WRITER] = captures
     # Every app has a monitor, so that the admin view's health block is there (empty) even
     # without canaries or managed endpoints.
     monitor = HealthMonitor(control, metrics)
@@ -116,6 +132,7 @@ def create_gateway_app(settings: Settings) -> web.Application:
     add_label_routes(app, admins)
     add_control_routes(app, admins)
     add_admin_routes(app, admins, OutcomeStore(outcomes, redis))
+    add_audio_routes(app, admins)
     add_dashboard_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -135,6 +152,9 @@ async def _start(app: web.Application) -> None:
     state.http = aiohttp.ClientSession(connector=connector, auto_decompress=False)
     await state.sink.start()
     await state.control.start()
+    captures = app.get(CAPTURE_WRITER)
+    if captures is not None:
+        await captures.start()
     monitor = app[HEALTH_MONITOR]
     await monitor.start(state.http)
     if state.config.health.run:
@@ -162,6 +182,13 @@ async def _stop(app: web.Application) -> None:
     if runner is not None:
         await runner.close()
     await app[HEALTH_MONITOR].close()
+    # After the sessions (the drain): what they captured is stored before the store closes.
+    captures = app.get(CAPTURE_WRITER)
+    if captures is not None:
+        await captures.close()
+        log.info("captures_flushed", stored=captures.stored, dropped=captures.dropped)
+    else:
+        await app[AUDIO_STORE].close()
     await state.sink.close()
     log.info("outcomes_flushed", written=state.sink.written, dropped=state.sink.dropped)
     await state.control.close()

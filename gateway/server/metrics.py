@@ -272,6 +272,23 @@ class GatewayMetrics:
             ["experiment", "variant"],
             registry=r,
         )
+        self.captures_stored = Counter(
+            "speech_gateway_captures_stored",
+            "Captured utterances written to the audio store, by why they were captured.",
+            ["experiment", "reason"],
+            registry=r,
+        )
+        self.captures_dropped = Counter(
+            "speech_gateway_captures_dropped",
+            "Utterances selected for capture but not stored, by cause.",
+            ["experiment", "cause"],
+            registry=r,
+        )
+        self.capture_buffered_bytes = Gauge(
+            "speech_gateway_capture_buffered_bytes",
+            "PCM bytes live sessions hold for capture now (gateway.audio.max_buffered_bytes).",
+            registry=r,
+        )
         self.draining = Gauge(
             "speech_gateway_draining",
             "1 from SIGTERM until the process exits: new sessions are refused.",
@@ -315,6 +332,12 @@ class GatewayMetrics:
         )
 
     # -- feeds --------------------------------------------------------------------------------
+
+    def capture_stored(self, experiment: str, reason: str) -> None:
+        self.captures_stored.labels(self._experiments(experiment), reason).inc()
+
+    def capture_dropped(self, experiment: str, cause: str) -> None:
+        self.captures_dropped.labels(self._experiments(experiment), cause).inc()
 
     def observe(self, record: OutcomeRecord) -> None:
         """Count one outcome record; called once per record, on the event loop."""

@@ -334,6 +334,13 @@ class SessionCapture:
             self._release(turn, len(turn.data))
         self._turns.clear()
 
+    def release(self) -> None:
+        """Give every buffered byte back, deciding nothing (the capture failed)."""
+        self._pending.clear()
+        for turn in self._turns.values():
+            self._release(turn, len(turn.data))
+        self._turns.clear()
+
     def _primary_utterance(self, record: OutcomeRecord) -> None:
         turn = self._turns.get(record.turn_id) if record.turn_id is not None else None
         start = end = 0

@@ -57,6 +57,7 @@ from gateway.protocol.usp import (
     encode_text,
     status_phrase_body,
 )
+from gateway.session.capture import SessionCapture
 from gateway.session.taps import ResultTap, RoleFacts, SessionFacts, Turn
 from gateway.session.turns import AudioTimeline, continuation_offset
 
@@ -164,8 +165,11 @@ class RelaySession:
         *,
         limits: SessionLimits = UNLIMITED,
         started: float = 0.0,
+        capture: SessionCapture | None = None,
     ) -> None:
         self._primary = ResultTap(facts, primary)
+        # Only sampled sessions of consenting clients have one; the others pay a None check.
+        self._capture = capture
         self._shadows = {role.variant or "": ResultTap(facts, role) for role in shadows}
         self._turns: OrderedDict[str, Turn] = OrderedDict()
         self._lifecycle = _RELAYING  # changed only by `_become`
@@ -239,6 +243,11 @@ class RelaySession:
             turn = self._turns.get(request_id)
             if turn is not None:
                 turn.timeline.add(memoryview(frame)[start:], now)
+                if self._capture is not None:
+                    try:
+                        self._capture.audio(request_id, memoryview(frame)[start:])
+                    except Exception:  # capture must never cost the session anything
+                        self._capture_failed()
         if lifecycle is _UNAVAILABLE:
             return []
         return None
@@ -335,6 +344,7 @@ class RelaySession:
                 RecognitionStatus.ERROR.value, f"upstream_close_{code}", reason[:200] or None
             )
             if record is not None:
+                self._captured(record)
                 commands.append(Emit(record))
         return commands
 
@@ -362,6 +372,7 @@ class RelaySession:
         commands.append(CloseClient(CloseCode.NORMAL, "the backend connection was lost"))
         record = self._primary.failure(RecognitionStatus.ERROR.value, "upstream_lost", detail)
         if record is not None:
+            self._captured(record)
             commands.append(Emit(record))
         return commands
 
@@ -376,7 +387,33 @@ class RelaySession:
 
     def shadow_failed(self, variant: str, error_code: str, detail: str) -> list[Command]:
         record = self._shadows[variant].failure(RecognitionStatus.ERROR.value, error_code, detail)
+        if record is not None:
+            self._captured(record)
         return [Emit(record)] if record is not None else []
+
+    # -- capture ----------------------------------------------------------------------------
+
+    def _captured(self, record: OutcomeRecord) -> None:
+        if self._capture is not None:
+            try:
+                self._capture.record(record)
+            except Exception:  # capture must never cost the session anything
+                self._capture_failed()
+
+    def finish_capture(self) -> None:
+        """The session and its shadows are over: the capture decides what still waited for
+        a result and releases its audio."""
+        if self._capture is not None:
+            try:
+                self._capture.finish()
+            except Exception:
+                self._capture_failed()
+
+    def _capture_failed(self) -> None:
+        log.exception("capture_failed")
+        capture, self._capture = self._capture, None
+        if capture is not None:
+            capture.release()
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -393,10 +430,13 @@ class RelaySession:
             self._open_turn = None
         turn = self._turns.get(message.request_id) if message.request_id else None
         try:
-            return tap.observe(message, turn, now)
+            record = tap.observe(message, turn, now)
         except ValueError as exc:  # a record the backend's answer made invalid: lose it only
             log.warning("outcome_tap_failed", error=str(exc)[:200])
             return None
+        if record is not None:
+            self._captured(record)
+        return record
 
     def _begin_turn(self, request_id: str, base: int | None, now: float) -> None:
         limits = self._limits
@@ -408,6 +448,8 @@ class RelaySession:
         start = base if base is not None else self._primary.acked_ticks
         self._turns[request_id] = Turn(request_id, start, AudioTimeline())
         self._turns.move_to_end(request_id)
+        if self._capture is not None:
+            self._capture.begin_turn(request_id, start)
         while len(self._turns) > KEPT_TURNS:
             self._turns.popitem(last=False)
 

@@ -14,10 +14,14 @@ from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
+from gateway.analysis.engine_port import EvidenceSource
+from gateway.config.capture import AudioSettings
 from gateway.config.gateway import ControlSettings
 from gateway.config.settings import OutcomeSettings, RedisConnection
 from gateway.control.ports import ControlStore, CounterStore
 from gateway.outcomes.ports import OutcomeReader, OutcomeSink
+from gateway.stores.audio_store import AudioStore, LocalAudioStore
+from gateway.stores.blob_audio_store import BlobAudioStore
 from gateway.stores.control_store import FileControlStore, RedisControlStore
 from gateway.stores.counter_store import LocalCounterStore, RedisCounterStore
 from gateway.stores.failures import translated
@@ -32,6 +36,20 @@ from gateway.stores.label_store import (
 from gateway.stores.reader import FileReader, RedisReader
 from gateway.stores.redis_client import RedisClient, client_for, connect
 from gateway.stores.redis_sink import RedisSink
+
+
+def create_audio_store(settings: AudioSettings) -> AudioStore:
+    """The store of captured audio (`gateway.audio`): a local directory or Blob Storage."""
+    settings.check()
+    if settings.store == "blob":
+        assert settings.blob_account_url is not None  # check() requires it
+        return BlobAudioStore(
+            settings.blob_account_url,
+            settings.blob_container,
+            settings.blob_credential_value(),
+            timeout_s=settings.blob_timeout_s,
+        )
+    return LocalAudioStore(settings.directory, max_bytes=settings.max_bytes)
 
 
 def redis_keys(redis: RedisConnection) -> RedisKeys:
@@ -141,3 +159,14 @@ async def open_reader(
         return
     async with _redis(redis) as client:
         yield RedisReader(client, redis_keys(redis))
+
+
+def analysis_engine(settings: OutcomeSettings) -> EvidenceSource | None:
+    """The SQL engine for the analysis of the store's records (`gateway.stores.engine`):
+    DuckDB over the file store's JSON lines; None for Redis, whose records the analysis
+    reads one by one."""
+    from gateway.stores.engine import DuckDbEngine  # DuckDB only in analysing processes
+
+    if settings.store == "file":
+        return DuckDbEngine.jsonl(settings.path)
+    return None

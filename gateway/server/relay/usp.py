@@ -41,6 +41,7 @@ from gateway.logging import get_logger
 from gateway.outcomes.record import Role
 from gateway.protocol.usp import DEFAULT_LIMITS, UspLimits
 from gateway.server.admission import Admission, note_limit_hit, refuse
+from gateway.server.capture_writer import CAPTURE_WRITER, CaptureWriter
 from gateway.server.relay.backend_gate import BREAKER_OPEN
 from gateway.server.relay.shadow import ShadowLink
 from gateway.server.relay.upstream import connect_ws
@@ -130,6 +131,7 @@ class _Session:
                 await self._upstream.close()
             grace = self._state.settings.shadow_grace_s
             await asyncio.gather(*(link.finish(grace) for link in self._shadows))
+            self._relay.finish_capture()
 
     async def _watch_deadlines(self) -> None:
         """Sleep until the relay's next deadline and ask it again: while the client is
@@ -316,7 +318,7 @@ async def handle_usp(
     with state.sessions.hold(route.client.name, "usp", experiment, route.variant.name) as live:
         headers = request.headers
         route, dialled = await _dial(state, route, headers, offered)
-        relay = _relay_for(state, route, admitted_at)
+        relay = _relay_for(state, route, admitted_at, request.app.get(CAPTURE_WRITER))
         upstream: aiohttp.ClientWebSocketResponse | None = None
         pending: list[Command] = []
         if isinstance(dialled, UpstreamRejected):
@@ -384,12 +386,20 @@ def _client_socket(state: GatewayState, protocol: str | None) -> web.WebSocketRe
     )
 
 
-def _relay_for(state: GatewayState, route: Route, admitted_at: float) -> RelaySession:
+def _relay_for(
+    state: GatewayState, route: Route, admitted_at: float, captures: CaptureWriter | None
+) -> RelaySession:
     facts = session_facts(state, route, protocol="usp")
     primary = RoleFacts(Role.PRIMARY, route.variant.name, route.variant.backend.name)
     shadows = [RoleFacts(Role.SHADOW, v.name, v.backend.name) for v in route.shadows]
     limits = session_limits(state.settings.limits)
-    return RelaySession(facts, primary, shadows, limits=limits, started=admitted_at)
+    capture = None
+    if captures is not None:
+        names = tuple(v.name for v in route.shadows)
+        capture = captures.for_session(facts, route.variant.name, names)
+    return RelaySession(
+        facts, primary, shadows, limits=limits, started=admitted_at, capture=capture
+    )
 
 
 def session_limits(limits: LimitSettings) -> SessionLimits:

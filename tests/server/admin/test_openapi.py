@@ -18,6 +18,7 @@ from openapi_spec_validator import validate
 from gateway.config.settings import OutcomeSettings, RedisSettings
 from gateway.server.admin.analysis import add_admin_routes
 from gateway.server.admin.analysis_worker import OutcomeStore
+from gateway.server.admin.audio import add_audio_routes
 from gateway.server.admin.auth import AdminTokens
 from gateway.server.admin.control import add_control_routes
 from gateway.server.admin.labels import add_label_routes
@@ -61,6 +62,7 @@ ROUTES: dict[tuple[str, str], set[str]] = {
     },
     ("post", f"{REVIEW}/items/{{capture_id}}/skip"): {"401", "404", "409", "503"},
     ("post", f"{REVIEW}/undo"): {"401", "404", "409", "503"},
+    ("delete", "/admin/units/{unit}/audio"): {"400", "401", "503"},
 }
 BODIES = {
     f"{EXPERIMENT}/weights": ("WeightsChange", True),
@@ -412,6 +414,7 @@ def admin_app() -> web.Application:
     # Mounting only: no request reaches the analysis process, which is never started.
     add_admin_routes(app, admins, OutcomeStore(OutcomeSettings(), RedisSettings().connection()))
     add_review_routes(app, AdminTokens(), admins)
+    add_audio_routes(app, admins)
     return app
 
 

@@ -1,0 +1,309 @@
+"""Scripted tests of sampled capture (gateway.session.capture) inside the relay state machine:
+the policy's shares, priorities and caps, the cut by offsets, and the buffer bounds."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import date
+
+import pytest
+
+from gateway.outcomes.record import Role
+from gateway.protocol.usp import encode_binary, encode_text
+from gateway.protocol.wav import wave_header
+from gateway.session.capture import (
+    CaptureBudget,
+    CapturedUtterance,
+    CaptureIdentity,
+    CapturePolicy,
+    CaptureQuota,
+    CaptureReason,
+    CaptureSample,
+    DropReason,
+    SessionCapture,
+)
+from gateway.session.relay import RelaySession
+from gateway.session.taps import RoleFacts, SessionFacts
+
+RID = "9bed34362cbb4432963cb66e84906729"
+SECOND = 10_000_000  # ticks
+BYTES_PER_SECOND = 32_000
+FACTS = SessionFacts(
+    experiment="exp",
+    phase="p-1",
+    client="app",
+    unit="u" * 32,
+    unit_source="query",
+    session_id="s" * 32,
+    protocol="usp",
+    mode="conversation",
+    locale="en-us",
+    forced=False,
+    text_privacy="text",
+    privacy_key=b"k" * 32,
+)
+PRIMARY = RoleFacts(Role.PRIMARY, "base", "azure")
+SHADOW = RoleFacts(Role.SHADOW, "custom", "azure")
+EVERYTHING = CapturePolicy(share=1.0, utterance_share=1.0)
+PRIORITIES_ONLY = CapturePolicy(share=1.0, utterance_share=0.0)
+
+
+class Harness:
+    """A relay with a capture, the audio it was sent, and what the capture emitted."""
+
+    def __init__(
+        self,
+        policy: CapturePolicy = EVERYTHING,
+        *,
+        shadows: bool = False,
+        quota: CaptureQuota | None = None,
+        budget: CaptureBudget | None = None,
+    ) -> None:
+        self.emitted: list[CapturedUtterance] = []
+        self.dropped: list[DropReason] = []
+        self.budget = budget or CaptureBudget(10**9)
+        self.capture = SessionCapture(
+            policy,
+            CaptureIdentity("exp", "p-1", FACTS.unit, "app", FACTS.session_id),
+            ("custom",) if shadows else (),
+            quota=quota or CaptureQuota(),
+            budget=self.budget,
+            emit=self.emitted.append,
+            drop=self.dropped.append,
+        )
+        self.relay = RelaySession(FACTS, PRIMARY, [SHADOW] if shadows else [], capture=self.capture)
+        self.pcm = b""
+
+    def turn(
+        self, seconds: float, rid: str = RID, context: dict[str, object] | None = None
+    ) -> bytes:
+        """A turn of `seconds` of random audio in 3200-byte frames; its PCM."""
+        self.relay.client_text(encode_text("speech.context", rid, json.dumps(context or {})), 0.0)
+        pcm = os.urandom(int(seconds * BYTES_PER_SECOND))
+        self.relay.client_binary(encode_binary("audio", rid, wave_header()), 0.0)
+        for at in range(0, len(pcm), 3200):
+            self.relay.client_binary(encode_binary("audio", rid, pcm[at : at + 3200]), 0.0)
+        self.pcm += pcm
+        return pcm
+
+    def primary(
+        self, text: str, offset_s: float, duration_s: float, rid: str = RID, **extra: object
+    ) -> None:
+        self.relay.upstream_text(phrase(text, offset_s, duration_s, rid, **extra), 1.0)
+
+    def shadow(self, text: str, offset_s: float, duration_s: float, rid: str = RID) -> None:
+        self.relay.shadow_text("custom", phrase(text, offset_s, duration_s, rid), 1.0)
+
+
+def phrase(text: str, offset_s: float, duration_s: float, rid: str, **extra: object) -> str:
+    body: dict[str, object] = {
+        "RecognitionStatus": "Success",
+        "Offset": int(offset_s * SECOND),
+        "Duration": int(duration_s * SECOND),
+        "DisplayText": text,
+        **extra,
+    }
+    return encode_text("speech.phrase", rid, json.dumps(body))
+
+
+def cut(pcm: bytes, offset_s: float, duration_s: float) -> bytes:
+    start = int(offset_s * SECOND) * BYTES_PER_SECOND // SECOND
+    end = int((offset_s + duration_s) * SECOND) * BYTES_PER_SECOND // SECOND
+    return pcm[start - start % 2 : end - end % 2]
+
+
+def test_each_utterance_is_cut_from_the_turn_by_its_offsets() -> None:
+    """Two utterances of one turn: each capture holds exactly the PCM at its offsets."""
+    harness = Harness()
+    pcm = harness.turn(3.0)
+    harness.primary("one", 0.3, 0.9)
+    harness.primary("two", 1.7, 1.1)
+    assert [u.pcm for u in harness.emitted] == [cut(pcm, 0.3, 0.9), cut(pcm, 1.7, 1.1)]
+    assert [u.utterance_index for u in harness.emitted] == [0, 1]
+    assert [u.primary.text for u in harness.emitted] == ["one", "two"]
+    assert {(u.reason, u.sample) for u in harness.emitted} == {
+        (CaptureReason.UNIFORM, CaptureSample.UNIFORM)
+    }
+    assert harness.emitted[0].duration_ms == 900
+
+
+def test_a_follow_up_turn_is_cut_from_its_own_audio() -> None:
+    """A native SDK's second turn states its session offset; the cut uses its own PCM."""
+    harness = Harness()
+    harness.turn(1.0)
+    harness.primary("first", 0.1, 0.5)
+    second = "0" * 31 + "2"
+    pcm = harness.turn(
+        2.0, second, {"continuation": {"audio": {"streams": {"1": {"offset": 10_000_000}}}}}
+    )
+    harness.primary("second", 0.4, 1.0, rid=second)
+    assert harness.emitted[-1].pcm == cut(pcm, 0.4, 1.0)
+
+
+def test_the_capture_waits_for_the_shadow_and_keeps_its_result() -> None:
+    """With a shadow, an utterance is decided once the shadow's result is in; a different
+    transcript is a disagreement, captured even with no uniform share."""
+    harness = Harness(PRIORITIES_ONLY, shadows=True)
+    pcm = harness.turn(2.0)
+    harness.primary("pay the bill", 0.2, 1.0)
+    assert harness.emitted == []
+    harness.shadow("pay the bell", 0.2, 1.0)
+    (captured,) = harness.emitted
+    assert captured.reason is CaptureReason.DISAGREEMENT
+    assert captured.sample is CaptureSample.PRIORITY
+    assert [s.text for s in captured.shadows] == ["pay the bell"]
+    assert captured.pcm == cut(pcm, 0.2, 1.0)
+
+
+def test_agreeing_shadows_are_not_a_priority() -> None:
+    """Transcripts equal after normalisation are no disagreement; a shadow answering first
+    is paired all the same."""
+    harness = Harness(PRIORITIES_ONLY, shadows=True)
+    harness.turn(2.0)
+    harness.shadow("Pay the bill.", 0.2, 1.0)
+    harness.primary("pay the bill", 0.2, 1.0)
+    assert harness.emitted == []
+    assert harness.capture.buffered_bytes < 2 * BYTES_PER_SECOND  # released up to its end
+
+
+def test_a_failed_shadow_is_not_waited_for() -> None:
+    """A shadow that failed releases the utterances waiting for it."""
+    harness = Harness(shadows=True)
+    harness.turn(1.0)
+    harness.primary("hello", 0.1, 0.5)
+    assert harness.emitted == []
+    harness.relay.shadow_failed("custom", "upstream_unreachable", "down")
+    assert len(harness.emitted) == 1
+    assert harness.emitted[0].shadows == ()
+
+
+def test_session_end_decides_what_waits() -> None:
+    """At the session's end, utterances still waiting for a shadow are decided."""
+    harness = Harness(shadows=True)
+    harness.turn(1.0)
+    harness.primary("hello", 0.1, 0.5)
+    harness.relay.finish_capture()
+    assert len(harness.emitted) == 1
+    assert harness.capture.buffered_bytes == 0
+    assert harness.budget.used == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ({"NBest": [{"Confidence": 0.2, "Display": "x"}]}, CaptureReason.LOW_CONFIDENCE),
+        ({"RecognitionStatus": "NoMatch", "DisplayText": ""}, CaptureReason.NO_MATCH),
+    ],
+)
+def test_priorities_select_without_a_uniform_share(
+    extra: dict[str, object], reason: CaptureReason
+) -> None:
+    """Low confidence and no match are captured with a zero uniform share; a confident
+    match is not."""
+    harness = Harness(PRIORITIES_ONLY)
+    harness.turn(2.0)
+    harness.primary("sure", 0.1, 0.4, NBest=[{"Confidence": 0.95}])
+    harness.primary("x", 0.8, 0.4, **extra)
+    assert [u.reason for u in harness.emitted] == [reason]
+
+
+def test_priorities_apply_in_the_configured_order() -> None:
+    """An utterance that is both low-confidence and disputed gets the first listed reason."""
+    order = (CaptureReason.LOW_CONFIDENCE, CaptureReason.DISAGREEMENT)
+    harness = Harness(CapturePolicy(share=1.0, utterance_share=0.0, priorities=order), shadows=True)
+    harness.turn(1.0)
+    harness.primary("a", 0.1, 0.5, NBest=[{"Confidence": 0.1}])
+    harness.shadow("b", 0.1, 0.5)
+    assert [u.reason for u in harness.emitted] == [CaptureReason.LOW_CONFIDENCE]
+
+
+def test_a_backend_failure_captures_the_audio_after_the_last_utterance() -> None:
+    """A primary that closes abnormally: the turn's audio after its last result is kept."""
+    harness = Harness(PRIORITIES_ONLY)
+    pcm = harness.turn(2.0)
+    harness.primary("ok", 0.0, 0.5, NBest=[{"Confidence": 0.9}])
+    harness.relay.upstream_closed(1011, "internal error")
+    (captured,) = harness.emitted
+    assert captured.reason is CaptureReason.FAILURE
+    assert captured.pcm == pcm[cut_end(0.0, 0.5) :]
+
+
+def cut_end(offset_s: float, duration_s: float) -> int:
+    end = int((offset_s + duration_s) * SECOND) * BYTES_PER_SECOND // SECOND
+    return end - end % 2
+
+
+def test_the_daily_cap_keeps_a_reserve_for_priorities() -> None:
+    """Uniform captures stop at the cap less its reserve; priorities go on to the cap; a
+    new day starts again."""
+    today = [date(2026, 1, 1)]
+    quota = CaptureQuota(lambda: today[0])
+    policy = CapturePolicy(share=1.0, utterance_share=1.0, daily_cap=4, priority_reserve=0.5)
+    harness = Harness(policy, quota=quota)
+    harness.turn(8.0)
+    for i in range(4):  # confident: uniform
+        harness.primary("fine", i * 1.0, 0.5, NBest=[{"Confidence": 0.9}])
+    assert len(harness.emitted) == 2
+    assert harness.dropped == [DropReason.DAILY_CAP] * 2
+    for i in range(4, 7):  # low confidence: priority
+        harness.primary("hmm", i * 1.0, 0.5, NBest=[{"Confidence": 0.1}])
+    assert [u.reason for u in harness.emitted[2:]] == [CaptureReason.LOW_CONFIDENCE] * 2
+    assert harness.dropped[-1] is DropReason.DAILY_CAP
+    today[0] = date(2026, 1, 2)
+    harness.primary("fine", 7.0, 0.5, NBest=[{"Confidence": 0.9}])
+    assert len(harness.emitted) == 5
+
+
+def test_session_share_is_per_variant_and_stable() -> None:
+    """A session is considered by a hash of its id: the same answer every time, about the
+    configured share over many sessions, and the variant's own share when it has one."""
+    policy = CapturePolicy(share=0.1, variant_shares={"custom": 0.0, "all": 1.0})
+    ids = [f"{n:032x}" for n in range(4000)]
+    considered = sum(policy.considers("exp", "base", sid) for sid in ids)
+    assert 300 < considered < 500
+    assert [policy.considers("exp", "base", s) for s in ids[:50]] == [
+        policy.considers("exp", "base", s) for s in ids[:50]
+    ]
+    assert not any(policy.considers("exp", "custom", sid) for sid in ids[:200])
+    assert all(policy.considers("exp", "all", sid) for sid in ids[:200])
+    assert not any(CapturePolicy().considers("exp", "base", sid) for sid in ids[:200])
+
+
+def test_the_session_bound_drops_and_counts() -> None:
+    """Audio beyond the session's bound is not kept; an utterance in it is dropped and
+    counted, one before it is still captured."""
+    harness = Harness(CapturePolicy(share=1.0, max_session_bytes=BYTES_PER_SECOND))
+    pcm = harness.turn(3.0)
+    harness.primary("early", 0.1, 0.5)
+    harness.primary("late", 2.0, 0.5)
+    assert [u.pcm for u in harness.emitted] == [cut(pcm, 0.1, 0.5)]
+    assert harness.dropped == [DropReason.SESSION_BYTES]
+
+
+def test_the_process_budget_is_shared_and_given_back() -> None:
+    """The process-wide budget bounds every session together and is returned at the end."""
+    budget = CaptureBudget(BYTES_PER_SECOND)
+    first, second = Harness(budget=budget), Harness(budget=budget)
+    first.turn(0.75)
+    second.turn(0.75)
+    assert budget.used <= BYTES_PER_SECOND
+    second.primary("x", 0.1, 0.5)
+    assert second.dropped == [DropReason.TOTAL_BYTES]
+    first.relay.finish_capture()
+    second.relay.finish_capture()
+    assert budget.used == 0
+
+
+def test_a_capture_that_raises_never_fails_the_session() -> None:
+    """A bug in the capture disables it for the session; the frames still go through."""
+
+    def explode(_utterance: CapturedUtterance) -> None:
+        raise RuntimeError("boom")
+
+    harness = Harness()
+    harness.capture._emit = explode  # type: ignore[method-assign]
+    harness.turn(1.0)
+    harness.primary("x", 0.1, 0.5)
+    assert harness.relay.forward_binary(encode_binary("audio", RID, b"\0" * 3200), 2.0) is None
+    assert harness.budget.used == 0
