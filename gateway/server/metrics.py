@@ -104,6 +104,12 @@ class _Journalled(Protocol):
     def redis_available(self) -> bool: ...
 
 
+@runtime_checkable
+class _Exported(Protocol):
+    @property
+    def retention_waiting(self) -> frozenset[str]: ...
+
+
 class WatchedSink(Protocol):
     @property
     def written(self) -> int: ...
@@ -157,6 +163,13 @@ class _SinkCollector(Collector):
                 "1 while the outcome sink delivers to Redis, 0 from a failed delivery until "
                 "the next successful one.",
                 value=1 if sink.redis_available else 0,
+            )
+        if isinstance(sink, _Exported):
+            yield GaugeMetricFamily(
+                "speech_gateway_outcome_retention_waiting",
+                "Experiments whose stream retention keeps entries the export consumer group "
+                "has not acknowledged yet (docs/export.md).",
+                value=len(sink.retention_waiting),
             )
 
 

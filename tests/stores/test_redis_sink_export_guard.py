@@ -1,6 +1,7 @@
 """Tests for the export guard of gateway.stores.redis_sink against the shared Redis (own key
 prefix): while an outcome stream has the export consumer group, retention (MAXLEN and age)
-never trims an entry the group has not acknowledged, says so, and catches up once it has."""
+never trims an entry the group has not acknowledged, says so (log and metric), and catches
+up once it has."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import structlog
 from redis.asyncio import Redis
 from redis_servers import outcome
 
+from gateway.server.metrics import GatewayMetrics
 from gateway.stores.keys import EXPORT_GROUP, RedisKeys
 from gateway.stores.redis_client import connect
 from gateway.stores.redis_sink import RedisSink
@@ -77,6 +79,10 @@ async def test_retention_keeps_what_the_export_group_has_not_read(
         await write(sink, 100, 900)
     assert await client.xlen(key) == 1000
     assert sink.retention_waiting == frozenset({"checkout"})
+    metrics = GatewayMetrics()
+    metrics.watch_sink(sink)
+    gauge = "speech_gateway_outcome_retention_waiting"
+    assert metrics.registry.get_sample_value(gauge) == 1
     waiting = [e for e in logs if e["event"] == "outcomes_retention_waiting_for_export"]
     assert len(waiting) == 1  # once, not per write
     assert waiting[0]["experiment"] == "checkout"
@@ -87,6 +93,7 @@ async def test_retention_keeps_what_the_export_group_has_not_read(
         await write(sink, 1000, 100)
     assert await client.xlen(key) < 300  # MAXLEN ~ 100: whole nodes of 100 entries
     assert sink.retention_waiting == frozenset()
+    assert metrics.registry.get_sample_value(gauge) == 0
     assert [e["event"] for e in logs if e["event"].startswith("outcomes_retention")] == [
         "outcomes_retention_resumed"
     ]
