@@ -55,12 +55,14 @@ def score_targets(
 
 def needs_scores(label: Label, targets: Sequence[OutcomeRecord]) -> bool:
     """Whether `label` must be (re)scored: it has no counts, they were made under other
-    normalisation rules, or they cover other records than `targets` (say a shadow record
-    that reached the store after the label). Counts of the same texts under the same rules
-    never change, so a current label covering the same records is left alone."""
+    normalisation rules, or they miss one of `targets` (say a shadow record that reached
+    the store after the label). Counts of the same texts under the same rules never change,
+    so a current label that covers every target is left alone, and so are the counts of a
+    record the store no longer holds (trimmed by retention)."""
     if not label.scores_current or label.scores is None:
         return True
-    return {s.record_id for s in label.scores} != {r.record_id for r in targets}
+    scored_ids = {score.record_id for score in label.scores}
+    return any(record.record_id not in scored_ids for record in targets)
 
 
 def scored(label: Label, targets: Sequence[OutcomeRecord]) -> Label:

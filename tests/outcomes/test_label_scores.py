@@ -123,13 +123,14 @@ def test_scored_if_found_leaves_a_label_without_its_record_unscored() -> None:
 
 
 def test_needs_scores(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A label needs scoring when unscored, stale, or covering other records; a current,
-    complete one does not."""
+    """A label needs scoring when unscored, stale, or missing a record it scores now; a
+    current one that covers every such record does not."""
     targets = [record(1), shadow(2)]
     assert needs_scores(label(), targets)
     done = scored(label(), targets)
     assert not needs_scores(done, targets)
     assert needs_scores(scored(label(), targets[:1]), targets)  # a shadow arrived since
+    assert not needs_scores(done, targets[:1])  # a shadow trimmed since keeps its counts
     monkeypatch.setattr(normalize, "NORMALISATION_VERSION", "2")
     assert needs_scores(done, targets)
     assert stored_counts(done, rid(1)) is None  # stale counts are not used
