@@ -197,3 +197,29 @@ def add_label_rescore_arguments(parser: argparse.ArgumentParser) -> None:
         help="rescore the labels of this experiment (repeatable; _default for the default route)",
     )
     which.add_argument("--all", action="store_true", help="rescore every experiment's labels")
+
+
+DEFAULT_TEST_SHARE: Final = 0.2
+DEFAULT_SEED: Final = "speech-gateway"
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The actions of `speech-gateway dataset` (docs/review.md#dataset-export); returns the
+    `export` action's parser."""
+    actions = parser.add_subparsers(dest="dataset_action", required=True, metavar="ACTION")
+    export = actions.add_parser(
+        "export",
+        help="reviewed captures as Custom Speech train/test zips and a replay test set",
+    )
+    export.add_argument("--experiment", required=True, help="the experiment whose captures")
+    export.add_argument("--out", type=Path, required=True, help="a new or empty folder")
+    export.add_argument(
+        "--test-share",
+        type=float,
+        default=DEFAULT_TEST_SHARE,
+        help=f"the share of units in the test part, 0 to below 1 (default {DEFAULT_TEST_SHARE})",
+    )
+    export.add_argument(
+        "--seed", default=DEFAULT_SEED, help="the split's seed (the same seed, the same split)"
+    )
+    return export

@@ -16,14 +16,9 @@ from review_fixtures import EXPERIMENT, ReviewWorld, tone, wav_bytes
 
 from gateway.errors import ConfigError
 from gateway.outcomes.labels import LabelInput
+from gateway.tools.cli_options import add_dataset_arguments
 from gateway.tools.dataset import load_dataset
-from gateway.tools.dataset_export import (
-    MAX_TRAIN_SECONDS,
-    TRANSCRIPT,
-    add_dataset_arguments,
-    run_export,
-    split_units,
-)
+from gateway.tools.dataset_export import MAX_TRAIN_SECONDS, TRANSCRIPT, run_export, split_units
 
 
 async def labelled_world(tmp_path: Path, units: int, per_unit: int = 2) -> ReviewWorld:
