@@ -14,7 +14,7 @@ import pytest
 from redis_servers import outcome
 
 from gateway.errors import ConfigError
-from gateway.outcomes.labels import Label
+from gateway.outcomes.labels import Label, RecordScore
 from gateway.outcomes.record import FIELD_NAMES, OutcomeRecord
 from gateway.stores.lake import (
     EXPORT_SCHEMA_VERSION,
@@ -149,22 +149,20 @@ def test_labels_are_the_current_labels_with_scores_when_present(tmp_path: Path) 
 
 
 def test_label_scores_are_a_list_of_structs(tmp_path: Path) -> None:
-    """A label JSON with `normalisation` and `scores` is exported with them typed."""
-    from gateway.stores import lake
-
-    score = {"record_id": "a" * 32, "substitutions": 1, "deletions": 0, "insertions": 2, "hits": 5}
-    line = json.dumps(
-        {"experiment": "checkout", "record_id": "a" * 32, "text": "t", "labeller": "x",
-         "labelled_at": "2026-01-01T00:00:00.000Z", "source": "api",
-         "normalisation": "wer-v2", "scores": [score]}
+    """A scored label is exported with its normalisation version and its per-record word
+    error counts as a list of structs."""
+    score = RecordScore("a" * 32, 1, 0, 2, 5)
+    label = Label(
+        record_id="a" * 32, text="t", labeller="x", source="api",
+        normalisation="wer-v2", scores=(score,),
     )  # fmt: skip
-    staging = lake._staging(tmp_path, [line])
-    target = tmp_path / "labels.parquet"
-    with duckdb.connect() as con:
-        con.execute(lake._COPY_LABELS, [str(staging), str(target)])
-    (row,) = rows([target])
+    append_outcomes(tmp_path, [outcome(1)])
+    replace_labels(tmp_path, "checkout", [label])
+    (row,) = rows(lake_sources(tmp_path, "checkout").labels)
     assert row["normalisation"] == "wer-v2"
-    assert row["scores"] == [score]
+    assert row["scores"] == [
+        {"record_id": "a" * 32, "substitutions": 1, "deletions": 0, "insertions": 2, "hits": 5}
+    ]
 
 
 def test_a_file_of_another_export_version_is_named(tmp_path: Path) -> None:
