@@ -3,13 +3,14 @@
 `DELETE /admin/units/{unit}/audio` removes every capture of the unit from the configured
 audio store (`gateway.stores.audio_store`, local or Blob) and puts the unit on the store's
 deletion list, so that none of its audio is captured again. `{unit}` is the raw unit id the
-application sends (`gw-unit`), pseudonymised here with the gateway's key as in the records;
-with `?pseudonymised=true` it is the pseudonym itself (as a capture or a record shows it).
+application sends (`gw-unit`), pseudonymised here with the gateway's key as in the records
+(`PSEUDONYM_KEY` when set, as for labels); with `?pseudonymised=true` it is the pseudonym
+itself (as a capture or a record shows it).
 Needs an admin credential. `speech-gateway admin delete-unit-audio` is the same call.
 
 Answers: 200 `{"unit": <pseudonym>, "deleted": <captures removed>}`; 400 a unit that is no
 single line of at most 256 characters; 401 no or a wrong credential; 503 the store is
-unavailable (nothing is listed as deleted then, and the call may be repeated).
+unavailable (some captures may be gone already; repeat the call until it answers 200).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gateway.errors import StoreUnavailable
 from gateway.logging import get_logger
 from gateway.outcomes.privacy import pseudonymise
 from gateway.server.admin.auth import AdminTokens, admin_name, error_response
+from gateway.server.admin.labels import PSEUDONYM_KEY
 from gateway.server.state import STATE
 from gateway.stores.audio_store import AudioStore, check_unit
 
@@ -52,7 +54,8 @@ async def delete_unit_audio(request: web.Request) -> web.Response:
         except ValueError:
             return error_response(400, "unit: not a pseudonym")
     else:
-        unit = pseudonymise(raw, request.app[STATE].privacy_key)
+        key = request.app.get(PSEUDONYM_KEY)
+        unit = pseudonymise(raw, key if key is not None else request.app[STATE].privacy_key)
     try:
         deleted = await request.app[AUDIO_STORE].delete_unit(unit)
     except StoreUnavailable as exc:
