@@ -12,16 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from gateway.config.secrets import read_secret_file
 from gateway.errors import ConfigError
 from gateway.session.capture import CapturePolicy, CaptureReason
-
-if TYPE_CHECKING:
-    from gateway.config.gateway import ClientSettings, ExperimentSettings
 
 Priority = Literal["disagreement", "low_confidence", "no_match", "failure"]
 
@@ -160,7 +157,34 @@ class AudioSettings(_Model):
             raise ConfigError("gateway.audio.blob_account_url", 'required with store = "blob"')
 
 
-def capture_policies(experiments: Sequence[ExperimentSettings]) -> dict[str, CapturePolicy]:
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class _Experiment(Protocol):
+    """What of `gateway.config.gateway.ExperimentSettings` the policies need (that module
+    imports this one, so it is not imported here)."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def variants(self) -> Sequence[_Named]: ...
+
+    @property
+    def capture(self) -> CaptureSettings | None: ...
+
+
+class _Client(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def capture_consent(self) -> bool: ...
+
+
+def capture_policies(experiments: Sequence[_Experiment]) -> dict[str, CapturePolicy]:
     """The capture policy of each experiment that has a `capture` section."""
     policies: dict[str, CapturePolicy] = {}
     for index, experiment in enumerate(experiments):
@@ -189,6 +213,6 @@ def capture_policies(experiments: Sequence[ExperimentSettings]) -> dict[str, Cap
     return policies
 
 
-def consenting_clients(clients: Sequence[ClientSettings]) -> frozenset[str]:
+def consenting_clients(clients: Sequence[_Client]) -> frozenset[str]:
     """The names of the client keys whose sessions may be captured."""
     return frozenset(client.name for client in clients if client.capture_consent)
