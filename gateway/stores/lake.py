@@ -381,7 +381,10 @@ def lake_sources(
     root: Path, experiment: str, *, phase: str | None = None, date: str | None = None
 ) -> LakeSources:
     """The checked Parquet files of an experiment (optionally one phase, one date) in an
-    export directory, for `read_parquet([...])`.
+    export directory, for `read_parquet([...], hive_partitioning = false)`: the files' own
+    columns, as in the JSONL file. (With hive partitioning, DuckDB's default for these
+    paths, the folder values replace `experiment` and `phase` and their types are guessed:
+    a phase "1" would become a number.)
 
     ConfigError, one line naming it: the directory is not an export, the partition asked for
     is missing or holds no file, or a file is of another export schema version (or not
