@@ -173,6 +173,17 @@ def add_admin_parser(
     audit.add_argument("--limit", type=int, help="entries (1-1000; the gateway's default: 50)")
 
     verbs.add_parser("backends", help="backends and their circuit breakers (one replica's view)")
+
+    delete_audio = verbs.add_parser(
+        "delete-unit-audio",
+        help="delete a unit's captured audio and capture none of it again (docs/capture.md)",
+    )
+    delete_audio.add_argument("unit", help="the raw unit id the application sends (gw-unit)")
+    delete_audio.add_argument(
+        "--pseudonymised",
+        action="store_true",
+        help="UNIT is the pseudonym a capture or an outcome record shows",
+    )
     return admin
 
 
@@ -229,6 +240,9 @@ def _request_of(args: argparse.Namespace) -> tuple[str, str, Json | None]:
         return "GET", "/admin/experiments", None
     if verb == "backends":
         return "GET", "/admin/backends", None
+    if verb == "delete-unit-audio":
+        query = "?pseudonymised=true" if args.pseudonymised else ""
+        return "DELETE", f"/admin/units/{quote(args.unit, safe='')}/audio{query}", None
     at = f"/admin/experiments/{quote(args.experiment, safe='')}"
     change: Json = {}
     if getattr(args, "reason", None) is not None:
@@ -326,6 +340,11 @@ def _render(verb: str, answer: Json) -> str:
             return _audit_text(answer.get("entries") or [])
         case "backends":
             return _backends_table(answer.get("backends") or [])
+        case "delete-unit-audio":
+            deleted = answer.get("deleted")
+            noun = "capture" if deleted == 1 else "captures"
+            unit = answer.get("unit")
+            return f"deleted {deleted} {noun} of unit {unit}; none will be captured again"
     return _summary_line(answer)  # a change: the experiment as it is now
 
 

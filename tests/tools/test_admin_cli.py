@@ -256,6 +256,14 @@ E = "/admin/experiments/banking"
         (["audit", "banking"], "GET", f"{E}/audit", {}, None),
         (["audit", "banking", "--limit", "5"], "GET", f"{E}/audit", {"limit": "5"}, None),
         (["backends"], "GET", "/admin/backends", {}, None),
+        (["delete-unit-audio", "user 7/a"], "DELETE", "/admin/units/user 7/a/audio", {}, None),
+        (
+            ["delete-unit-audio", "--pseudonymised", "ab12"],
+            "DELETE",
+            "/admin/units/ab12/audio",
+            {"pseudonymised": "true"},
+            None,
+        ),
         (["ship", "banking", "custom"], "POST", f"{E}/ship", {}, {"variant": "custom"}),
         (
             ["ship", "banking", "custom", "--holdout", "0.1", "--reason", "WER -3 points"],
@@ -283,6 +291,19 @@ async def test_each_verb_sends_its_request_with_the_token(
     assert (seen.method, seen.path, seen.query, seen.body) == (method, path, query, body)
     assert seen.authorization == f"Bearer {TOKEN}"
     assert seen.content_type == (None if body is None else "application/json")
+
+
+async def test_delete_unit_audio_prints_what_went(
+    gateway: StandIn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The unit is one percent-encoded segment; the answer is one line."""
+    answer = {"unit": "ab12", "deleted": 3}
+    gateway.answers[("DELETE", "/admin/units/../x/audio")] = (200, answer)
+    assert await run(["--gateway", gateway.url, "delete-unit-audio", "../x"]) == 0
+    (seen,) = gateway.requests
+    assert seen.raw_path == "/admin/units/..%2Fx/audio"
+    out = capsys.readouterr().out
+    assert out == "deleted 3 captures of unit ab12; none will be captured again\n"
 
 
 async def test_an_experiment_id_cannot_change_the_route(gateway: StandIn) -> None:
