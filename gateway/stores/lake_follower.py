@@ -112,7 +112,9 @@ class LakeFollower:
             except InvalidRecordError:
                 raise
             except (RedisError, OSError, TimeoutError, StoreUnavailable) as exc:
-                # Redis away, or the lake's disk: nothing was acknowledged, so retry later.
+                # Redis away, or the lake's disk: the batch in hand was not acknowledged, so
+                # it is still pending; read the pending entries first again.
+                self._backlog |= self._grouped
                 log.warning(
                     "export_retrying",
                     error=f"{type(exc).__name__}: {exc}"[:300],

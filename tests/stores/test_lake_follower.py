@@ -13,6 +13,7 @@ from typing import Any
 
 import duckdb
 import pytest
+import structlog
 from redis.asyncio import Redis
 from redis_servers import outcome
 
@@ -147,3 +148,32 @@ async def test_an_unreadable_record_stops_the_follower_and_stays_pending(
     assert f"{key} {bad}" in str(caught.value)
     pending = await client.xpending(key, EXPORT_GROUP)
     assert pending["pending"] == 4
+
+
+async def test_a_failed_write_is_retried_from_the_pending_entries(
+    keys: RedisKeys, client: Redis, tmp_path: Path
+) -> None:
+    """A batch read but not written (the directory refused the file) stays pending; the
+    follower logs, backs off and, once writing works, exports that batch rather than
+    leaving it pending behind newer entries."""
+    await store(keys, tmp_path / "j", range(100), "checkout")
+    root = tmp_path / "lake"
+    (root / ".export.lock").mkdir(parents=True)  # opening the lock file fails: an OSError
+    follower = LakeFollower(client, keys, root, batch_size=500, poll_s=0.05, backoff_initial_s=0.05)
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(follower.run(stop), name="test-follower")
+        try:
+            async with asyncio.timeout(30):
+                while not any(e["event"] == "export_retrying" for e in logs):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            pending = await client.xpending(keys.outcomes("checkout"), EXPORT_GROUP)
+            assert pending["pending"] == 100
+            (root / ".export.lock").rmdir()
+            async with asyncio.timeout(30):
+                while not await group_done(client, keys.outcomes("checkout")):  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+        finally:
+            stop.set()
+            await task
+    assert sorted(exported_ids(root, "checkout")) == [f"{n:032x}" for n in range(100)]
