@@ -203,7 +203,10 @@ class LocalAudioStore:
         self.max_bytes = max_bytes
         self._lock = asyncio.Lock()
         self._used: int | None = None  # WAV bytes stored, counted on the first put
-        self._deleted: set[str] | None = None
+        self._deleted: set[str] = set()
+        # The deletion list's (mtime, size) when read: another process (a worker of the same
+        # gateway) may add to it, so every put looks whether it changed.
+        self._deleted_seen: tuple[int, int] | None = None
 
     @store_call
     async def put(self, capture: Capture, wav: bytes) -> None:
@@ -333,16 +336,20 @@ class LocalAudioStore:
                     tmp.unlink(missing_ok=True)
 
     async def _deleted_units(self) -> set[str]:
-        if self._deleted is None:
-            self._deleted = await asyncio.to_thread(self._read_deleted)
-        return self._deleted
+        return await asyncio.to_thread(self._read_deleted)
 
     def _read_deleted(self) -> set[str]:
+        path = self.directory / DELETED_UNITS_FILE
         try:
-            text = (self.directory / DELETED_UNITS_FILE).read_text()
+            stat = path.stat()
         except FileNotFoundError:
-            return set()
-        return {line.strip() for line in text.splitlines() if line.strip()}
+            return self._deleted
+        seen = (stat.st_mtime_ns, stat.st_size)
+        if seen != self._deleted_seen:
+            text = path.read_text()
+            self._deleted = {line.strip() for line in text.splitlines() if line.strip()}
+            self._deleted_seen = seen
+        return self._deleted
 
     def _append_deleted(self, unit: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

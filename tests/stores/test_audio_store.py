@@ -124,13 +124,17 @@ async def test_size_bound_refuses_and_frees(tmp_path: Path) -> None:
 
 async def test_delete_unit_removes_and_refuses_later_audio(tmp_path: Path) -> None:
     """Deleting a unit removes its captures in every experiment and refuses its audio later,
-    also for a store opened afterwards."""
+    also in another store over the same directory (another worker) and one opened later."""
     store = LocalAudioStore(tmp_path)
+    other_process = LocalAudioStore(tmp_path)
     wav = make_wav(b"\x05" * 64)
     kept = make_capture(wav, unit="u2")
     for capture in (make_capture(wav), make_capture(wav, experiment="exp2"), kept):
         await store.put(capture, wav)
+    await other_process.put(make_capture(wav, unit="u9", experiment="exp3"), wav)  # list read
     assert await store.delete_unit("u1") == 2
+    with pytest.raises(UnitDeleted):
+        await other_process.put(make_capture(wav), wav)
     assert await store.captures("exp") == [kept]
     assert await store.captures("exp2") == []
     assert sorted(p.name for p in (tmp_path / "exp2").iterdir()) == []
