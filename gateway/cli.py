@@ -3,7 +3,8 @@
 Sub-commands: `serve` (the gateway), `emulate` (the local Azure-compatible speech
 service), `analyze` (an experiment's report), `plan` (labelled utterances and days a WER
 gain needs), `replay` (a labelled dataset through a gateway), `export` (outcomes and
-labels to Parquet), `demo`, `keygen` (a new client key and the digest for the config),
+labels to Parquet), `dataset export` (reviewed captures as Custom Speech datasets),
+`demo`, `keygen` (a new client key and the digest for the config),
 `config validate`, and `admin` (the control plane's verbs, over a gateway's admin API).
 Each parses its arguments into settings overrides, configures logging once, and hands
 over; errors become one clear line on stderr and exit status 2. `--config FILE` goes
@@ -29,6 +30,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.tools.admin_cli import add_admin_parser, admin_command
 from gateway.tools.cli_options import (
     add_analyze_arguments,
+    add_dataset_arguments,
     add_label_rescore_arguments,
     add_plan_arguments,
     add_replay_arguments,
@@ -149,6 +151,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_export_arguments(export)
     _add_config_option(export)
+
+    dataset = commands.add_parser(
+        "dataset", help="reviewed captures as Custom Speech datasets and a replay set"
+    )
+    _add_config_option(add_dataset_arguments(dataset))
     add_admin_parser(commands)
 
     demo = commands.add_parser("demo", help="run the self-contained demo")
@@ -296,6 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway.tools.export import export_command
 
             return export_command(args, settings)
+        elif args.command == "dataset":
+            from gateway.tools.dataset_export import dataset_command
+
+            return dataset_command(args, settings)
         elif args.command == "demo":
             from gateway.tools.demo import run_demo
 

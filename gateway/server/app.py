@@ -2,8 +2,8 @@
 
 Every path the Speech SDKs use is served: USP over WebSocket on the three v1 recognition
 paths and both universal v2 paths, REST short audio (POST) on the v1 paths, the labels
-and admin APIs with the live dashboard (`/dashboard`), plus `/healthz` and `/readyz`.
-Each request is routed by `session.routing.plan_route`; the
+and admin APIs with the live dashboard (`/dashboard`) and the review workbench (`/review`),
+plus `/healthz` and `/readyz`. Each request is routed by `session.routing.plan_route`; the
 outcome sink and the HTTP client pool live as long as the app. While the gateway drains
 (`GatewayState.drain`, on SIGTERM) new sessions are refused with 503 and `/readyz` says so;
 docs/observability.md describes the health endpoints, the metrics and the drain.
@@ -35,6 +35,13 @@ from gateway.server.admin.auth import AdminTokens
 from gateway.server.admin.control import HEALTH_VIEW, add_control_routes
 from gateway.server.admin.dashboard import add_dashboard_routes
 from gateway.server.admin.labels import LABEL_STORE, add_label_routes
+from gateway.server.admin.review import (
+    PREFERENCE_STORE,
+    REVIEW_LEASES,
+    REVIEWER_TOKENS_FIELD,
+    add_review_routes,
+    create_review_stores,
+)
 from gateway.server.admission import ADMISSION, Admission, AdmissionPolicy
 from gateway.server.capture_writer import CAPTURE_WRITER, CaptureWriter
 from gateway.server.health.canary_runner import CanaryRunner
@@ -133,6 +140,11 @@ def create_gateway_app(settings: Settings) -> web.Application:
     add_control_routes(app, admins)
     add_admin_routes(app, admins, OutcomeStore(outcomes, redis))
     add_audio_routes(app, admins)
+    app[PREFERENCE_STORE], app[REVIEW_LEASES] = create_review_stores(
+        outcomes.path, label_client, redis.prefix
+    )
+    reviewers = AdminTokens.from_digests(gateway.reviewer_tokens_sha256, REVIEWER_TOKENS_FIELD)
+    add_review_routes(app, reviewers, admins)
     add_dashboard_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

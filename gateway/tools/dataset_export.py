@@ -28,18 +28,20 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gateway.errors import ConfigError
 from gateway.stores.audio_store import AudioStore, Capture
 from gateway.stores.label_store import LabelStore
+from gateway.tools.cli_options import DEFAULT_SEED, DEFAULT_TEST_SHARE
 from gateway.tools.dataset import MANIFEST
+
+if TYPE_CHECKING:
+    from gateway.config.settings import Settings
 
 TRANSCRIPT: Final = "trans.txt"
 SUMMARY: Final = "export.json"
 MAX_TRAIN_SECONDS: Final = 40.0
-DEFAULT_TEST_SHARE: Final = 0.2
-DEFAULT_SEED: Final = "speech-gateway"
 _BOM: Final = "\ufeff"
 
 
@@ -185,26 +187,6 @@ def export_dataset(
     return result
 
 
-def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `dataset` command's sub-commands and options."""
-    actions = parser.add_subparsers(dest="dataset_action", required=True, metavar="ACTION")
-    export = actions.add_parser(
-        "export",
-        help="reviewed captures as Custom Speech train/test zips and a replay test set",
-    )
-    export.add_argument("--experiment", required=True, help="the experiment whose captures")
-    export.add_argument("--out", type=Path, required=True, help="a new or empty folder")
-    export.add_argument(
-        "--test-share",
-        type=float,
-        default=DEFAULT_TEST_SHARE,
-        help=f"the share of units in the test part (default {DEFAULT_TEST_SHARE})",
-    )
-    export.add_argument(
-        "--seed", default=DEFAULT_SEED, help="the split's seed (same seed, same split)"
-    )
-
-
 async def run_export(
     args: argparse.Namespace, audio: AudioStore, labels: LabelStore
 ) -> ExportResult:
@@ -212,12 +194,33 @@ async def run_export(
     if not 0.0 <= args.test_share < 1.0:
         raise ConfigError("--test-share", f"must be at least 0 and below 1, got {args.test_share}")
     items, unlabelled = await labelled_items(audio, labels, args.experiment)
-    return await asyncio.to_thread(
-        export_dataset,
-        items,
-        args.out,
-        experiment=args.experiment,
-        unlabelled=unlabelled,
-        test_share=args.test_share,
-        seed=args.seed,
-    )
+    try:
+        return await asyncio.to_thread(
+            export_dataset,
+            items,
+            args.out,
+            experiment=args.experiment,
+            unlabelled=unlabelled,
+            test_share=args.test_share,
+            seed=args.seed,
+        )
+    except OSError as exc:
+        raise ConfigError("--out", f"cannot write {args.out}: {exc.strerror or exc}") from None
+
+
+def dataset_command(args: argparse.Namespace, settings: Settings) -> int:
+    """`speech-gateway dataset export`: from the configured audio and label stores."""
+    result = asyncio.run(_export_configured(args, settings))
+    print(result.summary())
+    return 0
+
+
+async def _export_configured(args: argparse.Namespace, settings: Settings) -> ExportResult:
+    from gateway.stores.factory import create_audio_store, open_label_store
+
+    audio = create_audio_store(settings.gateway.audio)
+    try:
+        async with open_label_store(settings.outcomes, settings.redis.connection()) as labels:
+            return await run_export(args, audio, labels)
+    finally:
+        await audio.close()

@@ -7,6 +7,7 @@ tests/functional/test_dataset_replay.py replays an exported test set through a g
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import zipfile
 from pathlib import Path
@@ -138,3 +139,32 @@ async def test_bad_requests_are_refused_before_anything_is_written(tmp_path: Pat
         await run_export(bad, audio, labels)
     assert not (tmp_path / "a").exists()
     assert not (tmp_path / "b").exists()
+
+
+def test_the_command_exports_from_the_configured_stores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`speech-gateway dataset export` reads the settings file's audio directory and outcome
+    store, writes the layout and prints one line; a bad --out is one line on stderr and 2."""
+    from gateway.cli import main
+
+    world = asyncio.run(labelled_world(tmp_path, units=4))
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        "[gateway.audio]\n"
+        f'directory = "{world.folder / "audio"}"\n'
+        "[outcomes]\n"
+        f'path = "{world.outcomes}"\n',
+        encoding="utf-8",
+    )
+    out = tmp_path / "out"
+    argv = ["dataset", "export", "--experiment", EXPERIMENT, "--out", str(out)]
+    assert main([*argv, "--config", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"exported 7 labelled captures to {out}: train ")
+    assert (out / "train.zip").is_file()
+    assert main([*argv, "--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert "--out" in error
+    assert "Traceback" not in error

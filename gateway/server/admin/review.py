@@ -37,6 +37,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
+from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
@@ -46,13 +47,25 @@ from gateway.logging import get_logger
 from gateway.outcomes.labels import LabelInput
 from gateway.outcomes.preference import CHOICES, Choice, Preference
 from gateway.outcomes.record import now_iso
+from gateway.server.admin.audio import AUDIO_STORE
 from gateway.server.admin.auth import NEEDS_TOKEN, AdminTokens, error_response
 from gateway.server.admin.labels import LABEL_STORE, PSEUDONYM_KEY
 from gateway.server.state import STATE
 from gateway.stores.audio_store import AudioStore, Capture, CapturedResult
 from gateway.stores.label_store import LabelStatus
-from gateway.stores.preference_store import PreferenceStore
-from gateway.stores.review_leases import ReviewLeases
+from gateway.stores.preference_store import (
+    PREFERENCES_FILE_NAME,
+    FilePreferenceStore,
+    PreferenceStore,
+    RedisPreferenceStore,
+)
+from gateway.stores.redis_client import RedisClient
+from gateway.stores.review_leases import (
+    LEASES_FILE_NAME,
+    FileReviewLeases,
+    RedisReviewLeases,
+    ReviewLeases,
+)
 
 log = get_logger(__name__)
 
@@ -71,7 +84,6 @@ REASON_RANK: Final = {
     "uniform": 4,
 }
 
-AUDIO_STORE: Final = web.AppKey("review_audio_store", AudioStore)
 PREFERENCE_STORE: Final = web.AppKey("review_preference_store", PreferenceStore)
 REVIEW_LEASES: Final = web.AppKey("review_leases", ReviewLeases)
 
@@ -139,10 +151,24 @@ class BlindItem:
         }
 
 
+def create_review_stores(
+    outcomes_path: Path, client: RedisClient | None, prefix: str
+) -> tuple[PreferenceStore, ReviewLeases]:
+    """The preference store and the leases beside the outcomes: files next to the outcome
+    file without a Redis client (the file store), else in Redis under `prefix`."""
+    if client is None:
+        return (
+            FilePreferenceStore(outcomes_path.with_name(PREFERENCES_FILE_NAME)),
+            FileReviewLeases(outcomes_path.with_name(LEASES_FILE_NAME)),
+        )
+    return RedisPreferenceStore(client, prefix), RedisReviewLeases(client, prefix)
+
+
 def add_review_routes(app: web.Application, reviewers: AdminTokens, admins: AdminTokens) -> None:
     """Serve the workbench page and its API on `app` (module doc).
 
-    The stores are looked up at request time: `AUDIO_STORE`, `PREFERENCE_STORE`,
+    The stores are looked up at request time: `AUDIO_STORE` (the audio admin API's),
+    `PREFERENCE_STORE`,
     `REVIEW_LEASES` and the label store (`LABEL_STORE`); without an audio store every API
     route answers 503. ConfigError if a reviewer token is also an admin token.
     """
