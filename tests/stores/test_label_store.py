@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis_servers import RedisClusterServers
 
 from gateway.constants import NO_EXPERIMENT
 from gateway.errors import ConfigError
@@ -707,3 +709,26 @@ async def test_file_rescore_of_a_rotated_outcome_file_leaves_labels(tmp_path: Pa
     await backend.deliver(make(2))
     result = await store.rescore("checkout")
     assert (result.labels, result.rescored, result.not_found) == (1, 0, 1)
+
+
+async def test_counts_and_rescore_on_a_redis_cluster(tmp_path: Path) -> None:
+    """On a Redis Cluster, a label is scored at put (the shadow found by the server-side
+    script) and a rescore replaces an old label in place (the compare-and-set script)."""
+    keys = RedisKeys(prefix="ctest")
+    with RedisClusterServers(tmp_path / "cluster") as cluster:
+        factory = functools.partial(connect, cluster.url, cluster=True)
+        async with RedisSink(factory, keys, tmp_path / "journal") as sink:
+            await sink.deliver(
+                [spanned(1), shadow_of(2, 1, text="utterance number one"), spanned(3)]
+            )
+        async with RedisCluster.from_url(cluster.url) as client:
+            store = RedisLabelStore(client, keys)
+            await store.put([LabelInput(rid(1), "utterance number 1")], "alice", "api")
+            label = (await store.get([rid(1)]))[rid(1)]
+            assert stored_counts(label, rid(2)) == WerCounts(hits=3)
+            old = LabelInput(rid(3), "utterance number three").label("alice", "api").to_json()
+            await client.hset(keys.labels("checkout"), rid(3), old)
+            result = await store.rescore("checkout")
+            assert (result.labels, result.rescored, result.current) == (2, 1, 1)
+            label = (await store.get([rid(3)]))[rid(3)]
+    assert stored_counts(label, rid(3)) == WerCounts(hits=3)
