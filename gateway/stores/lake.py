@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
+from urllib.parse import quote
 
 import duckdb
 
@@ -150,7 +151,14 @@ class LakeSources:
 
 
 def _value(value: str | None) -> str:
-    return NULL_PARTITION if value is None else value
+    """A partition folder's value: ids and phase ids as they are (letters, digits, "-._~");
+    any other character percent-encoded, so no value can name another folder ("/", "..").
+    None, and the empty string, are the engines' null partition (as in Hive)."""
+    if not value:
+        return NULL_PARTITION
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
+    return quote(value, safe="")
 
 
 def experiment_key(experiment: str | None) -> str | None:
@@ -399,7 +407,7 @@ def lake_sources(
             str(folder), f"no partition of experiment {experiment!r} (exported: {known})"
         )
     if phase is not None:
-        folder = folder / f"phase={phase}"
+        folder = folder / f"phase={_value(phase)}"
         if not folder.is_dir():
             raise ConfigError(str(folder), f"no partition of phase {phase!r}")
     if date is None:

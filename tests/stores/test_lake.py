@@ -226,3 +226,18 @@ def test_an_interrupted_write_leaves_nothing_a_reader_sees(tmp_path: Path) -> No
     (folder / "part-crashed.parquet.tmp").write_bytes(b"PAR1 half a file")
     assert len(lake_sources(tmp_path, "checkout").outcomes) == 1
     assert append_outcomes(tmp_path, [outcome(1), outcome(2)]).added == 1
+
+
+def test_partition_values_cannot_name_another_folder(tmp_path: Path) -> None:
+    """A phase with a slash or a dot-dot stays one folder under its experiment
+    (percent-encoded), and reads back unchanged."""
+    odd = [
+        dataclasses.replace(outcome(1), phase="../../escape"),
+        dataclasses.replace(outcome(2), phase=".."),
+    ]
+    append_outcomes(tmp_path, odd)
+    folders = sorted(p.parent.parent.name for p in tmp_path.glob("outcomes/**/*.parquet"))
+    assert folders == ["phase=%2E%2E", "phase=..%2F..%2Fescape"]
+    assert all(p.is_relative_to(tmp_path / "outcomes/experiment=checkout")
+               for p in tmp_path.rglob("*.parquet"))  # fmt: skip
+    assert rows(lake_sources(tmp_path, "checkout", phase="..").outcomes) == as_json(odd[1:])
