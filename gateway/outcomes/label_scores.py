@@ -5,7 +5,7 @@ recognised from the same audio. `score_targets` picks the records to score: the 
 record when it has recognised text, and, for a primary utterance or request, its shadow
 partners (`gateway.outcomes.pairing`) that have text. A record without text (a failure, or
 text kept only as a hash or not at all under the privacy settings) has nothing to score.
-`scored` attaches the counts (`gateway.stats.wer.align`) to a label, with the current
+`scored` attaches the counts (as `gateway.stats.wer.align` gives them) to a label, with the current
 normalisation version. The label stores call these when a label is stored and when
 `speech-gateway label rescore` brings old or stale labels up to date; the analysis reads the
 counts back with `gateway.outcomes.labels.stored_counts`.
@@ -18,7 +18,8 @@ from collections.abc import Iterable, Sequence
 from gateway.outcomes.labels import Label, RecordScore
 from gateway.outcomes.pairing import pair_shadows
 from gateway.outcomes.record import Kind, OutcomeRecord, Role
-from gateway.stats.wer import align
+from gateway.stats.wer import align_words
+from gateway.text.normalize import normalize_words
 
 # Records that have shadow partners: the primary's of one session, kind by kind.
 SHADOWED_KINDS = frozenset({Kind.UTTERANCE, Kind.REQUEST})
@@ -68,10 +69,12 @@ def needs_scores(label: Label, targets: Sequence[OutcomeRecord]) -> bool:
 def scored(label: Label, targets: Sequence[OutcomeRecord]) -> Label:
     """`label` with the counts of each target's text against its text, under the current
     normalisation version."""
+    reference = normalize_words(label.text)  # once, for the record and its shadows
     scores = []
     for record in targets:
         assert record.text is not None, "score_targets keeps only records with text"
-        scores.append(RecordScore.of(record.record_id, align(label.text, record.text)))
+        counts = align_words(reference, normalize_words(record.text))
+        scores.append(RecordScore.of(record.record_id, counts))
     return label.with_scores(scores)
 
 

@@ -8,7 +8,7 @@ over the total reference words, not a mean of per-utterance rates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -54,8 +54,11 @@ class WerCounts:
 
 def align(reference: str, hypothesis: str) -> WerCounts:
     """Normalise both texts and count the edit operations of their best alignment."""
-    ref = normalize_words(reference)
-    hyp = normalize_words(hypothesis)
+    return align_words(normalize_words(reference), normalize_words(hypothesis))
+
+
+def align_words(ref: Sequence[str], hyp: Sequence[str]) -> WerCounts:
+    """`align` of texts already normalised into words (one reference, many hypotheses)."""
     # Older jiwer releases reject empty input, and the answer needs no alignment anyway.
     if not ref or not hyp:
         return WerCounts(deletions=len(ref), insertions=len(hyp))

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.stats.wer import WerCounts, align, alignment, corpus_wer
+from gateway.stats.wer import WerCounts, align, align_words, alignment, corpus_wer
+from gateway.text.normalize import normalize_words
 
 
 def _levenshtein(reference: Sequence[str], hypothesis: Sequence[str]) -> int:
@@ -101,3 +102,13 @@ def test_an_alignment_names_the_words_of_each_error() -> None:
     found = alignment("what is my balance today", "what is the balance today please")
     errors = [(op.kind, op.reference, op.hypothesis) for op in found.ops if op.kind != "equal"]
     assert errors == [("substitute", "my", "the"), ("insert", None, "please")]
+
+
+@pytest.mark.parametrize(
+    ("reference", "hypothesis"),
+    [("Pay $200, please.", "pay two hundred dollars"), ("hello", ""), ("", "uh"), ("", "")],
+)
+def test_align_words_is_align_of_normalised_words(reference: str, hypothesis: str) -> None:
+    """Aligning pre-normalised words gives exactly the counts of aligning the texts."""
+    words = align_words(normalize_words(reference), normalize_words(hypothesis))
+    assert words == align(reference, hypothesis)
