@@ -377,6 +377,9 @@ management_url = "https://westus.api.cognitive.microsoft.com"
 management_key_file = "secrets/azure-management.key"
 [gateway.control]
 state_path = "state/control.json"
+[gateway.audio]
+directory = "store/audio"
+blob_credential_file = "secrets/blob.key"
 [[gateway.experiments]]
 id = "ab"
 control = "base"
@@ -414,6 +417,8 @@ def path_values(settings: Settings) -> dict[str, Path | None]:
         "gateway.experiments[].terms_corpus": gateway.experiments[0].terms_corpus,
         "gateway.experiments[].synonyms": gateway.experiments[0].synonyms,
         "gateway.control.state_path": gateway.control.state_path,
+        "gateway.audio.directory": gateway.audio.directory,
+        "gateway.audio.blob_credential_file": gateway.audio.blob_credential_file,
         "outcomes.path": outcomes.path,
         "outcomes.pseudonym_key_file": outcomes.pseudonym_key_file,
         "outcomes.generated_key_path": outcomes.generated_key_path,
