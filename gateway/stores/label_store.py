@@ -14,6 +14,11 @@ audit trail with who wrote them and when.
 A Redis that is unavailable, or a label or outcome file that cannot be read or written,
 raises `StoreUnavailable` from every lookup and write.
 
+Each label is stored with the WER counts of its record and of the record's shadows
+(`gateway.outcomes.label_scores`): a store reads those records' text when it stores the
+label, and `rescore` brings labels without current counts up to date (labels stored before
+labels carried counts, counts of another normalisation version, shadows that arrived late).
+
 A client that never saw record ids (a replay) names records by unit instead: `find_units`
 resolves a `UnitQuery` (unit pseudonym, utterance index, optional experiment) to the ids of
 the primary utterance/request records it made, from an index each store keeps beside the
@@ -267,13 +272,15 @@ class _Tail:
 class FileLabelStore:
     """Labels as JSON lines appended to `labels_path`, beside the JSONL outcome file.
 
-    Each line is one label write (record id, text, labeller, time, source); the current label
-    of a record is its last line, and the earlier lines are the audit trail. Known record
-    ids come from the outcome file: an index (record id -> experiment, and unit pseudonym
-    and utterance index -> primary record ids) is built by reading it once and extended by
-    reading what was appended since, before each write or lookup. After a rotation the new
-    file is read from its start; ids already indexed stay known to this process, but a new
-    process only knows the records of the current file.
+    Each line is one label write (record id, text, labeller, time, source, WER counts); the
+    current label of a record is its last line, and the earlier lines are the audit trail.
+    Known record ids come from the outcome file: an index (record id -> experiment and byte
+    offset, session -> shadow records, and unit pseudonym and utterance index -> primary
+    record ids) is built by reading it once and extended by reading what was appended
+    since, before each write or lookup; the offsets let a write read a record's text again.
+    After a rotation the new file is read from its start; ids already indexed stay known to
+    this process (but their labels are stored without counts: their offsets are gone), and a
+    new process only knows the records of the current file.
 
     Writes take an exclusive `flock` on the label file, so the gateway and a CLI import may
     write at the same time; each write is one `write` of whole lines, then fsync'd. File
@@ -603,7 +610,9 @@ class RedisLabelStore:
     trimmed with the stream: a record the stream no longer holds is unknown here).
     Each label is then one MULTI on the experiment's keys (one Cluster slot): `HGET labels`
     (the previous label), `HSET labels` (the current one), `XADD label-audit` (every write,
-    field `l`). The audit stream is never trimmed.
+    field `l`). The audit stream is never trimmed. Before it, the labelled records and the
+    shadows near them in the stream are read to score the labels
+    (`gateway.stores.label_records`).
     """
 
     def __init__(self, client: RedisClient, keys: RedisKeys | None = None) -> None:
