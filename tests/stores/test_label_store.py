@@ -699,7 +699,7 @@ async def write_unscored(backend: FileBackend | RedisBackend, texts: dict[str, s
 
 async def test_file_rescore_of_a_rotated_outcome_file_leaves_labels(tmp_path: Path) -> None:
     """Labels whose records are in a rotated outcome file stay as they are: counted as
-    without their record."""
+    without their record; a new label of such a record is stored without counts."""
     backend = FileBackend(tmp_path)
     await backend.deliver(make(1))
     store = backend.store()
@@ -709,6 +709,9 @@ async def test_file_rescore_of_a_rotated_outcome_file_leaves_labels(tmp_path: Pa
     await backend.deliver(make(2))
     result = await store.rescore("checkout")
     assert (result.labels, result.rescored, result.not_found) == (1, 0, 1)
+    # A new label of that record is stored, without counts: its text is not at hand.
+    await store.put([LabelInput(rid(1), "utterance number one")], "alice", "api")
+    assert (await store.get([rid(1)]))[rid(1)].scores is None
 
 
 async def test_counts_and_rescore_on_a_redis_cluster(tmp_path: Path) -> None:
