@@ -32,8 +32,12 @@ from gateway.stores.audio_store import (
     LocalAudioStore,
 )
 from gateway.stores.label_store import FileLabelStore, labels_path_beside
-from gateway.stores.preference_store import PREFERENCES_FILE_NAME, FilePreferenceStore
-from gateway.stores.review_leases import LEASES_FILE_NAME, FileReviewLeases
+from gateway.stores.preference_store import (
+    PREFERENCES_FILE_NAME,
+    FilePreferenceStore,
+    PreferenceStore,
+)
+from gateway.stores.review_leases import LEASES_FILE_NAME, FileReviewLeases, ReviewLeases
 
 EXPERIMENT = "checkout"
 REVIEWER_TOKENS = {"rita": "reviewer-token-rita-7c2f", "raj": "reviewer-token-raj-91ab"}
@@ -158,8 +162,11 @@ class ReviewWorld:
         self.captures.append(capture)
         return capture
 
-    def app(self) -> web.Application:
-        """The label and review routes on this world's stores."""
+    def app(
+        self, preferences: PreferenceStore | None = None, leases: ReviewLeases | None = None
+    ) -> web.Application:
+        """The label and review routes on this world's stores (the review stores in its
+        folder unless given)."""
         reviewers = AdminTokens.from_digests(
             {name: hash_key(token) for name, token in REVIEWER_TOKENS.items()},
             "gateway.reviewer_tokens_sha256",
@@ -169,8 +176,8 @@ class ReviewWorld:
         app[LABEL_STORE] = self.label_store()
         app[PSEUDONYM_KEY] = KEY
         app[AUDIO_STORE] = self.audio_store()
-        app[PREFERENCE_STORE] = self.preference_store()
-        app[REVIEW_LEASES] = self.leases()
+        app[PREFERENCE_STORE] = preferences or self.preference_store()
+        app[REVIEW_LEASES] = leases or self.leases()
         add_label_routes(app, admins)
         add_review_routes(app, reviewers, admins)
         return app

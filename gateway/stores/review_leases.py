@@ -235,9 +235,12 @@ class RedisReviewLeases:
         held: Any = await self.client.eval(_HOLD, 1, lease, reviewer, ttl_ms)
         if not held:
             return False
-        await self.client.set(
-            self._key(experiment, f"review-held:{reviewer}"), capture_id, px=ttl_ms
-        )
+        held_key = self._key(experiment, f"review-held:{reviewer}")
+        before = _text(await self.client.set(held_key, capture_id, px=ttl_ms, get=True))
+        if before is not None and before != capture_id:
+            # One capture at a time: the one held before goes back to the queue.
+            previous = self._key(experiment, f"review-lease:{before}")
+            await self.client.eval(_RELEASE, 2, previous, held_key, reviewer, "")
         return True
 
     @store_call

@@ -99,3 +99,12 @@ async def test_a_lease_runs_out(leases: ReviewLeases) -> None:
         assert time.monotonic() < deadline, "the lease did not run out"
         await asyncio.sleep(0.05)
     assert await leases.claim("exp", "raj", IDS[:1], LONG) == IDS[0]
+
+
+async def test_a_hold_gives_back_the_item_held_before(leases: ReviewLeases) -> None:
+    """A reviewer holds one item: holding another (an undo) frees the one claimed before."""
+    assert await leases.claim("exp", "rita", IDS[:1], LONG) == IDS[0]
+    assert await leases.hold("exp", "rita", IDS[1], LONG)
+    assert await leases.holder("exp", IDS[0]) is None
+    assert await leases.claim("exp", "raj", IDS[:1], LONG) == IDS[0]
+    assert await leases.claim("exp", "rita", IDS[:2], LONG) == IDS[1]

@@ -7,6 +7,7 @@ tests/functional/test_review_page.py drives the page in headless Chromium.
 from __future__ import annotations
 
 import asyncio
+import uuid
 import wave
 from collections.abc import Awaitable, Callable
 from io import BytesIO
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
 from review_fixtures import ADMIN_TOKEN, EXPERIMENT, KEY, REVIEWER_TOKENS, ReviewWorld, bearer
 
 from gateway.control.model import hash_key
@@ -29,6 +31,8 @@ from gateway.server.admin.review import (
     static_text,
 )
 from gateway.stores.audio_store import CaptureReason, CaptureSample
+from gateway.stores.preference_store import RedisPreferenceStore
+from gateway.stores.review_leases import RedisReviewLeases
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[[web.Application], Awaitable[Client]]
@@ -350,3 +354,42 @@ def test_a_reviewer_token_that_is_also_an_admin_token_is_refused() -> None:
     admins = AdminTokens.from_digests({"alice": digest})
     with pytest.raises(ConfigError, match=r"gateway\.reviewer_tokens_sha256\.rita"):
         add_review_routes(web.Application(), reviewers, admins)
+
+
+async def test_the_flow_holds_with_the_review_stores_in_redis(
+    world: ReviewWorld, aiohttp_client: MakeClient
+) -> None:
+    """Claims by two reviewers, a save, a skip and an undo behave the same with the
+    preferences and leases in the shared test Redis (a key prefix of this test's own)."""
+    client_redis = Redis(host="127.0.0.1", port=6379)
+    prefix = f"sgw-test-{uuid.uuid4().hex}"
+    try:
+        first = await world.add(1)
+        second = await world.add(2)
+        app = world.app(
+            RedisPreferenceStore(client_redis, prefix), RedisReviewLeases(client_redis, prefix)
+        )
+        client = await aiohttp_client(app)
+        rita, raj = await asyncio.gather(claim(client, RITA), claim(client, RAJ))
+        assert {rita["item"]["capture_id"], raj["item"]["capture_id"]} == {
+            first.capture_id,
+            second.capture_id,
+        }
+        mine = rita["item"]["capture_id"]
+        saved = await client.post(
+            f"{API}/items/{mine}/save", headers=RITA, json={"text": "words", "choice": "a"}
+        )
+        assert saved.status == 200
+        theirs = raj["item"]["capture_id"]
+        assert (await client.post(f"{API}/items/{theirs}/skip", headers=RAJ)).status == 200
+        assert (await claim(client, RAJ))["item"] is None  # skipped by raj, saved by rita
+        assert (await claim(client, RITA))["item"]["capture_id"] == theirs
+        undone = await client.post(f"{API}/undo", headers=RITA)
+        assert undone.status == 200
+        assert (await undone.json())["item"]["capture_id"] == mine
+        assert await RedisPreferenceStore(client_redis, prefix).current(EXPERIMENT) == {}
+    finally:
+        doomed = [key async for key in client_redis.scan_iter(match=f"{prefix}:*")]
+        if doomed:
+            await client_redis.delete(*doomed)
+        await client_redis.aclose()
