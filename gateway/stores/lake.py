@@ -254,30 +254,83 @@ def _part_name() -> str:
     return f"part-{moment}-{secrets.token_hex(4)}.parquet"
 
 
-def append_outcomes(root: Path, records: Iterable[OutcomeRecord]) -> AppendResult:
-    """Add the records the lake does not hold yet, one new durable file per partition.
+class LakeWriter:
+    """Writes to one export directory through one DuckDB connection (opening one costs tens
+    of milliseconds, a follower writes many batches). Files it has checked or written are not
+    checked again. Not for concurrent use: one call at a time, from any one thread."""
 
-    Records of schema versions 1-3 get null in the columns they lack; a record of a newer
-    version loses the fields version 1 of the export does not have. Blocking (file I/O and
-    DuckDB): call it in a worker thread from the event loop.
-    """
-    partitions: dict[Partition, dict[str, OutcomeRecord]] = {}
-    for record in records:
-        partitions.setdefault(Partition.of(record), {}).setdefault(record.record_id, record)
-    added = present = 0
-    files: list[Path] = []
-    if not partitions:
-        return AppendResult(0, 0, ())
-    with _locked(root), duckdb.connect() as con:
-        for partition, batch in partitions.items():
-            folder = partition.folder(root)
-            existing = _checked_files(con, sorted(folder.glob("*.parquet")))
-            written, file = _write_new(con, root, folder, existing, batch.values())
-            added += written
-            present += len(batch) - written
-            if file is not None:
-                files.append(file)
-    return AppendResult(added, present, tuple(files))
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._con = duckdb.connect()
+        self._checked: set[Path] = set()  # files of this export version, seen or written
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> LakeWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def append(self, records: Iterable[OutcomeRecord]) -> AppendResult:
+        """Add the records the lake does not hold yet, one new durable file per partition.
+
+        Records of schema versions 1-3 get null in the columns they lack; a record of a
+        newer version loses the fields version 1 of the export does not have. Blocking
+        (file I/O and DuckDB): call it in a worker thread from the event loop.
+        """
+        partitions: dict[Partition, dict[str, OutcomeRecord]] = {}
+        for record in records:
+            partitions.setdefault(Partition.of(record), {}).setdefault(record.record_id, record)
+        added = present = 0
+        files: list[Path] = []
+        if not partitions:
+            return AppendResult(0, 0, ())
+        with _locked(self.root):
+            for partition, batch in partitions.items():
+                folder = partition.folder(self.root)
+                existing = sorted(folder.glob("*.parquet"))
+                _checked_files(self._con, [f for f in existing if f not in self._checked])
+                self._checked.update(existing)
+                written, file = _write_new(self._con, self.root, folder, existing, batch.values())
+                added += written
+                present += len(batch) - written
+                if file is not None:
+                    files.append(file)
+                    self._checked.add(file)
+        return AppendResult(added, present, tuple(files))
+
+    def replace_labels(self, experiment: str, labels: Iterable[Label]) -> int:
+        """Write an experiment's current labels as its labels file (replacing the last
+        export's); returns the number of labels. No labels: no file (an earlier one stays)."""
+        lines = [label_row(experiment, label) for label in labels]
+        if not lines:
+            return 0
+        folder = labels_folder(self.root, experiment)
+        with _locked(self.root):
+            staging = _staging(self.root, lines)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                final = folder / LABELS_FILE
+                temporary = final.with_name(f".{secrets.token_hex(4)}.tmp")
+                self._con.execute(_COPY_LABELS, [str(staging), str(temporary)])
+                _publish(temporary, final)
+            finally:
+                staging.unlink(missing_ok=True)
+        return len(lines)
+
+
+def append_outcomes(root: Path, records: Iterable[OutcomeRecord]) -> AppendResult:
+    """`LakeWriter.append` once (a one-off call)."""
+    with LakeWriter(root) as writer:
+        return writer.append(records)
+
+
+def replace_labels(root: Path, experiment: str, labels: Iterable[Label]) -> int:
+    """`LakeWriter.replace_labels` once (a one-off call)."""
+    with LakeWriter(root) as writer:
+        return writer.replace_labels(experiment, labels)
 
 
 def _write_new(
@@ -318,26 +371,6 @@ def label_row(experiment: str | None, label: Label) -> str:
     return json.dumps(data, ensure_ascii=True)
 
 
-def replace_labels(root: Path, experiment: str, labels: Iterable[Label]) -> int:
-    """Write an experiment's current labels as its labels file (replacing the last export's);
-    returns the number of labels. No labels: no file (and an earlier one is kept)."""
-    lines = [label_row(experiment, label) for label in labels]
-    if not lines:
-        return 0
-    folder = labels_folder(root, experiment)
-    with _locked(root), duckdb.connect() as con:
-        staging = _staging(root, lines)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            final = folder / LABELS_FILE
-            temporary = final.with_name(f".{secrets.token_hex(4)}.tmp")
-            con.execute(_COPY_LABELS, [str(staging), str(temporary)])
-            _publish(temporary, final)
-        finally:
-            staging.unlink(missing_ok=True)
-    return len(lines)
-
-
 # -- reading back ---------------------------------------------------------------------------
 
 
@@ -346,17 +379,16 @@ def _checked_files(con: duckdb.DuckDBPyConnection, files: list[Path]) -> list[Pa
     the first that is not."""
     if not files:
         return files
-    versions: dict[str, str] = {}
-    for path in files:
-        try:
-            rows = con.execute(
-                "SELECT key, value FROM parquet_kv_metadata(?)", [str(path)]
-            ).fetchall()
-        except duckdb.Error as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigError(str(path), f"not a readable Parquet file ({reason})") from None
-        found = {_text(key): _text(value) for key, value in rows}
-        versions[str(path)] = found.get(VERSION_KEY, "")
+    versions: dict[str, str] = {str(path): "" for path in files}
+    try:
+        rows = con.execute(
+            "SELECT file_name, value FROM parquet_kv_metadata(?) WHERE decode(key) = ?",
+            [[str(path) for path in files], VERSION_KEY],
+        ).fetchall()
+    except duckdb.Error:
+        rows = _kv_file_by_file(con, files)  # to name the file that cannot be read
+    for name, value in rows:
+        versions[name] = _text(value)
     for path in files:
         version = versions[str(path)]
         if not version:
@@ -370,6 +402,23 @@ def _checked_files(con: duckdb.DuckDBPyConnection, files: list[Path]) -> list[Pa
                 f"{EXPORT_SCHEMA_VERSION} (docs/export.md)",
             )
     return files
+
+
+def _kv_file_by_file(
+    con: duckdb.DuckDBPyConnection, files: list[Path]
+) -> list[tuple[str, bytes | str]]:
+    """The version entries, one file at a time: ConfigError naming an unreadable file."""
+    rows: list[tuple[str, bytes | str]] = []
+    for path in files:
+        try:
+            rows += con.execute(
+                "SELECT file_name, value FROM parquet_kv_metadata(?) WHERE decode(key) = ?",
+                [str(path), VERSION_KEY],
+            ).fetchall()
+        except duckdb.Error as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(str(path), f"not a readable Parquet file ({reason})") from None
+    return rows
 
 
 def _text(value: bytes | str) -> str:

@@ -6,7 +6,7 @@ stream (the experiments set, or the experiments it is given) it creates the cons
 
     XREADGROUP export <consumer> ... 0   its own pending entries first (a restart's backlog)
     XREADGROUP export <consumer> ... >   then new entries, `batch_size` at a time
-    append_outcomes (gateway.stores.lake): a durable file (fsync, rename), ids not yet there
+    LakeWriter.append (gateway.stores.lake): a durable file (fsync, rename), ids not there yet
     XACK                                  only after that
 
 So a follower killed at any point loses nothing (unacknowledged entries stay pending and are
@@ -38,7 +38,7 @@ from gateway.logging import get_logger
 from gateway.outcomes.record import InvalidRecordError, OutcomeRecord
 from gateway.stores.keys import EXPORT_GROUP, RECORD_FIELD, RedisKeys
 from gateway.stores.label_store import RedisLabelStore
-from gateway.stores.lake import append_outcomes, replace_labels
+from gateway.stores.lake import LakeWriter
 from gateway.stores.redis_client import RedisClient
 
 log = get_logger(__name__)
@@ -97,9 +97,28 @@ class LakeFollower:
         self._grouped: set[str] = set()  # streams with the group, created or found
         self._backlog: set[str] = set()  # streams whose own pending entries are still read
         self._followed: set[str] = set()  # experiments whose labels files are refreshed
+        self._writer: LakeWriter | None = None  # while run() runs
 
     async def run(self, stop: asyncio.Event) -> FollowStats:
         """Follow until `stop` is set; then export the labels and return the totals."""
+        self._writer = LakeWriter(self.root)
+        try:
+            await self._follow(stop)
+        finally:
+            self._writer.close()
+        log.info(
+            "export_follow_stopped",
+            exported=self.stats.exported,
+            present=self.stats.present,
+            acknowledged=self.stats.acknowledged,
+        )
+        return self.stats
+
+    def _lake(self) -> LakeWriter:
+        assert self._writer is not None, "only while run() runs"
+        return self._writer
+
+    async def _follow(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         labels_at = loop.time() + self._labels_every_s
         backoff = self._backoff_initial_s
@@ -131,13 +150,6 @@ class LakeFollower:
         except (RedisError, OSError, TimeoutError, StoreUnavailable) as exc:
             # The outcomes are exported and acknowledged; the labels follow at the next run.
             log.warning("export_labels_failed", error=f"{type(exc).__name__}: {exc}"[:300])
-        log.info(
-            "export_follow_stopped",
-            exported=self.stats.exported,
-            present=self.stats.present,
-            acknowledged=self.stats.acknowledged,
-        )
-        return self.stats
 
     async def _experiments(self) -> list[str]:
         if self._only:
@@ -181,7 +193,7 @@ class LakeFollower:
             if not fields:  # trimmed by hand while pending: nothing left to export
                 continue
             records.append(_record(fields, key, _text(entry_id)))
-        result = await asyncio.to_thread(append_outcomes, self.root, records)
+        result = await asyncio.to_thread(self._lake().append, records)
         # The lake's files are durable now; only then may Redis forget the entries.
         await self.client.xack(key, EXPORT_GROUP, *ids)
         self.stats.batches += 1
@@ -226,7 +238,9 @@ class LakeFollower:
         store = RedisLabelStore(self.client, self.keys)
         for experiment in sorted(self._followed):
             labels = await store.all(experiment)
-            count = await asyncio.to_thread(replace_labels, self.root, experiment, labels.values())
+            count = await asyncio.to_thread(
+                self._lake().replace_labels, experiment, labels.values()
+            )
             log.info("export_labels", experiment=experiment, labels=count)
 
 

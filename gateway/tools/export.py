@@ -107,26 +107,27 @@ class ExportSummary:
 
 async def export_experiment(reader: OutcomeReader, root: Path, experiment: str) -> ExportSummary:
     """Export one experiment's records (those the directory lacks) and current labels."""
-    from gateway.stores.lake import append_outcomes, experiment_folder, replace_labels
+    from gateway.stores.lake import LakeWriter, experiment_folder
 
     added = present = seen = 0
     chunk = []
-    async for record in reader.outcomes(experiment):
-        chunk.append(record)
-        seen += 1
-        if len(chunk) >= CHUNK_RECORDS:
-            result = await asyncio.to_thread(append_outcomes, root, chunk)
-            added, present, chunk = added + result.added, present + result.present, []
-    if chunk:
-        result = await asyncio.to_thread(append_outcomes, root, chunk)
-        added, present = added + result.added, present + result.present
-    if not seen and not experiment_folder(root, experiment).is_dir():
-        known = ", ".join(await reader.experiments()) or "none"
-        raise ConfigError(
-            "--experiment", f"no outcome records of {experiment!r} in the store (has: {known})"
-        )
-    labels = await reader.labels(experiment)
-    count = await asyncio.to_thread(replace_labels, root, experiment, labels.values())
+    with LakeWriter(root) as writer:
+        async for record in reader.outcomes(experiment):
+            chunk.append(record)
+            seen += 1
+            if len(chunk) >= CHUNK_RECORDS:
+                result = await asyncio.to_thread(writer.append, chunk)
+                added, present, chunk = added + result.added, present + result.present, []
+        if chunk:
+            result = await asyncio.to_thread(writer.append, chunk)
+            added, present = added + result.added, present + result.present
+        if not seen and not experiment_folder(root, experiment).is_dir():
+            known = ", ".join(await reader.experiments()) or "none"
+            raise ConfigError(
+                "--experiment", f"no outcome records of {experiment!r} in the store (has: {known})"
+            )
+        labels = await reader.labels(experiment)
+        count = await asyncio.to_thread(writer.replace_labels, experiment, labels.values())
     return ExportSummary(experiment, added, present, count)
 
 

@@ -189,7 +189,7 @@ class Follower:
         with open(log, "ab") as err:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "--config", str(config), "export", "--follow",
-                 "--to", str(root), "--batch-size", "50"],
+                 "--to", str(root), "--batch-size", "200"],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 cwd=ROOT,
