@@ -9,12 +9,13 @@ A null partition value (the default route's records have no experiment and no ph
 written `__HIVE_DEFAULT_PARTITION__`, which the engines read back as NULL. The date is the
 UTC date of the record's `timestamp`. docs/export.md is the description for users.
 
-Outcome files are only added, never rewritten: `append_outcomes` writes the records a
-partition does not hold yet (by `record_id`) as one new file per partition, so exporting
-the same records again adds nothing, and exporting after new records arrived adds only
-those. Each file is written under a temporary name, fsync'd and renamed (then the folder is
-fsync'd): a reader never sees half a file, and a crash leaves no partial file behind. The
-labels file of an experiment is its current labels, replaced the same way on each export.
+Outcome files are only added, never rewritten: `LakeWriter.append` (or `append_outcomes`,
+once) writes the records a partition does not hold yet (by `record_id`) as one new file per
+partition, so exporting the same records again adds nothing, and exporting after new
+records arrived adds only those. Each file is written under a temporary name, fsync'd and
+renamed (then the folder is fsync'd): a reader never sees half a file, and a crash leaves
+no partial `.parquet` file. The labels file of an experiment is its current labels,
+replaced the same way on each export.
 One writer at a time: every write holds an exclusive lock on `<dir>/.export.lock`.
 
 Every file carries the export schema version in its Parquet key-value metadata
@@ -23,7 +24,7 @@ Every file carries the export schema version in its Parquet key-value metadata
 a file that is not Parquet.
 
 The counterparts: `gateway.stores.reader` (what is exported), `gateway.stores.lake_follower`
-(the continuous exporter that calls `append_outcomes`), `gateway.tools.export` (the CLI).
+(the continuous exporter, one `LakeWriter` for its run), `gateway.tools.export` (the CLI).
 """
 
 from __future__ import annotations
