@@ -174,6 +174,13 @@ class StoreUnavailable(GatewayError):
         self.reason = reason
 
 
+class EngineUnreadable(GatewayError):
+    """The analysis engine could not read the store's files as documented records (a torn
+    last line while the gateway appends, a line written by something else). The caller
+    reads the store with the record reader instead, which skips the one and names the
+    other."""
+
+
 class AudioStoreFull(StoreUnavailable):
     """The audio store holds its configured maximum of bytes; the capture is dropped."""
 

@@ -21,6 +21,7 @@ NOT_MIRRORS = frozenset({"functional", "security", "bench"})
 
 # module -> the test files that exercise it.
 ELSEWHERE: dict[str, tuple[str, ...]] = {
+    "analysis/engine_port.py": ("stores/test_engine.py",),
     "analysis/evidence.py": ("analysis/test_decision_multiple.py", "analysis/test_report.py"),
     "analysis/html_plots.py": ("analysis/test_html_report.py",),
     "analysis/observations.py": ("analysis/test_report.py", "analysis/test_report_attempts.py"),

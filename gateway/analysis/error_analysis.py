@@ -25,10 +25,11 @@ from typing import Any
 
 from gateway.analysis.labelled import LabelledResult, labelled_results, shadow_results
 from gateway.analysis.model import AnalysisOptions, Json
-from gateway.analysis.report_fields import as_html, as_map
+from gateway.analysis.report_fields import as_html, as_map, as_number
 from gateway.analysis.segments import segments_html, segments_section, segments_text
 from gateway.analysis.style import Synonyms, style_html, style_section, style_text
 from gateway.analysis.terms import TermList, terms_html, terms_section, terms_text
+from gateway.analysis.unit_sample import UnitSample
 from gateway.analysis.word_errors import words_html, words_section, words_text
 from gateway.analysis.worst import worst_html, worst_section, worst_text
 from gateway.outcomes.labels import Label
@@ -54,10 +55,12 @@ def errors_section(
     options: AnalysisOptions,
     inputs: ErrorInputs | None = None,
     selected: bool = False,
+    sample: UnitSample | None = None,
 ) -> Json | None:
     """The `errors` section of `phase`; None: the newest phase with labelled results, as
     also when `phase` has none, unless the caller `selected` it (then the section is null:
-    it never describes another phase than the one asked for)."""
+    it never describes another phase than the one asked for). `sample`: the records are
+    those of a sample of units (`unit_sample`), said in the section."""
     inputs = inputs or ErrorInputs()
     results = labelled_results(records, labels)
     if phase is None or not any(r.record.phase == phase for r in results):
@@ -74,6 +77,13 @@ def errors_section(
     return {
         "phase": phase,
         "control": control,
+        "sample": None
+        if sample is None
+        else {
+            "unit_share": sample.share,
+            "labelled_in_window": sample.labelled,
+            "labelled_in_sample": len(mine),
+        },
         "words": words_section(mine, control=control, variants=variants, top=inputs.top),
         "terms": None
         if inputs.terms is None
@@ -111,6 +121,9 @@ def errors_text(section: Mapping[str, Any] | None) -> list[str]:
     if not found:
         return []
     lines = [f"Error analysis (phase {found.get('phase')}; docs/error-analysis.md)"]
+    note = sample_note(found.get("sample"))
+    if note:
+        lines.append(note)
     for part in (
         words_text(found.get("words")),
         terms_text(found.get("terms")),
@@ -123,6 +136,20 @@ def errors_text(section: Mapping[str, Any] | None) -> list[str]:
     return lines
 
 
+def sample_note(sample: object) -> str:
+    """One line on the sample of units the section was made of; empty when there is none."""
+    found = as_map(sample)
+    if not found:
+        return ""
+    share = as_number(found.get("unit_share")) or 0.0
+    used = as_number(found.get("labelled_in_sample")) or 0.0
+    window = as_number(found.get("labelled_in_window")) or 0.0
+    return (
+        f"A sample of units ({share:.1%} of them): {used:,.0f} labelled utterances of this "
+        f"phase, of {window:,.0f} in the window."
+    )
+
+
 def errors_html(section: Mapping[str, Any] | None) -> str:
     """An HTML section: a heading, then each part's fragment."""
     found = as_map(section)
@@ -131,6 +158,9 @@ def errors_html(section: Mapping[str, Any] | None) -> str:
     parts = [
         '<section class="errors" data-section="errors">',
         f"<h2>Where the errors are <small>phase {as_html(found.get('phase'))}</small></h2>",
+        f'<p class="note">{as_html(sample_note(found.get("sample")))}</p>'
+        if found.get("sample")
+        else "",
         words_html(found.get("words")),
         terms_html(found.get("terms")),
         segments_html(found.get("segments")),

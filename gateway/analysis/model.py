@@ -36,6 +36,9 @@ class AnalysisOptions:
     latency_margin_share: float = 0.10  # ... and above +10 % of the control's median
     max_buckets: int = 48
     drift_window_s: int = 86400  # the drift section's windows (one day)
+    # Above this many labelled utterances the error analysis reads a sample of units
+    # (gateway.analysis.unit_sample); the headline numbers never sample.
+    error_labelled: int = 20_000
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.confidence < 1:
@@ -48,6 +51,8 @@ class AnalysisOptions:
             raise ValueError(f"rate_margin must be in (0, 1), got {self.rate_margin}")
         if not (self.latency_margin_ms > 0 and self.latency_margin_share >= 0):
             raise ValueError("latency_margin_ms must be > 0 and latency_margin_share >= 0")
+        if self.error_labelled < 1:
+            raise ValueError(f"error_labelled must be at least 1, got {self.error_labelled}")
         if self.drift_window_s < 60:
             raise ValueError(f"drift_window_s must be at least 60, got {self.drift_window_s}")
 

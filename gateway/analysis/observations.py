@@ -36,7 +36,7 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from gateway.outcomes.labels import Label
+from gateway.outcomes.labels import Label, stored_counts
 from gateway.outcomes.pairing import pair_shadows
 from gateway.outcomes.record import CATEGORIES, Category, Kind, OutcomeRecord, Role, category
 from gateway.stats.clustered import UnitSums
@@ -189,7 +189,8 @@ def observe(
     """Phase id -> its observations. Records without a phase or variant are left out."""
     phases: dict[str, PhaseObservations] = {}
     by_phase: dict[str, list[OutcomeRecord]] = {}
-    ordered = sorted(records, key=lambda r: r.timestamp)
+    # (timestamp, record_id): one order whatever order the store returned the records in.
+    ordered = sorted(records, key=lambda r: (r.timestamp, r.record_id))
     retried = retried_attempts(ordered)
     for record in ordered:
         if record.phase is None or record.variant is None or record.role not in EVIDENCE_ROLES:
@@ -202,7 +203,7 @@ def observe(
             label = labels.get(record.record_id)
             _add(phase, builders, record, label, record.session_id in retried)
         phase.variants = {name: builder.build() for name, builder in builders.items()}
-        phase.shadow_pairs = _shadow_pairs(phase_records, labels)
+        phase.shadow_pairs = shadow_pairs(phase_records, labels)
     return phases
 
 
@@ -298,10 +299,17 @@ def _add(
     if record.text is None:
         variant.unscorable += 1
         return
-    variant.scored.append(Scored(at, record.unit, align(label.text, record.text)))
+    variant.scored.append(Scored(at, record.unit, counts_of(label, record.record_id, record.text)))
 
 
-def _shadow_pairs(records: list[OutcomeRecord], labels: Mapping[str, Label]) -> list[ShadowPair]:
+def counts_of(label: Label, record_id: str, text: str) -> WerCounts:
+    """A record's WER counts against `label`: those stored with the label when current
+    (`gateway.outcomes.labels.stored_counts`), else aligned now."""
+    return stored_counts(label, record_id) or align(label.text, text)
+
+
+def shadow_pairs(records: list[OutcomeRecord], labels: Mapping[str, Label]) -> list[ShadowPair]:
+    """The labelled shadow pairs among a phase's records (`pair_shadows`), both scored."""
     pairs: list[ShadowPair] = []
     for primary, shadow in pair_shadows(records):
         label = labels.get(primary.record_id)
@@ -311,8 +319,8 @@ def _shadow_pairs(records: list[OutcomeRecord], labels: Mapping[str, Label]) -> 
             continue
         if primary.variant is None or shadow.variant is None:
             continue
-        ours = align(label.text, primary.text)
-        theirs = align(label.text, shadow.text)
+        ours = counts_of(label, primary.record_id, primary.text)
+        theirs = counts_of(label, shadow.record_id, shadow.text)
         pairs.append(
             ShadowPair(
                 at=epoch_seconds(primary.timestamp),

@@ -25,6 +25,7 @@ import numpy as np
 from gateway.analysis.canaries import CanaryAnswer, canary_answers, canary_section
 from gateway.analysis.decision import guardrails, recommend
 from gateway.analysis.drift import drift_section, shipped_variant
+from gateway.analysis.engine_port import AnalysisWindow, EvidenceSource
 from gateway.analysis.error_analysis import ErrorInputs, errors_section
 from gateway.analysis.model import AnalysisOptions, ExperimentInfo, Json
 from gateway.analysis.observations import (
@@ -38,7 +39,9 @@ from gateway.analysis.observations import (
 )
 from gateway.analysis.paired import oriented, with_always_valid
 from gateway.analysis.timeline import boundaries, bucket_seconds
+from gateway.analysis.unit_sample import UnitSample, labelled_primaries, sampled
 from gateway.control.guardrails import Guardrails
+from gateway.errors import EngineUnreadable
 from gateway.outcomes.labels import Label
 from gateway.outcomes.ports import OutcomeReader
 from gateway.outcomes.record import CATEGORIES, Category, OutcomeRecord
@@ -71,6 +74,7 @@ async def analyze(
     errors: ErrorInputs | None = None,
     missing_ok: bool = False,
     in_thread: bool = False,
+    engine: EvidenceSource | None = None,
 ) -> Json:
     """Read the experiment's records and labels and build its report.
 
@@ -79,14 +83,45 @@ async def analyze(
     `errors`: the error analysis's term list and synonyms (`error_analysis.ErrorInputs`).
     `missing_ok`: a store without an outcome file yet (FileNotFoundError) has no records.
     `in_thread`: compute in a worker thread, keeping a serving event loop responsive.
+    `engine`: computes the observations where the records lie (`engine_port`); a store it
+    cannot read (`EngineUnreadable`) is read record by record instead.
     """
+    labels = await reader.labels(experiment)
+    options = options or AnalysisOptions()
+    if engine is not None:
+        window = AnalysisWindow(experiment, since, until)
+        try:
+            observed = await asyncio.to_thread(
+                _engine_inputs, engine, window, labels, options.error_labelled
+            )
+        except EngineUnreadable:
+            # A missing file, a torn last line, a bad line: the record reader below tells
+            # them apart (no records, skipped, named).
+            pass
+        else:
+            records, observations, sample = observed
+            build = partial(
+                build_report,
+                experiment,
+                records,
+                labels,
+                info=info,
+                since=since,
+                until=until,
+                phase=phase,
+                options=options,
+                canary_references=canary_references,
+                errors=errors,
+                observations=observations,
+                sample=sample,
+            )
+            return await asyncio.to_thread(build) if in_thread else build()
     try:
         records = [record async for record in reader.outcomes(experiment, since, until)]
     except FileNotFoundError:
         if not missing_ok:
             raise
         records = []
-    labels = await reader.labels(experiment)
     build = partial(
         build_report,
         experiment,
@@ -103,6 +138,14 @@ async def analyze(
     return await asyncio.to_thread(build) if in_thread else build()
 
 
+def _engine_inputs(
+    engine: EvidenceSource, window: AnalysisWindow, labels: Mapping[str, Label], limit: int
+) -> tuple[list[OutcomeRecord], dict[str, PhaseObservations], UnitSample | None]:
+    observations = engine.observations(window, labels)
+    sample = UnitSample.for_labelled(engine.labelled(window, labels), limit)
+    return engine.records(window, sample), observations, sample
+
+
 def build_report(
     experiment: str,
     records: Iterable[OutcomeRecord],
@@ -116,12 +159,26 @@ def build_report(
     now: datetime | None = None,
     canary_references: Mapping[str, str] | None = None,
     errors: ErrorInputs | None = None,
+    observations: Mapping[str, PhaseObservations] | None = None,
+    sample: UnitSample | None = None,
 ) -> Json:
+    """The report of `records` and their `labels`. With `observations` (an engine's, see
+    `engine_port`) the records are only those the engine materialised: canaries and, with
+    a `sample`, the error analysis's units; without, every record of the window, and the
+    error analysis samples units itself above `options.error_labelled` labelled
+    utterances (`unit_sample`)."""
     options = options or AnalysisOptions()
     records = list(records)
     references = canary_references or {}
     answers = canary_answers(records, references)
-    every_phase = observe(records, labels)
+    if observations is None:
+        every_phase = observe(records, labels)
+        sample = UnitSample.for_labelled(
+            labelled_primaries(records, labels), options.error_labelled
+        )
+        records = sampled(records, sample)
+    else:
+        every_phase = dict(observations)
     phases = every_phase
     if phase is not None:
         phases = {key: value for key, value in phases.items() if key == phase}
@@ -170,6 +227,7 @@ def build_report(
             options=options,
             inputs=errors,
             selected=phase is not None,
+            sample=sample,
         ),
         "recommendation": recommend(current, info, options),
     }

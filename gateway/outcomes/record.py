@@ -348,24 +348,24 @@ def _refuse_constant(name: str) -> Any:
 Category = Literal["success", "no_match", "error", "cancellation"]
 CATEGORIES: Final[tuple[Category, ...]] = ("success", "no_match", "error", "cancellation")
 
-_NO_MATCH: Final = frozenset({"NoMatch", "InitialSilenceTimeout", "BabbleTimeout"})
+NO_MATCH_STATUSES: Final = frozenset({"NoMatch", "InitialSilenceTimeout", "BabbleTimeout"})
 # The backend refused the session rather than failing at it: throttling, a bad or forbidden
 # request. The SDK reports these as cancellations with a client-side reason.
-_REFUSALS: Final = frozenset({"TooManyRequests", "BadRequest", "Forbidden"})
+REFUSAL_STATUSES: Final = frozenset({"TooManyRequests", "BadRequest", "Forbidden"})
 # Sessions ended by the gateway, not by the variant: a limit (`limit_*`, gateway.limits) or
 # a shutdown's drain. Like refusals they say nothing about the model, so they are not errors.
-_CANCELLED_PREFIXES: Final = ("upstream_http_4", "limit_", "gateway_shutdown")
+CANCELLED_PREFIXES: Final = ("upstream_http_4", "limit_", "gateway_shutdown")
 
 
 def category(record: OutcomeRecord) -> Category:
     """The outcome category of a record (see docs/analysis.md, "Outcome categories")."""
     if record.kind is Kind.SESSION_FAILURE:
         code = record.error_code or ""
-        if record.status in _REFUSALS or code.startswith(_CANCELLED_PREFIXES):
+        if record.status in REFUSAL_STATUSES or code.startswith(CANCELLED_PREFIXES):
             return "cancellation"
         return "error"
     if record.status == "Success":
         return "success"
-    if record.status in _NO_MATCH:
+    if record.status in NO_MATCH_STATUSES:
         return "no_match"
     return "error"

@@ -109,7 +109,7 @@ def error_inputs(
 
 
 async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
-    from gateway.stores.factory import open_reader
+    from gateway.stores.factory import analysis_engine, open_reader
 
     options = AnalysisOptions(
         confidence=args.confidence,
@@ -131,6 +131,7 @@ async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
                 options=options,
                 canary_references=references,
                 errors=inputs,
+                engine=analysis_engine(settings.outcomes),
             )
             if args.alignments is not None:
                 await export_alignments(reader, args)

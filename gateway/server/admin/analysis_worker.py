@@ -45,6 +45,7 @@ from gateway.errors import ConfigError, StoreUnavailable
 from gateway.logging import configure_logging
 
 if TYPE_CHECKING:
+    from gateway.analysis.engine_port import EvidenceSource
     from gateway.analysis.error_analysis import ErrorInputs
     from gateway.outcomes.ports import OutcomeReader
 
@@ -112,16 +113,18 @@ def compute_report(store: OutcomeStore, job: ReportJob) -> Computed:
 
 async def _compute_report(store: OutcomeStore, job: ReportJob) -> Computed:
     # Imported here: the gateway imports this module for its handle, the worker alone runs this.
-    from gateway.stores.factory import open_reader
+    from gateway.stores.factory import analysis_engine, open_reader
 
     try:
         async with open_reader(store.outcomes, store.redis) as reader:
-            return await _report_from(reader, job)
+            return await _report_from(reader, job, analysis_engine(store.outcomes))
     except StoreUnavailable as exc:  # connecting
         return Computed(None, "store_unavailable", exc.reason)
 
 
-async def _report_from(reader: OutcomeReader, job: ReportJob) -> Computed:
+async def _report_from(
+    reader: OutcomeReader, job: ReportJob, engine: EvidenceSource | None = None
+) -> Computed:
     """The report from `reader`, with every failure turned into a `Computed` (exceptions
     need not pickle, nor unpickle, across the process boundary). In the worker, so the
     reading and the computation need no threads of their own."""
@@ -143,6 +146,7 @@ async def _report_from(reader: OutcomeReader, job: ReportJob) -> Computed:
             errors=errors,
             missing_ok=True,  # the embedded store before its first record
             in_thread=False,
+            engine=engine,
         )
     except StoreUnavailable as exc:
         return Computed(None, "store_unavailable", exc.reason, problems)

@@ -1,0 +1,47 @@
+"""What the analysis asks of an engine that computes its evidence where the data lies.
+
+`gateway.analysis.report.analyze` reads records and builds everything from them in Python,
+unless it is given an `EvidenceSource` (`gateway.stores.engine.DuckDbEngine`): then the
+engine computes the observations (`PhaseObservations`, equal to `observe` on the same
+records) with SQL, and only the records that some part of the report needs whole are
+materialised: canary records, and the error analysis's units (`unit_sample`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from gateway.analysis.observations import PhaseObservations
+from gateway.analysis.unit_sample import UnitSample
+from gateway.outcomes.labels import Label
+from gateway.outcomes.record import OutcomeRecord
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisWindow:
+    """Which records: one experiment's (`NO_EXPERIMENT` for the default route), optionally
+    from `since` (inclusive) to `until` (exclusive)."""
+
+    experiment: str
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+class EvidenceSource(Protocol):
+    def observations(
+        self, window: AnalysisWindow, labels: Mapping[str, Label]
+    ) -> dict[str, PhaseObservations]:
+        """Phase id -> its observations, as `observe` builds them."""
+        ...
+
+    def labelled(self, window: AnalysisWindow, labels: Mapping[str, Label]) -> int:
+        """Labelled utterances in the window (`unit_sample.labelled_primaries`)."""
+        ...
+
+    def records(self, window: AnalysisWindow, sample: UnitSample | None) -> list[OutcomeRecord]:
+        """The window's records in (timestamp, record_id) order; with a sample, the canary
+        records and those of the sample's units (`unit_sample.sampled`)."""
+        ...
