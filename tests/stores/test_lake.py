@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from gateway.stores.lake import (
     NULL_PARTITION,
     OUTCOME_COLUMNS,
     VERSION_KEY,
+    LakeWriter,
     append_outcomes,
     lake_sources,
     replace_labels,
@@ -241,3 +243,19 @@ def test_partition_values_cannot_name_another_folder(tmp_path: Path) -> None:
     assert all(p.is_relative_to(tmp_path / "outcomes/experiment=checkout")
                for p in tmp_path.rglob("*.parquet"))  # fmt: skip
     assert rows(lake_sources(tmp_path, "checkout", phase="..").outcomes) == as_json(odd[1:])
+
+
+def test_two_writers_on_one_directory_add_each_record_once(tmp_path: Path) -> None:
+    """A follower and a one-off export writing the same records at the same time (two
+    threads, two writers) still leave each record once: the directory's lock makes each
+    partition's check-and-write one step."""
+    records = [outcome(n) for n in range(600)]
+
+    def export_all() -> int:
+        with LakeWriter(tmp_path) as writer:
+            return sum(writer.append(records[i : i + 50]).added for i in range(0, 600, 50))
+
+    with ThreadPoolExecutor(2) as pool:
+        added = sum(pool.map(lambda _: export_all(), range(2)))
+    assert added == 600
+    assert rows(lake_sources(tmp_path, "checkout").outcomes) == as_json(records)
