@@ -81,7 +81,8 @@ class ExportResult:
         if self.too_long:
             text += f"; {self.too_long} over {MAX_TRAIN_SECONDS:.0f} s left out of train.zip"
         if self.unlabelled:
-            text += f"; {self.unlabelled} captures without a label skipped"
+            noun = "capture" if self.unlabelled == 1 else "captures"
+            text += f"; {self.unlabelled} {noun} without a label skipped"
         return text
 
 

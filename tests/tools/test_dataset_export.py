@@ -82,7 +82,10 @@ async def test_the_export_has_the_documented_layout(tmp_path: Path) -> None:
     assert [(f"{item.id}.wav", item.text) for item in replay] == test_rows
     for item in replay:
         assert item.audio.read_bytes() == await world.audio_store().wav(item.id)
-    assert "train 15 (8 units), test 4 (2 units)" in result.summary()
+    assert result.summary() == (
+        f"exported 19 labelled captures to {out}: train 15 (8 units), test 4 (2 units); "
+        "1 capture without a label skipped"
+    )
 
 
 async def test_the_split_depends_on_the_seed_only(tmp_path: Path) -> None:
