@@ -7,6 +7,8 @@ tests/functional/test_review_page.py drives the page in headless Chromium.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
+import tomllib
 import uuid
 import wave
 from collections.abc import Awaitable, Callable
@@ -24,6 +26,7 @@ from gateway.control.model import hash_key
 from gateway.server.admin.auth import AdminTokens
 from gateway.server.admin.control import add_control_routes
 from gateway.server.admin.review import (
+    STATIC_FILES,
     BlindItem,
     blind_order,
     csp_hash,
@@ -393,3 +396,14 @@ async def test_the_flow_holds_with_the_review_stores_in_redis(
         if doomed:
             await client_redis.delete(*doomed)
         await client_redis.aclose()
+
+
+@pytest.mark.parametrize("name", STATIC_FILES)
+def test_the_page_files_are_package_data(name: str) -> None:
+    """Each file is found through importlib.resources, and pyproject ships it in the wheel."""
+    assert static_text(name)
+    pyproject = Path(__file__).parents[3] / "pyproject.toml"
+    with pyproject.open("rb") as config:
+        patterns = tomllib.load(config)["tool"]["setuptools"]["package-data"]["gateway"]
+    path = f"server/admin/static/{name}"
+    assert any(fnmatch.fnmatch(path, pattern) for pattern in patterns), patterns
