@@ -212,9 +212,9 @@ def test_stored_wavs_are_the_clients_pcm_per_utterance_with_the_shadows_results(
 def test_a_killed_blob_service_drops_captures_and_no_session_fails(
     emulator: LocalEmulator, datasets: dict[str, list[LabelledUtterance]], tmp_path: Path
 ) -> None:
-    """Captures go to Blob Storage (Azurite); with Azurite killed the next session still
-    succeeds with every record, and its captures are dropped and counted. Deleting the
-    unit removes its audio from Blob Storage."""
+    """Captures go to Blob Storage (Azurite), none of a client without consent; deleting
+    the unit removes its audio from Blob Storage; with Azurite killed the next session
+    still succeeds with every record, and its captures are dropped and counted."""
     wav = four_utterances(datasets, tmp_path)
     work = tmp_path / "gateway"
     with AzuriteServer(tmp_path / "azurite") as azurite:
@@ -236,6 +236,13 @@ def test_a_killed_blob_service_drops_captures_and_no_session_fails(
             assert wait_until(lambda: len(run(all_captures(blob_store()))) >= 4)
             captures = run(all_captures(blob_store()))
             assert len(captures) == 4
+            # The qa client has no consent: nothing of its session reaches Blob Storage.
+            transcribe(gateway, QA_KEY, wav)
+            wait_for_records(
+                work / "outcomes.jsonl",
+                lambda found: len(of_role(found, Role.PRIMARY, Kind.UTTERANCE)) >= 8,
+            )
+            assert [c.client for c in run(all_captures(blob_store()))] == ["app"] * 4
             first = run(wav_of(blob_store(), captures[0].capture_id))
             assert first[:4] == b"RIFF"
             assert len(first) == captures[0].wav_bytes
@@ -249,8 +256,9 @@ def test_a_killed_blob_service_drops_captures_and_no_session_fails(
             assert len(transcript.recognized) == 4
             records = wait_for_records(
                 work / "outcomes.jsonl",
-                lambda found: len(of_role(found, Role.PRIMARY, Kind.UTTERANCE)) >= 8,
+                lambda found: len(of_role(found, Role.PRIMARY, Kind.UTTERANCE)) >= 12,
             )
+            assert len(of_role(records, Role.PRIMARY, Kind.UTTERANCE)) == 12
             assert not [r for r in records if r.kind is Kind.SESSION_FAILURE]
             assert wait_until(lambda: metric(gateway, "speech_gateway_captures_dropped_total") >= 4)
             dropped = metric(
