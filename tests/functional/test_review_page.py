@@ -136,3 +136,22 @@ def test_a_reviewer_labels_items_from_the_queue(tmp_path: Path) -> None:
         assert preference.preferred == blind.b.variant  # type: ignore[union-attr]
 
     asyncio.run(stored())
+
+
+def test_a_refused_token_asks_for_another_and_an_empty_queue_says_so(tmp_path: Path) -> None:
+    """A wrong token: the page says it was refused (401) and shows the sign-in form again;
+    with a right one and nothing to review, it says that nothing is left."""
+    world = ReviewWorld(tmp_path / "world")
+    world.folder.mkdir()
+    with serving(world.app()) as url, chromium(tmp_path) as driver:
+        driver.get(f"{url}/review?experiment={EXPERIMENT}")
+        driver.find_element(By.ID, "token").send_keys("not-a-reviewer-token")
+        driver.find_element(By.ID, "start").click()
+        status = driver.find_element(By.ID, "status")
+        wait_for(driver, lambda d: status.get_attribute("data-state") == "error", "a refusal")
+        assert "401" in status.text
+        assert driver.find_element(By.ID, "login").is_displayed()
+        driver.find_element(By.ID, "token").send_keys(REVIEWER_TOKENS["raj"])
+        driver.find_element(By.ID, "start").click()
+        wait_for(driver, lambda d: d.find_element(By.ID, "empty").is_displayed(), "empty queue")
+        assert "Nothing left to review" in status.text
