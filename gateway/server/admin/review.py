@@ -34,7 +34,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -83,6 +83,10 @@ REASON_RANK: Final = {
     "low_confidence": 3,
     "uniform": 4,
 }
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+# A route's work once the caller is known: (request, reviewer, experiment) -> answer.
+Action = Callable[[web.Request, str, str], Awaitable[web.Response]]
 
 PREFERENCE_STORE: Final = web.AppKey("review_preference_store", PreferenceStore)
 REVIEW_LEASES: Final = web.AppKey("review_leases", ReviewLeases)
@@ -198,7 +202,7 @@ def csp_hash(source: str) -> str:
     return f"'sha256-{base64.b64encode(digest).decode('ascii')}'"
 
 
-def _page() -> Any:
+def _page() -> Handler:
     html, css, js = (static_text(name) for name in STATIC_FILES)
     body = html.replace("${style}", css).replace("${script}", js).encode("utf-8")
     policy = "; ".join(
@@ -269,12 +273,11 @@ class _ReviewApi:
             raise _Refused(503, "review needs the gateway's pseudonym key")
         return key
 
-    async def _handle(self, request: web.Request, action: Any) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, action: Action) -> web.StreamResponse:
         try:
             reviewer = self._reviewer(request)
             experiment = request.match_info["experiment"]
-            result: web.StreamResponse = await action(request, reviewer, experiment)
-            return result
+            return await action(request, reviewer, experiment)
         except _Refused as refused:
             return refused.response
         except StoreUnavailable as exc:
