@@ -42,7 +42,13 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from gateway.errors import CaptureCorrupt, CaptureNotFound, ConfigError, StoreUnavailable
+from gateway.errors import (
+    CaptureCorrupt,
+    CaptureNotFound,
+    ConfigError,
+    RestError,
+    StoreUnavailable,
+)
 from gateway.logging import get_logger
 from gateway.outcomes.labels import LabelInput
 from gateway.outcomes.preference import CHOICES, Choice, Preference
@@ -233,12 +239,6 @@ def _page() -> Handler:
     return serve
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.response = error_response(status, reason)
-
-
 class _ReviewApi:
     def __init__(self, reviewers: AdminTokens, admins: AdminTokens) -> None:
         self._reviewers = reviewers
@@ -250,7 +250,7 @@ class _ReviewApi:
         header = request.headers.get("Authorization")
         name = self._reviewers.authenticate(header) or self._admins.authenticate(header)
         if name is None:
-            raise _Refused(401, NEEDS_TOKEN.replace("an admin", "a reviewer or admin"))
+            raise RestError(NEEDS_TOKEN.replace("an admin", "a reviewer or admin"), 401)
         return name
 
     @staticmethod
@@ -260,7 +260,7 @@ class _ReviewApi:
         preferences = config.get(PREFERENCE_STORE)
         leases = config.get(REVIEW_LEASES)
         if audio is None or preferences is None or leases is None:
-            raise _Refused(503, "review needs audio capture; this gateway stores no audio")
+            raise RestError("review needs audio capture; this gateway stores no audio", 503)
         return audio, preferences, leases
 
     @staticmethod
@@ -270,7 +270,7 @@ class _ReviewApi:
             state = request.config_dict.get(STATE)
             key = state.privacy_key if state is not None else None
         if key is None:
-            raise _Refused(503, "review needs the gateway's pseudonym key")
+            raise RestError("review needs the gateway's pseudonym key", 503)
         return key
 
     async def _handle(self, request: web.Request, action: Action) -> web.StreamResponse:
@@ -278,8 +278,8 @@ class _ReviewApi:
             reviewer = self._reviewer(request)
             experiment = request.match_info["experiment"]
             return await action(request, reviewer, experiment)
-        except _Refused as refused:
-            return refused.response
+        except RestError as refused:
+            return error_response(refused.status, refused.reason)
         except StoreUnavailable as exc:
             log.error("review_store_unavailable", error=exc.reason)
             return error_response(503, "a review store is unavailable; try again later")
@@ -296,7 +296,7 @@ class _ReviewApi:
         try:
             captures = await audio.captures(experiment)
         except ValueError:
-            raise _Refused(404, f"no experiment {experiment!r} with audio") from None
+            raise RestError(f"no experiment {experiment!r} with audio", 404) from None
         return captures, await preferences.current(experiment)
 
     @staticmethod
@@ -319,9 +319,9 @@ class _ReviewApi:
         captures, _ = await self._queue(request, experiment)
         capture = next((c for c in captures if c.capture_id == capture_id), None)
         if capture is None:
-            raise _Refused(404, f"no audio capture {capture_id} in experiment {experiment}")
+            raise RestError(f"no audio capture {capture_id} in experiment {experiment}", 404)
         if await leases.holder(experiment, capture_id) != reviewer:
-            raise _Refused(409, "you do not hold this item (its lease ran out, or it was skipped)")
+            raise RestError("you do not hold this item (its lease ran out, or it was skipped)", 409)
         return capture
 
     # -- routes ----------------------------------------------------------------------------
@@ -357,7 +357,7 @@ class _ReviewApi:
             capture_id = request.match_info["capture_id"]
             captures, _ = await self._queue(request, experiment)
             if not any(c.capture_id == capture_id for c in captures):
-                raise _Refused(404, f"no audio capture {capture_id} in experiment {experiment}")
+                raise RestError(f"no audio capture {capture_id} in experiment {experiment}", 404)
             wav = await audio.wav(capture_id)
             return web.Response(
                 body=wav,
@@ -375,17 +375,17 @@ class _ReviewApi:
             capture = await self._held(request, reviewer, experiment, capture_id)
             item = BlindItem.of(capture, self._key(request), reviewer)
             if item.b is None and choice is not None:
-                raise _Refused(422, "choice: this item has one hypothesis; send null")
+                raise RestError("choice: this item has one hypothesis; send null", 422)
             if item.b is not None and choice is None:
-                raise _Refused(422, "choice: choose a, b or same")
+                raise RestError("choice: choose a, b or same", 422)
             record_ids = [capture.primary.record_id, *(s.record_id for s in capture.shadows)]
             labels = [LabelInput(rid, text) for rid in dict.fromkeys(record_ids)]
             store = request.config_dict[LABEL_STORE]
             result = await store.put(labels, reviewer, "review")
             labelled = result.count(LabelStatus.STORED) + result.count(LabelStatus.RELABELLED)
             if labelled == 0:
-                raise _Refused(
-                    422, "the capture's outcome records are not in the store (yet); nothing saved"
+                raise RestError(
+                    "the capture's outcome records are not in the store (yet); nothing saved", 422
                 )
             preference = Preference(
                 capture_id=capture.capture_id,
@@ -421,13 +421,13 @@ class _ReviewApi:
             captures, done = await self._queue(request, experiment)
             mine = [p for p in done.values() if p.reviewer == reviewer]
             if not mine:
-                raise _Refused(404, "you have no saved item to undo in this experiment")
+                raise RestError("you have no saved item to undo in this experiment", 404)
             last = max(mine, key=lambda p: (p.reviewed_at, p.capture_id))
             capture = next((c for c in captures if c.capture_id == last.capture_id), None)
             if capture is None:
-                raise _Refused(404, "your last saved item's audio is gone (expired or deleted)")
+                raise RestError("your last saved item's audio is gone (expired or deleted)", 404)
             if not await leases.hold(experiment, reviewer, capture.capture_id, LEASE_S):
-                raise _Refused(409, "another reviewer holds your last saved item")
+                raise RestError("another reviewer holds your last saved item", 409)
             await preferences.put(last.withdraw(now_iso()))
             found = await request.config_dict[LABEL_STORE].get([capture.primary.record_id])
             label = found.get(capture.primary.record_id)
@@ -448,25 +448,25 @@ class _ReviewApi:
     @staticmethod
     async def _save_body(request: web.Request) -> tuple[str, Choice | None]:
         if request.content_length is not None and request.content_length > MAX_SAVE_BYTES:
-            raise _Refused(413, f"the body is larger than {MAX_SAVE_BYTES:,} bytes")
+            raise RestError(f"the body is larger than {MAX_SAVE_BYTES:,} bytes", 413)
         raw = await request.content.read(MAX_SAVE_BYTES + 1)
         if len(raw) > MAX_SAVE_BYTES:
-            raise _Refused(413, f"the body is larger than {MAX_SAVE_BYTES:,} bytes")
+            raise RestError(f"the body is larger than {MAX_SAVE_BYTES:,} bytes", 413)
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise _Refused(400, "the body must be a JSON object: {text, choice}") from None
+            raise RestError("the body must be a JSON object: {text, choice}", 400) from None
         if not isinstance(body, dict):
-            raise _Refused(400, "the body must be a JSON object: {text, choice}")
+            raise RestError("the body must be a JSON object: {text, choice}", 400)
         unknown = sorted(set(body) - {"text", "choice"})
         if unknown:
-            raise _Refused(400, f"unknown field(s): {', '.join(unknown)}")
+            raise RestError(f"unknown field(s): {', '.join(unknown)}", 400)
         text = body.get("text")
         try:
             checked = LabelInput("0" * 32, text).text  # type: ignore[arg-type]
         except ValueError as exc:
-            raise _Refused(400, str(exc)) from None
+            raise RestError(str(exc), 400) from None
         choice = body.get("choice")
         if choice is not None and choice not in CHOICES:
-            raise _Refused(400, f"choice: expected one of {', '.join(CHOICES)} or null")
+            raise RestError(f"choice: expected one of {', '.join(CHOICES)} or null", 400)
         return checked, choice
