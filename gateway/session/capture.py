@@ -17,6 +17,9 @@ The policy (`CapturePolicy`, from an experiment's `capture` section):
 * a daily cap per experiment (`CaptureQuota`, per process) bounds the captures; uniform
   captures stop at the cap less its priority reserve, so priorities find room late in a day.
 
+A REST short-audio request is a session of one utterance: `gateway.server.relay.rest` hands
+its body to `request_audio` as it streams and its record to `request_record`.
+
 A selected utterance whose audio is no longer (or never was) in the buffer is dropped and
 counted through `drop(reason)`; the relay's forwarding never waits for any of this.
 """
@@ -24,6 +27,7 @@ counted through `drop(reason)`; the relay's forwarding never waits for any of th
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +35,7 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any, Final
 
+from gateway.logging import get_logger
 from gateway.outcomes.record import Kind, OutcomeRecord, Role
 from gateway.protocol.wav import PCM_16K_MONO, WaveFormat, parse_wave_header
 from gateway.session.turns import TICKS_PER_MS
@@ -38,6 +43,9 @@ from gateway.text.normalize import normalize_words
 
 TICKS_PER_SECOND: Final = 10_000_000
 KEPT_TURNS: Final = 8
+log = get_logger(__name__)
+_REQUEST: Final = ""  # the turn key of a REST request's body
+_MAX_HEADER: Final = 4096
 # Failures that say something about a backend: not the gateway's own limits or shutdown.
 _NOT_BACKEND_FAILURES: Final = ("limit_", "gateway_shutdown", "client_")
 
@@ -341,6 +349,58 @@ class SessionCapture:
             self._release(turn, len(turn.data))
         self._turns.clear()
 
+    # -- REST short audio -------------------------------------------------------------------
+
+    def request_audio(self, chunk: bytes) -> None:
+        """A chunk of a REST request's body, the WAV as the client sends it (the header is
+        parsed once the request is over, since a chunk may end inside it)."""
+        try:
+            turn = self._turns.get(_REQUEST)
+            if turn is None:
+                turn = self._turns[_REQUEST] = _TurnAudio(0)
+                turn.header_seen = True  # kept in the buffer: `request_record` parses it
+            self.audio(_REQUEST, memoryview(chunk))
+        except Exception:  # capture must never cost the request anything
+            log.exception("capture_failed")
+            self.release()
+
+    def request_record(self, record: OutcomeRecord) -> None:
+        """The REST request's record: decide on its audio (cut by the service's offsets,
+        or all of it for a failure), then release the body."""
+        try:
+            turn = self._turns.get(_REQUEST)
+            if turn is None or not self._capturable(record):
+                return
+            try:
+                turn.fmt, offset = parse_wave_header(bytes(turn.data[:_MAX_HEADER]))
+            except Exception:  # not a WAV body (e.g. Ogg/Opus): nothing to cut
+                return
+            block = max(1, turn.fmt.block_align)
+            # A body the bounds cut short cannot be cut from: the end lies past the buffer.
+            end = sys.maxsize if turn.full else len(turn.data) - (len(turn.data) - offset) % block
+            start = offset
+            if record.kind is Kind.REQUEST and record.audio_duration_ms:
+                first = turn.byte_at(round((record.audio_offset_ms or 0.0) * TICKS_PER_MS))
+                last = turn.byte_at(
+                    round(
+                        ((record.audio_offset_ms or 0.0) + record.audio_duration_ms) * TICKS_PER_MS
+                    )
+                )
+                start, end = offset + first, min(end, offset + last)
+            self._decide(_Pending(record, turn, start, end), index=0)
+        except Exception:  # capture must never cost the request anything
+            log.exception("capture_failed")
+        finally:
+            self.release()
+
+    def _capturable(self, record: OutcomeRecord) -> bool:
+        if record.kind is not Kind.SESSION_FAILURE:
+            return True
+        code = record.error_code or ""
+        return CaptureReason.FAILURE in self._policy.priorities and not code.startswith(
+            _NOT_BACKEND_FAILURES
+        )
+
     def _primary_utterance(self, record: OutcomeRecord) -> None:
         turn = self._turns.get(record.turn_id) if record.turn_id is not None else None
         start = end = 0
@@ -450,7 +510,7 @@ class SessionCapture:
                     if record.kind is Kind.SESSION_FAILURE:
                         return reason
                 case CaptureReason.NO_MATCH:
-                    if record.kind is Kind.UTTERANCE and record.status == "NoMatch":
+                    if record.kind is not Kind.SESSION_FAILURE and record.status == "NoMatch":
                         return reason
                 case CaptureReason.LOW_CONFIDENCE:
                     confidence = record.confidence

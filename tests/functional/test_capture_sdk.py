@@ -10,12 +10,13 @@ import json
 import re
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from conftest import gateway_for
-from support import CLIENT_KEY, QA_KEY, read_pcm, silence, toml_value, write_wav
+from support import CLIENT_KEY, QA_KEY, read_outcomes, read_pcm, silence, toml_value, write_wav
 from test_gateway_shadow import (
     PATH,
     keyed_env,
@@ -26,7 +27,7 @@ from test_gateway_shadow import (
 
 from gateway.control.model import hash_key
 from gateway.outcomes.record import Kind, OutcomeRecord, Role
-from gateway.protocol.wav import parse_wave_header
+from gateway.protocol.wav import parse_wave_header, wave_header
 from gateway.stores.audio_store import AudioStore, Capture, LocalAudioStore
 from gateway.stores.blob_audio_store import BlobAudioStore
 from gateway.tools.dataset import LabelledUtterance
@@ -266,3 +267,46 @@ def test_a_killed_blob_service_drops_captures_and_no_session_fails(
             )
             assert dropped == 4
             assert metric(gateway, "speech_gateway_captures_stored_total") == 4
+
+
+def test_a_rest_request_is_captured_by_its_answers_offsets(
+    emulator: LocalEmulator, datasets: dict[str, list[LabelledUtterance]], tmp_path: Path
+) -> None:
+    """A short-audio request, its body sent in small chunks: the capture is the PCM the
+    client sent at the answer's offsets, attached to the request's record."""
+    pcm = read_pcm(datasets["banking"][2].audio)
+    body = wave_header(data_bytes=len(pcm)) + pcm
+    work = tmp_path / "gateway"
+    audio_dir = tmp_path / "audio"
+
+    async def post(gateway: LocalGateway) -> int:
+        async def chunks() -> AsyncIterator[bytes]:
+            for at in range(0, len(body), 1000):
+                yield body[at : at + 1000]
+
+        headers = {
+            "Ocp-Apim-Subscription-Key": CLIENT_KEY,
+            "Content-Type": "audio/wav; codecs=audio/pcm; samplerate=16000",
+        }
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{gateway.http_url}{PATH}",
+                params={"language": "en-US", "format": "detailed"},
+                data=chunks(),
+                headers=headers,
+            ) as answer,
+        ):
+            await answer.read()
+            return answer.status
+
+    with capture_gateway(work, emulator, {"directory": str(audio_dir)}) as gateway:
+        assert run(post(gateway)) == 200
+        assert wait_until(lambda: len(run(all_captures(LocalAudioStore(audio_dir)))) >= 1)
+        (capture,) = run(all_captures(LocalAudioStore(audio_dir)))
+        (record,) = [r for r in read_outcomes(work / "outcomes.jsonl") if r.kind is Kind.REQUEST]
+        assert capture.primary.record_id == record.record_id
+        assert capture.shadows == ()
+        stored = run(wav_of(LocalAudioStore(audio_dir), capture.capture_id))
+        assert stored[44:] == utterance_pcm(pcm, record)
+        assert len(stored) > 44 + 16000

@@ -3,13 +3,14 @@ the policy's shares, priorities and caps, the cut by offsets, and the buffer bou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from datetime import date
 
 import pytest
 
-from gateway.outcomes.record import Role
+from gateway.outcomes.record import OutcomeRecord, Role
 from gateway.protocol.usp import encode_binary, encode_text
 from gateway.protocol.wav import wave_header
 from gateway.session.capture import (
@@ -24,6 +25,7 @@ from gateway.session.capture import (
     SessionCapture,
 )
 from gateway.session.relay import RelaySession
+from gateway.session.rest_tap import request_record
 from gateway.session.taps import RoleFacts, SessionFacts
 
 RID = "9bed34362cbb4432963cb66e84906729"
@@ -307,3 +309,50 @@ def test_a_capture_that_raises_never_fails_the_session() -> None:
     harness.primary("x", 0.1, 0.5)
     assert harness.relay.forward_binary(encode_binary("audio", RID, b"\0" * 3200), 2.0) is None
     assert harness.budget.used == 0
+
+
+def rest_record(body: dict[str, object], status: int = 200) -> OutcomeRecord:
+    role = RoleFacts(Role.PRIMARY, "base", "azure")
+    payload = json.dumps(body).encode()
+    facts = dataclasses.replace(FACTS, protocol="rest", mode=None)
+    return request_record(facts, role, status, payload, first=0.0, last=1.0, answered=1.5)
+
+
+def test_a_rest_body_is_cut_by_the_answers_offsets_whatever_its_chunks() -> None:
+    """A REST body arriving in chunks that split its header: the capture is the PCM at the
+    answer's offsets, and the body's buffer is given back."""
+    harness = Harness()
+    pcm = os.urandom(2 * BYTES_PER_SECOND)
+    body = wave_header(data_bytes=len(pcm)) + pcm
+    for at in range(0, len(body), 10):
+        harness.capture.request_audio(body[at : at + 10])
+    harness.capture.request_record(
+        rest_record(
+            {
+                "RecognitionStatus": "Success",
+                "DisplayText": "hi",
+                "Offset": 3_000_000,
+                "Duration": 9_000_000,
+            }
+        )
+    )
+    (captured,) = harness.emitted
+    assert captured.pcm == cut(pcm, 0.3, 0.9)
+    assert captured.utterance_index == 0
+    assert harness.budget.used == 0
+
+
+def test_a_failed_rest_request_keeps_its_whole_audio_and_a_non_wav_body_nothing() -> None:
+    """A backend's HTTP error is a failure priority (the whole PCM is kept); a body that
+    is not WAV is never captured."""
+    harness = Harness(PRIORITIES_ONLY)
+    pcm = os.urandom(BYTES_PER_SECOND)
+    harness.capture.request_audio(wave_header(data_bytes=len(pcm)) + pcm)
+    harness.capture.request_record(rest_record({}, status=503))
+    (captured,) = harness.emitted
+    assert (captured.reason, captured.pcm) == (CaptureReason.FAILURE, pcm)
+    other = Harness()
+    other.capture.request_audio(b"OggS" + os.urandom(4000))
+    other.capture.request_record(rest_record({"RecognitionStatus": "Success", "Duration": 1}))
+    assert other.emitted == []
+    assert other.budget.used == 0

@@ -26,10 +26,12 @@ from gateway.logging import get_logger
 from gateway.outcomes.record import Role
 from gateway.protocol.usp import RecognitionStatus
 from gateway.server.admission import Admission, record_limit_hit, refuse
+from gateway.server.capture_writer import CAPTURE_WRITER
 from gateway.server.relay.backend_gate import BREAKER_OPEN
 from gateway.server.state import GatewayState, session_facts
+from gateway.session.capture import SessionCapture
 from gateway.session.rest_tap import broken_off_record, request_record
-from gateway.session.taps import RoleFacts, primary_failure
+from gateway.session.taps import RoleFacts, SessionFacts, primary_failure
 
 log = get_logger(__name__)
 
@@ -60,6 +62,7 @@ class _BodyClock:
         self.too_large = False
         self.stalled = False
         self.client_failed = False  # the client's upload broke off: not the backend's fault
+        self.capture: SessionCapture | None = None  # a sampled request of a consenting client
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -89,6 +92,8 @@ class _BodyClock:
                 # tells the handler that the client, not the backend, is at fault.
                 self.too_large = True
                 raise _BodyTooLarge
+            if self.capture is not None:
+                self.capture.request_audio(chunk)
             yield chunk
         self.last = time.monotonic()
 
@@ -179,10 +184,29 @@ async def _forward(
 ) -> web.StreamResponse:
     """Relay the request to `route`'s backend; `_Unreachable` if it could not be served."""
     variant = route.variant
-    url = variant.backend.http_url(route.path, route.upstream_query(variant))
-    headers = route.upstream_headers(variant, request.headers)
     facts = session_facts(state, route, protocol="rest")
     role = RoleFacts(Role.PRIMARY, variant.name, variant.backend.name)
+    captures = request.app.get(CAPTURE_WRITER)
+    body.capture = None if captures is None else captures.for_session(facts, variant.name, ())
+    try:
+        return await _answer(request, state, route, body, facts, role)
+    finally:
+        if body.capture is not None:
+            body.capture.release()  # however the request ended, its audio is given back
+
+
+async def _answer(
+    request: web.Request,
+    state: GatewayState,
+    route: Route,
+    body: _BodyClock,
+    facts: SessionFacts,
+    role: RoleFacts,
+) -> web.StreamResponse:
+    """`_forward` once the request's facts are known: the backend's answer, relayed."""
+    variant = route.variant
+    url = variant.backend.http_url(route.path, route.upstream_query(variant))
+    headers = route.upstream_headers(variant, request.headers)
     settings = state.settings
     timeout = aiohttp.ClientTimeout(
         sock_connect=settings.connect_timeout_s, sock_read=settings.rest_timeout_s
@@ -221,7 +245,10 @@ async def _forward(
             unreachable = UpstreamUnavailable(code, error)
             state.backends.report(route, unreachable)
             raise _Unreachable(unreachable) from None
-        state.submit(broken_off_record(facts, role, code, error))
+        broken_off = broken_off_record(facts, role, code, error)
+        state.submit(broken_off)
+        if body.capture is not None:
+            body.capture.request_record(broken_off)
         if not response.prepared:
             return web.json_response({"error": "The speech service is unavailable."}, status=503)
         # The backend's status line already went out, so no 503 can follow, and ending
@@ -239,4 +266,6 @@ async def _forward(
         answered=answered,
     )
     state.submit(record)
+    if body.capture is not None:
+        body.capture.request_record(record)
     return response
