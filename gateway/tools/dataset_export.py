@@ -15,6 +15,10 @@ all, when there are two units or more) form the test part. The folder `--out` ge
   on the traffic it must serve (`speech-gateway replay <out>/test`).
 * `export.json`: what was exported (counts, units per part, seed, share).
 
+WAVs are read from the audio store one at a time as they are written, so the export's memory
+does not grow with its size; a capture deleted meanwhile (its unit's audio deleted, or
+expired) is left out and counted.
+
 docs/review.md#dataset-export describes the layout for users.
 """
 
@@ -30,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from gateway.errors import ConfigError
+from gateway.errors import CaptureNotFound, ConfigError
 from gateway.stores.audio_store import AudioStore, Capture
 from gateway.stores.label_store import LabelStore
 from gateway.tools.cli_options import DEFAULT_SEED, DEFAULT_TEST_SHARE
@@ -47,12 +51,12 @@ _BOM: Final = "\ufeff"
 
 @dataclass(frozen=True, slots=True)
 class ExportItem:
-    """One labelled capture: its WAV, the reference text and the unit it belongs to."""
+    """One labelled capture: its id, the reference text (one line), its unit and length.
+    The WAV is read from the audio store only when it is written, one at a time."""
 
     capture_id: str
     unit: str
     text: str
-    wav: bytes
     seconds: float
 
     @property
@@ -71,6 +75,7 @@ class ExportResult:
     test_units: int
     unlabelled: int
     too_long: int
+    gone: int = 0  # deleted (unit deletion, retention) between the listing and the copy
 
     def summary(self) -> str:
         text = (
@@ -80,6 +85,8 @@ class ExportResult:
         )
         if self.too_long:
             text += f"; {self.too_long} over {MAX_TRAIN_SECONDS:.0f} s left out of train.zip"
+        if self.gone:
+            text += f"; {self.gone} deleted while exporting left out"
         if self.unlabelled:
             noun = "capture" if self.unlabelled == 1 else "captures"
             text += f"; {self.unlabelled} {noun} without a label skipped"
@@ -102,24 +109,35 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def write_custom_speech_zip(path: Path, items: Sequence[ExportItem]) -> None:
-    """A Custom Speech "audio + human-labelled transcript" zip of these items."""
-    lines = "".join(f"{item.file_name}\t{_one_line(item.text)}\r\n" for item in items)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for item in items:
-            archive.writestr(item.file_name, item.wav)
-        archive.writestr(TRANSCRIPT, (_BOM + lines).encode("utf-8"))
+class _Writer:
+    """The export's files, written item by item (module doc); `close` finishes them."""
 
+    def __init__(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "test" / "audio").mkdir(parents=True)
+        self._zips = {
+            part: zipfile.ZipFile(out / f"{part}.zip", "w", compression=zipfile.ZIP_DEFLATED)
+            for part in ("train", "test")
+        }
+        self._transcripts: dict[str, list[str]] = {"train": [], "test": []}
+        self._manifest: list[str] = []
+        self._out = out
 
-def write_replay_set(folder: Path, items: Sequence[ExportItem]) -> None:
-    """A replay dataset: `manifest.jsonl` (id, audio, text) and `audio/<capture_id>.wav`."""
-    (folder / "audio").mkdir(parents=True)
-    lines = []
-    for item in items:
-        (folder / "audio" / item.file_name).write_bytes(item.wav)
-        entry = {"id": item.capture_id, "audio": f"audio/{item.file_name}", "text": item.text}
-        lines.append(json.dumps(entry, ensure_ascii=False))
-    (folder / MANIFEST).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    def add(self, part: str, item: ExportItem, wav: bytes) -> None:
+        self._zips[part].writestr(item.file_name, wav)
+        self._transcripts[part].append(f"{item.file_name}\t{item.text}\r\n")
+        if part == "test":
+            (self._out / "test" / "audio" / item.file_name).write_bytes(wav)
+            entry = {"id": item.capture_id, "audio": f"audio/{item.file_name}", "text": item.text}
+            self._manifest.append(json.dumps(entry, ensure_ascii=False))
+
+    def close(self) -> None:
+        for part, archive in self._zips.items():
+            lines = "".join(self._transcripts[part])
+            archive.writestr(TRANSCRIPT, (_BOM + lines).encode("utf-8"))
+            archive.close()
+        manifest = self._out / "test" / MANIFEST
+        manifest.write_text("".join(line + "\n" for line in self._manifest), encoding="utf-8")
 
 
 async def labelled_items(
@@ -137,15 +155,21 @@ async def labelled_items(
         label = found.get(capture.primary.record_id)
         if label is None:
             continue
-        wav = await audio.wav(capture.capture_id)
-        seconds = capture.duration_ms / 1000
         text = _one_line(label.text)
-        items.append(ExportItem(capture.capture_id, capture.unit, text, wav, seconds))
+        seconds = capture.duration_ms / 1000
+        items.append(ExportItem(capture.capture_id, capture.unit, text, seconds))
     return items, len(captures) - len(items)
 
 
-def export_dataset(
+def _check_out(out: Path) -> None:
+    """ConfigError unless `out` is absent or an empty folder: nothing is ever overwritten."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError("--out", f"{out} exists and is not an empty folder")
+
+
+async def export_dataset(
     items: Sequence[ExportItem],
+    audio: AudioStore,
     out: Path,
     *,
     experiment: str,
@@ -153,27 +177,47 @@ def export_dataset(
     test_share: float = DEFAULT_TEST_SHARE,
     seed: str = DEFAULT_SEED,
 ) -> ExportResult:
-    """Write the layout of the module doc to `out` (absent or empty: nothing is overwritten)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError("--out", f"{out} exists and is not an empty folder")
+    """Write the layout of the module doc to `out` (absent or empty: nothing is overwritten),
+    reading each item's WAV from `audio` as it is written."""
+    await asyncio.to_thread(_check_out, out)
     if not items:
         raise ConfigError("--experiment", f"{experiment} has no labelled captured utterance")
     test_units = split_units((item.unit for item in items), test_share, seed)
-    test = [item for item in items if item.unit in test_units]
-    train_all = [item for item in items if item.unit not in test_units]
-    train = [item for item in train_all if item.seconds <= MAX_TRAIN_SECONDS]
-    out.mkdir(parents=True, exist_ok=True)
-    write_custom_speech_zip(out / "train.zip", train)
-    write_custom_speech_zip(out / "test.zip", test)
-    write_replay_set(out / "test", test)
+    parts: list[tuple[str, ExportItem]] = []
+    too_long = gone = 0
+    for item in items:
+        if item.unit in test_units:
+            parts.append(("test", item))
+        elif item.seconds <= MAX_TRAIN_SECONDS:
+            parts.append(("train", item))
+        else:
+            too_long += 1
+    try:
+        writer = await asyncio.to_thread(_Writer, out)
+        try:
+            for part, item in list(parts):
+                try:
+                    wav = await audio.wav(item.capture_id)
+                except CaptureNotFound:
+                    # Its unit's audio was deleted (or it expired) meanwhile: never export it.
+                    parts.remove((part, item))
+                    gone += 1
+                    continue
+                await asyncio.to_thread(writer.add, part, item, wav)
+        finally:
+            await asyncio.to_thread(writer.close)
+    except OSError as exc:
+        raise ConfigError("--out", f"cannot write {out}: {exc.strerror or exc}") from None
+    train = [item for part, item in parts if part == "train"]
     result = ExportResult(
         out=out,
         train=len(train),
-        test=len(test),
+        test=len(parts) - len(train),
         train_units=len({item.unit for item in train}),
         test_units=len(test_units),
         unlabelled=unlabelled,
-        too_long=len(train_all) - len(train),
+        too_long=too_long,
+        gone=gone,
     )
     summary: dict[str, Any] = {
         "experiment": experiment,
@@ -182,9 +226,11 @@ def export_dataset(
         "train": {"items": result.train, "units": result.train_units},
         "test": {"items": result.test, "units": result.test_units},
         "unlabelled": unlabelled,
-        "too_long_for_training": result.too_long,
+        "too_long_for_training": too_long,
+        "deleted_while_exporting": gone,
     }
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(summary, indent=2) + "\n"
+    await asyncio.to_thread((out / SUMMARY).write_text, text, encoding="utf-8")
     return result
 
 
@@ -195,18 +241,15 @@ async def run_export(
     if not 0.0 <= args.test_share < 1.0:
         raise ConfigError("--test-share", f"must be at least 0 and below 1, got {args.test_share}")
     items, unlabelled = await labelled_items(audio, labels, args.experiment)
-    try:
-        return await asyncio.to_thread(
-            export_dataset,
-            items,
-            args.out,
-            experiment=args.experiment,
-            unlabelled=unlabelled,
-            test_share=args.test_share,
-            seed=args.seed,
-        )
-    except OSError as exc:
-        raise ConfigError("--out", f"cannot write {args.out}: {exc.strerror or exc}") from None
+    return await export_dataset(
+        items,
+        audio,
+        args.out,
+        experiment=args.experiment,
+        unlabelled=unlabelled,
+        test_share=args.test_share,
+        seed=args.seed,
+    )
 
 
 def dataset_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -58,7 +58,9 @@ async def test_the_exported_test_set_replays_through_the_gateway(
     items, unlabelled = await labelled_items(world.audio_store(), world.label_store(), "checkout")
     assert unlabelled == 0
     out = tmp_path / "export"
-    result = export_dataset(items, out, experiment="checkout", test_share=0.5)
+    result = await export_dataset(
+        items, world.audio_store(), out, experiment="checkout", test_share=0.5
+    )
     assert result.test == 4
     replayed = run_replay(
         ReplayOptions(

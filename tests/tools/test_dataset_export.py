@@ -19,7 +19,14 @@ from gateway.errors import ConfigError
 from gateway.outcomes.labels import LabelInput
 from gateway.tools.cli_options import add_dataset_arguments
 from gateway.tools.dataset import load_dataset
-from gateway.tools.dataset_export import MAX_TRAIN_SECONDS, TRANSCRIPT, run_export, split_units
+from gateway.tools.dataset_export import (
+    MAX_TRAIN_SECONDS,
+    TRANSCRIPT,
+    export_dataset,
+    labelled_items,
+    run_export,
+    split_units,
+)
 
 
 async def labelled_world(tmp_path: Path, units: int, per_unit: int = 2) -> ReviewWorld:
@@ -171,3 +178,21 @@ def test_the_command_exports_from_the_configured_stores(
     assert error.count("\n") == 1
     assert "--out" in error
     assert "Traceback" not in error
+
+
+async def test_a_capture_deleted_during_the_export_is_left_out(tmp_path: Path) -> None:
+    """A capture whose unit's audio is deleted after the listing is not exported, and the
+    summary counts it."""
+    world = await labelled_world(tmp_path, units=3)
+    audio = world.audio_store()
+    items, _ = await labelled_items(audio, world.label_store(), EXPERIMENT)
+    await audio.delete_unit("unit-001")
+    out = tmp_path / "out"
+    result = await export_dataset(items, audio, out, experiment=EXPERIMENT, test_share=0.0)
+    assert result.gone == 2
+    names, rows, _ = read_zip(out / "train.zip")
+    assert len(rows) == result.train == len(items) - 2
+    deleted = {c.capture_id for c in world.captures if c.unit == "unit-001"}
+    assert not {name.removesuffix(".wav") for name in names} & deleted
+    assert "2 deleted while exporting left out" in result.summary()
+    assert json.loads((out / "export.json").read_text())["deleted_while_exporting"] == 2
