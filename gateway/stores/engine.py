@@ -23,10 +23,13 @@ tolerates the one and names the other.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import tempfile
 import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, get_args, get_type_hints
@@ -59,6 +62,7 @@ from gateway.outcomes.record import (
     REFUSAL_STATUSES,
     OutcomeRecord,
 )
+from gateway.stores.lake import exported_experiments, lake_sources
 
 RETRY_GAP_S: Final = 120.0  # as gateway.analysis.observations.RETRY_GAP_S
 
@@ -147,8 +151,10 @@ class DuckDbEngine:
     @classmethod
     def parquet(cls, files: Sequence[Path]) -> DuckDbEngine:
         listed = ", ".join(_quote(str(path)) for path in files)
-        # union_by_name: files of older record versions lack the newer columns.
-        return cls(f"read_parquet([{listed}], union_by_name = true)")
+        # union_by_name: files of older record versions lack the newer columns; no hive
+        # partitioning: the folder names (experiment=..., phase=...) would override the
+        # files' own columns with guessed types (a phase "1" read as a number).
+        return cls(f"read_parquet([{listed}], union_by_name = true, hive_partitioning = false)")
 
     @contextmanager
     def _records(self, window: AnalysisWindow) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -415,3 +421,52 @@ def _fetch_records(
     rows = con.execute(query, params).fetchall()
     names = list(COLUMNS)
     return [OutcomeRecord(**dict(zip(names, row, strict=True))) for row in rows]
+
+
+class LakeReader:
+    """A Parquet export (`gateway.stores.lake`) as an `OutcomeReader`, and its engine: the
+    analysis of an export directory without the store it came from."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def engine(self, experiment: str) -> DuckDbEngine:
+        """The engine over the experiment's outcome files (ConfigError, one line: not an
+        export, no such partition, a file of another export version)."""
+        return DuckDbEngine.parquet(lake_sources(self.root, experiment).outcomes)
+
+    async def outcomes(
+        self, experiment: str, since: datetime | None = None, until: datetime | None = None
+    ) -> AsyncIterator[OutcomeRecord]:
+        window = AnalysisWindow(experiment, since, until)
+        for record in await asyncio.to_thread(self.engine(experiment).records, window, None):
+            yield record
+
+    async def labels(self, experiment: str) -> dict[str, Label]:
+        return await asyncio.to_thread(self._labels, experiment)
+
+    async def experiments(self) -> list[str]:
+        return exported_experiments(self.root)
+
+    def _labels(self, experiment: str) -> dict[str, Label]:
+        files = lake_sources(self.root, experiment).labels
+        if not files:
+            return {}
+        listed = ", ".join(_quote(str(path)) for path in files)
+        con = duckdb.connect(":memory:")
+        try:
+            rows = con.execute(
+                "SELECT to_json(t) FROM (SELECT * EXCLUDE (experiment) FROM "  # noqa: S608 - quoted paths
+                f"read_parquet([{listed}], union_by_name = true, hive_partitioning = false)) AS t"
+            ).fetchall()
+        finally:
+            con.close()
+        found: dict[str, Label] = {}
+        for (row,) in rows:
+            data = json.loads(row)
+            if data.get("scores") is None:  # a label not scored: no counts, not empty ones
+                data.pop("scores", None)
+                data.pop("normalisation", None)
+            label = Label.from_json(json.dumps(data))
+            found[label.record_id] = label
+        return found

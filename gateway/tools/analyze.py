@@ -1,4 +1,5 @@
-"""`speech-gateway analyze`: one experiment's report from the configured outcome store.
+"""`speech-gateway analyze`: one experiment's report from the configured outcome store, or
+from a Parquet export (`--lake`).
 
 The store (file or Redis) and the experiment's control, current split, canary set, term
 list and synonyms come from the same settings the gateway runs with. The report goes to the
@@ -10,10 +11,14 @@ HTML file; `--alignments` writes every labelled utterance's word alignment
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+from gateway.analysis.engine_port import EvidenceSource
 from gateway.analysis.error_analysis import ErrorInputs
 from gateway.analysis.labelled import labelled_results
 from gateway.analysis.model import AnalysisOptions, ExperimentInfo, Json
@@ -108,9 +113,26 @@ def error_inputs(
     )
 
 
-async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
+@asynccontextmanager
+async def _reader(
+    settings: Settings, lake: Path | None, experiment: str
+) -> AsyncIterator[tuple[OutcomeReader, EvidenceSource | None]]:
+    """The configured store's reader and engine, or those of a Parquet export (`--lake`)."""
     from gateway.stores.factory import analysis_engine, open_reader
 
+    if lake is not None:
+        from gateway.stores.engine import LakeReader
+
+        if not await asyncio.to_thread(lake.is_dir):
+            raise ConfigError("--lake", f"no export directory at {lake}")
+        reader = LakeReader(lake)
+        yield reader, reader.engine(experiment)
+        return
+    async with open_reader(settings.outcomes, settings.redis.connection()) as store:
+        yield store, analysis_engine(settings.outcomes)
+
+
+async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
     options = AnalysisOptions(
         confidence=args.confidence,
         min_labelled=args.min_labelled,
@@ -119,7 +141,7 @@ async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
     info = experiment_info(settings, args.experiment, args.control)
     references = canary_references(settings, args.experiment)
     inputs = error_inputs(settings, args.experiment, args.terms, args.synonyms, args.terms_corpus)
-    async with open_reader(settings.outcomes, settings.redis.connection()) as reader:
+    async with _reader(settings, args.lake, args.experiment) as (reader, engine):
         try:
             report = await analyze(
                 reader,
@@ -131,7 +153,7 @@ async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
                 options=options,
                 canary_references=references,
                 errors=inputs,
-                engine=analysis_engine(settings.outcomes),
+                engine=engine,
             )
             if args.alignments is not None:
                 await export_alignments(reader, args)

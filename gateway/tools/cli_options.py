@@ -67,6 +67,12 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         help="equivalent forms, `okay = ok` a line (default: the experiment's synonyms setting)",
     )
     parser.add_argument(
+        "--lake",
+        type=Path,
+        metavar="DIR",
+        help="analyse a Parquet export (speech-gateway export) instead of the configured store",
+    )
+    parser.add_argument(
         "--alignments",
         type=_alignments,
         metavar="FILE",
