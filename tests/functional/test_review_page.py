@@ -155,3 +155,43 @@ def test_a_refused_token_asks_for_another_and_an_empty_queue_says_so(tmp_path: P
         driver.find_element(By.ID, "start").click()
         wait_for(driver, lambda d: d.find_element(By.ID, "empty").is_displayed(), "empty queue")
         assert "Nothing left to review" in status.text
+
+
+def test_a_lost_lease_gives_the_item_back_with_what_was_typed(tmp_path: Path) -> None:
+    """When the lease ran out before the save (409), the page claims again: the same item
+    comes back with the typed text and choice, and the second save stores them."""
+    world = ReviewWorld(tmp_path / "world")
+    world.folder.mkdir()
+
+    async def setup() -> None:
+        for n in (1, 2):
+            await world.add(n)
+
+    asyncio.run(setup())
+    first, second = world.captures
+    with serving(world.app()) as url, chromium(tmp_path) as driver:
+        driver.get(f"{url}/review?experiment={EXPERIMENT}")
+        driver.find_element(By.ID, "token").send_keys(REVIEWER_TOKENS["rita"])
+        driver.find_element(By.ID, "start").click()
+        wait_for(driver, lambda d: current_item(d) == first.capture_id, "the first item")
+        reference = driver.find_element(By.ID, "reference")
+        reference.clear()
+        reference.send_keys("pay the gas bill")
+        driver.find_element(By.ID, "choice-same").click()
+        asyncio.run(world.leases().release(EXPERIMENT, "rita", first.capture_id))
+        driver.find_element(By.ID, "save").click()
+        status = driver.find_element(By.ID, "status")
+        wait_for(driver, lambda d: "yours again" in status.text, "the lease regained")
+        assert current_item(driver) == first.capture_id
+        assert reference.get_attribute("value") == "pay the gas bill"
+        assert driver.find_element(By.ID, "choice-same").is_selected()
+        driver.find_element(By.ID, "save").click()
+        wait_for(driver, lambda d: current_item(d) == second.capture_id, "the next item")
+
+    async def stored() -> None:
+        label = (await world.label_store().get([first.primary.record_id]))[first.primary.record_id]
+        assert label.text == "pay the gas bill"
+        (preference,) = (await world.preference_store().current(EXPERIMENT)).values()
+        assert preference.choice == "same"
+
+    asyncio.run(stored())

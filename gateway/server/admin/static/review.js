@@ -118,6 +118,19 @@
     const radio = choiceBox.querySelector("input:checked");
     return radio ? radio.value : null;
   }
+  async function regain(error) {
+    // 409: the lease ran out (or the item went elsewhere). Claim again: the same item comes
+    // back, with what was typed and chosen, if nobody took it meanwhile.
+    if (!(error instanceof HttpError && error.status === 409)) throw error;
+    const was = item ? item.capture_id : null, typed = reference.value, choice = chosen();
+    const answer = await (await call("POST", "/claim")).json();
+    showProgress(answer.progress);
+    const same = answer.item && answer.item.capture_id === was;
+    show(answer.item, same ? choice : null);
+    if (same) reference.value = typed;
+    setStatus("error", error.message + (same ? ". It is yours again: save it once more." :
+      ". Here is the next item."));
+  }
   const save = () => act(async () => {
     if (!item) return;
     const text = reference.value.trim();
@@ -126,13 +139,17 @@
       setStatus("error", "Choose A better, B better or Same first.");
       return;
     }
-    await call("POST", "/items/" + item.capture_id + "/save",
-      {text, choice: item.choice_needed ? chosen() : null});
+    try {
+      await call("POST", "/items/" + item.capture_id + "/save",
+        {text, choice: item.choice_needed ? chosen() : null});
+    } catch (error) { await regain(error); return; }
     await claim();
   });
   const skip = () => act(async () => {
     if (!item) return;
-    await call("POST", "/items/" + item.capture_id + "/skip");
+    try {
+      await call("POST", "/items/" + item.capture_id + "/skip");
+    } catch (error) { await regain(error); return; }
     await claim();
   });
   const undo = () => act(async () => {
