@@ -271,13 +271,20 @@ class LocalAudioStore:
         fsync_directory(folder)
 
     def _read_wav(self, capture_id: str) -> bytes:
-        for sidecar_path, capture in self._all_sidecars():
-            if capture.capture_id == capture_id:
-                try:
-                    data = sidecar_path.with_suffix(".wav").read_bytes()
-                except FileNotFoundError:
-                    raise CaptureCorrupt(capture_id, "the WAV is missing") from None
-                return check_wav(capture_id, data, capture.wav_bytes)
+        # The id names the files: one stat per experiment folder, no sidecar scan.
+        for folder in self._experiment_folders():
+            sidecar_path = folder / f"{capture_id}.json"
+            try:
+                capture = Capture.from_json(json.loads(sidecar_path.read_bytes()))
+            except FileNotFoundError:
+                continue
+            except (ValueError, KeyError, TypeError):
+                raise CaptureCorrupt(capture_id, "the sidecar is unreadable") from None
+            try:
+                data = sidecar_path.with_suffix(".wav").read_bytes()
+            except FileNotFoundError:
+                raise CaptureCorrupt(capture_id, "the WAV is missing") from None
+            return check_wav(capture_id, data, capture.wav_bytes)
         raise CaptureNotFound(capture_id)
 
     def _experiment_folders(self) -> Iterator[Path]:
