@@ -119,8 +119,8 @@ class FileReviewLeases:
                     state: dict[str, Any] = json.loads(text) if text.strip() else {}
                     now = time.time()
                     leases: dict[str, list[Any]] = state.setdefault("leases", {})
-                    for key in [k for k, (_, until) in leases.items() if until <= now]:
-                        del leases[key]
+                    for slot in [k for k, (_, until) in leases.items() if until <= now]:
+                        del leases[slot]
                     state.setdefault("skips", {})
                     answer = change(state, now)
                     file.seek(0)
@@ -144,9 +144,9 @@ class FileReviewLeases:
             mine = [c for c in candidates if leases.get(f"{experiment}/{c}", [None])[0] == reviewer]
             free = [c for c in candidates if f"{experiment}/{c}" not in leases and c not in skips]
             chosen = (mine or free)[0] if mine or free else None
-            for key in [k for k, (who, _) in leases.items() if who == reviewer]:
-                if key.startswith(f"{experiment}/"):
-                    del leases[key]  # one capture at a time
+            for slot in [k for k, (who, _) in leases.items() if who == reviewer]:
+                if slot.startswith(f"{experiment}/"):
+                    del leases[slot]  # one capture at a time
             if chosen is not None:
                 leases[f"{experiment}/{chosen}"] = [reviewer, now + ttl_s]
             return chosen
@@ -157,13 +157,13 @@ class FileReviewLeases:
     def _hold(self, experiment: str, reviewer: str, capture_id: str, ttl_s: float) -> bool:
         def change(state: dict[str, Any], now: float) -> bool:
             leases: dict[str, list[Any]] = state["leases"]
-            key = f"{experiment}/{capture_id}"
-            if leases.get(key, [reviewer])[0] != reviewer:
+            slot = f"{experiment}/{capture_id}"
+            if leases.get(slot, [reviewer])[0] != reviewer:
                 return False
             for other in [k for k, (who, _) in leases.items() if who == reviewer]:
                 if other.startswith(f"{experiment}/"):
                     del leases[other]
-            leases[key] = [reviewer, now + ttl_s]
+            leases[slot] = [reviewer, now + ttl_s]
             return True
 
         result: bool = self._update(change)
@@ -179,9 +179,9 @@ class FileReviewLeases:
 
     def _release(self, experiment: str, reviewer: str, capture_id: str, skip: bool) -> None:
         def change(state: dict[str, Any], now: float) -> None:
-            key = f"{experiment}/{capture_id}"
-            if state["leases"].get(key, [None])[0] == reviewer:
-                del state["leases"][key]
+            slot = f"{experiment}/{capture_id}"
+            if state["leases"].get(slot, [None])[0] == reviewer:
+                del state["leases"][slot]
             if skip:
                 skips: dict[str, float] = state["skips"].setdefault(f"{experiment}/{reviewer}", {})
                 skips[capture_id] = now + SKIP_MEMORY_S

@@ -124,7 +124,7 @@ def blind_pair(capture: Capture) -> tuple[CapturedResult, CapturedResult] | None
 def blind_order(key: bytes, capture_id: str, reviewer: str) -> bool:
     """Whether the primary is shown as B for this reviewer (a keyed coin per capture)."""
     mac = hmac.new(key, f"review\0{capture_id}\0{reviewer}".encode(), hashlib.sha256)
-    return mac.digest()[0] & 1 == 1
+    return bool(mac.digest()[0] & 1)
 
 
 @dataclass(frozen=True, slots=True)
