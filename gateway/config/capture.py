@@ -192,6 +192,8 @@ def capture_policies(experiments: Sequence[_Experiment]) -> dict[str, CapturePol
         if settings is None:
             continue
         where = f"gateway.experiments[{index}].capture"
+        if experiment.id.startswith("_"):
+            raise ConfigError(where, "an experiment whose id starts with `_` cannot capture")
         variants = {variant.name for variant in experiment.variants}
         for variant, share in settings.variant_shares.items():
             if variant not in variants:

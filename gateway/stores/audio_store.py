@@ -173,8 +173,13 @@ class AudioStore(Protocol):
 
 
 def check_experiment(experiment: str) -> None:
-    """An experiment name usable as a folder or blob prefix (never `.` or `..`)."""
-    if not _EXPERIMENT.fullmatch(experiment) or set(experiment) == {"."}:
+    """An experiment name usable as a folder or blob prefix: never `.` or `..`, and not
+    starting with `_` (the Blob store's own prefixes, `_ids/` and `_deleted/`)."""
+    if (
+        not _EXPERIMENT.fullmatch(experiment)
+        or set(experiment) == {"."}
+        or experiment.startswith("_")
+    ):
         raise ValueError(f"not an experiment name usable for audio: {experiment!r}")
 
 

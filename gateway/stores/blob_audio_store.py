@@ -4,7 +4,9 @@ One container per gateway installation; each capture is two blobs, `<experiment>
 (content type audio/wav) and `<experiment>/<capture_id>.json` (its sidecar, application/json),
 both with the metadata `unit` and `captured_at` so that deletion by unit and retention find
 them from a listing without reading every sidecar. The WAV is uploaded first; a capture is
-listed once its sidecar exists. The deletion list is a blob per unit under `_deleted/`.
+listed once its sidecar exists. `_ids/<capture_id>` (same metadata) names its experiment,
+so that reading a capture by id is one request. The deletion list is a blob per unit under
+`_deleted/`.
 Custom Speech reads training data from the same account.
 
 Same interface and behaviour as `gateway.stores.audio_store.LocalAudioStore`; every failure to
@@ -39,6 +41,7 @@ from gateway.stores.audio_store import (
 from gateway.stores.failures import unavailable
 
 DELETED_PREFIX: Final = "_deleted/"
+IDS_PREFIX: Final = "_ids/"  # `_ids/<capture_id>` holds the capture's experiment
 _PARALLEL_READS: Final = 8
 _T = TypeVar("_T")
 
@@ -101,6 +104,13 @@ class BlobAudioStore:
                 overwrite=True,
                 metadata=metadata,
                 content_settings=ContentSettings(content_type=SIDECAR_CONTENT_TYPE),
+            )
+            # Where the capture is, by id: a reader that knows only the id needs one request.
+            await self._container.upload_blob(
+                f"{IDS_PREFIX}{capture.capture_id}",
+                capture.experiment.encode(),
+                overwrite=True,
+                metadata=metadata,
             )
         self._experiments[capture.capture_id] = capture.experiment
 
@@ -177,6 +187,10 @@ class BlobAudioStore:
         return True
 
     async def _find(self, capture_id: str) -> str:
+        try:
+            return (await self._download(f"{IDS_PREFIX}{capture_id}")).decode()
+        except ResourceNotFoundError:
+            pass  # absent, or its id blob was lost: a listing decides
         suffix = f"/{capture_id}.json"
         try:
             async for blob in self._container.list_blobs():

@@ -107,6 +107,17 @@ def test_a_bad_value_is_refused_by_the_model(capture: dict[str, Any]) -> None:
         section(capture)
 
 
+def test_an_experiment_id_starting_with_an_underscore_cannot_capture() -> None:
+    """Such ids would collide with the Blob store's own prefixes (`_ids/`, `_deleted/`)."""
+    settings = section({"share": 1.0})
+    renamed = settings.model_copy(
+        update={"experiments": [settings.experiments[0].model_copy(update={"id": "_ids"})]}
+    )
+    with pytest.raises(ConfigError) as raised:
+        capture_policies(renamed.experiments)
+    assert raised.value.field == "gateway.experiments[0].capture"
+
+
 def test_a_blob_store_needs_its_account_url() -> None:
     """`store = "blob"` without `blob_account_url` is refused, naming the field."""
     with pytest.raises(ConfigError) as raised:

@@ -66,6 +66,8 @@ def test_capture_refuses_names_that_escape_the_store() -> None:
     """An experiment of dots or a capture id that is not hex never becomes a path."""
     with pytest.raises(ValueError, match="experiment name"):
         make_capture(make_wav(b""), experiment="..")
+    with pytest.raises(ValueError, match="experiment name"):
+        make_capture(make_wav(b""), experiment="_ids")
     with pytest.raises(ValueError, match="32 hex digits"):
         Capture.from_json({**make_capture(make_wav(b"")).to_json(), "capture_id": "../x"})
 
