@@ -168,7 +168,9 @@ def build_report(
     error analysis samples units itself above `options.error_labelled` labelled
     utterances (`unit_sample`)."""
     options = options or AnalysisOptions()
-    records = list(records)
+    # One order, whatever order the store returned them in (an engine's is this one), so
+    # every resampling sees the units in the same order.
+    records = sorted(records, key=lambda r: (r.timestamp, r.record_id))
     references = canary_references or {}
     answers = canary_answers(records, references)
     if observations is None:

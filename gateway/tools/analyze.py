@@ -115,9 +115,10 @@ def error_inputs(
 
 @asynccontextmanager
 async def _reader(
-    settings: Settings, lake: Path | None, experiment: str
+    settings: Settings, lake: Path | None, experiment: str, engine: str
 ) -> AsyncIterator[tuple[OutcomeReader, EvidenceSource | None]]:
-    """The configured store's reader and engine, or those of a Parquet export (`--lake`)."""
+    """The configured store's reader and engine, or those of a Parquet export (`--lake`);
+    no engine with `--engine records`."""
     from gateway.stores.factory import analysis_engine, open_reader
 
     if lake is not None:
@@ -126,10 +127,10 @@ async def _reader(
         if not await asyncio.to_thread(lake.is_dir):
             raise ConfigError("--lake", f"no export directory at {lake}")
         reader = LakeReader(lake)
-        yield reader, reader.engine(experiment)
+        yield reader, reader.engine(experiment) if engine == "duckdb" else None
         return
     async with open_reader(settings.outcomes, settings.redis.connection()) as store:
-        yield store, analysis_engine(settings.outcomes)
+        yield store, analysis_engine(settings.outcomes) if engine == "duckdb" else None
 
 
 async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
@@ -141,7 +142,7 @@ async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
     info = experiment_info(settings, args.experiment, args.control)
     references = canary_references(settings, args.experiment)
     inputs = error_inputs(settings, args.experiment, args.terms, args.synonyms, args.terms_corpus)
-    async with _reader(settings, args.lake, args.experiment) as (reader, engine):
+    async with _reader(settings, args.lake, args.experiment, args.engine) as (reader, engine):
         try:
             report = await analyze(
                 reader,

@@ -67,6 +67,13 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
         help="equivalent forms, `okay = ok` a line (default: the experiment's synonyms setting)",
     )
     parser.add_argument(
+        "--engine",
+        choices=("duckdb", "records"),
+        default="duckdb",
+        help="duckdb: SQL over the file store or export (default; the Redis store is read "
+        "record by record); records: read record by record",
+    )
+    parser.add_argument(
         "--lake",
         type=Path,
         metavar="DIR",

@@ -262,3 +262,35 @@ def test_the_sweep_counts_only_valid_steps(
         first_failing,
     )
     assert answer.why
+
+
+def test_the_analysis_scale_benchmark_runs_both_paths(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "analysis_scale.py"),
+            "--sizes",
+            "400",
+            "--work",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    [row] = json.loads(out.read_text())
+    assert row["records"] == 400
+    for path in ("duckdb", "records_path"):
+        assert row[path]["cpu_s"] > 0
+        assert row[path]["peak_rss_mb"] > 10
+    # The two paths made the same report.
+    reports = [
+        json.loads((tmp_path / "work" / "store-400" / f"report-{engine}.json").read_text())
+        for engine in ("duckdb", "records")
+    ]
+    for report in reports:
+        report.pop("generated_at")
+    assert reports[0] == reports[1]

@@ -34,6 +34,10 @@ def test_the_export_gives_the_stores_report(
     for report in (from_store, from_lake):
         report.pop("generated_at")
     assert from_lake == from_store
+    assert main([*argv, "--engine", "records", "--json", "-"]) == 0
+    record_by_record = json.loads(capsys.readouterr().out)
+    record_by_record.pop("generated_at")
+    assert record_by_record == from_store
     assert from_lake["phases"][0]["phase"] == "1"
     assert from_lake["recommendation"]["action"] == "ship_custom"
 
