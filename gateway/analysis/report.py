@@ -38,6 +38,7 @@ from gateway.analysis.observations import (
     observe,
 )
 from gateway.analysis.paired import oriented, with_always_valid
+from gateway.analysis.review_report import ReviewInputs, headline_labels, review_section
 from gateway.analysis.timeline import boundaries, bucket_seconds
 from gateway.analysis.unit_sample import UnitSample, labelled_primaries, sampled
 from gateway.control.guardrails import Guardrails
@@ -75,6 +76,7 @@ async def analyze(
     missing_ok: bool = False,
     in_thread: bool = False,
     engine: EvidenceSource | None = None,
+    reviews: ReviewInputs | None = None,
 ) -> Json:
     """Read the experiment's records and labels and build its report.
 
@@ -85,6 +87,7 @@ async def analyze(
     `in_thread`: compute in a worker thread, keeping a serving event loop responsive.
     `engine`: computes the observations where the records lie (`engine_port`); a store it
     cannot read (`EngineUnreadable`) is read record by record instead.
+    `reviews`: the experiment's captures and blind preferences (`review_report`).
     """
     labels = await reader.labels(experiment)
     options = options or AnalysisOptions()
@@ -92,7 +95,11 @@ async def analyze(
         window = AnalysisWindow(experiment, since, until)
         try:
             observed = await asyncio.to_thread(
-                _engine_inputs, engine, window, labels, options.error_labelled
+                _engine_inputs,
+                engine,
+                window,
+                labels if reviews is None else headline_labels(labels, reviews),
+                options.error_labelled,
             )
         except EngineUnreadable:
             # A missing file, a torn last line, a bad line: the record reader below tells
@@ -114,6 +121,7 @@ async def analyze(
                 errors=errors,
                 observations=observations,
                 sample=sample,
+                reviews=reviews,
             )
             return await asyncio.to_thread(build) if in_thread else build()
     try:
@@ -134,6 +142,7 @@ async def analyze(
         options=options,
         canary_references=canary_references,
         errors=errors,
+        reviews=reviews,
     )
     return await asyncio.to_thread(build) if in_thread else build()
 
@@ -161,13 +170,18 @@ def build_report(
     errors: ErrorInputs | None = None,
     observations: Mapping[str, PhaseObservations] | None = None,
     sample: UnitSample | None = None,
+    reviews: ReviewInputs | None = None,
 ) -> Json:
     """The report of `records` and their `labels`. With `observations` (an engine's, see
     `engine_port`) the records are only those the engine materialised: canaries and, with
     a `sample`, the error analysis's units; without, every record of the window, and the
     error analysis samples units itself above `options.error_labelled` labelled
-    utterances (`unit_sample`)."""
+    utterances (`unit_sample`). With `reviews`, the review labels of priority captures are
+    left out of everything but the `review` section (`review_report.headline_labels`)."""
     options = options or AnalysisOptions()
+    every_label = labels
+    if reviews is not None:
+        labels = headline_labels(labels, reviews)
     # One order, whatever order the store returned them in (an engine's is this one), so
     # every resampling sees the units in the same order.
     records = sorted(records, key=lambda r: (r.timestamp, r.record_id))
@@ -231,6 +245,9 @@ def build_report(
             selected=phase is not None,
             sample=sample,
         ),
+        "review": None
+        if reviews is None
+        else review_section(reviews, every_label, control=control, options=options, phase=phase),
         "recommendation": recommend(current, info, options),
     }
 

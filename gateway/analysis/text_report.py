@@ -12,6 +12,7 @@ from typing import Any
 from gateway.analysis.error_analysis import errors_text
 from gateway.analysis.health_views import canary_text, drift_text
 from gateway.analysis.planner import render_plan
+from gateway.analysis.review_report import review_text
 from gateway.analysis.text_tables import text_table
 
 _ACTIONS = {
@@ -73,6 +74,7 @@ def render_text(report: Mapping[str, Any]) -> str:
         canary_text(report.get("canary")),
         drift_text(report.get("drift")),
         errors_text(report.get("errors")),
+        review_text(report.get("review")),
     ):
         if section:
             lines += ["", *section]

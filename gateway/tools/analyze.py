@@ -23,6 +23,7 @@ from gateway.analysis.error_analysis import ErrorInputs
 from gateway.analysis.labelled import labelled_results
 from gateway.analysis.model import AnalysisOptions, ExperimentInfo, Json
 from gateway.analysis.report import analyze
+from gateway.analysis.review_report import ReviewInputs
 from gateway.analysis.style import load_synonyms
 from gateway.analysis.term_corpus import experiment_terms
 from gateway.analysis.text_report import render_text
@@ -30,7 +31,7 @@ from gateway.analysis.word_errors import alignment_rows, write_alignments
 from gateway.config.gateway import build_gateway_config
 from gateway.config.settings import Settings
 from gateway.control.model import Experiment
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreUnavailable
 from gateway.health.canary import load_references
 from gateway.outcomes.ports import OutcomeReader
 from gateway.outcomes.record import InvalidRecordError
@@ -133,6 +134,33 @@ async def _reader(
         yield store, analysis_engine(settings.outcomes) if engine == "duckdb" else None
 
 
+async def review_inputs(
+    settings: Settings, args: argparse.Namespace, reader: OutcomeReader
+) -> ReviewInputs | None:
+    """The experiment's captures (the configured audio store) and blind preferences (beside
+    the outcomes), for the report's review section; None without captures. A store that
+    cannot be read is said on stderr in one line, and the report made without the section."""
+    from gateway.server.admin.review import create_review_stores
+    from gateway.stores.factory import create_audio_store
+    from gateway.stores.reader import RedisReader
+
+    try:
+        audio = create_audio_store(settings.gateway.audio)
+        try:
+            captures = await audio.captures(args.experiment)
+        finally:
+            await audio.close()
+        if not captures:
+            return None
+        client = reader.client if isinstance(reader, RedisReader) else None
+        preferences, _ = create_review_stores(settings.outcomes.path, client, settings.redis.prefix)
+        current = await preferences.current(args.experiment)
+    except (ConfigError, StoreUnavailable) as exc:
+        print(f"speech-gateway: no review section: {exc}", file=sys.stderr)
+        return None
+    return ReviewInputs(captures, tuple(current.values()))
+
+
 async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
     options = AnalysisOptions(
         confidence=args.confidence,
@@ -143,6 +171,7 @@ async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
     references = canary_references(settings, args.experiment)
     inputs = error_inputs(settings, args.experiment, args.terms, args.synonyms, args.terms_corpus)
     async with _reader(settings, args.lake, args.experiment, args.engine) as (reader, engine):
+        reviews = None if args.lake is not None else await review_inputs(settings, args, reader)
         try:
             report = await analyze(
                 reader,
@@ -155,6 +184,7 @@ async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
                 canary_references=references,
                 errors=inputs,
                 engine=engine,
+                reviews=reviews,
             )
             if args.alignments is not None:
                 await export_alignments(reader, args)
