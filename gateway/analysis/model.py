@@ -38,7 +38,7 @@ class AnalysisOptions:
     drift_window_s: int = 86400  # the drift section's windows (one day)
     # Above this many labelled utterances the error analysis reads a sample of units
     # (gateway.analysis.unit_sample); the headline numbers never sample.
-    error_labelled: int = 20_000
+    error_labelled: int = 5_000
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.confidence < 1:

@@ -135,7 +135,7 @@ async def _reader(
 
 
 async def review_inputs(
-    settings: Settings, args: argparse.Namespace, reader: OutcomeReader
+    settings: Settings, experiment: str, reader: OutcomeReader
 ) -> ReviewInputs | None:
     """The experiment's captures (the configured audio store) and blind preferences (beside
     the outcomes), for the report's review section; None without captures. A store that
@@ -147,14 +147,14 @@ async def review_inputs(
     try:
         audio = create_audio_store(settings.gateway.audio)
         try:
-            captures = await audio.captures(args.experiment)
+            captures = await audio.captures(experiment)
         finally:
             await audio.close()
         if not captures:
             return None
         client = reader.client if isinstance(reader, RedisReader) else None
         preferences, _ = create_review_stores(settings.outcomes.path, client, settings.redis.prefix)
-        current = await preferences.current(args.experiment)
+        current = await preferences.current(experiment)
     except (ConfigError, StoreUnavailable) as exc:
         print(f"speech-gateway: no review section: {exc}", file=sys.stderr)
         return None
@@ -171,7 +171,11 @@ async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
     references = canary_references(settings, args.experiment)
     inputs = error_inputs(settings, args.experiment, args.terms, args.synonyms, args.terms_corpus)
     async with _reader(settings, args.lake, args.experiment, args.engine) as (reader, engine):
-        reviews = None if args.lake is not None else await review_inputs(settings, args, reader)
+        reviews = (
+            None
+            if args.lake is not None
+            else await review_inputs(settings, args.experiment, reader)
+        )
         try:
             report = await analyze(
                 reader,

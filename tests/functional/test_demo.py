@@ -46,6 +46,15 @@ def test_the_demo_runs_a_whole_experiment_and_ships_the_custom_model(tmp_path: P
     assert variants["custom"]["wer"]["wer"] < 0.1 < 0.3 < variants["base"]["wer"]["wer"]
     assert report["recommendation"]["action"] == "ship_custom"
 
+    # The labelling loop: a quarter of the utterances were captured, the scripted reviewer
+    # labelled every one in the workbench, and the report says so.
+    (reviewed,) = re.findall(r"Scripted reviewer: (\d+) captured utterances reviewed", out)
+    review = report["review"]
+    assert 0 < int(reviewed) == review["sample"]["uniform"]["reviewed"] < 48
+    assert review["sample"]["priority"]["captured"] == 0
+    assert sum(e["utterances"] for e in review["wer"]["uniform"]) == int(reviewed)
+    assert "Reviewed live traffic" in out
+
     # The error analysis knows the banking terms (data/lexicon): custom gets some that base
     # misses, and its recall is the higher.
     terms = report["errors"]["terms"]
