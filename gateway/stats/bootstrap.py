@@ -31,6 +31,12 @@ FloatArray: TypeAlias = npt.NDArray[np.float64]
 # Resample indices drawn at once: bounds memory (a few arrays of 2**20 elements per block)
 # whatever the input size, without changing the random stream.
 _BLOCK_ELEMENTS = 1 << 20
+# The window of sorted values around a quantile's rank that a cluster resample's order
+# statistics are looked for in first (`_resampled_cluster_quantiles`): at least this many
+# values either side, and this many square roots of n (resampling moves a quantile's rank by
+# a few times sqrt(n) times the design effect's root).
+_WINDOW_MIN = 2048
+_WINDOW_SPREAD = 40.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,10 +203,22 @@ def _resampled_cluster_quantiles(
 
     Per resample, a unit drawn c times weighs c on each of its values; the running weight
     over the sorted values finds the order statistics as in `_resampled_quantiles`.
+
+    The running weight is needed only near the quantile: it is computed over a window of
+    the sorted values around rank q·n, starting from the weight below the window (one dot
+    product over the units' counts there); resamples whose order statistics fall outside
+    the window are computed over all values. The result is the same, at O(K + window)
+    instead of O(n) per resample.
     """
     order = np.argsort(values, kind="stable")
     ordered, owner = values[order], codes[order]
     k, n = int(codes.max()) + 1, values.size
+    sizes = np.bincount(owner, minlength=k).astype(np.int64)
+    half = max(_WINDOW_MIN, int(_WINDOW_SPREAD * math.sqrt(n)))
+    start_at = max(0, int(q * (n - 1)) - half)
+    stop_at = min(n, int(q * (n - 1)) + half + 1)
+    below_window = np.bincount(owner[:start_at], minlength=k).astype(np.int64)
+    window_owner = owner[start_at:stop_at]
     out = np.empty(resamples)
     rows = max(1, _BLOCK_ELEMENTS // max(n, k))
     for start in range(0, resamples, rows):
@@ -209,12 +227,20 @@ def _resampled_cluster_quantiles(
         draws = rng.integers(0, k, size=(count, k), dtype=np.int32)
         offsets = np.arange(count, dtype=np.int64)[:, None] * k
         weights = np.bincount((draws + offsets).ravel(), minlength=count * k).reshape(count, k)
-        running = np.cumsum(weights[:, owner], axis=1)
-        position = (running[:, -1] - 1) * q  # every unit has a value, so each total is >= 1
+        total = weights @ sizes  # every unit has a value, so each total is >= 1
+        position = (total - 1) * q
         below = np.floor(position)
-        above = np.minimum(below + 1, running[:, -1] - 1)
-        low = ordered[np.argmax(running > below[:, None], axis=1)]
-        high = ordered[np.argmax(running > above[:, None], axis=1)]
+        above = np.minimum(below + 1, total - 1)
+        base = weights @ below_window
+        running = base[:, None] + np.cumsum(weights[:, window_owner], axis=1)
+        inside = (base <= below) & (running[:, -1] > above)
+        low = ordered[start_at + np.argmax(running > below[:, None], axis=1)]
+        high = ordered[start_at + np.argmax(running > above[:, None], axis=1)]
+        if not inside.all():
+            outside = ~inside
+            full = np.cumsum(weights[outside][:, owner], axis=1)
+            low[outside] = ordered[np.argmax(full > below[outside, None], axis=1)]
+            high[outside] = ordered[np.argmax(full > above[outside, None], axis=1)]
         out[start:stop] = low + (high - low) * (position - below)
     return out
 

@@ -312,3 +312,22 @@ def test_identical_arms_have_no_paired_difference(data: tuple[list[float], list[
     assert paired_ratio_difference_interval(words, errors, errors, resamples=200) == Estimate(
         0.0, 0.0, 0.0
     )
+
+
+@pytest.mark.parametrize("q", [0.1, 0.5, 0.99])
+def test_the_quantile_window_changes_nothing(monkeypatch: pytest.MonkeyPatch, q: float) -> None:
+    """Cluster quantiles found in a narrow window around the rank (most resamples outside
+    it: the fall-back computes those over all values) equal those over all values."""
+    rng = np.random.default_rng(3)
+    codes = np.concatenate([np.arange(300), rng.integers(0, 300, 2700)]).astype(np.intp)
+    values = np.round(rng.lognormal(5, 0.5, codes.size) + codes * 0.05, 1)  # ties too
+
+    def replicates(minimum: int, spread: float) -> np.ndarray:
+        monkeypatch.setattr(module, "_WINDOW_MIN", minimum)
+        monkeypatch.setattr(module, "_WINDOW_SPREAD", spread)
+        rng = np.random.default_rng(7)
+        return module._resampled_cluster_quantiles(rng, values, codes, q, 300)
+
+    everything = replicates(values.size, 0.0)
+    assert np.array_equal(replicates(2, 0.0), everything)  # nearly all fall back
+    assert np.array_equal(replicates(2048, 40.0), everything)  # the defaults
