@@ -36,9 +36,11 @@ from typing import Any, Final, Literal
 import numpy as np
 import numpy.typing as npt
 
+from gateway.analysis.model import AnalysisOptions
 from gateway.outcomes.labels import Label, stored_counts
 from gateway.outcomes.pairing import pair_shadows
 from gateway.outcomes.record import CATEGORIES, Category, Kind, OutcomeRecord, Role, category
+from gateway.stats.bootstrap import ratio_interval
 from gateway.stats.clustered import UnitSums
 from gateway.stats.wer import WerCounts, align
 
@@ -494,3 +496,23 @@ def wer_unit_sums(scored: Iterable[Scored]) -> tuple[list[float], list[float]]:
         errors, words = totals.get(item.unit, (0, 0))
         totals[item.unit] = (errors + item.counts.errors, words + item.counts.reference_words)
     return [float(e) for e, _ in totals.values()], [float(w) for _, w in totals.values()]
+
+
+def wer_interval(
+    errors: Sequence[float] | npt.NDArray[np.float64],
+    words: Sequence[float] | npt.NDArray[np.float64],
+    options: AnalysisOptions,
+) -> list[float | None] | None:
+    """A WER's interval as the headline's: the cluster bootstrap over units (`errors` and
+    `words` per unit), from two units on; None below that or without reference words. An
+    unbounded end is None."""
+    if len(errors) < 2 or float(np.sum(words)) <= 0:
+        return None
+    estimate = ratio_interval(
+        errors,
+        words,
+        confidence=options.confidence,
+        resamples=options.resamples,
+        seed=options.seed,
+    )
+    return [v if math.isfinite(v) else None for v in (estimate.low, estimate.high)]

@@ -36,6 +36,7 @@ from gateway.analysis.observations import (
     ShadowPair,
     VariantObservations,
     observe,
+    wer_interval,
 )
 from gateway.analysis.paired import oriented, with_always_valid
 from gateway.analysis.review_report import ReviewInputs, headline_labels, review_section
@@ -51,7 +52,6 @@ from gateway.stats.bootstrap import (
     cluster_median_difference_interval,
     paired_ratio_difference_interval,
     ratio_difference_interval,
-    ratio_interval,
 )
 from gateway.stats.proportions import clustered_wilson_interval, wilson_interval
 from gateway.stats.sequential import DEFAULT_TAU, AlwaysValid, always_valid, ratio_variance
@@ -91,45 +91,29 @@ async def analyze(
     """
     labels = await reader.labels(experiment)
     options = options or AnalysisOptions()
+    computed: tuple[list[OutcomeRecord], dict[str, PhaseObservations], UnitSample | None] | None
+    computed = None
     if engine is not None:
         window = AnalysisWindow(experiment, since, until)
+        headline = labels if reviews is None else headline_labels(labels, reviews)
         try:
-            observed = await asyncio.to_thread(
-                _engine_inputs,
-                engine,
-                window,
-                labels if reviews is None else headline_labels(labels, reviews),
-                options.error_labelled,
+            computed = await asyncio.to_thread(
+                _engine_inputs, engine, window, headline, options.error_labelled
             )
         except EngineUnreadable:
             # A missing file, a torn last line, a bad line: the record reader below tells
             # them apart (no records, skipped, named).
-            pass
-        else:
-            records, observations, sample = observed
-            build = partial(
-                build_report,
-                experiment,
-                records,
-                labels,
-                info=info,
-                since=since,
-                until=until,
-                phase=phase,
-                options=options,
-                canary_references=canary_references,
-                errors=errors,
-                observations=observations,
-                sample=sample,
-                reviews=reviews,
-            )
-            return await asyncio.to_thread(build) if in_thread else build()
-    try:
-        records = [record async for record in reader.outcomes(experiment, since, until)]
-    except FileNotFoundError:
-        if not missing_ok:
-            raise
-        records = []
+            computed = None
+    if computed is not None:
+        records, observations, sample = computed
+    else:
+        observations, sample = None, None
+        try:
+            records = [record async for record in reader.outcomes(experiment, since, until)]
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+            records = []
     build = partial(
         build_report,
         experiment,
@@ -142,6 +126,8 @@ async def analyze(
         options=options,
         canary_references=canary_references,
         errors=errors,
+        observations=observations,
+        sample=sample,
         reviews=reviews,
     )
     return await asyncio.to_thread(build) if in_thread else build()
@@ -500,16 +486,7 @@ def _wer(variant: VariantObservations, options: AnalysisOptions) -> Json | None:
         return None
     total = scores.totals()
     errors, words = scores.unit_sums()
-    ci: list[float | None] | None = None
-    if len(errors) > 1 and words.sum() > 0:
-        estimate = ratio_interval(
-            errors,
-            words,
-            confidence=options.confidence,
-            resamples=options.resamples,
-            seed=options.seed,
-        )
-        ci = _interval(estimate.low, estimate.high)
+    ci = wer_interval(errors, words, options)
     return {
         "wer": total.wer,
         "ci": ci,

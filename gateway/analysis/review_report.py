@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.analysis.model import AnalysisOptions, Json
-from gateway.analysis.observations import counts_of
+from gateway.analysis.observations import counts_of, wer_interval
 from gateway.analysis.preferences import labelled_sample, preference_rates
 from gateway.outcomes.labels import Label
 from gateway.outcomes.preference import Preference
-from gateway.stats.bootstrap import ratio_interval
 
 SAMPLES = ("uniform", "priority")
 
@@ -157,17 +156,8 @@ def _variant(name: str, units: Mapping[str, list[int]], options: AnalysisOptions
         "errors": int(sum(errors)),
         "reference_words": int(sum(words)),
         "wer": sum(errors) / sum(words) if sum(words) else None,
-        "ci": None,
+        "ci": wer_interval(errors, words, options),
     }
-    if len(units) > 1 and sum(words) > 0:
-        estimate = ratio_interval(
-            errors,
-            words,
-            confidence=options.confidence,
-            resamples=options.resamples,
-            seed=options.seed,
-        )
-        found["ci"] = [estimate.low, estimate.high]
     return found
 
 

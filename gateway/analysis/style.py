@@ -43,6 +43,7 @@ from typing import Any, Final, Literal
 
 from gateway.analysis.labelled import LabelledResult
 from gateway.analysis.model import AnalysisOptions
+from gateway.analysis.observations import wer_interval
 from gateway.analysis.report_fields import (
     as_html,
     as_interval,
@@ -54,7 +55,7 @@ from gateway.analysis.report_fields import (
 from gateway.analysis.terms import read_text_file
 from gateway.analysis.text_tables import text_table
 from gateway.errors import ConfigError
-from gateway.stats.bootstrap import ratio_difference_interval, ratio_interval
+from gateway.stats.bootstrap import ratio_difference_interval
 from gateway.stats.wer import WerCounts, alignment
 from gateway.text.normalize import normalize_words
 
@@ -251,17 +252,7 @@ def _finite(value: float) -> float | None:
 def _level(scored: Sequence[_Scored], level: Level, options: AnalysisOptions) -> dict[str, Any]:
     total = sum((item.counts[level] for item in scored), start=WerCounts())
     errors, words = _unit_sums(scored, level)
-    ci: list[float | None] | None = None
-    # As the headline WER: a cluster bootstrap over units, from two units on.
-    if len(errors) > 1 and sum(words) > 0:
-        estimate = ratio_interval(
-            errors,
-            words,
-            confidence=options.confidence,
-            resamples=options.resamples,
-            seed=options.seed,
-        )
-        ci = [_finite(estimate.low), _finite(estimate.high)]
+    ci = wer_interval(errors, words, options)  # as the headline WER's
     return {
         "wer": total.wer,
         "ci": ci,
