@@ -138,7 +138,7 @@ def create_gateway_app(settings: Settings) -> web.Application:
     admins = AdminTokens.from_digests(gateway.admin_tokens_sha256)
     add_label_routes(app, admins)
     add_control_routes(app, admins)
-    add_admin_routes(app, admins, OutcomeStore(outcomes, redis))
+    add_admin_routes(app, admins, OutcomeStore(outcomes, redis, gateway.audio))
     add_audio_routes(app, admins)
     app[PREFERENCE_STORE], app[REVIEW_LEASES] = create_review_stores(
         outcomes.path, label_client, redis.prefix

@@ -31,7 +31,7 @@ from gateway.analysis.word_errors import alignment_rows, write_alignments
 from gateway.config.gateway import build_gateway_config
 from gateway.config.settings import Settings
 from gateway.control.model import Experiment
-from gateway.errors import ConfigError, StoreUnavailable
+from gateway.errors import ConfigError
 from gateway.health.canary import load_references
 from gateway.outcomes.ports import OutcomeReader
 from gateway.outcomes.record import InvalidRecordError
@@ -137,28 +137,13 @@ async def _reader(
 async def review_inputs(
     settings: Settings, experiment: str, reader: OutcomeReader
 ) -> ReviewInputs | None:
-    """The experiment's captures (the configured audio store) and blind preferences (beside
-    the outcomes), for the report's review section; None without captures. A store that
-    cannot be read is said on stderr in one line, and the report made without the section."""
-    from gateway.server.admin.review import create_review_stores
-    from gateway.stores.factory import create_audio_store
-    from gateway.stores.reader import RedisReader
+    """The review section's inputs from the configured audio store and the preferences
+    beside the outcomes (`gateway.server.admin.review.review_inputs`)."""
+    from gateway.server.admin.review import review_inputs as read_inputs
 
-    try:
-        audio = create_audio_store(settings.gateway.audio)
-        try:
-            captures = await audio.captures(experiment)
-        finally:
-            await audio.close()
-        if not captures:
-            return None
-        client = reader.client if isinstance(reader, RedisReader) else None
-        preferences, _ = create_review_stores(settings.outcomes.path, client, settings.redis.prefix)
-        current = await preferences.current(experiment)
-    except (ConfigError, StoreUnavailable) as exc:
-        print(f"speech-gateway: no review section: {exc}", file=sys.stderr)
-        return None
-    return ReviewInputs(captures, tuple(current.values()))
+    return await read_inputs(
+        settings.gateway.audio, settings.outcomes.path, settings.redis.prefix, experiment, reader
+    )
 
 
 async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import structlog
 
 from gateway.analysis.model import AnalysisOptions, ExperimentInfo
+from gateway.config.capture import AudioSettings
 from gateway.config.settings import OutcomeSettings, RedisConnection
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.logging import configure_logging
@@ -47,6 +48,7 @@ from gateway.logging import configure_logging
 if TYPE_CHECKING:
     from gateway.analysis.engine_port import EvidenceSource
     from gateway.analysis.error_analysis import ErrorInputs
+    from gateway.analysis.review_report import ReviewInputs
     from gateway.outcomes.ports import OutcomeReader
 
 Json = dict[str, Any]
@@ -65,6 +67,7 @@ class OutcomeStore:
 
     outcomes: OutcomeSettings
     redis: RedisConnection
+    audio: AudioSettings | None = None  # the captured audio, for the review section
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,17 +116,26 @@ def compute_report(store: OutcomeStore, job: ReportJob) -> Computed:
 
 async def _compute_report(store: OutcomeStore, job: ReportJob) -> Computed:
     # Imported here: the gateway imports this module for its handle, the worker alone runs this.
+    from gateway.server.admin.review import review_inputs
     from gateway.stores.factory import analysis_engine, open_reader
 
     try:
         async with open_reader(store.outcomes, store.redis) as reader:
-            return await _report_from(reader, job, analysis_engine(store.outcomes))
+            reviews = None
+            if store.audio is not None:
+                reviews = await review_inputs(
+                    store.audio, store.outcomes.path, store.redis.prefix, job.experiment, reader
+                )
+            return await _report_from(reader, job, analysis_engine(store.outcomes), reviews)
     except StoreUnavailable as exc:  # connecting
         return Computed(None, "store_unavailable", exc.reason)
 
 
 async def _report_from(
-    reader: OutcomeReader, job: ReportJob, engine: EvidenceSource | None = None
+    reader: OutcomeReader,
+    job: ReportJob,
+    engine: EvidenceSource | None = None,
+    reviews: ReviewInputs | None = None,
 ) -> Computed:
     """The report from `reader`, with every failure turned into a `Computed` (exceptions
     need not pickle, nor unpickle, across the process boundary). In the worker, so the
@@ -147,6 +159,7 @@ async def _report_from(
             missing_ok=True,  # the embedded store before its first record
             in_thread=False,
             engine=engine,
+            reviews=reviews,
         )
     except StoreUnavailable as exc:
         return Computed(None, "store_unavailable", exc.reason, problems)

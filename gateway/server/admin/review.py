@@ -34,14 +34,16 @@ import base64
 import hashlib
 import hmac
 import json
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
+from gateway.config.capture import AudioSettings
 from gateway.errors import (
     CaptureCorrupt,
     CaptureNotFound,
@@ -53,6 +55,10 @@ from gateway.logging import get_logger
 from gateway.outcomes.labels import LabelInput
 from gateway.outcomes.preference import CHOICES, Choice, Preference
 from gateway.outcomes.record import now_iso
+
+if TYPE_CHECKING:
+    from gateway.analysis.review_report import ReviewInputs
+from gateway.outcomes.ports import OutcomeReader
 from gateway.server.admin.audio import AUDIO_STORE
 from gateway.server.admin.auth import NEEDS_TOKEN, AdminTokens, error_response
 from gateway.server.admin.labels import LABEL_STORE, PSEUDONYM_KEY
@@ -470,3 +476,36 @@ class _ReviewApi:
         if choice is not None and choice not in CHOICES:
             raise RestError(f"choice: expected one of {', '.join(CHOICES)} or null", 400)
         return checked, choice
+
+
+async def review_inputs(
+    audio: AudioSettings,
+    outcomes_path: Path,
+    prefix: str,
+    experiment: str,
+    reader: OutcomeReader,
+) -> ReviewInputs | None:
+    """The experiment's captures (the audio store of `audio`) and current blind preferences
+    (beside the outcomes: the file store's folder, or the Redis of a `RedisReader`), for the
+    report's review section (docs/review.md); None without captures. A store that cannot be
+    read is said in one line on stderr, and the report is made without the section."""
+    # Imported here: only analysing processes pay for the analysis (and numpy).
+    from gateway.analysis.review_report import ReviewInputs
+    from gateway.stores.factory import create_audio_store
+    from gateway.stores.reader import RedisReader
+
+    try:
+        store = create_audio_store(audio)
+        try:
+            captures = await store.captures(experiment)
+        finally:
+            await store.close()
+        if not captures:
+            return None
+        client = reader.client if isinstance(reader, RedisReader) else None
+        preferences, _ = create_review_stores(outcomes_path, client, prefix)
+        current = await preferences.current(experiment)
+    except (ConfigError, StoreUnavailable) as exc:
+        print(f"speech-gateway: no review section: {exc}", file=sys.stderr)
+        return None
+    return ReviewInputs(captures, tuple(current.values()))

@@ -288,3 +288,59 @@ def _running(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_the_live_report_has_the_review_section(
+    aiohttp_client: MakeClient, tmp_path: Path
+) -> None:
+    """Captures in the configured audio store reach the live report's review section."""
+    from review_fixtures import tone, wav_bytes
+
+    from gateway.stores.audio_store import (
+        Capture,
+        CapturedResult,
+        CaptureReason,
+        CaptureSample,
+        LocalAudioStore,
+    )
+
+    outcomes = tmp_path / "outcomes.jsonl"
+    traffic = Traffic()
+    traffic.ab(20, base_error=0.2, custom_error=0.0)
+    outcomes.write_text("".join(record.to_json() + "\n" for record in traffic.records))
+    (tmp_path / "labels.jsonl").write_text(
+        "".join(label.to_json() + "\n" for label in traffic.labels.values())
+    )
+    primary = next(r for r in traffic.records if r.record_id in traffic.labels and r.text)
+    assert primary.variant is not None
+    audio = wav_bytes(tone(0.5))
+    capture = Capture(
+        capture_id="c" * 32,
+        experiment="e",
+        phase=str(primary.phase),
+        unit=primary.unit,
+        client=primary.client,
+        session_id=primary.session_id,
+        utterance_index=0,
+        captured_at="2026-12-07T10:00:00.000Z",
+        reason=CaptureReason.UNIFORM,
+        sample=CaptureSample.UNIFORM,
+        primary=CapturedResult(primary.record_id, primary.variant, primary.text),
+        duration_ms=500,
+        wav_bytes=len(audio),
+    )
+    await LocalAudioStore(tmp_path / "audio").put(capture, audio)
+    config = write_gateway_config(
+        tmp_path / "gateway.toml",
+        backends={"alpha": "ws://127.0.0.1:9", "bravo": "ws://127.0.0.1:9"},
+        experiments=[EXPERIMENT],
+        outcomes=outcomes,
+        admin_tokens_sha256={"analyst": hash_key(TOKEN)},
+        audio={"directory": str(tmp_path / "audio")},
+    )
+    client = await aiohttp_client(create_gateway_app(load_settings(config)))
+    status, report = await analysis(client)
+    assert status == 200
+    review = report["review"]
+    assert review["sample"]["uniform"]["captured"] == 1
+    assert review["wer"]["uniform"][0]["variant"] == primary.variant
