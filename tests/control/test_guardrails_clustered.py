@@ -210,9 +210,8 @@ def test_analysis_guardrails_on_clustered_aa_trip_at_most_alpha_under_daily_look
     ends = [day * 86400.0 for day in range(1, DAYS + 1)]
     regressed = 0
     for _ in range(simulations):
-        control, challenger = VariantObservations("a"), VariantObservations("b")
-        control.outcomes = _outcomes(rng, 150, 0.05)
-        challenger.outcomes = _outcomes(rng, 150, 0.05)
+        control = VariantObservations.of("a", _outcomes(rng, 150, 0.05))
+        challenger = VariantObservations.of("b", _outcomes(rng, 150, 0.05))
         checks = analysis_guardrails(control, challenger, ends, options)
         assert {check["metric"] for check in checks} == {
             "error_rate",

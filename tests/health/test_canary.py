@@ -28,7 +28,7 @@ from gateway.health.canary import (
 from gateway.outcomes.labels import Label
 from gateway.outcomes.pairing import pair_shadows, unpaired
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
-from gateway.stats.wer import WerCounts, align
+from gateway.stats.wer import align
 
 CANARY_SET = DATA / "canary"
 TARGET = CanaryTarget("ab", "p-1", "custom", "local", "conversation", "en-us")
@@ -232,7 +232,7 @@ def test_a_rounds_wer_equals_the_analysis_wer_on_the_same_texts() -> None:
         pairs.append((reference, " ".join(words)))
     records, labels = labelled_primaries(pairs)
     (phase,) = observe(records, labels).values()
-    analysis = sum((s.counts for s in phase.variants["custom"].scored), WerCounts())
+    analysis = phase.variants["custom"].scores.totals()
     answers = tuple(scored_answer(f"i{n}", ref, hyp) for n, (ref, hyp) in enumerate(pairs))
     result = RoundResult("ab", "p-1", "custom", "local", "banking", "2026-01-01T00:00:00Z", answers)
     assert analysis.errors > 0
