@@ -47,7 +47,10 @@ async def delete_unit_audio(request: web.Request) -> web.Response:
     raw = request.match_info["unit"]
     if not raw or len(raw) > MAX_UNIT_CHARS or not raw.isprintable():
         return error_response(400, "unit: one line of 1 to 256 printable characters")
-    if request.query.get("pseudonymised", "false").lower() == "true":
+    flag = request.query.get("pseudonymised", "false")
+    if flag not in ("true", "false"):
+        return error_response(400, "pseudonymised: expected true or false")
+    if flag == "true":
         unit = raw
         try:
             check_unit(unit)

@@ -74,6 +74,9 @@ async def test_a_bad_unit_is_refused(tmp_path: Path, aiohttp_client: MakeClient)
     odd = await client.delete("/admin/units/a%20b/audio?pseudonymised=true", headers=AUTH)
     assert odd.status == 400
     assert "pseudonym" in (await odd.json())["error"]
+    flag = await client.delete("/admin/units/u1/audio?pseudonymised=AAA", headers=AUTH)
+    assert flag.status == 400
+    assert (await flag.json())["error"] == "pseudonymised: expected true or false"
 
 
 async def test_an_unavailable_store_is_a_503(tmp_path: Path, aiohttp_client: MakeClient) -> None:
