@@ -112,6 +112,13 @@ class BlobAudioStore:
                 overwrite=True,
                 metadata=metadata,
             )
+            # A deletion of the unit that ran while these blobs went up may have listed
+            # before they existed: looked at again, so that its audio never outlives it.
+            if await self._is_deleted(capture.unit):
+                for name in (f"{base}.json", f"{IDS_PREFIX}{capture.capture_id}", f"{base}.wav"):
+                    with suppress(ResourceNotFoundError):
+                        await self._container.delete_blob(name)
+                raise UnitDeleted(capture.unit)
         self._experiments[capture.capture_id] = capture.experiment
 
     async def wav(self, capture_id: str) -> bytes:

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.storage.blob import ContentSettings
@@ -113,3 +114,31 @@ async def test_killed_service_is_unavailable(store: BlobAudioStore, azurite: Azu
     assert time.monotonic() - started < 10
     with pytest.raises(StoreUnavailable):
         await store.captures("exp")
+
+
+async def test_deletion_during_put_leaves_nothing(
+    store: BlobAudioStore, azurite: AzuriteServer
+) -> None:
+    """A unit deleted (by another replica) while its capture's blobs go up: the put is
+    refused and none of the capture's blobs stay behind."""
+    wav = make_wav(b"\x04" * 320)
+    capture = make_capture(wav)
+    other = BlobAudioStore(azurite.account_url, "audio", azurite.credential)
+    container = store._container
+    upload = container.upload_blob
+
+    async def upload_racing_deletion(name: str, data: bytes, **kwargs: Any) -> Any:
+        if name.endswith(".json"):  # the WAV is up; the deletion lists before the sidecar
+            await other.delete_unit(capture.unit)
+        return await upload(name, data, **kwargs)
+
+    container.upload_blob = upload_racing_deletion  # type: ignore[method-assign]
+    try:
+        with pytest.raises(UnitDeleted):
+            await store.put(capture, wav)
+    finally:
+        container.upload_blob = upload  # type: ignore[method-assign]
+        await other.close()
+    assert await store.captures("exp") == []
+    names = [blob.name async for blob in container.list_blobs()]
+    assert [name for name in names if capture.capture_id in name] == []
