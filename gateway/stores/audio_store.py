@@ -229,6 +229,11 @@ class LocalAudioStore:
                     f"LocalAudioStore.put: {self._used} of {self.max_bytes} bytes used"
                 )
             await asyncio.to_thread(self._write, capture, wav)
+            # Another process (a worker of the same gateway) may have deleted the unit while
+            # the files were written, its scan missing them: looked at again, they go.
+            if capture.unit in await self._deleted_units():
+                await asyncio.to_thread(self._remove_capture, capture)
+                raise UnitDeleted(capture.unit)
             self._used += len(wav)
 
     @store_call
@@ -274,6 +279,11 @@ class LocalAudioStore:
         _write_atomically(folder / f"{capture.capture_id}.wav", wav)
         _write_atomically(folder / f"{capture.capture_id}.json", capture.sidecar())
         fsync_directory(folder)
+
+    def _remove_capture(self, capture: Capture) -> None:
+        folder = self.directory / capture.experiment
+        (folder / f"{capture.capture_id}.json").unlink(missing_ok=True)
+        (folder / f"{capture.capture_id}.wav").unlink(missing_ok=True)
 
     def _read_wav(self, capture_id: str) -> bytes:
         # The id names the files: one stat per experiment folder, no sidecar scan.

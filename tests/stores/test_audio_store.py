@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -174,3 +175,24 @@ async def test_unwritable_directory_is_unavailable(tmp_path: Path) -> None:
     wav = make_wav(b"")
     with pytest.raises(StoreUnavailable):
         await store.put(make_capture(wav), wav)
+
+
+async def test_deletion_by_another_worker_during_put_leaves_nothing(tmp_path: Path) -> None:
+    """A unit deleted by another process's store while a capture of it is written: the put
+    is refused and neither of the capture's files stays behind."""
+    writer, deleter = LocalAudioStore(tmp_path), LocalAudioStore(tmp_path)
+    wav = make_wav(b"\x05\x00" * 400)
+    capture = make_capture(wav)
+    loop = asyncio.get_running_loop()
+    write = writer._write
+
+    def write_after_deletion(capture: Capture, wav: bytes) -> None:
+        # The deletion's scan runs after the list was read and before the files exist.
+        asyncio.run_coroutine_threadsafe(deleter.delete_unit(capture.unit), loop).result(10)
+        write(capture, wav)
+
+    writer._write = write_after_deletion  # type: ignore[method-assign]
+    with pytest.raises(UnitDeleted):
+        await writer.put(capture, wav)
+    assert await deleter.captures("exp") == []
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == []
