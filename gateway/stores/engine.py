@@ -138,29 +138,39 @@ def category_sql() -> str:
 class DuckDbEngine:
     """An experiment's evidence from a JSON-lines file or Parquet files (module doc)."""
 
-    def __init__(self, source_sql: str) -> None:
+    def __init__(self, source_sql: str, *, threads: int | None = None) -> None:
+        """`threads`: DuckDB's worker threads (None: one per core)."""
         self._source = source_sql
+        self._threads = threads
 
     @classmethod
-    def jsonl(cls, path: Path) -> DuckDbEngine:
+    def jsonl(cls, path: Path, *, threads: int | None = None) -> DuckDbEngine:
         columns = ", ".join(f"{_quote(name)}: {_quote(kind)}" for name, kind in COLUMNS.items())
         return cls(
-            f"read_json({_quote(str(path))}, format = 'newline_delimited', columns = {{{columns}}})"
+            f"read_json({_quote(str(path))}, format = 'newline_delimited', "
+            f"columns = {{{columns}}})",
+            threads=threads,
         )
 
     @classmethod
-    def parquet(cls, files: Sequence[Path]) -> DuckDbEngine:
+    def parquet(cls, files: Sequence[Path], *, threads: int | None = None) -> DuckDbEngine:
         listed = ", ".join(_quote(str(path)) for path in files)
         # union_by_name: files of older record versions lack the newer columns; no hive
         # partitioning: the folder names (experiment=..., phase=...) would override the
         # files' own columns with guessed types (a phase "1" read as a number).
-        return cls(f"read_parquet([{listed}], union_by_name = true, hive_partitioning = false)")
+        return cls(
+            f"read_parquet([{listed}], union_by_name = true, hive_partitioning = false)",
+            threads=threads,
+        )
 
     @contextmanager
     def _records(self, window: AnalysisWindow) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection holding `r`: the window's records, each once, with `at_s` (epoch
         seconds) and `cat` (its category's index)."""
-        con = duckdb.connect(":memory:")
+        config: dict[str, str | bool | int | float | list[str]] = (
+            {} if self._threads is None else {"threads": self._threads}
+        )
+        con = duckdb.connect(":memory:", config=config)
         try:
             conditions = [f"coalesce(experiment, {_quote(NO_EXPERIMENT)}) = ?"]
             params: list[Any] = [window.experiment]

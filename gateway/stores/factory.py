@@ -161,12 +161,14 @@ async def open_reader(
         yield RedisReader(client, redis_keys(redis))
 
 
-def analysis_engine(settings: OutcomeSettings) -> EvidenceSource | None:
+def analysis_engine(
+    settings: OutcomeSettings, *, threads: int | None = None
+) -> EvidenceSource | None:
     """The SQL engine for the analysis of the store's records (`gateway.stores.engine`):
-    DuckDB over the file store's JSON lines; None for Redis, whose records the analysis
-    reads one by one."""
+    DuckDB over the file store's JSON lines, with `threads` worker threads (None: one per
+    core); None for Redis, whose records the analysis reads one by one."""
     from gateway.stores.engine import DuckDbEngine  # DuckDB only in analysing processes
 
     if settings.store == "file":
-        return DuckDbEngine.jsonl(settings.path)
+        return DuckDbEngine.jsonl(settings.path, threads=threads)
     return None

@@ -358,3 +358,18 @@ def test_a_record_outside_the_format_is_left_to_the_record_reader(
         file.write(line[:start] + value + line[end:] + "\n")
     with pytest.raises(EngineUnreadable, match="outside the documented format"):
         DuckDbEngine.jsonl(path).observations(AnalysisWindow("e"), labels)
+
+
+def test_the_live_analysis_engine_uses_one_thread(tmp_path: Path) -> None:
+    """The analysis process shares the host with the relay: its DuckDB gets one thread."""
+    from gateway.config.settings import OutcomeSettings
+    from gateway.stores.factory import analysis_engine
+
+    records, _ = traffic(10)
+    write_jsonl(tmp_path / "outcomes.jsonl", records)
+    engine = analysis_engine(OutcomeSettings(path=tmp_path / "outcomes.jsonl"), threads=1)
+    assert isinstance(engine, DuckDbEngine)
+    with engine._records(AnalysisWindow("e")) as con:
+        row = con.execute("SELECT current_setting('threads')").fetchone()
+    assert row is not None
+    assert int(row[0]) == 1

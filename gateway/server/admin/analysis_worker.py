@@ -126,7 +126,9 @@ async def _compute_report(store: OutcomeStore, job: ReportJob) -> Computed:
                 reviews = await review_inputs(
                     store.audio, store.outcomes.path, store.redis.prefix, job.experiment, reader
                 )
-            return await _report_from(reader, job, analysis_engine(store.outcomes), reviews)
+            # One DuckDB thread: the analysis process shares the host with the relay.
+            engine = analysis_engine(store.outcomes, threads=1)
+            return await _report_from(reader, job, engine, reviews)
     except StoreUnavailable as exc:  # connecting
         return Computed(None, "store_unavailable", exc.reason)
 
