@@ -293,6 +293,9 @@ class SessionCapture:
     # -- audio ------------------------------------------------------------------------------
 
     def begin_turn(self, request_id: str, base_ticks: int) -> None:
+        replaced = self._turns.pop(request_id, None)
+        if replaced is not None:  # a speech.context again for the turn: its bytes go back
+            self._release(replaced, len(replaced.data))
         self._turns[request_id] = _TurnAudio(base_ticks)
         self._turns.move_to_end(request_id)
         while len(self._turns) > KEPT_TURNS:

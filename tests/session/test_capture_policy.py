@@ -356,3 +356,14 @@ def test_a_failed_rest_request_keeps_its_whole_audio_and_a_non_wav_body_nothing(
     other.capture.request_record(rest_record({"RecognitionStatus": "Success", "Duration": 1}))
     assert other.emitted == []
     assert other.budget.used == 0
+
+
+def test_a_turn_begun_again_gives_its_bytes_back() -> None:
+    """A client that sends speech.context again with the same request id: the audio buffered
+    for the turn so far is given back, to the session's bound and the process's budget."""
+    harness = Harness(PRIORITIES_ONLY)
+    harness.turn(1.0)
+    harness.turn(1.0)
+    assert harness.capture.buffered_bytes == harness.budget.used == BYTES_PER_SECOND
+    harness.relay.finish_capture()
+    assert harness.capture.buffered_bytes == harness.budget.used == 0
