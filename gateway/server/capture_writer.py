@@ -204,6 +204,8 @@ class CaptureWriter:
                 await self.expire()
             except StoreUnavailable as exc:
                 log.warning("capture_retention_failed", error=exc.reason)
+            except Exception as exc:  # one failed round must not end retention for good
+                log.error("capture_retention_failed", error=f"{type(exc).__name__}: {exc}"[:300])
             await asyncio.sleep(RETENTION_INTERVAL_S)
 
 

@@ -263,7 +263,7 @@ class LocalAudioStore:
     async def expire(self, older_than: datetime) -> int:
         async with self._lock:
             removed = await asyncio.to_thread(
-                self._remove_where, lambda c: c.captured_datetime < older_than
+                self._remove_where, lambda c: _captured_before(c, older_than)
             )
             await asyncio.to_thread(self._remove_orphans, older_than)
             return removed
@@ -379,6 +379,15 @@ class LocalAudioStore:
             file.write(unit + "\n")
             file.flush()
             os.fsync(file.fileno())
+
+
+def _captured_before(capture: Capture, older_than: datetime) -> bool:
+    """Whether `capture` was made before `older_than`; a sidecar whose time cannot be read
+    (or has no zone) is not dated, and kept: it must not stop the others' retention."""
+    try:
+        return capture.captured_datetime < older_than
+    except (ValueError, TypeError):
+        return False
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

@@ -8,6 +8,8 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from gateway.config.capture import AudioSettings
 from gateway.errors import StoreUnavailable
 from gateway.protocol.wav import PCM_16K_MONO
@@ -179,3 +181,28 @@ async def test_close_waits_for_the_queue_then_stops(tmp_path: Path) -> None:
     assert writer.stored == 10
     names = {task.get_name() for task in asyncio.all_tasks()}
     assert not names & {"capture-writer", "capture-retention"}
+
+
+class BrokenExpiryStore(LocalAudioStore):
+    """A local store whose retention fails with an error that is no outage."""
+
+    expired = 0
+
+    async def expire(self, older_than: datetime) -> int:
+        self.expired += 1
+        raise ValueError("a sidecar the store cannot date")
+
+
+async def test_a_failed_retention_round_does_not_end_retention(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention that fails with any error is logged and tried again at the next interval."""
+    monkeypatch.setattr("gateway.server.capture_writer.RETENTION_INTERVAL_S", 0.01)
+    store = BrokenExpiryStore(tmp_path)
+    writer = CaptureWriter(store, EVERYTHING, frozenset({"app"}), AudioSettings(), GatewayMetrics())
+    await writer.start()
+    await asyncio.sleep(0.2)
+    alive = [task for task in writer._tasks if not task.done()]
+    await writer.close()
+    assert len(alive) == 2
+    assert store.expired > 1

@@ -196,3 +196,15 @@ async def test_deletion_by_another_worker_during_put_leaves_nothing(tmp_path: Pa
         await writer.put(capture, wav)
     assert await deleter.captures("exp") == []
     assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == []
+
+
+async def test_an_undatable_sidecar_does_not_stop_retention(tmp_path: Path) -> None:
+    """A sidecar whose captured_at has no zone is kept; the old captures still go."""
+    store = LocalAudioStore(tmp_path)
+    wav = make_wav(b"\x06\x00" * 400)
+    undated = make_capture(wav, captured_at="2026-01-01T00:00:00")
+    old = make_capture(wav, captured_at="2026-01-01T00:00:00.000Z")
+    for capture in (undated, old):
+        await store.put(capture, wav)
+    assert await store.expire(datetime(2026, 6, 1, tzinfo=UTC)) == 1
+    assert await store.captures("exp") == [undated]
