@@ -359,6 +359,10 @@ class RelaySession:
         if self._lifecycle is _RELAYING:  # later, the session is over or already without it
             self._become(_UNAVAILABLE)
             self._unavailable = (error_code, detail)
+            # No backend will ever place an utterance in its audio: none is buffered for it.
+            capture, self._capture = self._capture, None
+            if capture is not None:
+                capture.release()
         record = self._primary.failure(RecognitionStatus.ERROR.value, error_code, detail)
         return [Emit(record)] if record is not None else []
 

@@ -367,3 +367,14 @@ def test_a_turn_begun_again_gives_its_bytes_back() -> None:
     assert harness.capture.buffered_bytes == harness.budget.used == BYTES_PER_SECOND
     harness.relay.finish_capture()
     assert harness.capture.buffered_bytes == harness.budget.used == 0
+
+
+def test_a_session_without_its_backend_buffers_no_audio() -> None:
+    """A session answered by the gateway because its backend is unreachable keeps none of
+    its audio: no result will ever cut it, and it would starve the process's budget."""
+    harness = Harness()
+    harness.relay.upstream_unavailable("upstream_unreachable", "connection refused")
+    harness.turn(2.0)
+    assert harness.capture.buffered_bytes == harness.budget.used == 0
+    harness.relay.finish_capture()
+    assert harness.emitted == []
