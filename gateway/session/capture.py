@@ -223,7 +223,16 @@ class CaptureIdentity:
 class _TurnAudio:
     """One turn's PCM as received, from byte `trimmed` of the turn on."""
 
-    __slots__ = ("base_ticks", "data", "fmt", "full", "header_seen", "last_end", "trimmed")
+    __slots__ = (
+        "base_ticks",
+        "data",
+        "fmt",
+        "full",
+        "header_seen",
+        "last_end",
+        "received",
+        "trimmed",
+    )
 
     def __init__(self, base_ticks: int) -> None:
         self.base_ticks = base_ticks
@@ -231,8 +240,9 @@ class _TurnAudio:
         self.trimmed = 0  # bytes of the turn released from the front
         self.fmt = PCM_16K_MONO
         self.header_seen = False
-        self.full = False  # a buffer bound was reached: nothing more is kept
+        self.full = False  # a buffer bound was reached: nothing more is kept, until resumed
         self.last_end = 0  # where the primary's last utterance of the turn ended (bytes)
+        self.received = 0  # bytes of the turn's PCM seen, kept or not
 
     def byte_at(self, ticks: int) -> int:
         fmt = self.fmt
@@ -305,7 +315,7 @@ class SessionCapture:
     def audio(self, request_id: str, payload: memoryview) -> None:
         """A frame's payload for the turn `request_id` (the first carries the WAVE header)."""
         turn = self._turns.get(request_id)
-        if turn is None or turn.full or not payload:
+        if turn is None or not payload:
             return
         if not turn.header_seen:
             turn.header_seen = True
@@ -316,6 +326,13 @@ class SessionCapture:
                     offset = 44
                 payload = payload[offset:]
         size = len(payload)
+        at, turn.received = turn.received, turn.received + size
+        if turn.full:
+            if turn.data or request_id == _REQUEST:  # a result may still cut what is kept
+                return
+            # Results have covered all that was kept: keep the turn's audio again from
+            # here (an utterance reaching back into the gap cannot be cut, and is dropped).
+            turn.full, turn.trimmed = False, at
         if self._bytes + size > self._policy.max_session_bytes:
             turn.full, self._why_full = True, DropReason.SESSION_BYTES
             return

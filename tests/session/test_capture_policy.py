@@ -378,3 +378,26 @@ def test_a_session_without_its_backend_buffers_no_audio() -> None:
     assert harness.capture.buffered_bytes == harness.budget.used == 0
     harness.relay.finish_capture()
     assert harness.emitted == []
+
+
+def test_a_turn_over_a_bound_is_kept_again_once_results_cover_its_buffer() -> None:
+    """A long turn that hit the process budget is not lost for good: once the results
+    have covered what was kept, its audio is kept again, cut at the right offsets."""
+    harness = Harness(budget=CaptureBudget(BYTES_PER_SECOND))
+    harness.relay.client_text(encode_text("speech.context", RID, "{}"), 0.0)
+    harness.relay.client_binary(encode_binary("audio", RID, wave_header()), 0.0)
+    pcm = os.urandom(3 * BYTES_PER_SECOND)
+
+    def send(start_s: float, end_s: float) -> None:
+        for at in range(int(start_s * BYTES_PER_SECOND), int(end_s * BYTES_PER_SECOND), 3200):
+            harness.relay.client_binary(encode_binary("audio", RID, pcm[at : at + 3200]), 0.0)
+
+    send(0.0, 1.5)  # the budget holds the first second
+    harness.primary("one", 0.1, 0.4)
+    harness.primary("across the gap", 0.8, 0.4)
+    send(1.5, 3.0)
+    harness.primary("two", 1.6, 0.6)
+    assert [u.pcm for u in harness.emitted] == [cut(pcm, 0.1, 0.4), cut(pcm, 1.6, 0.6)]
+    assert harness.dropped == [DropReason.TOTAL_BYTES]
+    harness.relay.finish_capture()
+    assert harness.budget.used == 0
