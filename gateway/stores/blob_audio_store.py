@@ -168,7 +168,10 @@ class BlobAudioStore:
             captured_at = metadata.get("captured_at")
             if captured_at is None:
                 return False
-            return datetime.fromisoformat(captured_at.replace("Z", "+00:00")) < older_than
+            try:
+                return datetime.fromisoformat(captured_at.replace("Z", "+00:00")) < older_than
+            except (ValueError, TypeError):  # not dated (or without a zone): kept, not fatal
+                return False
 
         with _translated("expire"):
             return await self._delete_where(old)

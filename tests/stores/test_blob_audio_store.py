@@ -142,3 +142,14 @@ async def test_deletion_during_put_leaves_nothing(
     assert await store.captures("exp") == []
     names = [blob.name async for blob in container.list_blobs()]
     assert [name for name in names if capture.capture_id in name] == []
+
+
+async def test_an_undatable_capture_does_not_stop_retention(store: BlobAudioStore) -> None:
+    """A capture whose captured_at has no zone is kept; the old captures still go."""
+    wav = make_wav(b"\x07" * 320)
+    undated = make_capture(wav, captured_at="2026-01-01T00:00:00")
+    old = make_capture(wav, captured_at="2026-01-01T00:00:00.000Z")
+    for capture in (undated, old):
+        await store.put(capture, wav)
+    assert await store.expire(datetime(2026, 6, 1, tzinfo=UTC)) == 1
+    assert await store.captures("exp") == [undated]
