@@ -9,7 +9,8 @@ that way is still a cycle in the design. The rules (README, "Layout"):
   `health`, `config`, `analysis`, `stores` and `emulator`, `server`, `tools`, `cli`; a
   module imports only from its own package or from lower layers, so protocol < session <
   server;
-* only `stores/` imports redis, the analysis engine (duckdb) and Azure Blob Storage; only `server/`, `emulator/` and `tools/` import aiohttp;
+* only `stores/` imports redis, the analysis engine (duckdb) and Azure Blob Storage; only
+  `server/`, `emulator/` and `tools/` import aiohttp;
 * only `cli.py` imports `tools/`.
 """
 
