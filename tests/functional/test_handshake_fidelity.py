@@ -290,6 +290,12 @@ async def test_the_native_sdks_upgrade_reaches_the_backend_as_sent(setup: Setup)
 # -- a dropped connection --------------------------------------------------------------------
 
 
+DROPPED = (
+    "Failure while sending a frame over the WebSocket connection.",
+    "WebSocket operation failed.",
+)
+
+
 async def test_a_backend_dropping_the_connection_drops_the_clients(setup: Setup) -> None:
     """No close frame from the backend, none to the client: ConnectionFailure with the same
     details and retries as directly, and one `upstream_lost` record per attempt."""
@@ -297,7 +303,10 @@ async def test_a_backend_dropping_the_connection_drops_the_clients(setup: Setup)
     through, through_attempts = await asyncio.to_thread(setup.through, "drop")
     assert direct.code == "ConnectionFailure", direct
     assert through.code == direct.code, through
-    assert normalized_details(through.details) == normalized_details(direct.details)
+    # The SDK reports a dropped connection as a failed send or a failed read, whichever of
+    # its I/O meets the drop first: a race in the SDK, directly as through the gateway.
+    for seen in (direct, through):
+        assert normalized_details(seen.details).startswith(DROPPED), seen
     assert through_attempts == direct_attempts
     expected = [(Kind.SESSION_FAILURE, "upstream_lost")] * through_attempts
     assert setup.failures("drop", through_attempts) == expected
