@@ -31,7 +31,7 @@ from gateway.analysis.word_errors import alignment_rows, write_alignments
 from gateway.config.gateway import build_gateway_config
 from gateway.config.settings import Settings
 from gateway.control.model import Experiment
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreUnavailable
 from gateway.health.canary import load_references
 from gateway.outcomes.ports import OutcomeReader
 from gateway.outcomes.record import InvalidRecordError
@@ -138,12 +138,21 @@ async def review_inputs(
     settings: Settings, experiment: str, reader: OutcomeReader
 ) -> ReviewInputs | None:
     """The review section's inputs from the configured audio store and the preferences
-    beside the outcomes (`gateway.server.admin.review.review_inputs`)."""
+    beside the outcomes (`gateway.server.admin.review.review_inputs`). A store that cannot be
+    read is said in one line on stderr, and the report is made without the section."""
     from gateway.server.admin.review import review_inputs as read_inputs
 
-    return await read_inputs(
-        settings.gateway.audio, settings.outcomes.path, settings.redis.prefix, experiment, reader
-    )
+    try:
+        return await read_inputs(
+            settings.gateway.audio,
+            settings.outcomes.path,
+            settings.redis.prefix,
+            experiment,
+            reader,
+        )
+    except (ConfigError, StoreUnavailable) as exc:
+        print(f"speech-gateway: no review section: {exc}", file=sys.stderr)
+        return None
 
 
 async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:

@@ -43,7 +43,7 @@ from gateway.analysis.model import AnalysisOptions, ExperimentInfo
 from gateway.config.capture import AudioSettings
 from gateway.config.settings import OutcomeSettings, RedisConnection
 from gateway.errors import ConfigError, StoreUnavailable
-from gateway.logging import configure_logging
+from gateway.logging import configure_logging, get_logger
 
 if TYPE_CHECKING:
     from gateway.analysis.engine_port import EvidenceSource
@@ -123,9 +123,12 @@ async def _compute_report(store: OutcomeStore, job: ReportJob) -> Computed:
         async with open_reader(store.outcomes, store.redis) as reader:
             reviews = None
             if store.audio is not None:
-                reviews = await review_inputs(
-                    store.audio, store.outcomes.path, store.redis.prefix, job.experiment, reader
-                )
+                try:
+                    reviews = await review_inputs(
+                        store.audio, store.outcomes.path, store.redis.prefix, job.experiment, reader
+                    )
+                except (ConfigError, StoreUnavailable) as exc:  # the report, without the section
+                    get_logger(__name__).warning("review_section_unavailable", error=str(exc))
             # One DuckDB thread: the analysis process shares the host with the relay.
             engine = analysis_engine(store.outcomes, threads=1)
             return await _report_from(reader, job, engine, reviews)

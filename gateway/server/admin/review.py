@@ -34,7 +34,6 @@ import base64
 import hashlib
 import hmac
 import json
-import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -487,25 +486,22 @@ async def review_inputs(
 ) -> ReviewInputs | None:
     """The experiment's captures (the audio store of `audio`) and current blind preferences
     (beside the outcomes: the file store's folder, or the Redis of a `RedisReader`), for the
-    report's review section (docs/review.md); None without captures. A store that cannot be
-    read is said in one line on stderr, and the report is made without the section."""
+    report's review section (docs/review.md); None without captures. ConfigError or
+    StoreUnavailable when a store cannot be read: the caller says so its own way and makes
+    the report without the section."""
     # Imported here: only analysing processes pay for the analysis (and numpy).
     from gateway.analysis.review_report import ReviewInputs
     from gateway.stores.factory import create_audio_store
     from gateway.stores.reader import RedisReader
 
+    store = create_audio_store(audio)
     try:
-        store = create_audio_store(audio)
-        try:
-            captures = await store.captures(experiment)
-        finally:
-            await store.close()
-        if not captures:
-            return None
-        client = reader.client if isinstance(reader, RedisReader) else None
-        preferences, _ = create_review_stores(outcomes_path, client, prefix)
-        current = await preferences.current(experiment)
-    except (ConfigError, StoreUnavailable) as exc:
-        print(f"speech-gateway: no review section: {exc}", file=sys.stderr)
+        captures = await store.captures(experiment)
+    finally:
+        await store.close()
+    if not captures:
         return None
+    client = reader.client if isinstance(reader, RedisReader) else None
+    preferences, _ = create_review_stores(outcomes_path, client, prefix)
+    current = await preferences.current(experiment)
     return ReviewInputs(captures, tuple(current.values()))
