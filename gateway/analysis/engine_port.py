@@ -31,17 +31,11 @@ class AnalysisWindow:
 
 
 class EvidenceSource(Protocol):
-    def observations(
-        self, window: AnalysisWindow, labels: Mapping[str, Label]
-    ) -> dict[str, PhaseObservations]:
-        """Phase id -> its observations, as `observe` builds them."""
-        ...
-
-    def labelled(self, window: AnalysisWindow, labels: Mapping[str, Label]) -> int:
-        """Labelled utterances in the window (`unit_sample.labelled_primaries`)."""
-        ...
-
-    def records(self, window: AnalysisWindow, sample: UnitSample | None) -> list[OutcomeRecord]:
-        """The window's records in (timestamp, record_id) order; with a sample, the canary
-        records and those of the sample's units (`unit_sample.sampled`)."""
+    def inputs(
+        self, window: AnalysisWindow, labels: Mapping[str, Label], limit: int
+    ) -> tuple[list[OutcomeRecord], dict[str, PhaseObservations], UnitSample | None]:
+        """From one reading of the store: the records a part of the report needs whole (in
+        (timestamp, record_id) order: the canaries, and the units of the error analysis's
+        sample, `UnitSample.for_labelled(labelled utterances, limit)`, all units without
+        one), the observations (as `observe` builds them) and that sample."""
         ...

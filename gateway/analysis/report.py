@@ -98,7 +98,7 @@ async def analyze(
         headline = labels if reviews is None else headline_labels(labels, reviews)
         try:
             computed = await asyncio.to_thread(
-                _engine_inputs, engine, window, headline, options.error_labelled
+                engine.inputs, window, headline, options.error_labelled
             )
         except EngineUnreadable:
             # A missing file, a torn last line, a bad line: the record reader below tells
@@ -131,14 +131,6 @@ async def analyze(
         reviews=reviews,
     )
     return await asyncio.to_thread(build) if in_thread else build()
-
-
-def _engine_inputs(
-    engine: EvidenceSource, window: AnalysisWindow, labels: Mapping[str, Label], limit: int
-) -> tuple[list[OutcomeRecord], dict[str, PhaseObservations], UnitSample | None]:
-    observations = engine.observations(window, labels)
-    sample = UnitSample.for_labelled(engine.labelled(window, labels), limit)
-    return engine.records(window, sample), observations, sample
 
 
 def build_report(

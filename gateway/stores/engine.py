@@ -206,40 +206,62 @@ class DuckDbEngine:
         """Phase id -> its observations: equal to `observe` on the same records and labels."""
         with self._records(window) as con, tempfile.TemporaryDirectory() as folder:
             _load_labels(con, Path(folder), labels)
-            _derive(con)
-            phases = _phases(con)
-            _fill_variants(con, phases, labels)
-            for phase in phases.values():
-                phase.shadow_pairs = shadow_pairs(
-                    _fetch_records(
-                        con,
-                        "phase = ? AND role IN ('primary', 'shadow') AND variant IS NOT NULL "
-                        "AND session_id IN (SELECT session_id FROM r "
-                        "WHERE role = 'shadow' AND phase = ?)",
-                        [phase.phase, phase.phase],
-                    ),
-                    labels,
-                )
-            return phases
+            return _observations(con, labels)
 
-    def labelled(self, window: AnalysisWindow, labels: Mapping[str, Label]) -> int:
+    def records(self, window: AnalysisWindow, sample: UnitSample | None) -> list[OutcomeRecord]:
+        """The window's records in (timestamp, record_id) order; with a sample, the canary
+        records and those of the sample's units (`unit_sample.sampled`)."""
+        with self._records(window) as con:
+            return _sampled_records(con, sample)
+
+    def inputs(
+        self, window: AnalysisWindow, labels: Mapping[str, Label], limit: int
+    ) -> tuple[list[OutcomeRecord], dict[str, PhaseObservations], UnitSample | None]:
+        """What the report needs, from one reading of the source: the observations, the
+        error analysis's sample of units (`UnitSample.for_labelled` with `limit`), and the
+        records of that sample and the canaries."""
         with self._records(window) as con, tempfile.TemporaryDirectory() as folder:
             _load_labels(con, Path(folder), labels)
+            observations = _observations(con, labels)
             row = con.execute(
                 "SELECT count(*) FROM r WHERE role = 'primary' "
                 "AND record_id IN (SELECT record_id FROM labelled)"
             ).fetchone()
-            return 0 if row is None else int(row[0])
+            sample = UnitSample.for_labelled(0 if row is None else int(row[0]), limit)
+            return _sampled_records(con, sample), observations, sample
 
-    def records(self, window: AnalysisWindow, sample: UnitSample | None) -> list[OutcomeRecord]:
-        with self._records(window) as con:
-            if sample is None:
-                return _fetch_records(con, "true", [])
-            return _fetch_records(
+
+def _observations(
+    con: duckdb.DuckDBPyConnection, labels: Mapping[str, Label]
+) -> dict[str, PhaseObservations]:
+    """The observations of `r`, its labels already in `labelled`."""
+    _derive(con)
+    phases = _phases(con)
+    _fill_variants(con, phases, labels)
+    for phase in phases.values():
+        phase.shadow_pairs = shadow_pairs(
+            _fetch_records(
                 con,
-                f"role = 'canary' OR substr(md5(unit), 1, {KEY_DIGITS}) < ?",
-                [sample.threshold],
-            )
+                "phase = ? AND role IN ('primary', 'shadow') AND variant IS NOT NULL "
+                "AND session_id IN (SELECT session_id FROM r "
+                "WHERE role = 'shadow' AND phase = ?)",
+                [phase.phase, phase.phase],
+            ),
+            labels,
+        )
+    return phases
+
+
+def _sampled_records(
+    con: duckdb.DuckDBPyConnection, sample: UnitSample | None
+) -> list[OutcomeRecord]:
+    if sample is None:
+        return _fetch_records(con, "true", [])
+    return _fetch_records(
+        con,
+        f"role = 'canary' OR substr(md5(unit), 1, {KEY_DIGITS}) < ?",
+        [sample.threshold],
+    )
 
 
 def _load_labels(con: duckdb.DuckDBPyConnection, folder: Path, labels: Mapping[str, Label]) -> None:
