@@ -128,6 +128,15 @@ async def until_subscribed(server: RedisServer, subscribers: int = 1) -> None:
             await asyncio.sleep(0.01)
 
 
+async def until_logged(logs: list[dict[str, Any]], event: str, limit_s: float = 10.0) -> None:
+    """Until a captured log entry is `event`."""
+    async with asyncio.timeout(limit_s):
+        while True:
+            if any(entry["event"] == event for entry in logs):
+                return
+            await asyncio.sleep(0.01)
+
+
 # -- compare-and-set, versions, audit -------------------------------------------------------
 
 
@@ -403,7 +412,10 @@ async def test_a_frozen_redis_is_noticed_by_the_keepalive(
             waiting = asyncio.ensure_future(next_change(changes, 10))
             await until_subscribed(server)
             server.stop()
-            await asyncio.sleep(1.0)
+            # Frozen until the keepalive gave up on it: with 0.3 s idle, 0.3 s for the
+            # answer and 0.25 s polls that takes 0.6-1.1 s, more on a busy machine, so a
+            # fixed freeze can end before the PING's deadline and leave nothing to notice.
+            await until_logged(logs, "control_changes_redis_unavailable")
             server.cont()
             assert await waiting == "checkout"
             await until_subscribed(server)
