@@ -20,6 +20,11 @@ The policy (`CapturePolicy`, from an experiment's `capture` section):
 A REST short-audio request is a session of one utterance: `gateway.server.relay.rest` hands
 its body to `request_audio` as it streams and its record to `request_record`.
 
+A shadow segments the audio on its own, so a primary utterance is matched with each shadow's
+result by audio span, with the analysis's rule (`gateway.outcomes.pairing`: the largest
+overlap); it waits until every shadow has answered past its end, has failed, or the session
+ends.
+
 A selected utterance whose audio is no longer (or never was) in the buffer is dropped and
 counted through `drop(reason)`; the relay's forwarding never waits for any of this.
 """
@@ -36,6 +41,7 @@ from enum import StrEnum
 from typing import Any, Final
 
 from gateway.logging import get_logger
+from gateway.outcomes.pairing import pair_shadows
 from gateway.outcomes.record import Kind, OutcomeRecord, Role
 from gateway.protocol.wav import PCM_16K_MONO, WaveFormat, parse_wave_header
 from gateway.session.turns import TICKS_PER_MS
@@ -43,6 +49,8 @@ from gateway.text.normalize import normalize_words
 
 TICKS_PER_SECOND: Final = 10_000_000
 KEPT_TURNS: Final = 8
+# A shadow's latest results kept for matching; a primary waits for at most a few of them.
+KEPT_SHADOW_RESULTS: Final = 64
 log = get_logger(__name__)
 _REQUEST: Final = ""  # the turn key of a REST request's body
 _MAX_HEADER: Final = 4096
@@ -291,8 +299,8 @@ class SessionCapture:
         self._drop = drop
         self._turns: OrderedDict[str, _TurnAudio] = OrderedDict()
         self._bytes = 0  # buffered by this session
-        self._pending: dict[tuple[str, int], _Pending] = {}  # (turn id, utterance index)
-        self._early_shadows: dict[tuple[str, int], dict[str, OutcomeRecord]] = {}
+        self._pending: list[_Pending] = []  # primary utterances waiting for shadows
+        self._shadow_results: dict[str, list[OutcomeRecord]] = {}  # by variant, latest last
         self._utterances = 0
         self._why_full: DropReason | None = None
 
@@ -356,8 +364,9 @@ class SessionCapture:
 
     def finish(self) -> None:
         """The session ended: decide what still waits for shadows, release every buffer."""
-        for key in list(self._pending):
-            self._decide(self._pending.pop(key))
+        waiting, self._pending = self._pending, []
+        for pending in waiting:
+            self._decide(self._matched(pending))
         for turn in self._turns.values():
             self._release(turn, len(turn.data))
         self._turns.clear()
@@ -430,12 +439,11 @@ class SessionCapture:
             start, end = turn.byte_at(max(0, offset)), turn.byte_at(max(0, offset + duration))
             turn.last_end = max(turn.last_end, end)
         self._utterances += 1
-        key = (record.turn_id or "", record.utterance_index or 0)
-        pending = _Pending(record, turn, start, end, self._early_shadows.pop(key, {}))
+        pending = _Pending(record, turn, start, end)
         if self._complete(pending):
-            self._decide(pending)
+            self._decide(self._matched(pending))
         else:
-            self._pending[key] = pending
+            self._pending.append(pending)
 
     def _primary_failure(self, record: OutcomeRecord) -> None:
         code = record.error_code or ""
@@ -455,27 +463,39 @@ class SessionCapture:
         variant = record.variant or ""
         if record.kind is Kind.SESSION_FAILURE:
             self._failed_shadows.add(variant)
-            for key, waiting in list(self._pending.items()):
-                if self._complete(waiting):
-                    del self._pending[key]
-                    self._decide(waiting)
+        elif record.kind is Kind.UTTERANCE:
+            results = self._shadow_results.setdefault(variant, [])
+            results.append(record)
+            del results[:-KEPT_SHADOW_RESULTS]
+        else:
             return
-        if record.kind is not Kind.UTTERANCE:
-            return
-        key = (record.turn_id or "", record.utterance_index or 0)
-        pending = self._pending.get(key)
-        if pending is None:
-            # The shadow answered first; bounded by the turns a session keeps.
-            if len(self._early_shadows) < KEPT_TURNS * 64:
-                self._early_shadows.setdefault(key, {})[variant] = record
-            return
-        pending.shadows[variant] = record
-        if self._complete(pending):
-            del self._pending[key]
-            self._decide(pending)
+        still: list[_Pending] = []
+        for pending in self._pending:
+            if self._complete(pending):
+                self._decide(self._matched(pending))
+            else:
+                still.append(pending)
+        self._pending = still
 
     def _complete(self, pending: _Pending) -> bool:
-        return self._waiting_for <= pending.shadows.keys() | self._failed_shadows
+        """Every shadow failed or answered past the utterance's end (results come in the
+        order of the audio, so none still to come can overlap it more)."""
+        end = _end_ms(pending.record)
+        if end is None:
+            return True  # no span: no shadow result can be matched to it
+        for variant in self._waiting_for - self._failed_shadows:
+            results = self._shadow_results.get(variant)
+            last = _end_ms(results[-1]) if results else None
+            if last is None or last < end:
+                return False
+        return True
+
+    def _matched(self, pending: _Pending) -> _Pending:
+        """`pending` with each shadow's result whose audio overlaps it most, if any."""
+        for variant, results in self._shadow_results.items():
+            for _, shadow in pair_shadows([pending.record, *results]):
+                pending.shadows[variant] = shadow
+        return pending
 
     # -- decisions --------------------------------------------------------------------------
 
@@ -547,7 +567,7 @@ class SessionCapture:
         """Release the turn's audio that no pending utterance and no later one needs."""
         if turn is None:
             return
-        starts = [p.start for p in self._pending.values() if p.turn is turn]
+        starts = [p.start for p in self._pending if p.turn is turn]
         keep_from = min([turn.last_end, *starts])
         self._release(turn, keep_from - turn.trimmed)
 
@@ -567,3 +587,9 @@ def _disagree(primary: OutcomeRecord, shadow: OutcomeRecord) -> bool:
     if primary.text is None and shadow.text is None:
         return primary.text_sha256 != shadow.text_sha256
     return normalize_words(primary.text or "") != normalize_words(shadow.text or "")
+
+
+def _end_ms(record: OutcomeRecord) -> float | None:
+    if record.audio_offset_ms is None or record.audio_duration_ms is None:
+        return None
+    return record.audio_offset_ms + record.audio_duration_ms

@@ -169,6 +169,36 @@ def test_agreeing_shadows_are_not_a_priority() -> None:
     assert harness.capture.buffered_bytes < 2 * BYTES_PER_SECOND  # released up to its end
 
 
+def test_a_shadow_that_segments_differently_is_matched_by_audio_span() -> None:
+    """A shadow that splits an utterance in two: the primary waits until the shadow has
+    answered past its end, takes the result overlapping it most, and the next utterance is
+    matched with the shadow's result for the same audio, not with the shadow's next index."""
+    harness = Harness(EVERYTHING, shadows=True)
+    harness.turn(4.0)
+    harness.primary("pay the bill please", 0.2, 1.8)
+    harness.shadow("pay the bill", 0.2, 1.2)
+    assert harness.emitted == []  # the shadow has not heard the utterance's end yet
+    harness.shadow("please", 1.5, 0.5)
+    harness.shadow("thank you", 2.5, 0.6)
+    harness.primary("thank you", 2.5, 0.6)
+    first, second = harness.emitted
+    assert [s.text for s in first.shadows] == ["pay the bill"]
+    assert first.reason is CaptureReason.DISAGREEMENT
+    assert [s.text for s in second.shadows] == ["thank you"]
+    assert second.reason is CaptureReason.UNIFORM
+
+
+def test_a_shadow_result_overlapping_nothing_is_no_partner() -> None:
+    """A shadow that heard something where the primary heard nothing pairs with nothing."""
+    harness = Harness(EVERYTHING, shadows=True)
+    harness.turn(3.0)
+    harness.shadow("uh", 0.1, 0.3)
+    harness.shadow("hello", 1.0, 0.5)
+    harness.primary("hello", 1.0, 0.5)
+    (captured,) = harness.emitted
+    assert [s.text for s in captured.shadows] == ["hello"]
+
+
 def test_a_failed_shadow_is_not_waited_for() -> None:
     """A shadow that failed releases the utterances waiting for it."""
     harness = Harness(shadows=True)
