@@ -133,8 +133,9 @@ class AudioSettings(_Model):
     max_buffered_bytes: int = Field(
         64 * 1024 * 1024,
         ge=0,
-        description="PCM bytes all sessions of a gateway process may buffer for capture "
-        "together; audio beyond is not kept (`total_bytes`).",
+        description="PCM bytes a gateway process may hold for capture: what its sessions "
+        "buffer and the captures waiting for the store, together; audio beyond is not kept "
+        "(`total_bytes`).",
     )
 
     def blob_credential_value(self) -> str | dict[str, str] | None:

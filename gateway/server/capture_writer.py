@@ -3,7 +3,9 @@
 It decides which sessions get a `SessionCapture` (a consenting client, an experiment with a
 `capture` policy that considers the session), takes the utterances they select through a
 bounded queue (`offer` never waits: a full queue drops and counts), and stores each as a
-WAV with its sidecar in the audio store from one task. A second task deletes captures past
+WAV with its sidecar in the audio store from one task. A queued capture's PCM counts
+against the same process budget as the sessions' buffers until it is stored, so
+`gateway.audio.max_buffered_bytes` bounds all capture audio the process holds. A second task deletes captures past
 `gateway.audio.retention_days` every hour. A store that is full, unreachable or refuses a
 deleted unit drops the capture and counts it (`speech_gateway_captures_dropped_total`);
 nothing of it reaches a session. Logs name captures by id, never carry audio or text.
@@ -101,15 +103,20 @@ class CaptureWriter:
         )
 
     def offer(self, utterance: CapturedUtterance) -> None:
-        """Queue a selected utterance for the store; never waits (full: dropped, counted)."""
-        self._metrics.capture_buffered_bytes.set(self.budget.used)
-        if self._closing:
+        """Queue a selected utterance for the store; never waits (a full queue or budget:
+        dropped, counted)."""
+        if self._closing or self._queue.full():
             self._drop(utterance.experiment, DropReason.QUEUE_FULL)
             return
-        try:
-            self._queue.put_nowait(utterance)
-        except asyncio.QueueFull:
-            self._drop(utterance.experiment, DropReason.QUEUE_FULL)
+        if not self.budget.take(len(utterance.pcm)):
+            self._drop(utterance.experiment, DropReason.TOTAL_BYTES)
+            return
+        self._queue.put_nowait(utterance)
+        self._metrics.capture_buffered_bytes.set(self.budget.used)
+
+    def _dequeued(self, utterance: CapturedUtterance) -> None:
+        self.budget.give_back(len(utterance.pcm))
+        self._metrics.capture_buffered_bytes.set(self.budget.used)
 
     async def start(self) -> None:
         self._tasks = [
@@ -129,7 +136,9 @@ class CaptureWriter:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             self._tasks = []
         while not self._queue.empty():
-            self._drop(self._queue.get_nowait().experiment, DropReason.STORE_UNAVAILABLE)
+            utterance = self._queue.get_nowait()
+            self._dequeued(utterance)
+            self._drop(utterance.experiment, DropReason.STORE_UNAVAILABLE)
         await self.store.close()
 
     async def write(self, utterance: CapturedUtterance) -> bool:
@@ -196,6 +205,7 @@ class CaptureWriter:
                 log.error("capture_write_failed", error=f"{type(exc).__name__}: {exc}"[:300])
                 self._drop(utterance.experiment, DropReason.STORE_UNAVAILABLE)
             finally:
+                self._dequeued(utterance)
                 self._queue.task_done()
 
     async def _retention_loop(self) -> None:

@@ -107,6 +107,28 @@ async def test_a_full_queue_drops_and_counts_without_waiting(tmp_path: Path) -> 
     assert len(await LocalAudioStore(tmp_path).captures("exp")) == 2
 
 
+async def test_queued_captures_count_against_the_process_budget(tmp_path: Path) -> None:
+    """A capture waiting for the store holds its PCM in the process budget until it is
+    stored; one that would exceed the budget is dropped as `total_bytes`."""
+    metrics = GatewayMetrics()
+    settings = AudioSettings(max_buffered_bytes=8000)
+    writer = CaptureWriter(
+        LocalAudioStore(tmp_path), EVERYTHING, frozenset({"app"}), settings, metrics
+    )
+    writer.offer(utterance(pcm=os.urandom(3200)))
+    writer.offer(utterance(pcm=os.urandom(3200)))
+    writer.offer(utterance(pcm=os.urandom(3200)))  # 9,600 bytes would exceed 8,000
+    assert writer.budget.used == 6400
+    assert sample(metrics, "speech_gateway_capture_buffered_bytes") == 6400
+    labels = {"experiment": "exp", "cause": "total_bytes"}
+    assert sample(metrics, "speech_gateway_captures_dropped_total", **labels) == 1
+    await writer.start()
+    await writer.close()
+    assert writer.budget.used == 0
+    assert sample(metrics, "speech_gateway_capture_buffered_bytes") == 0
+    assert len(await LocalAudioStore(tmp_path).captures("exp")) == 2
+
+
 async def test_an_unavailable_store_drops_and_counts(tmp_path: Path) -> None:
     """A store that fails drops each capture (counted); the writer goes on."""
     metrics = GatewayMetrics()
