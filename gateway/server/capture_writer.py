@@ -2,13 +2,14 @@
 
 It decides which sessions get a `SessionCapture` (a consenting client, an experiment with a
 `capture` policy that considers the session), takes the utterances they select through a
-bounded queue (`offer` never waits: a full queue drops and counts), and stores each as a
-WAV with its sidecar in the audio store from one task. A queued capture's PCM counts
-against the same process budget as the sessions' buffers until it is stored, so
-`gateway.audio.max_buffered_bytes` bounds all capture audio the process holds. A second task deletes captures past
-`gateway.audio.retention_days` every hour. A store that is full, unreachable or refuses a
-deleted unit drops the capture and counts it (`speech_gateway_captures_dropped_total`);
-nothing of it reaches a session. Logs name captures by id, never carry audio or text.
+bounded queue (`offer` never waits: a full queue drops and counts), and stores each as a WAV
+with its sidecar in the audio store from one task. A queued capture's PCM counts against the
+same process budget as the sessions' buffers until it is stored, so
+`gateway.audio.max_buffered_bytes` bounds all capture audio the process holds. A second task
+deletes captures past `gateway.audio.retention_days` every hour. A store that is full,
+unreachable or refuses a deleted unit drops the capture and counts it
+(`speech_gateway_captures_dropped_total`); nothing of it reaches a session. Logs name
+captures by id, never carry audio or text.
 """
 
 from __future__ import annotations
