@@ -11,10 +11,13 @@ experiments' state and changes are `gateway.server.admin.control`'s.
 The analysis is CPU work (bootstrap resampling), so it runs in the app's analysis process
 (`gateway.server.admin.analysis_worker`), never on the relay's event loop nor under its
 interpreter lock; this module does not even import it. A report is reused for `cache_s`
-seconds, and one computation per report is under way at a time, shared by every client
-that asks meanwhile: a wall of dashboards polling every few seconds costs one computation
-per experiment and interval in each gateway process (each worker of `serve --workers N`),
-not one per screen.
+seconds, or for `REUSE_PER_COMPUTE_S` times as long as it took to compute if that is
+longer, and one computation per report is under way at a time, shared by every client that
+asks meanwhile: a wall of dashboards polling every few seconds costs one computation per
+experiment and interval in each gateway process (each worker of `serve --workers N`), not
+one per screen, and a report that takes seconds to compute (a large experiment) keeps its
+analysis process busy at most 1 / (1 + REUSE_PER_COMPUTE_S) of the time, so it takes no
+more than that share of a core from the relays of a small host.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ from gateway.server.state import STATE
 log = get_logger(__name__)
 
 _MAX_CACHED: Final = 64  # reports kept; windows are chosen by callers, so bound them
+# A report is reused for this many times its computing time (when longer than cache_s).
+REUSE_PER_COMPUTE_S: Final = 4.0
 
 Json = dict[str, Any]
 _CacheKey = tuple[str, str | None, str | None, str | None]
@@ -60,7 +65,7 @@ class _Analyses:
     options: AnalysisOptions
     worker: AnalysisWorker
     store: OutcomeStore
-    done: dict[_CacheKey, tuple[float, Json]] = field(default_factory=dict)
+    done: dict[_CacheKey, tuple[float, Json]] = field(default_factory=dict)  # until, report
     running: dict[_CacheKey, asyncio.Task[Computed]] = field(default_factory=dict)
 
 
@@ -126,7 +131,7 @@ async def experiment_analysis(request: web.Request) -> web.Response:
     key = (experiment_id, phase, request.query.get("since"), request.query.get("until"))
     analyses = request.app[ANALYSES]
     cached = analyses.done.get(key)
-    if cached is not None and time.monotonic() - cached[0] < analyses.cache_s:
+    if cached is not None and time.monotonic() < cached[0]:
         return web.json_response(cached[1], dumps=_strict_json)
     running = analyses.running.get(key)
     if running is None:
@@ -157,8 +162,13 @@ async def experiment_analysis(request: web.Request) -> web.Response:
     report = computed.report
     if key not in analyses.done and len(analyses.done) >= _MAX_CACHED:
         analyses.done.pop(next(iter(analyses.done)))  # the oldest entry
-    analyses.done[key] = (time.monotonic(), report)
+    analyses.done[key] = (fresh_until(time.monotonic(), computed.seconds, analyses.cache_s), report)
     return web.json_response(report, dumps=_strict_json)
+
+
+def fresh_until(now: float, compute_s: float, cache_s: float) -> float:
+    """When a report computed in `compute_s`, done at `now`, is recomputed (module doc)."""
+    return now + max(cache_s, REUSE_PER_COMPUTE_S * compute_s)
 
 
 def _job(

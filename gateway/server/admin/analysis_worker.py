@@ -24,10 +24,12 @@ slow report into one that never finishes, and its CPU is the worker's, not the r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import multiprocessing
 import os
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -96,22 +98,26 @@ class Problem:
 
 @dataclass(frozen=True, slots=True)
 class Computed:
-    """A report, or why there is none (`failure`); plus the problems for the gateway's log."""
+    """A report, or why there is none (`failure`); plus the problems for the gateway's log
+    and how long the worker took (`seconds`, wall time in the worker)."""
 
     report: Json | None
     failure: Literal["store_unavailable", "invalid_record", "error"] | None = None
     detail: str = ""
     problems: tuple[Problem, ...] = ()
+    seconds: float = 0.0
 
 
 def compute_report(store: OutcomeStore, job: ReportJob) -> Computed:
     """The worker's entry point: open the store, build the report, close the store. Nothing
     raises out of it: an exception would have to unpickle in the gateway, which some of ours
     cannot, and would break the pool."""
+    started = time.monotonic()
     try:
-        return asyncio.run(_compute_report(store, job))
+        computed = asyncio.run(_compute_report(store, job))
     except Exception:  # a bug, or a store failing while it closes: the log says what
-        return Computed(None, "error", traceback.format_exc())
+        computed = Computed(None, "error", traceback.format_exc())
+    return dataclasses.replace(computed, seconds=time.monotonic() - started)
 
 
 async def _compute_report(store: OutcomeStore, job: ReportJob) -> Computed:

@@ -5,6 +5,7 @@ with 503 and replaced, store failures and corrupt records answered as before."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -24,7 +25,7 @@ from traffic import Traffic
 
 from gateway.config.settings import OutcomeSettings, RedisConnection, load_settings
 from gateway.control.model import hash_key
-from gateway.server.admin.analysis import ANALYSES
+from gateway.server.admin.analysis import ANALYSES, REUSE_PER_COMPUTE_S, fresh_until
 from gateway.server.admin.analysis_worker import AnalysisWorkerFailed, OutcomeStore
 from gateway.server.app import create_gateway_app
 
@@ -120,6 +121,42 @@ async def test_concurrent_requests_for_one_report_share_one_computation(
     await busy
     assert {status for status, _ in answers} == {200}
     assert all(report == answers[0][1] for _, report in answers)
+
+
+def test_a_slow_report_is_reused_for_longer() -> None:
+    """A report is reused for cache_s, or for REUSE_PER_COMPUTE_S times its computing time
+    when that is longer: a continuously watched large experiment keeps the analysis process
+    busy a bounded share of the time."""
+    assert fresh_until(100.0, 0.1, 2.0) == 102.0
+    assert fresh_until(100.0, 3.0, 2.0) == 100.0 + 3.0 * REUSE_PER_COMPUTE_S
+
+
+async def test_a_report_that_took_long_is_not_recomputed_at_once(
+    aiohttp_client: MakeClient, tmp_path: Path
+) -> None:
+    """With no fixed reuse time, a report that took about a second (waiting for the worker)
+    is answered from the cache to the next request, and computed again once that is over."""
+    app = gateway_app(tmp_path)
+    analyses = app[ANALYSES]
+    analyses.cache_s = 0.0
+    client = await aiohttp_client(app)
+    computations = 0
+    compute = analyses.worker.compute
+
+    async def counted(*args: Any) -> Any:
+        nonlocal computations
+        computations += 1
+        computed = await compute(*args)
+        return dataclasses.replace(computed, seconds=0.5)
+
+    analyses.worker.compute = counted  # type: ignore[method-assign]
+    status, first = await analysis(client)
+    again_status, again = await analysis(client)
+    assert (status, again_status, computations) == (200, 200, 1)
+    assert again == first
+    await asyncio.sleep(0.5 * REUSE_PER_COMPUTE_S)
+    status, _ = await analysis(client)
+    assert (status, computations) == (200, 2)
 
 
 async def test_a_killed_worker_fails_its_reports_with_503_and_is_replaced(
