@@ -5,14 +5,18 @@ unless it is given an `EvidenceSource` (`gateway.stores.engine.DuckDbEngine`): t
 engine computes the observations (`PhaseObservations`, equal to `observe` on the same
 records) with SQL, and only the records that some part of the report needs whole are
 materialised: canary records, and the error analysis's units (`unit_sample`).
+
+An engine that can also read the labels where they lie (a `LabelledEvidenceSource`) is
+asked for `evidence` instead: the store's labels are then never read into memory, only
+the labels of the records it materialises (and of the records named in `wanted`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gateway.analysis.observations import PhaseObservations
 from gateway.analysis.unit_sample import UnitSample
@@ -38,4 +42,31 @@ class EvidenceSource(Protocol):
         (timestamp, record_id) order: the canaries, and the units of the error analysis's
         sample, `UnitSample.for_labelled(labelled utterances, limit)`, all units without
         one), the observations (as `observe` builds them) and that sample."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What `LabelledEvidenceSource.evidence` hands over: `inputs`' three values, and the
+    current labels of the records it materialised and of the ids asked for (`wanted`)."""
+
+    records: list[OutcomeRecord]
+    observations: dict[str, PhaseObservations]
+    sample: UnitSample | None
+    labels: dict[str, Label] = field(default_factory=dict)
+
+
+@runtime_checkable
+class LabelledEvidenceSource(EvidenceSource, Protocol):
+    def evidence(
+        self,
+        window: AnalysisWindow,
+        limit: int,
+        *,
+        held_back: frozenset[str] = frozenset(),
+        wanted: frozenset[str] = frozenset(),
+    ) -> Evidence:
+        """As `inputs`, with the labels the engine's store keeps beside the records: every
+        current label of a record in the window is evidence, except a label of source
+        `review` of a record in `held_back` (`review_report.headline_labels`)."""
         ...
