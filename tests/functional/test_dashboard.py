@@ -27,6 +27,7 @@ from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from gateway.analysis.preferences import LabelledSample, PreferenceRate, SampleCounts
 from gateway.control.model import hash_key
 from gateway.server.admin.auth import AdminTokens
 from gateway.server.admin.dashboard import Dashboard, add_dashboard_routes
@@ -299,3 +300,154 @@ def test_no_data_yet_and_unreachable_states(fake: FakeAdmin, tmp_path: Path) -> 
         stale = driver.find_element(By.ID, "experiments").get_attribute("class")
         assert stale == "stale"  # the last data stay, marked as old
         assert driver.find_elements(By.CSS_SELECTOR, "section[data-experiment]")
+
+
+def review_section(variant_name: str = "custom") -> dict[str, Any]:
+    """A report's `review` section (docs/analysis.md), its sample and preference parts made
+    by the analysis' own types: 10 of 12 uniform captures reviewed, 3 of 5 priority ones."""
+    drawn = LabelledSample(
+        SampleCounts(12, 10, {"uniform": 10}),
+        SampleCounts(5, 3, {"low_confidence": 2, "no_match": 1}),
+    )
+    rate = PreferenceRate("base", variant_name, 6, 1, 2, 6, 6 / 7, (0.49, 0.97), 0.95)
+    return {
+        "description": drawn.describe(),
+        "sample": drawn.to_dict(),
+        "wer": {
+            "uniform": [
+                {
+                    "variant": "base",
+                    "wer": 0.4,
+                    "ci": [0.182, 0.636],
+                    "utterances": 5,
+                    "units": 5,
+                    "errors": 16,
+                    "reference_words": 40,
+                },
+                {
+                    "variant": variant_name,
+                    "wer": 0.05,
+                    "ci": [0.0, 0.125],
+                    "utterances": 5,
+                    "units": 5,
+                    "errors": 2,
+                    "reference_words": 40,
+                },
+            ],
+            "priority": [
+                {
+                    "variant": "base",
+                    "wer": 0.5,
+                    "ci": None,
+                    "utterances": 3,
+                    "units": 1,
+                    "errors": 12,
+                    "reference_words": 24,
+                },
+            ],
+        },
+        "preferences": [rate.to_dict()],
+    }
+
+
+def review_cell(driver: WebDriver, sample: str, variant: str, column: str) -> str:
+    selector = (
+        f'table[data-table="review"] tr[data-sample="{sample}"][data-variant="{variant}"] '
+        f'[data-col="{column}"]'
+    )
+    return str(wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, selector).text, selector))
+
+
+def test_reviewed_live_traffic(fake: FakeAdmin, tmp_path: Path) -> None:
+    """The report's review section: how the reviewed captures were drawn, WER per variant on
+    the uniform and the priority sample apart with their intervals, the blind preference rate
+    with its interval; a report without it shows none, and names stay text."""
+    report = two_variant_report()
+    report["review"] = review_section()
+    fake.reports = {"banking-custom": report}
+    with serving(dashboard_app(fake)) as base, chromium(tmp_path) as driver:
+        driver.get(f"{base}/dashboard")
+        wait_for_state(driver, "no-token")
+        enter_token(driver, TOKEN)
+        description = wait_for(
+            driver, lambda d: d.find_element(By.CSS_SELECTOR, "[data-review=description]"), "it"
+        )
+        assert description.text == (
+            "13 reviewed captures: 10 of 12 from the uniform sample (they stand for the "
+            "traffic), 3 of 5 priority captures (2 low confidence, 1 no match; they "
+            "over-represent hard cases, so rates over them are not traffic rates)."
+        )
+        assert review_cell(driver, "uniform", "base", "review_wer").splitlines() == [
+            "40.0%",
+            "18.2% to 63.6%",
+        ]
+        assert review_cell(driver, "uniform", "custom", "review_wer").splitlines() == [
+            "5.0%",
+            "0.0% to 12.5%",
+        ]
+        assert review_cell(driver, "uniform", "base", "sample").splitlines() == [
+            "Uniform",
+            "10 of 12 reviewed",
+        ]
+        assert review_cell(driver, "uniform", "custom", "review_utterances").splitlines() == [
+            "5",
+            "5 units",
+        ]
+        # The priority sample apart, with why its captures were chosen; no interval to show.
+        assert review_cell(driver, "priority", "base", "sample").splitlines() == [
+            "Priority",
+            "3 of 5 reviewed",
+            "2 low confidence, 1 no match",
+        ]
+        assert review_cell(driver, "priority", "base", "review_wer") == "50.0%"
+        assert review_cell(driver, "priority", "base", "review_words") == "12 / 24"
+        rows = driver.find_elements(By.CSS_SELECTOR, 'table[data-table="review"] tbody tr')
+        assert [
+            (r.get_attribute("data-sample"), r.get_attribute("data-variant")) for r in rows
+        ] == [
+            ("uniform", "base"),
+            ("uniform", "custom"),
+            ("priority", "base"),
+        ]
+        preference = driver.find_element(
+            By.CSS_SELECTOR, 'table[data-table="preferences"] tr[data-challenger="custom"]'
+        )
+        assert preference.get_attribute("data-control") == "base"
+        cells = [c.text.splitlines() for c in preference.find_elements(By.CSS_SELECTOR, "td")]
+        assert cells == [
+            ["custom over base"],
+            ["85.7%", "95% interval 49.0% to 97.0%"],
+            ["7", "6 : 1"],
+            ["2"],
+            ["6"],
+        ]
+        # The variants' table above is unchanged by the section.
+        assert cell(driver, "custom", "wer") == "2.5%"
+        assert_not_blank(driver.get_screenshot_as_png())
+
+        # Nothing reviewed in a sample yet: said so; a hostile name: shown as text.
+        section = review_section(HOSTILE)
+        section["wer"]["priority"] = []
+        changed = two_variant_report()
+        changed["review"] = section
+        fake.reports = {"banking-custom": changed}
+        wait_for(
+            driver,
+            lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-sample="priority"] .no-data'),
+            "the empty priority sample",
+        )
+        empty = driver.find_element(By.CSS_SELECTOR, 'tr[data-sample="priority"] .no-data')
+        assert empty.text == "no labelled capture yet"
+        review = driver.find_element(By.CSS_SELECTOR, 'table[data-table="review"]').text
+        assert HOSTILE in review
+        assert driver.find_elements(By.CSS_SELECTOR, "#experiments img") == []
+
+        # A report without the section (no captured audio) shows none.
+        fake.reports = {"banking-custom": two_variant_report()}
+        wait_for(
+            driver,
+            lambda d: not d.find_elements(By.CSS_SELECTOR, 'table[data-table="review"]'),
+            "the section to go",
+        )
+        assert "Reviewed live traffic" not in driver.find_element(By.ID, "experiments").text
+        assert console_errors(driver) == []

@@ -4,7 +4,9 @@ The page holds no data and no secret, so it is served without a credential. It a
 admin token, keeps it in the tab's sessionStorage, and polls the admin API with it
 (`GET /admin/experiments`, then `GET /admin/experiments/{id}/analysis` for each experiment),
 sending `Authorization: Bearer`. It renders weights, phase, per-variant live counts, rates,
-latency and WER so far and the recommendation, and says plainly when there is no token, the
+latency and WER so far, the recommendation, the report's `review` section (reviewed live
+traffic: the labelled sample, WER per sample and variant, blind preference rates) and model
+health, and says plainly when there is no token, the
 token is refused (401), there is no data yet, or the gateway is unreachable. The script polls
 with setTimeout after each answer (never overlapping requests) and drops answers that arrive
 after the token changed.

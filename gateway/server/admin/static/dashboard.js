@@ -178,8 +178,78 @@
         "No data yet: no outcome records in the current phase."));
     }
     if (phase) section.append(...renderNotes(phase));
+    section.append(...renderReview(report));
     section.append(...renderHealth(experiment, report));
     return section;
+  }
+
+  // Reviewed live traffic (docs/review.md, "In the report"): how the reviewed captures were
+  // drawn, each variant's WER on the uniform sample (it stands for the traffic) and, apart,
+  // on the priority captures (hard cases by choice: no traffic WER), and the blind
+  // preference rates with their intervals.
+  const SAMPLES = [["uniform", "Uniform"], ["priority", "Priority"]];
+  function renderReview(report) {
+    const review = report && report.review && typeof report.review === "object" ?
+      report.review : null;
+    if (!review) return [];
+    const drawn = review.sample && typeof review.sample === "object" ? review.sample : {};
+    const wer = review.wer && typeof review.wer === "object" ? review.wer : {};
+    const rows = SAMPLES.flatMap(([sample, title]) => {
+      const counts = drawn[sample] || {};
+      const entries = Array.isArray(wer[sample]) ? wer[sample] : [];
+      const reviewed = count(counts.reviewed) + " of " + count(counts.captured) + " reviewed";
+      const reasons = counts.reviewed_by_reason && typeof counts.reviewed_by_reason === "object" ?
+        Object.entries(counts.reviewed_by_reason).map(([r, n]) =>
+          count(n) + " " + String(r).replace(/_/g, " ")).join(", ") : "";
+      const head = el("td", {"data-col": "sample"}, title,
+        el("small", {}, reviewed), sample === "priority" && reasons ?
+          el("small", {}, reasons) : null);
+      if (entries.length === 0) {
+        return [el("tr", {"data-sample": sample}, head,
+          el("td", {"data-col": "variant"}, "–"),
+          el("td", {"data-col": "review_wer", colspan: 3, class: "no-data"},
+            "no labelled capture yet"))];
+      }
+      return entries.map((entry, i) => el("tr", {"data-sample": sample,
+        "data-variant": String(entry.variant)},
+        i === 0 ? head : el("td", {"data-col": "sample"}, ""),
+        el("td", {"data-col": "variant"}, String(entry.variant)),
+        el("td", {"data-col": "review_wer"}, pct(entry.wer),
+          el("small", {}, bounds(entry.ci, pct))),
+        el("td", {"data-col": "review_utterances"}, count(entry.utterances),
+          el("small", {}, count(entry.units) + " units")),
+        el("td", {"data-col": "review_words"}, count(entry.errors) + " / " +
+          count(entry.reference_words))));
+    });
+    const preferences = Array.isArray(review.preferences) ? review.preferences : [];
+    const prefRows = preferences.map((p) => {
+      const level = num(p.confidence) === null ? "" :
+        Math.round(p.confidence * 100) + "% interval ";
+      return el("tr", {"data-challenger": String(p.challenger),
+        "data-control": String(p.control)},
+        el("td", {}, String(p.challenger) + " over " + String(p.control)),
+        el("td", {"data-col": "preference"}, pct(p.rate),
+          el("small", {}, level + bounds(p.interval, pct))),
+        el("td", {"data-col": "decisive"}, count(p.decisive),
+          el("small", {}, count(p.challenger_preferred) + " : " + count(p.control_preferred))),
+        el("td", {"data-col": "ties"}, count(p.ties)),
+        el("td", {"data-col": "preference_units"}, count(p.units)));
+    });
+    const out = [
+      el("h3", {}, "Reviewed live traffic"),
+      el("p", {class: "note", "data-review": "description"}, String(review.description ?? "")),
+      el("div", {class: "table-wrap"}, el("table", {"data-table": "review"},
+        el("thead", {}, el("tr", {}, ["Sample", "Variant", "WER", "Utterances",
+          "Errors / words"].map((h) => el("th", {}, h)))), el("tbody", {}, rows))),
+      el("p", {class: "hint"}, "The uniform sample stands for the traffic; priority " +
+        "captures are hard cases by choice, so their WER is no traffic WER."),
+    ];
+    if (prefRows.length) {
+      out.push(el("div", {class: "table-wrap"}, el("table", {"data-table": "preferences"},
+        el("thead", {}, el("tr", {}, ["Blind preference", "Rate", "Decisive", "Same",
+          "Units"].map((h) => el("th", {}, h)))), el("tbody", {}, prefRows))));
+    }
+    return out;
   }
 
   // The WER of a variant's latest canary rounds, oldest first, from the report's canary
