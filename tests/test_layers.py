@@ -9,8 +9,8 @@ that way is still a cycle in the design. The rules (README, "Layout"):
   `health`, `config`, `analysis`, `stores` and `emulator`, `server`, `tools`, `cli`; a
   module imports only from its own package or from lower layers, so protocol < session <
   server;
-* only `stores/` imports redis, the analysis engine (duckdb) and Azure Blob Storage; only
-  `server/`, `emulator/` and `tools/` import aiohttp;
+* only `stores/` imports redis, the analysis engines (duckdb, clickhouse_connect, chdb) and
+  Azure Blob Storage; only `server/`, `emulator/` and `tools/` import aiohttp;
 * only `cli.py` imports `tools/`.
 """
 
@@ -52,6 +52,8 @@ LAYERS: dict[str, int] = {
 RESTRICTED: dict[str, frozenset[str]] = {
     "redis": frozenset({"stores"}),
     "duckdb": frozenset({"stores"}),
+    "clickhouse_connect": frozenset({"stores"}),
+    "chdb": frozenset({"stores"}),
     "azure": frozenset({"stores", "tools"}),  # azure.storage in stores, the Speech SDK in tools
     "aiohttp": frozenset({"server", "emulator", "tools"}),
 }
