@@ -9,6 +9,7 @@ are read from /proc, so Linux only.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -33,6 +34,8 @@ from gateway.tools.local_services import LocalEmulator, LocalGateway
 
 CLIENT_KEY = "bench-client-key-0123456789"
 PSEUDONYM_KEY = "bench-pseudonym-key-0123456789"
+# The admin token of a gateway variant with a store (its analysis is polled with it).
+ADMIN_TOKEN = "bench-admin-token-0123456789"  # noqa: S105 (a loopback gateway's)
 USP_PATH = "/speech/recognition/conversation/cognitiveservices/v1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The named figure of bench/hot_path.py that every relay result is stated next to (and
@@ -146,6 +149,28 @@ class CpuMeter:
         return result
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (children, theirs, ...), from /proc: a gateway's analysis
+    worker, which it starts itself."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # it ended meanwhile
+        parents.setdefault(ppid, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
 def raise_fd_limit(wanted: int = 1 << 18) -> int:
     """Raise RLIMIT_NOFILE (soft, and hard where allowed) towards `wanted`; children started
     afterwards inherit it. 10,000 idle sessions take 20,000+ descriptors in the gateway alone
@@ -231,40 +256,93 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def write_gateway_config(path: Path, backend_ws_url: str, outcomes: Path) -> Path:
-    """A gateway config: one client key, one backend, one experiment sending 100 % to it."""
+def _toml(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
-    def toml(value: str) -> str:
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
+@dataclass(frozen=True, slots=True)
+class GatewayVariant:
+    """A second gateway process beside the plain one, on the same CPU and in front of the same
+    emulator, configured with one thing more: what a comparison in one run measures (its
+    windows load one gateway at a time; `Services.only`).
+
+    `capture_share` > 0: the benchmark's client consents and experiment `bench` captures
+    that share of sessions (all their utterances, no daily cap in reach) into a local audio
+    store in the run's folder. `store`: a folder with a generated `outcomes.jsonl` and
+    `labels.jsonl` (bench/synthetic_outcomes.py, experiment `scale`) copied into its file
+    store, with `scale` configured (it takes no traffic: `bench` comes first) and an admin
+    token (`ADMIN_TOKEN`) to read its analysis with."""
+
+    name: str  # its target's name: "capture", "dashboard"
+    capture_share: float = 0.0
+    store: Path | None = None
+
+
+def write_gateway_config(
+    path: Path, backend_ws_url: str, outcomes: Path, variant: GatewayVariant | None = None
+) -> Path:
+    """A gateway config: one client key, one backend, one experiment sending 100 % to it;
+    plus what `variant` adds."""
     key_sha256 = hashlib.sha256(CLIENT_KEY.encode()).hexdigest()
-    path.write_text(
-        "\n".join(
-            [
-                "[gateway]",
-                f'clients = [{{name = "bench", key_sha256 = {toml(key_sha256)}, '
-                "can_force = false}]",
-                'experiments = [{id = "bench", control = "a", variants = ['
-                '{name = "a", backend = "emu", weight = 100}]}]',
-                # The limits a gateway process puts on one client key (gateway.limits) are
-                # far below what the benchmark asks of it: every stream uses the one key.
-                "[gateway.limits]",
-                "max_sessions_total = 1000000",
-                "max_sessions_per_client = 1000000",
-                "connections_per_client_per_s = 1000000.0",
-                "connection_burst = 1000000",
-                "[gateway.backends.emu]",
-                f"url = {toml(backend_ws_url)}",
-                "[outcomes]",
-                f"path = {toml(str(outcomes))}",
-                "[logging]",
-                'format = "json"',
-                'level = "warning"',
-                "",
-            ]
-        ),
-        encoding="utf-8",
-    )
+    capture = variant is not None and variant.capture_share > 0
+    consent = ", capture_consent = true" if capture else ""
+    lines = [
+        "[gateway]",
+        f'clients = [{{name = "bench", key_sha256 = {_toml(key_sha256)}, '
+        f"can_force = false{consent}}}]",
+    ]
+    scale = variant is not None and variant.store is not None
+    if scale:
+        # The synthetic records' client, with a key nobody sends: `scale` takes no traffic.
+        app_sha256 = hashlib.sha256(os.urandom(32)).hexdigest()
+        lines[-1] = lines[-1][:-1] + f', {{name = "app", key_sha256 = {_toml(app_sha256)}}}]'
+        token_sha256 = hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()
+        lines.append(f"admin_tokens_sha256 = {{bench = {_toml(token_sha256)}}}")
+    lines += [
+        # The limits a gateway process puts on one client key (gateway.limits) are
+        # far below what the benchmark asks of it: every stream uses the one key.
+        "[gateway.limits]",
+        "max_sessions_total = 1000000",
+        "max_sessions_per_client = 1000000",
+        "connections_per_client_per_s = 1000000.0",
+        "connection_burst = 1000000",
+        "[gateway.backends.emu]",
+        f"url = {_toml(backend_ws_url)}",
+        "[[gateway.experiments]]",
+        'id = "bench"',
+        'control = "a"',
+        'variants = [{name = "a", backend = "emu", weight = 100}]',
+    ]
+    if scale:
+        lines.append('targeting = {clients = ["bench"]}')
+    if capture:
+        assert variant is not None
+        lines += [
+            "[gateway.experiments.capture]",
+            f"share = {variant.capture_share!r}",
+            "daily_cap = 100000000",
+            "[gateway.audio]",
+            'store = "local"',
+            f"directory = {_toml(str(path.parent / f'audio-{variant.name}'))}",
+        ]
+    if scale:
+        lines += [
+            "[[gateway.experiments]]",
+            'id = "scale"',
+            'control = "base"',
+            'targeting = {clients = ["app"]}',
+            'variants = [{name = "base", backend = "emu", weight = 50}, '
+            '{name = "custom", backend = "emu", weight = 50}]',
+        ]
+    lines += [
+        "[outcomes]",
+        f"path = {_toml(str(outcomes))}",
+        "[logging]",
+        'format = "json"',
+        'level = "warning"',
+        "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
 
@@ -282,12 +360,27 @@ class Services:
     nginx and this process, whose children the load generators are, on the others: the
     gateway then gets a core as it would on a machine of its own, and what it adds is not
     mixed up with the load generators' and emulator's own scheduling delays.
+
+    Each of `variants` is one more gateway process (target and pid named after it), on the
+    plain gateway's CPU and in front of the same emulator; `only(name)` is the view of one
+    load run that loads that one.
     """
 
-    def __init__(self, *, nginx: bool, utterance_ms: int = 3000, pin: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        nginx: bool,
+        utterance_ms: int = 3000,
+        pin: bool = False,
+        variants: Sequence[GatewayVariant] = (),
+    ) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="relay-bench-"))
         self._want_nginx = nginx
         self._utterance_ms = utterance_ms
+        self.variants = tuple(variants)
+        self.gateway_names = ("gateway", *(variant.name for variant in self.variants))
+        self.logs = {"gateway": self.work / "gateway.log"}
+        self.logs.update({v.name: self.work / v.name / "gateway.log" for v in self.variants})
         self._stack = ExitStack()
         self.gateway_pid = 0
         self.pids: dict[str, int] = {}  # gateway, emulator and nginx (its worker)
@@ -332,6 +425,8 @@ class Services:
                 Target("direct", emulator.ws_url, emulator.http_url),
                 Target("gateway", gateway.ws_url, gateway.http_url),
             ]
+            for variant in self.variants:
+                self._start_variant(variant, emulator.ws_url, env, gateway_cpus)
             if self._want_nginx:
                 if nginx_binary() is None:
                     self.notes.append(
@@ -348,6 +443,60 @@ class Services:
             self._stack.close()
             raise
         return self
+
+    def only(self, name: str) -> Services:
+        """These services as one load run sees them: gateway `name` (the plain one or a
+        variant) is its target and pid `gateway`, the other gateways are left out (they idle
+        on the same CPU). A comparison loads one gateway process per window this way."""
+        view = copy.copy(self)
+        chosen = next(t for t in self.targets if t.name == name)
+        view.targets = [
+            Target("gateway", chosen.ws_url, chosen.http_url) if t.name == name else t
+            for t in self.targets
+            if t.name == name or t.name not in self.gateway_names
+        ]
+        view.pids = {
+            ("gateway" if key == name else key): pid
+            for key, pid in self.pids.items()
+            if key == name or key not in self.gateway_names
+        }
+        view.gateway_pid = self.pids[name]
+        view.gateway_names = ("gateway",)
+        view.logs = {"gateway": self.logs[name]}
+        return view
+
+    def log_tail(self, name: str, lines: int = 20) -> list[str]:
+        """The last lines of a gateway's log ("gateway" or a variant's name), if any."""
+        try:
+            text = self.logs[name].read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return []
+        # aiohttp warns of every client's unknown subprotocol list: noise, left out.
+        kept = [line for line in text.splitlines() if '"aiohttp.websocket"' not in line]
+        return [line[:500] for line in kept[-lines:]]
+
+    def _start_variant(
+        self,
+        variant: GatewayVariant,
+        backend_ws_url: str,
+        env: dict[str, str],
+        cpus: set[int] | None,
+    ) -> None:
+        """A second gateway on the plain one's CPU, its file store copied from `variant.store`
+        (the gateway appends its own records to it)."""
+        folder = self.work / variant.name
+        folder.mkdir()
+        outcomes = folder / "outcomes.jsonl"
+        if variant.store is not None:
+            shutil.copyfile(variant.store / "outcomes.jsonl", outcomes)
+            shutil.copyfile(variant.store / "labels.jsonl", folder / "labels.jsonl")
+        config = write_gateway_config(folder / "gateway.toml", backend_ws_url, outcomes, variant)
+        gateway = LocalGateway(config, log_path=folder / "gateway.log", env=env)
+        with affinity(cpus):
+            self._stack.enter_context(gateway)
+        assert gateway._proc is not None
+        self.pids[variant.name] = gateway._proc.pid
+        self.targets.append(Target(variant.name, gateway.ws_url, gateway.http_url))
 
     def __exit__(
         self,
@@ -416,10 +565,10 @@ def harness_loads(cpu: dict[str, dict[str, float]]) -> dict[str, Load]:
     }
 
 
-def gateway_load(cpu: dict[str, dict[str, float]]) -> Load:
+def gateway_load(cpu: dict[str, dict[str, float]], name: str = "gateway") -> Load:
     """The gateway's event-loop thread only: its sink's writer thread competing with it for
     the one pinned core is the gateway's own doing, not the harness's or the machine's."""
-    row = cpu["gateway"]
+    row = cpu[name]
     return Load(row["core_share"], row.get("main_thread_wait_share", math.nan))
 
 

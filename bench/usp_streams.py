@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import multiprocessing
@@ -38,7 +39,10 @@ import os
 import queue
 import random
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -49,15 +53,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from _common import (
+    ADMIN_TOKEN,
     CLIENT_KEY,
     USP_PATH,
     CpuMeter,
+    GatewayVariant,
     PySpy,
     Services,
     WorkerCpu,
     add_generators,
     calibrate_hot_path,
     cpu_plan,
+    cpu_seconds,
+    descendants,
     fmt_ms,
     gateway_load,
     harness_loads,
@@ -78,6 +86,8 @@ from _verdict import (
     step_outcome,
 )
 from _wsclient import BINARY, TEXT, WsClient, encode_frame
+from analysis_scale import ROOT
+from analysis_scale import store as synthetic_store
 from profile_summary import print_summary
 from profile_summary import summarise as summarise_profile
 
@@ -370,6 +380,119 @@ def idle_worker(
     asyncio.run(_hold_idle(url, count, ready, release))
 
 
+# -- the dashboard and capture variants ------------------------------------------------------
+
+
+class DashboardPoller:
+    """What an open dashboard does to a gateway, from a thread of the harness: GET the
+    analysis of experiment `scale` (with the variant's admin token), wait for the answer,
+    then `every` seconds, and again. The gateway computes the report in its analysis worker
+    process; with `cpus` (the harness's CPUs under --pin) the worker is moved there as soon
+    as it appears, as the kernel would give a process of its own another core on a host
+    where the relay has one (it would otherwise inherit the relay's pinned CPU).
+    """
+
+    def __init__(
+        self, http_url: str, gateway_pid: int, every: float, cpus: set[int] | None
+    ) -> None:
+        self._url = f"{http_url}/admin/experiments/scale/analysis"
+        self._gateway_pid = gateway_pid
+        self._every = every
+        self._cpus = cpus
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._poll, name="dashboard-poll", daemon=True),
+            threading.Thread(target=self._place, name="dashboard-place", daemon=True),
+        ]
+        self.requests = 0
+        self.answers: list[tuple[float, int, float]] = []  # (monotonic, status, seconds)
+        self.worker_pids: set[int] = set()
+        self._marks: list[float] = []
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        """Close the dashboard, and wait for the report under way (up to ten minutes): the
+        worker computes it to the end whoever waits, and the next window must be quiet."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=600)
+
+    def mark(self) -> None:
+        """Call at the window's start and end: the analysis processes' CPU in between."""
+        self._marks.append(self._worker_cpu())
+
+    def summary(self, window: tuple[float, float]) -> dict[str, Any]:
+        wall = window[1] - window[0]
+        cpu = self._marks[1] - self._marks[0] if len(self._marks) == 2 else math.nan
+        inside = [a for a in self.answers if window[0] <= a[0] <= window[1]]
+        return {
+            "poll_every_s": self._every,
+            "requests": self.requests,
+            "answers": len(self.answers),
+            "answers_in_window": len(inside),
+            "statuses": sorted({status for _, status, _ in self.answers}),
+            "answer_seconds": [round(seconds, 2) for _, _, seconds in self.answers],
+            "worker_pids": sorted(self.worker_pids),
+            "worker_cpu_s_in_window": cpu,
+            "worker_core_share": cpu / wall if wall > 0 else math.nan,
+            "worker_cpus": sorted(self._cpus) if self._cpus is not None else None,
+        }
+
+    def _worker_cpu(self) -> float:
+        total = 0.0
+        for pid in descendants(self._gateway_pid):
+            try:
+                total += cpu_seconds(pid)
+            except OSError:
+                continue  # ended meanwhile
+        return total
+
+    def _poll(self) -> None:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        while not self._stop.is_set():
+            self.requests += 1
+            started = time.monotonic()
+            # The URL is the gateway's loopback http:// address, built by the harness.
+            request = urllib.request.Request(self._url, headers=headers)  # noqa: S310
+            try:
+                with urllib.request.urlopen(request, timeout=600) as answer:  # noqa: S310
+                    answer.read()
+                    status = answer.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            except OSError:
+                status = 0  # the gateway is gone (the run is ending)
+            now = time.monotonic()
+            self.answers.append((now, status, now - started))
+            self._stop.wait(self._every)
+
+    def _place(self) -> None:
+        while not self._stop.is_set():
+            for pid in descendants(self._gateway_pid):
+                if pid in self.worker_pids:
+                    continue
+                self.worker_pids.add(pid)
+                if self._cpus is not None:
+                    with contextlib.suppress(OSError):  # it ended meanwhile
+                        os.sched_setaffinity(pid, self._cpus)
+            self._stop.wait(0.2)
+
+
+def capture_counts(http_url: str) -> dict[str, float]:
+    """The captures a gateway stored and dropped so far (its /metrics, summed over labels)."""
+    with urllib.request.urlopen(f"{http_url}/metrics", timeout=10) as answer:  # noqa: S310
+        text = answer.read().decode("utf-8")
+    counts = {"stored": 0.0, "dropped": 0.0}
+    for line in text.splitlines():
+        for name in counts:
+            if line.startswith(f"speech_gateway_captures_{name}_total{{"):
+                counts[name] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 # -- orchestration -------------------------------------------------------------------------
 
 
@@ -411,9 +534,12 @@ def run_load(
     hot_path: dict[str, Any],
     profile: Path | None = None,
     native_profile: bool = False,
+    poll_every: float | None = None,
+    worker_on_gateway_cpu: bool = False,
 ) -> dict[str, Any]:
     """`streams` through the gateway and `reference` to each other target, in one window,
-    from `workers` load-generator processes (each its share of every target's streams)."""
+    from `workers` load-generator processes (each its share of every target's streams).
+    `poll_every`: a dashboard is open on the gateway, polling its analysis."""
     rng = random.Random(streams)
     counts = {t.name: streams if t.name == "gateway" else reference for t in services.targets}
     # Streams start spread over one utterance, as independent clients would: started
@@ -431,22 +557,40 @@ def run_load(
     pid = services.gateway_pid
     meter = CpuMeter(services.pids)
     spy: PySpy | None = None
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        pending = pool.starmap_async(
-            worker, [(plans[w::workers], start_at, seconds, window) for w in range(workers)]
+    poller = None
+    if poll_every is not None:  # open from before the window: the worker is busy in it
+        http_url = next(t.http_url for t in services.targets if t.name == "gateway")
+        others = services.cpus[1] if services.cpus is not None else None
+        poller = DashboardPoller(
+            http_url, pid, poll_every, None if worker_on_gateway_cpu else others
         )
-        time.sleep(max(0.0, window[0] - time.monotonic()))
-        meter.start()
-        if profile is not None:
-            spy = PySpy(pid, profile, window[1] - window[0] - 0.5, native=native_profile)
-        time.sleep(max(0.0, window[1] - time.monotonic()))
-        cpu = meter.stop()
-        rss_loaded = rss_kib(pid)
-        parts = pending.get(timeout=seconds + 180)
+        poller.start()
+    try:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            pending = pool.starmap_async(
+                worker, [(plans[w::workers], start_at, seconds, window) for w in range(workers)]
+            )
+            time.sleep(max(0.0, window[0] - time.monotonic()))
+            meter.start()
+            if poller is not None:
+                poller.mark()
+            if profile is not None:
+                spy = PySpy(pid, profile, window[1] - window[0] - 0.5, native=native_profile)
+            time.sleep(max(0.0, window[1] - time.monotonic()))
+            cpu = meter.stop()
+            if poller is not None:
+                poller.mark()
+            rss_loaded = rss_kib(pid)
+            parts = pending.get(timeout=seconds + 180)
+    finally:
+        if poller is not None:
+            poller.stop()  # and waits for the report under way: the next window is quiet
     merged = {target.name: Samples() for target in services.targets}
     for part, _cpu in parts:
         for name, data in part.items():
             merged[name].merge(Samples(**data))
+    gateway_samples = merged["gateway"]
+    failed_log = gateway_samples.errors or gateway_samples.completed < counts["gateway"]
     wall = cpu["machine"]["wall_s"]
     add_generators(cpu, [WorkerCpu(**worker_cpu) for _part, worker_cpu in parts])
     gateway_cpu = cpu["gateway"]["user_s"] + cpu["gateway"]["sys_s"]
@@ -485,8 +629,12 @@ def run_load(
         "cpu": cpu,
         "targets": summarise(merged, counts),
     }
+    if failed_log:  # why the gateway's streams failed, before the run's folder goes
+        result["gateway_log_tail"] = services.log_tail("gateway")
     attach_verdict(result, harness_cpus(services))
     add_hot_path_ratios(result, hot_path)
+    if poller is not None:
+        result["dashboard"] = poller.summary(window)
     if spy is not None:
         failed = spy.wait()
         result["profile"] = str(profile) if failed is None else failed
@@ -649,6 +797,9 @@ def print_result(result: dict[str, Any]) -> None:
         )
         if row["first_error"]:
             print(f"         first error: {row['first_error']}")
+        tail = result.get("gateway_log_tail") if name == "gateway" else None
+        if tail:
+            print("         its log ends: " + " | ".join(tail[-5:]))
     print(
         f"gateway CPU: {100 * result['gateway_cpu_share']:.1f} % of a core, "
         f"{result['gateway_cpu_per_stream_pct']:.3f} % per stream, "
@@ -670,6 +821,21 @@ def print_result(result: dict[str, Any]) -> None:
         f"{ratios['frame_added_p50']:.0f}x / {ratios['frame_added_p99']:.0f}x, added final "
         f"p50 / p99 {ratios['final_added_p50']:.0f}x / {ratios['final_added_p99']:.0f}x"
     )
+    dashboard = result.get("dashboard")
+    if dashboard is not None:
+        print(
+            f"dashboard open: {dashboard['requests']} analysis requests, "
+            f"{dashboard['answers']} answered {dashboard['statuses']} "
+            f"(after {dashboard['answer_seconds']} s); the analysis worker used "
+            f"{100 * dashboard['worker_core_share']:.0f} % of a core in the window, on CPUs "
+            f"{dashboard['worker_cpus'] or 'those it inherited'}"
+        )
+    captures = result.get("captures")
+    if captures is not None:
+        print(
+            f"captures in this window's run: {captures['stored']:.0f} stored, "
+            f"{captures['dropped']:.0f} dropped"
+        )
     verdict = Verdict(result["verdict"]["status"], tuple(result["verdict"]["reasons"]))
     print(f"verdict: {verdict.describe()}")
     if verdict.status == "valid":
@@ -685,6 +851,107 @@ def print_result(result: dict[str, Any]) -> None:
         print_summary(summary, per_frame, "frame", user, per_frame - user)
     elif "profile" in result:
         print(f"profile: {result['profile']}")
+
+
+# -- a comparison in one run: alternating windows -------------------------------------------
+
+COMPARED = ("frame_added_p99_ms", "final_added_p99_ms", "gateway_cpu_us_per_frame")
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One load run of a comparison: `mode` off or on, the gateway process it loads, and
+    whether a dashboard is open on it."""
+
+    mode: str
+    gateway: str
+    dashboard: bool = False
+
+
+def comparison_windows(kind: str, count: int) -> list[Window]:
+    """off, on, on, off, off, on, ...: a drift of the machine's load over the run hits both
+    modes alike. Capture: the plain gateway (off) and the capturing one (on), each alone on
+    the gateway's CPU in its windows. Dashboard: the same gateway, its analysis polled (on) or
+    not (off)."""
+    if kind == "capture":
+        off, on = Window("off", "gateway"), Window("on", "capture")
+    else:
+        off, on = Window("off", "dashboard"), Window("on", "dashboard", dashboard=True)
+    return [(off, on, on, off)[i % 4] for i in range(count)]
+
+
+def _median(values: Sequence[float]) -> float:
+    finite = sorted(v for v in values if math.isfinite(v))
+    return percentile(finite, 50) if finite else math.nan
+
+
+def summarise_comparison(kind: str, runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per mode the windows' added p99s and gateway CPU per frame, and their medians over the
+    valid windows; the difference on - off of those medians when both modes have one."""
+    windows = [
+        {
+            "index": run["window"]["index"],
+            "mode": run["window"]["mode"],
+            "verdict": run["verdict"]["status"],
+            "machine_busy": run["cpu"]["machine"]["busy_share"],
+            "frame_added_p99_ms": run["targets"]["gateway"]["frame_added_p99_ms"],
+            "final_added_p99_ms": run["targets"]["gateway"]["final_added_p99_ms"],
+            "gateway_cpu_us_per_frame": run["gateway_cpu_us_per_frame"],
+        }
+        for run in runs
+    ]
+    modes: dict[str, Any] = {}
+    for mode in ("off", "on"):
+        valid = [w for w in windows if w["mode"] == mode and w["verdict"] == "valid"]
+        modes[mode] = {
+            "windows": sum(1 for w in windows if w["mode"] == mode),
+            "valid_windows": len(valid),
+            **{f"median_{key}": _median([w[key] for w in valid]) for key in COMPARED},
+        }
+    both = modes["off"]["valid_windows"] and modes["on"]["valid_windows"]
+    return {
+        "kind": kind,
+        "status": "valid" if both else "void",
+        "windows": windows,
+        "modes": modes,
+        "on_minus_off": {
+            key: modes["on"][f"median_{key}"] - modes["off"][f"median_{key}"] for key in COMPARED
+        }
+        if both
+        else None,
+    }
+
+
+def print_comparison(summary: dict[str, Any]) -> None:
+    what = {"capture": "capture", "dashboard": "dashboard open"}[summary["kind"]]
+    print(f"\n{what} off and on, one run ({len(summary['windows'])} alternating windows):")
+    print(
+        f"{'window':>6} {'mode':<4} {'verdict':<7} {'machine':>7} {'+frame p99':>10} "
+        f"{'+final p99':>10} {'CPU/frame':>9}"
+    )
+    for w in summary["windows"]:
+        print(
+            f"{w['index'] + 1:>6} {w['mode']:<4} {w['verdict']:<7} "
+            f"{100 * w['machine_busy']:>6.0f}% {fmt_ms(w['frame_added_p99_ms']):>10} "
+            f"{fmt_ms(w['final_added_p99_ms']):>10} {w['gateway_cpu_us_per_frame']:>7.1f}us"
+        )
+    for mode in ("off", "on"):
+        row = summary["modes"][mode]
+        print(
+            f"{what} {mode}: {row['valid_windows']} valid of {row['windows']} windows; medians "
+            f"of the valid: added p99 frame {fmt_ms(row['median_frame_added_p99_ms'])} ms, "
+            f"final {fmt_ms(row['median_final_added_p99_ms'])} ms, gateway CPU per frame "
+            f"{row['median_gateway_cpu_us_per_frame']:.1f} us"
+        )
+    delta = summary["on_minus_off"]
+    if delta is None:
+        print("on - off: none (void: a mode without a valid window)")
+    else:
+        print(
+            f"on - off: added p99 frame {delta['frame_added_p99_ms']:+.2f} ms, final "
+            f"{delta['final_added_p99_ms']:+.2f} ms, gateway CPU per frame "
+            f"{delta['gateway_cpu_us_per_frame']:+.1f} us"
+        )
 
 
 def sweep_summary(
@@ -720,6 +987,45 @@ def print_sweep(summary: dict[str, Any]) -> None:
         )
     else:
         print(f"largest N per core that holds the target: undetermined ({summary['why']})")
+
+
+def compare(
+    services: Services,
+    kind: str,
+    args: argparse.Namespace,
+    reference: int,
+    hot_path: dict[str, Any],
+    report: dict[str, Any],
+) -> dict[str, Any]:
+    """The windows of a comparison (`comparison_windows`), each a load run of its own with
+    its own verdict, into `report["runs"]`; their summary."""
+    windows = comparison_windows(kind, args.windows)
+    runs = []
+    for index, window in enumerate(windows):
+        view = services.only(window.gateway)
+        http_url = next(t.http_url for t in view.targets if t.name == "gateway")
+        counted = kind == "capture" and window.mode == "on"
+        before = capture_counts(http_url) if counted else None
+        print(f"\nwindow {index + 1} of {len(windows)}: {kind} {window.mode}")
+        result = run_load(
+            view,
+            args.streams,
+            reference,
+            args.seconds,
+            args.utterance_ms / 1000,
+            args.generators,
+            hot_path,
+            poll_every=args.dashboard_poll_s if window.dashboard else None,
+            worker_on_gateway_cpu=args.dashboard_worker == "gateway",
+        )
+        result["window"] = {"index": index, "mode": window.mode, "gateway": window.gateway}
+        if before is not None:
+            after = capture_counts(http_url)
+            result["captures"] = {key: after[key] - before[key] for key in after}
+        report["runs"].append(result)
+        runs.append(result)
+        print_result(result)
+    return summarise_comparison(kind, runs)
 
 
 def _profile_path(base: Path | None, streams: int, sweep: bool) -> Path | None:
@@ -773,8 +1079,68 @@ def main() -> None:
         action="store_true",
         help="with --profile: py-spy --native (pauses the gateway per sample; sees C code)",
     )
+    parser.add_argument(
+        "--capture-share",
+        type=float,
+        default=0.0,
+        help="compare capture off and on in one run: a second gateway captures this share of "
+        "sessions into a local audio store, and alternating windows load the plain and the "
+        "capturing gateway (docs/capture.md)",
+    )
+    parser.add_argument(
+        "--dashboard-records",
+        type=int,
+        default=0,
+        help="compare a dashboard closed and open in one run: a gateway whose file store "
+        "holds this many synthetic records of experiment `scale` (generated once into "
+        "--dashboard-stores), its analysis polled (as an open dashboard does) in every other "
+        "pair of alternating windows",
+    )
+    parser.add_argument(
+        "--dashboard-stores",
+        type=Path,
+        default=ROOT / "var" / "bench-analysis",
+        help="with --dashboard-records: where generated stores are kept, one folder per size "
+        "(shared with bench/analysis_scale.py; default var/bench-analysis)",
+    )
+    parser.add_argument(
+        "--dashboard-poll-s",
+        type=float,
+        default=2.0,
+        help="with --dashboard-records: seconds between an answer and the next request",
+    )
+    parser.add_argument(
+        "--dashboard-worker",
+        choices=("others", "gateway"),
+        default="others",
+        help="with --dashboard-records and --pin: the CPUs the gateway's analysis worker runs "
+        "on: the harness's (default; as on a host with a core to spare) or the gateway's own, "
+        "which it inherits when left alone",
+    )
+    parser.add_argument(
+        "--windows",
+        type=int,
+        default=4,
+        help="with --capture-share or --dashboard-records: load runs, off and on alternating "
+        "as off, on, on, off, ... (default 4)",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
+    if not 0 <= args.capture_share <= 1:
+        parser.error("--capture-share must be 0 to 1")
+    if args.dashboard_records < 0 or args.dashboard_poll_s <= 0:
+        parser.error("--dashboard-records must be >= 0 and --dashboard-poll-s > 0")
+    if args.capture_share and args.dashboard_records:
+        parser.error("one comparison per run: --capture-share or --dashboard-records")
+    kind = "capture" if args.capture_share else "dashboard" if args.dashboard_records else None
+    if kind is not None and (args.sweep or not args.streams or args.windows < 2):
+        parser.error("a comparison needs --streams N, no --sweep, and --windows >= 2")
+    variants: list[GatewayVariant] = []
+    if args.capture_share:
+        variants.append(GatewayVariant("capture", capture_share=args.capture_share))
+    if args.dashboard_records:
+        folder = synthetic_store(args.dashboard_stores, args.dashboard_records)
+        variants.append(GatewayVariant("dashboard", store=folder))
     if args.seconds < args.utterance_ms / 1000 + 1:
         parser.error("--seconds must exceed one utterance by at least 1 s")
     reference = args.streams if args.reference_streams is None else args.reference_streams
@@ -790,7 +1156,10 @@ def main() -> None:
         f"hot path on this machine: {hot_path['us']:.2f} us per audio frame "
         f"({hot_path['figure']!r} of bench/hot_path.py, {hot_path['seconds']:.1f} s)"
     )
-    with Services(nginx=args.nginx, utterance_ms=args.utterance_ms, pin=args.pin) as services:
+    services = Services(
+        nginx=args.nginx, utterance_ms=args.utterance_ms, pin=args.pin, variants=variants
+    )
+    with services:
         for note in services.notes:
             print(note)
         report["notes"] = services.notes
@@ -807,7 +1176,12 @@ def main() -> None:
             )
             if idle["first_error"]:
                 print(f"  idle sessions stopped at: {idle['first_error']}")
+        if kind is not None:
+            report["comparison"] = compare(services, kind, args, reference, hot_path, report)
+            print_comparison(report["comparison"])
         steps = [int(n) for n in args.steps.split(",")] if args.sweep else [args.streams]
+        if kind is not None:
+            steps = []
         outcomes: list[tuple[int, Outcome]] = []
         voids_in_a_row = 0
         for streams in steps:

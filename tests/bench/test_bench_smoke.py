@@ -120,6 +120,66 @@ def test_usp_streams_reports_every_target(tmp_path: Path) -> None:
     assert math.isfinite(report["idle"]["rss_kib_per_idle_session"])
 
 
+def assert_comparison(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """A comparison's two windows (off, on) and its summary; the runs."""
+    runs = report["runs"]
+    assert [run["window"]["mode"] for run in runs] == ["off", "on"]
+    for run in runs:
+        assert_verdict(run["verdict"])
+        assert list(run["targets"]) == ["direct", "gateway"]  # one gateway loaded per window
+        row = run["targets"]["gateway"]
+        assert row["errors"] == 0, (row["first_error"], run.get("gateway_log_tail"))
+        assert row["streams_completed"] == 3
+        assert run["gateway_cpu_us_per_frame"] > 0
+    summary = report["comparison"]
+    assert summary["kind"] == kind
+    assert [w["mode"] for w in summary["windows"]] == ["off", "on"]
+    assert {w["verdict"] for w in summary["windows"]} <= {"valid", "void"}
+    assert summary["status"] in ("valid", "void")
+    assert (summary["on_minus_off"] is None) == (summary["status"] == "void")
+    for mode in ("off", "on"):
+        assert summary["modes"][mode]["windows"] == 1
+    return list(runs)
+
+
+def test_usp_streams_compares_capture_off_and_on(tmp_path: Path) -> None:
+    """--capture-share: the plain and the capturing gateway loaded in alternating windows of
+    one run; the capturing one stored captures (every session considered at share 1)."""
+    report = run_bench(
+        "usp_streams.py",
+        tmp_path / "capture.json",
+        *("--streams", "3", "--reference-streams", "3", "--seconds", "3"),
+        *("--utterance-ms", "1000", "--idle-sessions", "0", "--windows", "2"),
+        *("--capture-share", "1"),
+    )
+    off, on = assert_comparison(report, "capture")
+    assert off["window"]["gateway"] == "gateway"
+    assert on["window"]["gateway"] == "capture"
+    assert "captures" not in off
+    assert on["captures"]["stored"] >= 3  # at least one utterance per stream
+    assert on["captures"]["dropped"] == 0
+
+
+def test_usp_streams_compares_a_dashboard_closed_and_open(tmp_path: Path) -> None:
+    """--dashboard-records: one gateway over a generated store, its analysis polled in the
+    "on" window only; the analysis answered, from a worker process of the gateway's own."""
+    report = run_bench(
+        "usp_streams.py",
+        tmp_path / "dashboard.json",
+        *("--streams", "3", "--reference-streams", "3", "--seconds", "3"),
+        *("--utterance-ms", "1000", "--idle-sessions", "0", "--windows", "2"),
+        *("--dashboard-records", "1000", "--dashboard-stores", str(tmp_path / "stores")),
+    )
+    off, on = assert_comparison(report, "dashboard")
+    assert off["window"]["gateway"] == on["window"]["gateway"] == "dashboard"
+    assert "dashboard" not in off
+    polled = on["dashboard"]
+    assert polled["requests"] >= 1
+    assert polled["statuses"] == [200]
+    assert len(polled["worker_pids"]) >= 1
+    assert (tmp_path / "stores" / "store-1000" / "outcomes.jsonl").exists()
+
+
 def test_rest_requests_reports_every_target(tmp_path: Path) -> None:
     """A short REST run answers every request on every target and reports latency and rates."""
     report = run_bench(
