@@ -26,7 +26,10 @@ the documented format is `EngineUnreadable`, as in the DuckDB engine.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -71,6 +74,11 @@ _SELECTED: Final = ", ".join(f"`{name}`" for name in NAMES)
 # JSON without quoted 64-bit integers (chdb's output is parsed as JSON).
 _JSON_SETTINGS: Final = "SETTINGS output_format_json_quote_64bit_integers = 0"
 ID_STRUCTURE: Final = "record_id String"
+_SOCKET_ERROR: Final = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
+_NO_CHDB: Final = (
+    "clickhouse over an export runs ClickHouse in process (chdb), which is not installed: "
+    "pip install chdb, or load the export into a server and give --clickhouse-url"
+)
 
 
 class Connection(Protocol):
@@ -100,11 +108,7 @@ class ChdbConnection:
         try:
             from chdb import session
         except ImportError:
-            raise ConfigError(
-                "--engine",
-                "clickhouse over an export runs ClickHouse in process (chdb), which is not "
-                "installed: pip install chdb, or give --clickhouse-url",
-            ) from None
+            raise ConfigError("--engine", _NO_CHDB) from None
         factory: Any = session.Session  # chdb's API is untyped
         self._session: Any = factory(None if path is None else str(path))
 
@@ -164,6 +168,10 @@ class ServerConnection:
                 "--clickhouse-url", "expected http(s)://[user[:password]@]host[:port][/database]"
             )
         database = parts.path.strip("/") or parse_qs(parts.query).get("database", [""])[0]
+        # The driver and urllib3 log every failed attempt as a warning of their own before
+        # the error is raised; the caller says it once (StoreUnavailable), so keep them quiet.
+        for name in ("clickhouse_connect", "urllib3.connectionpool"):
+            logging.getLogger(name).setLevel(logging.ERROR)
         self.where = where(url)
         self._errors = (ClickHouseError, OSError)
         try:
@@ -223,22 +231,33 @@ def where(url: str) -> str:
 
 
 def _failure(where: str, exc: BaseException) -> StoreUnavailable:
-    text = str(exc).strip().splitlines()
-    reason = text[0] if text else type(exc).__name__
-    return StoreUnavailable(f"{where}: {reason[:300]}")
+    text = str(exc).strip()
+    refused = _SOCKET_ERROR.search(text)  # the driver wraps it in urllib3's long story
+    if refused:
+        reason = f"cannot connect ({refused.group(1).strip()})"
+    else:
+        lines = text.splitlines()
+        reason = lines[0][:300] if lines else type(exc).__name__
+    return StoreUnavailable(f"{where}: {reason}")
 
 
 class ClickHouseEngine:
     """An experiment's evidence from ClickHouse (module doc). `connect` opens a session per
     analysis; `source` is a table expression with the export's columns."""
 
-    def __init__(self, connect: Any, source: str) -> None:
+    def __init__(self, connect: Any, source: str, *, fall_back: bool = True) -> None:
+        """`fall_back`: a record outside the format is EngineUnreadable (the analysis then
+        reads the same records one by one, which names it); else ConfigError: a server's
+        records are not in the store the analysis would fall back to."""
         self._connect = connect
         self._source = source
+        self._fall_back = fall_back
 
     @classmethod
     def parquet(cls, files: Sequence[Path]) -> ClickHouseEngine:
         """chdb over a Parquet export's outcome files (`lake.lake_sources(...).outcomes`)."""
+        if importlib.util.find_spec("chdb") is None:
+            raise ConfigError("--engine", _NO_CHDB)
         return cls(ChdbConnection, parquet_source(files))
 
     @classmethod
@@ -248,7 +267,7 @@ class ClickHouseEngine:
             source = table_source(table)
         except ValueError as exc:
             raise ConfigError("--clickhouse-table", str(exc)) from None
-        return cls(lambda: ServerConnection(url), source)
+        return cls(lambda: ServerConnection(url), source, fall_back=False)
 
     @classmethod
     def chdb_table(cls, path: Path, table: str = OUTCOMES_TABLE) -> ClickHouseEngine:
@@ -282,7 +301,10 @@ class ClickHouseEngine:
             )
             invalid = con.rows(f"SELECT count() FROM r WHERE NOT ({valid_sql()})")  # noqa: S608 - constants
             if invalid and invalid[0][0]:
-                raise EngineUnreadable(f"{invalid[0][0]} records outside the documented format")
+                problem = f"{invalid[0][0]} records outside the documented format"
+                if not self._fall_back:
+                    raise ConfigError(self._source, f"{problem} (docs/outcomes.md)")
+                raise EngineUnreadable(problem)
             yield con
         finally:
             con.close()

@@ -172,3 +172,20 @@ def analysis_engine(
     if settings.store == "file":
         return DuckDbEngine.jsonl(settings.path, threads=threads)
     return None
+
+
+def clickhouse_engine(url: str, table: str) -> EvidenceSource:
+    """The ClickHouse engine over a server's outcome table (docs/clickhouse.md), reached
+    through its HTTP interface; ConfigError for a malformed URL or table name."""
+    from gateway.stores.clickhouse_engine import ClickHouseEngine  # only when asked for
+
+    return ClickHouseEngine.server(url, table)
+
+
+def clickhouse_lake_engine(root: Path, experiment: str) -> EvidenceSource:
+    """The ClickHouse engine in process (chdb) over an export's outcome files; ConfigError
+    as `lake.lake_sources`, or when chdb is not installed."""
+    from gateway.stores.clickhouse_engine import ClickHouseEngine
+    from gateway.stores.lake import lake_sources
+
+    return ClickHouseEngine.parquet(lake_sources(root, experiment).outcomes)

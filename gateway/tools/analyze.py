@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,6 +36,7 @@ from gateway.errors import ConfigError, StoreUnavailable
 from gateway.health.canary import load_references
 from gateway.outcomes.ports import OutcomeReader
 from gateway.outcomes.record import InvalidRecordError
+from gateway.tools.cli_options import CLICKHOUSE_URL_ENV
 
 
 def experiment_info(
@@ -116,22 +118,51 @@ def error_inputs(
 
 @asynccontextmanager
 async def _reader(
-    settings: Settings, lake: Path | None, experiment: str, engine: str
+    settings: Settings, args: argparse.Namespace
 ) -> AsyncIterator[tuple[OutcomeReader, EvidenceSource | None]]:
     """The configured store's reader and engine, or those of a Parquet export (`--lake`);
-    no engine with `--engine records`."""
-    from gateway.stores.factory import analysis_engine, open_reader
+    no engine with `--engine records`; ClickHouse with `--engine clickhouse`: a server's
+    outcome table (labels from the store), or chdb over the export."""
+    from gateway.stores.factory import (
+        analysis_engine,
+        clickhouse_engine,
+        clickhouse_lake_engine,
+        open_reader,
+    )
 
+    lake: Path | None = args.lake
+    url = args.clickhouse_url or os.environ.get(CLICKHOUSE_URL_ENV) or None
+    if args.engine != "clickhouse" and args.clickhouse_url:
+        raise ConfigError("--clickhouse-url", "goes with --engine clickhouse")
     if lake is not None:
         from gateway.stores.engine import LakeReader
 
+        if args.engine == "clickhouse" and args.clickhouse_url:
+            raise ConfigError(
+                "--clickhouse-url",
+                "reads a server's outcome table; --lake reads an export (with ClickHouse in "
+                "process): give one of them",
+            )
         if not await asyncio.to_thread(lake.is_dir):
             raise ConfigError("--lake", f"no export directory at {lake}")
         reader = LakeReader(lake)
-        yield reader, reader.engine(experiment) if engine == "duckdb" else None
+        engine: EvidenceSource | None = None
+        if args.engine == "duckdb":
+            engine = reader.engine(args.experiment)
+        elif args.engine == "clickhouse":
+            engine = clickhouse_lake_engine(lake, args.experiment)
+        yield reader, engine
         return
     async with open_reader(settings.outcomes, settings.redis.connection()) as store:
-        yield store, analysis_engine(settings.outcomes) if engine == "duckdb" else None
+        if args.engine == "clickhouse":
+            if url is None:
+                raise ConfigError(
+                    "--clickhouse-url",
+                    f"required with --engine clickhouse (or {CLICKHOUSE_URL_ENV}, or --lake DIR)",
+                )
+            yield store, clickhouse_engine(url, args.clickhouse_table)
+        else:
+            yield store, analysis_engine(settings.outcomes) if args.engine == "duckdb" else None
 
 
 async def review_inputs(
@@ -164,7 +195,7 @@ async def run_analyze(args: argparse.Namespace, settings: Settings) -> Json:
     info = experiment_info(settings, args.experiment, args.control)
     references = canary_references(settings, args.experiment)
     inputs = error_inputs(settings, args.experiment, args.terms, args.synonyms, args.terms_corpus)
-    async with _reader(settings, args.lake, args.experiment, args.engine) as (reader, engine):
+    async with _reader(settings, args) as (reader, engine):
         reviews = (
             None
             if args.lake is not None

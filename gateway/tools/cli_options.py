@@ -22,6 +22,7 @@ PACES: Final[tuple[Pace, ...]] = get_args(Pace)
 DEFAULT_PATH: Final = "/speech/recognition/conversation/cognitiveservices/v1"
 DEFAULT_UNIT_PARAM: Final = "gw-unit"
 CLIENT_KEY_ENV: Final = "SPEECH_GATEWAY_CLIENT_KEY"
+CLICKHOUSE_URL_ENV: Final = "SPEECH_GATEWAY_CLICKHOUSE_URL"
 
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,10 +69,24 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--engine",
-        choices=("duckdb", "records"),
+        choices=("duckdb", "clickhouse", "records"),
         default="duckdb",
         help="duckdb: SQL over the file store or export (default; the Redis store is read "
-        "record by record); records: read record by record",
+        "record by record); clickhouse: SQL on a ClickHouse server's outcomes table "
+        "(--clickhouse-url), or in process over an export (--lake, needs chdb); records: "
+        "read record by record",
+    )
+    parser.add_argument(
+        "--clickhouse-url",
+        metavar="URL",
+        help="--engine clickhouse: http(s)://[user[:password]@]host[:port][/database] (prefer "
+        f"the environment for a password: {CLICKHOUSE_URL_ENV})",
+    )
+    parser.add_argument(
+        "--clickhouse-table",
+        default="outcomes",
+        metavar="TABLE",
+        help="--engine clickhouse: the outcome table, TABLE or DATABASE.TABLE (default: outcomes)",
     )
     parser.add_argument(
         "--lake",

@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 from gateway.errors import ConfigError
+from gateway.tools.cli_options import CLICKHOUSE_URL_ENV
 
 if TYPE_CHECKING:
     from gateway.config.settings import Settings
+    from gateway.outcomes.labels import Label
     from gateway.outcomes.ports import OutcomeReader
+    from gateway.outcomes.record import OutcomeRecord
 
 CHUNK_RECORDS: Final = 50_000  # records per write of a one-off export (memory stays bounded)
 
@@ -38,8 +43,16 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         help="the experiment to export (with --follow: only these; repeatable; default: every "
         "experiment)",
     )
-    parser.add_argument(
-        "--to", type=Path, required=True, metavar="DIR", help="the export directory"
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", type=Path, metavar="DIR", help="the export directory")
+    where.add_argument(
+        "--to-clickhouse",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="load into a ClickHouse server's outcomes and labels tables (docs/clickhouse.md): "
+        "http(s)://[user[:password]@]host[:port][/database]; without URL, from "
+        f"{CLICKHOUSE_URL_ENV}",
     )
     parser.add_argument(
         "--follow",
@@ -98,37 +111,64 @@ class ExportSummary:
     present: int
     labels: int
 
-    def line(self, root: Path) -> str:
+    def line(self, destination: str) -> str:
         return (
             f"{self.experiment}: {self.added} new outcome record(s), {self.present} already "
-            f"exported, {self.labels} label(s) -> {root}"
+            f"exported, {self.labels} label(s) -> {destination}"
         )
+
+
+class _Writer(Protocol):
+    """Where an export goes: `lake.LakeWriter` or `clickhouse_load.ClickHouseLoader`."""
+
+    def append(self, records: list[OutcomeRecord]) -> _Added: ...
+
+    def replace_labels(self, experiment: str, labels: Iterable[Label]) -> int: ...
+
+
+class _Added(Protocol):
+    @property
+    def added(self) -> int: ...
+
+    @property
+    def present(self) -> int: ...
+
+
+async def _copy(
+    reader: OutcomeReader, writer: _Writer, experiment: str, *, exported_before: bool = False
+) -> ExportSummary:
+    """One experiment's records (in chunks) and current labels into `writer`; ConfigError
+    when the store holds no record of it (unless `exported_before`: then the labels only)."""
+    added = present = seen = 0
+    chunk: list[OutcomeRecord] = []
+    async for record in reader.outcomes(experiment):
+        chunk.append(record)
+        seen += 1
+        if len(chunk) >= CHUNK_RECORDS:
+            result = await asyncio.to_thread(writer.append, chunk)
+            added, present, chunk = added + result.added, present + result.present, []
+    if chunk:
+        result = await asyncio.to_thread(writer.append, chunk)
+        added, present = added + result.added, present + result.present
+    if not seen and not exported_before:
+        known = ", ".join(await reader.experiments()) or "none"
+        raise ConfigError(
+            "--experiment", f"no outcome records of {experiment!r} in the store (has: {known})"
+        )
+    labels = await reader.labels(experiment)
+    count = await asyncio.to_thread(writer.replace_labels, experiment, labels.values())
+    return ExportSummary(experiment, added, present, count)
 
 
 async def export_experiment(reader: OutcomeReader, root: Path, experiment: str) -> ExportSummary:
     """Export one experiment's records (those the directory lacks) and current labels."""
     from gateway.stores.lake import LakeWriter, experiment_folder
 
-    added = present = seen = 0
-    chunk = []
+    # Exported before: its records may have left the store since (retention); the labels
+    # are still refreshed.
+    before = experiment_folder(root, experiment).is_dir()
     with LakeWriter(root) as writer:
-        async for record in reader.outcomes(experiment):
-            chunk.append(record)
-            seen += 1
-            if len(chunk) >= CHUNK_RECORDS:
-                result = await asyncio.to_thread(writer.append, chunk)
-                added, present, chunk = added + result.added, present + result.present, []
-        if chunk:
-            result = await asyncio.to_thread(writer.append, chunk)
-            added, present = added + result.added, present + result.present
-        if not seen and not experiment_folder(root, experiment).is_dir():
-            known = ", ".join(await reader.experiments()) or "none"
-            raise ConfigError(
-                "--experiment", f"no outcome records of {experiment!r} in the store (has: {known})"
-            )
-        labels = await reader.labels(experiment)
-        count = await asyncio.to_thread(writer.replace_labels, experiment, labels.values())
-    return ExportSummary(experiment, added, present, count)
+        return await _copy(reader, writer, experiment, exported_before=before)
 
 
 async def _export_once(args: argparse.Namespace, settings: Settings) -> list[ExportSummary]:
@@ -139,12 +179,28 @@ async def _export_once(args: argparse.Namespace, settings: Settings) -> list[Exp
     async with open_reader(settings.outcomes, settings.redis.connection()) as reader:
         try:
             for experiment in args.experiment:
-                summaries.append(await export_experiment(reader, args.to, experiment))
+                if args.to_clickhouse is not None:
+                    summaries.append(await _load(reader, args.to_clickhouse, experiment))
+                else:
+                    summaries.append(await export_experiment(reader, args.to, experiment))
         except FileNotFoundError as exc:
             raise ConfigError("outcomes.path", f"no outcome file at {exc.filename}") from None
         except InvalidRecordError as exc:
             raise ConfigError("outcomes", f"an invalid record in the store: {exc}") from None
     return summaries
+
+
+async def _load(reader: OutcomeReader, url: str, experiment: str) -> ExportSummary:
+    """`--to-clickhouse`: one experiment into the server's outcomes and labels tables."""
+    from gateway.stores.clickhouse_engine import ServerConnection
+    from gateway.stores.clickhouse_load import ClickHouseLoader
+
+    con = await asyncio.to_thread(ServerConnection, url)
+    try:
+        loader = await asyncio.to_thread(ClickHouseLoader, con)
+        return await _copy(reader, loader, experiment)
+    finally:
+        con.close()
 
 
 async def _follow(args: argparse.Namespace, settings: Settings) -> None:
@@ -191,7 +247,19 @@ async def _follow(args: argparse.Namespace, settings: Settings) -> None:
 
 def export_command(args: argparse.Namespace, settings: Settings) -> int:
     """Run `speech-gateway export`; ConfigError for bad input (the CLI's one line)."""
-    if args.to.exists() and not args.to.is_dir():
+    destination = str(args.to)
+    if args.to_clickhouse is not None:
+        if args.follow:
+            raise ConfigError("--to-clickhouse", "loads once; --follow writes an export directory")
+        args.to_clickhouse = args.to_clickhouse or os.environ.get(CLICKHOUSE_URL_ENV, "")
+        if not args.to_clickhouse:
+            raise ConfigError(
+                "--to-clickhouse", f"give the server's URL, or set {CLICKHOUSE_URL_ENV}"
+            )
+        from gateway.stores.clickhouse_engine import where
+
+        destination = where(args.to_clickhouse)
+    elif args.to.exists() and not args.to.is_dir():
         raise ConfigError("--to", f"{args.to} is not a directory")
     if args.follow:
         if settings.outcomes.store != "redis":
@@ -205,5 +273,5 @@ def export_command(args: argparse.Namespace, settings: Settings) -> int:
     if not args.experiment:
         raise ConfigError("--experiment", "required (or --follow)")
     for summary in asyncio.run(_export_once(args, settings)):
-        print(summary.line(args.to))
+        print(summary.line(destination))
     return 0
