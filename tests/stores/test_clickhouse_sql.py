@@ -4,6 +4,7 @@ GrowthBook / Statsig views give what the records and labels say."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from gateway.stores.clickhouse_sql import (
     assignments_view,
     category_sql,
     identifier,
+    labels_ddl,
+    outcomes_ddl,
     quote,
     utterance_metrics_view,
     valid_sql,
@@ -177,3 +180,13 @@ def _errors(score: object) -> int:
 
 def _words(score: object) -> int:
     return int(score.substitutions + score.deletions + score.hits)  # type: ignore[attr-defined]
+
+
+def test_the_documented_tables_and_views_are_the_codes() -> None:
+    """docs/clickhouse.md shows the statements these functions make (and the tests above
+    run), whitespace aside."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "clickhouse.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", text, flags=re.DOTALL)
+    shown = {re.sub(r"\s+", "", statement) for block in blocks for statement in block.split("\n\n")}
+    for statement in (outcomes_ddl(), labels_ddl(), assignments_view(), utterance_metrics_view()):
+        assert re.sub(r"\s+", "", statement) in shown, statement[:60]
