@@ -74,6 +74,7 @@ _SELECTED: Final = ", ".join(f"`{name}`" for name in NAMES)
 # JSON without quoted 64-bit integers (chdb's output is parsed as JSON).
 _JSON_SETTINGS: Final = "SETTINGS output_format_json_quote_64bit_integers = 0"
 ID_STRUCTURE: Final = "record_id String"
+MAX_QUERY_BYTES: Final = 64 * 1024 * 1024
 _SOCKET_ERROR: Final = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
 _NO_CHDB: Final = (
     "clickhouse over an export runs ClickHouse in process (chdb), which is not installed: "
@@ -111,6 +112,8 @@ class ChdbConnection:
             raise ConfigError("--engine", _NO_CHDB) from None
         factory: Any = session.Session  # chdb's API is untyped
         self._session: Any = factory(None if path is None else str(path))
+        # An export of many files is a long list in one file() call (the default is 256 KiB).
+        self.run(f"SET max_query_size = {MAX_QUERY_BYTES}")
 
     def _query(self, sql: str, fmt: str, params: Params | None) -> str:
         try:
@@ -258,7 +261,10 @@ class ClickHouseEngine:
         """chdb over a Parquet export's outcome files (`lake.lake_sources(...).outcomes`)."""
         if importlib.util.find_spec("chdb") is None:
             raise ConfigError("--engine", _NO_CHDB)
-        return cls(ChdbConnection, parquet_source(files))
+        try:
+            return cls(ChdbConnection, parquet_source(files))
+        except ValueError as exc:
+            raise ConfigError("--lake", str(exc)) from None
 
     @classmethod
     def server(cls, url: str, table: str = OUTCOMES_TABLE) -> ClickHouseEngine:

@@ -11,6 +11,7 @@ Only text here, no connection: the SQL is checked on chdb by tests/stores/test_c
 
 from __future__ import annotations
 
+import os
 import types
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
@@ -109,17 +110,25 @@ def valid_sql() -> str:
     return " AND ".join(rules)
 
 
+_GLOB: Final = frozenset("*?{}[],")
+
+
 def parquet_source(files: Sequence[Path]) -> str:
     """The export's outcome files (`lake.lake_sources(...).outcomes`) as one table expression:
-    ClickHouse's `file()` per file, with the export's structure (so a column reads with the
-    same type from every file)."""
+    one `file()` over the list (`{a,b,...}` after the files' common folder), with the
+    export's structure, so a column reads with the same type from every file. A folder name
+    with a glob character (`* ? { } [ ] ,`) cannot be listed so (ValueError)."""
     if not files:
         raise ValueError("no Parquet files")
-    parts = [
-        f"SELECT * FROM file({quote(str(path.resolve()))}, Parquet, {quote(STRUCTURE)})"  # noqa: S608 - quoted
-        for path in files
-    ]
-    return "(" + " UNION ALL ".join(parts) + ")"
+    paths = [str(path.resolve()) for path in files]
+    common = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+    prefix = common.rstrip("/") + "/"
+    rest = [path[len(prefix) :] for path in paths]
+    for path in paths:
+        if _GLOB & set(path):
+            raise ValueError(f"{path}: ClickHouse reads * ? {{ }} [ ] , in a path as a pattern")
+    listed = rest[0] if len(rest) == 1 else "{" + ",".join(rest) + "}"
+    return f"file({quote(prefix + listed)}, Parquet, {quote(STRUCTURE)})"
 
 
 def table_source(table: str) -> str:
