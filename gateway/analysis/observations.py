@@ -350,6 +350,11 @@ class OutcomeTable:
     categories: npt.NDArray[np.intp]  # an index into CATEGORIES per outcome
     latencies: Mapping[LatencyMetric, npt.NDArray[np.float64]]  # NaN: none recorded
     confidences: npt.NDArray[np.float64]  # NaN: none (failures, results without one)
+    # Per category, the per-unit sums of the last prefix asked for: the next, longer one
+    # (the looks come in time order) adds only its new outcomes (`rate_sums`).
+    _prefix: dict[Category, _PrefixSums] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def of(cls, outcomes: Sequence[Outcome]) -> OutcomeTable:
@@ -389,16 +394,17 @@ class OutcomeTable:
         return int(np.searchsorted(self.at, end, side="left"))
 
     def rate_sums(self, category: Category, upto: int | None = None) -> UnitSums:
-        """Per-unit sums of the outcomes of `category` (x) among all outcomes (n)."""
+        """Per-unit sums of the outcomes of `category` (x) among all outcomes (n) of the
+        first `upto` outcomes (all: None)."""
         stop = len(self) if upto is None else upto
-        units = self.units[:stop]
-        if not units.size:
+        if stop <= 0:
             return UnitSums()
-        hits = (self.categories[:stop] == CATEGORIES.index(category)).astype(np.float64)
-        n = np.bincount(units).astype(np.float64)
-        x = np.bincount(units, weights=hits, minlength=n.size)
-        seen = n > 0
-        return UnitSums.of(x[seen], n[seen])
+        state = self._prefix.get(category)
+        if state is None or state.stop > stop:
+            size = int(self.units.max()) + 1
+            state = self._prefix[category] = _PrefixSums(np.zeros(size), np.zeros(size))
+        state.advance(self.units, self.categories == CATEGORIES.index(category), stop)
+        return state.sums()
 
     def latency_values(
         self, metric: LatencyMetric, upto: int | None = None
@@ -408,6 +414,44 @@ class OutcomeTable:
         values = self.latencies[metric][:stop]
         recorded = ~np.isnan(values)
         return values[recorded], self.units[:stop][recorded]
+
+
+@dataclass(slots=True)
+class _PrefixSums:
+    """Per-unit counts (x: of a category, n: all) of the first `stop` outcomes of a table,
+    and their sums over units, kept up to date as the prefix grows. The counts are whole
+    numbers, so every sum is exact in floating point, in whatever order it is added up:
+    the same `UnitSums` as computed from scratch."""
+
+    x: npt.NDArray[np.float64]
+    n: npt.NDArray[np.float64]
+    stop: int = 0
+    units: int = 0
+    totals: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(5))
+
+    def advance(self, units: npt.NDArray[np.intp], hits: npt.NDArray[np.bool_], stop: int) -> None:
+        if stop == self.stop:
+            return
+        new_units, new_hits = units[self.stop : stop], hits[self.stop : stop]
+        touched, inverse = np.unique(new_units, return_inverse=True)
+        old_x, old_n = self.x[touched], self.n[touched]
+        added_n = np.bincount(inverse.reshape(-1), minlength=touched.size).astype(np.float64)
+        added_x = np.bincount(
+            inverse.reshape(-1), weights=new_hits.astype(np.float64), minlength=touched.size
+        )
+        new_x, new_n = old_x + added_x, old_n + added_n
+        self.units += int(np.count_nonzero(old_n == 0))
+        self.totals += _moments(new_x, new_n) - _moments(old_x, old_n)
+        self.x[touched], self.n[touched] = new_x, new_n
+        self.stop = stop
+
+    def sums(self) -> UnitSums:
+        x, n, xx, nn, xn = (float(v) for v in self.totals)
+        return UnitSums(units=self.units, x=x, n=n, xx=xx, nn=nn, xn=xn)
+
+
+def _moments(x: npt.NDArray[np.float64], n: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    return np.array([x.sum(), n.sum(), np.dot(x, x), np.dot(n, n), np.dot(x, n)])
 
 
 def _floats(values: Sequence[float | None]) -> npt.NDArray[np.float64]:

@@ -25,7 +25,12 @@ import numpy as np
 from gateway.analysis.canaries import CanaryAnswer, canary_answers, canary_section
 from gateway.analysis.decision import guardrails, recommend
 from gateway.analysis.drift import drift_section, shipped_variant
-from gateway.analysis.engine_port import AnalysisWindow, EvidenceSource
+from gateway.analysis.engine_port import (
+    AnalysisWindow,
+    Evidence,
+    EvidenceSource,
+    LabelledEvidenceSource,
+)
 from gateway.analysis.error_analysis import ErrorInputs, errors_section
 from gateway.analysis.model import AnalysisOptions, ExperimentInfo, Json
 from gateway.analysis.observations import (
@@ -39,7 +44,13 @@ from gateway.analysis.observations import (
     wer_interval,
 )
 from gateway.analysis.paired import oriented, with_always_valid
-from gateway.analysis.review_report import ReviewInputs, headline_labels, review_section
+from gateway.analysis.review_report import (
+    ReviewInputs,
+    captured_records,
+    headline_labels,
+    priority_records,
+    review_section,
+)
 from gateway.analysis.timeline import boundaries, bucket_seconds
 from gateway.analysis.unit_sample import UnitSample, labelled_primaries, sampled
 from gateway.control.guardrails import Guardrails
@@ -89,24 +100,40 @@ async def analyze(
     cannot read (`EngineUnreadable`) is read record by record instead.
     `reviews`: the experiment's captures and blind preferences (`review_report`).
     """
-    labels = await reader.labels(experiment)
     options = options or AnalysisOptions()
-    computed: tuple[list[OutcomeRecord], dict[str, PhaseObservations], UnitSample | None] | None
-    computed = None
+    computed: Evidence | None = None
+    labels: dict[str, Label] | None = None
     if engine is not None:
         window = AnalysisWindow(experiment, since, until)
-        headline = labels if reviews is None else headline_labels(labels, reviews)
         try:
-            computed = await asyncio.to_thread(
-                engine.inputs, window, headline, options.error_labelled
-            )
+            if isinstance(engine, LabelledEvidenceSource) and _same_labels(engine, reader):
+                # The engine reads the labels where they lie: none is read into memory here.
+                computed = await asyncio.to_thread(
+                    partial(
+                        engine.evidence,
+                        window,
+                        options.error_labelled,
+                        held_back=frozenset() if reviews is None else priority_records(reviews),
+                        wanted=frozenset() if reviews is None else captured_records(reviews),
+                    )
+                )
+            else:
+                labels = await reader.labels(experiment)
+                headline = labels if reviews is None else headline_labels(labels, reviews)
+                found = await asyncio.to_thread(
+                    engine.inputs, window, headline, options.error_labelled
+                )
+                computed = Evidence(*found, labels=labels)
         except EngineUnreadable:
             # A missing file, a torn last line, a bad line: the record reader below tells
             # them apart (no records, skipped, named).
             computed = None
     if computed is not None:
-        records, observations, sample = computed
+        records, observations, sample = computed.records, computed.observations, computed.sample
+        labels = computed.labels
     else:
+        if labels is None:
+            labels = await reader.labels(experiment)
         observations, sample = None, None
         try:
             records = [record async for record in reader.outcomes(experiment, since, until)]
@@ -131,6 +158,13 @@ async def analyze(
         reviews=reviews,
     )
     return await asyncio.to_thread(build) if in_thread else build()
+
+
+def _same_labels(engine: LabelledEvidenceSource, reader: OutcomeReader) -> bool:
+    """Whether the engine reads the reader's labels: a file store's label file can be
+    configured elsewhere than beside the outcome file, where the engine looks by default."""
+    ours, theirs = getattr(engine, "labels_path", None), getattr(reader, "labels_path", None)
+    return ours is None or theirs is None or ours == theirs
 
 
 def build_report(

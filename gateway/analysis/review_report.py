@@ -78,14 +78,28 @@ class ReviewInputs:
     preferences: Sequence[Preference] = field(default_factory=tuple)
 
 
-def headline_labels(labels: Mapping[str, Label], reviews: ReviewInputs) -> dict[str, Label]:
-    """The labels the headline WER may use: all but the review labels of priority captures."""
-    chosen = {
+def priority_records(reviews: ReviewInputs) -> frozenset[str]:
+    """The record ids of the priority captures, whose review labels are no headline evidence."""
+    return frozenset(
         result.record_id
         for capture in reviews.captures
         if str(capture.sample) == "priority"
         for result in (capture.primary, *capture.shadows)
-    }
+    )
+
+
+def captured_records(reviews: ReviewInputs) -> frozenset[str]:
+    """The record ids of every capture: the labels the review section reads."""
+    return frozenset(
+        result.record_id
+        for capture in reviews.captures
+        for result in (capture.primary, *capture.shadows)
+    )
+
+
+def headline_labels(labels: Mapping[str, Label], reviews: ReviewInputs) -> dict[str, Label]:
+    """The labels the headline WER may use: all but the review labels of priority captures."""
+    chosen = priority_records(reviews)
     return {
         rid: label
         for rid, label in labels.items()

@@ -8,7 +8,16 @@ one session's audio (speaker, microphone, topic) drives all its errors. The resa
 is therefore the session (cluster bootstrap): callers pass one element per session.
 
 Every function is deterministic for its seed: resamples are drawn in fixed blocks from one
-`numpy.random.Generator`, vectorised per block so that memory stays bounded. Rules for tiny
+`numpy.random.Generator`, vectorised per block so that memory stays bounded.
+
+Large inputs (from `GROUPED_FROM` units) are resampled by groups, in time that grows with
+the number of distinct units' values instead of the number of units, from the same
+distribution (so results agree with the unit-by-unit resampling within Monte Carlo error,
+not draw for draw): drawing K units with replacement gives each group of units with equal
+values (a ratio's errors and words) a Multinomial(K, group share) count, and a quantile's
+resample needs unit by unit only the units with a value near the quantile; the others count
+by their number of values and of values below (`_grouped_sums`,
+`_grouped_cluster_quantiles`). Rules for tiny
 inputs: no values raise ValueError; an arm with a single value gives an interval of
 (-inf, inf), since resampling one value cannot show any spread; a ratio whose word total is
 0 (in the data or in a resample) is the error total, as `gateway.stats.wer.WerCounts.wer`
@@ -37,6 +46,10 @@ _BLOCK_ELEMENTS = 1 << 20
 # a few times sqrt(n) times the design effect's root).
 _WINDOW_MIN = 2048
 _WINDOW_SPREAD = 40.0
+# From this many units (clusters, sessions) an arm is resampled by groups (module doc); the
+# grouped quantile's window is narrower (its resamples outside it are computed exactly too).
+GROUPED_FROM = 20_000
+_GROUPED_SPREAD = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +126,35 @@ def _resampled_quantiles(
 
 def _resampled_sums(rng: np.random.Generator, columns: FloatArray, resamples: int) -> FloatArray:
     """Column sums over resampled rows: shape (columns, resamples); rows resampled jointly."""
+    if columns.shape[1] >= GROUPED_FROM:
+        distinct, counts = np.unique(columns, axis=1, return_counts=True)
+        if distinct.shape[1] * 4 <= columns.shape[1]:
+            return _grouped_sums(rng, distinct, counts, resamples)
     out = np.empty((columns.shape[0], resamples))
     for start, stop, indices in _blocks(rng, columns.shape[1], resamples):
         # Column by column: gathering all columns with one 2-D fancy index is ~8x slower.
         for row, column in enumerate(columns):
             out[row, start:stop] = column[indices].sum(axis=1)
+    return out
+
+
+def _grouped_sums(
+    rng: np.random.Generator,
+    distinct: FloatArray,
+    counts: npt.NDArray[np.int64],
+    resamples: int,
+) -> FloatArray:
+    """`_resampled_sums` of rows of which `distinct` (a column each) are the distinct ones,
+    `counts` how often each occurs: each resample draws how many of its K rows are of each
+    kind, Multinomial(K, counts / K), in O(distinct) instead of O(K)."""
+    k = int(counts.sum())
+    shares = counts / k
+    out = np.empty((distinct.shape[0], resamples))
+    rows = max(1, _BLOCK_ELEMENTS // distinct.shape[1])
+    for start in range(0, resamples, rows):
+        stop = min(resamples, start + rows)
+        drawn = rng.multinomial(k, shares, size=stop - start).astype(np.float64)
+        out[:, start:stop] = (drawn @ distinct.T).T
     return out
 
 
@@ -210,9 +247,12 @@ def _resampled_cluster_quantiles(
     the window are computed over all values. The result is the same, at O(K + window)
     instead of O(n) per resample.
     """
+    k = int(codes.max()) + 1
+    if k >= GROUPED_FROM:
+        return _grouped_cluster_quantiles(rng, values, codes, q, resamples)
     order = np.argsort(values, kind="stable")
     ordered, owner = values[order], codes[order]
-    k, n = int(codes.max()) + 1, values.size
+    n = values.size
     sizes = np.bincount(owner, minlength=k).astype(np.int64)
     half = max(_WINDOW_MIN, int(_WINDOW_SPREAD * math.sqrt(n)))
     start_at = max(0, int(q * (n - 1)) - half)
@@ -241,6 +281,82 @@ def _resampled_cluster_quantiles(
             full = np.cumsum(weights[outside][:, owner], axis=1)
             low[outside] = ordered[np.argmax(full > below[outside, None], axis=1)]
             high[outside] = ordered[np.argmax(full > above[outside, None], axis=1)]
+        out[start:stop] = low + (high - low) * (position - below)
+    return out
+
+
+def _grouped_cluster_quantiles(
+    rng: np.random.Generator,
+    values: FloatArray,
+    codes: npt.NDArray[np.intp],
+    q: float,
+    resamples: int,
+) -> FloatArray:
+    """`_resampled_cluster_quantiles` for many units, by groups (module doc).
+
+    Only the units with a value in a window of the sorted values around rank q·n are drawn
+    one by one; how many of the K draws fall on them is Binomial(K, their share). The other
+    units matter only through their number of values and of values below the window: the
+    draws left are spread over those (size, below) profiles, Multinomial over the profiles'
+    shares. A resample whose order statistics fall outside the window gets its profile draws
+    spread over the profile's units (uniformly: the conditional law) and is computed over
+    all values, as unit-by-unit resampling would.
+    """
+    order = np.argsort(values, kind="stable")
+    ordered, owner = values[order], codes[order]
+    k, n = int(codes.max()) + 1, values.size
+    sizes = np.bincount(owner, minlength=k).astype(np.int64)
+    half = max(_WINDOW_MIN, int(_GROUPED_SPREAD * math.sqrt(n)))
+    start_at = max(0, int(q * (n - 1)) - half)
+    stop_at = min(n, int(q * (n - 1)) + half + 1)
+    below_window = np.bincount(owner[:start_at], minlength=k).astype(np.int64)
+    near = np.zeros(k, dtype=bool)
+    near[owner[start_at:stop_at]] = True
+    near_units = np.flatnonzero(near)
+    local = np.searchsorted(near_units, owner[start_at:stop_at])  # window value -> near unit
+    far_units = np.flatnonzero(~near)
+    profiles, profile_of, profile_counts = np.unique(
+        np.stack([sizes[far_units], below_window[far_units]]),
+        axis=1,
+        return_inverse=True,
+        return_counts=True,
+    )
+    profile_of = profile_of.reshape(-1)
+    near_sizes, near_below = sizes[near_units], below_window[near_units]
+    m = near_units.size
+    out = np.empty(resamples)
+    rows = max(1, _BLOCK_ELEMENTS // max(m + profiles.shape[1], stop_at - start_at, 1))
+    for start in range(0, resamples, rows):
+        stop = min(resamples, start + rows)
+        count = stop - start
+        on_near = rng.binomial(k, m / k, size=count)
+        resample_of = np.repeat(np.arange(count, dtype=np.int64), on_near)
+        draws = rng.integers(0, max(m, 1), size=int(on_near.sum()), dtype=np.int64)
+        weights = np.bincount(resample_of * m + draws, minlength=count * m).reshape(count, m)
+        if profiles.shape[1]:
+            shares = profile_counts / profile_counts.sum()
+            far = rng.multinomial(k - on_near, shares)
+        else:
+            far = np.zeros((count, 0), dtype=np.int64)
+        total = weights @ near_sizes + far @ profiles[0]
+        base = weights @ near_below + far @ profiles[1]
+        position = (total - 1) * q
+        below = np.floor(position)
+        above = np.minimum(below + 1, total - 1)
+        running = base[:, None] + np.cumsum(weights[:, local], axis=1)
+        inside = (base <= below) & (running[:, -1] > above)
+        low = ordered[start_at + np.argmax(running > below[:, None], axis=1)]
+        high = ordered[start_at + np.argmax(running > above[:, None], axis=1)]
+        for row in np.flatnonzero(~inside):
+            unit_weights = np.zeros(k, dtype=np.int64)
+            unit_weights[near_units] = weights[row]
+            for profile in np.flatnonzero(far[row]):
+                members = far_units[profile_of == profile]
+                picked = members[rng.integers(0, members.size, size=int(far[row, profile]))]
+                unit_weights += np.bincount(picked, minlength=k)
+            full = np.cumsum(unit_weights[owner])
+            low[row] = ordered[np.argmax(full > below[row])]
+            high[row] = ordered[np.argmax(full > above[row])]
         out[start:stop] = low + (high - low) * (position - below)
     return out
 

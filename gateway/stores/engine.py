@@ -27,7 +27,7 @@ import asyncio
 import json
 import tempfile
 import types
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from enum import StrEnum
@@ -38,7 +38,7 @@ import duckdb
 import numpy as np
 import numpy.typing as npt
 
-from gateway.analysis.engine_port import AnalysisWindow
+from gateway.analysis.engine_port import AnalysisWindow, Evidence
 from gateway.analysis.observations import (
     LATENCY_METRICS,
     OutcomeTable,
@@ -51,7 +51,7 @@ from gateway.analysis.observations import (
 from gateway.analysis.unit_sample import KEY_DIGITS, UnitSample
 from gateway.constants import NO_EXPERIMENT
 from gateway.errors import EngineUnreadable
-from gateway.outcomes.labels import Label
+from gateway.outcomes.labels import LABEL_SOURCES, Label
 from gateway.outcomes.record import (
     CANCELLED_PREFIXES,
     CATEGORIES,
@@ -61,8 +61,11 @@ from gateway.outcomes.record import (
     NO_MATCH_STATUSES,
     REFUSAL_STATUSES,
     OutcomeRecord,
+    Role,
 )
-from gateway.stores.lake import exported_experiments, lake_sources
+from gateway.stores.label_store import labels_path_beside
+from gateway.stores.lake import LABEL_COLUMNS, exported_experiments, lake_sources
+from gateway.text.normalize import NORMALISATION_VERSION
 
 RETRY_GAP_S: Final = 120.0  # as gateway.analysis.observations.RETRY_GAP_S
 
@@ -135,63 +138,154 @@ def category_sql() -> str:
     )
 
 
+# The record's columns the observations read; the others (text, durations, ...) are read
+# again only for the records a part of the report needs whole.
+OBSERVED_COLUMNS: Final = (
+    "record_id",
+    "kind",
+    "phase",
+    "variant",
+    "role",
+    "forced",
+    "client",
+    "unit",
+    "session_id",
+    "backend",
+    "first_hypothesis_ms",
+    "final_latency_ms",
+    "confidence",
+    "failover_from",
+    "client_session",
+)
+# The stored label's columns (docs/labels.md), as the lake's label files have them.
+LABEL_TYPES: Final = {name: kind for name, kind in LABEL_COLUMNS.items() if name != "experiment"}
+
+
+def _label_sql() -> str:
+    """What a label line must satisfy to count (`Label`'s checks that decide whether and how
+    it counts); the label stores skip a line that does not, and so does the engine."""
+    return (
+        "regexp_full_match(record_id, '[0-9a-f]{32}') AND text IS NOT NULL AND text <> '' "
+        "AND labeller IS NOT NULL AND labelled_at IS NOT NULL "
+        f"AND source IN {_in(list(LABEL_SOURCES))} "
+        "AND (normalisation IS NULL) = (scores IS NULL)"
+    )
+
+
+def _jsonl_labels(path: Path) -> str:
+    """A label file's lines as a relation, each with its `line` number (DuckDB keeps a
+    scan's order); a line that is not JSON of the label's types is skipped, as the label
+    stores skip it."""
+    columns = ", ".join(f"{_quote(name)}: {_quote(kind)}" for name, kind in LABEL_TYPES.items())
+    return (
+        "(SELECT *, row_number() OVER () AS line FROM "  # noqa: S608 - constants and a quoted path
+        f"read_json({_quote(str(path))}, format = 'newline_delimited', "
+        f"columns = {{{columns}}}, ignore_errors = true))"
+    )
+
+
 class DuckDbEngine:
     """An experiment's evidence from a JSON-lines file or Parquet files (module doc)."""
 
-    def __init__(self, source_sql: str, *, threads: int | None = None) -> None:
-        """`threads`: DuckDB's worker threads (None: one per core)."""
+    def __init__(
+        self,
+        source_sql: str,
+        *,
+        labels: Callable[[], str | None] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        """`labels`: the relation of the store's label lines (with `line`: the later line of
+        a record wins), None when there are none (yet); `threads`: DuckDB's worker threads
+        (None: one per core)."""
         self._source = source_sql
+        self._labels = labels or (lambda: None)
         self._threads = threads
+        self.labels_path: Path | None = None  # a file store's label file
 
     @classmethod
-    def jsonl(cls, path: Path, *, threads: int | None = None) -> DuckDbEngine:
+    def jsonl(
+        cls, path: Path, *, labels_path: Path | None = None, threads: int | None = None
+    ) -> DuckDbEngine:
+        """The engine of a file store: its outcome file, and its label file (by default the
+        one beside it, `label_store.labels_path_beside`)."""
         columns = ", ".join(f"{_quote(name)}: {_quote(kind)}" for name, kind in COLUMNS.items())
-        return cls(
+        label_file = labels_path or labels_path_beside(path)
+        engine = cls(
             f"read_json({_quote(str(path))}, format = 'newline_delimited', "
             f"columns = {{{columns}}})",
+            labels=lambda: _jsonl_labels(label_file) if label_file.exists() else None,
             threads=threads,
         )
+        engine.labels_path = label_file
+        return engine
 
     @classmethod
-    def parquet(cls, files: Sequence[Path], *, threads: int | None = None) -> DuckDbEngine:
+    def parquet(
+        cls,
+        files: Sequence[Path],
+        *,
+        label_files: Sequence[Path] = (),
+        threads: int | None = None,
+    ) -> DuckDbEngine:
         listed = ", ".join(_quote(str(path)) for path in files)
+        labels = ", ".join(_quote(str(path)) for path in label_files)
         # union_by_name: files of older record versions lack the newer columns; no hive
         # partitioning: the folder names (experiment=..., phase=...) would override the
         # files' own columns with guessed types (a phase "1" read as a number).
+        label_sql = (
+            "(SELECT *, row_number() OVER () AS line FROM "  # noqa: S608 - quoted paths
+            f"read_parquet([{labels}], union_by_name = true, hive_partitioning = false))"
+        )
         return cls(
             f"read_parquet([{listed}], union_by_name = true, hive_partitioning = false)",
+            labels=lambda: label_sql if label_files else None,
             threads=threads,
         )
 
+    def _window(self, window: AnalysisWindow) -> tuple[str, list[Any]]:
+        """The window's condition on the source, and its parameters."""
+        conditions = [f"coalesce(experiment, {_quote(NO_EXPERIMENT)}) = ?"]
+        params: list[Any] = [window.experiment]
+        if window.since is not None:
+            conditions.append('CAST("timestamp" AS TIMESTAMPTZ) >= ?')
+            params.append(window.since)
+        if window.until is not None:
+            conditions.append('CAST("timestamp" AS TIMESTAMPTZ) < ?')
+            params.append(window.until)
+        return " AND ".join(conditions), params
+
     @contextmanager
     def _records(self, window: AnalysisWindow) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection holding `r`: the window's records, each once, with `at_s` (epoch
-        seconds) and `cat` (its category's index)."""
+        """A connection holding `r`: the window's records, each once, with the columns the
+        observations read (`OBSERVED_COLUMNS`), `at_s` (epoch seconds), `cat` (its
+        category's index) and `has_text`. Every record is checked against the documented
+        format in the same reading."""
         config: dict[str, str | bool | int | float | list[str]] = (
             {} if self._threads is None else {"threads": self._threads}
         )
         con = duckdb.connect(":memory:", config=config)
         try:
-            conditions = [f"coalesce(experiment, {_quote(NO_EXPERIMENT)}) = ?"]
-            params: list[Any] = [window.experiment]
-            if window.since is not None:
-                conditions.append('CAST("timestamp" AS TIMESTAMPTZ) >= ?')
-                params.append(window.since)
-            if window.until is not None:
-                conditions.append('CAST("timestamp" AS TIMESTAMPTZ) < ?')
-                params.append(window.until)
-            selected = ", ".join(f'"{name}"' for name in COLUMNS)
+            where, params = self._window(window)
+            selected = ", ".join(f'"{name}"' for name in OBSERVED_COLUMNS)
             try:
                 con.execute(
                     f"CREATE TEMP TABLE r AS SELECT {selected}, "  # noqa: S608 - constants and quoted paths; values are parameters
                     'epoch_ms(CAST("timestamp" AS TIMESTAMPTZ)) / 1000.0 AS at_s, '
-                    f"{category_sql()} AS cat "
-                    f"FROM (SELECT DISTINCT ON (record_id) * FROM {self._source} "
-                    f"WHERE {' AND '.join(conditions)})",
+                    f"{category_sql()} AS cat, text IS NOT NULL AS has_text, "
+                    f"coalesce({_valid_sql()}, true) AS ok "
+                    f"FROM {self._source} WHERE {where}",
                     params,
                 )
-                invalid = con.execute(f"SELECT count(*) FROM r WHERE NOT ({_valid_sql()})")  # noqa: S608 - constants
-                row = invalid.fetchone()
+                row = con.execute(
+                    "SELECT count(*) FILTER (WHERE NOT ok), count(*) - count(DISTINCT record_id) "
+                    "FROM r"
+                ).fetchone()
+                if row is not None and row[1]:
+                    # A record delivered twice counts once. Rare: only then the table is
+                    # rebuilt (DISTINCT ON over every record costs more than the reading).
+                    con.execute("CREATE TEMP TABLE once AS SELECT DISTINCT ON (record_id) * FROM r")
+                    con.execute("DROP TABLE r")
+                    con.execute("ALTER TABLE once RENAME TO r")
             except duckdb.Error as exc:
                 raise EngineUnreadable(str(exc).splitlines()[0]) from exc
             if row is not None and row[0]:
@@ -204,74 +298,193 @@ class DuckDbEngine:
         self, window: AnalysisWindow, labels: Mapping[str, Label]
     ) -> dict[str, PhaseObservations]:
         """Phase id -> its observations: equal to `observe` on the same records and labels."""
-        with self._records(window) as con, tempfile.TemporaryDirectory() as folder:
-            _load_labels(con, Path(folder), labels)
-            return _observations(con, labels)
+        return self.inputs(window, labels, limit=0)[1]
 
     def records(self, window: AnalysisWindow, sample: UnitSample | None) -> list[OutcomeRecord]:
         """The window's records in (timestamp, record_id) order; with a sample, the canary
         records and those of the sample's units (`unit_sample.sampled`)."""
         with self._records(window) as con:
-            return _sampled_records(con, sample)
+            return self._fetch_whole(con, window, sample, frozenset())
 
     def inputs(
         self, window: AnalysisWindow, labels: Mapping[str, Label], limit: int
     ) -> tuple[list[OutcomeRecord], dict[str, PhaseObservations], UnitSample | None]:
         """What the report needs, from one reading of the source: the observations, the
         error analysis's sample of units (`UnitSample.for_labelled` with `limit`), and the
-        records of that sample and the canaries."""
-        with self._records(window) as con, tempfile.TemporaryDirectory() as folder:
-            _load_labels(con, Path(folder), labels)
-            observations = _observations(con, labels)
+        records of that sample and the canaries. The labels are the ones given."""
+        with tempfile.TemporaryDirectory() as folder:
+            # A file is the one way into DuckDB that needs neither pandas nor pyarrow.
+            path = Path(folder) / "labels.jsonl"
+            path.write_text("".join(label.to_json() + "\n" for label in labels.values()))
+            found = self._evidence(window, limit, _jsonl_labels(path), frozenset(), frozenset())
+        return found.records, found.observations, found.sample
+
+    def evidence(
+        self,
+        window: AnalysisWindow,
+        limit: int,
+        *,
+        held_back: frozenset[str] = frozenset(),
+        wanted: frozenset[str] = frozenset(),
+    ) -> Evidence:
+        """`inputs` with the store's own labels (`engine_port.LabelledEvidenceSource`)."""
+        return self._evidence(window, limit, self._labels(), held_back, wanted)
+
+    def _evidence(
+        self,
+        window: AnalysisWindow,
+        limit: int,
+        label_source: str | None,
+        held_back: frozenset[str],
+        wanted: frozenset[str],
+    ) -> Evidence:
+        with self._records(window) as con:
+            try:
+                _load_labels(con, label_source, held_back, wanted)
+            except duckdb.Error as exc:
+                raise EngineUnreadable(str(exc).splitlines()[0]) from exc
+            _derive(con)
+            phases = _phases(con)
             row = con.execute(
                 "SELECT count(*) FROM r WHERE role = 'primary' "
                 "AND record_id IN (SELECT record_id FROM labelled)"
             ).fetchone()
             sample = UnitSample.for_labelled(0 if row is None else int(row[0]), limit)
-            return _sampled_records(con, sample), observations, sample
+            shadowed, unscored = _special_ids(con)
+            whole = self._fetch_whole(con, window, sample, shadowed | unscored)
+            labels = _materialised(con, [r.record_id for r in whole], wanted)
+            headline = {
+                rid: label
+                for rid, label in labels.items()
+                if not (label.source == "review" and rid in held_back)
+            }
+            _fill_variants(con, phases, {r.record_id: r for r in whole}, headline)
+            for phase in phases.values():
+                phase.shadow_pairs = shadow_pairs(
+                    [r for r in whole if r.phase == phase.phase and r.record_id in shadowed],
+                    headline,
+                )
+            records = [r for r in whole if _reported(r, sample)]
+            return Evidence(records, phases, sample, labels)
 
-
-def _observations(
-    con: duckdb.DuckDBPyConnection, labels: Mapping[str, Label]
-) -> dict[str, PhaseObservations]:
-    """The observations of `r`, its labels already in `labelled`."""
-    _derive(con)
-    phases = _phases(con)
-    _fill_variants(con, phases, labels)
-    for phase in phases.values():
-        phase.shadow_pairs = shadow_pairs(
-            _fetch_records(
-                con,
-                "phase = ? AND role IN ('primary', 'shadow') AND variant IS NOT NULL "
-                "AND session_id IN (SELECT session_id FROM r "
-                "WHERE role = 'shadow' AND phase = ?)",
-                [phase.phase, phase.phase],
-            ),
-            labels,
+    def _fetch_whole(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        window: AnalysisWindow,
+        sample: UnitSample | None,
+        extra: frozenset[str],
+    ) -> list[OutcomeRecord]:
+        """The records read again from the source with every column, in (timestamp,
+        record_id) order: the reported ones (`_reported`) and those of the `extra` ids."""
+        where, params = self._window(window)
+        reported = (
+            "true"
+            if sample is None
+            else f"role = 'canary' OR substr(md5(unit), 1, {KEY_DIGITS}) < ?"
         )
-    return phases
+        # A list, not a join with a table of ids: DuckDB would build the join's hash table
+        # on the file's side, holding every record in memory.
+        params = [*params, *([] if sample is None else [sample.threshold]), sorted(extra)]
+        selected = ", ".join(f'"{name}"' for name in COLUMNS)
+        try:
+            rows = con.execute(
+                f"SELECT * FROM (SELECT DISTINCT ON (record_id) {selected} "  # noqa: S608 - constants and quoted paths; values are parameters
+                f"FROM {self._source} WHERE {where} "
+                f"AND (({reported}) OR list_contains(?, record_id))) "
+                'ORDER BY "timestamp", record_id',
+                params,
+            ).fetchall()
+        except duckdb.Error as exc:  # the file changed since its first reading
+            raise EngineUnreadable(str(exc).splitlines()[0]) from exc
+        names = list(COLUMNS)
+        return [OutcomeRecord(**dict(zip(names, row, strict=True))) for row in rows]
 
 
-def _sampled_records(
-    con: duckdb.DuckDBPyConnection, sample: UnitSample | None
-) -> list[OutcomeRecord]:
-    if sample is None:
-        return _fetch_records(con, "true", [])
-    return _fetch_records(
-        con,
-        f"role = 'canary' OR substr(md5(unit), 1, {KEY_DIGITS}) < ?",
-        [sample.threshold],
-    )
+def _reported(record: OutcomeRecord, sample: UnitSample | None) -> bool:
+    """A record the report reads whole: a canary, or one of the sample's units
+    (`unit_sample.sampled`); every record without a sample."""
+    return sample is None or record.role is Role.CANARY or sample.keeps(record.unit)
 
 
-def _load_labels(con: duckdb.DuckDBPyConnection, folder: Path, labels: Mapping[str, Label]) -> None:
-    # A file is the one way into DuckDB that needs neither pandas nor pyarrow at run time.
-    path = folder / "labels.csv"
-    path.write_text("record_id\n" + "".join(f"{rid}\n" for rid in labels), encoding="ascii")
+def _load_labels(
+    con: duckdb.DuckDBPyConnection,
+    source: str | None,
+    held_back: frozenset[str],
+    wanted: frozenset[str],
+) -> None:
+    """`lab`: the current label (the last valid line) of each record of `r` and of the
+    `wanted` ids; `labelled`: the ids of `r` whose label is evidence (not held back);
+    `sc`: the WER counts stored with those labels under the current normalisation."""
+    columns = ", ".join(f"{name} {kind}" for name, kind in LABEL_TYPES.items())
+    if source is None:
+        con.execute(f"CREATE TEMP TABLE lab ({columns})")
+    else:
+        names = ", ".join(LABEL_TYPES)
+        con.execute(
+            f"CREATE TEMP TABLE lab AS SELECT {names} FROM {source} "  # noqa: S608 - constants and quoted paths; values are parameters
+            f"WHERE {_label_sql()} AND (record_id IN (SELECT record_id FROM r) "
+            "OR list_contains(?, record_id)) "
+            "QUALIFY row_number() OVER (PARTITION BY record_id ORDER BY line DESC) = 1",
+            [sorted(wanted)],
+        )
     con.execute(
-        "CREATE TEMP TABLE labelled AS SELECT record_id FROM "  # noqa: S608 - constants and quoted paths; values are parameters
-        f"read_csv({_quote(str(path))}, header = true, columns = {{'record_id': 'VARCHAR'}})"
+        "CREATE TEMP TABLE labelled AS SELECT record_id FROM lab "
+        "WHERE record_id IN (SELECT record_id FROM r) "
+        "AND NOT (source = 'review' AND list_contains(?, record_id))",
+        [sorted(held_back)],
     )
+    con.execute(
+        "CREATE TEMP TABLE sc AS SELECT label_id, struct_extract(s, 'record_id') AS scored_id, "
+        "struct_extract(s, 'substitutions') AS substitutions, "
+        "struct_extract(s, 'deletions') AS deletions, "
+        "struct_extract(s, 'insertions') AS insertions, struct_extract(s, 'hits') AS hits "
+        "FROM (SELECT record_id AS label_id, unnest(scores) AS s FROM lab "
+        "WHERE normalisation = ? AND record_id IN (SELECT record_id FROM labelled))",
+        [NORMALISATION_VERSION],
+    )
+
+
+def _special_ids(con: duckdb.DuckDBPyConnection) -> tuple[frozenset[str], frozenset[str]]:
+    """The ids of records read whole besides the reported ones: `shadowed` (the primaries
+    and shadows of sessions with a shadow, for the pairs) and `unscored` (labelled evidence
+    whose label has no current counts of it: its text is aligned in Python, once)."""
+    shadowed = con.execute(
+        "SELECT record_id FROM r WHERE role IN ('primary', 'shadow') AND variant IS NOT NULL "
+        "AND phase IS NOT NULL AND EXISTS (SELECT 1 FROM r AS s WHERE s.role = 'shadow' "
+        "AND s.phase = r.phase AND s.session_id = r.session_id)"
+    ).fetchall()
+    unscored = con.execute(
+        "SELECT record_id FROM e WHERE has_label AND has_text AND NOT failure "
+        "AND NOT forced AND failover_from IS NULL AND NOT EXISTS (SELECT 1 FROM sc "
+        "WHERE sc.label_id = e.record_id AND sc.scored_id = e.record_id)"
+    ).fetchall()
+    return frozenset(row[0] for row in shadowed), frozenset(row[0] for row in unscored)
+
+
+def _materialised(
+    con: duckdb.DuckDBPyConnection, ids: Sequence[str], wanted: frozenset[str]
+) -> dict[str, Label]:
+    """The current labels of the records read whole (`ids`) and of the `wanted` ids."""
+    rows = con.execute(
+        "SELECT to_json(t) FROM (SELECT * FROM lab WHERE list_contains(?, record_id)) AS t",
+        [sorted({*ids, *wanted})],
+    ).fetchall()
+    return _labels_of(row[0] for row in rows)
+
+
+def _labels_of(rows: Iterable[str]) -> dict[str, Label]:
+    found: dict[str, Label] = {}
+    for row in rows:
+        data = json.loads(row)
+        if data.get("scores") is None:  # a label not scored: no counts, not empty ones
+            data.pop("scores", None)
+            data.pop("normalisation", None)
+        try:
+            label = Label.from_json(json.dumps(data))
+        except ValueError:
+            continue  # a line the label stores skip too (Label's other checks)
+        found[label.record_id] = label
+    return found
 
 
 def _derive(con: duckdb.DuckDBPyConnection) -> None:
@@ -292,7 +505,7 @@ def _derive(con: duckdb.DuckDBPyConnection) -> None:
         f" WHERE failed AND next_first - last_at <= {RETRY_GAP_S}"
     )
     con.execute(
-        "CREATE TEMP TABLE e AS SELECT r.*, "
+        "CREATE TEMP VIEW e AS SELECT r.*, "
         "coalesce(failover_from, variant) AS assigned, "
         "kind = 'session_failure' AS failure, "
         "session_id IN (SELECT session_id FROM retried) AS was_retried, "
@@ -340,7 +553,7 @@ served AS (
     count(DISTINCT session_id) FILTER (WHERE failure AND cat = {error}) AS failed_attempts,
     count(*) FILTER (WHERE NOT failure) AS utterances,
     count(*) FILTER (WHERE NOT failure AND has_label) AS labelled,
-    count(*) FILTER (WHERE NOT failure AND has_label AND text IS NULL) AS unscorable
+    count(*) FILTER (WHERE NOT failure AND has_label AND NOT has_text) AS unscorable
   FROM e WHERE NOT forced AND failover_from IS NULL GROUP BY phase, variant),
 forced AS (SELECT phase, variant, count(*) AS forced FROM e WHERE forced GROUP BY phase, variant),
 keys AS (
@@ -379,13 +592,16 @@ _COUNT_NAMES: Final = (
 def _fill_variants(
     con: duckdb.DuckDBPyConnection,
     phases: dict[str, PhaseObservations],
+    whole: Mapping[str, OutcomeRecord],
     labels: Mapping[str, Label],
 ) -> None:
+    """Each phase's variants; `whole` holds the records whose counts are aligned here (their
+    labels in `labels`), the others' counts come with their labels."""
     rows = con.execute(_COUNTS_SQL.format(error=CATEGORIES.index("error"))).fetchall()
     for row in sorted(rows, key=lambda row: (row[0], row[1])):
         phase_id, name, backends, *counts = row
         table = _outcome_table(con, phase_id, name)
-        scores = _scored_table(con, phase_id, name, labels)
+        scores = _scored_table(con, phase_id, name, whole, labels)
         phases[phase_id].variants[name] = VariantObservations(
             name,
             frozenset(backends),
@@ -401,7 +617,7 @@ def _outcome_table(con: duckdb.DuckDBPyConnection, phase: str, variant: str) -> 
         "SELECT at_s, dense_rank() OVER (ORDER BY unit) - 1, cat, "  # noqa: S608 - constants and quoted paths; values are parameters
         f"{latency}, CASE WHEN failure THEN NULL ELSE confidence END "
         "FROM e WHERE phase = ? AND variant = ? AND NOT forced AND failover_from IS NULL "
-        'AND NOT (failure AND was_retried) ORDER BY "timestamp", record_id',
+        "AND NOT (failure AND was_retried) ORDER BY at_s, record_id",
         [phase, variant],
     ).fetchnumpy()
     names = list(columns)
@@ -416,24 +632,51 @@ def _outcome_table(con: duckdb.DuckDBPyConnection, phase: str, variant: str) -> 
     )
 
 
+_SCORED_SQL: Final = """
+WITH s AS (
+  SELECT e.at_s, e.unit, e.record_id, sc.substitutions, sc.deletions, sc.insertions, sc.hits,
+    row_number() OVER (ORDER BY e.at_s, e.record_id) AS pos
+  FROM e LEFT JOIN sc ON sc.label_id = e.record_id AND sc.scored_id = e.record_id
+  WHERE e.phase = ? AND e.variant = ? AND NOT e.forced AND e.failover_from IS NULL
+    AND NOT e.failure AND e.has_label AND e.has_text),
+firsts AS (SELECT *, min(pos) OVER (PARTITION BY unit) AS first FROM s)
+SELECT at_s, dense_rank() OVER (ORDER BY first) - 1, record_id,
+  substitutions, deletions, insertions, hits
+FROM firsts ORDER BY pos
+"""
+
+
 def _scored_table(
-    con: duckdb.DuckDBPyConnection, phase: str, variant: str, labels: Mapping[str, Label]
+    con: duckdb.DuckDBPyConnection,
+    phase: str,
+    variant: str,
+    whole: Mapping[str, OutcomeRecord],
+    labels: Mapping[str, Label],
 ) -> ScoredTable:
-    rows = con.execute(
-        "SELECT at_s, unit, record_id, text FROM e WHERE phase = ? AND variant = ? "
-        "AND NOT forced AND failover_from IS NULL AND NOT failure AND has_label "
-        'AND text IS NOT NULL ORDER BY "timestamp", record_id',
-        [phase, variant],
-    ).fetchall()
-    codes: dict[str, int] = {}
-    counts = [counts_of(labels[rid], rid, text) for _, _, rid, text in rows]
+    """The variant's scored utterances, units coded in order of their first one; the
+    counts stored with the labels, else (NULL) aligned now, once."""
+    columns = list(con.execute(_SCORED_SQL, [phase, variant]).fetchnumpy().values())
+    at, units, ids = columns[0], columns[1], columns[2]
+    counts = [np.ma.getdata(column).astype(np.int64) for column in columns[3:]]
+    missing = np.flatnonzero(np.ma.getmaskarray(columns[3]))
+    for index in missing:
+        rid = str(ids[index])
+        text = whole[rid].text
+        assert text is not None  # has_text
+        found = counts_of(labels[rid], rid, text)
+        for column, value in zip(
+            counts,
+            (found.substitutions, found.deletions, found.insertions, found.hits),
+            strict=True,
+        ):
+            column[index] = value
     return ScoredTable(
-        at=np.array([row[0] for row in rows], dtype=np.float64),
-        units=np.array([codes.setdefault(row[1], len(codes)) for row in rows], dtype=np.intp),
-        substitutions=np.array([c.substitutions for c in counts], dtype=np.int64),
-        deletions=np.array([c.deletions for c in counts], dtype=np.int64),
-        insertions=np.array([c.insertions for c in counts], dtype=np.int64),
-        hits=np.array([c.hits for c in counts], dtype=np.int64),
+        at=np.asarray(at, dtype=np.float64),
+        units=np.asarray(units, dtype=np.intp),
+        substitutions=counts[0],
+        deletions=counts[1],
+        insertions=counts[2],
+        hits=counts[3],
     )
 
 
@@ -443,16 +686,6 @@ def _floats(values: Any) -> npt.NDArray[np.float64]:
         filled: npt.NDArray[np.float64] = np.ma.filled(values.astype(np.float64), np.nan)
         return filled
     return np.asarray(values, dtype=np.float64)
-
-
-def _fetch_records(
-    con: duckdb.DuckDBPyConnection, where: str, params: list[Any]
-) -> list[OutcomeRecord]:
-    selected = ", ".join(f'"{name}"' for name in COLUMNS)
-    query = f'SELECT {selected} FROM r WHERE {where} ORDER BY "timestamp", record_id'  # noqa: S608 - the caller's condition; values are parameters
-    rows = con.execute(query, params).fetchall()
-    names = list(COLUMNS)
-    return [OutcomeRecord(**dict(zip(names, row, strict=True))) for row in rows]
 
 
 class LakeReader:
@@ -465,7 +698,8 @@ class LakeReader:
     def engine(self, experiment: str) -> DuckDbEngine:
         """The engine over the experiment's outcome files (ConfigError, one line: not an
         export, no such partition, a file of another export version)."""
-        return DuckDbEngine.parquet(lake_sources(self.root, experiment).outcomes)
+        sources = lake_sources(self.root, experiment)
+        return DuckDbEngine.parquet(sources.outcomes, label_files=sources.labels)
 
     async def outcomes(
         self, experiment: str, since: datetime | None = None, until: datetime | None = None

@@ -175,7 +175,7 @@ def assert_same(ours: dict[str, PhaseObservations], theirs: dict[str, PhaseObser
             assert [getattr(x, c) for c in COUNTS] == [getattr(y, c) for c in COUNTS], name
             for table in ("table", "scores"):
                 tx, ty = getattr(x, table), getattr(y, table)
-                for column in tx.__dataclass_fields__:
+                for column in (c for c in tx.__dataclass_fields__ if not c.startswith("_")):
                     vx, vy = getattr(tx, column), getattr(ty, column)
                     if isinstance(vx, dict):
                         for metric in vx:
