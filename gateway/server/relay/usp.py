@@ -10,6 +10,14 @@ session — client→backend and backend→client — each handing frames to the
 state machine and executing the commands it returns; sends are awaited, so a slow side
 slows its sender instead of filling memory. Shadows are fed through bounded queues.
 
+An audio frame from the client normally wakes no task: the client's WebSocket
+(`gateway.server.relay.client_ws`) offers each binary message to the session as aiohttp's C
+reader parses it, and while the client pump is idle and the backend's socket takes writes
+without waiting, the session relays the frame then and there (`_Session.audio_now`):
+decoded, counted, written to the backend and teed to shadows within the read callback.
+Anything else (text, control frames, a frame that ends the session, a backend that pushes
+back) goes through the queue and the pump as before, in arrival order.
+
 A session counts against the admission limits from the moment it is admitted, before the
 backend is dialled (`gateway.server.admission`). A third, mostly sleeping task per session
 wakes at the relay's next idle or duration deadline; the pumps only note the time.
@@ -20,11 +28,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import assert_never
 
 import aiohttp
 from aiohttp import WSMsgType, web
+from aiohttp._websocket.models import WSMessage
 from aiohttp.hdrs import SEC_WEBSOCKET_PROTOCOL
 from multidict import CIMultiDictProxy
 
@@ -43,6 +53,7 @@ from gateway.protocol.usp import DEFAULT_LIMITS, UspLimits
 from gateway.server.admission import Admission, note_limit_hit, refuse
 from gateway.server.capture_writer import CAPTURE_WRITER, CaptureWriter
 from gateway.server.relay.backend_gate import BREAKER_OPEN
+from gateway.server.relay.client_ws import HELD, RelayedWebSocket, can_write_now, write_now
 from gateway.server.relay.shadow import ShadowLink
 from gateway.server.relay.upstream import connect_ws
 from gateway.server.state import GatewayState, session_facts
@@ -85,6 +96,12 @@ class _Session:
         self._transport = transport  # the client's connection, to drop it (see _drop_client)
         self._shadows: list[ShadowLink] = []
         self._client_pump: asyncio.Task[None] | None = None
+        # True while the client pump waits for a message with nothing of its own pending:
+        # only then may `audio_now` relay a frame past it without reordering anything.
+        self._pump_idle = False
+        # Commands `audio_now` got for a frame it could not finish (the relay ended the
+        # session): executed by the pump, in order, when it reads the frame's marker.
+        self._held: deque[list[Command]] = deque()
         # The client's close handshake, once begun: a task of its own, so that cancelling
         # the pump that began it cannot cut it off (see `_close_client`).
         self._closing: asyncio.Task[bool] | None = None
@@ -109,6 +126,8 @@ class _Session:
             self._shadows.append(link)
 
     async def run(self) -> None:
+        if isinstance(self._client, RelayedWebSocket) and self._client.queue is not None:
+            self._client.queue.take = self.audio_now
         self._client_pump = asyncio.create_task(self._pump_client(), name="usp-client-pump")
         pumps = [self._client_pump]
         if self._upstream is not None:
@@ -143,17 +162,51 @@ class _Session:
             if commands:
                 await self._execute(commands)
 
+    def audio_now(self, message: WSMessage) -> WSMessage | None:
+        """Relay a binary client message within the reader's callback, if nothing stands
+        before it: the pump idle, the backend's socket open and not pushing back. Returns
+        None when it took the message, else what the queue should hold for the pump: the
+        message itself, or (the relay ended the session) its `HELD` marker."""
+        upstream = self._upstream
+        if not self._pump_idle or upstream is None or not can_write_now(upstream):
+            return message
+        frame = message.data
+        commands = self._relay.forward_binary(frame, time.monotonic())
+        if commands is not None:
+            # Rare (a limit, a bad header, an ended session): the pump executes them in order.
+            self._held.append(commands)
+            return message._replace(extra=HELD)
+        try:
+            write_now(upstream, frame)
+        except (ConnectionError, aiohttp.ClientError):
+            # The backend's connection is closing: its pump sees that and ends the session.
+            return None
+        for link in self._shadows:
+            link.offer(frame, False)
+        return None
+
     async def _pump_client(self) -> None:
         relay = self._relay
+        client = self._client
+        held = self._held
+        commands: list[Command] | None
         try:
-            async for message in self._client:
+            while True:
+                self._pump_idle = True
+                try:
+                    message = await client.receive()
+                finally:
+                    self._pump_idle = False
                 now = time.monotonic()
                 if message.type is WSMsgType.BINARY:
-                    # The hot path, an audio frame: no command list, straight to the backend.
-                    commands = relay.forward_binary(message.data, now)
-                    if commands is None:
-                        await self._to_upstream(message.data, False)
-                        continue
+                    if held and message.extra is HELD:
+                        commands = held.popleft()
+                    else:
+                        # The audio path when `audio_now` did not take the frame.
+                        commands = relay.forward_binary(message.data, now)
+                        if commands is None:
+                            await self._to_upstream(message.data, False)
+                            continue
                 elif message.type is WSMsgType.TEXT:
                     commands = relay.client_text(message.data, now)
                 else:
@@ -374,11 +427,11 @@ def backend_answer(rejected: UpstreamRejected) -> web.Response:
     return response
 
 
-def _client_socket(state: GatewayState, protocol: str | None) -> web.WebSocketResponse:
+def _client_socket(state: GatewayState, protocol: str | None) -> RelayedWebSocket:
     # No permessage-deflate: browsers offer it, and then every 3,200-byte audio frame would
     # be inflated here (about 13 us each, against 0.7 us to parse it plain) and every result
     # deflated, for audio that barely compresses. The SDKs work either way.
-    return web.WebSocketResponse(
+    return RelayedWebSocket(
         protocols=(protocol,) if protocol else (),
         max_msg_size=state.settings.limits.max_ws_message_bytes,
         autoping=True,
