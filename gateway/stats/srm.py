@@ -13,7 +13,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from scipy.stats import chi2 as chi2_distribution
+# scipy.special, not scipy.stats (whose chi2.sf is chdtrc): a second less to import.
+from scipy.special import chdtrc
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,5 +69,5 @@ def sample_ratio_mismatch(
     if total == 0 or len(tested) < 2:
         return SampleRatio(counts, expected, 0.0, 1.0, False)
     statistic = sum((counts[name] - expected[name]) ** 2 / expected[name] for name in tested)
-    p_value = float(chi2_distribution.sf(statistic, len(tested) - 1))
+    p_value = float(chdtrc(len(tested) - 1, statistic))
     return SampleRatio(counts, expected, statistic, p_value, p_value < threshold)

@@ -68,6 +68,7 @@ from gateway.stores.lake import LABEL_COLUMNS, exported_experiments, lake_source
 from gateway.text.normalize import NORMALISATION_VERSION
 
 RETRY_GAP_S: Final = 120.0  # as gateway.analysis.observations.RETRY_GAP_S
+MEMORY_LIMIT: Final = "400MB"  # DuckDB's buffer pool; the analysis' arrays come on top
 
 
 def _sql_type(hint: Any) -> str:
@@ -260,9 +261,15 @@ class DuckDbEngine:
         observations read (`OBSERVED_COLUMNS`), `at_s` (epoch seconds), `cat` (its
         category's index) and `has_text`. Every record is checked against the documented
         format in the same reading."""
-        config: dict[str, str | bool | int | float | list[str]] = (
-            {} if self._threads is None else {"threads": self._threads}
-        )
+        spill = tempfile.TemporaryDirectory(prefix="gateway-engine-")
+        # DuckDB's own memory stays bounded: tables past the limit go to a scratch folder
+        # (they hold a few hundred bytes a record: several GB at ten million records).
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "memory_limit": MEMORY_LIMIT,
+            "temp_directory": spill.name,
+        }
+        if self._threads is not None:
+            config["threads"] = self._threads
         con = duckdb.connect(":memory:", config=config)
         try:
             where, params = self._window(window)
@@ -293,6 +300,7 @@ class DuckDbEngine:
             yield con
         finally:
             con.close()
+            spill.cleanup()
 
     def observations(
         self, window: AnalysisWindow, labels: Mapping[str, Label]
