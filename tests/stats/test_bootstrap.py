@@ -331,3 +331,71 @@ def test_the_quantile_window_changes_nothing(monkeypatch: pytest.MonkeyPatch, q:
     everything = replicates(values.size, 0.0)
     assert np.array_equal(replicates(2, 0.0), everything)  # nearly all fall back
     assert np.array_equal(replicates(2048, 40.0), everything)  # the defaults
+
+
+def _clustered_latencies(units: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Latencies of `units` units of 1-11 values each, a unit effect shared by its values."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 12, units)
+    codes = np.repeat(np.arange(units), sizes).astype(np.intp)
+    effect = rng.normal(0.0, 0.3, units)
+    values = np.round(np.exp(6.0 + effect[codes] + rng.normal(0.0, 0.4, codes.size)), 1)
+    return values, codes
+
+
+def _same_distribution(ours: np.ndarray, theirs: np.ndarray) -> None:
+    """Two sets of bootstrap replicates from one law: equal means and spreads within their
+    Monte Carlo error, and percentiles within a tenth of the spread."""
+    error = math.sqrt(ours.var() / ours.size + theirs.var() / theirs.size)
+    assert abs(ours.mean() - theirs.mean()) < 4.5 * error
+    assert 0.9 < ours.std() / theirs.std() < 1.1
+    tails = np.quantile(ours, [0.025, 0.975]) - np.quantile(theirs, [0.025, 0.975])
+    assert np.all(np.abs(tails) < 0.25 * theirs.std())
+
+
+@pytest.mark.parametrize("q", [0.5, 0.9])
+def test_grouped_cluster_quantiles_resample_as_unit_by_unit(
+    monkeypatch: pytest.MonkeyPatch, q: float
+) -> None:
+    """From GROUPED_FROM units the cluster quantile's resamples are drawn by groups: the
+    same distribution as drawing unit by unit (not the same draws)."""
+    values, codes = _clustered_latencies(3000, seed=11)
+    monkeypatch.setattr(module, "GROUPED_FROM", 10**9)
+    exact = module._resampled_cluster_quantiles(np.random.default_rng(1), values, codes, q, 4000)
+    monkeypatch.setattr(module, "GROUPED_FROM", 1000)
+    grouped = module._resampled_cluster_quantiles(np.random.default_rng(2), values, codes, q, 4000)
+    _same_distribution(grouped, exact)
+    # A window so narrow that most resamples fall outside it: those are computed over every
+    # value, with the profile draws spread over their units, and the law stays the same.
+    monkeypatch.setattr(module, "_WINDOW_MIN", 2)
+    monkeypatch.setattr(module, "_GROUPED_SPREAD", 0.0)
+    narrow = module._resampled_cluster_quantiles(np.random.default_rng(3), values, codes, q, 1500)
+    _same_distribution(narrow, exact)
+
+
+def test_grouped_ratio_resampling_has_the_unit_by_unit_law(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sessions with equal (errors, words) resampled as groups, Multinomial(K, shares):
+    the WER interval's replicates have the law of drawing session by session."""
+    rng = np.random.default_rng(4)
+    errors = rng.poisson(2.0, 5000).astype(np.float64)
+    words = errors + rng.poisson(20.0, 5000)
+    sessions = np.stack([errors, words])
+    monkeypatch.setattr(module, "GROUPED_FROM", 10**9)
+    exact = module._resampled_ratios(np.random.default_rng(1), sessions, 4000)
+    monkeypatch.setattr(module, "GROUPED_FROM", 1000)
+    grouped = module._resampled_ratios(np.random.default_rng(2), sessions, 4000)
+    _same_distribution(grouped, exact)
+    # Deterministic for a seed, as every interval.
+    again = module._resampled_ratios(np.random.default_rng(2), sessions, 4000)
+    assert np.array_equal(grouped, again)
+
+
+def test_few_distinct_rows_are_needed_for_grouping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows nearly all distinct are resampled one by one, as below GROUPED_FROM: the
+    same draws as the unit-by-unit resampling."""
+    rng = np.random.default_rng(5)
+    columns = np.stack([rng.normal(10, 1, 4000), rng.normal(50, 1, 4000)])
+    monkeypatch.setattr(module, "GROUPED_FROM", 1000)
+    ours = module._resampled_sums(np.random.default_rng(1), columns, 50)
+    monkeypatch.setattr(module, "GROUPED_FROM", 10**9)
+    assert np.array_equal(ours, module._resampled_sums(np.random.default_rng(1), columns, 50))

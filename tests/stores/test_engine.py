@@ -373,3 +373,63 @@ def test_the_live_analysis_engine_uses_one_thread(tmp_path: Path) -> None:
         row = con.execute("SELECT current_setting('threads')").fetchone()
     assert row is not None
     assert int(row[0]) == 1
+
+
+def test_the_engine_reads_the_label_file_as_the_label_store_does(tmp_path: Path) -> None:
+    """The engine's own reading of the label file (`evidence`) gives the observations of
+    the label store's labels: the last valid line of a record wins, a bad line is skipped,
+    counts of another normalisation are aligned again, and review labels of held-back
+    records are no evidence; it hands over the labels of what it read whole and of `wanted`."""
+    records, labels = traffic(12)
+    write_jsonl(tmp_path / "outcomes.jsonl", records)
+    ids = list(labels)
+    lines = [label.to_json() for label in labels.values()]
+    first = labels[ids[0]]
+    lines.insert(
+        0, Label(record_id=ids[0], text="an older text", labeller="t", source="api").to_json()
+    )
+    lines.append("not json")
+    lines.append(lines[1].replace(ids[1], "NOT-AN-ID"))
+    stale = scored(labels[ids[2]], score_targets(*_targets(records, ids[2])))
+    lines.append(stale.to_json().replace('"normalisation":"', '"normalisation":"0-'))
+    review = Label(record_id=ids[3], text="please send two", labeller="r", source="review")
+    lines.append(review.to_json())
+    (tmp_path / "labels.jsonl").write_text("\n".join(lines) + "\n", encoding="ascii")
+    reader = FileReader(tmp_path / "outcomes.jsonl", tmp_path / "labels.jsonl")
+    stored = asyncio.run(reader.labels("e"))
+    assert stored[ids[0]] == first
+    assert stored[ids[3]] == review
+    held_back = frozenset({ids[3]})
+    headline = {rid: label for rid, label in stored.items() if rid not in held_back}
+    engine = DuckDbEngine.jsonl(tmp_path / "outcomes.jsonl")
+    found = engine.evidence(AnalysisWindow("e"), 10**6, held_back=held_back, wanted=held_back)
+    evidence = [r for r in records if r.experiment == "e"]
+    assert_same(observe(evidence, headline), found.observations)
+    assert found.sample is None  # all fit: every record is read whole, with its label
+    assert found.labels == {
+        r.record_id: stored[r.record_id] for r in evidence if r.record_id in stored
+    }
+    with_sample = engine.evidence(AnalysisWindow("e"), 5, wanted=held_back)
+    assert with_sample.sample is not None
+    # The reported records' labels and the wanted ones, and those of the records read
+    # whole for the shadow pairs: each the label store's.
+    reported = {r.record_id for r in with_sample.records} | held_back
+    assert {rid for rid in reported if rid in stored} <= with_sample.labels.keys()
+    assert all(stored[rid] == label for rid, label in with_sample.labels.items())
+    assert len(with_sample.labels) < len(found.labels)
+
+
+def _targets(records: list[OutcomeRecord], rid: str) -> tuple[OutcomeRecord, list[OutcomeRecord]]:
+    record = next(r for r in records if r.record_id == rid)
+    return record, [
+        r for r in records if r.role is Role.SHADOW and r.session_id == record.session_id
+    ]
+
+
+def test_an_engine_without_a_label_file_has_no_labels(tmp_path: Path) -> None:
+    """No label file (yet): nothing is labelled, nothing fails."""
+    records, _ = traffic(14)
+    write_jsonl(tmp_path / "outcomes.jsonl", records)
+    found = DuckDbEngine.jsonl(tmp_path / "outcomes.jsonl").evidence(AnalysisWindow("e"), 100)
+    assert found.labels == {}
+    assert_same(observe([r for r in records if r.experiment == "e"], {}), found.observations)
