@@ -8,7 +8,12 @@ loopback TCP send and receive of one frame, which the kernel charges to the gate
 
     python bench/hot_path.py [--json out.json]
 
-To time another copy of the gateway, put it first on PYTHONPATH.
+To time another copy of the gateway, put it first on PYTHONPATH. For instruction counts,
+which a busy machine does not change, run one frame path under callgrind twice and take the
+difference per frame:
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
+        python bench/hot_path.py --only-path fast -n 2000      # and -n 4000; and "pump"
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from gateway.session.turns import AudioTimeline
 from gateway.stores.jsonl_sink import JsonlSink
 
 FRAME_BYTES = 3200
+FAST_PATH_FIGURE = "= audio frame, fast path (read callback, no queue, no wake-up)"
 REQUEST_ID = "9bed34362cbb4432963cb66e84906729"
 # What the native SDK puts on every audio message (protocol.md §2.2).
 AUDIO_HEADERS = [("X-Timestamp", "2026-11-21T05:19:18.410Z"), ("X-StreamId", "1")]
@@ -273,6 +279,9 @@ async def measure(n: int, repeats: int) -> dict[str, float]:
             del turn.timeline.times[:]
 
     results[HOT_PATH_FIGURE] = await timed_async(n, repeats, whole_audio_frame)
+    step = fast_path_step(session, wire)
+    if step is not None:
+        results[FAST_PATH_FIGURE] = timed(n, repeats, step)
 
     # -- backend → client: hypothesis and phrase --------------------------------------------
     results["usp: decode_text (speech.hypothesis)"] = timed(
@@ -295,6 +304,70 @@ async def measure(n: int, repeats: int) -> dict[str, float]:
     )
     results["sink: OutcomeRecord.to_json (writer thread)"] = timed(small, repeats, record.to_json)
     return results
+
+
+def fast_path_step(session: Any, wire: bytes) -> Callable[[], object] | None:
+    """One audio frame the way the relay takes it since the read-callback fast path
+    (`gateway.server.relay.client_ws`): the C reader parses the frame into a RelayQueue,
+    which hands it to `_Session.audio_now` (decode, count, timeline) and `write_now` (masked
+    frame to the null transport): no queue, no task wake-up, no coroutine. None for a
+    gateway without it. Compare with HOT_PATH_FIGURE plus one task wake-up, the old way."""
+    try:
+        from gateway.server.relay.client_ws import RelayQueue
+    except ImportError:
+        return None
+    loop = asyncio.get_running_loop()
+    queue = RelayQueue(_Protocol(), 1 << 20, loop=loop)  # type: ignore[arg-type]
+    queue.take = session.audio_now
+    reader = WebSocketReader(queue, 1 << 20, compress=False, decode_text=True)
+    session._pump_idle = True  # as while the pump waits for the next message
+    turn = next(iter(session._relay._turns.values()))
+
+    def step() -> None:
+        reader.feed_data(wire)
+        if queue._buffer:
+            raise RuntimeError("the fast path did not take the frame")
+        if len(turn.timeline.ends) > 10_000:
+            del turn.timeline.ends[:]
+            del turn.timeline.times[:]
+
+    return step
+
+
+async def frame_paths(path: str, n: int) -> None:
+    """Only one audio-frame path, `n` times, for an instruction count under callgrind
+    (the difference between two `n` is the per-frame count, start-up cancels out)."""
+    loop = asyncio.get_running_loop()
+    audio = encode_binary("audio", REQUEST_ID, os.urandom(FRAME_BYTES), extra_headers=AUDIO_HEADERS)
+    wire = masked_frame(0x2, audio)
+    relay = new_relay()
+    sink = JsonlSink(Path(os.devnull), queue_size=1 << 30)
+    session = _Session(_State(sink), None, relay, None, _Upstream(), None)  # type: ignore[arg-type]
+    turn = next(iter(relay._turns.values()))
+    if path == "fast":
+        step = fast_path_step(session, wire)
+        assert step is not None, "this gateway has no fast path"
+        for _ in range(n):
+            step()
+        return
+    # The pump's way: reader → queue → the pump task woken → forward_binary → send_bytes.
+    queue = WebSocketDataQueue(_Protocol(), 1 << 20, loop=loop)  # type: ignore[arg-type]
+    reader = WebSocketReader(queue, 1 << 20, compress=False, decode_text=True)
+
+    async def pump() -> None:
+        for _ in range(n):
+            message = await queue.read()
+            if relay.forward_binary(message.data, 1.0) is None:
+                await session._to_upstream(message.data, False)
+
+    task = loop.create_task(pump())
+    for i in range(n):
+        await asyncio.sleep(0)  # the pump waits in read() before each frame, as in situ
+        reader.feed_data(wire)
+        if i % 5_000 == 0:
+            del turn.timeline.ends[:]
+            del turn.timeline.times[:]
+    await task
 
 
 def socket_costs(n: int) -> dict[str, float]:
@@ -331,6 +404,11 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=20_000, help="calls per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--only-path",
+        choices=("pump", "fast"),
+        help="run only this audio-frame path, -n times, and print nothing (for callgrind)",
+    )
     args = parser.parse_args()
     try:
         import uvloop
@@ -338,6 +416,9 @@ def main() -> None:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
+    if args.only_path:
+        runner(frame_paths(args.only_path, args.n))
+        return
     results = runner(measure(args.n, args.repeats))
     results.update(socket_costs(args.n))
     print(f"gateway from {Path(gateway.__file__).parent}; Python {sys.version.split()[0]}")
