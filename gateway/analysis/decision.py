@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 
 from gateway.analysis.evidence import WerEvidence, family_test, multiplicity_json, wer_evidence
 from gateway.analysis.model import AnalysisOptions, ExperimentInfo, Json
@@ -72,11 +73,12 @@ def guardrails(
     last: dict[str, Assessment] = {}
     highest: dict[str, Assessment] = {}  # the look with the highest lower bound
     looks = sorted({(table_a.upto(end), table_b.upto(end)) for end in ends})
+    latencies_a, latencies_b = _Latencies.of(table_a), _Latencies.of(table_b)
     for upto_a, upto_b in looks:
         for check in assess(
             tests,
-            guardrail_evidence(table_a, upto_a, tests),
-            guardrail_evidence(table_b, upto_b, tests),
+            guardrail_evidence(table_a, upto_a, tests, latencies_a),
+            guardrail_evidence(table_b, upto_b, tests, latencies_b),
         ):
             last[check.guardrail] = check
             best = highest.get(check.guardrail)
@@ -103,15 +105,40 @@ def _default_guardrails(control: OutcomeTable, options: AnalysisOptions) -> Guar
     )
 
 
-def guardrail_evidence(table: OutcomeTable, upto: int, tests: Guardrails) -> ArmEvidence:
-    """An arm's evidence from its first `upto` outcomes, clustered by unit."""
-    values, units = table.latency_values("final_latency_ms", upto)
+@dataclass(frozen=True, slots=True)
+class _Latencies:
+    """An arm's recorded final latencies, their units and histogram buckets, found once for
+    all its looks: a look's are a prefix (`before[upto]` of them)."""
+
+    values: npt.NDArray[np.float64]
+    units: npt.NDArray[np.intp]
+    buckets: npt.NDArray[np.intp]
+    before: npt.NDArray[np.intp]  # recorded latencies among the first i outcomes
+
+    @classmethod
+    def of(cls, table: OutcomeTable) -> _Latencies:
+        values, units = table.latency_values("final_latency_ms")
+        recorded = ~np.isnan(table.latencies["final_latency_ms"])
+        before = np.concatenate([[0], np.cumsum(recorded)]).astype(np.intp)
+        edges = np.asarray(LATENCY_EDGES_MS)
+        buckets = np.minimum(np.searchsorted(edges, values, side="right"), edges.size - 1)
+        return cls(values, units, buckets.astype(np.intp), before)
+
+
+def guardrail_evidence(
+    table: OutcomeTable, upto: int, tests: Guardrails, latencies: _Latencies | None = None
+) -> ArmEvidence:
+    """An arm's evidence from its first `upto` outcomes, clustered by unit (`latencies`:
+    the table's, when already found)."""
+    found = latencies or _Latencies.of(table)
+    recorded = int(found.before[upto])
+    values, units = found.values[:recorded], found.units[:recorded]
     histogram: tuple[int, ...] = ()
     design_effect = 1.0
     if values.size:
         edges = np.asarray(LATENCY_EDGES_MS)
-        buckets = np.minimum(np.searchsorted(edges, values, side="right"), edges.size - 1)
-        histogram = tuple(int(c) for c in np.bincount(buckets, minlength=edges.size))
+        counts = np.bincount(found.buckets[:recorded], minlength=edges.size)
+        histogram = tuple(int(c) for c in counts)
         at = float(np.quantile(values, tests.latency_quantile))
         design_effect = clustered.design_effect(below_sums(values, units, at))
     return ArmEvidence(
