@@ -5,7 +5,8 @@ of results labelled with their stored WER counts) is generated once into `--work
 `analyze` then runs on it as a fresh process, with the DuckDB engine (the default) and, at
 sizes up to `--records-up-to`, record by record (`--engine records`, the path the Redis store
 takes), so the two compare as a ratio measured in the same run. CPU is user + system time
-of the process (what a busy machine changes least); peak RSS is the process's.
+of the process (what a busy machine changes least); peak RSS is the process's; `load_1min`
+the machine's one-minute load average as the run began (the machine may be shared).
 
     .venv/bin/python bench/analysis_scale.py --sizes 10000 100000 1000000 [--json FILE]
 """
@@ -52,6 +53,7 @@ def run(folder: Path, engine: str) -> dict[str, float]:
     argv = [PYTHON, "-m", "gateway", "--config", str(folder / "gateway.toml"), "analyze"]
     argv += ["--experiment", "scale", "--control", "base", "--engine", engine]
     argv += ["--json", str(folder / f"report-{engine}.json")]
+    load = os.getloadavg()[0]  # how busy the (shared) machine was as the run began
     start = time.perf_counter()
     process = subprocess.Popen(argv, cwd=folder, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(process.pid, 0)
@@ -62,6 +64,7 @@ def run(folder: Path, engine: str) -> dict[str, float]:
         "wall_s": round(wall, 2),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "load_1min": round(load, 2),
     }
 
 
