@@ -4,14 +4,21 @@
 Python, about 100 µs and several KB per record. `DuckDbEngine.observations` computes the
 same `PhaseObservations` with SQL straight from the store's files: the JSON-lines outcome
 file (`jsonl`) or a Parquet export (`parquet`, `gateway.stores.lake`). DuckDB reads the
-columns, classifies each record (`outcomes.record.category`, the same rules written as
-SQL), finds the failed attempts their clients retried (window functions over each client
-session's attempts), counts per variant, and hands over only the arrays the statistics
-need: per outcome its time, unit code, category, latencies and confidence; per scored
-utterance its time, unit and WER counts. The counts stored with each label
+columns the observations need, classifies each record (`outcomes.record.category`, the same
+rules written as SQL), finds the failed attempts their clients retried (window functions
+over each client session's attempts), counts per variant, and hands over only the arrays
+the statistics need: per outcome its time, unit code, category, latencies and confidence;
+per scored utterance its time, unit and WER counts.
+
+Labels: `evidence` (`engine_port.LabelledEvidenceSource`) reads the store's label file (or
+the export's label files) with SQL too, the last valid line of a record winning as in the
+label store, so no label is parsed in Python but those of the records read whole; `inputs`
+takes the labels from its caller. The counts stored with each label
 (`gateway.outcomes.label_scores`) are used as they are; a label without current ones is
 aligned here, once. Records are materialised as objects only where a part of the report
-needs whole records (`records`): canaries, shadow sessions, the error analysis's units.
+needs whole records: canaries, the error analysis's units, shadow sessions, labelled
+records to align; DuckDB reads the source a second time for those, with every column.
+DuckDB's memory is bounded (`MEMORY_LIMIT`); its tables spill to a scratch folder beyond.
 
 Both paths sort outcomes by (timestamp, record_id), so they agree exactly, whatever order
 the store returned the records in; `tests/stores/test_engine.py` pins the equality.
