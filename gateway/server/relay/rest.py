@@ -223,6 +223,10 @@ async def _answer(
             for name in _RESPONSE_HEADERS:
                 if name in upstream.headers:
                     response.headers[name] = upstream.headers[name]
+            if upstream.content_length is not None:
+                # The body is relayed byte for byte (no decompression): the client gets the
+                # backend's length, as directly, instead of a chunked encoding of it.
+                response.content_length = upstream.content_length
             await response.prepare(request)
             tapped = bytearray()
             async for chunk in upstream.content.iter_chunked(CHUNK):
