@@ -48,7 +48,7 @@ _WINDOW_MIN = 2048
 _WINDOW_SPREAD = 40.0
 # From this many units (clusters, sessions) an arm is resampled by groups (module doc); the
 # grouped quantile's window is narrower (its resamples outside it are computed exactly too).
-GROUPED_FROM = 20_000
+GROUPED_FROM = 5_000
 _GROUPED_SPREAD = 5.0
 
 
