@@ -115,6 +115,58 @@ async def test_close_without_start_writes_the_queue(tmp_path: Path) -> None:
     assert ids(path) == [f"{1:032x}"]
 
 
+class CountingSink(JsonlSink):
+    """A JSONL sink that remembers the size of each batch it appends."""
+
+    def __init__(self, path: Path, **options: Any) -> None:
+        super().__init__(path, **options)
+        self.batches: list[int] = []
+
+    def _append(self, records: Any) -> None:
+        self.batches.append(len(records))
+        super()._append(records)
+
+
+async def test_records_arriving_within_the_linger_share_one_write(tmp_path: Path) -> None:
+    """Records that follow a batch's first within `linger_s` go into its one write, so the
+    thread hand-offs do not grow with the sessions; they reach the file soon after."""
+    path = tmp_path / "outcomes.jsonl"
+    sink = CountingSink(path, linger_s=0.5)
+    await sink.start()
+    for n in range(5):
+        sink.submit(make(n))
+        await asyncio.sleep(0.02)
+    await until(lambda: sink.written == 5)
+    assert sink.batches == [5]
+    assert ids(path) == [make(n).record_id for n in range(5)]
+    await sink.close()
+
+
+async def test_close_cuts_the_linger_short(tmp_path: Path) -> None:
+    """A sink closing writes at once what waits for a batch to fill."""
+    sink = CountingSink(tmp_path / "outcomes.jsonl", linger_s=NEVER)
+    await sink.start()
+    sink.submit(make(1))
+    await asyncio.sleep(0.05)
+    assert sink.written == 0  # lingering
+    async with asyncio.timeout(10):
+        await sink.close()
+    assert (sink.written, sink.batches) == (1, [1])
+
+
+async def test_without_a_linger_each_record_may_go_alone(tmp_path: Path) -> None:
+    """linger_s=0: a record alone in the queue is written on its own at once."""
+    sink = CountingSink(tmp_path / "outcomes.jsonl", linger_s=0)
+    await sink.start()
+    for n in range(3):
+        sink.submit(make(n))
+        await until(lambda n=n: sink.written == n + 1)
+    assert sink.batches == [1, 1, 1]
+    await sink.close()
+    with pytest.raises(ValueError, match="linger_s"):
+        JsonlSink(tmp_path / "x.jsonl", linger_s=-1)
+
+
 async def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
     """With no writer running, submits past queue_size are refused, counted and logged."""
     path = tmp_path / "outcomes.jsonl"
