@@ -12,6 +12,7 @@ answer, `total_ms` from the first. No I/O.
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any
 
 from gateway.outcomes.privacy import transcript_fields
@@ -106,6 +107,24 @@ def broken_off_record(
         error_code=error_code,
         error_detail=detail,
     )
+
+
+def decoded(payload: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """The answer's bytes as JSON text, at most `limit` of them: gzip and deflate (zlib or
+    raw) undone; a coding the tap cannot undo, or a corrupt one, gives b"" (the record's
+    status is then Unknown, as for any answer it cannot read)."""
+    coding = (content_encoding or "identity").strip().lower()
+    if coding == "identity":
+        return payload
+    if coding not in ("gzip", "x-gzip", "deflate"):
+        return b""
+    # 47: a zlib or gzip header, detected; -15: raw deflate, which some servers send.
+    for wbits in (47, -15) if coding == "deflate" else (47,):
+        try:
+            return zlib.decompressobj(wbits).decompress(payload, limit)
+        except zlib.error:
+            continue
+    return b""
 
 
 def _json_object(payload: bytes) -> dict[str, Any]:

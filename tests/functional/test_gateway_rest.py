@@ -5,6 +5,7 @@ record per request."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import os
 import socket
@@ -454,3 +455,72 @@ async def test_a_backend_breaking_off_its_answer_breaks_off_the_clients(tmp_path
     assert [(r.kind, r.error_code, r.error_detail) for r in records] == [
         (Kind.SESSION_FAILURE, "upstream_unreachable", "ClientPayloadError")
     ] * 2
+
+
+@asynccontextmanager
+async def compressing_backend(seen: list[str | None]) -> AsyncIterator[str]:
+    """An HTTP backend that answers a recognition in gzip when the request accepts it, and
+    notes each request's Accept-Encoding. Yields its URL."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        accepted = request.headers.get("Accept-Encoding")
+        seen.append(accepted)
+        answer = web.json_response(
+            {
+                "RecognitionStatus": "Success",
+                "DisplayText": "Pay the bill.",
+                "Offset": 0,
+                "Duration": 10_000_000,
+            }
+        )
+        if accepted is not None and "gzip" in accepted:
+            answer.enable_compression(web.ContentCoding.gzip)
+        return answer
+
+    app = web.Application()
+    app.router.add_post(PATH, handler)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+        sock.close()
+
+
+async def test_content_coding_is_the_clients_as_directly(tmp_path: Path) -> None:
+    """The backend is asked for what the client accepts, nothing when it accepts nothing;
+    a gzip answer reaches the client with its Content-Encoding, and the record reads it."""
+    seen: list[str | None] = []
+    async with compressing_backend(seen) as url:
+        gateway = gateway_for(tmp_path, {"alpha": url, "bravo": url}, [split_experiment((100, 0))])
+        await asyncio.to_thread(gateway.start)
+        try:
+            answers = []
+            for accepted in ("gzip", None):
+                headers = {**WAV_CONTENT_TYPE, **client()}
+                async with (
+                    aiohttp.ClientSession(timeout=TIMEOUT, auto_decompress=False) as http,
+                    http.post(
+                        f"{gateway.http_url}{PATH}",
+                        params=SIMPLE,
+                        data=wav_bytes(silence(1.0)),
+                        headers=headers
+                        if accepted is None
+                        else {**headers, "Accept-Encoding": accepted},
+                        skip_auto_headers=("Accept-Encoding",),
+                    ) as answer,
+                ):
+                    answers.append((answer.headers.get("Content-Encoding"), await answer.read()))
+        finally:
+            await asyncio.to_thread(gateway.stop)
+    assert seen == ["gzip", None]
+    (coding, body), (plain_coding, plain) = answers
+    assert (coding, plain_coding) == ("gzip", None)
+    assert gzip.decompress(body) == plain
+    records = read_outcomes(tmp_path / "outcomes.jsonl")
+    assert [(r.kind, r.status, r.word_count) for r in records] == [(Kind.REQUEST, "Success", 3)] * 2

@@ -4,13 +4,16 @@ answered and when, without sockets."""
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
+import zlib
+from collections.abc import Callable
 
 import pytest
 
 from gateway.outcomes.privacy import TextPrivacy, text_digest
 from gateway.outcomes.record import Kind, OutcomeRecord, Role
-from gateway.session.rest_tap import broken_off_record, request_record
+from gateway.session.rest_tap import broken_off_record, decoded, request_record
 from gateway.session.taps import FAILURE_STATUSES, RoleFacts, SessionFacts
 
 KEY = b"k" * 32
@@ -179,3 +182,30 @@ def test_an_answer_broken_off_is_an_error_failure_without_latencies() -> None:
 
 def test_every_record_has_its_own_id() -> None:
     assert answer(success()).record_id != answer(success()).record_id
+
+
+@pytest.mark.parametrize(
+    ("coding", "encode"),
+    [
+        (None, lambda data: data),
+        ("identity", lambda data: data),
+        ("gzip", gzip.compress),
+        ("GZIP", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", lambda data: zlib.compress(data)[2:-4]),  # raw deflate, as some send
+    ],
+)
+def test_a_coded_answer_is_decoded_for_the_record(
+    coding: str | None, encode: Callable[[bytes], bytes]
+) -> None:
+    """gzip and deflate (zlib or raw) answers are read as the plain JSON they carry."""
+    payload = b'{"RecognitionStatus": "Success", "DisplayText": "hello"}'
+    assert decoded(encode(payload), coding, 1 << 20) == payload
+
+
+def test_an_unknown_or_corrupt_coding_gives_nothing_and_the_output_is_bounded() -> None:
+    """br (not undone here), a corrupt gzip stream: b"" (status Unknown); a bomb stops at
+    the limit."""
+    assert decoded(b"\x1b\x00", "br", 1 << 20) == b""
+    assert decoded(b"not gzip at all", "gzip", 1 << 20) == b""
+    assert len(decoded(gzip.compress(b"0" * 10_000_000), "gzip", 4096)) == 4096

@@ -9,6 +9,11 @@ A request is admitted (`gateway.server.admission`: 429/503 past the connection r
 concurrent sessions) and counted as a live session before the backend is contacted; a body
 over `gateway.limits.max_rest_body_bytes` is answered 413, known from Content-Length or
 found while it streams. Each refusal is recorded, logged and counted.
+
+Content coding is the client's business, as directly: the backend is asked for what the
+client accepts (its `Accept-Encoding`, none if it sent none; never aiohttp's own default),
+and the answer goes back byte for byte with its `Content-Encoding`; the tap decodes a copy
+for the record (`gateway.session.rest_tap.decoded`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from gateway.server.capture_writer import CAPTURE_WRITER
 from gateway.server.relay.backend_gate import BREAKER_OPEN
 from gateway.server.state import GatewayState, session_facts
 from gateway.session.capture import SessionCapture
-from gateway.session.rest_tap import broken_off_record, request_record
+from gateway.session.rest_tap import broken_off_record, decoded, request_record
 from gateway.session.taps import RoleFacts, SessionFacts, primary_failure
 
 log = get_logger(__name__)
@@ -38,7 +43,8 @@ log = get_logger(__name__)
 CHUNK = 64 * 1024
 # Results are small JSON documents; only this much is kept for the outcome record.
 MAX_TAPPED_BODY = 256 * 1024
-_RESPONSE_HEADERS = ("Content-Type",)
+_RESPONSE_HEADERS = ("Content-Type", "Content-Encoding")
+_ACCEPT_ENCODING = "Accept-Encoding"
 
 
 class _BodyTooLarge(Exception):
@@ -207,6 +213,8 @@ async def _answer(
     variant = route.variant
     url = variant.backend.http_url(route.path, route.upstream_query(variant))
     headers = route.upstream_headers(variant, request.headers)
+    if _ACCEPT_ENCODING in request.headers:
+        headers[_ACCEPT_ENCODING] = request.headers[_ACCEPT_ENCODING]
     settings = state.settings
     timeout = aiohttp.ClientTimeout(
         sock_connect=settings.connect_timeout_s, sock_read=settings.rest_timeout_s
@@ -214,7 +222,11 @@ async def _answer(
     response: web.StreamResponse | None = None
     try:
         async with state.http.post(
-            url, data=body.chunks(), headers=headers, timeout=timeout
+            url,
+            data=body.chunks(),
+            headers=headers,
+            timeout=timeout,
+            skip_auto_headers=(_ACCEPT_ENCODING,),
         ) as upstream:
             answered = time.monotonic()
             failed = UpstreamRejected(upstream.status, "") if upstream.status >= 500 else None
@@ -264,7 +276,7 @@ async def _answer(
         facts,
         role,
         upstream.status,
-        bytes(tapped),
+        decoded(bytes(tapped), upstream.headers.get("Content-Encoding"), MAX_TAPPED_BODY),
         first=body.first,
         last=body.last,
         answered=answered,
