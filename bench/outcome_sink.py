@@ -23,7 +23,7 @@ from pathlib import Path
 
 from gateway.outcomes.ports import OutcomeSink
 from gateway.outcomes.record import OutcomeRecord
-from gateway.stores.jsonl_sink import JsonlSink
+from gateway.stores.jsonl_sink import LINGER_S, JsonlSink
 from gateway.stores.keys import RedisKeys
 from gateway.stores.redis_client import connect
 from gateway.stores.redis_sink import RedisSink
@@ -72,6 +72,36 @@ async def measure(sink: OutcomeSink, items: list[OutcomeRecord]) -> tuple[float,
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
+async def trickle(sink: JsonlSink, items: list[OutcomeRecord], rate: float) -> float:
+    """CPU per record (µs, the whole process) with records submitted one by one at `rate`
+    per second, as a gateway's sessions hand them over: the writer's wake-ups and thread
+    hand-offs, not its throughput."""
+    await sink.start()
+    loop = asyncio.get_running_loop()
+    cpu, start = time.process_time(), loop.time()
+    for index, record in enumerate(items):
+        delay = start + index / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sink.submit(record)
+    await sink.close()
+    return (time.process_time() - cpu) / len(items) * 1e6
+
+
+def paced(items: list[OutcomeRecord], work: Path, rate: float, rounds: int) -> None:
+    """The JSONL sink without and with its linger, alternating, at a steady rate."""
+    print(f"JSONL sink at {rate:,.0f} records/s, {len(items)} records a run, CPU us/record")
+    print(f"{'round':<6} {'no linger':>10} {f'linger {LINGER_S * 1000:.0f} ms':>14}")
+    for round_ in range(1, rounds + 1):
+        costs = [
+            asyncio.run(
+                trickle(JsonlSink(work / f"paced-{linger}.jsonl", linger_s=linger), items, rate)
+            )
+            for linger in (0.0, LINGER_S)
+        ]
+        print(f"{round_:<6} {costs[0]:>10.1f} {costs[1]:>14.1f}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -85,7 +115,21 @@ def main() -> None:
     parser.add_argument("--experiments", type=int, default=4)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--redis-url", help="an existing Redis (default: start one)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        help="instead: submit --records one by one at this many per second to the JSONL "
+        "sink, without and with its linger, and print CPU per record",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternations with --rate")
     args = parser.parse_args()
+    if args.rate is not None:
+        work = Path(tempfile.mkdtemp(prefix="sink-bench-"))
+        try:
+            paced(records(args.records, args.experiments), work, args.rate, args.rounds)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     started = time.process_time()
     items = records(args.records, args.experiments)
     build_us = (time.process_time() - started) / len(items) * 1e6
