@@ -400,7 +400,7 @@ class DashboardPoller:
     def __init__(
         self, http_url: str, gateway_pid: int, every: float, cpus: set[int] | None
     ) -> None:
-        self._url = f"{http_url}/admin/experiments/scale/analysis?until=2999-01-01T00:00:00."
+        self._url = f"{http_url}/admin/experiments/scale/analysis"
         self._gateway_pid = gateway_pid
         self._every = every
         self._cpus = cpus
@@ -460,7 +460,8 @@ class DashboardPoller:
         while not self._stop.is_set():
             self.requests += 1
             started = time.monotonic()
-            url = f"{self._url}{self.requests:06d}Z"  # a report of its own (class doc)
+            # A report of its own (class doc): the microsecond of the day names it.
+            url = f"{self._url}?until={_until(time.time_ns())}"
             # The URL is the gateway's loopback http:// address, built by the harness.
             request = urllib.request.Request(url, headers=headers)  # noqa: S310
             try:
@@ -489,6 +490,15 @@ class DashboardPoller:
                             os.sched_setaffinity(tid, self._cpus)
                             moved.add(tid)
             self._stop.wait(0.2)
+
+
+def _until(now_ns: int) -> str:
+    """A moment far in the future (no record is that late), distinct per microsecond of the
+    day: a cache key of its own for each report."""
+    micro = now_ns // 1000 % 86_400_000_000
+    seconds, fraction = divmod(micro, 1_000_000)
+    hours, rest = divmod(seconds, 3600)
+    return f"2999-01-01T{hours:02d}:{rest // 60:02d}:{rest % 60:02d}.{fraction:06d}Z"
 
 
 def capture_counts(http_url: str) -> dict[str, float]:
