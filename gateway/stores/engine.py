@@ -18,7 +18,8 @@ takes the labels from its caller. The counts stored with each label
 aligned here, once. Records are materialised as objects only where a part of the report
 needs whole records: canaries, the error analysis's units, shadow sessions, labelled
 records to align; DuckDB reads the source a second time for those, with every column.
-DuckDB's memory is bounded (`MEMORY_LIMIT`); its tables spill to a scratch folder beyond.
+DuckDB's memory is bounded (`memory_limit`); its tables spill to a scratch folder beyond,
+and a source too large for the memory it may use raises `StoreUnavailable`.
 
 Both paths sort outcomes by (timestamp, record_id), so they agree exactly, whatever order
 the store returned the records in; `tests/stores/test_engine.py` pins the equality.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import tempfile
 import types
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -57,7 +59,7 @@ from gateway.analysis.observations import (
 )
 from gateway.analysis.unit_sample import KEY_DIGITS, UnitSample
 from gateway.constants import NO_EXPERIMENT
-from gateway.errors import EngineUnreadable
+from gateway.errors import EngineUnreadable, StoreUnavailable
 from gateway.outcomes.labels import LABEL_SOURCES, Label
 from gateway.outcomes.record import (
     CANCELLED_PREFIXES,
@@ -75,7 +77,20 @@ from gateway.stores.lake import LABEL_COLUMNS, exported_experiments, lake_source
 from gateway.text.normalize import NORMALISATION_VERSION
 
 RETRY_GAP_S: Final = 120.0  # as gateway.analysis.observations.RETRY_GAP_S
-MEMORY_LIMIT: Final = "400MB"  # DuckDB's buffer pool; the analysis' arrays come on top
+# DuckDB's buffer pool (the analysis' arrays come on top): 400 MB, or half the size of the
+# source's JSON (its tables past the limit spill to a scratch folder, but a sort or a window
+# over millions of records needs memory), at most half the machine's memory.
+MEMORY_LIMIT_MIN: Final = 400 << 20
+_PARQUET_RATIO: Final = 8  # a Parquet export is about an eighth of its JSON lines
+
+
+def memory_limit(source_bytes: int) -> int:
+    """DuckDB's memory limit for a source of this many bytes of JSON lines."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):  # not on this system: no cap beyond the source's
+        physical = 4 * source_bytes
+    return max(MEMORY_LIMIT_MIN, min(source_bytes // 2, physical // 2))
 
 
 def _sql_type(hint: Any) -> str:
@@ -200,13 +215,16 @@ class DuckDbEngine:
         source_sql: str,
         *,
         labels: Callable[[], str | None] | None = None,
+        size: Callable[[], int] | None = None,
         threads: int | None = None,
     ) -> None:
         """`labels`: the relation of the store's label lines (with `line`: the later line of
-        a record wins), None when there are none (yet); `threads`: DuckDB's worker threads
-        (None: one per core)."""
+        a record wins), None when there are none (yet); `size`: the source's size in bytes
+        of JSON lines, now (`memory_limit`); `threads`: DuckDB's worker threads (None: one
+        per core)."""
         self._source = source_sql
         self._labels = labels or (lambda: None)
+        self._size = size or (lambda: 0)
         self._threads = threads
         self.labels_path: Path | None = None  # a file store's label file
 
@@ -222,6 +240,7 @@ class DuckDbEngine:
             f"read_json({_quote(str(path))}, format = 'newline_delimited', "
             f"columns = {{{columns}}})",
             labels=lambda: _jsonl_labels(label_file) if label_file.exists() else None,
+            size=lambda: path.stat().st_size if path.exists() else 0,
             threads=threads,
         )
         engine.labels_path = label_file
@@ -247,6 +266,7 @@ class DuckDbEngine:
         return cls(
             f"read_parquet([{listed}], union_by_name = true, hive_partitioning = false)",
             labels=lambda: label_sql if label_files else None,
+            size=lambda: _PARQUET_RATIO * sum(path.stat().st_size for path in files),
             threads=threads,
         )
 
@@ -272,7 +292,7 @@ class DuckDbEngine:
         # DuckDB's own memory stays bounded: tables past the limit go to a scratch folder
         # (they hold a few hundred bytes a record: several GB at ten million records).
         config: dict[str, str | bool | int | float | list[str]] = {
-            "memory_limit": MEMORY_LIMIT,
+            "memory_limit": f"{memory_limit(self._size()) >> 20}MB",
             "temp_directory": spill.name,
         }
         if self._threads is not None:
@@ -300,11 +320,18 @@ class DuckDbEngine:
                     con.execute("CREATE TEMP TABLE once AS SELECT DISTINCT ON (record_id) * FROM r")
                     con.execute("DROP TABLE r")
                     con.execute("ALTER TABLE once RENAME TO r")
+            except duckdb.OutOfMemoryException as exc:
+                raise _out_of_memory(exc) from exc
             except duckdb.Error as exc:
                 raise EngineUnreadable(str(exc).splitlines()[0]) from exc
             if row is not None and row[0]:
                 raise EngineUnreadable(f"{row[0]} records outside the documented format")
-            yield con
+            try:
+                yield con
+            except duckdb.OutOfMemoryException as exc:
+                raise _out_of_memory(exc) from exc
+            except duckdb.Error as exc:  # a query of ours: no reason to read record by record
+                raise StoreUnavailable(f"analysis engine: {str(exc).splitlines()[0]}") from exc
         finally:
             con.close()
             spill.cleanup()
@@ -413,6 +440,15 @@ class DuckDbEngine:
             raise EngineUnreadable(str(exc).splitlines()[0]) from exc
         names = list(COLUMNS)
         return [OutcomeRecord(**dict(zip(names, row, strict=True))) for row in rows]
+
+
+def _out_of_memory(exc: duckdb.Error) -> StoreUnavailable:
+    """Out of memory: said as such, never answered by reading record by record, which would
+    need far more."""
+    return StoreUnavailable(
+        f"analysis engine out of memory (DuckDB: {str(exc).splitlines()[0][:120]}); "
+        "free memory or analyse a shorter window (--since/--until)"
+    )
 
 
 def _reported(record: OutcomeRecord, sample: UnitSample | None) -> bool:
