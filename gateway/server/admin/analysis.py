@@ -11,13 +11,14 @@ experiments' state and changes are `gateway.server.admin.control`'s.
 The analysis is CPU work (bootstrap resampling), so it runs in the app's analysis process
 (`gateway.server.admin.analysis_worker`), never on the relay's event loop nor under its
 interpreter lock; this module does not even import it. A report is reused for `cache_s`
-seconds, or for `REUSE_PER_COMPUTE_S` times as long as it took to compute if that is
-longer, and one computation per report is under way at a time, shared by every client that
-asks meanwhile: a wall of dashboards polling every few seconds costs one computation per
-experiment and interval in each gateway process (each worker of `serve --workers N`), not
-one per screen, and a report that takes seconds to compute (a large experiment) keeps its
-analysis process busy at most 1 / (1 + REUSE_PER_COMPUTE_S) of the time, so it takes no
-more than that share of a core from the relays of a small host.
+seconds, or for `REUSE_PER_COMPUTE_S` times as long as it took to compute if that is longer
+(a change of the experiment's state is a new report at once), and one computation per report
+is under way at a time, shared by every client that asks meanwhile: a wall of dashboards
+polling every few seconds costs one computation per experiment and interval in each gateway
+process (each worker of `serve --workers N`), not one per screen, and a report that takes
+seconds to compute (a large experiment) keeps its analysis process busy at most 1 / (1 +
+REUSE_PER_COMPUTE_S) of the time, so it takes no more than that share of a core from the
+relays of a small host.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ _MAX_CACHED: Final = 64  # reports kept; windows are chosen by callers, so bound
 REUSE_PER_COMPUTE_S: Final = 4.0
 
 Json = dict[str, Any]
-_CacheKey = tuple[str, str | None, str | None, str | None]
+# (experiment, its state's version, phase, since, until): a change of the experiment (a
+# ramp, a stop, a new phase) is a new report at once, however long the last one is reused.
+_CacheKey = tuple[str, int, str | None, str | None, str | None]
 
 
 @dataclass(slots=True)
@@ -120,7 +123,8 @@ async def experiment_analysis(request: web.Request) -> web.Response:
         experiment = control.experiment(experiment_id)
     except ControlError as exc:
         return _error(exc.status, exc.reason)
-    phases = control.state(experiment_id).phases
+    state = control.state(experiment_id)
+    phases = state.phases
     history = {entry.phase: entry.weights for entry in phases}
     origins = {entry.phase: entry.origin for entry in phases}
     try:
@@ -128,7 +132,13 @@ async def experiment_analysis(request: web.Request) -> web.Response:
     except web.HTTPBadRequest as exc:
         return _error(400, exc.text or "bad request")
     phase = request.query.get("phase") or None
-    key = (experiment_id, phase, request.query.get("since"), request.query.get("until"))
+    key = (
+        experiment_id,
+        state.version,
+        phase,
+        request.query.get("since"),
+        request.query.get("until"),
+    )
     analyses = request.app[ANALYSES]
     cached = analyses.done.get(key)
     if cached is not None and time.monotonic() < cached[0]:

@@ -157,6 +157,11 @@ async def test_a_report_that_took_long_is_not_recomputed_at_once(
     await asyncio.sleep(0.5 * REUSE_PER_COMPUTE_S)
     status, _ = await analysis(client)
     assert (status, computations) == (200, 2)
+    # A change of the experiment is a new report at once, however long the last is reused.
+    response = await client.post("/admin/experiments/e/pause", headers=AUTH, json={})
+    assert response.status == 200, await response.text()
+    status, _ = await analysis(client)
+    assert (status, computations) == (200, 3)
 
 
 async def test_a_killed_worker_fails_its_reports_with_503_and_is_replaced(
