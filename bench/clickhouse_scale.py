@@ -120,11 +120,15 @@ def command(folder: Path, engine: str) -> dict[str, float]:
     argv = [PYTHON, "-m", "gateway", "analyze", "--experiment", EXPERIMENT, "--control", "base"]
     argv += ["--lake", str(folder), "--engine", engine, "--json", str(folder / f"{engine}.json")]
     start = time.perf_counter()
-    process = subprocess.Popen(argv, cwd=folder, stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        argv, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    assert process.stderr is not None
+    err = process.stderr.read()
     _, status, usage = os.wait4(process.pid, 0)
     wall = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"analyze --engine {engine} failed on {folder}: status {status}")
+    if status != 0:  # a result too: which engine could not do it, and why
+        return {"failed": (err.strip().splitlines() or [f"status {status}"])[-1][:300]}
     return {
         "wall_s": round(wall, 2),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
@@ -182,11 +186,12 @@ def isolated(folder: Path, engine: str) -> dict[str, Any]:
     """`engine_parts` in a fresh process (no cache or pool shared between measurements)."""
     out = subprocess.run(
         [PYTHON, __file__, "--parts", str(folder), engine],
-        check=True,
         capture_output=True,
         text=True,
         cwd=ROOT / "bench",
     )
+    if out.returncode != 0:
+        return {"failed": (out.stderr.strip().splitlines() or ["?"])[-1][:300]}
     parts: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     return parts
 
@@ -227,11 +232,12 @@ def main(argv: list[str] | None = None) -> int:
             row[f"analyze_{engine}"] = command(folder, engine)
             row[f"engine_{engine}"] = isolated(folder, engine)
         row["load_after"] = os.getloadavg()[0]
-        same = json.loads((folder / "clickhouse.json").read_text())
-        other = json.loads((folder / "duckdb.json").read_text())
-        same.pop("generated_at")
-        other.pop("generated_at")
-        row["reports_equal"] = same == other
+        if all("failed" not in row[f"analyze_{e}"] for e in ("clickhouse", "duckdb")):
+            same = json.loads((folder / "clickhouse.json").read_text())
+            other = json.loads((folder / "duckdb.json").read_text())
+            same.pop("generated_at")
+            other.pop("generated_at")
+            row["reports_equal"] = same == other
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json is not None:
