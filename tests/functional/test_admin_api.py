@@ -62,6 +62,20 @@ def gateway(alpha: LocalEmulator, bravo: LocalEmulator, tmp_path: Path) -> Local
     )
 
 
+async def labelled_report(gateway: LocalGateway) -> tuple[int, Any]:
+    """The live report once it counts the 40 labelled outcomes (within 60 s)."""
+    async with asyncio.timeout(60):
+        while True:
+            status, report = await get(gateway, "/admin/experiments/ab/analysis")
+            variants = [v for phase in report.get("phases", []) for v in phase["variants"]]
+            if status != 200 or (
+                sum(v["outcomes"] for v in variants) == 40
+                and all((v.get("wer") or {}).get("wer") is not None for v in variants)
+            ):
+                return status, report
+            await asyncio.sleep(0.5)
+
+
 def test_experiments_and_analysis_follow_live_traffic(
     gateway: LocalGateway, tmp_path: Path
 ) -> None:
@@ -81,9 +95,9 @@ def test_experiments_and_analysis_follow_live_traffic(
 
         asyncio.run(run_units(gateway, [f"unit-{n}" for n in range(40)]))
         asyncio.run(label_all(gateway, tmp_path / "outcomes.jsonl"))
-        # Past the report cache, so the analysis sees the labels.
-        asyncio.run(asyncio.sleep(2.1))
-        status, report = asyncio.run(get(gateway, "/admin/experiments/ab/analysis"))
+        # Once the report cache expires (2 s, or longer if the last report took long to
+        # compute: docs/gateway.md), the analysis sees the traffic and the labels.
+        status, report = asyncio.run(labelled_report(gateway))
     assert status == 200
     (phase,) = report["phases"]
     assert phase["phase"] == experiment["phase"]

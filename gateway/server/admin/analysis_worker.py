@@ -112,6 +112,11 @@ def compute_report(store: OutcomeStore, job: ReportJob) -> Computed:
     """The worker's entry point: open the store, build the report, close the store. Nothing
     raises out of it: an exception would have to unpickle in the gateway, which some of ours
     cannot, and would break the pool."""
+    # The first report of a worker imports the analysis (a second or more): not the report's
+    # own cost, which decides how long it is reused (`gateway.server.admin.analysis`).
+    import gateway.analysis.report
+    import gateway.server.admin.review  # noqa: F401
+
     started = time.monotonic()
     try:
         computed = asyncio.run(_compute_report(store, job))
