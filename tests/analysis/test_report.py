@@ -12,10 +12,11 @@ import pytest
 from traffic import INFO, Traffic
 
 from gateway.analysis.model import ExperimentInfo
+from gateway.analysis.observations import OutcomeTable
 from gateway.analysis.report import build_report
 from gateway.analysis.text_report import render_text
 from gateway.control.guardrails import Guardrails
-from gateway.outcomes.record import Role, category
+from gateway.outcomes.record import CATEGORIES, Role, category
 from gateway.stats.clustered import UnitSums, difference_interval
 from gateway.stats.clustered import quantile_interval as clustered_quantile_interval
 from gateway.stats.proportions import clustered_wilson_interval, wilson_interval
@@ -397,3 +398,44 @@ def test_guardrails_test_the_configured_limits_on_units() -> None:
         c["metric"]: c["status"] for c in made.report()["phases"][0]["comparisons"][0]["guardrails"]
     }
     assert default["error_rate"] == "regressed"
+
+
+def _prefix_table(size: int, seed: int) -> OutcomeTable:
+    rng = np.random.default_rng(seed)
+    return OutcomeTable(
+        at=np.sort(rng.uniform(0, 1000, size)),
+        units=rng.integers(0, size // 3 + 1, size).astype(np.intp),
+        categories=rng.integers(0, len(CATEGORIES), size).astype(np.intp),
+        latencies={
+            "first_hypothesis_ms": rng.uniform(100, 500, size),
+            "final_latency_ms": rng.uniform(200, 900, size),
+        },
+        confidences=rng.uniform(0, 1, size),
+    )
+
+
+def _from_scratch(table: OutcomeTable, name: str, stop: int) -> UnitSums:
+    units = table.units[:stop]
+    if not units.size:
+        return UnitSums()
+    hits = (table.categories[:stop] == CATEGORIES.index(name)).astype(np.float64)
+    n = np.bincount(units).astype(np.float64)
+    x = np.bincount(units, weights=hits, minlength=n.size)
+    return UnitSums.of(x[n > 0], n[n > 0])
+
+
+def test_prefix_sums_equal_the_sums_from_scratch() -> None:
+    """An outcome table's per-unit sums of a growing prefix (the looks), kept up to date as
+    the prefix grows, are the sums from scratch: looks in time order, a look repeated, a
+    shorter one after a longer, the whole table."""
+    table = _prefix_table(5000, seed=1)
+    stops = [0, 1, 17, 17, 900, 2500, 4999, 5000, 300, 301, None, 4000]
+    for name in CATEGORIES:
+        for stop in stops:
+            expected = _from_scratch(table, name, len(table) if stop is None else stop)
+            assert table.rate_sums(name, stop) == expected, (name, stop)
+
+
+def test_an_empty_table_has_no_sums() -> None:
+    """No outcomes: no units, zero sums."""
+    assert OutcomeTable.of(()).rate_sums("success") == UnitSums()
