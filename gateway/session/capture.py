@@ -469,13 +469,12 @@ class SessionCapture:
             del results[:-KEPT_SHADOW_RESULTS]
         else:
             return
-        still: list[_Pending] = []
-        for pending in self._pending:
-            if self._complete(pending):
+        complete = [pending for pending in self._pending if self._complete(pending)]
+        if complete:
+            # Out of the waiting list first, so that deciding one releases its audio.
+            self._pending = [p for p in self._pending if not any(p is c for c in complete)]
+            for pending in complete:
                 self._decide(self._matched(pending))
-            else:
-                still.append(pending)
-        self._pending = still
 
     def _complete(self, pending: _Pending) -> bool:
         """Every shadow failed or answered past the utterance's end (results come in the
@@ -516,6 +515,9 @@ class SessionCapture:
             if pcm is None:
                 self._drop(self._why_full or DropReason.SESSION_BYTES)
                 return
+            # The session's copy goes back before the writer takes the cut's bytes from the
+            # same budget (`CaptureBudget`), so an utterance is never counted twice.
+            self._trim(turn)
             if not self._quota.take(identity.experiment, self._policy, priority):
                 self._drop(DropReason.DAILY_CAP)
                 return

@@ -327,6 +327,18 @@ def test_the_process_budget_is_shared_and_given_back() -> None:
     assert budget.used == 0
 
 
+def test_the_session_gives_an_utterance_back_before_the_writer_takes_it() -> None:
+    """The writer reserves a capture's bytes in the same budget: the session's copy is
+    released first, so an utterance near the budget is not counted twice and dropped."""
+    budget = CaptureBudget(int(1.2 * BYTES_PER_SECOND))
+    harness = Harness(budget=budget)
+    taken: list[bool] = []
+    harness.capture._emit = lambda utterance: taken.append(budget.take(len(utterance.pcm)))
+    harness.turn(1.0)
+    harness.primary("x", 0.1, 0.8)
+    assert taken == [True]
+
+
 def test_a_capture_that_raises_never_fails_the_session() -> None:
     """A bug in the capture disables it for the session; the frames still go through."""
 
