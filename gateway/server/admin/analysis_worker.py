@@ -37,7 +37,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import structlog
 
@@ -112,11 +112,6 @@ def compute_report(store: OutcomeStore, job: ReportJob) -> Computed:
     """The worker's entry point: open the store, build the report, close the store. Nothing
     raises out of it: an exception would have to unpickle in the gateway, which some of ours
     cannot, and would break the pool."""
-    # The first report of a worker imports the analysis (a second or more): not the report's
-    # own cost, which decides how long it is reused (`gateway.server.admin.analysis`).
-    import gateway.analysis.report
-    import gateway.server.admin.review  # noqa: F401
-
     started = time.monotonic()
     try:
         computed = asyncio.run(_compute_report(store, job))
@@ -215,10 +210,17 @@ def _inputs(job: ReportJob) -> tuple[dict[str, str] | None, ErrorInputs, tuple[P
     return references, ErrorInputs(terms=terms, synonyms=synonyms), tuple(problems)
 
 
+# How much lower the analysis process's scheduling priority is than its gateway's: where the
+# two compete for a CPU (a small host; a large report computing for a minute), the relay's
+# audio wins it, and the report takes the time that is left.
+WORKER_NICENESS: Final = 10
+
+
 def _start_worker(level: str, fmt: LogFormat) -> None:
-    """The worker's initializer: log as the gateway does (a store may warn while it reads),
-    leave when the gateway process does, and load the analysis before the first report asks
-    for it."""
+    """The worker's initializer: yield the CPU to the relays (`WORKER_NICENESS`), log as the
+    gateway does (a store may warn while it reads), leave when the gateway process does, and
+    load the analysis before the first report asks for it."""
+    os.nice(WORKER_NICENESS)
     configure_logging(level, fmt)
     parent = multiprocessing.parent_process()
     if parent is not None:

@@ -26,7 +26,11 @@ from traffic import Traffic
 from gateway.config.settings import OutcomeSettings, RedisConnection, load_settings
 from gateway.control.model import hash_key
 from gateway.server.admin.analysis import ANALYSES, REUSE_PER_COMPUTE_S, fresh_until
-from gateway.server.admin.analysis_worker import AnalysisWorkerFailed, OutcomeStore
+from gateway.server.admin.analysis_worker import (
+    WORKER_NICENESS,
+    AnalysisWorkerFailed,
+    OutcomeStore,
+)
 from gateway.server.app import create_gateway_app
 
 TOKEN = "analysis-worker-admin-token-5b1d"
@@ -98,6 +102,9 @@ async def test_the_report_is_computed_in_a_child_process(
     assert pid is not None
     assert pid != os.getpid()
     assert pid in children()
+    # It yields the CPU to the relays: a lower scheduling priority than its gateway's.
+    niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, pid) == niceness
     status, _ = await analysis(client, "?phase=p1")
     assert status == 200
     assert worker.pid == pid
