@@ -10,8 +10,12 @@ coroutine; what the session does not take is queued for the pump as before.
 
 Two rules keep this exactly as ordered and as bounded as the pump alone:
 
-* a message is offered only while the queue is empty, and the session takes it only while
-  its pump waits for the next message with nothing pending, so nothing overtakes anything;
+* a message is offered only while the pump is parked in the queue's `read()` on an empty
+  queue and nothing was queued since (`parked`), and the session takes it only with
+  nothing of its own pending, so nothing overtakes anything. "The pump is in `receive()`"
+  would not do: aiohttp's reader, paused by a full queue, resumes parsing inside `read()`
+  after taking a message off the queue and before handing it over, and a frame offered
+  then would overtake that message;
 * `write_now` writes only while the backend's connection is open and not pushing back (its
   transport's buffer under the high-water mark); otherwise the frame goes the pump's way,
   whose `send_bytes` waits for the drain, and the client is read no faster than that.
@@ -45,20 +49,34 @@ Take = Callable[[WSMessage], WSMessage | None]
 class RelayQueue(WebSocketDataQueue):
     """aiohttp's WebSocket message queue, with a first look at each binary message.
 
-    `take` is offered every binary message the reader parses while nothing waits in the
-    queue; what it takes never enters the queue, so the pump task is not woken for it.
+    `take` is offered every binary message the reader parses while the pump waits in `read()`
+    on an empty queue; what it takes never enters the queue, so the pump task is not woken
+    for it.
     """
 
     take: Take | None = None
+    # The pump waits in read() on an empty queue, and nothing was queued since. (aiohttp's
+    # compiled queue keeps its waiter private, so read() says it.)
+    parked = False
+
+    async def read(self) -> WSMessage | WSMessageTextBytes:
+        # With a message queued, read() returns it without waiting, resuming a paused parser
+        # on the way: not parked, so nothing parsed then is offered ahead of that message.
+        self.parked = not self._buffer
+        try:
+            return await super().read()
+        finally:
+            self.parked = False
 
     def feed_data(self, data: WSMessage | WSMessageTextBytes, size: int) -> None:
         take = self.take
-        if take is not None and data.type is WSMsgType.BINARY and not self._buffer:
+        if take is not None and data.type is WSMsgType.BINARY and self.parked:
             # A binary message is always a WSMessage (WSMessageTextBytes is text only).
             taken = take(data)  # type: ignore[arg-type]
             if taken is None:
                 return
             data = taken
+        self.parked = False  # the pump is woken for this one: later ones queue behind it
         super().feed_data(data, size)
 
 

@@ -173,8 +173,11 @@ class _Session:
         frame = message.data
         commands = self._relay.forward_binary(frame, time.monotonic())
         if commands is not None:
-            # Rare (a limit, a bad header, an ended session): the pump executes them in order.
-            self._held.append(commands)
+            # Rare (a limit, a bad header, an ended session): records and limit hits now, as
+            # _execute does first (a pump cancelled before it reads the marker must not lose
+            # them), the I/O by the pump, in order.
+            self._note(commands)
+            self._held.append([c for c in commands if not isinstance(c, Emit | LimitHit)])
             return message._replace(extra=HELD)
         try:
             write_now(upstream, frame)
@@ -273,15 +276,19 @@ class _Session:
         finally:
             _submit(self._state, relay.observe_upstream_text(frame, now))
 
-    async def _execute(self, commands: list[Command]) -> None:
-        # Records and limit hits first: they need no I/O, and a pump cancelled while it
-        # sends or closes must not lose them (e.g. our own CloseClient wakes the client
-        # pump, which can finish first; `run` then cancels this pump inside `close`).
+    def _note(self, commands: list[Command]) -> None:
+        """Submit the records and note the limit hits among `commands` (no I/O)."""
         for command in commands:
             if isinstance(command, Emit):
                 self._state.submit(command.record)
             elif isinstance(command, LimitHit):
                 note_limit_hit(self._state, command.limit, self._route, "usp", command.detail)
+
+    async def _execute(self, commands: list[Command]) -> None:
+        # Records and limit hits first: they need no I/O, and a pump cancelled while it
+        # sends or closes must not lose them (e.g. our own CloseClient wakes the client
+        # pump, which can finish first; `run` then cancels this pump inside `close`).
+        self._note(commands)
         for command in commands:
             match command:
                 case ToUpstream(frame=frame, starts_turn=starts_turn):

@@ -25,7 +25,12 @@ from gateway.server.relay.client_ws import (
 def client_frame(opcode: int, payload: bytes) -> bytes:
     """A masked client frame (mask key 0), as the reader gets it off the wire."""
     n = len(payload)
-    length = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    if n < 126:
+        length = bytes([0x80 | n])
+    elif n < 1 << 16:
+        length = bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        length = bytes([0x80 | 127]) + n.to_bytes(8, "big")
     return bytes([0x80 | opcode]) + length + b"\0\0\0\0" + payload
 
 
@@ -36,6 +41,9 @@ class _Protocol:
 
     def pause_reading(self) -> None:
         self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        self._reading_paused = False
 
 
 async def _queue(take_when: bytes) -> tuple[RelayQueue, WebSocketReader, list[bytes]]:
@@ -50,20 +58,76 @@ async def _queue(take_when: bytes) -> tuple[RelayQueue, WebSocketReader, list[by
     return queue, WebSocketReader(queue, 2**20, False, True), offered
 
 
+async def parked(queue: RelayQueue) -> asyncio.Future[WSMessage]:
+    """A pump parked in the queue's read(), as the relay's is between messages."""
+    waiting: asyncio.Future[WSMessage] = asyncio.ensure_future(queue.read())  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    return waiting
+
+
 async def test_binary_messages_taken_in_the_callback_are_never_queued() -> None:
     """Frames fed byte by byte still reach `take` whole; taken ones leave the queue empty."""
     queue, reader, offered = await _queue(b"audio")
+    pump = await parked(queue)
     wire = client_frame(0x2, b"audio-1" * 500) + client_frame(0x2, b"audio-2")
     for i in range(len(wire)):
         reader.feed_data(wire[i : i + 1])
     assert offered == [b"audio-1" * 500, b"audio-2"]
     assert not queue._buffer
+    assert not pump.done()  # never woken
+    pump.cancel()
+
+
+async def test_nothing_is_offered_unless_the_pump_waits_for_it() -> None:
+    """A pump busy with a message (not parked in read()) gets the next frame through the
+    queue, after the one it holds."""
+    queue, reader, offered = await _queue(b"audio")
+    reader.feed_data(client_frame(0x2, b"audio-1"))
+    assert offered == []
+    assert (await queue.read()).data == b"audio-1"
+
+
+async def test_frames_never_overtake_a_message_read_while_parsing_was_paused() -> None:
+    """A speech.context over the queue's limit arrives in one read with audio behind it:
+    aiohttp stops parsing, and resumes inside read() once the context is off the queue but
+    not yet with the pump. The audio behind it must not be relayed before the context."""
+    queue = RelayQueue(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+    relayed: list[str] = []
+
+    def take(message: WSMessage) -> None:
+        relayed.append(f"fast {message.data[:7]!r}")
+
+    queue.take = take
+    reader = WebSocketReader(queue, 2**21, False, True)
+
+    async def pump() -> None:
+        while True:
+            message = await queue.read()
+            relayed.append(f"pump {message.data[:7]!r}")
+            await asyncio.sleep(0)  # the pump's awaited send
+
+    task = asyncio.ensure_future(pump())
+    await asyncio.sleep(0)
+    reader.feed_data(
+        client_frame(0x1, b"context" + b"x" * 200_000)
+        + client_frame(0x2, b"audio-1" * 400)
+        + client_frame(0x2, b"audio-2" * 400)
+    )
+    for _ in range(10):
+        await asyncio.sleep(0)
+    task.cancel()
+    assert [entry.split(" ", 1)[1] for entry in relayed] == [
+        "'context'",
+        "b'audio-1'",
+        "b'audio-2'",
+    ]
 
 
 async def test_a_message_left_by_take_is_queued_and_nothing_overtakes_it() -> None:
     """Once one message waits in the queue, later binary messages are queued behind it
     without being offered: the pump reads them all in arrival order."""
     queue, reader, offered = await _queue(b"audio")
+    pump = await parked(queue)
     reader.feed_data(
         client_frame(0x2, b"other")
         + client_frame(0x2, b"audio-after")
@@ -71,24 +135,26 @@ async def test_a_message_left_by_take_is_queued_and_nothing_overtakes_it() -> No
         + client_frame(0x2, b"audio-last")
     )
     assert offered == [b"other"]
-    read = [(await queue.read()).data for _ in range(4)]
+    read = [(await pump).data] + [(await queue.read()).data for _ in range(3)]
     assert read == [b"other", b"audio-after", "text", b"audio-last"]
 
 
 async def test_text_and_control_messages_are_never_offered() -> None:
     """Only binary messages are offered; text and pings go to the pump as aiohttp queues them."""
     queue, reader, offered = await _queue(b"")
+    pump = await parked(queue)
     reader.feed_data(client_frame(0x1, b"text") + client_frame(0x9, b"ping"))
     assert offered == []
-    assert [(await queue.read()).type for _ in range(2)] == [WSMsgType.TEXT, WSMsgType.PING]
+    assert [(await pump).type, (await queue.read()).type] == [WSMsgType.TEXT, WSMsgType.PING]
 
 
 async def test_a_held_marker_reaches_the_pump_in_place_of_the_message() -> None:
     """`take` may queue a replacement (the relay's HELD marker): the pump reads that one."""
     queue = RelayQueue(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
     queue.take = lambda message: message._replace(extra=HELD)
+    pump = await parked(queue)
     WebSocketReader(queue, 2**20, False, True).feed_data(client_frame(0x2, b"audio"))
-    message = await queue.read()
+    message = await pump
     assert (message.data, message.extra) == (b"audio", HELD)
 
 
