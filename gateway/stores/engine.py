@@ -60,7 +60,7 @@ from gateway.analysis.observations import (
 from gateway.analysis.unit_sample import KEY_DIGITS, UnitSample
 from gateway.constants import NO_EXPERIMENT
 from gateway.errors import EngineUnreadable, StoreUnavailable
-from gateway.outcomes.labels import LABEL_SOURCES, Label
+from gateway.outcomes.labels import LABEL_SOURCES, MAX_LABELLER_CHARS, MAX_TEXT_CHARS, Label
 from gateway.outcomes.record import (
     CANCELLED_PREFIXES,
     CATEGORIES,
@@ -184,14 +184,32 @@ OBSERVED_COLUMNS: Final = (
 LABEL_TYPES: Final = {name: kind for name, kind in LABEL_COLUMNS.items() if name != "experiment"}
 
 
+# White space as Python's str.strip() sees it (ASCII, the separators, and the controls it
+# counts): a stored label's text has none at either end.
+_SPACE: Final = r"[\s\x0b\x1c-\x1f\x85\pZ]"
+
+
 def _label_sql() -> str:
-    """What a label line must satisfy to count (`Label`'s checks that decide whether and how
-    it counts); the label stores skip a line that does not, and so does the engine."""
+    """What a label line must satisfy to count: `Label`'s checks, in SQL; the label stores
+    skip a line that fails them, and so does the engine. A line that passes these but not
+    `Label` itself (a JSON number where a name belongs, which the typed reading turns into
+    text; a character class the two regular expression engines see apart) is caught when
+    its label is read whole (`_labels_of`), and the record reader, which applies `Label`
+    to every line, reads the store instead."""
     return (
-        "regexp_full_match(record_id, '[0-9a-f]{32}') AND text IS NOT NULL AND text <> '' "
-        "AND labeller IS NOT NULL AND labelled_at IS NOT NULL "
+        "regexp_full_match(record_id, '[0-9a-f]{32}') "
+        f"AND text IS NOT NULL AND length(text) BETWEEN 1 AND {MAX_TEXT_CHARS} "
+        f"AND NOT regexp_matches(text, '^{_SPACE}|{_SPACE}$') "
+        f"AND labeller IS NOT NULL AND length(labeller) <= {MAX_LABELLER_CHARS} "
+        f"AND NOT regexp_full_match(labeller, '{_SPACE}*') "
+        "AND NOT regexp_matches(replace(labeller, ' ', ''), '[\\pC\\pZ]') "
+        "AND regexp_full_match(labelled_at, '\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z') "
+        "AND try_cast(labelled_at AS TIMESTAMP) IS NOT NULL "
         f"AND source IN {_in(list(LABEL_SOURCES))} "
-        "AND (normalisation IS NULL) = (scores IS NULL)"
+        "AND (normalisation IS NULL) = (scores IS NULL) "
+        "AND (normalisation IS NULL OR length(normalisation) BETWEEN 1 AND 64) "
+        "AND (scores IS NULL OR len(list_distinct(list_transform(scores, lambda s: s.record_id))) "
+        "= len(scores))"
     )
 
 
@@ -199,9 +217,21 @@ def _jsonl_labels(path: Path) -> str:
     """A label file's lines as a relation, each with its `line` number (DuckDB keeps a
     scan's order); a line that is not JSON of the label's types is skipped, as the label
     stores skip it."""
-    columns = ", ".join(f"{_quote(name)}: {_quote(kind)}" for name, kind in LABEL_TYPES.items())
+    # The text fields are read as JSON, so that one of another JSON type (a number where a
+    # name belongs) is NULL, and the line fails `_label_sql`, as `Label` refuses it.
+    texts = [name for name, kind in LABEL_TYPES.items() if kind == "VARCHAR"]
+    columns = ", ".join(
+        f"{_quote(name)}: {_quote('JSON' if name in texts else kind)}"
+        for name, kind in LABEL_TYPES.items()
+    )
+    selected = ", ".join(
+        f"CASE WHEN json_type({name}) = 'VARCHAR' THEN {name} ->> '$' END AS {name}"
+        if name in texts
+        else name
+        for name in LABEL_TYPES
+    )
     return (
-        "(SELECT *, row_number() OVER () AS line FROM "  # noqa: S608 - constants and a quoted path
+        f"(SELECT {selected}, row_number() OVER () AS line FROM "  # noqa: S608 - constants and a quoted path
         f"read_json({_quote(str(path))}, format = 'newline_delimited', "
         f"columns = {{{columns}}}, ignore_errors = true))"
     )
@@ -532,8 +562,10 @@ def _labels_of(rows: Iterable[str]) -> dict[str, Label]:
             data.pop("normalisation", None)
         try:
             label = Label.from_json(json.dumps(data))
-        except ValueError:
-            continue  # a line the label stores skip too (Label's other checks)
+        except ValueError as exc:
+            # The label stores would skip this line and count an earlier one: only the
+            # record reader, which checks every line, can say which (`_label_sql`).
+            raise EngineUnreadable(f"a label line outside the documented format: {exc}") from exc
         found[label.record_id] = label
     return found
 

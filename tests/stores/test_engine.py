@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -417,6 +419,45 @@ def test_the_engine_reads_the_label_file_as_the_label_store_does(tmp_path: Path)
     assert {rid for rid in reported if rid in stored} <= with_sample.labels.keys()
     assert all(stored[rid] == label for rid, label in with_sample.labels.items())
     assert len(with_sample.labels) < len(found.labels)
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda line: line.replace('"labeller":"', '"labeller":"\\u0007'),  # not printable
+        lambda line: line.replace('"labeller":"t"', '"labeller":" "'),  # blank
+        lambda line: line.replace('"labeller":"t"', '"labeller":5'),  # not a string
+        lambda line: line.replace('"text":"', '"text":"  '),  # not stripped
+        lambda line: line.replace('"text":"', '"text":"\\u00a0'),  # not stripped (NBSP)
+        lambda line: line.replace('"labelled_at":"', '"labelled_at":"x'),  # not a time
+        lambda line: re.sub(r'"labelled_at":"(\d{4})-\d\d', r'"labelled_at":"\1-13', line),
+        lambda line: line.replace('"source":"api"', '"source":"API"'),
+    ],
+)
+def test_a_later_line_the_label_store_refuses_does_not_count(
+    tmp_path: Path, spoil: Callable[[str], str]
+) -> None:
+    """A later line of a record that `Label` refuses leaves the earlier label current, on
+    the engine's reading as in the label store: it fails the engine's SQL checks, or the
+    engine says it cannot read the store (the caller then reads it record by record)."""
+    records, labels = traffic(12)
+    write_jsonl(tmp_path / "outcomes.jsonl", records)
+    evidence = [r for r in records if r.experiment == "e"]
+    rid = next(r.record_id for r in evidence if r.record_id in labels and r.text)
+    later = Label(record_id=rid, text="a wholly different later text", labeller="t", source="api")
+    lines = [label.to_json() for label in labels.values()] + [spoil(later.to_json())]
+    (tmp_path / "labels.jsonl").write_text("\n".join(lines) + "\n", encoding="ascii")
+    stored = asyncio.run(
+        FileReader(tmp_path / "outcomes.jsonl", tmp_path / "labels.jsonl").labels("e")
+    )
+    assert stored[rid] == labels[rid]
+    engine = DuckDbEngine.jsonl(tmp_path / "outcomes.jsonl")
+    try:
+        found = engine.evidence(AnalysisWindow("e"), 10**6)
+    except EngineUnreadable:
+        return
+    assert_same(observe(evidence, stored), found.observations)
+    assert found.labels[rid] == labels[rid]
 
 
 def _targets(records: list[OutcomeRecord], rid: str) -> tuple[OutcomeRecord, list[OutcomeRecord]]:
