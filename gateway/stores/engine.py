@@ -84,13 +84,30 @@ MEMORY_LIMIT_MIN: Final = 400 << 20
 _PARQUET_RATIO: Final = 8  # a Parquet export is about an eighth of its JSON lines
 
 
-def memory_limit(source_bytes: int) -> int:
-    """DuckDB's memory limit for a source of this many bytes of JSON lines."""
+# Where a container's memory limit is (cgroup v2, then v1): the machine's memory is not
+# what a process in a container may use.
+_CGROUP_LIMITS: Final = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
+
+
+def memory_limit(source_bytes: int, cgroup_limits: Sequence[Path] = _CGROUP_LIMITS) -> int:
+    """DuckDB's memory limit for a source of this many bytes of JSON lines: half the source,
+    at least MEMORY_LIMIT_MIN, at most half the memory this process may use (the machine's,
+    or its container's limit if lower)."""
     try:
-        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):  # not on this system: no cap beyond the source's
-        physical = 4 * source_bytes
-    return max(MEMORY_LIMIT_MIN, min(source_bytes // 2, physical // 2))
+        available = 4 * source_bytes
+    for path in cgroup_limits:
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if text.isdigit():  # "max" (v2) or a huge number (v1): no limit
+            available = min(available, int(text))
+    return max(MEMORY_LIMIT_MIN, min(source_bytes // 2, available // 2))
 
 
 def _sql_type(hint: Any) -> str:

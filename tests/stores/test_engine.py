@@ -24,7 +24,7 @@ from gateway.errors import EngineUnreadable
 from gateway.outcomes.label_scores import score_targets, scored
 from gateway.outcomes.labels import Label
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
-from gateway.stores.engine import DuckDbEngine, category_sql
+from gateway.stores.engine import MEMORY_LIMIT_MIN, DuckDbEngine, category_sql, memory_limit
 from gateway.stores.lake import append_outcomes, lake_sources
 from gateway.stores.reader import FileReader
 
@@ -474,3 +474,17 @@ def test_an_engine_without_a_label_file_has_no_labels(tmp_path: Path) -> None:
     found = DuckDbEngine.jsonl(tmp_path / "outcomes.jsonl").evidence(AnalysisWindow("e"), 100)
     assert found.labels == {}
     assert_same(observe([r for r in records if r.experiment == "e"], {}), found.observations)
+
+
+def test_the_memory_limit_keeps_within_a_containers_limit(tmp_path: Path) -> None:
+    """Half the source, at least the minimum, at most half of the container's memory limit
+    where one is set (cgroup v2 "max" and v1's huge number mean none)."""
+    limit = tmp_path / "memory.max"
+    limit.write_text("1000000000\n")
+    none = tmp_path / "none"
+    none.write_text("max\n")
+    big = 10**12
+    assert memory_limit(big, [limit]) == 500_000_000
+    assert memory_limit(big, [none, tmp_path / "absent"]) > 500_000_000
+    assert memory_limit(10, [limit]) == MEMORY_LIMIT_MIN
+    assert memory_limit(1_600_000_000, [none]) == 800_000_000
