@@ -321,6 +321,7 @@ def fast_path_step(session: Any, wire: bytes) -> Callable[[], object] | None:
     queue.take = session.audio_now
     reader = WebSocketReader(queue, 1 << 20, compress=False, decode_text=True)
     session._pump_idle = True  # as while the pump waits for the next message
+    queue.parked = True  # the pump parked in the queue's read(), as between messages
     turn = next(iter(session._relay._turns.values()))
 
     def step() -> None:
