@@ -287,6 +287,8 @@ HEAVY = (
     "aiohttp",
     "pydantic",
     "duckdb",
+    "clickhouse_connect",
+    "chdb",
 )
 
 

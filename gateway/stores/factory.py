@@ -170,7 +170,7 @@ def analysis_engine(
     from gateway.stores.engine import DuckDbEngine  # DuckDB only in analysing processes
 
     if settings.store == "file":
-        return DuckDbEngine.jsonl(settings.path, threads=threads)
+        return DuckDbEngine.jsonl(settings.path, labels_path=labels_path(settings), threads=threads)
     return None
 
 
