@@ -65,7 +65,7 @@ from gateway.stores.clickhouse_sql import (
     table_source,
     valid_sql,
 )
-from gateway.stores.engine import RETRY_GAP_S
+from gateway.stores.engine import COUNT_NAMES, RETRY_GAP_S
 from gateway.stores.lake import OUTCOME_COLUMNS
 
 Params = Mapping[str, str]
@@ -474,20 +474,6 @@ SETTINGS join_use_nulls = 0
 # join_use_nulls = 0: a variant missing from one part reads 0 (and [] backends), which is
 # DuckDB's coalesce(..., 0).
 
-_COUNT_NAMES: Final = (
-    "units",
-    "sessions",
-    "forced",
-    "failed_over",
-    "failed_attempts",
-    "client_sessions",
-    "retried_client_sessions",
-    "failed_client_sessions",
-    "utterances",
-    "labelled",
-    "unscorable",
-)
-
 
 def _fill_variants(
     con: Connection, phases: dict[str, PhaseObservations], labels: Mapping[str, Label]
@@ -498,7 +484,7 @@ def _fill_variants(
         phases[phase_id].variants[name] = VariantObservations(
             name,
             frozenset(backends or ()),
-            **dict(zip(_COUNT_NAMES, (int(c or 0) for c in counts), strict=True)),
+            **dict(zip(COUNT_NAMES, (int(c or 0) for c in counts), strict=True)),
             table=_outcome_table(con, phase_id, name),
             scores=_scored_table(con, phase_id, name, labels),
         )

@@ -19,15 +19,12 @@ from pathlib import Path
 from typing import Any, Final, get_args, get_type_hints
 
 from gateway.outcomes.record import (
-    CANCELLED_PREFIXES,
-    CATEGORIES,
     FIELD_NAMES,
     MAX_COUNT,
     MAX_MS,
-    NO_MATCH_STATUSES,
-    REFUSAL_STATUSES,
     OutcomeRecord,
 )
+from gateway.stores import engine
 from gateway.stores.lake import OUTCOME_COLUMNS
 
 # The export's (and the JSONL record's) column types, as ClickHouse names them.
@@ -61,18 +58,7 @@ def _in(values: Sequence[str]) -> str:
 def category_sql() -> str:
     """`gateway.outcomes.record.category` as ClickHouse SQL: the index into CATEGORIES
     (`gateway.stores.engine.category_sql`, with ClickHouse's `startsWith`)."""
-    index = {name: CATEGORIES.index(name) for name in CATEGORIES}
-    cancelled = " OR ".join(
-        f"startsWith(coalesce(error_code, ''), {quote(p)})" for p in CANCELLED_PREFIXES
-    )
-    return (
-        "CASE WHEN kind = 'session_failure' THEN "
-        f"(CASE WHEN status IN {_in(list(REFUSAL_STATUSES))} OR {cancelled} "
-        f"THEN {index['cancellation']} ELSE {index['error']} END) "
-        f"WHEN status = 'Success' THEN {index['success']} "
-        f"WHEN status IN {_in(list(NO_MATCH_STATUSES))} THEN {index['no_match']} "
-        f"ELSE {index['error']} END"
-    )
+    return engine.category_sql("startsWith")
 
 
 def _base(hint: Any) -> tuple[Any, bool]:

@@ -162,11 +162,12 @@ def _in(values: Sequence[str]) -> str:
     return "(" + ", ".join(_quote(v) for v in sorted(values)) + ")"
 
 
-def category_sql() -> str:
-    """`gateway.outcomes.record.category` as an SQL expression: the index into CATEGORIES."""
+def category_sql(starts_with: str = "starts_with") -> str:
+    """`gateway.outcomes.record.category` as an SQL expression: the index into CATEGORIES
+    (`starts_with`: the dialect's prefix test, ClickHouse's `startsWith`)."""
     index = {name: CATEGORIES.index(name) for name in CATEGORIES}
     cancelled = " OR ".join(
-        f"starts_with(coalesce(error_code, ''), {_quote(p)})" for p in CANCELLED_PREFIXES
+        f"{starts_with}(coalesce(error_code, ''), {_quote(p)})" for p in CANCELLED_PREFIXES
     )
     return (
         "CASE WHEN kind = 'session_failure' THEN "
@@ -674,7 +675,7 @@ LEFT JOIN forced USING (phase, variant)
 
 
 # The counts of `VariantObservations`, in the order _COUNTS_SQL selects them.
-_COUNT_NAMES: Final = (
+COUNT_NAMES: Final = (
     "units",
     "sessions",
     "forced",
@@ -705,7 +706,7 @@ def _fill_variants(
         phases[phase_id].variants[name] = VariantObservations(
             name,
             frozenset(backends),
-            **dict(zip(_COUNT_NAMES, map(int, counts), strict=True)),
+            **dict(zip(COUNT_NAMES, map(int, counts), strict=True)),
             table=table,
             scores=scores,
         )
