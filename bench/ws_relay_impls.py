@@ -53,6 +53,18 @@ def _free_port() -> int:
 # -- the sink (the "backend") -------------------------------------------------------------------
 
 
+async def _serve_forever(handler: Any, port: int) -> None:
+    """Serve the aiohttp `handler` at / on `port` until the process is stopped."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
+    await asyncio.Event().wait()
+
+
 async def _sink(port: int) -> None:
     from aiohttp import web
 
@@ -63,12 +75,7 @@ async def _sink(port: int) -> None:
             pass
         return ws
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
-    await asyncio.Event().wait()
+    await _serve_forever(handler, port)
 
 
 # -- the relays ------------------------------------------------------------------------------
@@ -115,12 +122,7 @@ async def _aiohttp_relay(port: int, sink: str, fast: bool) -> None:
             await upstream.close()
         return client
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
-    await asyncio.Event().wait()
+    await _serve_forever(handler, port)
 
 
 async def _picows_relay(port: int, sink: str) -> None:

@@ -10,7 +10,7 @@ import io
 import os
 import socket
 import wave
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -403,6 +403,26 @@ async def test_a_body_over_the_limit_is_413_and_the_gateway_keeps_serving(
 
 
 @asynccontextmanager
+async def serving(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """An HTTP backend answering POSTs to the short-audio path with `handler`. Yields its
+    URL."""
+    app = web.Application()
+    app.router.add_post(PATH, handler)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+        sock.close()
+
+
+@asynccontextmanager
 async def breaking_backend() -> AsyncIterator[str]:
     """An HTTP backend that reads the request, starts a 200 JSON answer and then drops the
     connection halfway through it. Yields its URL."""
@@ -416,18 +436,8 @@ async def breaking_backend() -> AsyncIterator[str]:
         request.transport.close()
         return answer
 
-    app = web.Application()
-    app.router.add_post(PATH, handler)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        await runner.cleanup()
-        sock.close()
+    async with serving(handler) as url:
+        yield url
 
 
 async def test_a_backend_breaking_off_its_answer_breaks_off_the_clients(tmp_path: Path) -> None:
@@ -478,18 +488,8 @@ async def compressing_backend(seen: list[str | None]) -> AsyncIterator[str]:
             answer.enable_compression(web.ContentCoding.gzip)
         return answer
 
-    app = web.Application()
-    app.router.add_post(PATH, handler)
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        await runner.cleanup()
-        sock.close()
+    async with serving(handler) as url:
+        yield url
 
 
 async def test_content_coding_is_the_clients_as_directly(tmp_path: Path) -> None:
