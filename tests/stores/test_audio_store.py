@@ -208,3 +208,36 @@ async def test_an_undatable_sidecar_does_not_stop_retention(tmp_path: Path) -> N
         await store.put(capture, wav)
     assert await store.expire(datetime(2026, 6, 1, tzinfo=UTC)) == 1
     assert await store.captures("exp") == [undated]
+
+
+async def test_retention_removes_what_a_crash_left(tmp_path: Path) -> None:
+    """A WAV whose sidecar never came, one whose sidecar a crash left empty (sidecars are
+    renamed into place but not flushed) and a temporary file go once old; nobody lists them,
+    and a listed capture and a young orphan stay."""
+    store = LocalAudioStore(tmp_path)
+    wav = make_wav(b"\x08\x00" * 400)
+    kept = make_capture(wav, captured_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"))
+    await store.put(kept, wav)
+    folder = tmp_path / "exp"
+    lonely, torn, young = (folder / f"{uuid.uuid4().hex}.wav" for _ in range(3))
+    for path in (lonely, torn, young):
+        path.write_bytes(wav)
+    torn.with_suffix(".json").write_bytes(b"")
+    leftover = folder / f"{uuid.uuid4().hex}.json.tmp"
+    leftover.write_bytes(b"{")
+    cutoff = datetime.now(UTC) - timedelta(hours=1)
+    long_ago = (cutoff - timedelta(days=1)).timestamp()
+    for path in (
+        lonely,
+        torn,
+        torn.with_suffix(".json"),
+        leftover,
+        folder / f"{kept.capture_id}.wav",
+    ):
+        os.utime(path, (long_ago, long_ago))
+    assert await store.captures("exp") == [kept]
+    assert await store.expire(cutoff) == 0
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [f"{kept.capture_id}.wav", f"{kept.capture_id}.json", young.name]
+    )
+    assert await store.wav(kept.capture_id) == wav
