@@ -102,9 +102,13 @@ async def test_the_report_is_computed_in_a_child_process(
     assert pid is not None
     assert pid != os.getpid()
     assert pid in children()
-    # It yields the CPU to the relays: a lower scheduling priority than its gateway's.
+    # It yields the CPU to the relays: every thread in the idle scheduling class (Linux),
+    # and a lower priority than its gateway's.
     niceness = min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICENESS)
     assert os.getpriority(os.PRIO_PROCESS, pid) == niceness
+    threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    assert {os.sched_getscheduler(tid) for tid in threads} == {os.SCHED_IDLE}
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
     status, _ = await analysis(client, "?phase=p1")
     assert status == 200
     assert worker.pid == pid
