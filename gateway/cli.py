@@ -243,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "config":
             if args.file is not None and config is not None and args.file != config:
                 raise ConfigError("--config", f"names {config}, but the file given is {args.file}")
-            from gateway.config.gateway import build_gateway_config
+            from gateway.config.gateway_config import build_gateway_config
             from gateway.config.settings import config_path, load_settings
 
             path = config_path(args.file or config)

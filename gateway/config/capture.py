@@ -164,7 +164,7 @@ class _Named(Protocol):
 
 
 class _Experiment(Protocol):
-    """What of `gateway.config.gateway.ExperimentSettings` the policies need (that module
+    """What of `gateway.config.experiments.ExperimentSettings` the policies need (that module
     imports this one, so it is not imported here)."""
 
     @property

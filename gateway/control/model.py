@@ -1,8 +1,8 @@
 """The experiment model the per-request path reads: frozen, slotted values, no pydantic.
 
-`gateway.config.gateway.build_gateway_config` is the only producer of a `GatewayConfig`; it
-validates everything, so the values here trust their fields. `gateway.control.assignment`
-turns an `Experiment` and a unit id into a `Variant`.
+`gateway.config.gateway_config.build_gateway_config` is the only producer of a
+`GatewayConfig`; it validates everything, so the values here trust their fields.
+`gateway.control.assignment` turns an `Experiment` and a unit id into a `Variant`.
 """
 
 from __future__ import annotations

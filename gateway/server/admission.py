@@ -18,7 +18,7 @@ from typing import Final
 
 from aiohttp import web
 
-from gateway.config.gateway import LimitSettings
+from gateway.config.limits import LimitSettings
 from gateway.control.routing import Route
 from gateway.errors import Limit, LimitExceeded
 from gateway.logging import get_logger

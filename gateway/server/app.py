@@ -20,7 +20,7 @@ from aiohttp import hdrs, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.config.capture import capture_policies, consenting_clients
-from gateway.config.gateway import build_gateway_config
+from gateway.config.gateway_config import build_gateway_config
 from gateway.config.settings import Settings
 from gateway.control.plane import ControlPlane
 from gateway.control.routing import Route, RouteError, plan_route

@@ -72,7 +72,7 @@ from aiohttp import web
 from prometheus_client import Gauge
 from prometheus_client.core import GaugeMetricFamily
 
-from gateway.config.gateway import build_gateway_config
+from gateway.config.gateway_config import build_gateway_config
 from gateway.config.settings import Settings
 from gateway.errors import ConfigError, GatewayError
 from gateway.logging import get_logger

@@ -29,7 +29,7 @@ from gateway.analysis.style import load_synonyms
 from gateway.analysis.term_corpus import experiment_terms
 from gateway.analysis.text_report import render_text
 from gateway.analysis.word_errors import alignment_rows, write_alignments
-from gateway.config.gateway import build_gateway_config
+from gateway.config.gateway_config import build_gateway_config
 from gateway.config.settings import Settings
 from gateway.control.model import Experiment
 from gateway.errors import ConfigError, StoreUnavailable

@@ -29,7 +29,7 @@ from gateway.analysis.html_report import render_html
 from gateway.analysis.model import ExperimentInfo
 from gateway.analysis.report import analyze
 from gateway.analysis.text_report import render_text
-from gateway.config.gateway import build_gateway_config
+from gateway.config.gateway_config import build_gateway_config
 from gateway.config.settings import load_settings
 from gateway.control.model import hash_key
 from gateway.stores.preference_store import PREFERENCES_FILE_NAME

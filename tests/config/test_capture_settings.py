@@ -10,7 +10,8 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from gateway.config.capture import AudioSettings, capture_policies, consenting_clients
-from gateway.config.gateway import GatewaySettings, build_gateway_config
+from gateway.config.gateway import GatewaySettings
+from gateway.config.gateway_config import build_gateway_config
 from gateway.control.model import hash_key
 from gateway.errors import ConfigError
 from gateway.session.capture import CapturePolicy, CaptureReason

@@ -1,5 +1,6 @@
-"""Tests for gateway.config.gateway and gateway.control.model: the `[gateway]` section, its
-validation (each rule names its field), client authentication, targeting and selection."""
+"""Tests for the `[gateway]` section (gateway.config.gateway and the backends, experiments
+and limits tables it holds), its validation in gateway.config.gateway_config (each rule names
+its field) and gateway.control.model: client authentication, targeting and selection."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from gateway.config.gateway import GatewaySettings, build_gateway_config
+from gateway.config.gateway import GatewaySettings
+from gateway.config.gateway_config import build_gateway_config
 from gateway.config.settings import load_settings
 from gateway.control.assignment import phase_id
 from gateway.control.model import (

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.gateway import build_gateway_config
+from gateway.config.gateway_config import build_gateway_config
 from gateway.config.settings import Settings
 from gateway.control import plane as plane_module
 from gateway.control.model import GatewayConfig

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.config.gateway import build_gateway_config
+from gateway.config.gateway_config import build_gateway_config
 from gateway.config.settings import Settings
 from gateway.control.assignment import resolve
 from gateway.control.model import Client, Experiment

@@ -229,7 +229,7 @@ ALLOWED = {
     ("gateway/protocol/usp.py", "key == 'x-requestid'"),
     ("gateway/analysis/report.py", "key == phase"),
     # Configuration checks against the public digest of the empty string, at start-up.
-    ("gateway/config/gateway.py", "client.key_sha256 == _EMPTY_KEY_DIGEST"),
+    ("gateway/config/gateway_config.py", "client.key_sha256 == _EMPTY_KEY_DIGEST"),
     ("gateway/server/admin/auth.py", "digest == _EMPTY_DIGEST"),
 }
 

@@ -28,7 +28,7 @@ from security_support import (
 )
 from support import CLIENT_KEY, read_outcomes
 
-from gateway.config.gateway import build_gateway_config
+from gateway.config.gateway_config import build_gateway_config
 from gateway.control.assignment import assign
 from gateway.control.routing import MAX_UNIT_ID
 from gateway.outcomes.privacy import PSEUDONYM_LENGTH, pseudonymise

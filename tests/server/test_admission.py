@@ -6,7 +6,7 @@ from contextlib import ExitStack
 
 import pytest
 
-from gateway.config.gateway import LimitSettings
+from gateway.config.limits import LimitSettings
 from gateway.errors import Limit, LimitExceeded
 from gateway.server.admission import BUSY_RETRY_AFTER_S, Admission, AdmissionPolicy, TokenBucket
 from gateway.server.sessions import LiveSessions

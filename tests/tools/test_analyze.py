@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from traffic import Traffic
 
 from gateway.cli import main
-from gateway.config.gateway import build_gateway_config
+from gateway.config.gateway_config import build_gateway_config
 from gateway.config.settings import load_settings
 from gateway.logging import configure_logging
 from gateway.outcomes.labels import LabelInput

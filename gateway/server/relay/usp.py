@@ -38,7 +38,7 @@ from aiohttp._websocket.models import WSMessage
 from aiohttp.hdrs import SEC_WEBSOCKET_PROTOCOL
 from multidict import CIMultiDictProxy
 
-from gateway.config.gateway import LimitSettings
+from gateway.config.limits import LimitSettings
 from gateway.control.routing import Route
 from gateway.errors import (
     CloseCode,

@@ -18,7 +18,8 @@ from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 from support import DATA, EMULATOR_KEY, silence, write_wav
 
-from gateway.config.gateway import GatewaySettings, build_gateway_config
+from gateway.config.gateway import GatewaySettings
+from gateway.config.gateway_config import build_gateway_config
 from gateway.config.settings import EmulatorSettings
 from gateway.control.model import GatewayConfig
 from gateway.control.plane import ControlPlane

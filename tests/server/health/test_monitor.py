@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from gateway.config.gateway import build_gateway_config
+from gateway.config.gateway_config import build_gateway_config
 from gateway.config.settings import Settings
 from gateway.control.model import GatewayConfig
 from gateway.control.plane import ControlPlane
