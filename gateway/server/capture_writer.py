@@ -107,10 +107,10 @@ class CaptureWriter:
         """Queue a selected utterance for the store; never waits (a full queue or budget:
         dropped, counted)."""
         if self._closing or self._queue.full():
-            self._drop(utterance.experiment, DropReason.QUEUE_FULL)
+            self._refuse(utterance, DropReason.QUEUE_FULL)
             return
         if not self.budget.take(len(utterance.pcm)):
-            self._drop(utterance.experiment, DropReason.TOTAL_BYTES)
+            self._refuse(utterance, DropReason.TOTAL_BYTES)
             return
         self._queue.put_nowait(utterance)
         self._metrics.capture_buffered_bytes.set(self.budget.used)
@@ -139,7 +139,7 @@ class CaptureWriter:
         while not self._queue.empty():
             utterance = self._queue.get_nowait()
             self._dequeued(utterance)
-            self._drop(utterance.experiment, DropReason.STORE_UNAVAILABLE)
+            self._refuse(utterance, DropReason.STORE_UNAVAILABLE)
         await self.store.close()
 
     async def write(self, utterance: CapturedUtterance) -> bool:
@@ -165,14 +165,14 @@ class CaptureWriter:
         try:
             await self.store.put(capture, wav)
         except AudioStoreFull:
-            self._drop(capture.experiment, DropReason.STORE_FULL)
+            self._refuse(utterance, DropReason.STORE_FULL)
             return False
         except UnitDeleted:
-            self._drop(capture.experiment, DropReason.DELETED_UNIT)
+            self._refuse(utterance, DropReason.DELETED_UNIT)
             return False
         except StoreUnavailable as exc:
             log.warning("capture_store_unavailable", error=exc.reason)
-            self._drop(capture.experiment, DropReason.STORE_UNAVAILABLE)
+            self._refuse(utterance, DropReason.STORE_UNAVAILABLE)
             return False
         self.stored += 1
         self._metrics.capture_stored(capture.experiment, capture.reason.value)
@@ -192,6 +192,12 @@ class CaptureWriter:
             log.info("captures_expired", removed=removed)
         return removed
 
+    def _refuse(self, utterance: CapturedUtterance, reason: DropReason) -> None:
+        """Drop a selected utterance (counted) and give its place in the day's cap back: the
+        cap counts captures stored, not attempts (an unreachable store does not use it up)."""
+        self._quota.give_back(utterance.experiment, utterance.quota_day)
+        self._drop(utterance.experiment, reason)
+
     def _drop(self, experiment: str, reason: DropReason) -> None:
         self.dropped += 1
         self._metrics.capture_dropped(experiment, reason.value)
@@ -204,7 +210,7 @@ class CaptureWriter:
                 await self.write(utterance)
             except Exception as exc:  # one bad capture must not stop the writer
                 log.error("capture_write_failed", error=f"{type(exc).__name__}: {exc}"[:300])
-                self._drop(utterance.experiment, DropReason.STORE_UNAVAILABLE)
+                self._refuse(utterance, DropReason.STORE_UNAVAILABLE)
             finally:
                 self._dequeued(utterance)
                 self._queue.task_done()

@@ -164,7 +164,9 @@ class CaptureQuota:
         self._day: date | None = None
         self._taken: dict[str, int] = {}
 
-    def take(self, experiment: str, policy: CapturePolicy, priority: bool) -> bool:
+    def take(self, experiment: str, policy: CapturePolicy, priority: bool) -> date | None:
+        """A place in today's cap: the UTC day it was taken on, or None when the day's cap
+        (less the priorities' reserve, for a uniform capture) is reached."""
         day = self._today()
         if day != self._day:
             self._day, self._taken = day, {}
@@ -172,9 +174,15 @@ class CaptureQuota:
         cap = policy.daily_cap
         limit = cap if priority else cap - round(cap * policy.priority_reserve)
         if taken >= limit:
-            return False
+            return None
         self._taken[experiment] = taken + 1
-        return True
+        return day
+
+    def give_back(self, experiment: str, day: date | None) -> None:
+        """Return the place a capture took on `day` that was dropped before it was stored,
+        so the cap counts stored captures (a place of an earlier day is gone with it)."""
+        if day is not None and day == self._day and self._taken.get(experiment, 0) > 0:
+            self._taken[experiment] -= 1
 
 
 class CaptureBudget:
@@ -211,6 +219,8 @@ class CapturedUtterance:
     shadows: tuple[CapturedResult, ...]
     fmt: WaveFormat
     pcm: bytes
+    # The UTC day whose cap (`CaptureQuota`) it counts in; given back if it is dropped.
+    quota_day: date | None = None
 
     @property
     def duration_ms(self) -> int:
@@ -518,7 +528,8 @@ class SessionCapture:
             # The session's copy goes back before the writer takes the cut's bytes from the
             # same budget (`CaptureBudget`), so an utterance is never counted twice.
             self._trim(turn)
-            if not self._quota.take(identity.experiment, self._policy, priority):
+            quota_day = self._quota.take(identity.experiment, self._policy, priority)
+            if quota_day is None:
                 self._drop(DropReason.DAILY_CAP)
                 return
             assert turn is not None  # pcm was cut from it
@@ -538,6 +549,7 @@ class SessionCapture:
                     ),
                     fmt=turn.fmt,
                     pcm=pcm,
+                    quota_day=quota_day,
                 )
             )
         finally:

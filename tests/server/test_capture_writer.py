@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from gateway.session.capture import (
     CapturedResult,
     CapturedUtterance,
     CapturePolicy,
+    CaptureQuota,
     CaptureReason,
     CaptureSample,
 )
@@ -28,7 +29,9 @@ from gateway.stores.audio_store import Capture, LocalAudioStore
 EVERYTHING = {"exp": CapturePolicy(share=1.0)}
 
 
-def utterance(unit: str = "u1", pcm: bytes | None = None) -> CapturedUtterance:
+def utterance(
+    unit: str = "u1", pcm: bytes | None = None, quota_day: date | None = None
+) -> CapturedUtterance:
     return CapturedUtterance(
         experiment="exp",
         phase="p-1",
@@ -42,6 +45,7 @@ def utterance(unit: str = "u1", pcm: bytes | None = None) -> CapturedUtterance:
         shadows=(),
         fmt=PCM_16K_MONO,
         pcm=os.urandom(3200) if pcm is None else pcm,
+        quota_day=quota_day,
     )
 
 
@@ -142,6 +146,52 @@ async def test_an_unavailable_store_drops_and_counts(tmp_path: Path) -> None:
     labels = {"experiment": "exp", "cause": "store_unavailable"}
     assert sample(metrics, "speech_gateway_captures_dropped_total", **labels) == 3
     assert writer.dropped == 3
+
+
+async def test_a_dropped_capture_gives_its_place_in_the_daily_cap_back(tmp_path: Path) -> None:
+    """The daily cap counts stored captures: places taken by captures the store (or the
+    queue) dropped come back the same day, a stored capture's does not."""
+    today = date(2026, 12, 7)
+    quota = CaptureQuota(lambda: today)
+    policy = CapturePolicy(share=1.0, daily_cap=2, priority_reserve=0.0)
+    days = [quota.take("exp", policy, priority=False) for _ in range(2)]
+    assert days == [today, today]
+    assert quota.take("exp", policy, priority=False) is None  # the cap is reached
+    failing = CaptureWriter(
+        FailingStore(tmp_path),
+        EVERYTHING,
+        frozenset({"app"}),
+        AudioSettings(),
+        GatewayMetrics(),
+        quota=quota,
+    )
+    for day in days:
+        assert not await failing.write(utterance(quota_day=day))
+    assert failing.dropped == 2
+    stored = CaptureWriter(
+        LocalAudioStore(tmp_path),
+        EVERYTHING,
+        frozenset({"app"}),
+        AudioSettings(),
+        GatewayMetrics(),
+        quota=quota,
+    )
+    for _ in range(2):
+        day = quota.take("exp", policy, priority=False)
+        assert day == today
+        assert await stored.write(utterance(quota_day=day))
+    assert quota.take("exp", policy, priority=False) is None
+    # A place of an earlier day is not given back to today's cap.
+    late = CaptureWriter(
+        FailingStore(tmp_path),
+        EVERYTHING,
+        frozenset({"app"}),
+        AudioSettings(),
+        GatewayMetrics(),
+        quota=quota,
+    )
+    assert not await late.write(utterance(quota_day=date(2026, 12, 6)))
+    assert quota.take("exp", policy, priority=False) is None
 
 
 async def test_full_store_and_deleted_unit_are_counted_apart(tmp_path: Path) -> None:
