@@ -157,40 +157,22 @@ async def test_a_dropped_capture_gives_its_place_in_the_daily_cap_back(tmp_path:
     days = [quota.take("exp", policy, priority=False) for _ in range(2)]
     assert days == [today, today]
     assert quota.take("exp", policy, priority=False) is None  # the cap is reached
-    failing = CaptureWriter(
-        FailingStore(tmp_path),
-        EVERYTHING,
-        frozenset({"app"}),
-        AudioSettings(),
-        GatewayMetrics(),
-        quota=quota,
+    failing, stored = (
+        CaptureWriter(
+            store, EVERYTHING, frozenset({"app"}), AudioSettings(), GatewayMetrics(), quota=quota
+        )
+        for store in (FailingStore(tmp_path), LocalAudioStore(tmp_path))
     )
     for day in days:
         assert not await failing.write(utterance(quota_day=day))
     assert failing.dropped == 2
-    stored = CaptureWriter(
-        LocalAudioStore(tmp_path),
-        EVERYTHING,
-        frozenset({"app"}),
-        AudioSettings(),
-        GatewayMetrics(),
-        quota=quota,
-    )
     for _ in range(2):
         day = quota.take("exp", policy, priority=False)
         assert day == today
         assert await stored.write(utterance(quota_day=day))
     assert quota.take("exp", policy, priority=False) is None
     # A place of an earlier day is not given back to today's cap.
-    late = CaptureWriter(
-        FailingStore(tmp_path),
-        EVERYTHING,
-        frozenset({"app"}),
-        AudioSettings(),
-        GatewayMetrics(),
-        quota=quota,
-    )
-    assert not await late.write(utterance(quota_day=date(2026, 12, 6)))
+    assert not await failing.write(utterance(quota_day=date(2026, 12, 6)))
     assert quota.take("exp", policy, priority=False) is None
 
 
