@@ -31,7 +31,8 @@ from gateway.stores.audio_store import (
     CaptureSample,
     LocalAudioStore,
 )
-from gateway.stores.label_store import FileLabelStore, labels_path_beside
+from gateway.stores.file_label_store import FileLabelStore
+from gateway.stores.label_store import labels_path_beside
 from gateway.stores.preference_store import (
     PREFERENCES_FILE_NAME,
     FilePreferenceStore,

@@ -25,16 +25,13 @@ from gateway.stores.blob_audio_store import BlobAudioStore
 from gateway.stores.control_store import FileControlStore, RedisControlStore
 from gateway.stores.counter_store import LocalCounterStore, RedisCounterStore
 from gateway.stores.failures import translated
+from gateway.stores.file_label_store import FileLabelStore
 from gateway.stores.jsonl_sink import JsonlSink
 from gateway.stores.keys import RedisKeys
-from gateway.stores.label_store import (
-    FileLabelStore,
-    LabelStore,
-    RedisLabelStore,
-    labels_path_beside,
-)
+from gateway.stores.label_store import LabelStore, labels_path_beside
 from gateway.stores.reader import FileReader, RedisReader
 from gateway.stores.redis_client import RedisClient, client_for, connect
+from gateway.stores.redis_label_store import RedisLabelStore
 from gateway.stores.redis_sink import RedisSink
 
 

@@ -37,9 +37,9 @@ from gateway.errors import StoreUnavailable
 from gateway.logging import get_logger
 from gateway.outcomes.record import InvalidRecordError, OutcomeRecord
 from gateway.stores.keys import EXPORT_GROUP, RECORD_FIELD, RedisKeys
-from gateway.stores.label_store import RedisLabelStore
 from gateway.stores.lake import LakeWriter
 from gateway.stores.redis_client import RedisClient
+from gateway.stores.redis_label_store import RedisLabelStore
 
 log = get_logger(__name__)
 

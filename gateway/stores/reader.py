@@ -4,8 +4,8 @@ An `OutcomeReader` streams one experiment's outcome records (optionally within a
 window) and hands over its labels; `FileReader` reads the embedded JSONL file
 (`gateway.stores.jsonl_sink`), `RedisReader` the experiment's Redis stream (key layout:
 `gateway.stores.keys`). Both yield each `record_id` once (the first copy), so a record that a
-retry delivered twice is counted once. The labels come from the matching
-`gateway.stores.label_store`.
+retry delivered twice is counted once. The labels come from the matching label store
+(`gateway.stores.file_label_store`, `gateway.stores.redis_label_store`).
 
 A Redis that is unavailable, or a file that cannot be read, raises `StoreUnavailable`, also
 in the middle of an iteration. A missing outcome file is not an outage: `FileReader` raises
@@ -25,9 +25,10 @@ from gateway.constants import NO_EXPERIMENT
 from gateway.outcomes.labels import Label
 from gateway.outcomes.record import InvalidRecordError, OutcomeRecord
 from gateway.stores.failures import store_iteration, translated, translated_iteration
+from gateway.stores.file_label_store import FileLabelStore
 from gateway.stores.keys import RECORD_FIELD, RedisKeys
-from gateway.stores.label_store import FileLabelStore, RedisLabelStore
 from gateway.stores.redis_client import RedisClient
+from gateway.stores.redis_label_store import RedisLabelStore
 
 _FILE_BATCH: Final = 1_000  # lines read per trip to the worker thread
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)

@@ -36,8 +36,8 @@ How a record travels:
 
 Labels: beside each new record the script keeps the label targets, the `records` hash
 (record_id -> entry id) and, for a primary utterance or request record, the `units` hash
-("<unit>:<utterance_index>" -> record ids), so that `gateway.stores.label_store` can find
-a record by id or by the unit that made it. Both follow the stream's retention: a record
+("<unit>:<utterance_index>" -> record ids), so that `gateway.stores.redis_label_store` can
+find a record by id or by the unit that made it. Both follow the stream's retention: a record
 trimmed from the stream is removed from them by the same script (the `indexed` list keeps
 them in stream order; see WRITE_SCRIPT), so their memory is bounded as the stream's is.
 

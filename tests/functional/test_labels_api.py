@@ -26,7 +26,8 @@ from gateway.outcomes.privacy import pseudonymise
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
 from gateway.server.admin.auth import AdminTokens
 from gateway.server.admin.labels import LABEL_STORE, PSEUDONYM_KEY, add_label_routes
-from gateway.stores.label_store import FileLabelStore, PutResult, UnitMatch
+from gateway.stores.file_label_store import FileLabelStore
+from gateway.stores.label_store import PutResult, UnitMatch
 from gateway.text.normalize import NORMALISATION_VERSION
 from gateway.tools.local_services import LocalEmulator
 from gateway.tools.speech_client import speech_config, transcribe_file

@@ -20,18 +20,18 @@ from gateway.errors import ConfigError
 from gateway.outcomes.labels import Label, LabelError, LabelInput, UnitQuery, stored_counts
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
 from gateway.stats.wer import WerCounts, align
+from gateway.stores.file_label_store import FileLabelStore
 from gateway.stores.keys import LABEL_FIELD, UNIT_RECORDS_MAX, RedisKeys
 from gateway.stores.label_store import (
-    FileLabelStore,
     LabelResult,
     LabelStatus,
     LabelStore,
-    RedisLabelStore,
     UnitMatch,
     import_labels,
     labels_path_beside,
 )
 from gateway.stores.redis_client import connect
+from gateway.stores.redis_label_store import RedisLabelStore
 from gateway.stores.redis_sink import RedisSink
 from gateway.text import normalize
 

@@ -20,10 +20,10 @@ from redis_servers import outcome
 from gateway.outcomes.labels import LabelInput
 from gateway.outcomes.record import InvalidRecordError
 from gateway.stores.keys import EXPORT_GROUP, RECORD_FIELD, RedisKeys
-from gateway.stores.label_store import RedisLabelStore
 from gateway.stores.lake import append_outcomes, lake_sources
 from gateway.stores.lake_follower import DEFAULT_CONSUMER, LakeFollower
 from gateway.stores.redis_client import connect
+from gateway.stores.redis_label_store import RedisLabelStore
 from gateway.stores.redis_sink import RedisSink
 
 URL = "redis://127.0.0.1:6379"

@@ -15,9 +15,10 @@ from gateway.constants import NO_EXPERIMENT
 from gateway.outcomes.labels import LabelInput
 from gateway.outcomes.ports import OutcomeReader
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
+from gateway.stores.file_label_store import FileLabelStore
 from gateway.stores.keys import RECORD_FIELD, RedisKeys
-from gateway.stores.label_store import FileLabelStore, RedisLabelStore
 from gateway.stores.reader import FileReader, RedisReader
+from gateway.stores.redis_label_store import RedisLabelStore
 from gateway.stores.redis_sink import RedisSink
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -24,10 +24,11 @@ from gateway.errors import StoreUnavailable
 from gateway.outcomes.labels import LabelInput, UnitQuery
 from gateway.stores.control_store import FileControlStore, RedisControlStore
 from gateway.stores.counter_store import RedisCounterStore
+from gateway.stores.file_label_store import FileLabelStore
 from gateway.stores.keys import RECORD_FIELD, RedisKeys
-from gateway.stores.label_store import FileLabelStore, RedisLabelStore
 from gateway.stores.reader import FileReader, RedisReader
 from gateway.stores.redis_client import REDIS_ERRORS, RedisClient, client_for, reachable
+from gateway.stores.redis_label_store import RedisLabelStore
 
 Call = Callable[[], Awaitable[Any]]
 STATE = StoredState(1, '{"weights": {}}')

@@ -20,7 +20,7 @@ from gateway.logging import configure_logging
 from gateway.outcomes.labels import LabelInput
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
 from gateway.stores.keys import RECORD_FIELD, RedisKeys
-from gateway.stores.label_store import RedisLabelStore
+from gateway.stores.redis_label_store import RedisLabelStore
 from gateway.stores.redis_sink import RedisSink
 
 
