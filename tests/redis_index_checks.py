@@ -9,7 +9,7 @@ import json
 from redis_servers import AsyncClient
 
 from gateway.stores.keys import RECORD_FIELD, UNIT_RECORDS_MAX, RedisKeys
-from gateway.stores.redis_sink import units_field_of_json
+from gateway.stores.redis_sink_script import units_field_of_json
 
 
 def _text(value: bytes | str) -> str:

@@ -65,6 +65,10 @@ ELSEWHERE: dict[str, tuple[str, ...]] = {
     "stores/keys.py": ("stores/test_redis_sink.py", "stores/test_label_store.py"),
     "stores/redis_client.py": ("stores/test_redis_sink.py", "stores/test_store_errors.py"),
     "stores/redis_label_store.py": ("stores/test_label_store.py", "stores/test_store_errors.py"),
+    "stores/redis_sink_script.py": (
+        "stores/test_redis_sink_retention.py",
+        "stores/test_redis_sink_export_guard.py",
+    ),
     "tools/demo.py": ("functional/test_demo.py",),
     "tools/http_call.py": ("tools/test_admin_cli.py", "functional/test_replay.py"),
     "tools/local_services.py": ("functional/test_demo.py", "functional/test_gateway_redis.py"),

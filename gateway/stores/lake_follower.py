@@ -12,7 +12,8 @@ stream (the experiments set, or the experiments it is given) it creates the cons
 So a follower killed at any point loses nothing (unacknowledged entries stay pending and are
 read again by the next start under the same consumer name) and duplicates nothing (the
 lake skips record ids a partition already holds). While the group exists, the outcome sink's
-retention never trims an entry the group has not acknowledged (`gateway.stores.redis_sink`).
+retention never trims an entry the group has not acknowledged
+(`gateway.stores.redis_sink_script`).
 
 Labels change at any time (review comes after the traffic); every `labels_every_s`, and
 when it stops, the follower replaces the labels file of each experiment it follows with its

@@ -45,8 +45,9 @@ class RedisLabelStore:
 
     A record's experiment is found by asking each experiment's `records` hash (the members
     of `experiments`) whether it holds the id; a unit's records, by asking each experiment's
-    `units` hash (both kept by the outcome sink's script, `gateway.stores.redis_sink`, and
-    trimmed with the stream: a record the stream no longer holds is unknown here).
+    `units` hash (both kept by the outcome sink's script,
+    `gateway.stores.redis_sink_script`, and trimmed with the stream: a record the stream no
+    longer holds is unknown here).
     Each label is then one MULTI on the experiment's keys (one Cluster slot): `HGET labels`
     (the previous label), `HSET labels` (the current one), `XADD label-audit` (every write,
     field `l`). The audit stream is never trimmed. Before it, the labelled records and the

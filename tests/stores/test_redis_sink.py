@@ -22,7 +22,8 @@ from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role
 from gateway.stores.journal import Journal
 from gateway.stores.keys import RECORD_FIELD, RedisKeys
 from gateway.stores.redis_client import REDIS_ERRORS, connect
-from gateway.stores.redis_sink import RedisSink, units_field_of_json
+from gateway.stores.redis_sink import RedisSink
+from gateway.stores.redis_sink_script import units_field_of_json
 
 KEYS = RedisKeys(prefix="test")
 EXPERIMENTS: tuple[str | None, ...] = ("checkout", "search", "support", None)

@@ -19,7 +19,8 @@ from redis_servers import RedisServer, outcome
 from gateway.outcomes.record import OutcomeRecord
 from gateway.stores.keys import RedisKeys
 from gateway.stores.redis_client import connect
-from gateway.stores.redis_sink import TRIM_PER_CALL, TRIM_PER_RECORD, RedisSink
+from gateway.stores.redis_sink import RedisSink
+from gateway.stores.redis_sink_script import TRIM_PER_CALL, TRIM_PER_RECORD
 
 KEYS = RedisKeys(prefix="retention")
 
