@@ -44,7 +44,11 @@ class Preference:
     all three are None when the capture had a single hypothesis (the review only labelled
     it). `unit` is the capture's
     pseudonymised unit (the analysis clusters by it); `sample` says how the capture was
-    drawn (`uniform` or `priority`); `withdrawn` marks an undone preference.
+    drawn (`uniform` or `priority`); `withdrawn` marks an undone preference. `records` are
+    the outcome records the review labelled (the capture's primary and shadows): kept here,
+    beside `sample`, because the capture itself expires and the analysis must still know
+    which review labels came from priority captures or were withdrawn (empty in
+    preferences written before the field existed).
     """
 
     capture_id: str
@@ -57,8 +61,15 @@ class Preference:
     variant_b: str | None
     reviewed_at: str
     withdrawn: bool = False
+    records: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.records, list):  # as JSON gives it back
+            object.__setattr__(self, "records", tuple(self.records))
+        if not isinstance(self.records, tuple) or not all(
+            isinstance(rid, str) and _CAPTURE_ID.fullmatch(rid) for rid in self.records
+        ):
+            raise PreferenceError("records: expected record ids (32 lower-case hex digits)")
         if not isinstance(self.capture_id, str) or not _CAPTURE_ID.fullmatch(self.capture_id):
             raise PreferenceError("capture_id: expected 32 lower-case hex digits")
         _name("experiment", self.experiment)

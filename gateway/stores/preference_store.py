@@ -49,6 +49,11 @@ class PreferenceStore(Protocol):
         current preference is not withdrawn."""
         ...
 
+    async def latest(self, experiment: str) -> dict[str, Preference]:
+        """capture_id -> current preference, withdrawn ones included: every capture of the
+        experiment that was ever reviewed."""
+        ...
+
 
 class FilePreferenceStore:
     """Preferences as JSON lines appended to one file (module doc).
@@ -77,6 +82,10 @@ class FilePreferenceStore:
     async def current(self, experiment: str) -> dict[str, Preference]:
         latest = await asyncio.to_thread(self._latest, experiment)
         return {cid: p for cid, p in latest.items() if not p.withdrawn}
+
+    @store_call
+    async def latest(self, experiment: str) -> dict[str, Preference]:
+        return await asyncio.to_thread(self._latest, experiment)
 
     def _append(self, line: str) -> None:
         with self._lock:
@@ -142,11 +151,16 @@ class RedisPreferenceStore:
 
     @store_call
     async def current(self, experiment: str) -> dict[str, Preference]:
+        latest = await self.latest(experiment)
+        return {cid: p for cid, p in latest.items() if not p.withdrawn}
+
+    @store_call
+    async def latest(self, experiment: str) -> dict[str, Preference]:
         raw = await self.client.hgetall(self._key(experiment, "preferences"))
         found: dict[str, Preference] = {}
         for value in raw.values():
             preference = self._parse(value)
-            if preference is not None and not preference.withdrawn:
+            if preference is not None:
                 found[preference.capture_id] = preference
         return found
 

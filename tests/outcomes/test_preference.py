@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -35,10 +36,15 @@ def test_the_choice_maps_back_to_the_variant_shown_in_that_slot() -> None:
 
 def test_it_round_trips_through_json_and_withdraws() -> None:
     """to_json/from_json keep every field; withdraw marks it and keeps the rest."""
-    preference = make()
+    preference = make(records=("1" * 32, "2" * 32))
     assert Preference.from_json(preference.to_json()) == preference
+    assert Preference.from_json(preference.to_json()).records == ("1" * 32, "2" * 32)
+    # A preference written before `records` existed reads back with none.
+    older = {k: v for k, v in json.loads(preference.to_json()).items() if k != "records"}
+    assert Preference.from_json(json.dumps(older)).records == ()
     undone = preference.withdraw("2026-12-07T11:00:00.000Z")
     assert undone.withdrawn
+    assert undone.records == preference.records
     assert undone.choice == preference.choice
     assert undone.reviewed_at == "2026-12-07T11:00:00.000Z"
 
@@ -54,6 +60,8 @@ def test_it_round_trips_through_json_and_withdraws() -> None:
         ({"reviewer": "a b"}, "reviewer"),
         ({"unit": ""}, "unit"),
         ({"sample": "random"}, "sample"),
+        ({"records": ("not-a-record-id",)}, "records"),
+        ({"records": "1" * 32}, "records"),
     ],
 )
 def test_an_invalid_preference_names_its_field(changes: dict[str, Any], field: str) -> None:

@@ -83,6 +83,8 @@ async def test_a_withdrawn_preference_is_not_current_but_is_found(store: Prefere
     assert found is not None
     assert found.withdrawn
     assert await store.get("checkout", make(9).capture_id) is None
+    assert await store.latest("checkout") == {preference.capture_id: found}
+    assert await store.latest("nothing") == {}
 
 
 async def test_every_write_is_kept_in_the_audit_trail(
