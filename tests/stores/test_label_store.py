@@ -1,4 +1,5 @@
-"""Tests for gateway.stores.label_store: labels beside the outcomes, in a file or in Redis."""
+"""Tests for gateway.stores.label_store and its two stores (gateway.stores.file_label_store,
+gateway.stores.redis_label_store): labels beside the outcomes, in a file or in Redis."""
 
 from __future__ import annotations
 

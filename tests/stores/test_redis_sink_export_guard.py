@@ -1,7 +1,7 @@
-"""Tests for the export guard of gateway.stores.redis_sink against the shared Redis (own key
-prefix): while an outcome stream has the export consumer group, retention (MAXLEN and age)
-never trims an entry the group has not acknowledged, says so (log and metric), and catches
-up once it has."""
+"""Tests for the export guard of gateway.stores.redis_sink (its script,
+gateway.stores.redis_sink_script) against the shared Redis (own key prefix): while an outcome
+stream has the export consumer group, retention (MAXLEN and age) never trims an entry the
+group has not acknowledged, says so (log and metric), and catches up once it has."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""Tests for gateway.stores.redis_sink against a real redis-server: the `records` and
-`units` hashes (the label indexes) follow the stream's retention, so their memory is bounded,
-and they index exactly what the stream still holds, also with several sinks (replicas)."""
+"""Tests for gateway.stores.redis_sink and its script (gateway.stores.redis_sink_script)
+against a real redis-server: the `records` and `units` hashes (the label indexes) follow the
+stream's retention, so their memory is bounded, and they index exactly what the stream still
+holds, also with several sinks (replicas)."""
 
 from __future__ import annotations
 
