@@ -17,7 +17,9 @@ takes the labels from its caller. The counts stored with each label
 (`gateway.outcomes.label_scores`) are used as they are; a label without current ones is
 aligned here, once. Records are materialised as objects only where a part of the report
 needs whole records: canaries, the error analysis's units, shadow sessions, labelled
-records to align; DuckDB reads the source a second time for those, with every column.
+records to align; a JSON-lines file's are read back by their numbers in the file
+(`jsonl_lines`), a Parquet export's (or a file changed since) by DuckDB a second time,
+with every column.
 DuckDB's memory is bounded (`memory_limit`); its tables spill to a scratch folder beyond,
 and a source too large for the memory it may use raises `StoreUnavailable`.
 
@@ -72,6 +74,7 @@ from gateway.outcomes.record import (
     OutcomeRecord,
     Role,
 )
+from gateway.stores.jsonl_lines import records_at
 from gateway.stores.label_store import labels_path_beside
 from gateway.stores.lake import LABEL_COLUMNS, exported_experiments, lake_sources
 from gateway.text.normalize import NORMALISATION_VERSION
@@ -275,6 +278,9 @@ class DuckDbEngine:
         self._size = size or (lambda: 0)
         self._threads = threads
         self.labels_path: Path | None = None  # a file store's label file
+        # A file store's outcome file, whose source numbers its records (`line`): the
+        # records read whole are read back by their numbers (`jsonl_lines`).
+        self.lines_path: Path | None = None
 
     @classmethod
     def jsonl(
@@ -284,14 +290,17 @@ class DuckDbEngine:
         one beside it, `label_store.labels_path_beside`)."""
         columns = ", ".join(f"{_quote(name)}: {_quote(kind)}" for name, kind in COLUMNS.items())
         label_file = labels_path or labels_path_beside(path)
+        # Each record's number among the file's records (DuckDB keeps a scan's order).
         engine = cls(
+            "(SELECT *, row_number() OVER () - 1 AS line FROM "  # noqa: S608 - a quoted path
             f"read_json({_quote(str(path))}, format = 'newline_delimited', "
-            f"columns = {{{columns}}})",
+            f"columns = {{{columns}}}))",
             labels=lambda: _jsonl_labels(label_file) if label_file.exists() else None,
             size=lambda: path.stat().st_size if path.exists() else 0,
             threads=threads,
         )
         engine.labels_path = label_file
+        engine.lines_path = path
         return engine
 
     @classmethod
@@ -349,9 +358,10 @@ class DuckDbEngine:
         try:
             where, params = self._window(window)
             selected = ", ".join(f'"{name}"' for name in OBSERVED_COLUMNS)
+            line = "line" if self.lines_path is not None else "NULL::BIGINT AS line"
             try:
                 con.execute(
-                    f"CREATE TEMP TABLE r AS SELECT {selected}, "  # noqa: S608 - constants and quoted paths; values are parameters
+                    f"CREATE TEMP TABLE r AS SELECT {selected}, {line}, "  # noqa: S608 - constants and quoted paths; values are parameters
                     'epoch_ms(CAST("timestamp" AS TIMESTAMPTZ)) / 1000.0 AS at_s, '
                     f"{category_sql()} AS cat, text IS NOT NULL AS has_text, "
                     f"coalesce({_valid_sql()}, true) AS ok "
@@ -466,12 +476,23 @@ class DuckDbEngine:
     ) -> list[OutcomeRecord]:
         """The records read again from the source with every column, in (timestamp,
         record_id) order: the reported ones (`_reported`) and those of the `extra` ids."""
-        where, params = self._window(window)
         reported = (
             "true"
             if sample is None
             else f"role = 'canary' OR substr(md5(unit), 1, {KEY_DIGITS}) < ?"
         )
+        if self.lines_path is not None:
+            rows = con.execute(
+                f"SELECT line, record_id FROM r WHERE ({reported}) "  # noqa: S608 - constants; values are parameters
+                "OR list_contains(?, record_id)",
+                [*([] if sample is None else [sample.threshold]), sorted(extra)],
+            ).fetchall()
+            found = records_at(self.lines_path, dict(rows))
+            if found is not None:
+                return sorted(found, key=lambda r: (r.timestamp, r.record_id))
+        # Not a file of numbered records, or not the file it was (a blank line, replaced):
+        # the records read again with DuckDB.
+        where, params = self._window(window)
         # A list, not a join with a table of ids: DuckDB would build the join's hash table
         # on the file's side, holding every record in memory.
         params = [*params, *([] if sample is None else [sample.threshold]), sorted(extra)]
@@ -699,6 +720,12 @@ def _fill_variants(
     """Each phase's variants; `whole` holds the records whose counts are aligned here (their
     labels in `labels`), the others' counts come with their labels."""
     rows = con.execute(_COUNTS_SQL.format(error=CATEGORIES.index("error"))).fetchall()
+    # Each unit's code in the order of the units (as `observe`'s): a join with this table
+    # costs a third of a dense_rank() over the unit strings of each variant's outcomes.
+    con.execute(
+        "CREATE TEMP TABLE unit_codes AS SELECT unit, row_number() OVER (ORDER BY unit) - 1 "
+        "AS code FROM (SELECT DISTINCT unit FROM e)"
+    )
     for row in sorted(rows, key=lambda row: (row[0], row[1])):
         phase_id, name, backends, *counts = row
         table = _outcome_table(con, phase_id, name)
@@ -715,16 +742,18 @@ def _fill_variants(
 def _outcome_table(con: duckdb.DuckDBPyConnection, phase: str, variant: str) -> OutcomeTable:
     latency = ", ".join(f"{metric}" for metric in LATENCY_METRICS)
     columns = con.execute(
-        "SELECT at_s, dense_rank() OVER (ORDER BY unit) - 1, cat, "  # noqa: S608 - constants and quoted paths; values are parameters
+        "SELECT at_s, code, cat, "  # noqa: S608 - constants and quoted paths; values are parameters
         f"{latency}, CASE WHEN failure THEN NULL ELSE confidence END "
-        "FROM e WHERE phase = ? AND variant = ? AND NOT forced AND failover_from IS NULL "
-        "AND NOT (failure AND was_retried) ORDER BY at_s, record_id",
+        "FROM e JOIN unit_codes USING (unit) WHERE phase = ? AND variant = ? AND NOT forced "
+        "AND failover_from IS NULL AND NOT (failure AND was_retried) ORDER BY at_s, record_id",
         [phase, variant],
     ).fetchnumpy()
     names = list(columns)
+    # The variant's units coded 0..K-1 in the order of the units (a dense rank).
+    _, units = np.unique(np.asarray(columns[names[1]], dtype=np.intp), return_inverse=True)
     return OutcomeTable(
         at=_floats(columns[names[0]]),
-        units=np.asarray(columns[names[1]], dtype=np.intp),
+        units=units.reshape(-1).astype(np.intp),
         categories=np.asarray(columns[names[2]], dtype=np.intp),
         latencies={
             metric: _floats(columns[names[3 + i]]) for i, metric in enumerate(LATENCY_METRICS)
@@ -734,16 +763,13 @@ def _outcome_table(con: duckdb.DuckDBPyConnection, phase: str, variant: str) -> 
 
 
 _SCORED_SQL: Final = """
-WITH s AS (
-  SELECT e.at_s, e.unit, e.record_id, sc.substitutions, sc.deletions, sc.insertions, sc.hits,
-    row_number() OVER (ORDER BY e.at_s, e.record_id) AS pos
-  FROM e LEFT JOIN sc ON sc.label_id = e.record_id AND sc.scored_id = e.record_id
-  WHERE e.phase = ? AND e.variant = ? AND NOT e.forced AND e.failover_from IS NULL
-    AND NOT e.failure AND e.has_label AND e.has_text),
-firsts AS (SELECT *, min(pos) OVER (PARTITION BY unit) AS first FROM s)
-SELECT at_s, dense_rank() OVER (ORDER BY first) - 1, record_id,
-  substitutions, deletions, insertions, hits
-FROM firsts ORDER BY pos
+SELECT e.at_s, unit_codes.code, e.record_id,
+  sc.substitutions, sc.deletions, sc.insertions, sc.hits
+FROM e JOIN unit_codes USING (unit)
+  LEFT JOIN sc ON sc.label_id = e.record_id AND sc.scored_id = e.record_id
+WHERE e.phase = ? AND e.variant = ? AND NOT e.forced AND e.failover_from IS NULL
+  AND NOT e.failure AND e.has_label AND e.has_text
+ORDER BY e.at_s, e.record_id
 """
 
 
@@ -757,7 +783,8 @@ def _scored_table(
     """The variant's scored utterances, units coded in order of their first one; the
     counts stored with the labels, else (NULL) aligned now, once."""
     columns = list(con.execute(_SCORED_SQL, [phase, variant]).fetchnumpy().values())
-    at, units, ids = columns[0], columns[1], columns[2]
+    at, ids = columns[0], columns[2]
+    units = _first_seen(np.asarray(columns[1], dtype=np.intp))
     counts = [np.ma.getdata(column).astype(np.int64) for column in columns[3:]]
     missing = np.flatnonzero(np.ma.getmaskarray(columns[3]))
     for index in missing:
@@ -779,6 +806,17 @@ def _scored_table(
         insertions=counts[2],
         hits=counts[3],
     )
+
+
+def _first_seen(codes: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+    """Codes recoded 0..K-1 in the order of each one's first occurrence."""
+    if not codes.size:
+        return codes
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.intp)
+    rank[np.argsort(first)] = np.arange(first.size, dtype=np.intp)
+    found: npt.NDArray[np.intp] = rank[inverse.reshape(-1)]
+    return found
 
 
 def _floats(values: Any) -> npt.NDArray[np.float64]:
