@@ -433,12 +433,16 @@ class _PrefixSums:
         if stop == self.stop:
             return
         new_units, new_hits = units[self.stop : stop], hits[self.stop : stop]
-        touched, inverse = np.unique(new_units, return_inverse=True)
+        # Counted over every unit code, not sorted: a look adds tens of thousands of
+        # outcomes, and sorting them (numpy.unique) cost ten times these counts.
+        size = self.x.size
+        counts = np.bincount(new_units, minlength=size)
+        touched = np.flatnonzero(counts)  # in increasing order, as numpy.unique's
+        added_n = counts[touched].astype(np.float64)
+        added_x = np.bincount(new_units, weights=new_hits.astype(np.float64), minlength=size)[
+            touched
+        ]
         old_x, old_n = self.x[touched], self.n[touched]
-        added_n = np.bincount(inverse.reshape(-1), minlength=touched.size).astype(np.float64)
-        added_x = np.bincount(
-            inverse.reshape(-1), weights=new_hits.astype(np.float64), minlength=touched.size
-        )
         new_x, new_n = old_x + added_x, old_n + added_n
         self.units += int(np.count_nonzero(old_n == 0))
         self.totals += _moments(new_x, new_n) - _moments(old_x, old_n)
