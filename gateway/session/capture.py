@@ -512,13 +512,15 @@ class SessionCapture:
         record = pending.record
         utterance_index = record.utterance_index if index is None else index
         utterance_index = utterance_index or 0
-        reason = self._priority(pending)
-        if reason is None and self._policy.uniform(self._identity.session_id, utterance_index):
-            reason = CaptureReason.UNIFORM
+        # The uniform sample is drawn first, by a hash of the utterance alone, whatever its
+        # results: it must contain hard utterances as often as live traffic does, or its
+        # WER would be measured on the easy ones. The priorities pick, apart, among the
+        # utterances the uniform draw left out.
+        uniform = self._policy.uniform(self._identity.session_id, utterance_index)
+        priority_reason = self._priority(pending)
         try:
-            if reason is None:
+            if not uniform and priority_reason is None:
                 return
-            priority = reason is not CaptureReason.UNIFORM
             identity = self._identity
             turn = pending.turn
             pcm = turn.cut(pending.start, pending.end) if turn is not None else None
@@ -528,7 +530,15 @@ class SessionCapture:
             # The session's copy goes back before the writer takes the cut's bytes from the
             # same budget (`CaptureBudget`), so an utterance is never counted twice.
             self._trim(turn)
-            quota_day = self._quota.take(identity.experiment, self._policy, priority)
+            quota_day = None
+            if uniform:
+                reason, priority = CaptureReason.UNIFORM, False
+                quota_day = self._quota.take(identity.experiment, self._policy, False)
+            if quota_day is None and priority_reason is not None:
+                # Not drawn, or drawn past the uniform share of the day's cap: a priority
+                # capture may still use the reserve.
+                reason, priority = priority_reason, True
+                quota_day = self._quota.take(identity.experiment, self._policy, True)
             if quota_day is None:
                 self._drop(DropReason.DAILY_CAP)
                 return

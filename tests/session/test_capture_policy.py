@@ -173,19 +173,25 @@ def test_a_shadow_that_segments_differently_is_matched_by_audio_span() -> None:
     """A shadow that splits an utterance in two: the primary waits until the shadow has
     answered past its end, takes the result overlapping it most, and the next utterance is
     matched with the shadow's result for the same audio, not with the shadow's next index."""
-    harness = Harness(EVERYTHING, shadows=True)
-    harness.turn(4.0)
-    harness.primary("pay the bill please", 0.2, 1.8)
-    harness.shadow("pay the bill", 0.2, 1.2)
-    assert harness.emitted == []  # the shadow has not heard the utterance's end yet
-    harness.shadow("please", 1.5, 0.5)
-    harness.shadow("thank you", 2.5, 0.6)
-    harness.primary("thank you", 2.5, 0.6)
-    first, second = harness.emitted
-    assert [s.text for s in first.shadows] == ["pay the bill"]
-    assert first.reason is CaptureReason.DISAGREEMENT
-    assert [s.text for s in second.shadows] == ["thank you"]
-    assert second.reason is CaptureReason.UNIFORM
+    for policy in (EVERYTHING, PRIORITIES_ONLY):
+        harness = Harness(policy, shadows=True)
+        harness.turn(4.0)
+        harness.primary("pay the bill please", 0.2, 1.8)
+        harness.shadow("pay the bill", 0.2, 1.2)
+        assert harness.emitted == []  # the shadow has not heard the utterance's end yet
+        harness.shadow("please", 1.5, 0.5)
+        harness.shadow("thank you", 2.5, 0.6)
+        harness.primary("thank you", 2.5, 0.6)
+        if policy is EVERYTHING:
+            first, second = harness.emitted
+            assert [s.text for s in first.shadows] == ["pay the bill"]
+            assert [s.text for s in second.shadows] == ["thank you"]
+        else:
+            # Only the disagreement is a priority: the second utterance agrees with the
+            # shadow's result for its audio ("thank you", not the shadow's next "please").
+            (first,) = harness.emitted
+            assert first.reason is CaptureReason.DISAGREEMENT
+            assert [s.text for s in first.shadows] == ["pay the bill"]
 
 
 def test_a_shadow_result_overlapping_nothing_is_no_partner() -> None:
@@ -238,6 +244,28 @@ def test_priorities_select_without_a_uniform_share(
     harness.primary("sure", 0.1, 0.4, NBest=[{"Confidence": 0.95}])
     harness.primary("x", 0.8, 0.4, **extra)
     assert [u.reason for u in harness.emitted] == [reason]
+
+
+def test_the_uniform_sample_is_drawn_whatever_the_results() -> None:
+    """The uniform draw depends on the utterance's index alone: the same utterances are in
+    the uniform sample whether they were recognised confidently or not, so hard utterances
+    are in it as often as in live traffic; the priorities take the rest."""
+    policy = CapturePolicy(share=1.0, utterance_share=0.5)
+    drawn = {}
+    for confidence in (0.95, 0.1):
+        harness = Harness(policy)
+        harness.turn(40.0)
+        for i in range(40):
+            harness.primary("words", i * 1.0, 0.5, NBest=[{"Confidence": confidence}])
+        drawn[confidence] = [
+            u.utterance_index for u in harness.emitted if u.sample is CaptureSample.UNIFORM
+        ]
+        if confidence < 0.5:  # every low-confidence utterance the draw left is a priority
+            priority = [u for u in harness.emitted if u.sample is CaptureSample.PRIORITY]
+            assert {u.reason for u in priority} == {CaptureReason.LOW_CONFIDENCE}
+            assert len(priority) + len(drawn[confidence]) == 40
+    assert drawn[0.95] == drawn[0.1]
+    assert 10 <= len(drawn[0.95]) <= 30
 
 
 def test_priorities_apply_in_the_configured_order() -> None:
