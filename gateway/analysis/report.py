@@ -48,7 +48,7 @@ from gateway.analysis.review_report import (
     ReviewInputs,
     captured_records,
     headline_labels,
-    priority_records,
+    held_back_records,
     review_section,
 )
 from gateway.analysis.timeline import boundaries, bucket_seconds
@@ -113,7 +113,7 @@ async def analyze(
                         engine.evidence,
                         window,
                         options.error_labelled,
-                        held_back=frozenset() if reviews is None else priority_records(reviews),
+                        held_back=frozenset() if reviews is None else held_back_records(reviews),
                         wanted=frozenset() if reviews is None else captured_records(reviews),
                     )
                 )

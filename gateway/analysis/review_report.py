@@ -72,20 +72,53 @@ class ReviewedCapture(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ReviewInputs:
-    """An experiment's captures and its current (not withdrawn) preferences."""
+    """An experiment's captures, its current (not withdrawn) preferences, and `reviewed`:
+    the latest preference of every capture ever reviewed, withdrawn ones included (they
+    outlive the captures, which expire)."""
 
     captures: Sequence[ReviewedCapture] = ()
     preferences: Sequence[Preference] = field(default_factory=tuple)
+    reviewed: Sequence[Preference] = field(default_factory=tuple)
+
+
+def _records_of(reviews: ReviewInputs, preference: Preference) -> Iterable[str]:
+    """The records a review labelled: kept in the preference; for one written before it
+    kept them, read from its capture while the capture is still there."""
+    if preference.records:
+        return preference.records
+    return (
+        result.record_id
+        for capture in reviews.captures
+        if capture.capture_id == preference.capture_id
+        for result in (capture.primary, *capture.shadows)
+    )
+
+
+def withdrawn_records(reviews: ReviewInputs) -> frozenset[str]:
+    """The records of reviews withdrawn (undone) and not saved again: their review labels
+    are retracted, evidence nowhere."""
+    return frozenset(
+        rid for p in reviews.reviewed if p.withdrawn for rid in _records_of(reviews, p)
+    )
 
 
 def priority_records(reviews: ReviewInputs) -> frozenset[str]:
-    """The record ids of the priority captures, whose review labels are no headline evidence."""
+    """The record ids of the priority captures, whose review labels are no headline
+    evidence: from the captures, and from the preferences, which outlive them."""
     return frozenset(
         result.record_id
         for capture in reviews.captures
         if str(capture.sample) == "priority"
         for result in (capture.primary, *capture.shadows)
+    ) | frozenset(
+        rid for p in reviews.reviewed if p.sample == "priority" for rid in _records_of(reviews, p)
     )
+
+
+def held_back_records(reviews: ReviewInputs) -> frozenset[str]:
+    """The records whose review labels the headline leaves out: those of priority captures
+    and those of withdrawn reviews."""
+    return priority_records(reviews) | withdrawn_records(reviews)
 
 
 def captured_records(reviews: ReviewInputs) -> frozenset[str]:
@@ -98,12 +131,16 @@ def captured_records(reviews: ReviewInputs) -> frozenset[str]:
 
 
 def headline_labels(labels: Mapping[str, Label], reviews: ReviewInputs) -> dict[str, Label]:
-    """The labels the headline WER may use: all but the review labels of priority captures."""
-    chosen = priority_records(reviews)
+    """The labels the headline WER may use: all but the review labels of priority captures
+    and of withdrawn reviews (`held_back_records`)."""
+    return _without_reviews_of(labels, held_back_records(reviews))
+
+
+def _without_reviews_of(labels: Mapping[str, Label], records: frozenset[str]) -> dict[str, Label]:
     return {
         rid: label
         for rid, label in labels.items()
-        if not (rid in chosen and label.source == "review")
+        if not (rid in records and label.source == "review")
     }
 
 
@@ -124,6 +161,7 @@ def review_section(
         return None
     ids = {c.capture_id for c in captures}
     preferences = [p for p in reviews.preferences if p.capture_id in ids and not p.withdrawn]
+    labels = _without_reviews_of(labels, withdrawn_records(reviews))
     drawn = labelled_sample(captures, [p.capture_id for p in preferences])
     return {
         "description": drawn.describe(),

@@ -5,23 +5,31 @@ preferences; priority review labels stay out of the headline WER. End to end thr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
-from review_fixtures import EXPERIMENT, ReviewWorld
+from review_fixtures import EXPERIMENT, ReviewWorld, record, rid
 
 from gateway.analysis.model import AnalysisOptions
 from gateway.analysis.review_report import ReviewInputs, headline_labels, review_section
 from gateway.cli import main
 from gateway.outcomes.labels import LabelInput
 from gateway.outcomes.preference import Preference
+from gateway.outcomes.record import Role
 from gateway.stores.audio_store import CaptureReason, CaptureSample
 
 OPTIONS = AnalysisOptions(resamples=200)
 
 
-def preference(capture_id: str, unit: str, choice: str, sample: str = "uniform") -> Preference:
+def preference(
+    capture_id: str,
+    unit: str,
+    choice: str,
+    sample: str = "uniform",
+    records: tuple[str, ...] = (),
+) -> Preference:
     return Preference(
         capture_id=capture_id,
         experiment=EXPERIMENT,
@@ -32,6 +40,7 @@ def preference(capture_id: str, unit: str, choice: str, sample: str = "uniform")
         variant_a="base",
         variant_b="custom",
         reviewed_at="2026-12-07T11:00:00.000Z",
+        records=records,
     )
 
 
@@ -53,7 +62,10 @@ async def world(folder: Path) -> tuple[ReviewWorld, dict[str, object]]:
     store = made.preference_store()
     for capture in made.captures:
         choice = "b" if capture.sample == "uniform" else "same"
-        await store.put(preference(capture.capture_id, capture.unit, choice, capture.sample))
+        records = (capture.primary.record_id, *(r.record_id for r in capture.shadows))
+        await store.put(
+            preference(capture.capture_id, capture.unit, choice, capture.sample, records)
+        )
     return made, {}
 
 
@@ -114,5 +126,57 @@ def test_no_captures_no_section(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.toml").write_text('[outcomes]\npath = "outcomes.jsonl"\n')
     argv = ["--config", "c.toml", "analyze", "--experiment", EXPERIMENT, "--control", "base"]
+    assert main([*argv, "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["review"] is None
+
+
+def test_withdrawn_and_priority_reviews_stay_out_of_the_headline_after_the_audio_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A withdrawn (undone) review's label is retracted: out of the headline and of the
+    section. Once the captures expire, the preferences, which keep the records they
+    labelled, still hold the priority and withdrawn review labels out of the headline."""
+    made, _ = asyncio.run(world(tmp_path))
+    store = made.preference_store()
+    undone = asyncio.run(store.get(EXPERIMENT, made.captures[0].capture_id))
+    assert undone is not None
+    asyncio.run(store.put(undone.withdraw("2026-12-07T12:00:00.000Z")))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text(
+        '[outcomes]\npath = "outcomes.jsonl"\n\n[gateway.audio]\ndirectory = "audio"\n'
+    )
+    argv = ["--config", "c.toml", "analyze", "--experiment", EXPERIMENT, "--control", "base"]
+
+    def base_wer() -> tuple[dict[str, object], dict[str, object] | None]:
+        assert main([*argv, "--json", "-"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        [phase] = report["phases"]
+        base = next(v for v in phase["variants"] if v["name"] == "base")
+        return base["wer"], report["review"]
+
+    headline, review = base_wer()
+    assert headline["utterances"] == 5  # six uniform reviews, one withdrawn
+    assert review is not None
+    uniform = {e["variant"]: e for e in review["wer"]["uniform"]}
+    assert uniform["base"]["utterances"] == 5
+    (tmp_path / "audio").rename(tmp_path / "expired")
+    headline, review = base_wer()
+    assert review is None
+    assert headline["utterances"] == 5
+
+
+def test_an_experiment_that_cannot_hold_audio_has_no_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An experiment id no audio store can hold (a leading `_`) is analysed without a review
+    section, not refused."""
+    lines = [
+        dataclasses.replace(record(rid(n), variant, Role.PRIMARY, f"u{n}", "hi"), experiment="_x")
+        for n, variant in ((1, "base"), (2, "custom"))
+    ]
+    (tmp_path / "outcomes.jsonl").write_text("".join(r.to_json() + "\n" for r in lines))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.toml").write_text('[outcomes]\npath = "outcomes.jsonl"\n')
+    argv = ["--config", "c.toml", "analyze", "--experiment", "_x", "--control", "base"]
     assert main([*argv, "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["review"] is None

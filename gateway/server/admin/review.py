@@ -22,10 +22,12 @@ An item shows the hypotheses of the primary and of the first shadow with another
 pseudonym key, so neither the order nor a name tells the reviewer which variant spoke; the
 server recomputes the mapping when the choice comes back. Saving writes the text as a label
 of every record of the capture (source `review`, labeller the reviewer) through the label
-store, then the `Preference`. Undo cannot remove the label (labels are last-wins with an
-audit trail): it withdraws the preference, so the item counts as not reviewed, and hands it
-back to the reviewer, whose next save of it replaces the label. docs/review.md is the
-description for reviewers and operators.
+store, then the `Preference` with the record ids it labelled; a save over another
+reviewer's live review is refused, and a claim skips an item saved since its queue was
+read. Undo cannot remove the label (labels are last-wins with an audit trail): it withdraws
+the preference, so the item counts as not reviewed and its labels as retracted
+(`review_report.withdrawn_records`), and hands it back to the reviewer, whose next save of
+it replaces the label. docs/review.md is the description for reviewers and operators.
 """
 
 from __future__ import annotations
@@ -340,12 +342,22 @@ class _ReviewApi:
 
     async def claim(self, request: web.Request) -> web.StreamResponse:
         async def action(request: web.Request, reviewer: str, experiment: str) -> web.Response:
-            _, _, leases = self._stores(request)
+            _, preferences, leases = self._stores(request)
             captures, done = await self._queue(request, experiment)
             order = review_order(captures, frozenset(done))
-            chosen = await leases.claim(
-                experiment, reviewer, [c.capture_id for c in order], LEASE_S
-            )
+            candidates = [c.capture_id for c in order]
+            while True:
+                chosen = await leases.claim(experiment, reviewer, candidates, LEASE_S)
+                if chosen is None:
+                    break
+                # Another reviewer may have saved it since the queue was read, and released
+                # its lease: done now, it is nobody's to review again.
+                saved = await preferences.get(experiment, chosen)
+                if saved is None or saved.withdrawn:
+                    break
+                done[chosen] = saved
+                await leases.release(experiment, reviewer, chosen)
+                candidates.remove(chosen)
             answer: dict[str, Any] = {"progress": self._progress(captures, done, reviewer)}
             if chosen is None:
                 answer["item"] = None
@@ -378,6 +390,10 @@ class _ReviewApi:
             capture_id = request.match_info["capture_id"]
             text, choice = await self._save_body(request)
             capture = await self._held(request, reviewer, experiment, capture_id)
+            saved = await preferences.get(experiment, capture_id)
+            if saved is not None and not saved.withdrawn and saved.reviewer != reviewer:
+                await leases.release(experiment, reviewer, capture_id)
+                raise RestError(f"{saved.reviewer} has already reviewed this item", 409)
             item = BlindItem.of(capture, self._key(request), reviewer)
             if item.b is None and choice is not None:
                 raise RestError("choice: this item has one hypothesis; send null", 422)
@@ -402,6 +418,7 @@ class _ReviewApi:
                 variant_a=item.a.variant if item.b is not None else None,
                 variant_b=item.b.variant if item.b is not None else None,
                 reviewed_at=now_iso(),
+                records=tuple(label.record_id for label in labels),
             )
             await preferences.put(preference)
             await leases.release(experiment, reviewer, capture_id)
@@ -484,24 +501,33 @@ async def review_inputs(
     experiment: str,
     reader: OutcomeReader,
 ) -> ReviewInputs | None:
-    """The experiment's captures (the audio store of `audio`) and current blind preferences
-    (beside the outcomes: the file store's folder, or the Redis of a `RedisReader`), for the
-    report's review section (docs/review.md); None without captures. ConfigError or
-    StoreUnavailable when a store cannot be read: the caller says so its own way and makes
-    the report without the section."""
+    """The experiment's captures (the audio store of `audio`) and blind preferences (beside
+    the outcomes: the file store's folder, or the Redis of a `RedisReader`), for the
+    report's review section and its choice of headline labels (docs/review.md); None
+    without captures and reviews (or for an experiment whose name cannot hold audio).
+    ConfigError or StoreUnavailable when a store cannot be read: the caller says so its own
+    way and makes the report without the section."""
     # Imported here: only analysing processes pay for the analysis (and numpy).
     from gateway.analysis.review_report import ReviewInputs
+    from gateway.stores.audio_store import check_experiment
     from gateway.stores.factory import create_audio_store
     from gateway.stores.reader import RedisReader
 
+    try:
+        check_experiment(experiment)
+    except ValueError:
+        return None  # a name no audio store can hold (docs/capture.md): nothing captured
     store = create_audio_store(audio)
     try:
         captures = await store.captures(experiment)
     finally:
         await store.close()
-    if not captures:
-        return None
     client = reader.client if isinstance(reader, RedisReader) else None
     preferences, _ = create_review_stores(outcomes_path, client, prefix)
-    current = await preferences.current(experiment)
-    return ReviewInputs(captures, tuple(current.values()))
+    # Every review, withdrawn ones included: they outlive the captures, which expire, and
+    # still say which review labels are no headline evidence.
+    reviewed = await preferences.latest(experiment)
+    if not captures and not reviewed:
+        return None
+    current = tuple(p for p in reviewed.values() if not p.withdrawn)
+    return ReviewInputs(captures, current, tuple(reviewed.values()))

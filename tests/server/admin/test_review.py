@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from review_fixtures import ADMIN_TOKEN, EXPERIMENT, KEY, REVIEWER_TOKENS, ReviewWorld, bearer
 
 from gateway.control.model import hash_key
+from gateway.outcomes.preference import Preference
 from gateway.server.admin.auth import AdminTokens
 from gateway.server.admin.control import add_control_routes
 from gateway.server.admin.review import (
@@ -87,6 +88,51 @@ async def test_two_reviewers_never_get_the_same_item(
     assert again["progress"] == {"captures": 3, "reviewed": 0, "remaining": 3, "mine": 0}
 
 
+async def test_an_item_saved_while_another_reviewer_claims_is_not_given_to_them(
+    world: ReviewWorld, aiohttp_client: MakeClient
+) -> None:
+    """Rita saves an item (and her lease ends) after Raj's claim read the queue but before
+    it took a lease: Raj is given the next item, not the one Rita reviewed; and a save over
+    another reviewer's live review is refused (409)."""
+    first, second = await world.add(1), await world.add(2)
+    leases = world.leases()
+    preferences = world.preference_store()
+    claim_lease = leases.claim
+
+    async def claim_after_ritas_save(
+        experiment: str, reviewer: str, candidates: Any, ttl_s: float
+    ) -> str | None:
+        if reviewer == "raj" and await preferences.get(experiment, first.capture_id) is None:
+            await preferences.put(
+                Preference(
+                    capture_id=first.capture_id,
+                    experiment=experiment,
+                    unit=first.unit,
+                    sample="uniform",
+                    reviewer="rita",
+                    choice="a",
+                    variant_a="base",
+                    variant_b="custom",
+                    reviewed_at="2026-12-07T10:00:00.000Z",
+                )
+            )
+        return await claim_lease(experiment, reviewer, candidates, ttl_s)
+
+    leases.claim = claim_after_ritas_save  # type: ignore[method-assign]
+    client = await aiohttp_client(world.app(leases=leases))
+    answer = await claim(client, RAJ)
+    assert answer["item"]["capture_id"] == second.capture_id
+    assert answer["progress"]["reviewed"] == 1
+    assert await leases.holder(EXPERIMENT, first.capture_id) is None
+    # Raj holds the first item anyway (an undo's reopening, say) after Rita's review.
+    assert await leases.hold(EXPERIMENT, "raj", first.capture_id, 60)
+    response = await client.post(
+        f"{API}/items/{first.capture_id}/save", headers=RAJ, json={"text": "x", "choice": "a"}
+    )
+    assert response.status == 409
+    assert "rita has already reviewed" in (await response.json())["error"]
+
+
 async def test_items_are_blind(world: ReviewWorld, aiohttp_client: MakeClient) -> None:
     """An item carries hypotheses as A and B only: no variant, record id, unit or client,
     and the order comes from the keyed coin, so it differs between captures."""
@@ -137,6 +183,7 @@ async def test_save_writes_a_review_label_and_the_blind_preference(
     assert {preference.variant_a, preference.variant_b} == {"base", "custom"}
     assert preference.unit == capture.unit
     assert preference.reviewer == "rita"
+    assert set(preference.records) == {capture.primary.record_id, capture.shadows[0].record_id}
     after = await claim(client, RITA)
     assert after["item"] is None
     assert after["progress"] == {"captures": 1, "reviewed": 1, "remaining": 0, "mine": 1}
