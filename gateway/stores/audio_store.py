@@ -211,6 +211,10 @@ class LocalAudioStore:
         # The deletion list's (mtime, size) when read: another process (a worker of the same
         # gateway) may add to it, so every put looks whether it changed.
         self._deleted_seen: tuple[int, int] | None = None
+        # Sidecars parsed, per experiment folder and file name: a sidecar is renamed into
+        # place whole and never rewritten, so a listing (every click of the review
+        # workbench) parses only the files that are new since the last one.
+        self._parsed: dict[str, dict[str, Capture]] = {}
 
     @store_call
     async def put(self, capture: Capture, wav: bytes) -> None:
@@ -328,15 +332,28 @@ class LocalAudioStore:
             yield from self._sidecars(folder)
 
     def _sidecars(self, folder: Path) -> Iterator[tuple[Path, Capture]]:
-        if not folder.is_dir():
+        try:
+            names = sorted(
+                entry.name for entry in os.scandir(folder) if entry.name.endswith(".json")
+            )
+        except (FileNotFoundError, NotADirectoryError):
             return
-        for path in sorted(folder.glob("*.json")):
-            try:
-                yield path, Capture.from_json(json.loads(path.read_bytes()))
-            except FileNotFoundError:
-                continue  # removed by a concurrent deletion
-            except (ValueError, KeyError, TypeError):
-                continue  # not a sidecar this store wrote
+        known = self._parsed.get(folder.name, {})
+        parsed: dict[str, Capture] = {}
+        for name in names:
+            path = folder / name
+            capture = known.get(name)
+            if capture is None:
+                try:
+                    capture = Capture.from_json(json.loads(path.read_bytes()))
+                except FileNotFoundError:
+                    continue  # removed by a concurrent deletion
+                except (ValueError, KeyError, TypeError):
+                    continue  # not a sidecar this store wrote
+            parsed[name] = capture
+            yield path, capture
+        # Names gone since (deleted, expired) leave the cache with this listing.
+        self._parsed[folder.name] = parsed
 
     def _usage(self) -> int:
         return sum(

@@ -241,3 +241,35 @@ async def test_retention_removes_what_a_crash_left(tmp_path: Path) -> None:
         [f"{kept.capture_id}.wav", f"{kept.capture_id}.json", young.name]
     )
     assert await store.wav(kept.capture_id) == wav
+
+
+async def test_a_listing_parses_only_the_sidecars_new_since_the_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sidecars are written whole and never rewritten, so the store parses each once: the
+    review workbench lists the captures at every click."""
+    store = LocalAudioStore(tmp_path)
+    wav = make_wav(b"\x09\x00" * 400)
+    first = [make_capture(wav) for _ in range(2)] + [make_capture(wav, unit="gone")]
+    for capture in first:
+        await store.put(capture, wav)
+    parsed: list[str] = []
+    from_json = Capture.from_json
+
+    def counting(data: dict[str, object]) -> Capture:
+        parsed.append(str(data["capture_id"]))
+        return from_json(data)
+
+    monkeypatch.setattr(Capture, "from_json", staticmethod(counting))
+    assert {c.capture_id for c in await store.captures("exp")} == {c.capture_id for c in first}
+    assert len(parsed) == 3
+    later = make_capture(wav)
+    await store.put(later, wav)
+    assert await store.delete_unit("gone") == 1
+    listed = await store.captures("exp")
+    assert {c.capture_id for c in listed} == {
+        first[0].capture_id,
+        first[1].capture_id,
+        later.capture_id,
+    }
+    assert sorted(parsed) == sorted([c.capture_id for c in first] + [later.capture_id])
