@@ -3,10 +3,13 @@
 The workbench (`gateway.server.admin.review`) writes one `Preference` per reviewed capture;
 a later write of the same capture replaces it (an undo writes it back withdrawn), and every
 write is kept in an audit trail. `current` answers the live ones of an experiment, which
-both the review queue (what is done) and the analysis (`gateway.analysis.preferences`) read.
+both the review queue (what is done) and the analysis (`gateway.analysis.preferences`) read;
+`latest` every reviewed capture's, withdrawn ones included (`gateway.analysis.review_report`
+holds their labels out of the headline).
 
 * `FilePreferenceStore`: JSON lines appended to `preferences.jsonl`; the last line of a
-  capture is its current preference, the earlier ones the audit trail.
+  capture is its current preference, the earlier ones the audit trail. A read parses only
+  the lines appended since the previous read.
 * `RedisPreferenceStore`: the current preference in the experiment's `preferences` hash,
   every write in its `preference-audit` stream (one MULTI, one Cluster slot).
 
@@ -59,15 +62,23 @@ class FilePreferenceStore:
     """Preferences as JSON lines appended to one file (module doc).
 
     Writes take an exclusive `flock`, so several gateway processes may append; each write
-    is one `write` of one whole line, then fsync'd. Reads parse the whole file: a review
-    workbench writes a few thousand lines a day. A line that is not a preference (a torn
-    write) is skipped and logged.
+    is one `write` of one whole line, then fsync'd. A read parses the complete lines
+    appended since the previous read (a store's first read, the whole file). A line that
+    is not a preference (a torn write) is skipped and logged.
     """
 
     def __init__(self, path: Path, *, fsync: bool = True) -> None:
         self.path = path
         self._fsync = fsync
         self._lock = threading.Lock()
+        # The file is only ever appended to: what was read is kept (experiment ->
+        # capture_id -> latest preference), with the file's identity and the offset read up
+        # to, and a read parses only the lines added since (the workbench reads at every
+        # click). A file replaced or cut short is read again from its start.
+        self._read_to = 0
+        self._lines_read = 0
+        self._identity: tuple[int, int] | None = None
+        self._seen: dict[str, dict[str, Preference]] = {}
 
     @store_call
     async def put(self, preference: Preference) -> None:
@@ -103,23 +114,37 @@ class FilePreferenceStore:
     def _latest(self, experiment: str) -> dict[str, Preference]:
         with self._lock:
             try:
-                raw = self.path.read_bytes()
+                with self.path.open("rb") as file:
+                    stat = os.fstat(file.fileno())
+                    identity = (stat.st_dev, stat.st_ino)
+                    if identity != self._identity or stat.st_size < self._read_to:
+                        self._identity, self._read_to, self._lines_read = identity, 0, 0
+                        self._seen = {}
+                    file.seek(self._read_to)
+                    tail = file.read()
             except FileNotFoundError:
+                self._identity, self._read_to, self._lines_read = None, 0, 0
+                self._seen = {}
                 return {}
-        latest: dict[str, Preference] = {}
-        for number, line in enumerate(raw.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                preference = Preference.from_json(line)
-            except PreferenceError as exc:
-                log.warning(
-                    "preference_line_skipped", path=str(self.path), line=number, error=str(exc)
-                )
-                continue
-            if preference.experiment == experiment:
-                latest[preference.capture_id] = preference
-        return latest
+            # Up to the last complete line: a write under way is read next time.
+            end = tail.rfind(b"\n") + 1
+            self._read_to += end
+            for number, line in enumerate(tail[:end].splitlines(), start=self._lines_read + 1):
+                self._lines_read = number
+                if not line.strip():
+                    continue
+                try:
+                    preference = Preference.from_json(line)
+                except PreferenceError as exc:
+                    log.warning(
+                        "preference_line_skipped",
+                        path=str(self.path),
+                        line=number,
+                        error=str(exc),
+                    )
+                    continue
+                self._seen.setdefault(preference.experiment, {})[preference.capture_id] = preference
+            return dict(self._seen.get(experiment, {}))
 
 
 class RedisPreferenceStore:

@@ -128,3 +128,25 @@ async def test_an_unreachable_redis_raises_store_unavailable() -> None:
             await store.current("checkout")
     finally:
         await client.aclose()
+
+
+async def test_the_file_store_reads_what_was_appended_and_a_replaced_file_anew(
+    tmp_path: Path,
+) -> None:
+    """Reads parse only the lines added since the last read (a second process's too); a
+    line still being written waits for its newline; a file replaced is read from its start."""
+    path = tmp_path / "preferences.jsonl"
+    store, other = FilePreferenceStore(path, fsync=False), FilePreferenceStore(path, fsync=False)
+    await store.put(make(1))
+    assert set(await store.current("checkout")) == {make(1).capture_id}
+    await other.put(make(2))
+    with path.open("ab") as file:
+        file.write(make(3).to_json().encode())  # no newline yet: a write under way
+    assert set(await store.current("checkout")) == {make(1).capture_id, make(2).capture_id}
+    with path.open("ab") as file:
+        file.write(b"\n")
+    assert len(await store.current("checkout")) == 3
+    replacement = tmp_path / "new.jsonl"
+    replacement.write_text(make(4).to_json() + "\n")
+    replacement.replace(path)
+    assert set(await store.current("checkout")) == {make(4).capture_id}
