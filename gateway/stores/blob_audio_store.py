@@ -5,20 +5,25 @@ One container per gateway installation; each capture is two blobs, `<experiment>
 both with the metadata `unit` and `captured_at` so that deletion by unit and retention find
 them from a listing without reading every sidecar. The WAV is uploaded first; a capture is
 listed once its sidecar exists. `_ids/<capture_id>` (same metadata) names its experiment,
-so that reading a capture by id is one request. The deletion list is a blob per unit under
-`_deleted/`.
-Custom Speech reads training data from the same account.
+so that finding a capture by id is one request, and none for the last `cached_ids` captures
+the store put, listed or read (it remembers their experiments). The deletion list is a blob
+per unit under `_deleted/`. Custom Speech reads training data from the same account.
+
+The container is created by the first put or deletion of a process (and again after it was
+found missing by any call); until it exists the store reads as empty.
 
 Same interface and behaviour as `gateway.stores.audio_store.LocalAudioStore`; every failure to
 reach the service (refused connection, timeout, an HTTP error) raises `StoreUnavailable`.
-The client does not retry and times out quickly: a capture that cannot be stored is dropped
-by the writer, never waited for.
+The client does not retry; `timeout_s` bounds each request's connection and each wait for the
+service's answer (not a whole call: a put makes five requests, see `put`). A capture that
+cannot be stored is dropped by the writer, never waited for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -43,6 +48,7 @@ from gateway.stores.failures import unavailable
 DELETED_PREFIX: Final = "_deleted/"
 IDS_PREFIX: Final = "_ids/"  # `_ids/<capture_id>` holds the capture's experiment
 _PARALLEL_READS: Final = 8
+CACHED_IDS: Final = 10_000  # capture id -> experiment entries kept (about 1 MB)
 _T = TypeVar("_T")
 
 Credential = str | dict[str, str] | None
@@ -51,10 +57,10 @@ Credential = str | dict[str, str] | None
 
 @contextmanager
 def _translated(operation: str) -> Iterator[None]:
+    """Every failure of the service as StoreUnavailable. A missing blob or container that
+    means absence is caught inside the block; one that reaches here is an outage too."""
     try:
         yield
-    except (ResourceNotFoundError, ResourceExistsError):
-        raise
     except (TimeoutError, AzureError, OSError) as exc:
         raise unavailable(f"BlobAudioStore.{operation}", exc) from exc
 
@@ -69,6 +75,7 @@ class BlobAudioStore:
         credential: Credential = None,
         *,
         timeout_s: float = 5.0,
+        cached_ids: int = CACHED_IDS,
     ) -> None:
         self._service = BlobServiceClient(
             account_url,
@@ -79,13 +86,18 @@ class BlobAudioStore:
         )
         self._container: ContainerClient = self._service.get_container_client(container)
         self._container_ready = False
-        self._experiments: dict[str, str] = {}  # capture_id -> experiment, of captures seen
+        # capture_id -> experiment of the captures seen last, least recently used first.
+        self._experiments: OrderedDict[str, str] = OrderedDict()
+        self._cached_ids = cached_ids
 
     async def put(self, capture: Capture, wav: bytes) -> None:
+        """Five requests, one after the other: the deletion list, the WAV, the sidecar, the
+        id blob, the deletion list again (one more, creating the container, on a process's
+        first put); three more deletions when the unit was deleted meanwhile."""
         if len(wav) != capture.wav_bytes:
             raise ValueError(f"capture {capture.capture_id}: wav_bytes is not the WAV's size")
         check_wav(capture.capture_id, wav, capture.wav_bytes)
-        with _translated("put"):
+        with _translated("put"), self._container_may_go():
             await self._ensure_container()
             if await self._is_deleted(capture.unit):
                 raise UnitDeleted(capture.unit)
@@ -119,19 +131,23 @@ class BlobAudioStore:
                     with suppress(ResourceNotFoundError):
                         await self._container.delete_blob(name)
                 raise UnitDeleted(capture.unit)
-        self._experiments[capture.capture_id] = capture.experiment
+        self._remember(capture.capture_id, capture.experiment)
 
     async def wav(self, capture_id: str) -> bytes:
         if not CAPTURE_ID.fullmatch(capture_id):
             raise CaptureNotFound(capture_id)
         with _translated("wav"):
-            experiment = self._experiments.get(capture_id) or await self._find(capture_id)
+            experiment = self._recall(capture_id) or await self._find(capture_id)
             base = f"{experiment}/{capture_id}"
             try:
-                capture = Capture.from_json(json.loads(await self._download(f"{base}.json")))
+                sidecar = await self._download(f"{base}.json")
                 blob = await self._container.download_blob(f"{base}.wav")
             except ResourceNotFoundError:
+                self._experiments.pop(capture_id, None)
                 raise CaptureNotFound(capture_id) from None
+            capture = _parse_sidecar(sidecar)
+            if capture is None:
+                raise CaptureCorrupt(capture_id, "the sidecar is unreadable")
             content_type = blob.properties.content_settings.content_type
             if content_type != WAV_CONTENT_TYPE:
                 raise CaptureCorrupt(capture_id, f"content type {content_type!r}")
@@ -139,25 +155,31 @@ class BlobAudioStore:
                 raise CaptureCorrupt(
                     capture_id, f"{blob.size} bytes stored, {capture.wav_bytes} expected"
                 )
-            return check_wav(capture_id, await blob.readall(), capture.wav_bytes)
+            data = check_wav(capture_id, await blob.readall(), capture.wav_bytes)
+        self._remember(capture_id, experiment)
+        return data
 
     async def captures(self, experiment: str) -> list[Capture]:
         check_experiment(experiment)
         with _translated("captures"):
-            names = [
-                blob.name
-                async for blob in self._container.list_blobs(name_starts_with=f"{experiment}/")
-                if blob.name.endswith(".json")
-            ]
+            try:
+                names = [
+                    blob.name
+                    async for blob in self._container.list_blobs(name_starts_with=f"{experiment}/")
+                    if blob.name.endswith(".json")
+                ]
+            except ResourceNotFoundError:
+                self._container_ready = False
+                return []  # no container (yet): nothing was captured
             sidecars = await _bounded_gather([self._sidecar(name) for name in names])
         found = [capture for capture in sidecars if capture is not None]
         for capture in found:
-            self._experiments[capture.capture_id] = capture.experiment
+            self._remember(capture.capture_id, capture.experiment)
         return sorted(found, key=lambda c: c.captured_at)
 
     async def delete_unit(self, unit: str) -> int:
         check_unit(unit)
-        with _translated("delete_unit"):
+        with _translated("delete_unit"), self._container_may_go():
             await self._ensure_container()
             # Listed before the blobs go: a put racing with the deletion is refused.
             await self._container.upload_blob(f"{DELETED_PREFIX}{unit}", b"", overwrite=True)
@@ -182,6 +204,33 @@ class BlobAudioStore:
 
     # -- helpers -------------------------------------------------------------------------
 
+    @contextmanager
+    def _container_may_go(self) -> Iterator[None]:
+        """A write that found the container missing (removed behind the store): the next
+        write creates it again."""
+        try:
+            yield
+        except ResourceNotFoundError:
+            self._container_ready = False
+            raise
+
+    def _remember(self, capture_id: str, experiment: str) -> None:
+        self._experiments[capture_id] = experiment
+        self._experiments.move_to_end(capture_id)
+        while len(self._experiments) > self._cached_ids:
+            self._experiments.popitem(last=False)
+
+    def _recall(self, capture_id: str) -> str | None:
+        experiment = self._experiments.get(capture_id)
+        if experiment is not None:
+            self._experiments.move_to_end(capture_id)
+        return experiment
+
+    def _forget(self, name: str) -> None:
+        """Drop the cache entry of the capture whose blob `name` was deleted."""
+        capture_id = name.rsplit("/", 1)[-1].split(".", 1)[0]
+        self._experiments.pop(capture_id, None)
+
     async def _ensure_container(self) -> None:
         if self._container_ready:
             return
@@ -198,16 +247,21 @@ class BlobAudioStore:
 
     async def _find(self, capture_id: str) -> str:
         try:
-            return (await self._download(f"{IDS_PREFIX}{capture_id}")).decode()
+            experiment = (await self._download(f"{IDS_PREFIX}{capture_id}")).decode()
+            check_experiment(experiment)
+            return experiment
         except ResourceNotFoundError:
             pass  # absent, or its id blob was lost: a listing decides
+        except ValueError:
+            pass  # an id blob this store did not write: a listing decides
         suffix = f"/{capture_id}.json"
         try:
             async for blob in self._container.list_blobs():
-                if blob.name.endswith(suffix):
-                    return str(blob.name).removesuffix(suffix)
+                name = str(blob.name)
+                if name.endswith(suffix):
+                    return name.removesuffix(suffix)
         except ResourceNotFoundError:
-            pass  # no container yet: nothing was captured
+            self._container_ready = False  # no container (yet): nothing was captured
         raise CaptureNotFound(capture_id)
 
     async def _download(self, name: str) -> bytes:
@@ -216,11 +270,9 @@ class BlobAudioStore:
 
     async def _sidecar(self, name: str) -> Capture | None:
         try:
-            return Capture.from_json(json.loads(await self._download(name)))
+            return _parse_sidecar(await self._download(name))
         except ResourceNotFoundError:
             return None  # removed by a concurrent deletion
-        except (ValueError, KeyError, TypeError):
-            return None  # not a sidecar this store wrote
 
     async def _delete_where(self, doomed: Callable[[dict[str, str]], bool]) -> int:
         sidecars: list[str] = []
@@ -231,13 +283,23 @@ class BlobAudioStore:
                     continue
                 (sidecars if blob.name.endswith(".json") else wavs).append(blob.name)
         except ResourceNotFoundError:
-            return 0
+            self._container_ready = False
+            return 0  # no container (yet): nothing was captured
         # Sidecars first: an interruption leaves orphan WAVs, never a listed capture
         # without its audio; retention removes the orphans.
         for name in sidecars + wavs:
             with suppress(ResourceNotFoundError):
                 await self._container.delete_blob(name)
+            self._forget(name)
         return len(sidecars)
+
+
+def _parse_sidecar(data: bytes) -> Capture | None:
+    """The capture a sidecar describes; None when it is not one this store wrote."""
+    try:
+        return Capture.from_json(json.loads(data))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 async def _bounded_gather(calls: list[Awaitable[_T]]) -> list[_T]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import time
 import uuid
@@ -16,7 +18,7 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from gateway.errors import CaptureCorrupt, CaptureNotFound, StoreUnavailable, UnitDeleted
 from gateway.stores.blob_audio_store import BlobAudioStore
-from tests.azurite import AzuriteServer
+from tests.azurite import ACCOUNT, ACCOUNT_KEY, AzuriteServer
 from tests.stores.test_audio_store import make_capture, make_wav
 
 
@@ -153,3 +155,126 @@ async def test_an_undatable_capture_does_not_stop_retention(store: BlobAudioStor
         await store.put(capture, wav)
     assert await store.expire(datetime(2026, 6, 1, tzinfo=UTC)) == 1
     assert await store.captures("exp") == [undated]
+
+
+async def test_a_container_not_created_yet_is_an_empty_store(azurite: AzuriteServer) -> None:
+    """Before the first put or deletion creates the container, readers see an empty store
+    and a deletion is still recorded."""
+    container = f"fresh{uuid.uuid4().hex[:8]}"
+    store = BlobAudioStore(azurite.account_url, container, azurite.credential, timeout_s=2.0)
+    try:
+        assert await store.captures("exp") == []
+        with pytest.raises(CaptureNotFound):
+            await store.wav(uuid.uuid4().hex)
+        assert await store.expire(datetime.now(UTC)) == 0
+        assert await store.delete_unit("u1") == 0
+        wav = make_wav(b"\x08" * 320)
+        with pytest.raises(UnitDeleted):
+            await store.put(make_capture(wav), wav)
+        assert await store.captures("exp") == []
+    finally:
+        await store.close()
+
+
+async def test_a_container_deleted_under_the_store(
+    store: BlobAudioStore, azurite: AzuriteServer
+) -> None:
+    """The container removed behind a running store: readers see an empty store, a put
+    fails as unavailable (never an Azure SDK error) and the next put creates it again."""
+    wav = make_wav(b"\x09" * 320)
+    await store.put(make_capture(wav), wav)
+    async with BlobServiceClient(azurite.account_url, credential=azurite.credential) as service:
+        await service.delete_container("audio")
+    with pytest.raises(StoreUnavailable):
+        await store.put(make_capture(wav), wav)
+    assert await store.captures("exp") == []
+    capture = make_capture(wav)
+    await store.put(capture, wav)
+    assert await store.captures("exp") == [capture]
+    assert await store.delete_unit("u1") == 1
+
+
+async def test_the_id_cache_is_bounded_and_forgets_removed_captures(
+    azurite: AzuriteServer,
+) -> None:
+    """The capture id -> experiment cache holds at most `cached_ids` entries and drops the
+    captures that deletion and retention removed; a capture it forgot is still read."""
+    store = BlobAudioStore(azurite.account_url, "audio", azurite.credential, cached_ids=3)
+    try:
+        wav = make_wav(b"\x0a" * 320)
+        captures = [make_capture(wav) for _ in range(5)]
+        for capture in captures:
+            await store.put(capture, wav)
+        assert len(store._experiments) == 3
+        assert await store.wav(captures[0].capture_id) == wav  # forgotten: found by its id blob
+        assert len(store._experiments) == 3
+        assert await store.delete_unit("u1") == 5
+        assert len(store._experiments) == 0
+        old = make_capture(wav, unit="u2", captured_at="2026-01-01T00:00:00.000Z")
+        await store.put(old, wav)
+        assert await store.expire(datetime(2026, 6, 1, tzinfo=UTC)) == 1
+        assert len(store._experiments) == 0
+    finally:
+        await store.close()
+
+
+async def test_unreadable_blobs_are_reported_not_raised_raw(
+    store: BlobAudioStore, azurite: AzuriteServer
+) -> None:
+    """A sidecar or id blob that is not what this store wrote: `wav` reports the capture as
+    corrupt or finds it by listing, `captures` skips the sidecar; no parsing error escapes."""
+    wav = make_wav(b"\x0b" * 320)
+    capture = make_capture(wav)
+    await store.put(capture, wav)
+    other = BlobAudioStore(azurite.account_url, "audio", azurite.credential)
+    async with BlobServiceClient(azurite.account_url, credential=azurite.credential) as service:
+        container = service.get_container_client("audio")
+        try:
+            await container.upload_blob(f"_ids/{capture.capture_id}", b"\xff../x", overwrite=True)
+            assert await other.wav(capture.capture_id) == wav  # the listing finds it
+            await container.upload_blob(f"exp/{capture.capture_id}.json", b"{", overwrite=True)
+            with pytest.raises(CaptureCorrupt, match="sidecar"):
+                await store.wav(capture.capture_id)
+            await container.upload_blob(
+                f"exp/{capture.capture_id}.json", b'{"primary": "x"}', overwrite=True
+            )
+            with pytest.raises(CaptureCorrupt, match="sidecar"):
+                await store.wav(capture.capture_id)
+            stray = {**capture.to_json(), "capture_id": uuid.uuid4().hex, "primary": "text"}
+            await container.upload_blob(f"exp/{stray['capture_id']}.json", json.dumps(stray))
+            assert await store.captures("exp") == []
+        finally:
+            await other.close()
+
+
+async def test_a_service_that_never_answers_fails_a_put_after_one_timeout() -> None:
+    """`timeout_s` bounds each request: a service that takes the connection and never
+    answers fails the put's first request, so the put, after about one `timeout_s`."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read()  # reads the request, never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = BlobAudioStore(
+        f"http://127.0.0.1:{port}/{ACCOUNT}",
+        "audio",
+        {"account_name": ACCOUNT, "account_key": ACCOUNT_KEY},
+        timeout_s=1.0,
+    )
+    wav = make_wav(b"\x0c" * 320)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.put(make_capture(wav), wav)
+        elapsed = time.monotonic() - started
+        assert 1.0 <= elapsed < 2.0  # within 2 x timeout_s, as docs/capture.md says
+        assert len(accepted) == 1  # the first request failed; no other was made
+    finally:
+        await store.close()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
