@@ -56,6 +56,7 @@ from gateway.logging import get_logger
 from gateway.outcomes.labels import LabelInput
 from gateway.outcomes.preference import CHOICES, Choice, Preference
 from gateway.outcomes.record import now_iso
+from gateway.text.normalize import normalize_words
 
 if TYPE_CHECKING:
     from gateway.analysis.review_report import ReviewInputs
@@ -152,6 +153,25 @@ class BlindItem:
             first, second = second, first
         return cls(capture, first, second)
 
+    @property
+    def choice_needed(self) -> bool:
+        """Whether the reviewer is asked which hypothesis is better: only between two that
+        differ (after the WER normalisation). Two without text (nothing recognised, or the
+        gateway keeps no transcripts) cannot be compared; two the same are a tie."""
+        return self.comparable and not self.identical
+
+    @property
+    def comparable(self) -> bool:
+        return self.b is not None and (self.a.text is not None or self.b.text is not None)
+
+    @property
+    def identical(self) -> bool:
+        return (
+            self.comparable
+            and self.b is not None
+            and normalize_words(self.a.text or "") == normalize_words(self.b.text or "")
+        )
+
     def to_json(self, prefill: str | None = None) -> dict[str, Any]:
         """The item as the page gets it: no variant, record id, unit or client."""
         hypotheses = [{"slot": "a", "text": self.a.text}]
@@ -163,7 +183,7 @@ class BlindItem:
             "duration_ms": self.capture.duration_ms,
             "captured_at": self.capture.captured_at,
             "hypotheses": hypotheses,
-            "choice_needed": self.b is not None,
+            "choice_needed": self.choice_needed,
             "prefill": prefill if prefill is not None else default,
         }
 
@@ -395,10 +415,12 @@ class _ReviewApi:
                 await leases.release(experiment, reviewer, capture_id)
                 raise RestError(f"{saved.reviewer} has already reviewed this item", 409)
             item = BlindItem.of(capture, self._key(request), reviewer)
-            if item.b is None and choice is not None:
-                raise RestError("choice: this item has one hypothesis; send null", 422)
-            if item.b is not None and choice is None:
+            if not item.choice_needed and choice is not None:
+                raise RestError("choice: this item asks no choice; send null", 422)
+            if item.choice_needed and choice is None:
                 raise RestError("choice: choose a, b or same", 422)
+            if item.identical:
+                choice = "same"  # two transcripts the same: a tie, not a question
             record_ids = [capture.primary.record_id, *(s.record_id for s in capture.shadows)]
             labels = [LabelInput(rid, text) for rid in dict.fromkeys(record_ids)]
             store = request.config_dict[LABEL_STORE]
@@ -415,8 +437,8 @@ class _ReviewApi:
                 sample=capture.sample.value,
                 reviewer=reviewer,
                 choice=choice,
-                variant_a=item.a.variant if item.b is not None else None,
-                variant_b=item.b.variant if item.b is not None else None,
+                variant_a=item.a.variant if item.b is not None and choice else None,
+                variant_b=item.b.variant if item.b is not None and choice else None,
                 reviewed_at=now_iso(),
                 records=tuple(label.record_id for label in labels),
             )

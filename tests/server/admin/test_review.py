@@ -209,6 +209,47 @@ async def test_a_single_hypothesis_is_labelled_without_a_choice(
     assert preference.preferred is None
 
 
+@pytest.mark.parametrize(
+    ("texts", "needed", "saved_choice"),
+    [
+        (("Pay my bill.", "pay my bill"), False, "same"),  # the same words: a tie
+        ((None, None), False, None),  # no text to compare (nothing kept, or recognised)
+        ((None, "pay my bill"), True, "b"),
+    ],
+)
+async def test_a_choice_is_asked_only_between_transcripts_that_differ(
+    world: ReviewWorld,
+    aiohttp_client: MakeClient,
+    texts: tuple[str | None, str | None],
+    needed: bool,
+    saved_choice: str | None,
+) -> None:
+    """Two transcripts the same (after normalisation) are saved as a tie without asking;
+    two without text are not compared; a transcript against none is a real choice."""
+    await world.add(1, texts=texts)
+    client = await aiohttp_client(world.app())
+    item = (await claim(client, RITA))["item"]
+    assert item["choice_needed"] is needed
+    assert all(h["text"] in texts for h in item["hypotheses"])
+    save = f"{API}/items/{item['capture_id']}/save"
+    choice = None
+    if needed:  # the slot showing the text
+        choice = next(h["slot"] for h in item["hypotheses"] if h["text"])
+    else:
+        refused = await client.post(save, headers=RITA, json={"text": "pay my bill", "choice": "a"})
+        assert refused.status == 422
+    saved = await client.post(save, headers=RITA, json={"text": "pay my bill", "choice": choice})
+    assert saved.status == 200, await saved.text()
+    (preference,) = (await world.preference_store().current(EXPERIMENT)).values()
+    if saved_choice is None:
+        assert (preference.choice, preference.variant_a, preference.variant_b) == (None,) * 3
+    elif saved_choice == "same":
+        assert preference.choice == "same"
+        assert {preference.variant_a, preference.variant_b} == {"base", "custom"}
+    else:
+        assert preference.preferred == "custom"
+
+
 async def test_only_the_holder_may_save_or_skip(
     world: ReviewWorld, aiohttp_client: MakeClient
 ) -> None:

@@ -75,7 +75,7 @@
     name.textContent = h.slot.toUpperCase();
     const text = document.createElement("span");
     if (h.text) text.textContent = h.text;
-    else { text.textContent = "(nothing recognised)"; text.className = "empty"; }
+    else { text.textContent = "(no text)"; text.className = "empty"; }
     const use = document.createElement("button");
     use.type = "button";
     use.textContent = "Use as reference";
