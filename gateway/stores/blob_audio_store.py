@@ -186,7 +186,13 @@ class BlobAudioStore:
             return await self._delete_where(lambda metadata: metadata.get("unit") == unit)
 
     async def expire(self, older_than: datetime) -> int:
-        def old(metadata: dict[str, str]) -> bool:
+        """The captures made before `older_than`, and what is left of a deleted unit's
+        captures (a deletion, or a put's clean-up, cut off by an outage) however recent."""
+        deleted: set[str] = set()
+
+        def doomed(metadata: dict[str, str]) -> bool:
+            if metadata.get("unit") in deleted:
+                return True
             captured_at = metadata.get("captured_at")
             if captured_at is None:
                 return False
@@ -196,7 +202,8 @@ class BlobAudioStore:
                 return False
 
         with _translated("expire"):
-            return await self._delete_where(old)
+            deleted.update(await self._deleted_units())
+            return await self._delete_where(doomed)
 
     async def close(self) -> None:
         await self._container.close()
@@ -244,6 +251,16 @@ class BlobAudioStore:
         except ResourceNotFoundError:
             return False
         return True
+
+    async def _deleted_units(self) -> set[str]:
+        try:
+            return {
+                str(blob.name).removeprefix(DELETED_PREFIX)
+                async for blob in self._container.list_blobs(name_starts_with=DELETED_PREFIX)
+            }
+        except ResourceNotFoundError:
+            self._container_ready = False
+            return set()  # no container (yet): no deletion list
 
     async def _find(self, capture_id: str) -> str:
         try:

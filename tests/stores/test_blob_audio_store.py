@@ -278,3 +278,24 @@ async def test_a_service_that_never_answers_fails_a_put_after_one_timeout() -> N
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_retention_removes_what_an_interrupted_deletion_left(
+    store: BlobAudioStore, azurite: AzuriteServer
+) -> None:
+    """A unit on the deletion list whose captures are still there (its deletion was cut off
+    by an outage after listing the unit): the next retention round removes them, however
+    recent."""
+    wav = make_wav(b"\x0d" * 320)
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    left, kept = make_capture(wav, captured_at=now), make_capture(wav, unit="u2", captured_at=now)
+    for capture in (left, kept):
+        await store.put(capture, wav)
+    async with BlobServiceClient(azurite.account_url, credential=azurite.credential) as service:
+        await service.get_blob_client("audio", "_deleted/u1").upload_blob(b"")
+    assert await store.expire(datetime(2026, 1, 1, tzinfo=UTC)) == 1
+    assert await store.captures("exp") == [kept]
+    with pytest.raises(CaptureNotFound):
+        await store.wav(left.capture_id)
+    names = [blob.name async for blob in store._container.list_blobs()]
+    assert [name for name in names if left.capture_id in name] == []
