@@ -167,9 +167,14 @@ def review_section(
         "description": drawn.describe(),
         "sample": drawn.to_dict(),
         "wer": {name: _wer(captures, labels, name, options) for name in SAMPLES},
+        # Per sample, like the WER: the priority captures' judgements (disagreements, most
+        # of them) say nothing of how often the traffic's transcripts differ.
         "preferences": [
-            rate.to_dict()
-            for rate in preference_rates(preferences, control or "", confidence=options.confidence)
+            {"sample": name, **rate.to_dict()}
+            for name in SAMPLES
+            for rate in preference_rates(
+                preferences, control or "", sample=name, confidence=options.confidence
+            )
         ],
     }
 
@@ -233,7 +238,7 @@ def review_text(section: Mapping[str, Any] | None) -> list[str]:
         low, high = rate.get("interval", (0.0, 1.0))
         shown = "-" if value is None else f"{value:.0%} [{low:.0%}, {high:.0%}]"
         lines.append(
-            f"  blind preference for {rate['challenger']} over {rate['control']}: {shown} "
-            f"of {rate['decisive']} decisive ({rate['ties']} same)"
+            f"  {rate.get('sample', ''):<8} blind preference for {rate['challenger']} over "
+            f"{rate['control']}: {shown} of {rate['decisive']} decisive ({rate['ties']} same)"
         )
     return lines

@@ -85,8 +85,12 @@ def test_the_section_counts_the_samples_apart(tmp_path: Path) -> None:
     assert uniform["base"]["ci"] is not None
     priority = {e["variant"]: e for e in section["wer"]["priority"]}
     assert priority["base"]["utterances"] == 2
-    [rate] = section["preferences"]
-    assert (rate["challenger"], rate["challenger_preferred"], rate["ties"]) == ("custom", 6, 2)
+    uniform_rate, priority_rate = section["preferences"]
+    assert uniform_rate["sample"] == "uniform"
+    assert (uniform_rate["challenger"], uniform_rate["challenger_preferred"]) == ("custom", 6)
+    assert uniform_rate["ties"] == 0
+    assert priority_rate["sample"] == "priority"
+    assert (priority_rate["decisive"], priority_rate["ties"]) == (0, 2)
     # The headline keeps the uniform review labels and drops the priority ones.
     kept = headline_labels(labels, reviews)
     assert set(kept) == {c.primary.record_id for c in made.captures[:6]}
@@ -114,7 +118,7 @@ def test_analyze_shows_the_review_section(
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "Reviewed live traffic" in text
-    assert "blind preference for custom over base: 100%" in text
+    assert "uniform  blind preference for custom over base: 100%" in text
 
 
 def test_no_captures_no_section(

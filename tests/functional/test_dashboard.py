@@ -346,7 +346,7 @@ def review_section(variant_name: str = "custom") -> dict[str, Any]:
                 },
             ],
         },
-        "preferences": [rate.to_dict()],
+        "preferences": [{"sample": "uniform", **rate.to_dict()}],
     }
 
 
@@ -413,8 +413,10 @@ def test_reviewed_live_traffic(fake: FakeAdmin, tmp_path: Path) -> None:
             By.CSS_SELECTOR, 'table[data-table="preferences"] tr[data-challenger="custom"]'
         )
         assert preference.get_attribute("data-control") == "base"
+        assert preference.get_attribute("data-sample") == "uniform"
         cells = [c.text.splitlines() for c in preference.find_elements(By.CSS_SELECTOR, "td")]
         assert cells == [
+            ["uniform"],
             ["custom over base"],
             ["85.7%", "95% interval 49.0% to 97.0%"],
             ["7", "6 : 1"],

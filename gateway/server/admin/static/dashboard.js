@@ -226,7 +226,8 @@
       const level = num(p.confidence) === null ? "" :
         Math.round(p.confidence * 100) + "% interval ";
       return el("tr", {"data-challenger": String(p.challenger),
-        "data-control": String(p.control)},
+        "data-control": String(p.control), "data-sample": String(p.sample ?? "")},
+        el("td", {"data-col": "sample"}, String(p.sample ?? "")),
         el("td", {}, String(p.challenger) + " over " + String(p.control)),
         el("td", {"data-col": "preference"}, pct(p.rate),
           el("small", {}, level + bounds(p.interval, pct))),
@@ -246,8 +247,8 @@
     ];
     if (prefRows.length) {
       out.push(el("div", {class: "table-wrap"}, el("table", {"data-table": "preferences"},
-        el("thead", {}, el("tr", {}, ["Blind preference", "Rate", "Decisive", "Same",
-          "Units"].map((h) => el("th", {}, h)))), el("tbody", {}, prefRows))));
+        el("thead", {}, el("tr", {}, ["Sample", "Blind preference", "Rate", "Decisive",
+          "Same", "Units"].map((h) => el("th", {}, h)))), el("tbody", {}, prefRows))));
     }
     return out;
   }
