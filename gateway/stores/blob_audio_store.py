@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -33,7 +34,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFo
 from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
-from gateway.errors import CaptureCorrupt, CaptureNotFound, UnitDeleted
+from gateway.errors import CaptureCorrupt, CaptureNotFound, StoreUnavailable, UnitDeleted
 from gateway.stores.audio_store import (
     CAPTURE_ID,
     SIDECAR_CONTENT_TYPE,
@@ -43,13 +44,16 @@ from gateway.stores.audio_store import (
     check_unit,
     check_wav,
 )
-from gateway.stores.failures import unavailable
 
 DELETED_PREFIX: Final = "_deleted/"
 IDS_PREFIX: Final = "_ids/"  # `_ids/<capture_id>` holds the capture's experiment
 _PARALLEL_READS: Final = 8
 CACHED_IDS: Final = 10_000  # capture id -> experiment entries kept (about 1 MB)
 _T = TypeVar("_T")
+# A SAS token travels in each request's query string, and aiohttp names the whole URL in some
+# errors ("Connection timeout to host <url>"): queries and signatures never leave the store.
+_URL_QUERY: Final = re.compile(r"(\bhttps?://[^\s?#'\"<>]*)\?[^\s'\"<>]*")
+_SIGNATURE: Final = re.compile(r"(?i)\b(sig=)[^&\s'\"<>]*")
 
 Credential = str | dict[str, str] | None
 """An account key or SAS token (str), {"account_name", "account_key"}, or None (public/SAS URL)."""
@@ -58,11 +62,20 @@ Credential = str | dict[str, str] | None
 @contextmanager
 def _translated(operation: str) -> Iterator[None]:
     """Every failure of the service as StoreUnavailable. A missing blob or container that
-    means absence is caught inside the block; one that reaches here is an outage too."""
+    means absence is caught inside the block; one that reaches here is an outage too. The
+    reason carries the error without URL queries or signatures (a SAS token is one), and the
+    original is not chained: its message names the URL."""
     try:
         yield
     except (TimeoutError, AzureError, OSError) as exc:
-        raise unavailable(f"BlobAudioStore.{operation}", exc) from exc
+        detail = _redacted(str(exc))
+        reason = f"{type(exc).__name__}{': ' + detail if detail else ''}"
+        raise StoreUnavailable(f"BlobAudioStore.{operation}: {reason}") from None
+
+
+def _redacted(text: str) -> str:
+    """`text` with every URL's query string and every `sig=` value replaced."""
+    return _SIGNATURE.sub(r"\1[redacted]", _URL_QUERY.sub(r"\1?[redacted]", text))
 
 
 class BlobAudioStore:

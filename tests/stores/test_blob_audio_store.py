@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -299,3 +301,32 @@ async def test_retention_removes_what_an_interrupted_deletion_left(
         await store.wav(left.capture_id)
     names = [blob.name async for blob in store._container.list_blobs()]
     assert [name for name in names if left.capture_id in name] == []
+
+
+async def test_an_unavailable_reason_never_carries_the_sas_token() -> None:
+    """aiohttp names the request's URL when a connection times out, and a SAS token travels
+    in that URL: the StoreUnavailable says what failed without it, and does not chain it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # never accepts: once its queue is full, connecting hangs
+    port = listener.getsockname()[1]
+    fillers = [socket.socket() for _ in range(3)]
+    for filler in fillers:
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+    store = BlobAudioStore(
+        f"http://127.0.0.1:{port}/{ACCOUNT}", "audio", "sv=2025-01-05&sig=SECRETSIG", timeout_s=0.5
+    )
+    wav = make_wav(b"\x0e" * 320)
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.put(make_capture(wav), wav)
+    finally:
+        await store.close()
+        for sock in (*fillers, listener):
+            sock.close()
+    assert "Connection timeout" in caught.value.reason
+    assert "SECRETSIG" not in str(caught.value)
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
