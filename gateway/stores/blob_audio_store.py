@@ -333,10 +333,18 @@ def _parse_sidecar(data: bytes) -> Capture | None:
 
 
 async def _bounded_gather(calls: list[Awaitable[_T]]) -> list[_T]:
+    """The calls' results, at most `_PARALLEL_READS` at a time; the first failure cancels the
+    calls still running or waiting (none goes on after the caller got the error)."""
     gate = asyncio.Semaphore(_PARALLEL_READS)
 
     async def one(call: Awaitable[_T]) -> _T:
         async with gate:
             return await call
 
-    return list(await asyncio.gather(*(one(call) for call in calls)))
+    tasks = [asyncio.ensure_future(one(call)) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()  # nothing for the calls that are done
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ServiceRequestError
 from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobServiceClient
 
@@ -330,3 +331,29 @@ async def test_an_unavailable_reason_never_carries_the_sas_token() -> None:
     assert "SECRETSIG" not in str(caught.value)
     assert caught.value.__cause__ is None
     assert caught.value.__suppress_context__
+
+
+async def test_a_failed_listing_leaves_no_reads_running(store: BlobAudioStore) -> None:
+    """One sidecar read failing fails `captures` and stops the reads still waiting: none
+    goes on in the background after the caller got StoreUnavailable."""
+    wav = make_wav(b"\x0f" * 320)
+    for _ in range(12):
+        await store.put(make_capture(wav), wav)
+    download = store._download
+    calls = 0
+
+    async def failing_first(name: str) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(0.05)
+            raise ServiceRequestError("connection reset")
+        await asyncio.sleep(0.2)  # a slow service: the others are still in flight
+        return await download(name)
+
+    store._download = failing_first  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        await store.captures("exp")
+    started = calls
+    await asyncio.sleep(0.5)
+    assert calls == started < 12
