@@ -184,7 +184,7 @@ class BlobAudioStore:
             except ResourceNotFoundError:
                 self._container_ready = False
                 return []  # no container (yet): nothing was captured
-            sidecars = await _bounded_gather([self._sidecar(name) for name in names])
+            sidecars = await _bounded_gather(self._sidecar, names)
         found = [capture for capture in sidecars if capture is not None]
         for capture in found:
             self._remember(capture.capture_id, capture.experiment)
@@ -332,16 +332,16 @@ def _parse_sidecar(data: bytes) -> Capture | None:
         return None
 
 
-async def _bounded_gather(calls: list[Awaitable[_T]]) -> list[_T]:
-    """The calls' results, at most `_PARALLEL_READS` at a time; the first failure cancels the
-    calls still running or waiting (none goes on after the caller got the error)."""
+async def _bounded_gather(read: Callable[[str], Awaitable[_T]], names: list[str]) -> list[_T]:
+    """`read` of each name, at most `_PARALLEL_READS` at a time; the first failure cancels the
+    reads still running or waiting (none goes on after the caller got the error)."""
     gate = asyncio.Semaphore(_PARALLEL_READS)
 
-    async def one(call: Awaitable[_T]) -> _T:
+    async def one(name: str) -> _T:
         async with gate:
-            return await call
+            return await read(name)
 
-    tasks = [asyncio.ensure_future(one(call)) for call in calls]
+    tasks = [asyncio.ensure_future(one(name)) for name in names]
     try:
         return list(await asyncio.gather(*tasks))
     finally:
