@@ -14,8 +14,9 @@ found missing by any call); until it exists the store reads as empty.
 
 Same interface and behaviour as `gateway.stores.audio_store.LocalAudioStore`; every failure to
 reach the service (refused connection, timeout, an HTTP error) raises `StoreUnavailable`.
-The client does not retry; `timeout_s` bounds each request's connection and each wait for the
-service's answer (not a whole call: a put makes five requests, see `put`). A capture that
+The client does not retry (aiohttp may send a request once more when its connection drops
+before the answer); `timeout_s` bounds each request's connection and each wait for the
+service's answer, not a whole call (a put makes five requests, see `put`). A capture that
 cannot be stored is dropped by the writer, never waited for.
 """
 
@@ -48,7 +49,7 @@ from gateway.stores.audio_store import (
 DELETED_PREFIX: Final = "_deleted/"
 IDS_PREFIX: Final = "_ids/"  # `_ids/<capture_id>` holds the capture's experiment
 _PARALLEL_READS: Final = 8
-CACHED_IDS: Final = 10_000  # capture id -> experiment entries kept (about 1 MB)
+CACHED_IDS: Final = 10_000  # capture id -> experiment entries kept (about 2 MB)
 _T = TypeVar("_T")
 # A SAS token travels in each request's query string, and aiohttp names the whole URL in some
 # errors ("Connection timeout to host <url>"): queries and signatures never leave the store.
