@@ -207,20 +207,25 @@ async def test_only_consenting_clients_of_capturing_experiments_get_a_capture(
 
 async def test_retention_removes_old_captures(tmp_path: Path) -> None:
     """`expire` deletes the captures older than retention_days."""
-    store = LocalAudioStore(tmp_path)
-    writer = CaptureWriter(
-        store, EVERYTHING, frozenset({"app"}), AudioSettings(retention_days=1), GatewayMetrics()
-    )
-    assert await writer.write(utterance())
-    assert await writer.expire() == 0
-    (capture,) = await store.captures("exp")
+
+    def writer() -> CaptureWriter:
+        settings = AudioSettings(retention_days=1)
+        store = LocalAudioStore(tmp_path)
+        return CaptureWriter(store, EVERYTHING, frozenset({"app"}), settings, GatewayMetrics())
+
+    young = writer()
+    assert await young.write(utterance())
+    assert await young.expire() == 0
+    (capture,) = await young.store.captures("exp")
+    # Aged by hand: the store never rewrites a sidecar, so a new process reads it.
     old = datetime.now(UTC) - timedelta(days=2)
     sidecar = tmp_path / "exp" / f"{capture.capture_id}.json"
     sidecar.write_text(
         sidecar.read_text().replace(capture.captured_at, old.isoformat().replace("+00:00", "Z"))
     )
-    assert await writer.expire() == 1
-    assert await store.captures("exp") == []
+    later = writer()
+    assert await later.expire() == 1
+    assert await later.store.captures("exp") == []
 
 
 async def test_close_waits_for_the_queue_then_stops(tmp_path: Path) -> None:
