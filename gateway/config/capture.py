@@ -117,7 +117,10 @@ class AudioSettings(_Model):
     )
     blob_credential_file: Path | None = Field(None, description="A file holding `blob_credential`.")
     blob_timeout_s: float = Field(
-        5.0, gt=0, description="How long one Blob request may take before the capture drops."
+        5.0,
+        gt=0,
+        description="How long the Blob store waits to connect, and for each answer, before "
+        "a request fails and the capture drops; per request, not per capture (docs/capture.md).",
     )
     retention_days: float = Field(
         30.0,
