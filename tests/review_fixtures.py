@@ -15,6 +15,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.control.model import hash_key
+from gateway.outcomes.preference import Preference
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
 from gateway.server.admin.auth import AdminTokens
 from gateway.server.admin.labels import LABEL_STORE, PSEUDONYM_KEY, add_label_routes
@@ -93,6 +94,22 @@ def record(record_id: str, variant: str, role: Role, unit: str, text: str) -> Ou
         text=text,
         word_count=len(text.split()),
     )
+
+
+def review(capture: Capture, *, withdrawn: bool = False, reviewer: str = "rita") -> Preference:
+    """`reviewer`'s review of `capture`: A (base) better; undone when `withdrawn`."""
+    preference = Preference(
+        capture_id=capture.capture_id,
+        experiment=capture.experiment,
+        unit=capture.unit,
+        sample="uniform",
+        reviewer=reviewer,
+        choice="a",
+        variant_a="base",
+        variant_b="custom",
+        reviewed_at="2026-12-07T11:00:00.000Z",
+    )
+    return preference.withdraw("2026-12-07T11:05:00.000Z") if withdrawn else preference
 
 
 @dataclass

@@ -17,11 +17,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from review_fixtures import EXPERIMENT, ReviewWorld, tone, wav_bytes
+from review_fixtures import EXPERIMENT, ReviewWorld, review, tone, wav_bytes
 
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.outcomes.labels import LabelInput
-from gateway.outcomes.preference import Preference
 from gateway.protocol.wav import WaveFormat, WaveFormatTag, wave_header
 from gateway.stores.audio_store import Capture, LocalAudioStore
 from gateway.tools.cli_options import add_dataset_arguments
@@ -95,21 +94,6 @@ def exported_ids(out: Path, part: str) -> set[str]:
         _, rows, _ = read_zip(out / name)
         ids |= {file.removesuffix(".wav") for file, _ in rows}
     return ids
-
-
-def review(capture: Capture, *, withdrawn: bool = False) -> Preference:
-    preference = Preference(
-        capture_id=capture.capture_id,
-        experiment=EXPERIMENT,
-        unit=capture.unit,
-        sample="uniform",
-        reviewer="rita",
-        choice="a",
-        variant_a="base",
-        variant_b="custom",
-        reviewed_at="2026-12-07T11:00:00.000Z",
-    )
-    return preference.withdraw("2026-12-07T11:05:00.000Z") if withdrawn else preference
 
 
 async def test_the_export_has_the_documented_layout(tmp_path: Path) -> None:

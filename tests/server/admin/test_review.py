@@ -20,10 +20,17 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
-from review_fixtures import ADMIN_TOKEN, EXPERIMENT, KEY, REVIEWER_TOKENS, ReviewWorld, bearer
+from review_fixtures import (
+    ADMIN_TOKEN,
+    EXPERIMENT,
+    KEY,
+    REVIEWER_TOKENS,
+    ReviewWorld,
+    bearer,
+    review,
+)
 
 from gateway.control.model import hash_key
-from gateway.outcomes.preference import Preference
 from gateway.server.admin.auth import AdminTokens
 from gateway.server.admin.control import add_control_routes
 from gateway.server.admin.review import (
@@ -103,19 +110,7 @@ async def test_an_item_saved_while_another_reviewer_claims_is_not_given_to_them(
         experiment: str, reviewer: str, candidates: Any, ttl_s: float
     ) -> str | None:
         if reviewer == "raj" and await preferences.get(experiment, first.capture_id) is None:
-            await preferences.put(
-                Preference(
-                    capture_id=first.capture_id,
-                    experiment=experiment,
-                    unit=first.unit,
-                    sample="uniform",
-                    reviewer="rita",
-                    choice="a",
-                    variant_a="base",
-                    variant_b="custom",
-                    reviewed_at="2026-12-07T10:00:00.000Z",
-                )
-            )
+            await preferences.put(review(first))
         return await claim_lease(experiment, reviewer, candidates, ttl_s)
 
     leases.claim = claim_after_ritas_save  # type: ignore[method-assign]
