@@ -752,11 +752,14 @@ def _outcome_table(con: duckdb.DuckDBPyConnection, phase: str, variant: str) -> 
         [phase, variant],
     ).fetchnumpy()
     names = list(columns)
-    # The variant's units coded 0..K-1 in the order of the units (a dense rank).
-    _, units = np.unique(np.asarray(columns[names[1]], dtype=np.intp), return_inverse=True)
+    # The variant's units coded 0..K-1 in the order of the units: a dense rank of the codes
+    # (counted, not sorted: the codes are 0..U-1).
+    codes = np.asarray(columns[names[1]], dtype=np.intp)
+    present = np.bincount(codes) > 0 if codes.size else np.zeros(0, dtype=bool)
+    rank = np.cumsum(present, dtype=np.intp) - 1
     return OutcomeTable(
         at=_floats(columns[names[0]]),
-        units=units.reshape(-1).astype(np.intp),
+        units=rank[codes],
         categories=np.asarray(columns[names[2]], dtype=np.intp),
         latencies={
             metric: _floats(columns[names[3 + i]]) for i, metric in enumerate(LATENCY_METRICS)
