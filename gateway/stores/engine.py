@@ -17,9 +17,9 @@ takes the labels from its caller. The counts stored with each label
 (`gateway.outcomes.label_scores`) are used as they are; a label without current ones is
 aligned here, once. Records are materialised as objects only where a part of the report
 needs whole records: canaries, the error analysis's units, shadow sessions, labelled
-records to align; a JSON-lines file's are read back by their numbers in the file
-(`jsonl_lines`), a Parquet export's (or a file changed since) by DuckDB a second time,
-with every column.
+records to align; a JSON-lines file's are read back by their ids (`jsonl_lines`), a
+Parquet export's (or a file that gives its ids otherwise) by DuckDB a second time, with
+every column.
 DuckDB's memory is bounded (`memory_limit`); its tables spill to a scratch folder beyond,
 and a source too large for the memory it may use raises `StoreUnavailable`.
 
@@ -74,7 +74,7 @@ from gateway.outcomes.record import (
     OutcomeRecord,
     Role,
 )
-from gateway.stores.jsonl_lines import records_at
+from gateway.stores.jsonl_lines import records_by_id
 from gateway.stores.label_store import labels_path_beside
 from gateway.stores.lake import LABEL_COLUMNS, exported_experiments, lake_sources
 from gateway.text.normalize import NORMALISATION_VERSION
@@ -83,8 +83,8 @@ RETRY_GAP_S: Final = 120.0  # as gateway.analysis.observations.RETRY_GAP_S
 # DuckDB's buffer pool (the analysis' arrays come on top): 400 MB, or a third of the size of
 # the source's JSON, at most half the machine's memory. The table of the records' observed
 # columns takes about a third of their JSON; sorts and joins past the limit spill to a
-# scratch folder (at ten million records, 8.6 GB of JSON: 2.9 GB took the 133 s of 4.3 GB
-# with a peak 1.2 GB lower; 2 GB took 170 s).
+# scratch folder. At ten million records (8.6 GB of JSON, 2 cores) a limit of 2.9 GB took
+# 99 s and peaked at 3.5 GB, one of 4.1 GB 88 s and 4.9 GB: memory is what runs out first.
 MEMORY_LIMIT_MIN: Final = 400 << 20
 SOURCE_SHARE: Final = 3  # the limit is 1/SOURCE_SHARE of the source's JSON
 _PARQUET_RATIO: Final = 8  # a Parquet export is about an eighth of its JSON lines
@@ -281,8 +281,8 @@ class DuckDbEngine:
         self._size = size or (lambda: 0)
         self._threads = threads
         self.labels_path: Path | None = None  # a file store's label file
-        # A file store's outcome file, whose source numbers its records (`line`): the
-        # records read whole are read back by their numbers (`jsonl_lines`).
+        # A file store's outcome file: the records read whole are read back from it by
+        # their ids (`jsonl_lines`).
         self.lines_path: Path | None = None
 
     @classmethod
@@ -293,11 +293,9 @@ class DuckDbEngine:
         one beside it, `label_store.labels_path_beside`)."""
         columns = ", ".join(f"{_quote(name)}: {_quote(kind)}" for name, kind in COLUMNS.items())
         label_file = labels_path or labels_path_beside(path)
-        # Each record's number among the file's records (DuckDB keeps a scan's order).
         engine = cls(
-            "(SELECT *, row_number() OVER () - 1 AS line FROM "  # noqa: S608 - a quoted path
             f"read_json({_quote(str(path))}, format = 'newline_delimited', "
-            f"columns = {{{columns}}}))",
+            f"columns = {{{columns}}})",
             labels=lambda: _jsonl_labels(label_file) if label_file.exists() else None,
             size=lambda: path.stat().st_size if path.exists() else 0,
             threads=threads,
@@ -361,10 +359,9 @@ class DuckDbEngine:
         try:
             where, params = self._window(window)
             selected = ", ".join(f'"{name}"' for name in OBSERVED_COLUMNS)
-            line = "line" if self.lines_path is not None else "NULL::BIGINT AS line"
             try:
                 con.execute(
-                    f"CREATE TEMP TABLE r AS SELECT {selected}, {line}, "  # noqa: S608 - constants and quoted paths; values are parameters
+                    f"CREATE TEMP TABLE r AS SELECT {selected}, "  # noqa: S608 - constants and quoted paths; values are parameters
                     'epoch_ms(CAST("timestamp" AS TIMESTAMPTZ)) / 1000.0 AS at_s, '
                     f"{category_sql()} AS cat, text IS NOT NULL AS has_text, "
                     f"coalesce({_valid_sql()}, true) AS ok "
@@ -486,15 +483,15 @@ class DuckDbEngine:
         )
         if self.lines_path is not None:
             rows = con.execute(
-                f"SELECT line, record_id FROM r WHERE ({reported}) "  # noqa: S608 - constants; values are parameters
+                f"SELECT record_id FROM r WHERE ({reported}) "  # noqa: S608 - constants; values are parameters
                 "OR list_contains(?, record_id)",
                 [*([] if sample is None else [sample.threshold]), sorted(extra)],
             ).fetchall()
-            found = records_at(self.lines_path, dict(rows))
+            found = records_by_id(self.lines_path, [row[0] for row in rows])
             if found is not None:
                 return sorted(found, key=lambda r: (r.timestamp, r.record_id))
-        # Not a file of numbered records, or not the file it was (a blank line, replaced):
-        # the records read again with DuckDB.
+        # A Parquet export, or a file whose lines give their ids otherwise than the gateway
+        # writes them: the records read again with DuckDB.
         where, params = self._window(window)
         # A list, not a join with a table of ids: DuckDB would build the join's hash table
         # on the file's side, holding every record in memory.

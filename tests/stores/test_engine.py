@@ -26,7 +26,7 @@ from gateway.outcomes.labels import Label
 from gateway.outcomes.record import Kind, OutcomeRecord, Protocol, Role, UnitSource
 from gateway.stores import engine as engine_module
 from gateway.stores.engine import MEMORY_LIMIT_MIN, DuckDbEngine, category_sql, memory_limit
-from gateway.stores.jsonl_lines import records_at
+from gateway.stores.jsonl_lines import records_by_id
 from gateway.stores.lake import append_outcomes, lake_sources
 from gateway.stores.reader import FileReader
 
@@ -248,35 +248,38 @@ def test_parquet_export_gives_the_same_observations(tmp_path: Path) -> None:
     assert_same(observe([r for r in records if r.experiment == "e"], labels), found)
 
 
-def test_records_are_read_whole_by_their_lines_or_again_when_the_lines_moved(
+def test_records_are_read_whole_by_their_ids_or_again_when_the_lines_say_them_otherwise(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     records, _ = traffic(8)
     path = tmp_path / "outcomes.jsonl"
-    write_jsonl(path, records)
+    write_jsonl(path, records)  # with a record twice, in the same line
     expected = sorted(
         (r for r in records if r.experiment == "e"), key=lambda r: (r.timestamp, r.record_id)
     )
     results: list[list[OutcomeRecord] | None] = []
 
-    def recorded(path: Path, lines: dict[int, str]) -> list[OutcomeRecord] | None:
-        results.append(found := records_at(path, lines))
+    def recorded(path: Path, ids: list[str]) -> list[OutcomeRecord] | None:
+        results.append(found := records_by_id(path, ids))
         return found
 
-    monkeypatch.setattr(engine_module, "records_at", recorded)
+    monkeypatch.setattr(engine_module, "records_by_id", recorded)
     engine = DuckDbEngine.jsonl(path)
     assert engine.records(AnalysisWindow("e"), None) == expected
-    assert results[-1] is not None  # read by their lines
-    # A blank line (DuckDB does not number it) moves the lines after it: read again.
+    assert results[-1] is not None  # read by their ids
+    # Blank lines, and a line with spaces in it (valid JSON): read again by DuckDB.
     lines = path.read_text(encoding="ascii").splitlines(keepends=True)
-    path.write_text("".join([*lines[:5], "\n", " \n", *lines[5:]]), encoding="ascii")
+    spaced = lines[5].replace('"record_id":"', '"record_id": "')
+    path.write_text("".join([*lines[:5], "\n", " \n", spaced, *lines[6:]]), encoding="ascii")
     assert engine.records(AnalysisWindow("e"), None) == expected
     assert results[-1] is None
-    # A line that is another record than the one numbered there: read again too.
-    numbered = {0: records[1].record_id}
-    assert records_at(path, numbered) is None
-    assert records_at(path, {0: records[0].record_id}) == [records[0]]
-    assert records_at(tmp_path / "missing.jsonl", {0: records[0].record_id}) is None
+    # A record twice in different lines, a missing file: not read by id either.
+    twice = lines[7].replace('"locale":"en-us"', '"locale":"en-gb"')
+    assert twice != lines[7]
+    path.write_text("".join([*lines, twice]), encoding="ascii")
+    assert records_by_id(path, [records[7].record_id]) is None
+    assert records_by_id(path, [records[6].record_id]) == [records[6]]
+    assert records_by_id(tmp_path / "missing.jsonl", [records[0].record_id]) is None
 
 
 def test_a_torn_last_line_falls_back_to_the_record_reader(tmp_path: Path) -> None:
