@@ -100,8 +100,8 @@ _CGROUP_LIMITS: Final = (
 
 def memory_limit(source_bytes: int, cgroup_limits: Sequence[Path] = _CGROUP_LIMITS) -> int:
     """DuckDB's memory limit for a source of this many bytes of JSON lines: a third of the
-    source, at least MEMORY_LIMIT_MIN, at most half the memory this process may use (the machine's,
-    or its container's limit if lower)."""
+    source, at least MEMORY_LIMIT_MIN, at most half the memory this process may use (the
+    machine's, or its container's limit if lower)."""
     try:
         available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):  # not on this system: no cap beyond the source's
@@ -283,7 +283,7 @@ class DuckDbEngine:
         self.labels_path: Path | None = None  # a file store's label file
         # A file store's outcome file: the records read whole are read back from it by
         # their ids (`jsonl_lines`).
-        self.lines_path: Path | None = None
+        self.outcomes_path: Path | None = None
 
     @classmethod
     def jsonl(
@@ -301,7 +301,7 @@ class DuckDbEngine:
             threads=threads,
         )
         engine.labels_path = label_file
-        engine.lines_path = path
+        engine.outcomes_path = path
         return engine
 
     @classmethod
@@ -481,13 +481,13 @@ class DuckDbEngine:
             if sample is None
             else f"role = 'canary' OR substr(md5(unit), 1, {KEY_DIGITS}) < ?"
         )
-        if self.lines_path is not None:
+        if self.outcomes_path is not None:
             rows = con.execute(
                 f"SELECT record_id FROM r WHERE ({reported}) "  # noqa: S608 - constants; values are parameters
                 "OR list_contains(?, record_id)",
                 [*([] if sample is None else [sample.threshold]), sorted(extra)],
             ).fetchall()
-            found = records_by_id(self.lines_path, [row[0] for row in rows])
+            found = records_by_id(self.outcomes_path, [row[0] for row in rows])
             if found is not None:
                 return sorted(found, key=lambda r: (r.timestamp, r.record_id))
         # A Parquet export, or a file whose lines give their ids otherwise than the gateway
