@@ -355,6 +355,11 @@ class OutcomeTable:
     _prefix: dict[Category, _PrefixSums] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    # The outcomes per unit of the last span of outcomes a prefix grew by, which every
+    # category's prefix grows by in turn (`_PrefixSums.advance`).
+    _counted: dict[tuple[int, int], _Counted] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def of(cls, outcomes: Sequence[Outcome]) -> OutcomeTable:
@@ -403,7 +408,7 @@ class OutcomeTable:
         if state is None or state.stop > stop:
             size = int(self.units.max()) + 1
             state = self._prefix[category] = _PrefixSums(np.zeros(size), np.zeros(size))
-        state.advance(self.units, self.categories == CATEGORIES.index(category), stop)
+        state.advance(self, CATEGORIES.index(category), stop)
         return state.sums()
 
     def latency_values(
@@ -414,6 +419,14 @@ class OutcomeTable:
         values = self.latencies[metric][:stop]
         recorded = ~np.isnan(values)
         return values[recorded], self.units[:stop][recorded]
+
+
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    """The units with outcomes in a span of a table (increasing codes), and how many each."""
+
+    touched: npt.NDArray[np.intp]
+    outcomes: npt.NDArray[np.float64]
 
 
 @dataclass(slots=True)
@@ -429,19 +442,26 @@ class _PrefixSums:
     units: int = 0
     totals: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(5))
 
-    def advance(self, units: npt.NDArray[np.intp], hits: npt.NDArray[np.bool_], stop: int) -> None:
+    def advance(self, table: OutcomeTable, category: int, stop: int) -> None:
+        """The prefix grown to the table's first `stop` outcomes; x counts those of the
+        category of this index."""
         if stop == self.stop:
             return
-        new_units, new_hits = units[self.stop : stop], hits[self.stop : stop]
-        # Counted over every unit code, not sorted: a look adds tens of thousands of
-        # outcomes, and sorting them (numpy.unique) cost ten times these counts.
+        span = (self.stop, stop)
+        new_units = table.units[self.stop : stop]
         size = self.x.size
-        counts = np.bincount(new_units, minlength=size)
-        touched = np.flatnonzero(counts)  # in increasing order, as numpy.unique's
-        added_n = counts[touched].astype(np.float64)
-        added_x = np.bincount(new_units, weights=new_hits.astype(np.float64), minlength=size)[
-            touched
-        ]
+        counted = table._counted.get(span)
+        if counted is None:
+            # Counted over every unit code, not sorted: a look adds tens of thousands of
+            # outcomes, and sorting them (numpy.unique) cost ten times these counts.
+            counts = np.bincount(new_units, minlength=size)
+            touched = np.flatnonzero(counts)  # in increasing order, as numpy.unique's
+            counted = _Counted(touched, counts[touched].astype(np.float64))
+            table._counted.clear()
+            table._counted[span] = counted
+        touched, added_n = counted.touched, counted.outcomes
+        hits = (table.categories[self.stop : stop] == category).astype(np.float64)
+        added_x = np.bincount(new_units, weights=hits, minlength=size)[touched]
         old_x, old_n = self.x[touched], self.n[touched]
         new_x, new_n = old_x + added_x, old_n + added_n
         self.units += int(np.count_nonzero(old_n == 0))

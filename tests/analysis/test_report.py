@@ -434,6 +434,13 @@ def test_prefix_sums_equal_the_sums_from_scratch() -> None:
         for stop in stops:
             expected = _from_scratch(table, name, len(table) if stop is None else stop)
             assert table.rate_sums(name, stop) == expected, (name, stop)
+    # Every category at each look in turn, as the guardrails ask (the categories' prefixes
+    # share the counts of the outcomes a look adds).
+    table = _prefix_table(5000, seed=2)
+    for stop in stops:
+        for name in CATEGORIES:
+            expected = _from_scratch(table, name, len(table) if stop is None else stop)
+            assert table.rate_sums(name, stop) == expected, (name, stop)
 
 
 def test_an_empty_table_has_no_sums() -> None:
