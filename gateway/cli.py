@@ -236,9 +236,9 @@ async def _import_labels(settings: Settings, path: Path, by: str | None, skip_in
 
 # OpenBLAS (numpy's BLAS) runs a thread per core whose workers spin between calls: the
 # analysis' vector products (per-unit sums of ~100,000 units) gain nothing from them, and on
-# a machine of few cores the spinning took ~0.9 s of CPU of a 1M-record analysis from
-# DuckDB's threads. Set before numpy is first imported (a sub-command imports it); a value
-# the user set is kept.
+# a machine of 2 cores the spinning took 1-2 s of CPU of a 1M-record analysis (16 s in all)
+# from DuckDB's threads. Set before numpy is first imported (a sub-command imports it); a
+# value the user set is kept.
 BLAS_THREADS: Final = ("OPENBLAS_NUM_THREADS", "1")
 
 
