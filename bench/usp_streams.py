@@ -1035,6 +1035,8 @@ def compare(
             args.utterance_ms / 1000,
             args.generators,
             hot_path,
+            profile=_window_profile(args.profile, index, window.mode),
+            native_profile=args.native,
             poll_every=args.dashboard_poll_s if window.dashboard else None,
             worker_on_gateway_cpu=args.dashboard_worker == "gateway",
         )
@@ -1046,6 +1048,13 @@ def compare(
         runs.append(result)
         print_result(result)
     return summarise_comparison(kind, runs)
+
+
+def _window_profile(base: Path | None, index: int, mode: str) -> Path | None:
+    """A comparison window's profile: one file per window, named by its number and mode."""
+    if base is None:
+        return None
+    return base.with_name(f"{base.stem}-{index + 1}-{mode}{base.suffix}")
 
 
 def _profile_path(base: Path | None, streams: int, sweep: bool) -> Path | None:
@@ -1092,7 +1101,8 @@ def main() -> None:
         "--profile",
         type=Path,
         help="py-spy the gateway over the window into this collapsed-stack file "
-        "(with --sweep, one file per step); summarise with bench/profile_summary.py",
+        "(with --sweep, one file per step; with --windows, one per window); summarise with "
+        "bench/profile_summary.py",
     )
     parser.add_argument(
         "--native",
