@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from gateway.config.capture import AudioSettings
+from gateway.logging import configure_logging
 from gateway.outcomes.record import Role
 from gateway.protocol.usp import encode_binary, encode_text
 from gateway.protocol.wav import PCM_16K_MONO, wave_header
@@ -152,6 +153,8 @@ def measure_store(captures: int) -> dict[str, float]:
         )
         for index in range(captures)
     ]
+
+    configure_logging("warning")  # a line per capture stored would be the figures' noise
 
     async def store_all(folder: Path) -> tuple[float, float, float]:
         store = LocalAudioStore(folder)
