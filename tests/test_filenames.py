@@ -63,6 +63,7 @@ ELSEWHERE: dict[str, tuple[str, ...]] = {
     "stores/file_label_store.py": ("stores/test_label_store.py", "stores/test_store_errors.py"),
     "stores/files.py": ("stores/test_jsonl_sink.py", "stores/test_label_store.py"),
     "stores/keys.py": ("stores/test_redis_sink.py", "stores/test_label_store.py"),
+    "stores/jsonl_lines.py": ("stores/test_engine.py",),
     "stores/redis_client.py": ("stores/test_redis_sink.py", "stores/test_store_errors.py"),
     "stores/redis_label_store.py": ("stores/test_label_store.py", "stores/test_store_errors.py"),
     "stores/redis_sink_script.py": (
