@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 from conftest import gateway_for
-from support import CLIENT_KEY, QA_KEY, read_outcomes, read_pcm, silence, toml_value, write_wav
+from support import CLIENT_KEY, QA_KEY, read_pcm, silence, toml_value, write_wav
 from test_gateway_shadow import (
     PATH,
     keyed_env,
@@ -304,7 +304,12 @@ def test_a_rest_request_is_captured_by_its_answers_offsets(
         assert run(post(gateway)) == 200
         assert wait_until(lambda: len(run(all_captures(LocalAudioStore(audio_dir)))) >= 1)
         (capture,) = run(all_captures(LocalAudioStore(audio_dir)))
-        (record,) = [r for r in read_outcomes(work / "outcomes.jsonl") if r.kind is Kind.REQUEST]
+        # The capture and the outcome record are written by different tasks: wait for both.
+        records = wait_for_records(
+            work / "outcomes.jsonl",
+            lambda found: any(r.kind is Kind.REQUEST for r in found),
+        )
+        (record,) = [r for r in records if r.kind is Kind.REQUEST]
         assert capture.primary.record_id == record.record_id
         assert capture.shadows == ()
         stored = run(wav_of(LocalAudioStore(audio_dir), capture.capture_id))
