@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from _bare_backend import LocalBareBackend
 from _verdict import Load
 from nginx import Nginx, nginx_binary  # bench/ is sys.path[0] when a bench script runs
 
@@ -63,12 +64,13 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
-def thread_waits_ns(pid: int) -> dict[int, int]:
-    """Per thread of the process: nanoseconds it spent runnable but waiting for a CPU
-    (/proc/<pid>/task/<tid>/schedstat, second field). On a quiet machine near zero; on a busy
-    one it is latency that the process, not the code under test, suffered. Empty when the
+def thread_waits_ns(pid: int) -> dict[int, tuple[int, int]]:
+    """Per thread of the process: (nanoseconds it spent runnable but waiting for a CPU, how
+    many times it was scheduled onto one), the second and third fields of
+    /proc/<pid>/task/<tid>/schedstat. On a quiet machine the wait is near zero; on a busy one
+    it is latency that the process, not the code under test, suffered. Empty when the
     process is gone or the kernel has no schedstat."""
-    waits: dict[int, int] = {}
+    waits: dict[int, tuple[int, int]] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -76,19 +78,33 @@ def thread_waits_ns(pid: int) -> dict[int, int]:
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as stat:
-                waits[int(tid)] = int(stat.read().split()[1])
+                fields = stat.read().split()
+            waits[int(tid)] = (int(fields[1]), int(fields[2]))
         except (OSError, IndexError, ValueError):
             continue  # the thread ended meanwhile
     return waits
 
 
-def waited_s(before: dict[int, int], after: dict[int, int]) -> float:
+def waited_s(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> float:
     """Seconds the process's threads waited for a CPU between two `thread_waits_ns` readings:
     threads started in between count from zero, threads that ended in between are lost
     (an undercount, never an overcount). NaN when nothing could be read."""
     if not after:
         return math.nan
-    return sum(ns - before.get(tid, 0) for tid, ns in after.items()) / 1e9
+    return sum(ns - before.get(tid, (0, 0))[0] for tid, (ns, _) in after.items()) / 1e9
+
+
+def wait_per_slice_us(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]
+) -> float:
+    """The mean wait, in microseconds, each time a thread of the process became runnable and
+    was then scheduled: what a message arriving at a waiting process waited on average
+    (many short waits and a few long ones give the same share of the window, not the same
+    delay). NaN when nothing could be read or it never ran."""
+    if not after:
+        return math.nan
+    slices = sum(n - before.get(tid, (0, 0))[1] for tid, (_, n) in after.items())
+    return waited_s(before, after) * 1e6 / slices if slices > 0 else math.nan
 
 
 def cpu_seconds(pid: int) -> float:
@@ -112,7 +128,7 @@ class CpuMeter:
     def __init__(self, pids: dict[str, int]) -> None:
         self._pids = pids
         self._before: dict[str, tuple[float, float]] = {}
-        self._waited: dict[str, dict[int, int]] = {}
+        self._waited: dict[str, dict[int, tuple[int, int]]] = {}
         self._machine: tuple[float, float] = (0.0, 0.0)
         self._wall = 0.0
 
@@ -134,12 +150,17 @@ class CpuMeter:
             system -= self._before[name][1]
             waits = thread_waits_ns(pid)
             waited = waited_s(self._waited[name], waits)
-            main = waits.get(pid, 0) - self._waited[name].get(pid, 0) if waits else math.nan
+            main = (
+                waits.get(pid, (0, 0))[0] - self._waited[name].get(pid, (0, 0))[0]
+                if waits
+                else math.nan
+            )
             result[name] = {
                 "user_s": user,
                 "sys_s": system,
                 "core_share": (user + system) / wall,
                 "cpu_wait_share": waited / wall,
+                "cpu_wait_per_slice_us": wait_per_slice_us(self._waited[name], waits),
                 "main_thread_wait_share": main / 1e9 / wall,
             }
         busy, total = machine_busy()
@@ -373,10 +394,12 @@ class Services:
         utterance_ms: int = 3000,
         pin: bool = False,
         variants: Sequence[GatewayVariant] = (),
+        backend: str = "emulator",
     ) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="relay-bench-"))
         self._want_nginx = nginx
         self._utterance_ms = utterance_ms
+        self._backend = backend
         self.variants = tuple(variants)
         self.gateway_names = ("gateway", *(variant.name for variant in self.variants))
         self.logs = {"gateway": self.work / "gateway.log"}
@@ -405,9 +428,15 @@ class Services:
         }
         gateway_cpus, other_cpus = self.cpus if self.cpus is not None else (None, None)
         try:
-            emulator = LocalEmulator(
-                "--engine", "instant", log_path=self.work / "emulator.log", env=env
-            )
+            emulator: LocalEmulator | LocalBareBackend
+            if self._backend == "bare":
+                # Same answers, a third of the CPU: bench/_bare_backend.py says why.
+                emulator = LocalBareBackend(self._utterance_ms)
+                self.notes.append("backend: bench/_bare_backend.py (the instant engine, bare)")
+            else:
+                emulator = LocalEmulator(
+                    "--engine", "instant", log_path=self.work / "emulator.log", env=env
+                )
             with affinity(other_cpus):
                 self._stack.enter_context(emulator)
             config = write_gateway_config(
@@ -523,7 +552,8 @@ class WorkerCpu:
     user_s: float = 0.0
     sys_s: float = 0.0
     wait_s: float = math.nan
-    marks: list[tuple[float, float, dict[int, int]]] = field(default_factory=list)
+    wait_per_slice_us: float = math.nan
+    marks: list[tuple[float, float, dict[int, tuple[int, int]]]] = field(default_factory=list)
 
     def mark(self) -> None:
         """Call at the window's start and end."""
@@ -533,6 +563,7 @@ class WorkerCpu:
             (u0, s0, w0), (u1, s1, w1) = self.marks
             self.user_s, self.sys_s = u1 - u0, s1 - s0
             self.wait_s = waited_s(w0, w1)
+            self.wait_per_slice_us = wait_per_slice_us(w0, w1)
 
     def row(self, wall: float) -> dict[str, float]:
         """The process's row of a `CpuMeter.stop()` result."""
@@ -541,6 +572,7 @@ class WorkerCpu:
             "sys_s": self.sys_s,
             "core_share": (self.user_s + self.sys_s) / wall,
             "cpu_wait_share": self.wait_s / wall,
+            "cpu_wait_per_slice_us": self.wait_per_slice_us,
         }
 
 
@@ -559,7 +591,11 @@ def harness_loads(cpu: dict[str, dict[str, float]]) -> dict[str, Load]:
     """The harness's processes of a `CpuMeter.stop()` result with `add_generators`: the
     emulator, nginx and each load generator (not their sum, not the gateway)."""
     return {
-        name: Load(row["core_share"], row.get("cpu_wait_share", math.nan))
+        name: Load(
+            row["core_share"],
+            row.get("cpu_wait_share", math.nan),
+            row.get("cpu_wait_per_slice_us", math.nan),
+        )
         for name, row in cpu.items()
         if name in ("emulator", "nginx") or name.startswith("generator-")
     }
@@ -609,6 +645,9 @@ def print_cpu(cpu: dict[str, dict[str, float]]) -> None:
             continue
         waited = row.get("cpu_wait_share")
         wait = f", waited for a CPU {100 * waited:.1f} %" if waited is not None else ""
+        per_slice = row.get("cpu_wait_per_slice_us")
+        if per_slice is not None and not math.isnan(per_slice):
+            wait += f", {per_slice:.0f} us a wake-up"
         parts.append(
             f"{name} {100 * row['core_share']:.0f} % "
             f"({row['user_s']:.1f} s user + {row['sys_s']:.1f} s sys{wait})"

@@ -556,12 +556,14 @@ def run_load(
     native_profile: bool = False,
     poll_every: float | None = None,
     worker_on_gateway_cpu: bool = False,
+    loaded: str = "gateway",
 ) -> dict[str, Any]:
-    """`streams` through the gateway and `reference` to each other target, in one window,
-    from `workers` load-generator processes (each its share of every target's streams).
-    `poll_every`: a dashboard is open on the gateway, polling its analysis."""
+    """`streams` through the `loaded` target (the gateway unless told) and `reference` to
+    each other target, in one window, from `workers` load-generator processes (each its
+    share of every target's streams). `poll_every`: a dashboard is open on the gateway,
+    polling its analysis."""
     rng = random.Random(streams)
-    counts = {t.name: streams if t.name == "gateway" else reference for t in services.targets}
+    counts = {t.name: streams if t.name == loaded else reference for t in services.targets}
     # Streams start spread over one utterance, as independent clients would: started
     # together, all their results would fall due in the same 100 ms and measure the burst.
     plans = [
@@ -625,6 +627,7 @@ def run_load(
         return 1e6 * (row["user_s"] + row["sys_s"]) / frames
 
     result: dict[str, Any] = {
+        "loaded": loaded,
         "streams_per_target": streams,
         "reference_streams": reference,
         "generators": workers,
@@ -633,7 +636,7 @@ def run_load(
         "window_monotonic": window,
         "pinning": services.pinning,
         "gateway_cpu_share": gateway_cpu / wall,
-        "gateway_cpu_per_stream_pct": 100 * gateway_cpu / wall / streams,
+        "gateway_cpu_per_stream_pct": 100 * gateway_cpu / wall / max(1, counts["gateway"]),
         "gateway_cpu_us_per_frame": per_frame("gateway", gateway_frames),
         "gateway_user_us_per_frame": 1e6 * cpu["gateway"]["user_s"] / gateway_frames
         if gateway_frames
@@ -661,6 +664,48 @@ def run_load(
         if failed is None and profile is not None:
             result["profile_summary"] = summarise_profile(profile)
     return result
+
+
+def nginx_at_load(
+    services: Services,
+    gateway_run: dict[str, Any],
+    args: argparse.Namespace,
+    reference: int,
+    hot_path: dict[str, Any],
+) -> dict[str, Any]:
+    """The same load on nginx, on the gateway's core: one more window in which nginx's
+    worker runs where the gateway runs (the gateway idles there with the reference
+    streams) and carries the gateway's N streams. A proxy's CPU per frame falls as its load
+    rises (more frames per wake-up), so a ratio against nginx at the reference load would
+    flatter the gateway; this one compares like with like."""
+    assert services.cpus is not None
+    nginx_pid = services.pids["nginx"]
+    others = os.sched_getaffinity(nginx_pid)
+    os.sched_setaffinity(nginx_pid, services.cpus[0])
+    try:
+        run = run_load(
+            services,
+            gateway_run["streams_per_target"],
+            reference,
+            args.seconds,
+            args.utterance_ms / 1000,
+            args.generators,
+            hot_path,
+            loaded="nginx",
+        )
+    finally:
+        os.sched_setaffinity(nginx_pid, others)
+    print_result(run)
+    gateway_us = gateway_run["gateway_cpu_us_per_frame"]
+    nginx_us = run["nginx_cpu_us_per_frame"]
+    ratio = gateway_us / nginx_us if nginx_us else math.nan
+    both_valid = gateway_run["verdict"]["status"] == run["verdict"]["status"] == "valid"
+    print(
+        f"at {run['streams_per_target']} streams each, alone on the same core: gateway "
+        f"{gateway_us:.0f} us per frame, nginx {nginx_us:.0f} us: {ratio:.2f}x"
+        + ("" if both_valid else " (not a result: a window was void)")
+    )
+    return {"run": run, "gateway_us": gateway_us, "nginx_us": nginx_us, "ratio": ratio}
 
 
 def measure_idle_rss(services: Services, sessions: int, workers: int) -> dict[str, Any]:
@@ -794,7 +839,8 @@ def print_result(result: dict[str, Any]) -> None:
         else "no CPU pinning"
     )
     print(
-        f"\n{result['streams_per_target']} gateway streams, {result['reference_streams']} per "
+        f"\n{result['streams_per_target']} {result.get('loaded', 'gateway')} streams, "
+        f"{result['reference_streams']} per other "
         f"reference target, {result['generators']} load generator(s), {result['seconds']:.0f} s "
         f"(measured window {result['window_s']:.1f} s; {pinned})"
     )
@@ -1086,6 +1132,14 @@ def main() -> None:
     )
     parser.add_argument("--nginx", action="store_true", help="also through nginx")
     parser.add_argument(
+        "--backend",
+        choices=("emulator", "bare"),
+        default="emulator",
+        help="what every target fronts: the emulator's instant engine (default), or the same "
+        "state machine and engine on a bare protocol (bench/_bare_backend.py), a third of the "
+        "emulator's CPU per frame, so that 1,000 streams fit the harness's core",
+    )
+    parser.add_argument(
         "--pin",
         action="store_true",
         help="give the gateway a CPU of its own, everything else the other CPUs",
@@ -1096,6 +1150,13 @@ def main() -> None:
         help="step N until a valid step's added p99 > 5 ms; report the largest N that held",
     )
     parser.add_argument("--steps", default="50,100,200,400,800", help="N values of --sweep")
+    parser.add_argument(
+        "--nginx-at-load",
+        action="store_true",
+        help="with --nginx and --pin: a second window in which nginx, moved onto the "
+        "gateway's CPU, carries the --streams N and the gateway the reference streams, so "
+        "that the two proxies' CPU per frame compare at the same load on the same core",
+    )
     parser.add_argument("--idle-sessions", type=int, default=100, help="0 skips the RSS step")
     parser.add_argument(
         "--profile",
@@ -1178,6 +1239,8 @@ def main() -> None:
         parser.error("the reference targets need at least one stream")
     if args.generators < 1:
         parser.error("--generators must be at least 1")
+    if args.nginx_at_load and (not args.nginx or not args.pin or args.sweep or kind is not None):
+        parser.error("--nginx-at-load needs --nginx and --pin, and no --sweep or comparison")
     report: dict[str, Any] = {"command": sys.argv, "runs": []}
     plan = cpu_plan(args.pin)
     hot_path = calibrate_hot_path(plan[0] if plan is not None else None)
@@ -1187,7 +1250,11 @@ def main() -> None:
         f"({hot_path['figure']!r} of bench/hot_path.py, {hot_path['seconds']:.1f} s)"
     )
     services = Services(
-        nginx=args.nginx, utterance_ms=args.utterance_ms, pin=args.pin, variants=variants
+        nginx=args.nginx,
+        utterance_ms=args.utterance_ms,
+        pin=args.pin,
+        variants=variants,
+        backend=args.backend,
     )
     with services:
         for note in services.notes:
@@ -1233,6 +1300,10 @@ def main() -> None:
             )
             report["runs"].append(result)
             print_result(result)
+            if args.nginx_at_load and "nginx" in services.pids and services.cpus is not None:
+                report["nginx_at_load"] = nginx_at_load(
+                    services, result, args, step_reference, hot_path
+                )
             outcome = Outcome(result["outcome"])
             outcomes.append((streams, outcome))
             if not args.sweep:

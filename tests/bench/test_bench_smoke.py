@@ -120,6 +120,36 @@ def test_usp_streams_reports_every_target(tmp_path: Path) -> None:
     assert math.isfinite(report["idle"]["rss_kib_per_idle_session"])
 
 
+def test_usp_streams_on_the_bare_backend_compares_nginx_at_the_same_load(tmp_path: Path) -> None:
+    """With the bare backend every target completes its streams; --nginx-at-load adds a
+    window in which nginx carries the gateway's streams, and the ratio of the two."""
+    report = run_bench(
+        "usp_streams.py",
+        tmp_path / "usp.json",
+        *("--streams", "3", "--reference-streams", "2", "--seconds", "3"),
+        *("--utterance-ms", "1000", "--generators", "1", "--idle-sessions", "0"),
+        *("--backend", "bare", "--nginx", "--pin", "--nginx-at-load"),
+    )
+    assert any("_bare_backend" in note for note in report["notes"])
+    (run,) = report["runs"]
+    for row in run["targets"].values():
+        assert row["errors"] == 0, row["first_error"]
+        assert row["frame_samples"] > 0
+        assert row["final_samples"] > 0
+    if "nginx" not in run["targets"] or report["pinning"] is None:
+        assert "nginx_at_load" not in report  # no nginx or one CPU: nothing to compare
+        return
+    at_load = report["nginx_at_load"]
+    assert at_load["run"]["loaded"] == "nginx"
+    assert at_load["run"]["targets"]["nginx"]["streams"] == 3
+    assert at_load["run"]["targets"]["gateway"]["streams"] == 2
+    assert_verdict(at_load["run"]["verdict"])
+    if at_load["nginx_us"] > 0:  # a few streams for a second may cost nginx no clock tick
+        assert at_load["ratio"] == pytest.approx(at_load["gateway_us"] / at_load["nginx_us"])
+    else:
+        assert math.isnan(at_load["ratio"])
+
+
 def assert_comparison(report: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     """A comparison's two windows (off, on) and its summary; the runs."""
     runs = report["runs"]
@@ -238,7 +268,11 @@ def test_a_run_with_room_everywhere_is_valid() -> None:
         ),
         (
             {"harness": {"generator-1": V.Load(0.3, V.HARNESS_WAIT_SHARE_MAX + 0.01)}},
-            "generator-1 waited",
+            "generator-1 waited for a CPU",
+        ),
+        (
+            {"harness": {"emulator": V.Load(0.3, 0.02, V.HARNESS_WAIT_PER_WAKEUP_MAX_US + 1)}},
+            "at each wake-up",
         ),
     ],
 )
@@ -257,10 +291,23 @@ def test_at_the_thresholds_a_run_is_still_valid() -> None:
         direct_p99_ms=V.USP_DIRECT_P99_MAX_MS,
         late_p99_ms=V.LATE_P99_MAX_MS,
         machine_busy=V.MACHINE_BUSY_MAX,
-        harness={"emulator": V.Load(V.HARNESS_CORE_SHARE_MAX, V.HARNESS_WAIT_SHARE_MAX)},
+        harness={
+            "emulator": V.Load(V.HARNESS_CORE_SHARE_MAX, V.HARNESS_WAIT_SHARE_MAX),
+            "generator-0": V.Load(0.3, 0.02, V.HARNESS_WAIT_PER_WAKEUP_MAX_US),
+        },
         gateway=V.Load(1.0, V.GATEWAY_WAIT_SHARE_MAX),
     )
     assert V.judge(at).status == "valid"
+
+
+def test_many_short_waits_are_judged_by_the_wait_a_wake_up_met() -> None:
+    """Where schedstat counts wake-ups, a harness process that waited a large share of the
+    window in short waits (a busy harness core at 1,000 streams) leaves the run valid; the
+    same share without a count of wake-ups voids it."""
+    short_waits = {"generator-0": V.Load(0.3, 0.22, 120.0)}
+    assert V.judge(replace(QUIET, harness=short_waits)).status == "valid"
+    uncounted = {"generator-0": V.Load(0.3, 0.22)}
+    assert V.judge(replace(QUIET, harness=uncounted)).status == "void"
 
 
 def test_a_harness_sharing_its_pinned_cpu_is_saturated_together() -> None:
