@@ -1,5 +1,5 @@
 """A bare-protocol USP backend for the stream benchmark: the emulator's `instant` answers
-at a third of the emulator's CPU per frame.
+at half the emulator's CPU per frame.
 
 On two cores the harness (backend, nginx, load generators) shares one core, and at 1,000
 streams the emulator alone needed most of it (67 µs per audio frame: aiohttp's server, a
@@ -28,6 +28,7 @@ from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from _common import quiet_gc
 from aiohttp._websocket.helpers import websocket_mask
 
 from gateway.config.settings import EmulatorSettings
@@ -280,6 +281,7 @@ async def _serve(port: int, utterance_ms: int) -> None:
     server = await loop.create_server(
         lambda: BareUsp(utterance_ms), "127.0.0.1", port, backlog=4096, reuse_address=True
     )
+    quiet_gc()
     print("ready", flush=True)
     async with server:
         await server.serve_forever()

@@ -10,6 +10,7 @@ are read from /proc, so Linux only.
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import json
 import math
@@ -25,13 +26,15 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from _bare_backend import LocalBareBackend
 from _verdict import Load
 from nginx import Nginx, nginx_binary  # bench/ is sys.path[0] when a bench script runs
 
 from gateway.tools.local_services import LocalEmulator, LocalGateway
+
+if TYPE_CHECKING:
+    from _bare_backend import LocalBareBackend
 
 CLIENT_KEY = "bench-client-key-0123456789"
 PSEUDONYM_KEY = "bench-pseudonym-key-0123456789"
@@ -105,6 +108,16 @@ def wait_per_slice_us(
         return math.nan
     slices = sum(n - before.get(tid, (0, 0))[1] for tid, (_, n) in after.items())
     return waited_s(before, after) * 1e6 / slices if slices > 0 else math.nan
+
+
+def quiet_gc() -> None:
+    """Tune a harness process's garbage collector as `serve` tunes the gateway's
+    (`gateway.server.serve.tune_gc`), once its connections are set up: without it a full
+    collection over a thousand streams' objects pauses the process for milliseconds, a
+    tail that lands on direct's and the gateway's latencies alike."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -430,7 +443,10 @@ class Services:
         try:
             emulator: LocalEmulator | LocalBareBackend
             if self._backend == "bare":
-                # Same answers, a third of the CPU: bench/_bare_backend.py says why.
+                # Same answers, half the CPU: bench/_bare_backend.py says why. (Imported
+                # here: it imports this module.)
+                from _bare_backend import LocalBareBackend
+
                 emulator = LocalBareBackend(self._utterance_ms)
                 self.notes.append("backend: bench/_bare_backend.py (the instant engine, bare)")
             else:
