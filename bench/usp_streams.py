@@ -78,6 +78,7 @@ from _common import (
 from _verdict import (
     ADDED_P99_LIMIT_MS,
     USP_DIRECT_P99_MAX_MS,
+    Load,
     Outcome,
     RunLoad,
     Verdict,
@@ -676,14 +677,17 @@ def nginx_at_load(
     hot_path: dict[str, Any],
 ) -> dict[str, Any]:
     """The same load on nginx, on the gateway's core: one more window in which nginx's
-    worker runs where the gateway runs (the gateway idles there with the reference
-    streams) and carries the gateway's N streams. A proxy's CPU per frame falls as its load
-    rises (more frames per wake-up), so a ratio against nginx at the reference load would
-    flatter the gateway; this one compares like with like."""
+    worker and the gateway swap CPUs (nginx alone where the gateway ran, the gateway with
+    its reference streams among the harness) and nginx carries the gateway's N streams.
+    A proxy's CPU per frame falls as its load rises (more frames per wake-up), so a ratio
+    against nginx at the reference load would flatter the gateway; this one compares like
+    with like."""
     assert services.cpus is not None
-    nginx_pid = services.pids["nginx"]
-    others = os.sched_getaffinity(nginx_pid)
-    os.sched_setaffinity(nginx_pid, services.cpus[0])
+    gateway_cpus, harness_cpus = services.cpus
+    # The two swap places: nginx alone on the gateway's core, the gateway (every thread of
+    # it) with its reference streams among the harness.
+    _move(services.pids["nginx"], gateway_cpus)
+    _move(services.gateway_pid, harness_cpus)
     try:
         run = run_load(
             services,
@@ -696,7 +700,8 @@ def nginx_at_load(
             loaded="nginx",
         )
     finally:
-        os.sched_setaffinity(nginx_pid, others)
+        _move(services.pids["nginx"], harness_cpus)
+        _move(services.gateway_pid, gateway_cpus)
     print_result(run)
     gateway_us = gateway_run["gateway_cpu_us_per_frame"]
     nginx_us = run["nginx_cpu_us_per_frame"]
@@ -708,6 +713,13 @@ def nginx_at_load(
         + ("" if both_valid else " (not a result: a window was void)")
     )
     return {"run": run, "gateway_us": gateway_us, "nginx_us": nginx_us, "ratio": ratio}
+
+
+def _move(pid: int, cpus: set[int]) -> None:
+    """Every thread of process `pid` onto `cpus` (sched_setaffinity moves one thread)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), cpus)
 
 
 def measure_idle_rss(services: Services, sessions: int, workers: int) -> dict[str, Any]:
@@ -783,13 +795,22 @@ def run_load_of(result: dict[str, Any], cpus: int | None) -> RunLoad:
     """The measurements of a `run_load` result that the void rules look at."""
     targets = result["targets"]
     cpu = result["cpu"]
+    harness = harness_loads(cpu)
+    proxy = gateway_load(cpu)
+    if result.get("loaded") == "nginx":
+        # --nginx-at-load: nginx alone on the gateway's CPU carries the load and is judged
+        # as the gateway is (its core its own); the gateway runs among the harness.
+        nginx = harness.pop("nginx")
+        proxy = Load(nginx.core_share, nginx.wait_share)
+        gateway = gateway_load(cpu)
+        harness["gateway"] = Load(gateway.core_share, math.nan)
     return RunLoad(
         # The target judges frame and final results alike: so does direct's tail.
         direct_p99_ms=max(targets["direct"]["frame_p99_ms"], targets["direct"]["final_p99_ms"]),
         direct_p99_max_ms=USP_DIRECT_P99_MAX_MS,
         late_p99_ms=max(row["loadgen_late_p99_ms"] for row in targets.values()),
-        harness=harness_loads(cpu),
-        gateway=gateway_load(cpu),
+        harness=harness,
+        gateway=proxy,
         harness_cpus=cpus,
         machine_busy=cpu["machine"]["busy_share"],
         reference_errors={name: _failed(row) for name, row in targets.items() if name != "gateway"},
