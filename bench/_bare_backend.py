@@ -8,9 +8,11 @@ runs were void for the harness, not the gateway. This process speaks the same pr
 with the same messages: the emulator's own state machine (`UspSession`) and `instant`
 engine (`InstantStream`, which never reads the audio), driven from a bare asyncio Protocol:
 one HTTP/1.1 upgrade, frames parsed in the read callback, an audio frame's USP header
-unmasked and decoded but its payload never copied or unmasked, results written as they
-are made. No authentication, no latency knob, no REST, no fault injection: only what the
-stream benchmark's relay comparisons need. Not for anything but benchmarks.
+unmasked and decoded but its payload (copied once out of the read buffer) never unmasked or
+read, results written as they are made. No authentication, no latency knob, no REST, no
+fault injection, no fragmented messages (the gateway, nginx and the load generators never
+fragment; one closes the connection with 1002): only what the stream benchmark's relay
+comparisons need. Not for anything but benchmarks.
 
     python bench/_bare_backend.py PORT UTTERANCE_MS
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
 import struct
 import subprocess
 import sys
@@ -46,8 +49,10 @@ from gateway.emulator.usp_session import (
     TurnState,
     UspSession,
 )
+from gateway.errors import CloseCode
 from gateway.event_loop import new_event_loop
 from gateway.protocol.usp import (
+    DEFAULT_LIMITS,
     BinaryHead,
     BinaryMessage,
     UspError,
@@ -59,9 +64,14 @@ from gateway.tools.local_services import free_port
 
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-# The emulator's default script (`emulator.instant_text`), so both answer alike.
-INSTANT_TEXT: str = EmulatorSettings.model_fields["instant_text"].default
+# The emulator's script (`emulator.instant_text`, its environment variable or the default),
+# so that both answer alike.
+INSTANT_TEXT: str = os.environ.get(
+    "SPEECH_GATEWAY_EMULATOR__INSTANT_TEXT", EmulatorSettings.model_fields["instant_text"].default
+)
 MAX_HEAD = 16 * 1024
+MAX_MESSAGE = DEFAULT_LIMITS.max_text_bytes  # the emulator's WebSocket message bound
+MAX_AUDIO = DEFAULT_LIMITS.max_binary_bytes  # larger: decode_binary's error, in full
 
 
 def _resolve(endpoint_id: str | None) -> str | None:
@@ -125,6 +135,8 @@ class BareUsp(asyncio.Protocol):
         self._closed = True
 
     def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
         self._buffer += data
         if self._session is None and not self._upgrade():
             return
@@ -151,7 +163,14 @@ class BareUsp(asyncio.Protocol):
             self._refuse(b"400 Bad Request")
             return False
         parts = urlsplit(target)
-        url_options = options.from_query(parts.path, dict(parse_qsl(parts.query)))
+        try:
+            url_options = options.from_query(parts.path, dict(parse_qsl(parts.query)))
+        except UspError:
+            self._refuse(b"400 Bad Request")
+            return False
+        if _resolve(url_options.endpoint_id) is None:  # as the emulator: no such endpoint
+            self._refuse(b"400 Bad Request")
+            return False
         # RFC 6455 names SHA-1 for the accept key; it is no security measure.
         accept = base64.b64encode(hashlib.sha1(key.encode() + GUID, usedforsecurity=False).digest())
         answer = [
@@ -193,7 +212,11 @@ class BareUsp(asyncio.Protocol):
                 length = int.from_bytes(buffer[2:10], "big")
                 at = 10
             if not second & 0x80:
-                raise UspError("an unmasked client frame")
+                raise UspError("an unmasked client frame", CloseCode.PROTOCOL_ERROR)
+            if first & 0x70 or not first & 0x80 or not first & 0x0F:
+                raise UspError("reserved bits or a fragment", CloseCode.PROTOCOL_ERROR)
+            if length > MAX_MESSAGE:  # the emulator's bound (aiohttp's max_msg_size)
+                raise UspError("message too big", CloseCode.MESSAGE_TOO_BIG)
             if size < at + 4 + length:
                 return
             mask = bytes(buffer[at : at + 4])
@@ -206,7 +229,7 @@ class BareUsp(asyncio.Protocol):
         session = self._session
         assert session is not None
         if opcode == BINARY:
-            if session.state is TurnState.STREAMING and len(payload) >= 2:
+            if session.state is TurnState.STREAMING and 2 <= len(payload) <= MAX_AUDIO:
                 # Audio: unmask and decode only the USP header; the instant engine counts
                 # the payload's bytes and never reads them.
                 prefix = bytearray(payload[:2])
@@ -235,7 +258,13 @@ class BareUsp(asyncio.Protocol):
             self._run(session.receive_binary(message))
         elif opcode == TEXT:
             websocket_mask(mask, payload)
-            self._run(session.receive_text(decode_text(payload.decode("utf-8"))))
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UspError(
+                    "a text message that is no UTF-8", CloseCode.INVALID_PAYLOAD
+                ) from None
+            self._run(session.receive_text(decode_text(text)))
         elif opcode == PING:
             websocket_mask(mask, payload)
             self._write(PONG, bytes(payload))
@@ -281,7 +310,7 @@ async def _serve(port: int, utterance_ms: int) -> None:
     server = await loop.create_server(
         lambda: BareUsp(utterance_ms), "127.0.0.1", port, backlog=4096, reuse_address=True
     )
-    quiet_gc()
+    quiet_gc()  # start-up's objects: the connections' come later and stay collectable
     print("ready", flush=True)
     async with server:
         await server.serve_forever()

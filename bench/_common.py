@@ -69,10 +69,11 @@ def cpu_times(pid: int) -> tuple[float, float]:
 
 def thread_waits_ns(pid: int) -> dict[int, tuple[int, int]]:
     """Per thread of the process: (nanoseconds it spent runnable but waiting for a CPU, how
-    many times it was scheduled onto one), the second and third fields of
-    /proc/<pid>/task/<tid>/schedstat. On a quiet machine the wait is near zero; on a busy one
-    it is latency that the process, not the code under test, suffered. Empty when the
-    process is gone or the kernel has no schedstat."""
+    many times it was put on one), the second and third fields of
+    /proc/<pid>/task/<tid>/schedstat (-1 for a count the kernel does not give). On a quiet
+    machine the wait is near zero; on a busy one it is latency that the process, not the
+    code under test, suffered. Empty when the process is gone or the kernel has no
+    schedstat."""
     waits: dict[int, tuple[int, int]] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -82,7 +83,7 @@ def thread_waits_ns(pid: int) -> dict[int, tuple[int, int]]:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as stat:
                 fields = stat.read().split()
-            waits[int(tid)] = (int(fields[1]), int(fields[2]))
+            waits[int(tid)] = (int(fields[1]), int(fields[2]) if len(fields) > 2 else -1)
         except (OSError, IndexError, ValueError):
             continue  # the thread ended meanwhile
     return waits
@@ -100,11 +101,12 @@ def waited_s(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int
 def wait_per_slice_us(
     before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]
 ) -> float:
-    """The mean wait, in microseconds, each time a thread of the process became runnable and
-    was then scheduled: what a message arriving at a waiting process waited on average
-    (many short waits and a few long ones give the same share of the window, not the same
-    delay). NaN when nothing could be read or it never ran."""
-    if not after:
+    """The mean wait, in microseconds, each time a thread of the process was put on a CPU
+    (after a wake-up or a preemption): what a message arriving at a waiting process waited
+    on average (many short waits and a few long ones give the same share of the window, not
+    the same delay). NaN when nothing could be read, the kernel gives no count, or it never
+    ran."""
+    if not after or any(n < 0 for _, n in after.values()):
         return math.nan
     slices = sum(n - before.get(tid, (0, 0))[1] for tid, (_, n) in after.items())
     return waited_s(before, after) * 1e6 / slices if slices > 0 else math.nan
@@ -112,9 +114,11 @@ def wait_per_slice_us(
 
 def quiet_gc() -> None:
     """Tune a harness process's garbage collector as `serve` tunes the gateway's
-    (`gateway.server.serve.tune_gc`), once its connections are set up: without it a full
-    collection over a thousand streams' objects pauses the process for milliseconds, a
-    tail that lands on direct's and the gateway's latencies alike."""
+    (`gateway.server.serve.tune_gc`): start-up's objects frozen out of the collector's view,
+    and a young generation of 50,000 allocations, which makes full collections (a walk
+    over every live stream's objects, milliseconds at a thousand streams, a tail that lands
+    on direct's and the gateway's latencies alike) rare. The load generators call it when
+    their streams are due to start, the bare backend once it listens."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
@@ -663,7 +667,7 @@ def print_cpu(cpu: dict[str, dict[str, float]]) -> None:
         wait = f", waited for a CPU {100 * waited:.1f} %" if waited is not None else ""
         per_slice = row.get("cpu_wait_per_slice_us")
         if per_slice is not None and not math.isnan(per_slice):
-            wait += f", {per_slice:.0f} us a wake-up"
+            wait += f", {per_slice:.0f} us each time scheduled"
         parts.append(
             f"{name} {100 * row['core_share']:.0f} % "
             f"({row['user_s']:.1f} s user + {row['sys_s']:.1f} s sys{wait})"

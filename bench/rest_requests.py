@@ -52,7 +52,13 @@ from _common import (
     percentile,
     print_cpu,
 )
-from _verdict import REST_DIRECT_P99_MAX_MS, RunLoad, Verdict, judge
+from _verdict import (
+    REST_DIRECT_P99_MAX_MS,
+    REST_HARNESS_WAIT_PER_SCHEDULING_MAX_US,
+    RunLoad,
+    Verdict,
+    judge,
+)
 from profile_summary import print_summary, summarise
 
 WAV_BYTES = 100 * 1024
@@ -254,6 +260,7 @@ def open_loop(
             harness_cpus=len(services.cpus[1]) if services.cpus is not None else None,
             machine_busy=usage["machine"]["busy_share"],
             reference_errors={n: row["errors"] for n, row in rows.items() if n != "gateway"},
+            harness_wait_max_us=REST_HARNESS_WAIT_PER_SCHEDULING_MAX_US,
         )
     )
     result["verdict"] = verdict.to_json()

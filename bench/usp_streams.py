@@ -795,30 +795,42 @@ def run_load_of(result: dict[str, Any], cpus: int | None) -> RunLoad:
     """The measurements of a `run_load` result that the void rules look at."""
     targets = result["targets"]
     cpu = result["cpu"]
+    loaded = result.get("loaded", "gateway")
     harness = harness_loads(cpu)
     proxy = gateway_load(cpu)
-    if result.get("loaded") == "nginx":
+    reference_added: dict[str, float] = {}
+    if "nginx" in targets and loaded != "nginx":
+        reference_added = {
+            metric: targets["nginx"][f"{metric}_added_p99_ms"] for metric in ("frame", "final")
+        }
+    if loaded == "nginx":
         # --nginx-at-load: nginx alone on the gateway's CPU carries the load and is judged
-        # as the gateway is (its core its own); the gateway runs among the harness.
+        # as the gateway is (its core its own); the gateway, with the reference streams,
+        # runs among the harness and is judged as the harness is. No reference proxy.
         nginx = harness.pop("nginx")
         proxy = Load(nginx.core_share, nginx.wait_share)
-        gateway = gateway_load(cpu)
-        harness["gateway"] = Load(gateway.core_share, math.nan)
+        row = cpu["gateway"]
+        harness["gateway"] = Load(
+            row["core_share"],
+            row.get("cpu_wait_share", math.nan),
+            row.get("cpu_wait_per_slice_us", math.nan),
+        )
+    direct = targets["direct"]
     return RunLoad(
-        # The target judges frame and final results alike: so does direct's tail.
-        direct_p99_ms=max(targets["direct"]["frame_p99_ms"], targets["direct"]["final_p99_ms"]),
+        # The target judges frame and final results alike: so does direct's tail (a NaN,
+        # not measured, is no evidence either way).
+        direct_p99_ms=max(
+            (v for v in (direct["frame_p99_ms"], direct["final_p99_ms"]) if not math.isnan(v)),
+            default=math.nan,
+        ),
         direct_p99_max_ms=USP_DIRECT_P99_MAX_MS,
         late_p99_ms=max(row["loadgen_late_p99_ms"] for row in targets.values()),
         harness=harness,
         gateway=proxy,
         harness_cpus=cpus,
         machine_busy=cpu["machine"]["busy_share"],
-        reference_errors={name: _failed(row) for name, row in targets.items() if name != "gateway"},
-        reference_added_p99_ms={
-            metric: targets["nginx"][f"{metric}_added_p99_ms"] for metric in ("frame", "final")
-        }
-        if "nginx" in targets
-        else {},
+        reference_errors={name: _failed(row) for name, row in targets.items() if name != loaded},
+        reference_added_p99_ms=reference_added,
     )
 
 
@@ -826,9 +838,9 @@ def attach_verdict(result: dict[str, Any], cpus: int | None) -> Verdict:
     """Judge the run and whether the gateway held the target; into the result and each
     target's row (all targets share the window, so a void run voids every comparison)."""
     verdict = judge(run_load_of(result, cpus))
-    gateway = result["targets"]["gateway"]
-    added = {m: gateway[m] for m in ("frame_added_p99_ms", "final_added_p99_ms")}
-    miss = gateway_misses(added, _failed(gateway))
+    loaded = result["targets"][result.get("loaded", "gateway")]  # nginx in --nginx-at-load
+    added = {m: loaded[m] for m in ("frame_added_p99_ms", "final_added_p99_ms")}
+    miss = gateway_misses(added, _failed(loaded))
     result["verdict"] = verdict.to_json()
     result["gateway_misses_target"] = miss
     result["outcome"] = str(step_outcome(verdict, miss))

@@ -62,7 +62,8 @@ async def answers(port: int, frames: int, frame_bytes: int) -> list[tuple[str, o
     client.send_binary(encode_binary("audio", REQUEST_ID, b""))
     async with asyncio.timeout(20):
         await done
-    client.close()
+        client.close()
+        await client.closed  # the server's close reply ends the connection
     return received
 
 
@@ -79,3 +80,34 @@ def test_the_bare_backend_answers_as_the_instant_emulator(
     assert paths.count("speech.phrase") >= 2  # several utterances, and the tail
     assert "speech.hypothesis" in paths
     assert got == expected
+
+
+async def close_code(port: int, frame: bytes) -> int:
+    """The close code the backend answers one raw client frame with, after a turn began."""
+    client = await WsClient.connect("127.0.0.1", port, PATH, {}, ("USP",))
+    client.send_text(encode_text("speech.context", REQUEST_ID, CONTEXT))
+    client.write(frame)
+    async with asyncio.timeout(10):
+        return await client.closed
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        # a first fragment (FIN clear): nothing in the benchmark fragments
+        (bytes([0x02, 0x80 | 4]) + b"\0\0\0\0" + b"abcd", 1002),
+        # reserved bits set
+        (bytes([0x80 | 0x40 | 0x02, 0x80 | 4]) + b"\0\0\0\0" + b"abcd", 1002),
+        # an unmasked client frame
+        (bytes([0x82, 4]) + b"abcd", 1002),
+        # a text message that is no UTF-8
+        (encode_frame(TEXT, b"\xff\xfe"), 1007),
+        # over the emulator's message bound (the length alone decides)
+        (bytes([0x82, 0x80 | 127]) + (2 << 20).to_bytes(8, "big") + b"\0\0\0\0", 1009),
+        # audio over the binary bound while streaming: decode_binary's own error
+        (encode_frame(BINARY, encode_binary("audio", REQUEST_ID, b"\0" * 70_000)), 1009),
+    ],
+)
+def test_the_bare_backend_closes_on_what_it_does_not_read(frame: bytes, code: int) -> None:
+    with LocalBareBackend(UTTERANCE_MS) as bare:
+        assert asyncio.run(close_code(bare.port, frame)) == code

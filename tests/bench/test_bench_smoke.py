@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
@@ -271,8 +273,8 @@ def test_a_run_with_room_everywhere_is_valid() -> None:
             "generator-1 waited for a CPU",
         ),
         (
-            {"harness": {"emulator": V.Load(0.3, 0.02, V.HARNESS_WAIT_PER_WAKEUP_MAX_US + 1)}},
-            "at each wake-up",
+            {"harness": {"emulator": V.Load(0.3, 0.02, V.HARNESS_WAIT_PER_SCHEDULING_MAX_US + 1)}},
+            "each time it was scheduled",
         ),
     ],
 )
@@ -293,21 +295,131 @@ def test_at_the_thresholds_a_run_is_still_valid() -> None:
         machine_busy=V.MACHINE_BUSY_MAX,
         harness={
             "emulator": V.Load(V.HARNESS_CORE_SHARE_MAX, V.HARNESS_WAIT_SHARE_MAX),
-            "generator-0": V.Load(0.3, 0.02, V.HARNESS_WAIT_PER_WAKEUP_MAX_US),
+            "generator-0": V.Load(0.3, 0.02, V.HARNESS_WAIT_PER_SCHEDULING_MAX_US),
         },
         gateway=V.Load(1.0, V.GATEWAY_WAIT_SHARE_MAX),
     )
     assert V.judge(at).status == "valid"
 
 
-def test_many_short_waits_are_judged_by_the_wait_a_wake_up_met() -> None:
-    """Where schedstat counts wake-ups, a harness process that waited a large share of the
-    window in short waits (a busy harness core at 1,000 streams) leaves the run valid; the
-    same share without a count of wake-ups voids it."""
+def test_many_short_waits_are_judged_by_the_mean_wait_of_each_scheduling() -> None:
+    """Where schedstat counts schedulings, a harness process that waited a large share of
+    the window in short waits (a busy harness core at 1,000 streams) leaves the run valid;
+    the same share without a count voids it; REST runs, which judge a 1 ms added p50, allow
+    a fifth of the USP bound."""
     short_waits = {"generator-0": V.Load(0.3, 0.22, 120.0)}
     assert V.judge(replace(QUIET, harness=short_waits)).status == "valid"
     uncounted = {"generator-0": V.Load(0.3, 0.22)}
     assert V.judge(replace(QUIET, harness=uncounted)).status == "void"
+    rest = replace(
+        QUIET,
+        harness=short_waits,
+        direct_p99_max_ms=V.REST_DIRECT_P99_MAX_MS,
+        harness_wait_max_us=V.REST_HARNESS_WAIT_PER_SCHEDULING_MAX_US,
+    )
+    assert V.judge(rest).status == "void"
+    assert V.REST_HARNESS_WAIT_PER_SCHEDULING_MAX_US < V.HARNESS_WAIT_PER_SCHEDULING_MAX_US
+
+
+def _load_usp_streams() -> ModuleType:
+    """bench/usp_streams.py as a module (its imports resolve in bench/, as when it runs)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location(
+        "bench_usp_streams", ROOT / "bench" / "usp_streams.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _target(frame_p99: float, final_p99: float, added: float = 0.5) -> dict[str, Any]:
+    return {
+        "frame_p99_ms": frame_p99,
+        "final_p99_ms": final_p99,
+        "frame_added_p99_ms": added,
+        "final_added_p99_ms": added,
+        "loadgen_late_p99_ms": 1.5,
+        "errors": 0,
+        "streams": 10,
+        "streams_completed": 10,
+    }
+
+
+def _cpu(**waits: float) -> dict[str, dict[str, float]]:
+    rows = {
+        name: {"core_share": 0.2, "cpu_wait_share": 0.02, "cpu_wait_per_slice_us": us}
+        for name, us in waits.items()
+    }
+    rows["gateway"]["main_thread_wait_share"] = 0.01
+    rows["machine"] = {"busy_share": 0.5}
+    return rows
+
+
+def test_a_run_is_judged_on_directs_frame_and_final_tail_and_on_what_it_loaded() -> None:
+    """Direct's final p99 voids a run as its frame p99 does (a NaN of one is no evidence);
+    with nginx loaded (--nginx-at-load) the gateway is judged as harness and counted as a
+    reference, and nginx's added p99 is the one the target judges, not a reference's."""
+    usp = _load_usp_streams()
+    quiet = {
+        "targets": {"direct": _target(1.0, 1.0), "gateway": _target(1.0, 1.0)},
+        "cpu": _cpu(gateway=10.0, emulator=50.0),
+    }
+    assert usp.judge(usp.run_load_of(quiet, 1)).status == "valid"
+    stalled = {**quiet, "targets": {**quiet["targets"], "direct": _target(1.0, 11.3)}}
+    reasons = usp.judge(usp.run_load_of(stalled, 1)).reasons
+    assert len(reasons) == 1
+    assert "direct p99 11.30 ms" in reasons[0]
+    unknown = {**quiet, "targets": {**quiet["targets"], "direct": _target(1.0, math.nan)}}
+    assert usp.run_load_of(unknown, 1).direct_p99_ms == 1.0
+
+    nginx_loaded = {
+        "loaded": "nginx",
+        "targets": {
+            "direct": _target(1.0, 1.0),
+            "gateway": {**_target(1.0, 1.0), "errors": 2},
+            "nginx": _target(1.0, 1.0, added=7.0),
+        },
+        "cpu": _cpu(gateway=900.0, emulator=50.0, nginx=5.0),
+    }
+    load = usp.run_load_of(nginx_loaded, 1)
+    assert "nginx" not in load.harness
+    assert load.harness["gateway"].wait_per_scheduling_us == 900.0
+    assert load.reference_errors == {"direct": 0, "gateway": 2}
+    assert load.reference_added_p99_ms == {}
+    reasons = " | ".join(usp.judge(load).reasons)
+    assert "gateway waited 900 us" in reasons
+    assert "2 gateway streams" in reasons
+    assert "nginx added" not in reasons
+    usp.attach_verdict(nginx_loaded, 1)
+    assert nginx_loaded["gateway_misses_target"] is not None  # nginx's own 7 ms
+
+
+def test_moving_a_process_moves_every_thread_and_can_be_undone() -> None:
+    """--nginx-at-load swaps CPUs with `_move`: every thread of the process, both ways."""
+    usp = _load_usp_streams()
+    cpus = os.sched_getaffinity(0)
+    one = {min(cpus)}
+    code = (
+        "import threading, time; "
+        "threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 10
+        while len(os.listdir(f"/proc/{child.pid}/task")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+        assert len(tids) == 2
+        usp._move(child.pid, one)
+        assert all(os.sched_getaffinity(t) == one for t in tids)
+        usp._move(child.pid, cpus)
+        assert all(os.sched_getaffinity(t) == cpus for t in tids)
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_a_harness_sharing_its_pinned_cpu_is_saturated_together() -> None:
