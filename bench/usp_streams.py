@@ -563,10 +563,14 @@ def run_load(
 ) -> dict[str, Any]:
     """`streams` through the `loaded` target (the gateway unless told) and `reference` to
     each other target, in one window, from `workers` load-generator processes (each its
-    share of every target's streams). `poll_every`: a dashboard is open on the gateway,
-    polling its analysis."""
+    share of every target's streams). With another target loaded the gateway idles: its
+    streams would only take CPU from the harness it then shares a core with.
+    `poll_every`: a dashboard is open on the gateway, polling its analysis."""
     rng = random.Random(streams)
-    counts = {t.name: streams if t.name == loaded else reference for t in services.targets}
+    counts = {
+        t.name: streams if t.name == loaded else 0 if t.name == "gateway" else reference
+        for t in services.targets
+    }
     # Streams start spread over one utterance, as independent clients would: started
     # together, all their results would fall due in the same 100 ms and measure the burst.
     plans = [
@@ -677,8 +681,8 @@ def nginx_at_load(
     hot_path: dict[str, Any],
 ) -> dict[str, Any]:
     """The same load on nginx, on the gateway's core: one more window in which nginx's
-    worker and the gateway swap CPUs (nginx alone where the gateway ran, the gateway with
-    its reference streams among the harness) and nginx carries the gateway's N streams.
+    worker and the gateway swap CPUs (nginx alone where the gateway ran, the gateway idle
+    among the harness) and nginx carries the gateway's N streams.
     A proxy's CPU per frame falls as its load rises (more frames per wake-up), so a ratio
     against nginx at the reference load would flatter the gateway; this one compares like
     with like."""
@@ -805,8 +809,8 @@ def run_load_of(result: dict[str, Any], cpus: int | None) -> RunLoad:
         }
     if loaded == "nginx":
         # --nginx-at-load: nginx alone on the gateway's CPU carries the load and is judged
-        # as the gateway is (its core its own); the gateway, with the reference streams,
-        # runs among the harness and is judged as the harness is. No reference proxy.
+        # as the gateway is (its core its own); the gateway, idle, runs among the harness
+        # and is judged as the harness is. No reference proxy.
         nginx = harness.pop("nginx")
         proxy = Load(nginx.core_share, nginx.wait_share)
         row = cpu["gateway"]
@@ -824,7 +828,10 @@ def run_load_of(result: dict[str, Any], cpus: int | None) -> RunLoad:
             default=math.nan,
         ),
         direct_p99_max_ms=USP_DIRECT_P99_MAX_MS,
-        late_p99_ms=max(row["loadgen_late_p99_ms"] for row in targets.values()),
+        late_p99_ms=max(
+            (row["loadgen_late_p99_ms"] for row in targets.values() if row["streams"]),
+            default=math.nan,
+        ),
         harness=harness,
         gateway=proxy,
         harness_cpus=cpus,

@@ -15,7 +15,10 @@ Implementations (`--impl`, several allowed):
 * `aiohttp-fast`: the same sockets with `gateway.server.relay.client_ws` (messages taken in
   the read callback, `write_now` to the backend), the gateway's design now;
 * `picows`: picows server and client (Cython, callbacks, no tasks); skipped by default when
-  it is not installed (it is not a dependency of the gateway).
+  it is not installed (it is not a dependency of the gateway);
+* `websockets`: the websockets library's asyncio server and client (a task per connection,
+  `async for message in ws: await upstream.send(message)`, its C masking), no compression;
+  skipped by default when it is not installed (not a dependency either).
 
     python bench/ws_relay_impls.py [--streams 400] [--seconds 8] [--impl aiohttp-fast ...]
 
@@ -41,7 +44,8 @@ from _wsclient import BINARY, WsClient, encode_frame  # bench/ is sys.path[0]
 
 FRAME_BYTES = 3200
 FRAME_INTERVAL_S = 0.1
-IMPLS = ("aiohttp-pump", "aiohttp-fast", "picows")
+IMPLS = ("aiohttp-pump", "aiohttp-fast", "picows", "websockets")
+OPTIONAL = ("picows", "websockets")  # measured only where installed
 
 
 def _free_port() -> int:
@@ -157,6 +161,21 @@ async def _picows_relay(port: int, sink: str) -> None:
     await asyncio.Event().wait()
 
 
+async def _websockets_relay(port: int, sink: str) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import ServerConnection, serve
+    from websockets.exceptions import ConnectionClosed
+
+    async def relay(client: ServerConnection) -> None:
+        async with connect(sink, compression=None, max_size=None) as upstream:
+            with contextlib.suppress(ConnectionClosed):
+                async for message in client:
+                    await upstream.send(message)
+
+    async with serve(relay, "127.0.0.1", port, compression=None, max_size=None):
+        await asyncio.Event().wait()
+
+
 def _serve(role: str, port: int, sink: str) -> None:
     import uvloop
 
@@ -164,6 +183,8 @@ def _serve(role: str, port: int, sink: str) -> None:
         uvloop.run(_sink(port))
     elif role == "picows":
         uvloop.run(_picows_relay(port, sink))
+    elif role == "websockets":
+        uvloop.run(_websockets_relay(port, sink))
     else:
         uvloop.run(_aiohttp_relay(port, sink, fast=role == "aiohttp-fast"))
 
@@ -268,7 +289,7 @@ def main() -> None:
     if args.serve:
         _serve(args.serve, args.port, args.sink)
         return
-    impls = args.impl or [i for i in IMPLS if i != "picows" or importlib.util.find_spec("picows")]
+    impls = args.impl or [i for i in IMPLS if i not in OPTIONAL or importlib.util.find_spec(i)]
     results = []
     for _ in range(args.repeat):
         for impl in impls:
