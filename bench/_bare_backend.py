@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from _common import quiet_gc
+from _loopback import LoopbackPort
 from aiohttp._websocket.helpers import websocket_mask
 
 from gateway.config.settings import EmulatorSettings
@@ -60,7 +61,6 @@ from gateway.protocol.usp import (
     decode_binary_head,
     decode_text,
 )
-from gateway.tools.local_services import free_port
 
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -316,22 +316,14 @@ async def _serve(port: int, utterance_ms: int) -> None:
         await server.serve_forever()
 
 
-class LocalBareBackend:
+class LocalBareBackend(LoopbackPort):
     """This backend in a child process on a free port, for `with`; as `LocalEmulator` is
     for the emulator (`ws_url`, `http_url`, the child's `pid`)."""
 
     def __init__(self, utterance_ms: int) -> None:
-        self.port = free_port()
+        super().__init__()
         self._utterance_ms = utterance_ms
         self._proc: subprocess.Popen[str] | None = None
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from gateway.tools.local_services import free_port
+from _loopback import LoopbackPort  # bench/ is sys.path[0] when a bench script runs
 
 INSTALL_HINT = "apt-get install -y nginx-light"
 
@@ -58,26 +58,18 @@ def nginx_binary() -> str | None:
     return found
 
 
-class Nginx:
+class Nginx(LoopbackPort):
     """nginx proxying a free loopback port to `upstream_port`; a context manager."""
 
     def __init__(self, upstream_port: int, work: Path) -> None:
         binary = nginx_binary()
         if binary is None:
             raise RuntimeError(f"nginx is not installed ({INSTALL_HINT})")
+        super().__init__()
         self._binary = binary
-        self.port = free_port()
         self._upstream = upstream_port
         self._work = work
         self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int:
