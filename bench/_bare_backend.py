@@ -252,10 +252,8 @@ class BareUsp(asyncio.Protocol):
                     return  # counted; the session, inside an utterance, has nothing to say
                 self._run(commands)
                 return
-            else:
-                websocket_mask(mask, payload)
-                message = decode_binary(bytes(payload))
-            self._run(session.receive_binary(message))
+            websocket_mask(mask, payload)
+            self._run(session.receive_binary(decode_binary(bytes(payload))))
         elif opcode == TEXT:
             websocket_mask(mask, payload)
             try:
@@ -318,17 +316,12 @@ async def _serve(port: int, utterance_ms: int) -> None:
 
 class LocalBareBackend(LoopbackPort):
     """This backend in a child process on a free port, for `with`; as `LocalEmulator` is
-    for the emulator (`ws_url`, `http_url`, the child's `pid`)."""
+    for the emulator (`ws_url`, `http_url`, its child in `_proc`)."""
 
     def __init__(self, utterance_ms: int) -> None:
         super().__init__()
         self._utterance_ms = utterance_ms
         self._proc: subprocess.Popen[str] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None
-        return self._proc.pid
 
     def __enter__(self) -> LocalBareBackend:
         command = [sys.executable, __file__, str(self.port), str(self._utterance_ms)]
