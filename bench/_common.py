@@ -611,14 +611,19 @@ def harness_loads(cpu: dict[str, dict[str, float]]) -> dict[str, Load]:
     """The harness's processes of a `CpuMeter.stop()` result with `add_generators`: the
     emulator, nginx and each load generator (not their sum, not the gateway)."""
     return {
-        name: Load(
-            row["core_share"],
-            row.get("cpu_wait_share", math.nan),
-            row.get("cpu_wait_per_slice_us", math.nan),
-        )
+        name: harness_load(row)
         for name, row in cpu.items()
         if name in ("emulator", "nginx") or name.startswith("generator-")
     }
+
+
+def harness_load(row: dict[str, float]) -> Load:
+    """One process's row of a `CpuMeter.stop()` result, judged as the harness's."""
+    return Load(
+        row["core_share"],
+        row.get("cpu_wait_share", math.nan),
+        row.get("cpu_wait_per_slice_us", math.nan),
+    )
 
 
 def gateway_load(cpu: dict[str, dict[str, float]], name: str = "gateway") -> Load:

@@ -68,6 +68,7 @@ from _common import (
     descendants,
     fmt_ms,
     gateway_load,
+    harness_load,
     harness_loads,
     per_hot_path,
     percentile,
@@ -689,7 +690,7 @@ def nginx_at_load(
     assert services.cpus is not None
     gateway_cpus, harness_cpus = services.cpus
     # The two swap places: nginx alone on the gateway's core, the gateway (every thread of
-    # it) with its reference streams among the harness.
+    # it), idle, among the harness.
     _move(services.pids["nginx"], gateway_cpus)
     _move(services.gateway_pid, harness_cpus)
     try:
@@ -813,12 +814,7 @@ def run_load_of(result: dict[str, Any], cpus: int | None) -> RunLoad:
         # and is judged as the harness is. No reference proxy.
         nginx = harness.pop("nginx")
         proxy = Load(nginx.core_share, nginx.wait_share)
-        row = cpu["gateway"]
-        harness["gateway"] = Load(
-            row["core_share"],
-            row.get("cpu_wait_share", math.nan),
-            row.get("cpu_wait_per_slice_us", math.nan),
-        )
+        harness["gateway"] = harness_load(cpu["gateway"])
     direct = targets["direct"]
     return RunLoad(
         # The target judges frame and final results alike: so does direct's tail (a NaN,
